@@ -1,0 +1,566 @@
+//! Configuration: the daemon file and the pipeline files, parsed into plain data, then
+//! validated (plugins looked up, plugin configs and jq programs checked by the plugins
+//! themselves) into a [`ConfigSet`] the supervisor can apply. Every error names
+//! file:line:column and the key.
+//!
+//! Serde structs here are the external contract (DESIGN.md "Configuration"); they reject
+//! unknown keys. Relative paths resolve against the daemon config file's folder.
+
+mod locate;
+mod units;
+
+pub use locate::{key, line_col, ConfigError, Seg, SourceFile};
+pub use units::{ByteSize, HumanDuration};
+
+use crate::plugins::{Kind, Registry};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Several config errors, shown one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// The daemon file (`sluiced.toml`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Shard logs, checkpoints, spool files.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Every `*.toml` here is loaded (and watched).
+    #[serde(default = "default_pipelines_dir")]
+    pub pipelines_dir: PathBuf,
+    /// Extra dynamic plugin folders (`*.so`).
+    #[serde(default)]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// How long SIGTERM may take to drain pipelines.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+    /// Kinesis/Firehose API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Operator listener: metrics, health, admin.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Global limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sluice")
+}
+fn default_pipelines_dir() -> PathBuf {
+    PathBuf::from("pipelines")
+}
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address of the Kinesis/Firehose API.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Account id used in ARNs and messages.
+    #[serde(default = "default_account")]
+    pub account_id: String,
+    /// When present, SigV4 signatures are verified against these.
+    #[serde(default)]
+    pub credentials: Vec<Credential>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            account_id: default_account(),
+            credentials: Vec::new(),
+        }
+    }
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4567))
+}
+fn default_account() -> String {
+    "000000000000".to_string()
+}
+
+/// `[[api.credentials]]`.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret.
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address for `/metrics`, `/healthz`, `/readyz`, `/admin/*`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// All pipelines' buffers together.
+    #[serde(default = "default_buffer_memory")]
+    pub buffer_memory: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            buffer_memory: default_buffer_memory(),
+        }
+    }
+}
+
+fn default_buffer_memory() -> ByteSize {
+    ByteSize(512 << 20)
+}
+
+/// A pipeline file: any number of pipelines (streams come with the stream layer).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    #[serde(default)]
+    pipelines: BTreeMap<String, PipelineToml>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineToml {
+    source: PluginToml,
+    #[serde(default)]
+    transforms: Vec<PluginToml>,
+    sink: PluginToml,
+}
+
+/// `{ plugin = "name", ...options }`: the options are the plugin's own.
+#[derive(Debug, Clone, Deserialize)]
+struct PluginToml {
+    plugin: String,
+    #[serde(flatten)]
+    options: toml::Table,
+}
+
+/// Batching of a record sink (`sink.batch`), owned by the host.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records per batch handed to the sink.
+    #[serde(default = "default_max_records")]
+    pub max_records: u32,
+    /// Most bytes per batch.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+fn default_max_records() -> u32 {
+    500
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize(5 << 20)
+}
+
+/// Largest batch size a pipeline may ask for (bounded memory per in-flight batch).
+pub const MAX_BATCH_RECORDS: u32 = 10_000;
+
+/// One validated plugin use inside a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ComponentSpec {
+    /// `source`, `transforms[0]`, `sink`.
+    pub id: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin kind.
+    pub kind: Kind,
+    /// The plugin's own options, as JSON.
+    pub config_json: String,
+}
+
+/// One validated pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PipelineSpec {
+    /// Unique name.
+    pub name: String,
+    /// The file it was defined in.
+    pub file: PathBuf,
+    /// The source.
+    pub source: ComponentSpec,
+    /// Transforms, in order.
+    pub transforms: Vec<ComponentSpec>,
+    /// The sink.
+    pub sink: ComponentSpec,
+    /// Host-side batching for record sinks.
+    pub batch: BatchConfig,
+}
+
+/// Everything the daemon runs: the daemon settings and every pipeline, validated.
+#[derive(Debug, Clone)]
+pub struct ConfigSet {
+    /// The daemon file's path.
+    pub path: PathBuf,
+    /// The folder relative paths resolve against.
+    pub base_dir: PathBuf,
+    /// Daemon settings, with paths resolved.
+    pub daemon: DaemonConfig,
+    /// Pipelines by name.
+    pub pipelines: BTreeMap<String, PipelineSpec>,
+}
+
+/// Reads and parses the daemon file, resolving its relative paths.
+pub fn load_daemon(path: &Path) -> Result<(DaemonConfig, PathBuf), ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    let src = SourceFile::new(path, text);
+    let mut cfg: DaemonConfig = toml::from_str(&src.text).map_err(|e| src.toml_error(&e))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    cfg.data_dir = resolve(&cfg.data_dir);
+    cfg.pipelines_dir = resolve(&cfg.pipelines_dir);
+    cfg.plugin_dirs = cfg.plugin_dirs.iter().map(|p| resolve(p)).collect();
+    Ok((cfg, base))
+}
+
+/// Loads the whole config — daemon file and every pipeline file — and validates it
+/// against `registry`. Nothing is started.
+pub fn load(path: &Path, registry: &Registry) -> Result<ConfigSet, ConfigErrors> {
+    let (daemon, base_dir) = load_daemon(path)?;
+    load_with(path, daemon, base_dir, registry)
+}
+
+/// Like [`load`], with the daemon file already parsed.
+pub fn load_with(
+    path: &Path,
+    daemon: DaemonConfig,
+    base_dir: PathBuf,
+    registry: &Registry,
+) -> Result<ConfigSet, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut pipelines: BTreeMap<String, PipelineSpec> = BTreeMap::new();
+    for file in pipeline_files(&daemon.pipelines_dir).map_err(|e| ConfigError {
+        file: daemon.pipelines_dir.clone(),
+        line: 0,
+        column: 0,
+        message: format!("cannot list pipelines_dir: {e}"),
+    })? {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(
+                    SourceFile::new(&file, String::new())
+                        .error_at(None, format!("cannot read: {e}")),
+                );
+                continue;
+            }
+        };
+        let src = SourceFile::new(&file, text);
+        let parsed: PipelineFile = match toml::from_str(&src.text) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(src.toml_error(&e));
+                continue;
+            }
+        };
+        for (name, p) in parsed.pipelines {
+            let at = [key("pipelines"), key(name.clone())];
+            if let Err(msg) = check_name(&name) {
+                errors.push(src.error_at_path(&at, msg));
+                continue;
+            }
+            if let Some(other) = pipelines.get(&name) {
+                errors.push(src.error_at_path(
+                    &at,
+                    format!(
+                        "pipeline `{name}` is already defined in {}",
+                        other.file.display()
+                    ),
+                ));
+                continue;
+            }
+            match build_pipeline(&src, &name, p, registry, &base_dir) {
+                Ok(spec) => {
+                    pipelines.insert(name, spec);
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(ConfigSet {
+        path: path.to_path_buf(),
+        base_dir,
+        daemon,
+        pipelines,
+    })
+}
+
+/// The `*.toml` files of `dir`, sorted; editor temp and hidden files are skipped.
+pub fn pipeline_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || !name.ends_with(".toml") || !path.is_file() {
+            continue;
+        }
+        files.push(path);
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Names of pipelines (and streams) appear in metrics labels, object keys and file names.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name `{name}`: use 1-128 characters among a-z, A-Z, 0-9, '-', '_', '.'"
+        ))
+    }
+}
+
+fn build_pipeline(
+    src: &SourceFile,
+    name: &str,
+    p: PipelineToml,
+    registry: &Registry,
+    base_dir: &Path,
+) -> Result<PipelineSpec, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let at = |rest: &[Seg]| {
+        let mut v = vec![key("pipelines"), key(name)];
+        v.extend_from_slice(rest);
+        v
+    };
+    let source = build_component(
+        src,
+        name,
+        "source",
+        Kind::Source,
+        p.source,
+        &at(&[key("source")]),
+        registry,
+        base_dir,
+    );
+    let transforms: Vec<_> = p
+        .transforms
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            build_component(
+                src,
+                name,
+                &format!("transforms[{i}]"),
+                Kind::Transform,
+                t,
+                &at(&[key("transforms"), Seg::Index(i)]),
+                registry,
+                base_dir,
+            )
+        })
+        .collect();
+    let mut sink_toml = p.sink;
+    let batch = match sink_toml.options.remove("batch") {
+        None => Ok(BatchConfig::default()),
+        Some(v) => v
+            .try_into::<BatchConfig>()
+            .map_err(|e| {
+                src.error_at_path(
+                    &at(&[key("sink"), key("batch")]),
+                    format!("batch: {}", e.message().trim_end()),
+                )
+            })
+            .and_then(|b| {
+                if b.max_records == 0 || b.max_records > MAX_BATCH_RECORDS {
+                    Err(src.error_at_path(
+                        &at(&[key("sink"), key("batch"), key("max_records")]),
+                        format!("batch.max_records must be between 1 and {MAX_BATCH_RECORDS}"),
+                    ))
+                } else {
+                    Ok(b)
+                }
+            }),
+    };
+    let sink = build_component(
+        src,
+        name,
+        "sink",
+        Kind::Sink,
+        sink_toml,
+        &at(&[key("sink")]),
+        registry,
+        base_dir,
+    );
+    let source = source.map_err(|e| errors.push(e)).ok();
+    let transforms: Vec<_> = transforms
+        .into_iter()
+        .filter_map(|t| t.map_err(|e| errors.push(e)).ok())
+        .collect();
+    let sink = sink.map_err(|e| errors.push(e)).ok();
+    let batch = batch.map_err(|e| errors.push(e)).ok();
+    match (source, sink, batch) {
+        (Some(source), Some(sink), Some(batch)) if errors.is_empty() => Ok(PipelineSpec {
+            name: name.to_string(),
+            file: src.path.clone(),
+            source,
+            transforms,
+            sink,
+            batch,
+        }),
+        _ => Err(errors),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_component(
+    src: &SourceFile,
+    pipeline: &str,
+    id: &str,
+    kind: Kind,
+    t: PluginToml,
+    path: &[Seg],
+    registry: &Registry,
+    base_dir: &Path,
+) -> Result<ComponentSpec, ConfigError> {
+    let mut plugin_path = path.to_vec();
+    plugin_path.push(key("plugin"));
+    let entry = registry
+        .lookup(kind, &t.plugin)
+        .map_err(|msg| src.error_at_path(&plugin_path, format!("{id}: {msg}")))?;
+    let json = serde_json::to_string(&t.options).map_err(|e| {
+        src.error_at_path(path, format!("{id}: options cannot be passed as JSON: {e}"))
+    })?;
+    // The plugin validates its own options (and e.g. compiles its jq program) in create.
+    crate::plugins::validate_config(&entry, pipeline, id, base_dir, &json).map_err(|e| {
+        let mut p = path.to_vec();
+        let mut field = e.field.clone();
+        // serde's "unknown field `x`" names the key in the message, not in the path.
+        if let Some(rest) = e.message.strip_prefix("unknown field `") {
+            if let Some(end) = rest.find('`') {
+                let unknown = &rest[..end];
+                field = if field.is_empty() {
+                    unknown.to_string()
+                } else {
+                    format!("{field}.{unknown}")
+                };
+            }
+        }
+        p.extend(
+            field
+                .split('.')
+                .filter(|s| !s.is_empty())
+                .map(|s| match s.parse::<usize>() {
+                    Ok(i) => Seg::Index(i),
+                    Err(_) => key(s),
+                }),
+        );
+        let what = if e.field.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", e.field)
+        };
+        src.error_at_path(
+            &p,
+            format!("{id} (plugin `{}`): {what}{}", t.plugin, e.message),
+        )
+    })?;
+    Ok(ComponentSpec {
+        id: id.to_string(),
+        plugin: t.plugin,
+        kind,
+        config_json: json,
+    })
+}

@@ -1,0 +1,120 @@
+//! `sluiced run`: load and validate the config, start the operator listener, apply the
+//! config from empty, then serve signals — SIGHUP and `POST /admin/reload` reload,
+//! SIGTERM/SIGINT drain every pipeline and exit.
+
+use crate::config::{self, ConfigSet};
+use crate::plugins::Registry;
+use crate::supervisor::Supervisor;
+use crate::telemetry::{self, AdminState, ReloadRequest};
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let (daemon_cfg, base) =
+        config::load_daemon(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let registry = Arc::new(Registry::discover(&daemon_cfg.plugin_dirs));
+    let prom = telemetry::install().context("cannot install the metrics recorder")?;
+    let set = match config::load_with(&config_path, daemon_cfg, base, &registry) {
+        Ok(s) => s,
+        Err(e) => {
+            record_reload(false);
+            return Err(anyhow::anyhow!("invalid configuration:\n{e}"));
+        }
+    };
+    let mut sup = Supervisor::new(registry.clone(), &set);
+    let loaded = Arc::new(AtomicBool::new(false));
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let admin = AdminState {
+        prom,
+        board: sup.board(),
+        loaded: loaded.clone(),
+        reload: reload_tx,
+    };
+    let listen = set.daemon.metrics.listen;
+    let addr = telemetry::serve(listen, admin)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([metrics].listen)"))?;
+    tracing::info!(%addr, "operator listener up: /metrics /healthz /readyz /admin/status");
+
+    sup.apply(&set).await;
+    record_reload(true);
+    loaded.store(true, Ordering::Release);
+    let mut current = set;
+
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining pipelines"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining pipelines"); break; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = reload(&config_path, &registry, &mut sup, &mut current).await;
+            }
+            Some(reply) = reload_rx.recv() => {
+                tracing::info!("reload requested over HTTP");
+                let r = reload(&config_path, &registry, &mut sup, &mut current).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+    sup.shutdown().await;
+    tracing::info!("all pipelines drained; exiting");
+    Ok(())
+}
+
+fn record_reload(ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    metrics::counter!("sluice_config_reloads_total", "result" => result).increment(1);
+    metrics::gauge!("sluice_config_last_reload_successful").set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::gauge!("sluice_config_last_reload_success_timestamp_seconds").set(now);
+    }
+}
+
+/// Re-reads every file; applies the pipelines if all of it is valid, changes nothing
+/// otherwise. Daemon-level settings (listeners, folders) need a restart.
+async fn reload(
+    path: &Path,
+    registry: &Registry,
+    sup: &mut Supervisor,
+    current: &mut ConfigSet,
+) -> Result<serde_json::Value, String> {
+    let new =
+        config::load_daemon(path).and_then(|(d, base)| config::load_with(path, d, base, registry));
+    match new {
+        Err(e) => {
+            record_reload(false);
+            for err in &e.0 {
+                tracing::error!(error = %err, "reload refused: invalid configuration; the running configuration is kept");
+            }
+            Err(e.to_string())
+        }
+        Ok(set) => {
+            if set.daemon != current.daemon {
+                tracing::warn!(
+                    "changes to the daemon file other than pipelines take effect after a restart"
+                );
+            }
+            let report = sup.apply(&set).await;
+            record_reload(true);
+            *current = set;
+            Ok(serde_json::json!({
+                "added": report.added,
+                "removed": report.removed,
+                "changed": report.changed,
+                "unchanged": report.unchanged,
+            }))
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! `sluiced`: the sluice daemon as a library, so that tests and benchmarks can reach its
+//! parts. Data flows one way: [`config`] → [`supervisor`] → [`pipeline`] → [`plugins`];
+//! [`telemetry`] observes all of them. See ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod daemon;
+pub mod pipeline;
+pub mod plugins;
+pub mod record;
+pub mod supervisor;
+pub mod telemetry;

@@ -1,0 +1,211 @@
+//! The `sluiced` binary: command-line parsing, logging setup, and the commands.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluiced::config;
+use sluiced::plugins::Registry;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// sluice: Kinesis Data Streams and Firehose on your own machine.
+#[derive(Parser)]
+#[command(name = "sluiced", version, about)]
+struct Cli {
+    /// The daemon config file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/etc/sluice/sluiced.toml",
+        env = "SLUICE_CONFIG"
+    )]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `info,sluiced::pipeline=debug`.
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the whole configuration (plugin configs and jq programs included) without
+    /// starting anything; exit 0 if valid, 1 if not.
+    Check,
+    /// List every plugin found (bundled and in plugin_dirs), and every refused library.
+    Plugins,
+    /// Show pipelines as a table, read from the running daemon.
+    Status,
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
+    let targets: tracing_subscriber::filter::Targets = filter
+        .parse()
+        .with_context(|| format!("invalid log filter `{filter}`"))?;
+    // Under journald, timestamps come from the journal: don't print them twice.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = std::io::stderr().is_terminal();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(targets);
+    match (format, journald) {
+        (LogFormat::Json, _) => registry.with(fmt.json().flatten_event(true)).init(),
+        (LogFormat::Text, true) => registry.with(fmt.without_time()).init(),
+        (LogFormat::Text, false) => registry.with(fmt).init(),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => return check(&cli.config),
+        Command::Plugins => plugins(&cli.config),
+        Command::Status => status(&cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Path) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluiced")
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(sluiced::daemon::run(config.to_path_buf()))
+}
+
+fn check(path: &Path) -> ExitCode {
+    let result = config::load_daemon(path).and_then(|(d, base)| {
+        let registry = Registry::discover(&d.plugin_dirs);
+        config::load_with(path, d, base, &registry)
+    });
+    match result {
+        Ok(set) => {
+            eprintln!("{}: ok ({} pipelines)", path.display(), set.pipelines.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plugins(path: &Path) -> anyhow::Result<()> {
+    let dirs = match config::load_daemon(path) {
+        Ok((d, _)) => d.plugin_dirs,
+        Err(e) => {
+            tracing::warn!("{e}; listing bundled plugins only");
+            Vec::new()
+        }
+    };
+    let reg = Registry::discover(&dirs);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<16} {:<10} {:<9} {:<5} {:<22} PATH",
+        "NAME", "KIND", "VERSION", "ABI", "LIBRARY"
+    )?;
+    let mut entries: Vec<_> = reg.entries().iter().collect();
+    entries.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    for e in entries {
+        let kind = if e.object_sink {
+            "sink(obj)".to_string()
+        } else {
+            e.kind.to_string()
+        };
+        writeln!(
+            out,
+            "{:<16} {:<10} {:<9} {:<5} {:<22} {}",
+            e.name,
+            kind,
+            e.version,
+            format!("{}.{}", e.abi.0, e.abi.1),
+            format!("{} {}", e.library, e.library_version),
+            e.origin
+        )?;
+    }
+    if !reg.refused().is_empty() {
+        writeln!(out, "\nREFUSED")?;
+        for r in reg.refused() {
+            writeln!(out, "{}", r.reason)?;
+        }
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 GET against the operator listener (no client library needed).
+fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(3))
+        .with_context(|| format!("cannot reach sluiced at {addr} (is it running?)"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // The admin server answers with Content-Length for JSON; chunked bodies are not used.
+    Ok((code, body.to_string()))
+}
+
+fn status(path: &Path) -> anyhow::Result<()> {
+    let (d, _) = config::load_daemon(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (code, body) = http_get(d.metrics.listen, "/admin/status")?;
+    anyhow::ensure!(code == 200, "sluiced answered HTTP {code}: {body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).context("unexpected /admin/status answer")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<24} {:<10} {:>12} {:>12} {:>8} {:>8}  LAST ERROR",
+        "PIPELINE", "STATE", "IN", "OUT", "FAILED", "RESTARTS"
+    )?;
+    for p in v["pipelines"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<24} {:<10} {:>12} {:>12} {:>8} {:>8}  {}",
+            p["name"].as_str().unwrap_or(""),
+            p["state"].as_str().unwrap_or(""),
+            p["records_in"],
+            p["records_out"],
+            p["records_failed"],
+            p["restarts"],
+            p["last_error"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}

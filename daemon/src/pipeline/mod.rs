@@ -1,0 +1,652 @@
+//! A running pipeline: source → transforms → sink, as three stages joined by bounded
+//! channels, restarted with exponential backoff when a plugin fails.
+//!
+//! - The **source driver** (async task) polls the source only when the channel to the
+//!   transforms has room (credit-based backpressure), waits on the plugin's `notify` or its
+//!   requested poll delay otherwise, and passes delivery acks back to the source.
+//! - The **transform worker** (a blocking thread: transforms are CPU-bound) runs the chain
+//!   on each batch; rejected records are counted as `processing-failed`.
+//! - The **sink driver** (async task) submits batches in order, one in flight, waits for
+//!   the completion, retries retryable errors with backoff and jitter, then acks.
+//!
+//! **Invariant:** a batch is acked to its source only after the sink completed it, so a
+//! replayable source never moves its checkpoint past undelivered records.
+//! **Invariant:** a plugin failure ends only this pipeline's current run; the supervisor's
+//! other pipelines never see it.
+
+use crate::config::{BatchConfig, ComponentSpec, PipelineSpec};
+use crate::plugins::{
+    CallError, Instance, Registry, SinkInstance, SourceInstance, Submit, TransformInstance,
+};
+use crate::record::Record;
+use sluice_plugin_api::ffi;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Batches in each channel between stages: with one batch in each stage, at most
+/// `2 * CHANNEL_BATCHES + 3` batches are in flight per pipeline.
+pub const CHANNEL_BATCHES: usize = 4;
+/// Most records a source is asked for per poll.
+pub const POLL_MAX_RECORDS: u64 = 500;
+/// Most bytes a source is asked for per poll.
+pub const POLL_MAX_BYTES: u64 = 5 << 20;
+/// Re-poll a pending source at least this often even without a notify.
+const DEFAULT_REPOLL: Duration = Duration::from_millis(500);
+/// Restart backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A run that lasted this long resets the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// Sink retry bounds.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Why a pipeline run ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{component}: {source}")]
+    Plugin {
+        component: String,
+        source: CallError,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Lifecycle state, as `/admin/status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Creating and starting plugin instances.
+    Starting,
+    /// Records flow.
+    Running,
+    /// Failed; waiting to restart.
+    Backoff,
+    /// Draining buffered records before stopping.
+    Draining,
+    /// Stopped on request.
+    Stopped,
+    /// The source ended and everything was delivered.
+    Finished,
+}
+
+/// Live numbers and state of one pipeline, shared with the admin API.
+#[derive(Debug)]
+pub struct PipelineShared {
+    /// Name.
+    pub name: String,
+    state: Mutex<(State, Option<String>)>,
+    /// Records read from the source.
+    pub records_in: AtomicU64,
+    /// Records the sink confirmed.
+    pub records_out: AtomicU64,
+    /// Records sent to the error output.
+    pub records_failed: AtomicU64,
+    /// Restarts after failures.
+    pub restarts: AtomicU64,
+}
+
+/// Snapshot for `/admin/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PipelineStatus {
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: State,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Records read from the source.
+    pub records_in: u64,
+    /// Records delivered.
+    pub records_out: u64,
+    /// Records failed.
+    pub records_failed: u64,
+    /// Restarts.
+    pub restarts: u64,
+}
+
+impl PipelineShared {
+    fn new(name: &str) -> Self {
+        PipelineShared {
+            name: name.to_string(),
+            state: Mutex::new((State::Starting, None)),
+            records_in: AtomicU64::new(0),
+            records_out: AtomicU64::new(0),
+            records_failed: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+        }
+    }
+
+    fn set_state(&self, s: State, err: Option<String>) {
+        if let Ok(mut g) = self.state.lock() {
+            g.0 = s;
+            if err.is_some() {
+                g.1 = err;
+            }
+        }
+        let up = if s == State::Running { 1.0 } else { 0.0 };
+        metrics::gauge!("sluice_pipeline_up", "pipeline" => self.name.clone()).set(up);
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state.lock().map(|g| g.0).unwrap_or(State::Backoff)
+    }
+
+    /// A snapshot.
+    pub fn status(&self) -> PipelineStatus {
+        let (state, last_error) = self
+            .state
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or((State::Backoff, None));
+        PipelineStatus {
+            name: self.name.clone(),
+            state,
+            last_error,
+            records_in: self.records_in.load(Ordering::Relaxed),
+            records_out: self.records_out.load(Ordering::Relaxed),
+            records_failed: self.records_failed.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What every pipeline needs from the daemon.
+pub struct RuntimeCtx {
+    /// The plugin registry.
+    pub registry: Arc<Registry>,
+    /// Folder relative config paths resolve against.
+    pub base_dir: PathBuf,
+    /// Deadline for plugin `stop` calls.
+    pub stop_deadline: Duration,
+}
+
+/// A spawned pipeline.
+pub struct PipelineHandle {
+    /// The spec it runs.
+    pub spec: Arc<PipelineSpec>,
+    /// Live numbers.
+    pub shared: Arc<PipelineShared>,
+    drain: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl PipelineHandle {
+    /// Asks the pipeline to drain (stop reading, deliver what it has, stop) and waits up
+    /// to `timeout`; past it the pipeline is aborted.
+    pub async fn drain(self, timeout: Duration) -> bool {
+        let _ = self.drain.send(true);
+        let abort = self.task.abort_handle();
+        match tokio::time::timeout(timeout, self.task).await {
+            Ok(_) => true,
+            Err(_) => {
+                abort.abort();
+                tracing::warn!(pipeline = %self.spec.name, "pipeline did not drain in time; aborted");
+                false
+            }
+        }
+    }
+}
+
+/// Starts a pipeline.
+pub fn spawn(spec: Arc<PipelineSpec>, ctx: Arc<RuntimeCtx>) -> PipelineHandle {
+    let shared = Arc::new(PipelineShared::new(&spec.name));
+    let (drain, drain_rx) = watch::channel(false);
+    let task = tokio::spawn(supervise(spec.clone(), ctx, shared.clone(), drain_rx));
+    PipelineHandle {
+        spec,
+        shared,
+        drain,
+        task,
+    }
+}
+
+/// How a run ended without error.
+enum End {
+    Drained,
+    Eof,
+}
+
+async fn supervise(
+    spec: Arc<PipelineSpec>,
+    ctx: Arc<RuntimeCtx>,
+    shared: Arc<PipelineShared>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let name = spec.name.clone();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *drain.borrow() {
+            shared.set_state(State::Stopped, None);
+            return;
+        }
+        shared.set_state(State::Starting, None);
+        let started = Instant::now();
+        match run_once(&spec, &ctx, &shared, drain.clone()).await {
+            Ok(End::Drained) => {
+                tracing::info!(pipeline = %name, "pipeline stopped");
+                shared.set_state(State::Stopped, None);
+                return;
+            }
+            Ok(End::Eof) => {
+                tracing::info!(pipeline = %name, "source ended; pipeline finished");
+                shared.set_state(State::Finished, None);
+                return;
+            }
+            Err(e) => {
+                if started.elapsed() > HEALTHY_RUN {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::error!(pipeline = %name, error = %e, retry_in = ?backoff, "pipeline failed; restarting");
+                shared.restarts.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("sluice_pipeline_restarts_total", "pipeline" => name.clone())
+                    .increment(1);
+                shared.set_state(State::Backoff, Some(e.to_string()));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = drain.changed() => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn plugin_err(component: &str) -> impl FnOnce(CallError) -> PipelineError + '_ {
+    move |source| PipelineError::Plugin {
+        component: component.to_string(),
+        source,
+    }
+}
+
+struct Instances {
+    source: SourceInstance,
+    transforms: Vec<(String, TransformInstance)>,
+    sink: SinkInstance,
+}
+
+/// Creates and starts every instance (sink first, source last). May block.
+fn build(spec: &PipelineSpec, ctx: &RuntimeCtx) -> Result<Instances, PipelineError> {
+    let make = |c: &ComponentSpec| -> Result<Instance, PipelineError> {
+        let entry = ctx
+            .registry
+            .lookup(c.kind, &c.plugin)
+            .map_err(|m| PipelineError::Internal(format!("{}: {m}", c.id)))?;
+        let mut inst = Instance::create(entry, &spec.name, &c.id, &ctx.base_dir, &c.config_json)
+            .map_err(plugin_err(&c.id))?;
+        inst.start().map_err(plugin_err(&c.id))?;
+        Ok(inst)
+    };
+    let sink = SinkInstance::new(make(&spec.sink)?);
+    let transforms = spec
+        .transforms
+        .iter()
+        .map(|t| make(t).map(|i| (t.id.clone(), TransformInstance::new(i))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let source = SourceInstance::new(make(&spec.source)?);
+    Ok(Instances {
+        source,
+        transforms,
+        sink,
+    })
+}
+
+/// A batch moving through the stages.
+struct Batch {
+    records: Vec<Record>,
+    token: u64,
+}
+
+struct Ack {
+    token: u64,
+}
+
+async fn run_once(
+    spec: &Arc<PipelineSpec>,
+    ctx: &Arc<RuntimeCtx>,
+    shared: &Arc<PipelineShared>,
+    drain: watch::Receiver<bool>,
+) -> Result<End, PipelineError> {
+    let (s2, c2) = (spec.clone(), ctx.clone());
+    let inst = tokio::task::spawn_blocking(move || build(&s2, &c2))
+        .await
+        .map_err(|e| PipelineError::Internal(format!("startup task failed: {e}")))??;
+    shared.set_state(State::Running, None);
+    tracing::info!(pipeline = %spec.name, "pipeline running");
+
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(CHANNEL_BATCHES);
+    let (out_tx, out_rx) = mpsc::channel::<Batch>(CHANNEL_BATCHES);
+    // Acks never exceed the batches in flight, which the channels above bound.
+    let (ack_tx, ack_rx) = mpsc::channel::<Ack>(4 * CHANNEL_BATCHES + 8);
+
+    let stop_deadline = ctx.stop_deadline;
+    let mut src = tokio::spawn(source_driver(
+        inst.source,
+        batch_tx,
+        ack_rx,
+        drain,
+        shared.clone(),
+        stop_deadline,
+    ));
+    let (name, sh) = (spec.name.clone(), shared.clone());
+    let mut work = tokio::task::spawn_blocking(move || {
+        transform_worker(inst.transforms, batch_rx, out_tx, &name, &sh, stop_deadline)
+    });
+    let mut snk = tokio::spawn(sink_driver(
+        inst.sink,
+        out_rx,
+        ack_tx,
+        spec.batch.clone(),
+        shared.clone(),
+        stop_deadline,
+    ));
+    let (src_abort, snk_abort) = (src.abort_handle(), snk.abort_handle());
+
+    let mut end = None;
+    let mut first_err: Option<PipelineError> = None;
+    let (mut s_done, mut w_done, mut k_done) = (false, false, false);
+    let flatten = |r: Result<Result<(), PipelineError>, tokio::task::JoinError>| match r {
+        Ok(r) => r,
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(PipelineError::Internal(format!("stage task failed: {e}"))),
+    };
+    while !(s_done && w_done && k_done) {
+        let res = tokio::select! {
+            r = &mut src, if !s_done => {
+                s_done = true;
+                match r {
+                    Ok(Ok(e)) => { end = Some(e); Ok(()) }
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => flatten(Err(e)),
+                }
+            }
+            r = &mut work, if !w_done => { w_done = true; flatten(r) }
+            r = &mut snk, if !k_done => { k_done = true; flatten(r) }
+        };
+        if let Err(e) = res {
+            if first_err.is_none() {
+                // One stage failed: stop the others (the worker exits when its channels close).
+                src_abort.abort();
+                snk_abort.abort();
+                first_err = Some(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => {
+            end.ok_or_else(|| PipelineError::Internal("source stage ended without a result".into()))
+        }
+    }
+}
+
+async fn source_driver(
+    mut src: SourceInstance,
+    tx: mpsc::Sender<Batch>,
+    mut acks: mpsc::Receiver<Ack>,
+    mut drain: watch::Receiver<bool>,
+    shared: Arc<PipelineShared>,
+    stop_deadline: Duration,
+) -> Result<End, PipelineError> {
+    let notify = src.instance().shared().clone();
+    let records_in =
+        metrics::counter!("sluice_pipeline_records_in_total", "pipeline" => shared.name.clone());
+    let mut eof = false;
+    loop {
+        if *drain.borrow() || eof {
+            break;
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = drain.changed() => continue,
+            Some(a) = acks.recv() => { src.ack(a.token, true); continue; }
+            p = tx.reserve() => match p {
+                Ok(p) => p,
+                // The transform worker is gone: it reports its own error.
+                Err(_) => break,
+            },
+        };
+        let out = src
+            .poll(POLL_MAX_RECORDS, POLL_MAX_BYTES)
+            .map_err(plugin_err("source"))?;
+        let n = out.records.len();
+        let wait = match out.status {
+            ffi::SL_EOF => {
+                eof = true;
+                None
+            }
+            ffi::SL_PENDING => Some(out.poll_delay.unwrap_or(DEFAULT_REPOLL)),
+            _ if n == 0 => Some(out.poll_delay.unwrap_or(Duration::from_millis(100))),
+            _ => out.poll_delay,
+        };
+        if n > 0 {
+            records_in.increment(n as u64);
+            shared.records_in.fetch_add(n as u64, Ordering::Relaxed);
+            permit.send(Batch {
+                records: out.records,
+                token: out.ack_token,
+            });
+        } else {
+            drop(permit);
+        }
+        if let Some(wait) = wait {
+            tokio::select! {
+                biased;
+                _ = drain.changed() => {}
+                Some(a) = acks.recv() => src.ack(a.token, true),
+                _ = notify.notify.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+    if !eof {
+        shared.set_state(State::Draining, None);
+    }
+    // Let the rest flow through: closing our end ends the worker, then the sink.
+    drop(tx);
+    while let Some(a) = acks.recv().await {
+        src.ack(a.token, true);
+    }
+    let res = tokio::task::block_in_place(|| src.instance().stop(stop_deadline));
+    if let Err(e) = res {
+        tracing::warn!(pipeline = %shared.name, error = %e, "source stop failed");
+    }
+    Ok(if eof { End::Eof } else { End::Drained })
+}
+
+fn transform_worker(
+    mut transforms: Vec<(String, TransformInstance)>,
+    mut rx: mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Batch>,
+    pipeline: &str,
+    shared: &PipelineShared,
+    stop_deadline: Duration,
+) -> Result<(), PipelineError> {
+    let failed = metrics::counter!("sluice_records_failed_total", "pipeline" => pipeline.to_string(), "error_type" => "processing-failed");
+    while let Some(mut batch) = rx.blocking_recv() {
+        for (id, t) in transforms.iter_mut() {
+            if batch.records.is_empty() {
+                break;
+            }
+            let out = t.transform(&batch.records).map_err(plugin_err(id))?;
+            if !out.rejected.is_empty() {
+                let n = out.rejected.len() as u64;
+                failed.increment(n);
+                shared.records_failed.fetch_add(n, Ordering::Relaxed);
+                if let Some((rec, why)) = out.rejected.first() {
+                    tracing::debug!(pipeline, component = %id, sequence = rec.sequence, reason = %why, rejected = n, "records failed processing");
+                }
+            }
+            batch.records = out.records;
+        }
+        if tx.blocking_send(batch).is_err() {
+            break;
+        }
+    }
+    for (id, t) in transforms.iter_mut() {
+        if let Err(e) = t.instance().stop(stop_deadline) {
+            tracing::warn!(pipeline, component = %id, error = %e, "transform stop failed");
+        }
+    }
+    Ok(())
+}
+
+/// Splits records into chunks of at most `max_records` and (unless one record is larger)
+/// `max_bytes`.
+fn chunks<'a>(records: &'a [Record], cfg: &BatchConfig) -> impl Iterator<Item = &'a [Record]> + 'a {
+    let (max_n, max_b) = (cfg.max_records.max(1) as usize, cfg.max_bytes.0.max(1));
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut n = 0;
+        let mut bytes = 0u64;
+        while n < rest.len() && n < max_n {
+            let b = rest[n].data.len() as u64;
+            if n > 0 && bytes + b > max_b {
+                break;
+            }
+            bytes += b;
+            n += 1;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
+fn jitter(d: Duration) -> Duration {
+    // Full jitter in [d/2, d]: spreads retries of many pipelines apart.
+    let nanos = d.as_nanos() as u64;
+    let half = nanos / 2;
+    let r = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos() as u64)
+        .unwrap_or(0))
+        % (half.max(1));
+    Duration::from_nanos(half + r)
+}
+
+async fn sink_driver(
+    mut sink: SinkInstance,
+    mut rx: mpsc::Receiver<Batch>,
+    acks: mpsc::Sender<Ack>,
+    cfg: BatchConfig,
+    shared: Arc<PipelineShared>,
+    stop_deadline: Duration,
+) -> Result<(), PipelineError> {
+    let name = shared.name.clone();
+    let sink_records = metrics::counter!("sluice_sink_records_total", "pipeline" => name.clone());
+    let sink_bytes = metrics::counter!("sluice_sink_bytes_total", "pipeline" => name.clone());
+    let retries = metrics::counter!("sluice_sink_retries_total", "pipeline" => name.clone());
+    let notify = sink.instance().shared().clone();
+    while let Some(batch) = rx.recv().await {
+        for chunk in chunks(&batch.records, &cfg) {
+            let mut pending: Vec<Record> = chunk.to_vec();
+            let mut delay = RETRY_MIN;
+            loop {
+                let res = tokio::task::block_in_place(|| sink.submit(&pending));
+                let retry_after = match res {
+                    Ok(Submit::Accepted(done)) => match done.await {
+                        Ok(c) if c.status == ffi::SL_OK => break,
+                        Ok(c) if c.status == ffi::SL_ERR_RETRYABLE => {
+                            if !c.failed.is_empty() {
+                                // Partial failure: resubmit only the failed records, in order.
+                                let mut idx: Vec<usize> = c
+                                    .failed
+                                    .iter()
+                                    .map(|&i| i as usize)
+                                    .filter(|&i| i < pending.len())
+                                    .collect();
+                                idx.sort_unstable();
+                                idx.dedup();
+                                pending = idx.into_iter().map(|i| pending[i].clone()).collect();
+                                if pending.is_empty() {
+                                    break;
+                                }
+                            }
+                            tracing::warn!(pipeline = %name, error = %c.message, "sink delivery failed; retrying");
+                            Duration::from_millis(c.retry_after_ms as u64)
+                        }
+                        Ok(c) => {
+                            return Err(PipelineError::Plugin {
+                                component: "sink".into(),
+                                source: CallError {
+                                    plugin: sink.instance().entry().name.clone(),
+                                    call: "complete",
+                                    status: c.status,
+                                    message: c.message,
+                                    field: String::new(),
+                                    retry_after_ms: 0,
+                                },
+                            })
+                        }
+                        Err(_) => {
+                            return Err(PipelineError::Internal("sink dropped a completion".into()))
+                        }
+                    },
+                    Ok(Submit::Full) => {
+                        tokio::select! {
+                            _ = notify.notify.notified() => {}
+                            _ = tokio::time::sleep(DEFAULT_REPOLL) => {}
+                        }
+                        continue;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        tracing::warn!(pipeline = %name, error = %e, "sink submit failed; retrying");
+                        Duration::from_millis(e.retry_after_ms as u64)
+                    }
+                    Err(e) => return Err(plugin_err("sink")(e)),
+                };
+                retries.increment(1);
+                tokio::time::sleep(jitter(delay).max(retry_after)).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+        let n = batch.records.len() as u64;
+        sink_records.increment(n);
+        sink_bytes.increment(batch.records.iter().map(|r| r.data.len() as u64).sum());
+        shared.records_out.fetch_add(n, Ordering::Relaxed);
+        if acks.send(Ack { token: batch.token }).await.is_err() {
+            break;
+        }
+    }
+    if let Err(e) = tokio::task::block_in_place(|| sink.instance().stop(stop_deadline)) {
+        tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ByteSize;
+
+    fn rec(n: usize) -> Record {
+        Record {
+            data: bytes::Bytes::from(vec![b'x'; n]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn chunks_respect_records_and_bytes() {
+        let recs: Vec<Record> = (0..7).map(|_| rec(10)).collect();
+        let cfg = BatchConfig {
+            max_records: 3,
+            max_bytes: ByteSize(25),
+        };
+        let sizes: Vec<usize> = chunks(&recs, &cfg).map(|c| c.len()).collect();
+        assert_eq!(sizes, [2, 2, 2, 1]);
+        let big = vec![rec(100), rec(1)];
+        let sizes: Vec<usize> = chunks(&big, &cfg).map(|c| c.len()).collect();
+        assert_eq!(sizes, [1, 1], "an oversized record travels alone");
+    }
+}

@@ -1,0 +1,346 @@
+//! The host API table handed to every plugin (log, metrics, notify, complete), and the
+//! per-instance state those functions reach through the opaque `inst` pointer.
+//!
+//! Every function is `extern "C"`, thread-safe, non-blocking, never re-enters plugin code,
+//! and runs inside `catch_unwind` so a host bug cannot unwind into C.
+
+use sluice_plugin_api::ffi;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use tokio::sync::{oneshot, Notify};
+
+/// How a sink finished a submitted batch or object.
+#[derive(Debug, Clone)]
+pub struct CompletionResult {
+    /// `SL_OK`, `SL_ERR_RETRYABLE`, ...
+    pub status: ffi::sl_status,
+    /// Indexes of records that failed (partial failure).
+    pub failed: Vec<u32>,
+    /// The plugin's message.
+    pub message: String,
+    /// Retry hint.
+    pub retry_after_ms: u32,
+}
+
+/// State shared between the host and one plugin instance; `inst` points at it.
+pub struct InstanceShared {
+    /// Plugin name.
+    pub plugin: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Component id inside the pipeline.
+    pub component: String,
+    /// Folder relative paths resolve against.
+    pub config_dir: String,
+    /// Woken by the plugin's `notify`.
+    pub notify: Notify,
+    completions: Mutex<HashMap<u64, oneshot::Sender<CompletionResult>>>,
+    next_ticket: AtomicU64,
+}
+
+impl InstanceShared {
+    pub(crate) fn new(plugin: &str, pipeline: &str, component: &str, config_dir: &str) -> Self {
+        InstanceShared {
+            plugin: plugin.to_string(),
+            pipeline: pipeline.to_string(),
+            component: component.to_string(),
+            config_dir: config_dir.to_string(),
+            notify: Notify::new(),
+            completions: Mutex::new(HashMap::new()),
+            next_ticket: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh ticket and the receiver its completion arrives on. Registered before the
+    /// submit call, since a sink may complete synchronously inside it.
+    pub fn register_ticket(&self) -> (u64, oneshot::Receiver<CompletionResult>) {
+        let t = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.completions.lock() {
+            m.insert(t, tx);
+        }
+        (t, rx)
+    }
+
+    /// Forgets a ticket whose submit was not accepted.
+    pub fn cancel_ticket(&self, t: u64) {
+        if let Ok(mut m) = self.completions.lock() {
+            m.remove(&t);
+        }
+    }
+
+    fn complete(&self, t: u64, r: CompletionResult) {
+        let tx = self.completions.lock().ok().and_then(|mut m| m.remove(&t));
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(r);
+            }
+            None => tracing::warn!(
+                plugin = %self.plugin,
+                pipeline = %self.pipeline,
+                ticket = t,
+                "plugin completed an unknown or already completed ticket"
+            ),
+        }
+    }
+}
+
+/// # Safety
+/// `inst` must be null or point at a live `InstanceShared`.
+unsafe fn shared<'a>(inst: *const c_void) -> Option<&'a InstanceShared> {
+    // SAFETY: caller's contract.
+    unsafe { (inst as *const InstanceShared).as_ref() }
+}
+
+/// # Safety
+/// The view must be valid for the call.
+unsafe fn view(s: &ffi::sl_str) -> String {
+    // SAFETY: caller's contract.
+    String::from_utf8_lossy(unsafe { s.as_slice() }).into_owned()
+}
+
+unsafe extern "C" fn log_enabled(level: i32) -> bool {
+    catch_unwind(|| match level {
+        ffi::SL_LOG_ERROR => tracing::enabled!(tracing::Level::ERROR),
+        ffi::SL_LOG_WARN => tracing::enabled!(tracing::Level::WARN),
+        ffi::SL_LOG_INFO => tracing::enabled!(tracing::Level::INFO),
+        ffi::SL_LOG_DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+        _ => tracing::enabled!(tracing::Level::TRACE),
+    })
+    .unwrap_or(false)
+}
+
+unsafe extern "C" fn log(inst: *const c_void, level: i32, msg: ffi::sl_str) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: host contract: inst is a live instance or null; msg valid for the call.
+        let (s, msg) = unsafe { (shared(inst), view(&msg)) };
+        let (plugin, pipeline, component) = s
+            .map(|s| (s.plugin.as_str(), s.pipeline.as_str(), s.component.as_str()))
+            .unwrap_or(("?", "", ""));
+        match level {
+            ffi::SL_LOG_ERROR => tracing::error!(plugin, pipeline, component, "{msg}"),
+            ffi::SL_LOG_WARN => tracing::warn!(plugin, pipeline, component, "{msg}"),
+            ffi::SL_LOG_INFO => tracing::info!(plugin, pipeline, component, "{msg}"),
+            ffi::SL_LOG_DEBUG => tracing::debug!(plugin, pipeline, component, "{msg}"),
+            _ => tracing::trace!(plugin, pipeline, component, "{msg}"),
+        }
+    }));
+}
+
+struct Family {
+    name: String,
+    kind: i32,
+    labels: Vec<String>,
+    consts: Vec<(String, String)>,
+}
+
+enum Child {
+    Counter(metrics::Counter),
+    Gauge(metrics::Gauge),
+    Histogram(metrics::Histogram),
+}
+
+/// Bound on plugin metric families and children: plugin metrics cannot grow memory without limit.
+const MAX_FAMILIES: usize = 10_000;
+const MAX_CHILDREN: usize = 100_000;
+
+static FAMILIES: Mutex<Vec<Family>> = Mutex::new(Vec::new());
+static CHILDREN: RwLock<Vec<Child>> = RwLock::new(Vec::new());
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+unsafe extern "C" fn metric_register(
+    inst: *const c_void,
+    kind: i32,
+    name: ffi::sl_str,
+    help: ffi::sl_str,
+    label_names: *const ffi::sl_str,
+    n_labels: usize,
+    out: *mut u64,
+) -> ffi::sl_status {
+    catch_unwind(AssertUnwindSafe(|| {
+        if out.is_null() || (n_labels > 0 && label_names.is_null()) || n_labels > 16 {
+            return ffi::SL_ERR_FATAL;
+        }
+        // SAFETY: views valid for the call (host contract).
+        let (s, name, help) = unsafe { (shared(inst), view(&name), view(&help)) };
+        // SAFETY: n_labels views at label_names.
+        let labels: Vec<String> = (0..n_labels)
+            .map(|i| unsafe { sanitize(&view(&*label_names.add(i))) })
+            .collect();
+        let mut full = format!("sluice_plugin_{}", sanitize(&name));
+        if kind == ffi::SL_METRIC_COUNTER && !full.ends_with("_total") {
+            full.push_str("_total");
+        }
+        let help = if help.is_empty() {
+            format!("plugin metric {name}")
+        } else {
+            help
+        };
+        match kind {
+            ffi::SL_METRIC_COUNTER => metrics::describe_counter!(full.clone(), help),
+            ffi::SL_METRIC_GAUGE => metrics::describe_gauge!(full.clone(), help),
+            ffi::SL_METRIC_HISTOGRAM => metrics::describe_histogram!(full.clone(), help),
+            _ => return ffi::SL_ERR_UNSUPPORTED,
+        }
+        let mut consts = vec![];
+        if let Some(s) = s {
+            consts.push(("plugin".to_string(), s.plugin.clone()));
+            consts.push(("pipeline".to_string(), s.pipeline.clone()));
+        }
+        let Ok(mut fams) = FAMILIES.lock() else {
+            return ffi::SL_ERR_FATAL;
+        };
+        if fams.len() >= MAX_FAMILIES {
+            return ffi::SL_ERR_FATAL;
+        }
+        fams.push(Family {
+            name: full,
+            kind,
+            labels,
+            consts,
+        });
+        // SAFETY: checked non-null.
+        unsafe { *out = fams.len() as u64 };
+        ffi::SL_OK
+    }))
+    .unwrap_or(ffi::SL_ERR_FATAL)
+}
+
+unsafe extern "C" fn metric_bind(
+    handle: u64,
+    values: *const ffi::sl_str,
+    n_values: usize,
+    out: *mut u64,
+) -> ffi::sl_status {
+    catch_unwind(AssertUnwindSafe(|| {
+        if out.is_null() || (n_values > 0 && values.is_null()) {
+            return ffi::SL_ERR_FATAL;
+        }
+        let Ok(fams) = FAMILIES.lock() else {
+            return ffi::SL_ERR_FATAL;
+        };
+        let Some(fam) = handle.checked_sub(1).and_then(|i| fams.get(i as usize)) else {
+            return ffi::SL_ERR_FATAL;
+        };
+        if n_values != fam.labels.len() {
+            return ffi::SL_ERR_FATAL;
+        }
+        let mut labels: Vec<metrics::Label> = fam
+            .consts
+            .iter()
+            .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
+            .collect();
+        for (i, k) in fam.labels.iter().enumerate() {
+            // SAFETY: n_values views at values.
+            let v = unsafe { view(&*values.add(i)) };
+            labels.push(metrics::Label::new(k.clone(), v));
+        }
+        let child = match fam.kind {
+            ffi::SL_METRIC_COUNTER => Child::Counter(metrics::counter!(fam.name.clone(), labels)),
+            ffi::SL_METRIC_GAUGE => Child::Gauge(metrics::gauge!(fam.name.clone(), labels)),
+            _ => Child::Histogram(metrics::histogram!(fam.name.clone(), labels)),
+        };
+        let Ok(mut children) = CHILDREN.write() else {
+            return ffi::SL_ERR_FATAL;
+        };
+        if children.len() >= MAX_CHILDREN {
+            return ffi::SL_ERR_FATAL;
+        }
+        children.push(child);
+        // SAFETY: checked non-null.
+        unsafe { *out = children.len() as u64 };
+        ffi::SL_OK
+    }))
+    .unwrap_or(ffi::SL_ERR_FATAL)
+}
+
+unsafe extern "C" fn metric_record(handle: u64, value: f64) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let Ok(children) = CHILDREN.read() else {
+            return;
+        };
+        match handle.checked_sub(1).and_then(|i| children.get(i as usize)) {
+            Some(Child::Counter(c)) => c.increment(value.max(0.0) as u64),
+            Some(Child::Gauge(g)) => g.set(value),
+            Some(Child::Histogram(h)) => h.record(value),
+            None => {}
+        }
+    }));
+}
+
+unsafe extern "C" fn notify(inst: *const c_void) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: host contract: a live instance.
+        if let Some(s) = unsafe { shared(inst) } {
+            s.notify.notify_one();
+        }
+    }));
+}
+
+unsafe extern "C" fn complete(
+    inst: *const c_void,
+    ticket: u64,
+    status: ffi::sl_status,
+    failed_idx: *const u32,
+    n_failed: usize,
+    err: *const ffi::sl_error,
+) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: host contract: a live instance; arrays valid for the call.
+        let Some(s) = (unsafe { shared(inst) }) else {
+            return;
+        };
+        let failed = if failed_idx.is_null() || n_failed == 0 {
+            Vec::new()
+        } else {
+            // SAFETY: n_failed indexes at failed_idx.
+            unsafe { std::slice::from_raw_parts(failed_idx, n_failed) }.to_vec()
+        };
+        // SAFETY: null or a valid error buffer for the call.
+        let (message, retry_after_ms) = match unsafe { err.as_ref() } {
+            Some(e) => (sluice_plugin_api::read_error(e).0, e.retry_after_ms),
+            None => (String::new(), 0),
+        };
+        s.complete(
+            ticket,
+            CompletionResult {
+                status,
+                failed,
+                message,
+                retry_after_ms,
+            },
+        );
+    }));
+}
+
+static HOST_API: ffi::sl_host_api = ffi::sl_host_api {
+    struct_size: std::mem::size_of::<ffi::sl_host_api>() as u32,
+    abi_major: ffi::SL_ABI_MAJOR,
+    abi_minor: ffi::SL_ABI_MINOR,
+    log_enabled: Some(log_enabled),
+    log: Some(log),
+    metric_register: Some(metric_register),
+    metric_bind: Some(metric_bind),
+    metric_record: Some(metric_record),
+    notify: Some(notify),
+    complete: Some(complete),
+};
+
+/// The host API table (static).
+pub fn host_api() -> *const ffi::sl_host_api {
+    &HOST_API
+}

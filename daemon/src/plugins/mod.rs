@@ -1,0 +1,285 @@
+//! Plugins: the registry of every plugin the daemon can use, the loader of dynamic
+//! libraries, the host API handed to plugins, and safe wrappers around instances.
+//!
+//! Bundled plugins are registered from their static `LIBRARY` descriptors through exactly
+//! the same validation and vtable calls as `.so` files found in `plugin_dirs`; only the
+//! `dlopen` differs.
+
+mod host;
+mod instance;
+mod loader;
+
+pub use host::{CompletionResult, InstanceShared};
+pub use instance::{
+    status_name, CallError, Instance, PollOutcome, SinkInstance, SourceInstance, Submit,
+    TransformInstance, TransformOutput,
+};
+pub use loader::{load_dir, LoadError};
+
+use sluice_plugin_api::ffi;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Plugin kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Produces records.
+    Source,
+    /// Maps batches to batches.
+    Transform,
+    /// Delivers records or objects.
+    Sink,
+}
+
+impl Kind {
+    fn from_ffi(k: ffi::sl_kind) -> Option<Kind> {
+        match k {
+            ffi::SL_KIND_SOURCE => Some(Kind::Source),
+            ffi::SL_KIND_TRANSFORM => Some(Kind::Transform),
+            ffi::SL_KIND_SINK => Some(Kind::Sink),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Source => "source",
+            Kind::Transform => "transform",
+            Kind::Sink => "sink",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled into the daemon.
+    Bundled,
+    /// Loaded from this file.
+    Dylib(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Bundled => f.write_str("(bundled)"),
+            Origin::Dylib(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One usable plugin.
+pub struct PluginEntry {
+    /// The name used in TOML.
+    pub name: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Object sink (vs record sink).
+    pub object_sink: bool,
+    /// The plugin's version.
+    pub version: String,
+    /// One-line description.
+    pub description: String,
+    /// The library holding it.
+    pub library: String,
+    /// The library's version.
+    pub library_version: String,
+    /// The ABI the library was built for (major, minor).
+    pub abi: (u16, u16),
+    /// Bundled or the `.so` path.
+    pub origin: Origin,
+    /// The vtable, copied out of the library (static data, never unloaded).
+    pub(crate) vtable: ffi::sl_plugin_vtable,
+}
+
+impl fmt::Debug for PluginEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginEntry")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+// SAFETY: the vtable holds function pointers into static code of a never-unloaded library.
+unsafe impl Send for PluginEntry {}
+// SAFETY: as above; the entry is immutable.
+unsafe impl Sync for PluginEntry {}
+
+/// A library the loader refused, and why.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The file.
+    pub path: PathBuf,
+    /// Why, naming the file and the versions involved.
+    pub reason: String,
+}
+
+/// Every plugin the daemon knows, bundled and loaded.
+#[derive(Default)]
+pub struct Registry {
+    entries: Vec<Arc<PluginEntry>>,
+    refused: Vec<Refusal>,
+    /// (device, inode) of every library file seen, to load each file once.
+    seen: Vec<(u64, u64)>,
+}
+
+/// The libraries compiled into the daemon.
+pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 4] {
+    [
+        &sluice_plugin_generator::LIBRARY,
+        &sluice_plugin_jq::LIBRARY,
+        &sluice_plugin_stdout::LIBRARY,
+        &sluice_plugin_file::LIBRARY,
+    ]
+}
+
+impl Registry {
+    /// The bundled plugins plus every library in `plugin_dirs` (refusals are recorded,
+    /// logged, and do not stop the daemon).
+    pub fn discover(plugin_dirs: &[PathBuf]) -> Registry {
+        let mut reg = Registry::default();
+        for lib in bundled_libraries() {
+            if let Err(e) = reg.register(&lib.0, Origin::Bundled) {
+                // A bundled library failing validation is a build bug; report it like any other.
+                reg.refused.push(Refusal {
+                    path: PathBuf::from("(bundled)"),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        for dir in plugin_dirs {
+            load_dir(&mut reg, dir);
+        }
+        for r in &reg.refused {
+            tracing::warn!(path = %r.path.display(), reason = %r.reason, "plugin library refused");
+        }
+        reg
+    }
+
+    /// Validates a descriptor and registers its plugins (all or none).
+    pub fn register(&mut self, lib: &ffi::sl_library, origin: Origin) -> Result<usize, LoadError> {
+        let entries = loader::validate_descriptor(lib, &origin)?;
+        for e in &entries {
+            if let Some(other) = self
+                .entries
+                .iter()
+                .find(|o| o.kind == e.kind && o.name == e.name)
+            {
+                return Err(LoadError::NameClash {
+                    path: origin.to_string(),
+                    kind: e.kind,
+                    name: e.name.clone(),
+                    other: other.origin.to_string(),
+                });
+            }
+        }
+        let n = entries.len();
+        for e in entries {
+            metrics::gauge!(
+                "sluice_plugin_info",
+                "plugin" => e.name.clone(),
+                "kind" => e.kind.as_str(),
+                "version" => e.version.clone(),
+                "abi" => format!("{}.{}", e.abi.0, e.abi.1),
+            )
+            .set(1.0);
+            self.entries.push(Arc::new(e));
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn refuse(&mut self, path: &Path, reason: String) {
+        self.refused.push(Refusal {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
+
+    /// Every usable plugin.
+    pub fn entries(&self) -> &[Arc<PluginEntry>] {
+        &self.entries
+    }
+
+    /// Every refused library.
+    pub fn refused(&self) -> &[Refusal] {
+        &self.refused
+    }
+
+    /// The plugin of `kind` named `name`, or a message listing the available ones (and
+    /// saying so when a library that would have provided it was refused).
+    pub fn lookup(&self, kind: Kind, name: &str) -> Result<Arc<PluginEntry>, String> {
+        if let Some(e) = self
+            .entries
+            .iter()
+            .find(|e| e.kind == kind && e.name == name)
+        {
+            return Ok(e.clone());
+        }
+        let mut available: Vec<&str> = self
+            .entries
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.name.as_str())
+            .collect();
+        available.sort_unstable();
+        let mut msg = format!(
+            "unknown {kind} plugin `{name}` (available: {})",
+            available.join(", ")
+        );
+        if let Some(other) = self.entries.iter().find(|e| e.name == name) {
+            msg.push_str(&format!("; `{name}` is a {} plugin", other.kind));
+        }
+        if !self.refused.is_empty() {
+            msg.push_str(&format!(
+                "; {} plugin librar{} refused, see `sluiced plugins`",
+                self.refused.len(),
+                if self.refused.len() == 1 {
+                    "y was"
+                } else {
+                    "ies were"
+                }
+            ));
+        }
+        Err(msg)
+    }
+}
+
+/// A plugin's verdict on a config, from its `create`.
+#[derive(Debug, Clone)]
+pub struct ConfigVerdict {
+    /// Dotted key path the error is about (may be empty).
+    pub field: String,
+    /// The message.
+    pub message: String,
+}
+
+/// Asks the plugin to validate `config_json` by creating (and destroying, never starting)
+/// an instance.
+pub fn validate_config(
+    entry: &Arc<PluginEntry>,
+    pipeline: &str,
+    component: &str,
+    config_dir: &Path,
+    config_json: &str,
+) -> Result<(), ConfigVerdict> {
+    match Instance::create(entry.clone(), pipeline, component, config_dir, config_json) {
+        Ok(inst) => {
+            drop(inst);
+            Ok(())
+        }
+        Err(e) => Err(ConfigVerdict {
+            field: e.field,
+            message: e.message,
+        }),
+    }
+}

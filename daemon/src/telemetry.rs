@@ -1,0 +1,189 @@
+//! Metrics and the operator listener: the Prometheus recorder (every metric described
+//! here, so `/metrics` carries HELP and TYPE lines and passes `promtool check metrics`),
+//! and the admin HTTP server on `[metrics].listen`: `/metrics`, `/healthz`, `/readyz`,
+//! `/admin/status`, `POST /admin/reload`.
+
+use crate::supervisor::{all_running, statuses, StatusBoard};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Latency buckets (seconds) for call and request durations.
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0,
+];
+/// Buckets for end-to-end delivery latency (seconds).
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
+];
+
+/// Installs the global recorder and describes the daemon's metrics.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(DURATION_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("sluice_delivery_latency_seconds".into()),
+            DELIVERY_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    metrics::gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!("sluice_build_info", "Build information; always 1");
+    describe_gauge!("sluice_plugin_info", "Every usable plugin; always 1");
+    describe_gauge!(
+        "sluice_pipeline_up",
+        "1 while the pipeline runs, 0 while it starts, backs off or is stopped"
+    );
+    describe_counter!(
+        "sluice_pipeline_restarts_total",
+        "Pipeline restarts after a failure"
+    );
+    describe_counter!(
+        "sluice_pipeline_records_in_total",
+        "Records read from the pipeline's source"
+    );
+    describe_counter!(
+        "sluice_records_failed_total",
+        "Records sent to the error output, by error type"
+    );
+    describe_counter!(
+        "sluice_sink_records_total",
+        "Records the sink confirmed delivered"
+    );
+    describe_counter!(
+        "sluice_sink_bytes_total",
+        Unit::Bytes,
+        "Record bytes the sink confirmed delivered"
+    );
+    describe_counter!("sluice_sink_retries_total", "Retried sink deliveries");
+    describe_counter!(
+        "sluice_plugin_calls_total",
+        "Calls into plugins through the ABI, by call and status"
+    );
+    describe_histogram!(
+        "sluice_plugin_call_duration_seconds",
+        Unit::Seconds,
+        "Duration of calls into plugins"
+    );
+    describe_counter!("sluice_plugin_panics_total", "Panics caught in plugin code");
+    describe_counter!(
+        "sluice_config_reloads_total",
+        "Config loads and reloads, by result"
+    );
+    describe_gauge!(
+        "sluice_config_last_reload_successful",
+        "1 if the last config (re)load succeeded"
+    );
+    describe_gauge!(
+        "sluice_config_last_reload_success_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last successful config (re)load"
+    );
+}
+
+/// A reload asked for over HTTP, answered with the outcome.
+pub type ReloadRequest = oneshot::Sender<Result<serde_json::Value, String>>;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Renders `/metrics`.
+    pub prom: PrometheusHandle,
+    /// Pipelines' live state.
+    pub board: StatusBoard,
+    /// Set once the first config was applied.
+    pub loaded: Arc<AtomicBool>,
+    /// Reload requests to the daemon's main loop.
+    pub reload: mpsc::Sender<ReloadRequest>,
+}
+
+/// Binds the admin listener (so a busy port fails startup) and serves it in the background.
+pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/admin/status", get(status))
+        .route("/admin/reload", post(reload))
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    Ok(local)
+}
+
+async fn metrics_handler(State(s): State<AdminState>) -> Response {
+    s.prom.run_upkeep();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.prom.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if !s.loaded.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "config not loaded\n").into_response();
+    }
+    if all_running(&s.board) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let waiting: Vec<String> = statuses(&s.board)
+            .into_iter()
+            .filter(|p| {
+                !matches!(
+                    p.state,
+                    crate::pipeline::State::Running | crate::pipeline::State::Finished
+                )
+            })
+            .map(|p| format!("{}: {:?}", p.name, p.state))
+            .collect();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", waiting.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pipelines": statuses(&s.board),
+    }))
+}
+
+async fn reload(State(s): State<AdminState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if s.reload.send(tx).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match rx.await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+}
