@@ -15,10 +15,11 @@ use tokio::sync::mpsc;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    // The recorder comes first: plugin registration already records `sluice_plugin_info`.
+    let prom = telemetry::install().context("cannot install the metrics recorder")?;
     let (daemon_cfg, base) =
         config::load_daemon(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let registry = Arc::new(Registry::discover(&daemon_cfg.plugin_dirs));
-    let prom = telemetry::install().context("cannot install the metrics recorder")?;
     let set = match config::load_with(&config_path, daemon_cfg, base, &registry) {
         Ok(s) => s,
         Err(e) => {

@@ -531,11 +531,11 @@ fn build_component(
         if let Some(rest) = e.message.strip_prefix("unknown field `") {
             if let Some(end) = rest.find('`') {
                 let unknown = &rest[..end];
-                field = if field.is_empty() {
-                    unknown.to_string()
-                } else {
-                    format!("{field}.{unknown}")
-                };
+                if field.is_empty() {
+                    field = unknown.to_string();
+                } else if !field.ends_with(unknown) {
+                    field = format!("{field}.{unknown}");
+                }
             }
         }
         p.extend(

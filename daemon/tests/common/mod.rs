@@ -1,0 +1,317 @@
+//! Shared harness for end-to-end tests: starts the real `sluiced` binary on free ports,
+//! captures its output, talks HTTP to it over real sockets, and waits on conditions with
+//! deadlines (never bare sleeps).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The daemon binary built for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluiced"))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns true or `timeout` passes (then panics with `what`).
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// A config folder: `sluiced.toml` plus `pipelines/*.toml`, with free ports.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub metrics: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl Setup {
+    /// Writes a daemon file (extra TOML appended at top level) and pipeline files.
+    pub fn new(extra: &str, pipelines: &[(&str, &str)]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("sluiced.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"var\"\npipelines_dir = \"pipelines\"\nshutdown_timeout = \"10s\"\n{extra}\n\n[api]\nlisten = \"{api}\"\n\n[metrics]\nlisten = \"{metrics}\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        let s = Setup { dir, config, metrics, api };
+        for (name, body) in pipelines {
+            s.write_pipeline(name, body);
+        }
+        s
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write_pipeline(&self, name: &str, body: &str) {
+        std::fs::write(self.path("pipelines").join(format!("{name}.toml")), body).unwrap();
+    }
+
+    /// Runs `sluiced <args> --config <config>` to completion.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("SLUICE_LOG", "info")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(&self.config, self.metrics)
+    }
+}
+
+/// A running `sluiced`.
+pub struct Daemon {
+    pub child: Child,
+    pub metrics: SocketAddr,
+    pub stdout: Arc<Mutex<Vec<u8>>>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, metrics: SocketAddr) -> Daemon {
+        Self::start_with(&[OsStrArg::from("run"), OsStrArg::from("--config"), config.as_os_str().to_owned()], metrics, root())
+    }
+
+    pub fn start_with(args: &[std::ffi::OsString], metrics: SocketAddr, cwd: PathBuf) -> Daemon {
+        let mut child = Command::new(bin())
+            .args(args)
+            .current_dir(cwd)
+            .env("SLUICE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut out = child.stdout.take().unwrap();
+        let o = stdout.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let e = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("SLUICE_TEST_ECHO").is_some() {
+                    eprintln!("[sluiced] {line}");
+                }
+                let mut g = e.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        Daemon { child, metrics, stdout, stderr }
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub fn wait_ready(&mut self) {
+        let deadline = Duration::from_secs(30);
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("sluiced exited early with {st}:\n{}", self.stderr());
+            }
+            if matches!(self.get("/readyz"), Some((200, _))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("sluiced not ready after {deadline:?}:\n{}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        let b = self.stdout.lock().unwrap();
+        String::from_utf8_lossy(&b).lines().map(str::to_string).collect()
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http(self.metrics, "GET", path)
+    }
+
+    pub fn post(&self, path: &str) -> Option<(u16, String)> {
+        http(self.metrics, "POST", path)
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.get("/metrics").map(|r| r.1).unwrap_or_default()
+    }
+
+    /// Sum of every sample of `name` whose labels contain all of `labels` (`k="v"` pairs).
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.metrics_text(), name, labels)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+type OsStrArg = std::ffi::OsString;
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of samples of `name` with all `labels` in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.find('{') {
+                Some(i) => (&series[..i], &series[i..]),
+                None => (series, ""),
+            };
+            (n == name && labels.iter().all(|lab| rest.contains(lab))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// One HTTP/1.1 request with `Connection: close`; `None` if nothing listens.
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// Builds the example plugins once per test process: the Rust example (a real `.so`
+/// built by cargo with its `dylib` feature) and the C example (compiled by `cc`), plus
+/// the refusal fixtures (the C example built with broken descriptors). Returns the folder
+/// holding the built files (not a plugin dir: tests copy what they need).
+pub fn example_plugins() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = root();
+        let target = root.join("target").join("example-plugins");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "sluice-example-passthrough", "--features", "dylib", "--target-dir"])
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(st.success(), "building the Rust example plugin failed");
+        let out = tempfile::Builder::new().prefix("sluice-plugins-").tempdir().unwrap().keep();
+        std::fs::copy(
+            target.join("debug").join("libsluice_example_passthrough.so"),
+            out.join("libsluice_example_passthrough.so"),
+        )
+        .unwrap();
+        let c_src = root.join("plugins/examples/c/passthrough.c");
+        let include = root.join("plugin-api/include");
+        let build_c = |name: &str, defines: &[&str]| {
+            let st = Command::new("cc")
+                .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror"])
+                .args(defines)
+                .arg("-I")
+                .arg(&include)
+                .arg("-o")
+                .arg(out.join(name))
+                .arg(&c_src)
+                .status()
+                .unwrap();
+            assert!(st.success(), "cc failed for {name}");
+        };
+        build_c("libc_passthrough.so", &[]);
+        build_c("bad_magic.so", &["-DFIXTURE_MAGIC=0x12345678u"]);
+        build_c("bad_major.so", &["-DFIXTURE_MAJOR=2"]);
+        build_c("too_small.so", &["-DFIXTURE_SIZE=16"]);
+        build_c("needs_newer_host.so", &["-DFIXTURE_MIN_HOST_MINOR=7"]);
+        build_c("abi_v2_symbol.so", &["-DFIXTURE_SYMBOL=sl_plugin_library_v2"]);
+        build_c("no_symbol.so", &["-DFIXTURE_SYMBOL=not_a_plugin"]);
+        out
+    })
+}
+
+/// A fresh plugin folder (mode 0755) holding copies (mode 0644) of `files` from
+/// [`example_plugins`].
+pub fn plugin_dir(files: &[&str]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let src = example_plugins();
+    let dir = tempfile::Builder::new().prefix("sluice-plugdir-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in files {
+        let to = dir.path().join(f);
+        std::fs::copy(src.join(f), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    dir
+}
+
+/// Reads a file's lines (empty if missing).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}

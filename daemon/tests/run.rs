@@ -1,0 +1,130 @@
+//! The README's run command on the bundled config, SIGTERM behaviour, health endpoints and
+//! the Prometheus exposition (checked with the real `promtool`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn bundled_config_streams_cloudevents_through_jq_and_sigterm_exits_0_within_2s() {
+    let args: Vec<std::ffi::OsString> = ["run", "--config", "etc/sluice/sluiced.toml"].iter().map(Into::into).collect();
+    // The bundled config listens on the documented default ports.
+    let mut d = Daemon::start_with(&args, "127.0.0.1:9464".parse().unwrap(), root());
+    wait_until(Duration::from_secs(30), "three CloudEvents on stdout", || d.stdout_lines().len() >= 3);
+    for line in d.stdout_lines().iter().take(3) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        // The bundled jq filter keeps these fields of a CloudEvents 1.0 event.
+        for k in ["id", "type", "source", "subject", "time", "data"] {
+            assert!(v.get(k).is_some(), "missing {k} in {line}");
+        }
+        assert!(v.get("specversion").is_none(), "jq projection applied: {line}");
+    }
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    let st = d.wait_exit(Duration::from_secs(2)).unwrap_or_else(|| panic!("no exit within 2 s:\n{}", d.stderr()));
+    assert!(st.success(), "exit status {st}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(d.stderr().contains("all pipelines drained"), "{}", d.stderr());
+}
+
+#[test]
+fn sigint_drains_too() {
+    let s = Setup::new("", &[("p", "[pipelines.p]\nsource = { plugin = \"generator\", rate = 1000 }\nsink = { plugin = \"file\", path = \"out.jsonl\" }\n")]);
+    let mut d = s.start();
+    d.wait_ready();
+    d.signal(libc::SIGINT);
+    assert!(d.wait_exit(Duration::from_secs(5)).unwrap().success());
+    // The drain delivered what the source had produced.
+    let delivered = lines(&s.path("out.jsonl")).len();
+    assert!(delivered > 0);
+}
+
+#[test]
+fn health_readiness_and_status() {
+    let s = Setup::new("", &[("p", "[pipelines.p]\nsource = { plugin = \"generator\", rate = 50 }\nsink = { plugin = \"file\", path = \"out.jsonl\" }\n")]);
+    let mut d = s.start();
+    d.wait_ready();
+    assert_eq!(d.get("/healthz").unwrap(), (200, "ok\n".to_string()));
+    assert_eq!(d.get("/readyz").unwrap().0, 200);
+    wait_until(Duration::from_secs(10), "records delivered", || {
+        let st = d.get("/admin/status").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+        v["pipelines"][0]["records_out"].as_u64().unwrap_or(0) > 0
+    });
+    let v: serde_json::Value = serde_json::from_str(&d.get("/admin/status").unwrap().1).unwrap();
+    assert_eq!(v["pipelines"][0]["name"], "p");
+    assert_eq!(v["pipelines"][0]["state"], "running");
+    let (code, out, _) = s.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("p ") && l.contains("running")), "{out}");
+}
+
+#[test]
+fn a_busy_metrics_port_fails_startup_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = Setup::new("", &[]);
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(&s.metrics.to_string(), &taken.local_addr().unwrap().to_string());
+    std::fs::write(&s.config, text).unwrap();
+    let (code, _, err) = s.cli(&["run"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot listen on") && err.contains("[metrics].listen"), "{err}");
+}
+
+#[test]
+fn metrics_pass_promtool() {
+    let plugins = plugin_dir(&["libsluice_example_passthrough.so"]);
+    let s = Setup::new(
+        &format!("plugin_dirs = [\"{}\"]", plugins.path().display()),
+        &[
+            ("ok", "[pipelines.ok]\nsource = { plugin = \"generator\", rate = 500 }\n\n[[pipelines.ok.transforms]]\nplugin = \"jq\"\nfilter = 'if .subject == \"orders\" then error(\"no orders\") else . end'\n\n[pipelines.ok.sink]\nplugin = \"file\"\npath = \"ok.jsonl\"\n"),
+            ("chaotic", "[pipelines.chaotic]\nsource = { plugin = \"generator\", rate = 500, template = '{\"n\":${seq}}' }\n\n[[pipelines.chaotic.transforms]]\nplugin = \"chaos\"\npanic_on = '\"n\":5}'\n\n[pipelines.chaotic.sink]\nplugin = \"stdout\"\n"),
+        ],
+    );
+    let d = s.start();
+    wait_until(Duration::from_secs(20), "failures and panics recorded", || {
+        d.metric("sluice_records_failed_total", &["pipeline=\"ok\"", "error_type=\"processing-failed\""]) > 0.0
+            && d.metric("sluice_plugin_panics_total", &[]) > 0.0
+    });
+    let text = d.metrics_text();
+    for name in [
+        "sluice_plugin_info",
+        "sluice_pipeline_up",
+        "sluice_pipeline_records_in_total",
+        "sluice_sink_records_total",
+        "sluice_records_failed_total",
+        "sluice_plugin_calls_total",
+        "sluice_plugin_call_duration_seconds_bucket",
+        "sluice_plugin_panics_total",
+        "sluice_pipeline_restarts_total",
+        "sluice_config_last_reload_successful",
+        "sluice_config_reloads_total",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from /metrics:\n{text}");
+    }
+    let promtool = which("promtool").expect("promtool not found: run scripts/install-test-deps (Debian package `prometheus`)");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(cmd))
+        .find(|p| p.is_file())
+}
