@@ -4,6 +4,7 @@
 
 use crate::config::{self, ConfigSet};
 use crate::plugins::Registry;
+use crate::sdnotify::SdNotify;
 use crate::supervisor::Supervisor;
 use crate::telemetry::{self, AdminState, ReloadRequest};
 use anyhow::Context as _;
@@ -15,6 +16,10 @@ use tokio::sync::mpsc;
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP right after READY must reload, not kill the process.
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     // The recorder comes first: plugin registration already records `sluice_plugin_info`.
     let prom = telemetry::install().context("cannot install the metrics recorder")?;
     let (daemon_cfg, base) =
@@ -45,29 +50,48 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     sup.apply(&set).await;
     record_reload(true);
     loaded.store(true, Ordering::Release);
+    let sd = SdNotify::from_env();
+    sd.ready(&summary(&set));
+    if let Some(every) = SdNotify::watchdog_interval() {
+        tokio::spawn(async move {
+            let sd = SdNotify::from_env();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                sd.send("WATCHDOG=1");
+            }
+        });
+    }
     let mut current = set;
 
-    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining pipelines"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining pipelines"); break; }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
+                sd.reloading();
                 let _ = reload(&config_path, &registry, &mut sup, &mut current).await;
+                sd.ready(&summary(&current));
             }
             Some(reply) = reload_rx.recv() => {
                 tracing::info!("reload requested over HTTP");
+                sd.reloading();
                 let r = reload(&config_path, &registry, &mut sup, &mut current).await;
+                sd.ready(&summary(&current));
                 let _ = reply.send(r);
             }
         }
     }
+    sd.stopping();
     sup.shutdown().await;
     tracing::info!("all pipelines drained; exiting");
     Ok(())
+}
+
+/// One-line STATUS for systemd.
+fn summary(set: &ConfigSet) -> String {
+    format!("{} pipelines running", set.pipelines.len())
 }
 
 fn record_reload(ok: bool) {

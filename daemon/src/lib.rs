@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod pipeline;
 pub mod plugins;
 pub mod record;
+pub mod sdnotify;
 pub mod supervisor;
 pub mod telemetry;

@@ -7,7 +7,9 @@ use common::*;
 
 /// `file:line:column` of the first occurrence of `needle` in `text`.
 fn at(file: &std::path::Path, text: &str, needle: &str) -> String {
-    let off = text.find(needle).unwrap_or_else(|| panic!("{needle} not in fixture"));
+    let off = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in fixture"));
     let before = &text[..off];
     let line = before.matches('\n').count() + 1;
     let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
@@ -40,12 +42,18 @@ fn bundled_config_is_valid() {
         .current_dir(root())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn unknown_key() {
-    let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\nsinkk = { plugin = \"stdout\" }\n";
+    let body =
+        "[pipelines.p]\nsource = { plugin = \"generator\" }\nsinkk = { plugin = \"stdout\" }\n";
     assert_error(body, "sinkk", &["unknown field `sinkk`"]);
 }
 
@@ -55,34 +63,61 @@ fn unknown_key_in_daemon_file() {
     let (code, _, err) = s.cli(&["check"]);
     assert_eq!(code, 1);
     let text = std::fs::read_to_string(&s.config).unwrap();
-    assert!(err.contains(&at(&s.config, &text, "buffer_memroy")), "{err}");
+    assert!(
+        err.contains(&at(&s.config, &text, "buffer_memroy")),
+        "{err}"
+    );
     assert!(err.contains("unknown field `buffer_memroy`"), "{err}");
 }
 
 #[test]
 fn wrong_type() {
     let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\ntransforms = \"jq\"\nsink = { plugin = \"stdout\" }\n";
-    assert_error(body, "\"jq\"", &["invalid type: string \"jq\", expected a sequence"]);
+    assert_error(
+        body,
+        "\"jq\"",
+        &["invalid type: string \"jq\", expected a sequence"],
+    );
 }
 
 #[test]
 fn wrong_type_in_plugin_options() {
     let body = "[pipelines.p]\nsource = { plugin = \"generator\", rate = \"fast\" }\nsink = { plugin = \"stdout\" }\n";
-    assert_error(body, "rate", &["source (plugin `generator`): rate: invalid type: string \"fast\""]);
+    assert_error(
+        body,
+        "rate",
+        &["source (plugin `generator`): rate: invalid type: string \"fast\""],
+    );
 }
 
 #[test]
 fn unknown_plugin_lists_available_ones() {
-    let body = "[pipelines.p]\nsource = { plugin = \"generatr\" }\nsink = { plugin = \"stdout\" }\n";
-    assert_error(body, "plugin = \"generatr\"", &["unknown source plugin `generatr` (available: generator)"]);
+    let body =
+        "[pipelines.p]\nsource = { plugin = \"generatr\" }\nsink = { plugin = \"stdout\" }\n";
+    assert_error(
+        body,
+        "plugin = \"generatr\"",
+        &["unknown source plugin `generatr` (available: generator)"],
+    );
     let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\nsink = { plugin = \"jq\" }\n";
-    assert_error(body, "plugin = \"jq\"", &["unknown sink plugin `jq` (available: file, stdout)", "`jq` is a transform plugin"]);
+    assert_error(
+        body,
+        "plugin = \"jq\"",
+        &[
+            "unknown sink plugin `jq` (available: file, stdout)",
+            "`jq` is a transform plugin",
+        ],
+    );
 }
 
 #[test]
 fn invalid_jq_program_carries_jaqs_message() {
     let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\n\n[[pipelines.p.transforms]]\nplugin = \"jq\"\nfilter = '{type, '\n\n[pipelines.p.sink]\nplugin = \"stdout\"\n";
-    assert_error(body, "filter", &["transforms[0] (plugin `jq`): filter: invalid jq program: expected"]);
+    assert_error(
+        body,
+        "filter",
+        &["transforms[0] (plugin `jq`): filter: invalid jq program: expected"],
+    );
     let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\n\n[[pipelines.p.transforms]]\nplugin = \"jq\"\nfilter = 'nosuchfn(1)'\n\n[pipelines.p.sink]\nplugin = \"stdout\"\n";
     assert_error(body, "filter", &["undefined filter `nosuchfn`"]);
 }
@@ -90,7 +125,11 @@ fn invalid_jq_program_carries_jaqs_message() {
 #[test]
 fn invalid_plugin_config() {
     let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\nsink = { plugin = \"stdout\", prefixx = \"> \" }\n";
-    assert_error(body, "prefixx", &["sink (plugin `stdout`): prefixx: unknown field `prefixx`, expected `prefix`"]);
+    assert_error(
+        body,
+        "prefixx",
+        &["sink (plugin `stdout`): prefixx: unknown field `prefixx`, expected `prefix`"],
+    );
     let body = "[pipelines.p]\nsource = { plugin = \"generator\", rate = -1 }\nsink = { plugin = \"stdout\" }\n";
     assert_error(body, "rate", &["rate: must be a positive number"]);
     let body = "[pipelines.p]\nsource = { plugin = \"generator\", template = \"${nope}\" }\nsink = { plugin = \"stdout\" }\n";
@@ -105,11 +144,15 @@ fn missing_required_key_points_at_its_table() {
 
 #[test]
 fn duplicate_pipeline_names_across_files() {
-    let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\nsink = { plugin = \"stdout\" }\n";
+    let body =
+        "[pipelines.p]\nsource = { plugin = \"generator\" }\nsink = { plugin = \"stdout\" }\n";
     let s = Setup::new("", &[("a", body), ("b", body)]);
     let (code, _, err) = s.cli(&["check"]);
     assert_eq!(code, 1);
-    assert!(err.contains("b.toml:1:12: pipeline `p` is already defined in"), "{err}");
+    assert!(
+        err.contains("b.toml:1:12: pipeline `p` is already defined in"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -123,14 +166,21 @@ fn every_error_is_reported_not_just_the_first() {
     );
     let (code, _, err) = s.cli(&["check"]);
     assert_eq!(code, 1);
-    assert!(err.contains("a.toml:2:12:") && err.contains("b.toml:3:10:"), "{err}");
+    assert!(
+        err.contains("a.toml:2:12:") && err.contains("b.toml:3:10:"),
+        "{err}"
+    );
 }
 
 #[test]
 fn run_refuses_an_invalid_config_with_the_same_message() {
-    let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\nsinkk = { plugin = \"stdout\" }\n";
+    let body =
+        "[pipelines.p]\nsource = { plugin = \"generator\" }\nsinkk = { plugin = \"stdout\" }\n";
     let s = Setup::new("", &[("p", body)]);
     let (code, _, err) = s.cli(&["run"]);
     assert_eq!(code, 1);
-    assert!(err.contains("p.toml:3:1:") && err.contains("unknown field `sinkk`"), "{err}");
+    assert!(
+        err.contains("p.toml:3:1:") && err.contains("unknown field `sinkk`"),
+        "{err}"
+    );
 }

@@ -23,7 +23,9 @@ fn pipeline(name: &str, transforms: &[&str], out: &str) -> String {
     for t in transforms {
         s.push_str(&format!("\n[[pipelines.{name}.transforms]]\n{t}\n"));
     }
-    s.push_str(&format!("\n[pipelines.{name}.sink]\nplugin = \"file\"\npath = \"{out}\"\n"));
+    s.push_str(&format!(
+        "\n[pipelines.{name}.sink]\nplugin = \"file\"\npath = \"{out}\"\n"
+    ));
     s
 }
 
@@ -38,30 +40,64 @@ fn rust_and_c_plugins_match_the_bundled_path() {
         &format!("plugin_dirs = [\"{}\"]", plugins.path().display()),
         &[
             ("bundled", &pipeline("bundled", &[], "out/bundled.jsonl")),
-            ("bundled_jq", &pipeline("bundled_jq", &[JQ], "out/bundled_jq.jsonl")),
+            (
+                "bundled_jq",
+                &pipeline("bundled_jq", &[JQ], "out/bundled_jq.jsonl"),
+            ),
             ("rust", &pipeline("rust", &[RUST], "out/rust.jsonl")),
             ("c", &pipeline("c", &[C], "out/c.jsonl")),
-            ("chain", &pipeline("chain", &[RUST, C, RUST], "out/chain.jsonl")),
+            (
+                "chain",
+                &pipeline("chain", &[RUST, C, RUST], "out/chain.jsonl"),
+            ),
         ],
     );
     let mut d = s.start();
     d.wait_ready();
     let outs = ["bundled", "bundled_jq", "rust", "c", "chain"];
-    wait_until(Duration::from_secs(30), "all pipelines delivered 2000 records", || {
-        outs.iter().all(|o| lines(&s.path(&format!("out/{o}.jsonl"))).len() >= 2000)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "all pipelines delivered 2000 records",
+        || {
+            outs.iter()
+                .all(|o| lines(&s.path(&format!("out/{o}.jsonl"))).len() >= 2000)
+        },
+    );
     let reference = lines(&s.path("out/bundled.jsonl"));
     assert_eq!(reference.len(), 2000);
     assert!(reference[0].starts_with("{\"n\":0,"), "{}", reference[0]);
     for o in &outs[1..] {
         let got = lines(&s.path(&format!("out/{o}.jsonl")));
         assert_eq!(got.len(), reference.len(), "{o}: record count");
-        assert!(got == reference, "{o}: output differs from the bundled path");
+        assert!(
+            got == reference,
+            "{o}: output differs from the bundled path"
+        );
     }
     // The host timed and counted every call through the ABI, for loaded plugins too.
-    assert!(d.metric("sluice_plugin_calls_total", &["plugin=\"c-passthrough\"", "call=\"transform\"", "status=\"ok\""]) > 0.0);
-    assert!(d.metric("sluice_plugin_calls_total", &["plugin=\"passthrough\"", "pipeline=\"chain\""]) > 0.0);
-    assert_eq!(d.metric("sluice_plugin_info", &["plugin=\"c-passthrough\"", "abi=\"1.0\""]), 1.0);
+    assert!(
+        d.metric(
+            "sluice_plugin_calls_total",
+            &[
+                "plugin=\"c-passthrough\"",
+                "call=\"transform\"",
+                "status=\"ok\""
+            ]
+        ) > 0.0
+    );
+    assert!(
+        d.metric(
+            "sluice_plugin_calls_total",
+            &["plugin=\"passthrough\"", "pipeline=\"chain\""]
+        ) > 0.0
+    );
+    assert_eq!(
+        d.metric(
+            "sluice_plugin_info",
+            &["plugin=\"c-passthrough\"", "abi=\"1.0\""]
+        ),
+        1.0
+    );
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
@@ -91,9 +127,17 @@ fn refusal_dir() -> tempfile::TempDir {
     ]);
     let src = example_plugins().join("libc_passthrough.so");
     std::fs::copy(&src, dir.path().join("writable.so")).unwrap();
-    std::fs::set_permissions(dir.path().join("writable.so"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("writable.so"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     std::fs::copy(&src, dir.path().join("z_clash.so")).unwrap();
-    std::fs::set_permissions(dir.path().join("z_clash.so"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("z_clash.so"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     dir
 }
 
@@ -107,8 +151,14 @@ fn each_refusal_has_its_own_message_and_other_pipelines_run() {
     // `sluiced plugins` lists the good ones and every refusal with its reason.
     let (code, out, _) = s.cli(&["plugins"]);
     assert_eq!(code, 0);
-    assert!(out.contains("c-passthrough") && out.contains("passthrough") && out.contains("chaos"), "{out}");
-    assert!(out.contains("generator") && out.contains("(bundled)"), "{out}");
+    assert!(
+        out.contains("c-passthrough") && out.contains("passthrough") && out.contains("chaos"),
+        "{out}"
+    );
+    assert!(
+        out.contains("generator") && out.contains("(bundled)"),
+        "{out}"
+    );
     for (file, why) in FIXTURES {
         let line = out
             .lines()
@@ -119,13 +169,17 @@ fn each_refusal_has_its_own_message_and_other_pipelines_run() {
     // The daemon logs the same refusals and runs the pipeline that uses a good plugin.
     let mut d = s.start();
     d.wait_ready();
-    wait_until(Duration::from_secs(20), "records through c-passthrough", || {
-        lines(&s.path("out/c.jsonl")).len() >= 2000
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "records through c-passthrough",
+        || lines(&s.path("out/c.jsonl")).len() >= 2000,
+    );
     let log = d.stderr();
     for (file, why) in FIXTURES {
         assert!(
-            log.lines().any(|l| l.contains("plugin library refused") && l.contains(file) && l.contains(why)),
+            log.lines().any(|l| l.contains("plugin library refused")
+                && l.contains(file)
+                && l.contains(why)),
             "log lacks the refusal of {file}:\n{log}"
         );
     }
@@ -140,7 +194,11 @@ fn a_pipeline_using_a_refused_plugin_is_a_config_error_that_says_so() {
     );
     let (code, _, err) = s.cli(&["check"]);
     assert_eq!(code, 1);
-    assert!(err.contains("unknown transform plugin `c-passthrough`") && err.contains("1 plugin library was refused, see `sluiced plugins`"), "{err}");
+    assert!(
+        err.contains("unknown transform plugin `c-passthrough`")
+            && err.contains("1 plugin library was refused, see `sluiced plugins`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -153,30 +211,56 @@ fn a_panicking_transform_fails_only_its_own_pipeline() {
         &[("chaotic", chaotic), ("steady", steady)],
     );
     let mut d = s.start();
-    wait_until(Duration::from_secs(30), "chaotic pipeline restarted twice", || {
-        d.metric("sluice_pipeline_restarts_total", &["pipeline=\"chaotic\""]) >= 2.0
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "chaotic pipeline restarted twice",
+        || d.metric("sluice_pipeline_restarts_total", &["pipeline=\"chaotic\""]) >= 2.0,
+    );
     // Reported in the log (with the panic message) and in metrics.
     let log = d.stderr();
     assert!(
-        log.lines().any(|l| l.contains("pipeline failed; restarting") && l.contains("chaotic") && l.contains("panic: chaos: record")),
+        log.lines()
+            .any(|l| l.contains("pipeline failed; restarting")
+                && l.contains("chaotic")
+                && l.contains("panic: chaos: record")),
         "{log}"
     );
-    assert!(d.metric("sluice_plugin_panics_total", &["plugin=\"chaos\"", "pipeline=\"chaotic\""]) >= 2.0);
-    assert!(d.metric("sluice_plugin_calls_total", &["plugin=\"chaos\"", "status=\"panic\""]) >= 2.0);
+    assert!(
+        d.metric(
+            "sluice_plugin_panics_total",
+            &["plugin=\"chaos\"", "pipeline=\"chaotic\""]
+        ) >= 2.0
+    );
+    assert!(
+        d.metric(
+            "sluice_plugin_calls_total",
+            &["plugin=\"chaos\"", "status=\"panic\""]
+        ) >= 2.0
+    );
     let status = d.get("/admin/status").unwrap().1;
     assert!(status.contains("panic: chaos"), "{status}");
     // The other pipeline kept flowing the whole time, and the daemon is healthy.
     let before = lines(&s.path("out/steady.jsonl")).len();
-    wait_until(Duration::from_secs(10), "steady pipeline keeps delivering", || {
-        lines(&s.path("out/steady.jsonl")).len() > before + 100
-    });
-    assert_eq!(d.metric("sluice_pipeline_up", &["pipeline=\"steady\""]), 1.0);
-    assert_eq!(d.metric("sluice_pipeline_restarts_total", &["pipeline=\"steady\""]), 0.0);
+    wait_until(
+        Duration::from_secs(10),
+        "steady pipeline keeps delivering",
+        || lines(&s.path("out/steady.jsonl")).len() > before + 100,
+    );
+    assert_eq!(
+        d.metric("sluice_pipeline_up", &["pipeline=\"steady\""]),
+        1.0
+    );
+    assert_eq!(
+        d.metric("sluice_pipeline_restarts_total", &["pipeline=\"steady\""]),
+        0.0
+    );
     assert_eq!(d.get("/healthz").unwrap().0, 200);
     // Records before the poisoned one were delivered by each run.
     let chaotic_out = lines(&s.path("out/chaotic.jsonl"));
-    assert!(chaotic_out.iter().all(|l| l != "{\"n\":20}"), "the poisoned record never got through");
+    assert!(
+        chaotic_out.iter().all(|l| l != "{\"n\":20}"),
+        "the poisoned record never got through"
+    );
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
 }

@@ -8,24 +8,41 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn bundled_config_streams_cloudevents_through_jq_and_sigterm_exits_0_within_2s() {
-    let args: Vec<std::ffi::OsString> = ["run", "--config", "etc/sluice/sluiced.toml"].iter().map(Into::into).collect();
+    let args: Vec<std::ffi::OsString> = ["run", "--config", "etc/sluice/sluiced.toml"]
+        .iter()
+        .map(Into::into)
+        .collect();
     // The bundled config listens on the documented default ports.
     let mut d = Daemon::start_with(&args, "127.0.0.1:9464".parse().unwrap(), root());
-    wait_until(Duration::from_secs(30), "three CloudEvents on stdout", || d.stdout_lines().len() >= 3);
+    wait_until(
+        Duration::from_secs(30),
+        "three CloudEvents on stdout",
+        || d.stdout_lines().len() >= 3,
+    );
     for line in d.stdout_lines().iter().take(3) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         // The bundled jq filter keeps these fields of a CloudEvents 1.0 event.
         for k in ["id", "type", "source", "subject", "time", "data"] {
             assert!(v.get(k).is_some(), "missing {k} in {line}");
         }
-        assert!(v.get("specversion").is_none(), "jq projection applied: {line}");
+        assert!(
+            v.get("specversion").is_none(),
+            "jq projection applied: {line}"
+        );
     }
     let t = Instant::now();
     d.signal(libc::SIGTERM);
-    let st = d.wait_exit(Duration::from_secs(2)).unwrap_or_else(|| panic!("no exit within 2 s:\n{}", d.stderr()));
+    let st = d
+        .wait_exit(Duration::from_secs(2))
+        .unwrap_or_else(|| panic!("no exit within 2 s:\n{}", d.stderr()));
     assert!(st.success(), "exit status {st}");
     assert!(t.elapsed() < Duration::from_secs(2));
-    assert!(d.stderr().contains("all pipelines drained"), "{}", d.stderr());
+    assert!(
+        d.stderr().contains("all pipelines drained"),
+        "{}",
+        d.stderr()
+    );
 }
 
 #[test]
@@ -57,18 +74,28 @@ fn health_readiness_and_status() {
     assert_eq!(v["pipelines"][0]["state"], "running");
     let (code, out, _) = s.cli(&["status"]);
     assert_eq!(code, 0);
-    assert!(out.lines().any(|l| l.starts_with("p ") && l.contains("running")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("p ") && l.contains("running")),
+        "{out}"
+    );
 }
 
 #[test]
 fn a_busy_metrics_port_fails_startup_clearly() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let s = Setup::new("", &[]);
-    let text = std::fs::read_to_string(&s.config).unwrap().replace(&s.metrics.to_string(), &taken.local_addr().unwrap().to_string());
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        &s.metrics.to_string(),
+        &taken.local_addr().unwrap().to_string(),
+    );
     std::fs::write(&s.config, text).unwrap();
     let (code, _, err) = s.cli(&["run"]);
     assert_eq!(code, 1);
-    assert!(err.contains("cannot listen on") && err.contains("[metrics].listen"), "{err}");
+    assert!(
+        err.contains("cannot listen on") && err.contains("[metrics].listen"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -77,15 +104,22 @@ fn metrics_pass_promtool() {
     let s = Setup::new(
         &format!("plugin_dirs = [\"{}\"]", plugins.path().display()),
         &[
-            ("ok", "[pipelines.ok]\nsource = { plugin = \"generator\", rate = 500 }\n\n[[pipelines.ok.transforms]]\nplugin = \"jq\"\nfilter = 'if .subject == \"orders\" then error(\"no orders\") else . end'\n\n[pipelines.ok.sink]\nplugin = \"file\"\npath = \"ok.jsonl\"\n"),
+            ("ok", "[pipelines.ok]\nsource = { plugin = \"generator\", rate = 500 }\n\n[[pipelines.ok.transforms]]\nplugin = \"jq\"\nfilter = 'if .subject == \"orders\" then error(\"no orders\") else . end'\n\n[[pipelines.ok.transforms]]\nplugin = \"passthrough\"\n\n[pipelines.ok.sink]\nplugin = \"file\"\npath = \"ok.jsonl\"\n"),
             ("chaotic", "[pipelines.chaotic]\nsource = { plugin = \"generator\", rate = 500, template = '{\"n\":${seq}}' }\n\n[[pipelines.chaotic.transforms]]\nplugin = \"chaos\"\npanic_on = '\"n\":5}'\n\n[pipelines.chaotic.sink]\nplugin = \"stdout\"\n"),
         ],
     );
     let d = s.start();
-    wait_until(Duration::from_secs(20), "failures and panics recorded", || {
-        d.metric("sluice_records_failed_total", &["pipeline=\"ok\"", "error_type=\"processing-failed\""]) > 0.0
-            && d.metric("sluice_plugin_panics_total", &[]) > 0.0
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "failures and panics recorded",
+        || {
+            d.metric(
+                "sluice_records_failed_total",
+                &["pipeline=\"ok\"", "error_type=\"processing-failed\""],
+            ) > 0.0
+                && d.metric("sluice_plugin_panics_total", &[]) > 0.0
+        },
+    );
     let text = d.metrics_text();
     for name in [
         "sluice_plugin_info",
@@ -99,10 +133,16 @@ fn metrics_pass_promtool() {
         "sluice_pipeline_restarts_total",
         "sluice_config_last_reload_successful",
         "sluice_config_reloads_total",
+        // registered by the Rust example plugin through the host metrics API
+        "sluice_plugin_passthrough_batches_total{plugin=\"passthrough\",pipeline=\"ok\"}",
     ] {
-        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from /metrics:\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics:\n{text}"
+        );
     }
-    let promtool = which("promtool").expect("promtool not found: run scripts/install-test-deps (Debian package `prometheus`)");
+    let promtool = which("promtool")
+        .expect("promtool not found: run scripts/install-test-deps (Debian package `prometheus`)");
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -111,7 +151,12 @@ fn metrics_pass_promtool() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -122,6 +122,9 @@ typedef struct sl_batch_builder {
   sl_status (*reject)(void *host, size_t input_index, sl_str reason); /* -> error output */
   uint64_t credit_records;
   uint64_t credit_bytes;
+  /* transforms: pass these input records through unchanged, in this order, without copying
+   * them through push (the cheap path for filters and pass-throughs). */
+  sl_status (*keep)(void *host, const uint32_t *input_indexes, size_t n);
 } sl_batch_builder;
 
 /* A flushed object for object sinks. The body is either in memory (body) or in a spool

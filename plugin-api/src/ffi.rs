@@ -166,6 +166,9 @@ pub struct sl_batch_builder {
     >,
     pub credit_records: u64,
     pub credit_bytes: u64,
+    pub keep: Option<
+        unsafe extern "C" fn(host: *mut c_void, input_indexes: *const u32, n: usize) -> sl_status,
+    >,
 }
 
 #[repr(C)]

@@ -114,6 +114,7 @@ pub struct NewRecord<'a> {
 pub struct Output<'a> {
     raw: *mut ffi::sl_batch_builder,
     ack_token: u64,
+    kept: Vec<u32>,
     _life: PhantomData<&'a mut ffi::sl_batch_builder>,
 }
 
@@ -124,6 +125,7 @@ impl<'a> Output<'a> {
         Output {
             raw,
             ack_token: 0,
+            kept: Vec::new(),
             _life: PhantomData,
         }
     }
@@ -170,7 +172,37 @@ impl<'a> Output<'a> {
         self.push_raw(usize::MAX, rec)
     }
 
+    /// Passes input record `input_index` through unchanged (transforms). Cheaper than
+    /// [`Self::push`]: kept records are handed over in one call, without copying.
+    pub fn keep(&mut self, input_index: usize) {
+        match u32::try_from(input_index) {
+            Ok(i) => self.kept.push(i),
+            Err(_) => self.reject(input_index, "input index out of range"),
+        }
+    }
+
+    /// Hands pending kept records to the host. The SDK calls it after `transform` returns
+    /// (and before any push, to keep output order); call it yourself only when driving an
+    /// `Output` outside the SDK's trampolines.
+    pub fn finish(&mut self) {
+        self.flush_kept();
+    }
+
+    fn flush_kept(&mut self) {
+        if self.kept.is_empty() {
+            return;
+        }
+        let raw = self.raw();
+        let has_keep = raw.struct_size as usize >= std::mem::size_of::<ffi::sl_batch_builder>();
+        if let (true, Some(keep)) = (has_keep, raw.keep) {
+            // SAFETY: the host reads the indexes before returning.
+            unsafe { keep(raw.host, self.kept.as_ptr(), self.kept.len()) };
+        }
+        self.kept.clear();
+    }
+
     fn push_raw(&mut self, origin: usize, rec: &NewRecord<'_>) -> bool {
+        self.flush_kept();
         let attrs: Vec<ffi::sl_attr>;
         let (attrs_ptr, attrs_len) = if rec.attrs.is_empty() {
             (std::ptr::null(), 0)

@@ -194,7 +194,9 @@ pub unsafe extern "C" fn transform<T: Transform>(
     guard::<T, _>(this, err, |t, _| {
         // SAFETY: host-owned views valid for the call.
         let (b, mut o) = unsafe { (Batch::from_raw(&*input), Output::from_raw(out)) };
-        t.transform(&b, &mut o).map(|_| ffi::SL_OK)
+        let r = t.transform(&b, &mut o);
+        o.finish();
+        r.map(|_| ffi::SL_OK)
     })
 }
 

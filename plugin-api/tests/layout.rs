@@ -80,7 +80,8 @@ fn generated_c() -> String {
             push,
             reject,
             credit_records,
-            credit_bytes
+            credit_bytes,
+            keep
         }
     );
     layout!(

@@ -5,7 +5,7 @@
 //! and runs inside `catch_unwind` so a host bug cannot unwind into C.
 
 use sluice_plugin_api::ffi;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,6 +149,8 @@ const MAX_CHILDREN: usize = 100_000;
 
 static FAMILIES: Mutex<Vec<Family>> = Mutex::new(Vec::new());
 static CHILDREN: RwLock<Vec<Child>> = RwLock::new(Vec::new());
+/// (family handle, label values) → child handle, so re-created instances reuse children.
+static CHILD_INDEX: Mutex<BTreeMap<(u64, Vec<String>), u64>> = Mutex::new(BTreeMap::new());
 
 fn sanitize(name: &str) -> String {
     name.chars()
@@ -204,6 +206,14 @@ unsafe extern "C" fn metric_register(
         let Ok(mut fams) = FAMILIES.lock() else {
             return ffi::SL_ERR_FATAL;
         };
+        // Instances are re-created on every restart and config check: reuse the family.
+        if let Some(i) = fams.iter().position(|f| {
+            f.name == full && f.kind == kind && f.labels == labels && f.consts == consts
+        }) {
+            // SAFETY: checked non-null.
+            unsafe { *out = i as u64 + 1 };
+            return ffi::SL_OK;
+        }
         if fams.len() >= MAX_FAMILIES {
             return ffi::SL_ERR_FATAL;
         }
@@ -222,12 +232,12 @@ unsafe extern "C" fn metric_register(
 
 unsafe extern "C" fn metric_bind(
     handle: u64,
-    values: *const ffi::sl_str,
+    values_ptr: *const ffi::sl_str,
     n_values: usize,
     out: *mut u64,
 ) -> ffi::sl_status {
     catch_unwind(AssertUnwindSafe(|| {
-        if out.is_null() || (n_values > 0 && values.is_null()) {
+        if out.is_null() || (n_values > 0 && values_ptr.is_null()) {
             return ffi::SL_ERR_FATAL;
         }
         let Ok(fams) = FAMILIES.lock() else {
@@ -239,15 +249,26 @@ unsafe extern "C" fn metric_bind(
         if n_values != fam.labels.len() {
             return ffi::SL_ERR_FATAL;
         }
+        // SAFETY: n_values views at values_ptr, valid for the call.
+        let values: Vec<String> = (0..n_values)
+            .map(|i| unsafe { view(&*values_ptr.add(i)) })
+            .collect();
+        let Ok(mut index) = CHILD_INDEX.lock() else {
+            return ffi::SL_ERR_FATAL;
+        };
+        // Re-created instances bind the same labels again: reuse the child.
+        if let Some(&h) = index.get(&(handle, values.clone())) {
+            // SAFETY: checked non-null.
+            unsafe { *out = h };
+            return ffi::SL_OK;
+        }
         let mut labels: Vec<metrics::Label> = fam
             .consts
             .iter()
             .map(|(k, v)| metrics::Label::new(k.clone(), v.clone()))
             .collect();
-        for (i, k) in fam.labels.iter().enumerate() {
-            // SAFETY: n_values views at values.
-            let v = unsafe { view(&*values.add(i)) };
-            labels.push(metrics::Label::new(k.clone(), v));
+        for (k, v) in fam.labels.iter().zip(&values) {
+            labels.push(metrics::Label::new(k.clone(), v.clone()));
         }
         let child = match fam.kind {
             ffi::SL_METRIC_COUNTER => Child::Counter(metrics::counter!(fam.name.clone(), labels)),
@@ -261,8 +282,10 @@ unsafe extern "C" fn metric_bind(
             return ffi::SL_ERR_FATAL;
         }
         children.push(child);
+        let h = children.len() as u64;
+        index.insert((handle, values), h);
         // SAFETY: checked non-null.
-        unsafe { *out = children.len() as u64 };
+        unsafe { *out = h };
         ffi::SL_OK
     }))
     .unwrap_or(ffi::SL_ERR_FATAL)

@@ -415,6 +415,36 @@ unsafe extern "C" fn reject_cb(
     .unwrap_or(ffi::SL_ERR_FATAL)
 }
 
+unsafe extern "C" fn keep_cb(host: *mut c_void, idx: *const u32, n: usize) -> ffi::sl_status {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `host` is the Collector of the ongoing call.
+        let Some(c) = (unsafe { (host as *mut Collector<'_>).as_mut() }) else {
+            return ffi::SL_ERR_FATAL;
+        };
+        if n == 0 {
+            return ffi::SL_OK;
+        }
+        if idx.is_null() {
+            return ffi::SL_ERR_FATAL;
+        }
+        // SAFETY: n indexes at idx, valid for the call.
+        let idx = unsafe { std::slice::from_raw_parts(idx, n) };
+        let mut st = ffi::SL_OK;
+        c.out.reserve(n);
+        for &i in idx {
+            match c.input.get(i as usize) {
+                Some(r) => {
+                    c.bytes += r.data.len() as u64;
+                    c.out.push(r.clone());
+                }
+                None => st = ffi::SL_ERR_FATAL,
+            }
+        }
+        st
+    }))
+    .unwrap_or(ffi::SL_ERR_FATAL)
+}
+
 fn builder(c: &mut Collector<'_>) -> ffi::sl_batch_builder {
     ffi::sl_batch_builder {
         struct_size: std::mem::size_of::<ffi::sl_batch_builder>() as u32,
@@ -424,6 +454,7 @@ fn builder(c: &mut Collector<'_>) -> ffi::sl_batch_builder {
         reject: Some(reject_cb),
         credit_records: c.credit_records,
         credit_bytes: c.credit_bytes,
+        keep: Some(keep_cb),
     }
 }
 
@@ -628,3 +659,49 @@ impl SinkInstance {
         }
     }
 }
+
+/// Runs a transform's Rust implementation directly — same record views and host builder
+/// as [`TransformInstance::transform`], without the vtable, trampoline, `catch_unwind` or
+/// call metrics. The baseline of the ABI-overhead benchmark.
+#[doc(hidden)]
+pub fn direct_transform<T: sluice_plugin_api::Transform>(
+    plugin: &mut T,
+    views: &mut DirectViews,
+    input: &[Record],
+) -> Result<TransformOutput, sluice_plugin_api::Error> {
+    let batch = views.0.fill(input);
+    let mut c = Collector {
+        input,
+        out: Vec::with_capacity(input.len()),
+        rejects: Vec::new(),
+        credit_records: u64::MAX,
+        credit_bytes: u64::MAX,
+        bytes: 0,
+        now: now_ms(),
+        next_seq: 0,
+    };
+    let mut b = builder(&mut c);
+    // SAFETY: the views and the builder outlive the call.
+    let (batch, mut out) = unsafe {
+        (
+            sluice_plugin_api::Batch::from_raw(&*batch),
+            sluice_plugin_api::Output::from_raw(&mut b),
+        )
+    };
+    plugin.transform(&batch, &mut out)?;
+    out.finish();
+    let rejected = c
+        .rejects
+        .into_iter()
+        .map(|(i, why)| (input[i].clone(), why))
+        .collect();
+    Ok(TransformOutput {
+        records: c.out,
+        rejected,
+    })
+}
+
+/// Scratch space for [`direct_transform`].
+#[doc(hidden)]
+#[derive(Default)]
+pub struct DirectViews(Views);

@@ -11,8 +11,8 @@ mod loader;
 
 pub use host::{CompletionResult, InstanceShared};
 pub use instance::{
-    status_name, CallError, Instance, PollOutcome, SinkInstance, SourceInstance, Submit,
-    TransformInstance, TransformOutput,
+    direct_transform, status_name, CallError, DirectViews, Instance, PollOutcome, SinkInstance,
+    SourceInstance, Submit, TransformInstance, TransformOutput,
 };
 pub use loader::{load_dir, LoadError};
 

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The daemon binary built for this test run.
@@ -22,7 +25,11 @@ pub fn bin() -> PathBuf {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns true or `timeout` passes (then panics with `what`).
@@ -60,7 +67,12 @@ impl Setup {
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-        let s = Setup { dir, config, metrics, api };
+        let s = Setup {
+            dir,
+            config,
+            metrics,
+            api,
+        };
         for (name, body) in pipelines {
             s.write_pipeline(name, body);
         }
@@ -106,12 +118,30 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, metrics: SocketAddr) -> Daemon {
-        Self::start_with(&[OsStrArg::from("run"), OsStrArg::from("--config"), config.as_os_str().to_owned()], metrics, root())
+        Self::start_with(
+            &[
+                OsStrArg::from("run"),
+                OsStrArg::from("--config"),
+                config.as_os_str().to_owned(),
+            ],
+            metrics,
+            root(),
+        )
     }
 
     pub fn start_with(args: &[std::ffi::OsString], metrics: SocketAddr, cwd: PathBuf) -> Daemon {
+        Self::start_env(args, metrics, cwd, &[])
+    }
+
+    pub fn start_env(
+        args: &[std::ffi::OsString],
+        metrics: SocketAddr,
+        cwd: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(cwd)
             .env("SLUICE_LOG", "info")
             .stdin(Stdio::null())
@@ -145,7 +175,12 @@ impl Daemon {
                 g.push('\n');
             }
         });
-        Daemon { child, metrics, stdout, stderr }
+        Daemon {
+            child,
+            metrics,
+            stdout,
+            stderr,
+        }
     }
 
     /// Waits for `/readyz` to answer 200.
@@ -170,7 +205,10 @@ impl Daemon {
 
     pub fn stdout_lines(&self) -> Vec<String> {
         let b = self.stdout.lock().unwrap();
-        String::from_utf8_lossy(&b).lines().map(str::to_string).collect()
+        String::from_utf8_lossy(&b)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -227,7 +265,8 @@ pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
                 Some(i) => (&series[..i], &series[i..]),
                 None => (series, ""),
             };
-            (n == name && labels.iter().all(|lab| rest.contains(lab))).then(|| value.parse::<f64>().ok())?
+            (n == name && labels.iter().all(|lab| rest.contains(lab)))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
@@ -257,14 +296,28 @@ pub fn example_plugins() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--quiet", "-p", "sluice-example-passthrough", "--features", "dylib", "--target-dir"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sluice-example-passthrough",
+                "--features",
+                "dylib",
+                "--target-dir",
+            ])
             .arg(&target)
             .status()
             .unwrap();
         assert!(st.success(), "building the Rust example plugin failed");
-        let out = tempfile::Builder::new().prefix("sluice-plugins-").tempdir().unwrap().keep();
+        let out = tempfile::Builder::new()
+            .prefix("sluice-plugins-")
+            .tempdir()
+            .unwrap()
+            .keep();
         std::fs::copy(
-            target.join("debug").join("libsluice_example_passthrough.so"),
+            target
+                .join("debug")
+                .join("libsluice_example_passthrough.so"),
             out.join("libsluice_example_passthrough.so"),
         )
         .unwrap();
@@ -288,7 +341,10 @@ pub fn example_plugins() -> &'static Path {
         build_c("bad_major.so", &["-DFIXTURE_MAJOR=2"]);
         build_c("too_small.so", &["-DFIXTURE_SIZE=16"]);
         build_c("needs_newer_host.so", &["-DFIXTURE_MIN_HOST_MINOR=7"]);
-        build_c("abi_v2_symbol.so", &["-DFIXTURE_SYMBOL=sl_plugin_library_v2"]);
+        build_c(
+            "abi_v2_symbol.so",
+            &["-DFIXTURE_SYMBOL=sl_plugin_library_v2"],
+        );
         build_c("no_symbol.so", &["-DFIXTURE_SYMBOL=not_a_plugin"]);
         out
     })
@@ -299,7 +355,10 @@ pub fn example_plugins() -> &'static Path {
 pub fn plugin_dir(files: &[&str]) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let src = example_plugins();
-    let dir = tempfile::Builder::new().prefix("sluice-plugdir-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-plugdir-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     for f in files {
         let to = dir.path().join(f);

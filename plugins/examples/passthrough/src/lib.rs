@@ -7,27 +7,46 @@
 //!
 //! Build the `.so` with `cargo build -p sluice-example-passthrough --features dylib`.
 
-use sluice_plugin_api::{declare_library, Batch, Context, Error, Output, Plugin, Transform};
+use sluice_plugin_api::{
+    declare_library, Batch, Context, Error, Metric, Output, Plugin, Transform,
+};
 
 /// `passthrough` takes no options.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassthroughConfig {}
 
-/// Copies every record unchanged.
-pub struct Passthrough;
+/// Passes every record through unchanged, counting batches in a plugin metric
+/// (`sluice_plugin_passthrough_batches_total`) to show the host metrics API.
+#[derive(Default)]
+pub struct Passthrough {
+    batches: Option<Metric>,
+}
+
+impl Passthrough {
+    /// An instance without metrics (for direct calls in benchmarks).
+    pub fn new() -> Self {
+        Passthrough { batches: None }
+    }
+}
 
 impl Plugin for Passthrough {
     type Config = PassthroughConfig;
-    fn create(_: PassthroughConfig, _: &Context) -> Result<Self, Error> {
-        Ok(Passthrough)
+    fn create(_: PassthroughConfig, ctx: &Context) -> Result<Self, Error> {
+        let batches = ctx.counter("passthrough_batches", "batches passed through")?;
+        Ok(Passthrough {
+            batches: Some(batches),
+        })
     }
 }
 
 impl Transform for Passthrough {
     fn transform(&mut self, input: &Batch<'_>, out: &mut Output<'_>) -> Result<(), Error> {
-        for (i, r) in input.iter().enumerate() {
-            out.push(i, &r.to_new());
+        for i in 0..input.len() {
+            out.keep(i);
+        }
+        if let Some(m) = &self.batches {
+            m.record(1.0);
         }
         Ok(())
     }
@@ -84,7 +103,7 @@ impl Transform for Chaos {
                     )));
                 }
             }
-            out.push(i, &r.to_new());
+            out.keep(i);
         }
         Ok(())
     }
