@@ -175,6 +175,13 @@ fn each_refusal_has_its_own_message_and_other_pipelines_run() {
         || lines(&s.path("out/c.jsonl")).len() >= 2000,
     );
     let log = d.stderr();
+    // The C plugin's own log line arrives through the host API, with its fields.
+    assert!(
+        log.lines().any(|l| l.contains("c-passthrough started")
+            && l.contains("plugin=\"c-passthrough\"")
+            && l.contains("pipeline=\"c\"")),
+        "{log}"
+    );
     for (file, why) in FIXTURES {
         assert!(
             log.lines().any(|l| l.contains("plugin library refused")

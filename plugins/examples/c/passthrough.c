@@ -48,7 +48,7 @@ static sl_status start(void *self, sl_error *err) {
   instance *inst = self;
   const char msg[] = "c-passthrough started";
   sl_str s = {(const uint8_t *)msg, sizeof msg - 1};
-  if (inst->ctx->host->log) inst->ctx->host->log(inst->ctx->inst, SL_LOG_DEBUG, s);
+  if (inst->ctx->host->log) inst->ctx->host->log(inst->ctx->inst, SL_LOG_INFO, s);
   return SL_OK;
 }
 
