@@ -1,0 +1,670 @@
+//! `sluice-shardlog`: one shard's durable, append-only log.
+//!
+//! A shard is a folder of segment files named after their first sequence number
+//! (`00000000000000000042.seg`). Each record is a CRC32C-checked frame ([`frame`]) holding a
+//! shard-local sequence number (0, 1, 2, ... — increasing across restarts), an arrival time
+//! (non-decreasing within the shard), the partition key and the data. A sparse in-memory
+//! index per segment (every [`Options::index_every`] records, rebuilt on open) seeks by
+//! sequence number and by time.
+//!
+//! **Durability** ([`FsyncPolicy`]): with `Batch`, [`ShardLog::append`] returns only after
+//! the bytes are `fdatasync`ed; concurrent appends share one sync (group commit).
+//! **Recovery**: on open every segment is scanned; a torn or corrupt tail of the last
+//! segment is truncated to the last good record (reported in [`OpenReport`]); damage
+//! followed by valid records is reported with its segment and offset and skipped by reads —
+//! never silently. **Retention** drops whole closed segments by age or total size.
+
+pub mod frame;
+
+use frame::{Decoded, Frame};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// Errors of the shard log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("record too large: {0} bytes")]
+    TooLarge(usize),
+    #[error("partition key too long: {0} bytes")]
+    KeyTooLong(usize),
+    #[error("shard log lock poisoned")]
+    Poisoned,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// When appended bytes are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fdatasync` before `append` returns, shared by concurrent appends (group commit).
+    Batch,
+    /// Never (the OS writes back when it likes).
+    None,
+    /// By the owner calling [`ShardLog::sync`] on a timer.
+    Interval(Duration),
+}
+
+/// Tuning of a shard log.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A segment is closed once it reaches this size.
+    pub segment_bytes: u64,
+    /// Durability policy.
+    pub fsync: FsyncPolicy,
+    /// One index entry every this many records.
+    pub index_every: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            fsync: FsyncPolicy::Batch,
+            index_every: 64,
+        }
+    }
+}
+
+/// A record to append.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// Partition key (≤ 65,535 bytes).
+    pub key: &'a [u8],
+    /// Payload.
+    pub data: &'a [u8],
+    /// Arrival time; raised to the shard's last arrival if older, so time never goes back.
+    pub arrival_ms: i64,
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Shard-local sequence number.
+    pub seq: u64,
+    /// Arrival time, ms since the epoch.
+    pub arrival_ms: i64,
+    /// Partition key.
+    pub key: Vec<u8>,
+    /// Payload.
+    pub data: Vec<u8>,
+}
+
+/// Damaged bytes found on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Byte offset of the damage.
+    pub offset: u64,
+    /// Damaged bytes.
+    pub len: u64,
+    /// Truncated (a torn tail) rather than skipped (damage followed by good records).
+    pub truncated: bool,
+}
+
+/// What opening found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Every damaged range, truncated or skipped.
+    pub damage: Vec<Damage>,
+    /// Records readable.
+    pub records: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    seq: u64,
+    arrival_ms: i64,
+    offset: u64,
+}
+
+struct Segment {
+    path: PathBuf,
+    file: Arc<File>,
+    first_seq: u64,
+    /// Bytes in the file.
+    len: u64,
+    records: u64,
+    last_seq: Option<u64>,
+    first_arrival: i64,
+    last_arrival: i64,
+    index: Vec<IndexEntry>,
+    /// Damaged ranges (offset, len) that reads skip.
+    holes: Vec<(u64, u64)>,
+}
+
+impl Segment {
+    fn note(&mut self, f: &Frame<'_>, offset: u64, size: u64, index_every: u32) {
+        if self.records.is_multiple_of(u64::from(index_every.max(1))) {
+            self.index.push(IndexEntry {
+                seq: f.seq,
+                arrival_ms: f.arrival_ms,
+                offset,
+            });
+        }
+        if self.records == 0 {
+            self.first_arrival = f.arrival_ms;
+        }
+        self.records += 1;
+        self.last_seq = Some(f.seq);
+        self.last_arrival = f.arrival_ms;
+        self.len = offset + size;
+    }
+}
+
+struct Inner {
+    segments: BTreeMap<u64, Segment>,
+    next_seq: u64,
+    last_arrival: i64,
+    /// Bytes ever appended since open (group-commit positions).
+    written: u64,
+    /// Bytes in all segments.
+    total_bytes: u64,
+}
+
+/// One shard's log. Thread-safe: appends serialise on a lock, reads share it.
+pub struct ShardLog {
+    dir: PathBuf,
+    opts: Options,
+    inner: RwLock<Inner>,
+    sync_lock: Mutex<()>,
+    synced: AtomicU64,
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+/// Reads a whole segment and finds its frames; returns the segment and its damage.
+fn scan(
+    path: &Path,
+    first_seq: u64,
+    last: bool,
+    index_every: u32,
+) -> Result<(Segment, Vec<Damage>), Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let mut seg = Segment {
+        path: path.to_path_buf(),
+        file: Arc::new(file),
+        first_seq,
+        len: 0,
+        records: 0,
+        last_seq: None,
+        first_arrival: i64::MIN,
+        last_arrival: i64::MIN,
+        index: Vec::new(),
+        holes: Vec::new(),
+    };
+    let mut damage = Vec::new();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        match frame::decode(&bytes[pos..]) {
+            Decoded::Frame(f, n) => {
+                seg.note(&f, pos as u64, n as u64, index_every);
+                pos += n;
+            }
+            _ => {
+                // Resynchronise: the next offset where a whole valid frame starts.
+                let next = (pos + 1..bytes.len()).find(|&q| matches!(frame::decode(&bytes[q..]), Decoded::Frame(f, _) if seg.last_seq.is_none_or(|l| f.seq > l)));
+                match next {
+                    Some(q) => {
+                        damage.push(Damage {
+                            segment: path.to_path_buf(),
+                            offset: pos as u64,
+                            len: (q - pos) as u64,
+                            truncated: false,
+                        });
+                        seg.holes.push((pos as u64, (q - pos) as u64));
+                        seg.len = q as u64;
+                        pos = q;
+                    }
+                    None => {
+                        damage.push(Damage {
+                            segment: path.to_path_buf(),
+                            offset: pos as u64,
+                            len: (bytes.len() - pos) as u64,
+                            truncated: last,
+                        });
+                        if last {
+                            seg.file.set_len(pos as u64).map_err(io(path))?;
+                            seg.file.sync_all().map_err(io(path))?;
+                            seg.len = pos as u64;
+                        } else {
+                            seg.holes.push((pos as u64, (bytes.len() - pos) as u64));
+                            seg.len = bytes.len() as u64;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok((seg, damage))
+}
+
+impl ShardLog {
+    /// Opens (or creates) the shard log in `dir`, recovering from crashes.
+    pub fn open(dir: &Path, opts: Options) -> Result<(ShardLog, OpenReport), Error> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let stem = p.file_name()?.to_str()?.strip_suffix(".seg")?;
+                Some((stem.parse().ok()?, p))
+            })
+            .collect();
+        names.sort();
+        let mut report = OpenReport::default();
+        let mut segments = BTreeMap::new();
+        let mut next_seq = 0;
+        let mut last_arrival = i64::MIN;
+        let mut total = 0;
+        let n = names.len();
+        for (i, (first, path)) in names.into_iter().enumerate() {
+            let (seg, mut damage) = scan(&path, first, i + 1 == n, opts.index_every)?;
+            report.damage.append(&mut damage);
+            report.records += seg.records;
+            next_seq = next_seq.max(seg.last_seq.map(|s| s + 1).unwrap_or(first));
+            if seg.records > 0 {
+                last_arrival = last_arrival.max(seg.last_arrival);
+            }
+            total += seg.len;
+            segments.insert(first, seg);
+        }
+        // Segments are created eagerly, so the directory entry of the first one must last.
+        let log = ShardLog {
+            dir: dir.to_path_buf(),
+            opts,
+            inner: RwLock::new(Inner {
+                segments,
+                next_seq,
+                last_arrival,
+                written: 0,
+                total_bytes: total,
+            }),
+            sync_lock: Mutex::new(()),
+            synced: AtomicU64::new(0),
+        };
+        Ok((log, report))
+    }
+
+    fn sync_dir(&self) -> Result<(), Error> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))
+    }
+
+    /// Appends records in order; returns the sequence number of the first and the arrival
+    /// time given to each. Durable on return under [`FsyncPolicy::Batch`].
+    pub fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), Error> {
+        if entries.is_empty() {
+            let g = self.inner.read().map_err(|_| Error::Poisoned)?;
+            return Ok((g.next_seq, Vec::new()));
+        }
+        let mut buf = Vec::with_capacity(
+            entries
+                .iter()
+                .map(|e| frame::encoded_len(e.key.len(), e.data.len()))
+                .sum(),
+        );
+        let (first, arrivals, end) = {
+            let mut g = self.inner.write().map_err(|_| Error::Poisoned)?;
+            let first = g.next_seq;
+            let mut arrivals = Vec::with_capacity(entries.len());
+            let mut last = g.last_arrival;
+            for (i, e) in entries.iter().enumerate() {
+                if e.key.len() > u16::MAX as usize {
+                    return Err(Error::KeyTooLong(e.key.len()));
+                }
+                if frame::encoded_len(e.key.len(), e.data.len()) > frame::MAX_FRAME {
+                    return Err(Error::TooLarge(e.data.len()));
+                }
+                last = last.max(e.arrival_ms);
+                arrivals.push(last);
+                frame::encode(&mut buf, first + i as u64, last, e.key, e.data);
+            }
+            // Roll to a new segment when the active one is full (and not empty).
+            let need_new = match g.segments.values().next_back() {
+                None => true,
+                Some(s) => s.len > 0 && s.len + buf.len() as u64 > self.opts.segment_bytes,
+            };
+            if need_new {
+                if let Some(s) = g.segments.values().next_back() {
+                    // Everything in a closed segment is durable before the next one starts.
+                    if self.opts.fsync != FsyncPolicy::None {
+                        s.file.sync_data().map_err(io(&s.path))?;
+                    }
+                }
+                let path = self.dir.join(segment_name(first));
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                g.segments.insert(
+                    first,
+                    Segment {
+                        path,
+                        file: Arc::new(file),
+                        first_seq: first,
+                        len: 0,
+                        records: 0,
+                        last_seq: None,
+                        first_arrival: i64::MIN,
+                        last_arrival: i64::MIN,
+                        index: Vec::new(),
+                        holes: Vec::new(),
+                    },
+                );
+                if self.opts.fsync != FsyncPolicy::None {
+                    self.sync_dir()?;
+                }
+            }
+            let every = self.opts.index_every;
+            let Some(seg) = g.segments.values_mut().next_back() else {
+                return Err(Error::Poisoned);
+            };
+            let base = seg.len;
+            seg.file.write_all_at(&buf, base).map_err(io(&seg.path))?;
+            let mut off = 0usize;
+            while off < buf.len() {
+                if let Decoded::Frame(f, n) = frame::decode(&buf[off..]) {
+                    seg.note(&f, base + off as u64, n as u64, every);
+                    off += n;
+                } else {
+                    break;
+                }
+            }
+            g.next_seq = first + entries.len() as u64;
+            g.last_arrival = last;
+            g.written += buf.len() as u64;
+            g.total_bytes += buf.len() as u64;
+            (first, arrivals, g.written)
+        };
+        if self.opts.fsync == FsyncPolicy::Batch {
+            self.sync_upto(end)?;
+        }
+        Ok((first, arrivals))
+    }
+
+    /// Group commit: one `fdatasync` covers every append written before it started.
+    fn sync_upto(&self, pos: u64) -> Result<(), Error> {
+        if self.synced.load(Ordering::Acquire) >= pos {
+            return Ok(());
+        }
+        let _g = self.sync_lock.lock().map_err(|_| Error::Poisoned)?;
+        if self.synced.load(Ordering::Acquire) >= pos {
+            return Ok(());
+        }
+        self.sync()
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> Result<(), Error> {
+        let (target, file, path) = {
+            let g = self.inner.read().map_err(|_| Error::Poisoned)?;
+            match g.segments.values().next_back() {
+                Some(s) => (g.written, s.file.clone(), s.path.clone()),
+                None => return Ok(()),
+            }
+        };
+        file.sync_data().map_err(io(&path))?;
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The next sequence number to be assigned.
+    pub fn next_seq(&self) -> u64 {
+        self.inner.read().map(|g| g.next_seq).unwrap_or(0)
+    }
+
+    /// The oldest readable sequence number (the trim horizon).
+    pub fn first_seq(&self) -> u64 {
+        self.inner
+            .read()
+            .map(|g| {
+                g.segments
+                    .values()
+                    .next()
+                    .map(|s| s.first_seq)
+                    .unwrap_or(g.next_seq)
+            })
+            .unwrap_or(0)
+    }
+
+    /// Bytes on disk.
+    pub fn total_bytes(&self) -> u64 {
+        self.inner.read().map(|g| g.total_bytes).unwrap_or(0)
+    }
+
+    /// Arrival time of the oldest and newest readable records.
+    pub fn arrival_range(&self) -> Option<(i64, i64)> {
+        let g = self.inner.read().ok()?;
+        let first = g.segments.values().find(|s| s.records > 0)?.first_arrival;
+        let last = g
+            .segments
+            .values()
+            .rev()
+            .find(|s| s.records > 0)?
+            .last_arrival;
+        Some((first, last))
+    }
+
+    /// Reads records with `seq >= from`, at most `max_records` and (beyond the first)
+    /// `max_bytes` of data, in order. Records before the trim horizon are gone: reading
+    /// starts at the oldest one left.
+    pub fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, Error> {
+        let g = self.inner.read().map_err(|_| Error::Poisoned)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let start_key = g
+            .segments
+            .range(..=from)
+            .next_back()
+            .map(|(k, _)| *k)
+            .unwrap_or(0);
+        for seg in g.segments.range(start_key..).map(|(_, s)| s) {
+            if seg.last_seq.is_none_or(|l| l < from) {
+                continue;
+            }
+            let i = seg.index.partition_point(|e| e.seq <= from);
+            let mut offset = if i == 0 { 0 } else { seg.index[i - 1].offset };
+            if !read_segment(
+                seg,
+                &mut offset,
+                from,
+                max_records,
+                max_bytes,
+                &mut out,
+                &mut bytes,
+            )? {
+                return Ok(out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sequence number of the first record that arrived at or after `ts_ms`
+    /// (`next_seq()` when none did).
+    pub fn seek_timestamp(&self, ts_ms: i64) -> Result<u64, Error> {
+        let g = self.inner.read().map_err(|_| Error::Poisoned)?;
+        for seg in g.segments.values() {
+            if seg.records == 0 || seg.last_arrival < ts_ms {
+                continue;
+            }
+            let i = seg.index.partition_point(|e| e.arrival_ms < ts_ms);
+            let from = if i == 0 {
+                seg.first_seq
+            } else {
+                seg.index[i - 1].seq
+            };
+            let mut offset = if i == 0 { 0 } else { seg.index[i - 1].offset };
+            let mut recs = Vec::new();
+            let mut bytes = 0;
+            // Scan at most one index stride to the exact record.
+            read_segment(
+                seg,
+                &mut offset,
+                from,
+                self.opts.index_every as usize + 1,
+                usize::MAX,
+                &mut recs,
+                &mut bytes,
+            )?;
+            if let Some(r) = recs.iter().find(|r| r.arrival_ms >= ts_ms) {
+                return Ok(r.seq);
+            }
+        }
+        Ok(g.next_seq)
+    }
+
+    /// Drops closed segments whose newest record arrived before `cutoff_ms`, then the
+    /// oldest closed segments while the log exceeds `max_bytes`. Returns segments removed.
+    pub fn enforce_retention(
+        &self,
+        cutoff_ms: i64,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, Error> {
+        let mut g = self.inner.write().map_err(|_| Error::Poisoned)?;
+        let mut removed = 0;
+        loop {
+            let n = g.segments.len();
+            let Some((&first, seg)) = g.segments.iter().next() else {
+                break;
+            };
+            if n <= 1 {
+                break; // the active segment stays
+            }
+            let too_old = seg.records == 0 || seg.last_arrival < cutoff_ms;
+            let too_big = max_bytes.is_some_and(|m| g.total_bytes > m);
+            if !(too_old || too_big) {
+                break;
+            }
+            let path = seg.path.clone();
+            let len = seg.len;
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            g.segments.remove(&first);
+            g.total_bytes = g.total_bytes.saturating_sub(len);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the whole log (stream deletion).
+    pub fn destroy(self) -> Result<(), Error> {
+        std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))
+    }
+}
+
+/// Reads frames of `seg` from `*offset`; returns false once a limit is reached.
+fn read_segment(
+    seg: &Segment,
+    offset: &mut u64,
+    from: u64,
+    max_records: usize,
+    max_bytes: usize,
+    out: &mut Vec<StoredRecord>,
+    bytes: &mut usize,
+) -> Result<bool, Error> {
+    const CHUNK: usize = 256 << 10;
+    let mut buf = Vec::new();
+    while *offset < seg.len {
+        if let Some(&(h, l)) = seg
+            .holes
+            .iter()
+            .find(|&&(h, l)| *offset >= h && *offset < h + l)
+        {
+            *offset = h + l;
+            continue;
+        }
+        let want = (seg.len - *offset).min(CHUNK as u64) as usize;
+        buf.resize(want, 0);
+        seg.file
+            .read_exact_at(&mut buf, *offset)
+            .map_err(io(&seg.path))?;
+        let mut pos = 0;
+        loop {
+            match frame::decode(&buf[pos..]) {
+                Decoded::Frame(f, n) => {
+                    if f.seq >= from {
+                        if out.len() >= max_records
+                            || (!out.is_empty() && *bytes + f.data.len() > max_bytes)
+                        {
+                            return Ok(false);
+                        }
+                        *bytes += f.data.len();
+                        out.push(StoredRecord {
+                            seq: f.seq,
+                            arrival_ms: f.arrival_ms,
+                            key: f.key.to_vec(),
+                            data: f.data.to_vec(),
+                        });
+                    }
+                    pos += n;
+                }
+                Decoded::Incomplete if pos > 0 => break,
+                Decoded::Incomplete => {
+                    if buf.len() < 4 {
+                        return Ok(true);
+                    }
+                    // One frame larger than the chunk: read it whole.
+                    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize + 4;
+                    if len > frame::MAX_FRAME || *offset + len as u64 > seg.len {
+                        return Ok(true);
+                    }
+                    buf.resize(len, 0);
+                    seg.file
+                        .read_exact_at(&mut buf, *offset)
+                        .map_err(io(&seg.path))?;
+                    continue;
+                }
+                Decoded::Invalid => {
+                    // Damage found on open starts here: skip the hole and go on.
+                    *offset += pos as u64;
+                    if seg.holes.iter().any(|&(h, _)| h == *offset) {
+                        pos = 0;
+                        buf.clear();
+                        break;
+                    }
+                    return Ok(true);
+                }
+            }
+            if pos >= buf.len() {
+                break;
+            }
+        }
+        *offset += pos as u64;
+        if buf.is_empty() {
+            continue; // at a hole: the loop head skips it
+        }
+    }
+    Ok(true)
+}
