@@ -2,9 +2,11 @@
 //! config from empty, then serve signals — SIGHUP and `POST /admin/reload` reload,
 //! SIGTERM/SIGINT drain every pipeline and exit.
 
+use crate::api::{self, ApiState, IteratorCodec};
 use crate::config::{self, ConfigSet};
 use crate::plugins::Registry;
 use crate::sdnotify::SdNotify;
+use crate::stream::Streams;
 use crate::supervisor::Supervisor;
 use crate::telemetry::{self, AdminState, ReloadRequest};
 use anyhow::Context as _;
@@ -32,6 +34,32 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             return Err(anyhow::anyhow!("invalid configuration:\n{e}"));
         }
     };
+    let streams =
+        Arc::new(Streams::open(&set.daemon.data_dir).with_context(|| {
+            format!("cannot open streams in {}", set.daemon.data_dir.display())
+        })?);
+    streams
+        .apply_config(&set.streams)
+        .context("cannot open the configured streams")?;
+    let api_state = Arc::new(ApiState {
+        streams: streams.clone(),
+        account: set.daemon.api.account_id.clone(),
+        iterators: IteratorCodec::new(),
+    });
+    let api_listen = set.daemon.api.listen;
+    let api_addr = api::serve(api_listen, api_state)
+        .await
+        .with_context(|| format!("cannot listen on {api_listen} ([api].listen)"))?;
+    tracing::info!(addr = %api_addr, "Kinesis API up");
+    let upkeep_streams = streams.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let s = upkeep_streams.clone();
+            let _ = tokio::task::spawn_blocking(move || s.upkeep()).await;
+        }
+    });
     let mut sup = Supervisor::new(registry.clone(), &set);
     let loaded = Arc::new(AtomicBool::new(false));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
@@ -71,13 +99,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
                 sd.reloading();
-                let _ = reload(&config_path, &registry, &mut sup, &mut current).await;
+                let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
                 sd.ready(&summary(&current));
             }
             Some(reply) = reload_rx.recv() => {
                 tracing::info!("reload requested over HTTP");
                 sd.reloading();
-                let r = reload(&config_path, &registry, &mut sup, &mut current).await;
+                let r = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
                 sd.ready(&summary(&current));
                 let _ = reply.send(r);
             }
@@ -91,7 +119,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
 /// One-line STATUS for systemd.
 fn summary(set: &ConfigSet) -> String {
-    format!("{} pipelines running", set.pipelines.len())
+    format!(
+        "{} streams, {} pipelines running",
+        set.streams.len(),
+        set.pipelines.len()
+    )
 }
 
 fn record_reload(ok: bool) {
@@ -112,6 +144,7 @@ fn record_reload(ok: bool) {
 async fn reload(
     path: &Path,
     registry: &Registry,
+    streams: &Streams,
     sup: &mut Supervisor,
     current: &mut ConfigSet,
 ) -> Result<serde_json::Value, String> {
@@ -130,6 +163,11 @@ async fn reload(
                 tracing::warn!(
                     "changes to the daemon file other than pipelines take effect after a restart"
                 );
+            }
+            if let Err(e) = streams.apply_config(&set.streams) {
+                record_reload(false);
+                tracing::error!(error = %e, "reload failed: cannot open streams; the running configuration is kept");
+                return Err(e.to_string());
             }
             let report = sup.apply(&set).await;
             record_reload(true);

@@ -2,11 +2,13 @@
 //! parts. Data flows one way: [`config`] → [`supervisor`] → [`pipeline`] → [`plugins`];
 //! [`telemetry`] observes all of them. See ARCHITECTURE.md for the map.
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod pipeline;
 pub mod plugins;
 pub mod record;
 pub mod sdnotify;
+pub mod stream;
 pub mod supervisor;
 pub mod telemetry;

@@ -79,6 +79,60 @@ fn describe() {
     );
     describe_counter!("sluice_plugin_panics_total", "Panics caught in plugin code");
     describe_counter!(
+        "sluice_shard_incoming_records_total",
+        "Records appended to the shard"
+    );
+    describe_counter!(
+        "sluice_shard_incoming_bytes_total",
+        Unit::Bytes,
+        "Record data bytes appended to the shard"
+    );
+    describe_counter!(
+        "sluice_shard_write_throttled_total",
+        "Records refused by the shard's write limit"
+    );
+    describe_gauge!(
+        "sluice_shard_log_bytes",
+        Unit::Bytes,
+        "Bytes of the shard's log on disk"
+    );
+    describe_gauge!(
+        "sluice_shard_oldest_record_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest retained record"
+    );
+    describe_gauge!(
+        "sluice_shard_last_sequence_number",
+        "Shard-local sequence number of the newest record (-1 when empty)"
+    );
+    describe_gauge!(
+        "sluice_shard_iterator_age_seconds",
+        Unit::Seconds,
+        "How far a consumer's last read is behind the shard's tip"
+    );
+    describe_counter!(
+        "sluice_shard_outgoing_records_total",
+        "Records read from the shard, by consumer"
+    );
+    describe_counter!(
+        "sluice_shard_recovered_truncations_total",
+        "Torn tails truncated when opening the shard"
+    );
+    describe_counter!(
+        "sluice_shard_corrupt_bytes_total",
+        Unit::Bytes,
+        "Damaged bytes skipped in the middle of segments"
+    );
+    describe_counter!(
+        "sluice_api_requests_total",
+        "API requests, by operation and HTTP status"
+    );
+    describe_histogram!(
+        "sluice_api_request_duration_seconds",
+        Unit::Seconds,
+        "API request duration, by operation"
+    );
+    describe_counter!(
         "sluice_config_reloads_total",
         "Config loads and reloads, by result"
     );

@@ -35,7 +35,7 @@ fn notifies_ready_reloading_and_stopping_in_order() {
 
     let m = next(&sock);
     assert!(
-        m.starts_with("READY=1\n") && m.contains("STATUS=1 pipelines running"),
+        m.starts_with("READY=1\n") && m.contains("STATUS=0 streams, 1 pipelines running"),
         "{m}"
     );
     d.signal(libc::SIGHUP);

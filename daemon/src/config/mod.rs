@@ -179,7 +179,84 @@ fn default_buffer_memory() -> ByteSize {
 #[serde(deny_unknown_fields)]
 struct PipelineFile {
     #[serde(default)]
+    streams: BTreeMap<String, StreamToml>,
+    #[serde(default)]
     pipelines: BTreeMap<String, PipelineToml>,
+}
+
+/// `[streams.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamToml {
+    shards: u32,
+    #[serde(default = "default_retention")]
+    retention: HumanDuration,
+    #[serde(default = "default_max_record")]
+    max_record_size: ByteSize,
+    #[serde(default)]
+    max_bytes: Option<ByteSize>,
+    #[serde(default = "default_fsync")]
+    fsync: String,
+}
+
+fn default_retention() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
+}
+fn default_max_record() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_fsync() -> String {
+    "batch".to_string()
+}
+
+/// Most shards per stream.
+pub const MAX_SHARDS: u32 = 1024;
+
+/// When a stream's appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fsync {
+    /// Group commit before acknowledging.
+    Batch,
+    /// Never explicitly.
+    None,
+    /// On a timer.
+    Interval(Duration),
+}
+
+impl Fsync {
+    fn parse(s: &str) -> Result<Fsync, String> {
+        match s {
+            "batch" => Ok(Fsync::Batch),
+            "none" => Ok(Fsync::None),
+            other => match other.strip_prefix("interval:") {
+                Some(d) => humantime::parse_duration(d)
+                    .map(Fsync::Interval)
+                    .map_err(|e| format!("invalid fsync interval `{d}`: {e}")),
+                None => Err(format!(
+                    "invalid fsync `{other}`: use \"batch\", \"none\" or \"interval:<duration>\""
+                )),
+            },
+        }
+    }
+}
+
+/// A validated stream from config.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamSpec {
+    /// Unique name.
+    pub name: String,
+    /// The file it was defined in.
+    pub file: PathBuf,
+    /// Number of shards.
+    pub shards: u32,
+    /// Records older than this are dropped (whole segments).
+    pub retention: Duration,
+    /// Largest record data accepted.
+    pub max_record_size: u64,
+    /// Optional cap on bytes per shard log.
+    pub max_bytes: Option<u64>,
+    /// Durability.
+    pub fsync: Fsync,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +346,8 @@ pub struct ConfigSet {
     pub base_dir: PathBuf,
     /// Daemon settings, with paths resolved.
     pub daemon: DaemonConfig,
+    /// Streams from config, by name.
+    pub streams: BTreeMap<String, StreamSpec>,
     /// Pipelines by name.
     pub pipelines: BTreeMap<String, PipelineSpec>,
 }
@@ -317,6 +396,7 @@ pub fn load_with(
 ) -> Result<ConfigSet, ConfigErrors> {
     let mut errors = Vec::new();
     let mut pipelines: BTreeMap<String, PipelineSpec> = BTreeMap::new();
+    let mut streams: BTreeMap<String, StreamSpec> = BTreeMap::new();
     for file in pipeline_files(&daemon.pipelines_dir).map_err(|e| ConfigError {
         file: daemon.pipelines_dir.clone(),
         line: 0,
@@ -341,6 +421,30 @@ pub fn load_with(
                 continue;
             }
         };
+        for (name, st) in parsed.streams {
+            let at = [key("streams"), key(name.clone())];
+            if let Err(msg) = check_name(&name) {
+                errors.push(src.error_at_path(&at, msg));
+                continue;
+            }
+            if let Some(other) = streams.get(&name) {
+                let other: &StreamSpec = other;
+                errors.push(src.error_at_path(
+                    &at,
+                    format!(
+                        "stream `{name}` is already defined in {}",
+                        other.file.display()
+                    ),
+                ));
+                continue;
+            }
+            match build_stream(&src, &name, st, &daemon.data_dir) {
+                Ok(spec) => {
+                    streams.insert(name, spec);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
         for (name, p) in parsed.pipelines {
             let at = [key("pipelines"), key(name.clone())];
             if let Err(msg) = check_name(&name) {
@@ -372,7 +476,53 @@ pub fn load_with(
         path: path.to_path_buf(),
         base_dir,
         daemon,
+        streams,
         pipelines,
+    })
+}
+
+fn build_stream(
+    src: &SourceFile,
+    name: &str,
+    st: StreamToml,
+    data_dir: &Path,
+) -> Result<StreamSpec, ConfigError> {
+    let at = |k: &str| [key("streams"), key(name), key(k)];
+    if st.shards == 0 || st.shards > MAX_SHARDS {
+        return Err(src.error_at_path(
+            &at("shards"),
+            format!("shards must be between 1 and {MAX_SHARDS}"),
+        ));
+    }
+    if st.retention.0 < Duration::from_secs(60) {
+        return Err(src.error_at_path(&at("retention"), "retention must be at least 1m"));
+    }
+    if st.max_record_size.0 == 0 || st.max_record_size.0 > 64 << 20 {
+        return Err(src.error_at_path(
+            &at("max_record_size"),
+            "max_record_size must be between 1B and 64MiB",
+        ));
+    }
+    let fsync = Fsync::parse(&st.fsync).map_err(|m| src.error_at_path(&at("fsync"), m))?;
+    // Resharding is not built yet: a changed shard count is refused, not applied.
+    if let Some(existing) = crate::stream::stored_shard_count(data_dir, name) {
+        if existing != st.shards {
+            return Err(src.error_at_path(
+                &at("shards"),
+                format!(
+                    "stream `{name}` has {existing} shards on disk; changing the shard count (resharding) is not supported yet"
+                ),
+            ));
+        }
+    }
+    Ok(StreamSpec {
+        name: name.to_string(),
+        file: src.path.clone(),
+        shards: st.shards,
+        retention: st.retention.0,
+        max_record_size: st.max_record_size.0,
+        max_bytes: st.max_bytes.map(|b| b.0),
+        fsync,
     })
 }
 

@@ -1,0 +1,726 @@
+//! Kinesis Data Streams operations (`Kinesis_20131202.*`), validated like AWS validates
+//! them. Field names in `Violations` are AWS's (camelCase member names).
+
+use super::error::{ApiError, Violations};
+use super::iterator::{IteratorError, Position, ITERATOR_TTL_MS};
+use super::Call;
+use crate::config::MAX_SHARDS;
+use crate::record::now_ms;
+use crate::stream::{hash_key, parse_sequence, sequence_string, shard_id, Stream, StreamError};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use sluice_shardlog::Entry;
+use std::sync::Arc;
+
+/// The operations served (others answer `UnknownOperationException`).
+pub const OPERATIONS: &[&str] = &[
+    "CreateStream",
+    "DeleteStream",
+    "ListStreams",
+    "DescribeStream",
+    "DescribeStreamSummary",
+    "ListShards",
+    "PutRecord",
+    "PutRecords",
+    "GetShardIterator",
+    "GetRecords",
+];
+
+/// PutRecords limits, as Kinesis.
+pub const MAX_PUT_RECORDS: usize = 500;
+/// Total data of one PutRecords call.
+pub const MAX_PUT_BYTES: usize = 5 << 20;
+/// GetRecords limits.
+pub const MAX_GET_RECORDS: usize = 10_000;
+/// Most data one GetRecords call returns.
+pub const MAX_GET_BYTES: usize = 10 << 20;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Runs one operation on a JSON body.
+pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if !OPERATIONS.contains(&op) {
+        return Err(ApiError::unknown_operation(&format!(
+            "Kinesis_20131202.{op}"
+        )));
+    }
+    let req: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::serialization(format!("Invalid JSON: {e}")))?
+    };
+    if !req.is_object() {
+        return Err(ApiError::serialization(
+            "Request body must be a JSON object",
+        ));
+    }
+    match op {
+        "CreateStream" => create_stream(call, &req),
+        "DeleteStream" => delete_stream(call, &req),
+        "ListStreams" => list_streams(call, &req),
+        "DescribeStream" => describe_stream(call, &req),
+        "DescribeStreamSummary" => describe_stream_summary(call, &req),
+        "ListShards" => list_shards(call, &req),
+        "PutRecord" => put_record(call, &req).await,
+        "PutRecords" => put_records(call, &req).await,
+        "GetShardIterator" => get_shard_iterator(call, &req),
+        "GetRecords" => get_records(call, &req).await,
+        _ => Err(ApiError::unknown_operation(op)),
+    }
+}
+
+/// A string member, or a SerializationException if it has another JSON type.
+fn opt_str<'a>(req: &'a Value, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match req.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::serialization(format!(
+            "Value for {name} must be a string"
+        ))),
+    }
+}
+
+fn opt_int(req: &Value, name: &str) -> Result<Option<i64>, ApiError> {
+    match req.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::serialization(format!("Value for {name} must be an integer"))),
+        Some(_) => Err(ApiError::serialization(format!(
+            "Value for {name} must be an integer"
+        ))),
+    }
+}
+
+fn check_stream_name(v: &mut Violations, name: &str) {
+    if name.is_empty() {
+        v.add(
+            name,
+            "streamName",
+            "Member must have length greater than or equal to 1",
+        );
+    } else if name.len() > 128 {
+        v.add(
+            name,
+            "streamName",
+            "Member must have length less than or equal to 128",
+        );
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+    {
+        v.add(
+            name,
+            "streamName",
+            "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
+        );
+    }
+}
+
+/// The stream named by `StreamName` or `StreamARN`.
+fn stream_name(req: &Value, v: &mut Violations) -> Result<Option<String>, ApiError> {
+    if let Some(n) = opt_str(req, "StreamName")? {
+        check_stream_name(v, n);
+        return Ok(Some(n.to_string()));
+    }
+    if let Some(arn) = opt_str(req, "StreamARN")? {
+        return match arn.rsplit_once(":stream/") {
+            Some((_, n)) if arn.starts_with("arn:") => Ok(Some(n.to_string())),
+            _ => Err(ApiError::invalid_argument(format!(
+                "Invalid StreamARN {arn}"
+            ))),
+        };
+    }
+    Err(ApiError::invalid_argument(
+        "Either StreamName or StreamARN should be provided.",
+    ))
+}
+
+fn lookup(call: &Call<'_>, name: &str) -> Result<Arc<Stream>, ApiError> {
+    call.state
+        .streams
+        .get(name)
+        .ok_or_else(|| ApiError::stream_not_found(name, &call.state.account))
+}
+
+fn named_stream(call: &Call<'_>, req: &Value) -> Result<Arc<Stream>, ApiError> {
+    let mut v = Violations::default();
+    let name = stream_name(req, &mut v)?;
+    v.finish()?;
+    lookup(call, name.as_deref().unwrap_or(""))
+}
+
+fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let name = opt_str(req, "StreamName")?;
+    match name {
+        None => v.null("streamName"),
+        Some(n) => check_stream_name(&mut v, n),
+    }
+    let shards = opt_int(req, "ShardCount")?.unwrap_or(4);
+    if shards < 1 {
+        v.add(
+            &shards.to_string(),
+            "shardCount",
+            "Member must have value greater than or equal to 1",
+        );
+    }
+    v.finish()?;
+    if shards > i64::from(MAX_SHARDS) {
+        return Err(ApiError::new(
+            "LimitExceededException",
+            format!("This request would exceed the shard limit for the account {}. Current limit on shards per stream is {MAX_SHARDS}.", call.state.account),
+        ));
+    }
+    let name = name.unwrap_or_default();
+    match call.state.streams.create(name, shards as u32) {
+        Ok(_) => Ok(json!({})),
+        Err(StreamError::Exists(_)) => Err(ApiError::new(
+            "ResourceInUseException",
+            format!(
+                "Stream {name} under account {} already exists.",
+                call.state.account
+            ),
+        )),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+fn delete_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let st = named_stream(call, req)?;
+    match call.state.streams.delete(&st.name) {
+        Ok(()) => Ok(json!({})),
+        Err(StreamError::NotFound(n)) => Err(ApiError::stream_not_found(&n, &call.state.account)),
+        Err(StreamError::FromConfig(n)) => Err(ApiError::new(
+            "ResourceInUseException",
+            format!("Stream {n} under account {} is defined in the sluiced configuration and cannot be deleted through the API.", call.state.account),
+        )),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+fn mode() -> Value {
+    json!({ "StreamMode": "PROVISIONED" })
+}
+
+fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let limit = opt_int(req, "Limit")?.unwrap_or(100);
+    let mut v = Violations::default();
+    if !(1..=10_000).contains(&limit) {
+        v.add(
+            &limit.to_string(),
+            "limit",
+            "Member must have value between 1 and 10000",
+        );
+    }
+    v.finish()?;
+    let start = opt_str(req, "ExclusiveStartStreamName")?.unwrap_or("");
+    let all: Vec<Arc<Stream>> = call
+        .state
+        .streams
+        .list()
+        .into_iter()
+        .filter(|s| s.name.as_str() > start)
+        .collect();
+    let page: Vec<&Arc<Stream>> = all.iter().take(limit as usize).collect();
+    Ok(json!({
+        "StreamNames": page.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "HasMoreStreams": all.len() > page.len(),
+        "StreamSummaries": page.iter().map(|s| json!({
+            "StreamName": s.name,
+            "StreamARN": call.stream_arn(&s.name),
+            "StreamStatus": "ACTIVE",
+            "StreamModeDetails": mode(),
+            "StreamCreationTimestamp": s.created_ms as f64 / 1000.0,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn shard_json(st: &Stream, i: usize) -> Value {
+    let s = &st.shards[i];
+    json!({
+        "ShardId": s.id,
+        "HashKeyRange": { "StartingHashKey": s.start.to_string(), "EndingHashKey": s.end.to_string() },
+        "SequenceNumberRange": { "StartingSequenceNumber": sequence_string(s.index, 0) },
+    })
+}
+
+fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let st = named_stream(call, req)?;
+    let limit = opt_int(req, "Limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
+    let after = opt_str(req, "ExclusiveStartShardId")?.unwrap_or("");
+    let idx: Vec<usize> = (0..st.shards.len())
+        .filter(|&i| st.shards[i].id.as_str() > after)
+        .collect();
+    let page: Vec<Value> = idx
+        .iter()
+        .take(limit)
+        .map(|&i| shard_json(&st, i))
+        .collect();
+    Ok(json!({ "StreamDescription": {
+        "StreamName": st.name,
+        "StreamARN": call.stream_arn(&st.name),
+        "StreamStatus": "ACTIVE",
+        "StreamModeDetails": mode(),
+        "Shards": page,
+        "HasMoreShards": idx.len() > limit,
+        "RetentionPeriodHours": st.retention_hours(),
+        "StreamCreationTimestamp": st.created_ms as f64 / 1000.0,
+        "EnhancedMonitoring": [{ "ShardLevelMetrics": [] }],
+        "EncryptionType": "NONE",
+    }}))
+}
+
+fn describe_stream_summary(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let st = named_stream(call, req)?;
+    Ok(json!({ "StreamDescriptionSummary": {
+        "StreamName": st.name,
+        "StreamARN": call.stream_arn(&st.name),
+        "StreamStatus": "ACTIVE",
+        "StreamModeDetails": mode(),
+        "RetentionPeriodHours": st.retention_hours(),
+        "StreamCreationTimestamp": st.created_ms as f64 / 1000.0,
+        "EnhancedMonitoring": [{ "ShardLevelMetrics": [] }],
+        "EncryptionType": "NONE",
+        "OpenShardCount": st.shards.len(),
+        "ConsumerCount": 0,
+    }}))
+}
+
+fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    // NextToken (from a previous page) carries the stream name and the last shard id.
+    let (st, after) = match opt_str(req, "NextToken")? {
+        Some(tok) => {
+            let raw = B64
+                .decode(tok)
+                .map_err(|_| ApiError::invalid_argument("Invalid NextToken."))?;
+            let text = String::from_utf8(raw)
+                .map_err(|_| ApiError::invalid_argument("Invalid NextToken."))?;
+            let (name, after) = text
+                .split_once('\n')
+                .ok_or_else(|| ApiError::invalid_argument("Invalid NextToken."))?;
+            (lookup(call, name)?, after.to_string())
+        }
+        None => (
+            named_stream(call, req)?,
+            opt_str(req, "ExclusiveStartShardId")?
+                .unwrap_or("")
+                .to_string(),
+        ),
+    };
+    let max = opt_int(req, "MaxResults")?.unwrap_or(1000);
+    let mut v = Violations::default();
+    if !(1..=10_000).contains(&max) {
+        v.add(
+            &max.to_string(),
+            "maxResults",
+            "Member must have value between 1 and 10000",
+        );
+    }
+    v.finish()?;
+    let idx: Vec<usize> = (0..st.shards.len())
+        .filter(|&i| st.shards[i].id > after)
+        .collect();
+    let page: Vec<usize> = idx.iter().copied().take(max as usize).collect();
+    let mut out = json!({ "Shards": page.iter().map(|&i| shard_json(&st, i)).collect::<Vec<_>>() });
+    if idx.len() > page.len() {
+        if let Some(&last) = page.last() {
+            out["NextToken"] = json!(B64.encode(format!("{}\n{}", st.name, st.shards[last].id)));
+        }
+    }
+    Ok(out)
+}
+
+/// One validated record of a put.
+struct PutEntry {
+    key: String,
+    data: Vec<u8>,
+    hash: u128,
+}
+
+/// Validates one record's members; `prefix` is `` for PutRecord, `records.N.member.` for PutRecords.
+fn check_record(
+    rec: &Value,
+    prefix: &str,
+    max_data: u64,
+    v: &mut Violations,
+) -> Result<Option<PutEntry>, ApiError> {
+    let key = opt_str(rec, "PartitionKey")?;
+    let data = opt_str(rec, "Data")?;
+    let explicit = opt_str(rec, "ExplicitHashKey")?;
+    let field = |f: &str| format!("{prefix}{f}");
+    match key {
+        None => v.null(&field("partitionKey")),
+        Some("") => v.add(
+            "",
+            &field("partitionKey"),
+            "Member must have length greater than or equal to 1",
+        ),
+        Some(k) if k.chars().count() > 256 => v.add(
+            k,
+            &field("partitionKey"),
+            "Member must have length less than or equal to 256",
+        ),
+        _ => {}
+    }
+    let bytes = match data {
+        None => {
+            v.null(&field("data"));
+            None
+        }
+        Some(d) => Some(
+            B64.decode(d)
+                .map_err(|_| ApiError::serialization("Unable to decode Data: invalid base64"))?,
+        ),
+    };
+    if let Some(b) = &bytes {
+        if b.len() as u64 > max_data {
+            v.add(
+                &format!("java.nio.HeapByteBuffer[pos=0 lim={0} cap={0}]", b.len()),
+                &field("data"),
+                &format!("Member must have length less than or equal to {max_data}"),
+            );
+        }
+    }
+    let mut hash = None;
+    if let Some(h) = explicit {
+        if h.is_empty()
+            || h.len() > 39
+            || !h.bytes().all(|c| c.is_ascii_digit())
+            || (h.len() > 1 && h.starts_with('0'))
+        {
+            v.add(
+                h,
+                &field("explicitHashKey"),
+                "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,38})",
+            );
+        } else {
+            match h.parse::<u128>() {
+                Ok(x) => hash = Some(x),
+                Err(_) => {
+                    return Err(ApiError::invalid_argument(format!(
+                        "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {h}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(match (key, bytes) {
+        (Some(k), Some(data)) => Some(PutEntry {
+            key: k.to_string(),
+            hash: hash.unwrap_or_else(|| hash_key(k.as_bytes())),
+            data,
+        }),
+        _ => None,
+    })
+}
+
+/// Appends entries (grouped per shard, shards in parallel, each a single group commit);
+/// returns (shard index, shard-local seq) per entry, in request order.
+async fn append(st: Arc<Stream>, entries: Vec<PutEntry>) -> Result<Vec<(u32, u64)>, ApiError> {
+    let now = now_ms();
+    let mut per_shard: Vec<Vec<(usize, PutEntry)>> =
+        (0..st.shards.len()).map(|_| Vec::new()).collect();
+    for (i, e) in entries.into_iter().enumerate() {
+        let s = st.route(e.hash).index as usize;
+        per_shard[s].push((i, e));
+    }
+    let mut tasks = Vec::new();
+    let mut total = 0;
+    for (s, group) in per_shard.into_iter().enumerate() {
+        if group.is_empty() {
+            continue;
+        }
+        total += group.len();
+        let st = st.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let batch: Vec<Entry<'_>> = group
+                .iter()
+                .map(|(_, e)| Entry {
+                    key: e.key.as_bytes(),
+                    data: &e.data,
+                    arrival_ms: now,
+                })
+                .collect();
+            let r = st.shards[s].append(&batch);
+            r.map(|(first, _)| {
+                group
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (i, _))| (*i, s as u32, first + k as u64))
+                    .collect::<Vec<_>>()
+            })
+        }));
+    }
+    let mut out = vec![(0u32, 0u64); total];
+    for t in tasks {
+        let done = t
+            .await
+            .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
+        let done = done.map_err(|e| {
+            tracing::error!(stream = %st.name, error = %e, "append failed");
+            ApiError::internal(format!("append failed: {e}"))
+        })?;
+        for (i, s, seq) in done {
+            out[i] = (s, seq);
+        }
+    }
+    Ok(out)
+}
+
+async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let name = stream_name(req, &mut v)?;
+    let st_opt = name.as_deref().and_then(|n| call.state.streams.get(n));
+    let max = st_opt
+        .as_ref()
+        .map(|s| s.max_record_size)
+        .unwrap_or(1 << 20);
+    let entry = check_record(req, "", max, &mut v)?;
+    v.finish()?;
+    let st = st_opt.ok_or_else(|| {
+        ApiError::stream_not_found(name.as_deref().unwrap_or(""), &call.state.account)
+    })?;
+    let Some(entry) = entry else {
+        return Err(ApiError::serialization("missing record"));
+    };
+    let r = append(st, vec![entry]).await?;
+    let (s, seq) = r[0];
+    Ok(
+        json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": "NONE" }),
+    )
+}
+
+async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let name = stream_name(req, &mut v)?;
+    let records = match req.get("Records") {
+        None | Some(Value::Null) => {
+            v.null("records");
+            Vec::new()
+        }
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(ApiError::serialization("Value for Records must be a list")),
+    };
+    if records.is_empty() && req.get("Records").is_some_and(Value::is_array) {
+        v.add(
+            "[]",
+            "records",
+            "Member must have length greater than or equal to 1",
+        );
+    }
+    if records.len() > MAX_PUT_RECORDS {
+        v.add(
+            &format!("[{} records]", records.len()),
+            "records",
+            "Member must have length less than or equal to 500",
+        );
+    }
+    let st_opt = name.as_deref().and_then(|n| call.state.streams.get(n));
+    let max = st_opt
+        .as_ref()
+        .map(|s| s.max_record_size)
+        .unwrap_or(1 << 20);
+    let mut entries = Vec::with_capacity(records.len());
+    if records.len() <= MAX_PUT_RECORDS {
+        for (i, r) in records.iter().enumerate() {
+            if !r.is_object() {
+                return Err(ApiError::serialization("Each record must be an object"));
+            }
+            if let Some(e) = check_record(r, &format!("records.{}.member.", i + 1), max, &mut v)? {
+                entries.push(e);
+            }
+        }
+    }
+    v.finish()?;
+    let st = st_opt.ok_or_else(|| {
+        ApiError::stream_not_found(name.as_deref().unwrap_or(""), &call.state.account)
+    })?;
+    let total: usize = entries.iter().map(|e| e.data.len() + e.key.len()).sum();
+    if total > MAX_PUT_BYTES {
+        return Err(ApiError::invalid_argument(format!(
+            "Records size exceeds 5 MB limit: the request carries {total} bytes of data and partition keys"
+        )));
+    }
+    let r = append(st, entries).await?;
+    Ok(json!({
+        "FailedRecordCount": 0,
+        "Records": r.iter().map(|&(s, seq)| json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq) })).collect::<Vec<_>>(),
+        "EncryptionType": "NONE",
+    }))
+}
+
+fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let name = stream_name(req, &mut v)?;
+    let shard = opt_str(req, "ShardId")?;
+    if shard.is_none() {
+        v.null("shardId");
+    }
+    let typ = opt_str(req, "ShardIteratorType")?;
+    const TYPES: [&str; 5] = [
+        "AT_SEQUENCE_NUMBER",
+        "AFTER_SEQUENCE_NUMBER",
+        "TRIM_HORIZON",
+        "LATEST",
+        "AT_TIMESTAMP",
+    ];
+    match typ {
+        None => v.null("shardIteratorType"),
+        Some(t) if !TYPES.contains(&t) => v.add(
+            t,
+            "shardIteratorType",
+            "Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, AT_TIMESTAMP, TRIM_HORIZON, LATEST]",
+        ),
+        _ => {}
+    }
+    v.finish()?;
+    let name = name.unwrap_or_default();
+    let st = lookup(call, &name)?;
+    let shard_id_s = shard.unwrap_or_default();
+    // Kinesis accepts "shardId-000000000001" and the bare "000000000001" / "1".
+    let sh = st
+        .shard(shard_id_s)
+        .or_else(|| {
+            shard_id_s
+                .trim_start_matches("shardId-")
+                .parse::<u32>()
+                .ok()
+                .and_then(|i| st.shards.get(i as usize))
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                "ResourceNotFoundException",
+                format!(
+                    "Shard {shard_id_s} in stream {name} under account {} does not exist",
+                    call.state.account
+                ),
+            )
+        })?;
+    let seq_arg = |what: &str| -> Result<u64, ApiError> {
+        let s = opt_str(req, "StartingSequenceNumber")?.ok_or_else(|| {
+            ApiError::invalid_argument(format!(
+                "StartingSequenceNumber must be provided for ShardIteratorType {what}"
+            ))
+        })?;
+        match parse_sequence(s) {
+            Some((i, seq)) if i == sh.index => Ok(seq),
+            _ => Err(ApiError::invalid_argument(format!(
+                "StartingSequenceNumber {s} used in GetShardIterator on shard {} in stream {name} under account {} is invalid.",
+                sh.id, call.state.account
+            ))),
+        }
+    };
+    let seq = match typ.unwrap_or_default() {
+        "TRIM_HORIZON" => sh.log.first_seq(),
+        "LATEST" => sh.log.next_seq(),
+        "AT_SEQUENCE_NUMBER" => seq_arg("AT_SEQUENCE_NUMBER")?,
+        "AFTER_SEQUENCE_NUMBER" => seq_arg("AFTER_SEQUENCE_NUMBER")?.saturating_add(1),
+        _ => {
+            let ts = match req.get("Timestamp") {
+                Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
+                Some(Value::String(s)) => s
+                    .parse::<f64>()
+                    .map_err(|_| ApiError::serialization("Invalid Timestamp"))?,
+                _ => {
+                    return Err(ApiError::invalid_argument(
+                        "Timestamp must be provided for ShardIteratorType AT_TIMESTAMP",
+                    ))
+                }
+            };
+            sh.log
+                .seek_timestamp((ts * 1000.0) as i64)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+        }
+    };
+    let token = call.state.iterators.encode(&Position {
+        stream: st.name.clone(),
+        shard: sh.index,
+        seq,
+        issued_ms: now_ms(),
+    });
+    Ok(json!({ "ShardIterator": token }))
+}
+
+async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let token = opt_str(req, "ShardIterator")?;
+    match token {
+        None => v.null("shardIterator"),
+        Some(t) if t.is_empty() || t.len() > 512 => v.add(
+            t,
+            "shardIterator",
+            "Member must have length less than or equal to 512",
+        ),
+        _ => {}
+    }
+    let limit = opt_int(req, "Limit")?.unwrap_or(MAX_GET_RECORDS as i64);
+    if !(1..=MAX_GET_RECORDS as i64).contains(&limit) {
+        v.add(
+            &limit.to_string(),
+            "limit",
+            "Member must have value between 1 and 10000",
+        );
+    }
+    v.finish()?;
+    let now = now_ms();
+    let pos = match call.state.iterators.decode(token.unwrap_or_default(), now) {
+        Ok(p) => p,
+        Err(IteratorError::Invalid) => return Err(ApiError::invalid_argument("Invalid ShardIterator.")),
+        Err(IteratorError::Expired { issued_ms }) => {
+            return Err(ApiError::new(
+                "ExpiredIteratorException",
+                format!(
+                    "Iterator expired. The iterator was created at time {issued_ms} while right now it is {now} which is further in the future than the tolerated delay of {ITERATOR_TTL_MS} milliseconds."
+                ),
+            ))
+        }
+    };
+    let st = lookup(call, &pos.stream)?;
+    let Some(sh_index) = st.shards.get(pos.shard as usize).map(|s| s.index) else {
+        return Err(ApiError::invalid_argument("Invalid ShardIterator."));
+    };
+    let st2 = st.clone();
+    let from = pos.seq;
+    let recs = tokio::task::spawn_blocking(move || {
+        st2.shards[sh_index as usize].read(from, limit as usize, MAX_GET_BYTES)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("read task failed: {e}")))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let sh = &st.shards[sh_index as usize];
+    let next = recs
+        .last()
+        .map(|r| r.seq + 1)
+        .unwrap_or_else(|| from.max(sh.log.first_seq()));
+    let tip = sh.log.next_seq();
+    let behind = match recs.last() {
+        Some(r) if next < tip => (now - r.arrival_ms).max(0),
+        _ => 0,
+    };
+    let consumer = "get-records";
+    metrics::counter!("sluice_shard_outgoing_records_total", "stream" => st.name.clone(), "shard" => sh.id.clone(), "consumer" => consumer)
+        .increment(recs.len() as u64);
+    metrics::gauge!("sluice_shard_iterator_age_seconds", "stream" => st.name.clone(), "shard" => sh.id.clone(), "consumer" => consumer)
+        .set(behind as f64 / 1000.0);
+    let records: Vec<Value> = recs
+        .iter()
+        .map(|r| {
+            json!({
+                "SequenceNumber": sequence_string(sh.index, r.seq),
+                "ApproximateArrivalTimestamp": r.arrival_ms as f64 / 1000.0,
+                "Data": B64.encode(&r.data),
+                "PartitionKey": String::from_utf8_lossy(&r.key),
+            })
+        })
+        .collect();
+    let next_token = call.state.iterators.encode(&Position {
+        stream: st.name.clone(),
+        shard: sh.index,
+        seq: next,
+        issued_ms: now,
+    });
+    Ok(json!({ "Records": records, "NextShardIterator": next_token, "MillisBehindLatest": behind }))
+}

@@ -1,0 +1,140 @@
+//! The AWS-compatible data API on `[api].listen`: AWS JSON 1.1 over `POST /`, dispatched
+//! on `X-Amz-Target` (`Kinesis_20131202.<Op>`). Errors use AWS's shapes and wording
+//! (`{"__type": ..., "message": ...}`, HTTP 400), every response carries
+//! `x-amzn-RequestId`, and nothing a client sends yields a 500.
+
+mod error;
+mod iterator;
+mod kinesis;
+
+pub use error::ApiError;
+pub use iterator::IteratorCodec;
+
+use crate::stream::Streams;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body: PutRecords carries ≤ 5 MiB of data, base64-encoded in JSON.
+pub const MAX_BODY: usize = 8 << 20;
+
+/// What the API handlers share.
+pub struct ApiState {
+    /// Every stream.
+    pub streams: Arc<Streams>,
+    /// Account id for ARNs and messages.
+    pub account: String,
+    /// Signs and checks shard iterators.
+    pub iterators: IteratorCodec,
+}
+
+/// Binds the API listener and serves it in the background.
+pub async fn serve(addr: SocketAddr, state: Arc<ApiState>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/", post(handle))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "API listener failed");
+        }
+    });
+    Ok(local)
+}
+
+/// Region from the SigV4 credential scope (`Credential=AKID/date/REGION/service/...`).
+fn region(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(2))
+        .filter(|r| !r.is_empty() && r.len() < 64)
+        .unwrap_or("us-east-1")
+        .to_string()
+}
+
+fn request_id() -> String {
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// Per-request context.
+pub struct Call<'a> {
+    /// Shared state.
+    pub state: &'a ApiState,
+    /// Region for ARNs.
+    pub region: String,
+}
+
+impl Call<'_> {
+    /// `arn:aws:kinesis:<region>:<account>:stream/<name>`.
+    pub fn stream_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:kinesis:{}:{}:stream/{name}",
+            self.region, self.state.account
+        )
+    }
+}
+
+async fn handle(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let call = Call {
+        state: &state,
+        region: region(&headers),
+    };
+    let (op, result) = match target.split_once('.') {
+        Some(("Kinesis_20131202", op)) => {
+            (op.to_string(), kinesis::dispatch(&call, op, &body).await)
+        }
+        _ => (
+            "unknown".to_string(),
+            Err(ApiError::unknown_operation(target)),
+        ),
+    };
+    let rid = request_id();
+    let (status, text) = match result {
+        Ok(v) => (StatusCode::OK, v.to_string()),
+        Err(e) => {
+            tracing::debug!(operation = %op, error_type = e.kind, message = %e.message, "API error");
+            (e.status, e.body())
+        }
+    };
+    let op_label = if kinesis::OPERATIONS.contains(&op.as_str()) {
+        op
+    } else {
+        "unknown".to_string()
+    };
+    metrics::counter!("sluice_api_requests_total", "operation" => op_label.clone(), "code" => status.as_u16().to_string()).increment(1);
+    metrics::histogram!("sluice_api_request_duration_seconds", "operation" => op_label)
+        .record(started.elapsed().as_secs_f64());
+    let mut resp = (status, text).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/x-amz-json-1.1"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        h.insert("x-amzn-requestid", v);
+    }
+    resp
+}

@@ -1,0 +1,436 @@
+//! Streams: named sets of shards with Kinesis semantics, each shard a durable
+//! [`sluice_shardlog::ShardLog`]. Owns routing (MD5 of the partition key, or an explicit
+//! hash key, picks the shard whose 128-bit range holds it), sequence numbers as Kinesis
+//! decimal strings, retention, and the on-disk layout:
+//! `data_dir/streams/<name>/stream.json` + `data_dir/streams/<name>/shardId-…/*.seg`.
+//!
+//! Streams come from config (they cannot be deleted through the API) or from the API's
+//! CreateStream (they persist across restarts through `stream.json`).
+
+mod routing;
+
+pub use routing::{hash_key, parse_sequence, sequence_string, shard_range};
+
+use crate::config::{Fsync, StreamSpec};
+use crate::record::now_ms;
+use sluice_shardlog::{Entry, FsyncPolicy, Options, ShardLog, StoredRecord};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Errors of the stream layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("stream {0} not found")]
+    NotFound(String),
+    #[error("stream {0} already exists")]
+    Exists(String),
+    #[error("stream {0} is defined in the configuration and cannot be deleted through the API")]
+    FromConfig(String),
+    #[error("{0}")]
+    Log(#[from] sluice_shardlog::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where a stream was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamOrigin {
+    /// A `[streams.NAME]` table.
+    Config,
+    /// CreateStream.
+    Api,
+}
+
+/// Persisted per-stream metadata.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct StreamMeta {
+    shards: u32,
+    created_ms: i64,
+    origin: StreamOrigin,
+    retention_hours: u64,
+}
+
+/// One shard.
+pub struct Shard {
+    /// `shardId-000000000000`.
+    pub id: String,
+    /// Index in the stream.
+    pub index: u32,
+    /// First hash key owned.
+    pub start: u128,
+    /// Last hash key owned.
+    pub end: u128,
+    /// The log.
+    pub log: ShardLog,
+    incoming_records: metrics::Counter,
+    incoming_bytes: metrics::Counter,
+}
+
+/// A stream.
+pub struct Stream {
+    /// Name.
+    pub name: String,
+    /// Config or API.
+    pub origin: StreamOrigin,
+    /// Creation time, ms.
+    pub created_ms: i64,
+    /// Shards in index order.
+    pub shards: Vec<Shard>,
+    /// Retention.
+    pub retention: RwLock<Duration>,
+    /// Largest record data accepted.
+    pub max_record_size: u64,
+    /// Optional per-shard byte cap.
+    pub max_bytes: Option<u64>,
+    dir: PathBuf,
+}
+
+/// Shard id for an index.
+pub fn shard_id(index: u32) -> String {
+    format!("shardId-{index:012}")
+}
+
+/// The shard count stored on disk for `name`, if the stream exists there.
+pub fn stored_shard_count(data_dir: &Path, name: &str) -> Option<u32> {
+    let text =
+        std::fs::read_to_string(data_dir.join("streams").join(name).join("stream.json")).ok()?;
+    serde_json::from_str::<StreamMeta>(&text)
+        .ok()
+        .map(|m| m.shards)
+}
+
+fn policy(f: Fsync) -> FsyncPolicy {
+    match f {
+        Fsync::Batch => FsyncPolicy::Batch,
+        Fsync::None => FsyncPolicy::None,
+        Fsync::Interval(d) => FsyncPolicy::Interval(d),
+    }
+}
+
+impl Stream {
+    fn open(
+        dir: PathBuf,
+        name: &str,
+        meta: &StreamMeta,
+        fsync: Fsync,
+        max_record_size: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Stream, StreamError> {
+        let mut shards = Vec::new();
+        for i in 0..meta.shards {
+            let id = shard_id(i);
+            let (start, end) = shard_range(i, meta.shards);
+            let (log, report) = ShardLog::open(
+                &dir.join(&id),
+                Options {
+                    fsync: policy(fsync),
+                    ..Options::default()
+                },
+            )?;
+            for d in &report.damage {
+                if d.truncated {
+                    tracing::warn!(stream = name, shard = %id, segment = %d.segment.display(), offset = d.offset, bytes = d.len, "torn tail truncated to the last good record");
+                    metrics::counter!("sluice_shard_recovered_truncations_total", "stream" => name.to_string(), "shard" => id.clone()).increment(1);
+                } else {
+                    tracing::error!(stream = name, shard = %id, segment = %d.segment.display(), offset = d.offset, bytes = d.len, "corrupt records in the middle of a segment; skipped");
+                    metrics::counter!("sluice_shard_corrupt_bytes_total", "stream" => name.to_string(), "shard" => id.clone()).increment(d.len);
+                }
+            }
+            let labels = [("stream", name.to_string()), ("shard", id.clone())];
+            shards.push(Shard {
+                incoming_records: metrics::counter!("sluice_shard_incoming_records_total", &labels),
+                incoming_bytes: metrics::counter!("sluice_shard_incoming_bytes_total", &labels),
+                id,
+                index: i,
+                start,
+                end,
+                log,
+            });
+        }
+        Ok(Stream {
+            name: name.to_string(),
+            origin: meta.origin,
+            created_ms: meta.created_ms,
+            shards,
+            retention: RwLock::new(Duration::from_secs(meta.retention_hours * 3600)),
+            max_record_size,
+            max_bytes,
+            dir,
+        })
+    }
+
+    /// The shard owning `hash`.
+    pub fn route(&self, hash: u128) -> &Shard {
+        let i = self.shards.partition_point(|s| s.end < hash);
+        &self.shards[i.min(self.shards.len() - 1)]
+    }
+
+    /// The shard with this id.
+    pub fn shard(&self, id: &str) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.id == id)
+    }
+
+    /// Retention in hours, as Kinesis reports it.
+    pub fn retention_hours(&self) -> u64 {
+        self.retention
+            .read()
+            .map(|r| r.as_secs() / 3600)
+            .unwrap_or(24)
+            .max(1)
+    }
+
+    /// Drops segments past retention (and the size cap) on every shard.
+    pub fn enforce_retention(&self) {
+        let keep = self
+            .retention
+            .read()
+            .map(|r| *r)
+            .unwrap_or(Duration::from_secs(86_400));
+        let cutoff = now_ms() - keep.as_millis() as i64;
+        for s in &self.shards {
+            if let Err(e) = s.log.enforce_retention(cutoff, self.max_bytes) {
+                tracing::warn!(stream = %self.name, shard = %s.id, error = %e, "retention failed");
+            }
+        }
+    }
+
+    /// Publishes shard gauges.
+    pub fn record_gauges(&self) {
+        let now = now_ms();
+        for s in &self.shards {
+            let labels = [("stream", self.name.clone()), ("shard", s.id.clone())];
+            metrics::gauge!("sluice_shard_log_bytes", &labels).set(s.log.total_bytes() as f64);
+            metrics::gauge!("sluice_shard_last_sequence_number", &labels)
+                .set(s.log.next_seq() as f64 - 1.0);
+            let age = s
+                .log
+                .arrival_range()
+                .map(|(first, _)| (now - first).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            metrics::gauge!("sluice_shard_oldest_record_age_seconds", &labels).set(age);
+        }
+    }
+}
+
+impl Shard {
+    /// Appends records (durable on return under `fsync = "batch"`); returns the first
+    /// shard-local sequence number and each record's arrival time.
+    pub fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StreamError> {
+        let r = self.log.append(entries)?;
+        self.incoming_records.increment(entries.len() as u64);
+        self.incoming_bytes
+            .increment(entries.iter().map(|e| e.data.len() as u64).sum());
+        Ok(r)
+    }
+
+    /// Reads from shard-local sequence `from`.
+    pub fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StreamError> {
+        Ok(self.log.read(from, max_records, max_bytes)?)
+    }
+}
+
+/// Every stream of the daemon.
+pub struct Streams {
+    data_dir: PathBuf,
+    streams: RwLock<BTreeMap<String, Arc<Stream>>>,
+}
+
+impl Streams {
+    /// Opens the streams created through the API that live in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Streams, StreamError> {
+        let root = data_dir.join("streams");
+        std::fs::create_dir_all(&root).map_err(|source| StreamError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        let s = Streams {
+            data_dir: data_dir.to_path_buf(),
+            streams: RwLock::new(BTreeMap::new()),
+        };
+        let entries = std::fs::read_dir(&root).map_err(|source| StreamError::Io {
+            path: root.clone(),
+            source,
+        })?;
+        for e in entries.flatten() {
+            let dir = e.path();
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(dir.join("stream.json")) else {
+                continue;
+            };
+            let Ok(meta) = serde_json::from_str::<StreamMeta>(&text) else {
+                tracing::error!(stream = %name, "unreadable stream.json; stream not opened");
+                continue;
+            };
+            if meta.origin == StreamOrigin::Api {
+                let st = Stream::open(dir, &name, &meta, Fsync::Batch, 1 << 20, None)?;
+                s.insert(st);
+            }
+        }
+        Ok(s)
+    }
+
+    fn insert(&self, st: Stream) {
+        if let Ok(mut m) = self.streams.write() {
+            m.insert(st.name.clone(), Arc::new(st));
+        }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("streams").join(name)
+    }
+
+    fn write_meta(&self, name: &str, meta: &StreamMeta) -> Result<(), StreamError> {
+        let dir = self.dir(name);
+        std::fs::create_dir_all(&dir).map_err(|source| StreamError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join("stream.json");
+        let tmp = dir.join("stream.json.tmp");
+        let text = serde_json::to_vec_pretty(meta).unwrap_or_default();
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|source| StreamError::Io { path, source })
+    }
+
+    /// Makes the config streams exist with these settings (opening existing data);
+    /// returns the names of config streams that are no longer configured (left on disk).
+    pub fn apply_config(
+        &self,
+        specs: &BTreeMap<String, StreamSpec>,
+    ) -> Result<Vec<String>, StreamError> {
+        for spec in specs.values() {
+            let existing = self.get(&spec.name);
+            match existing {
+                Some(st) if st.shards.len() as u32 == spec.shards => {
+                    // Retention applies live; the rest needs no change.
+                    if let Ok(mut r) = st.retention.write() {
+                        *r = spec.retention;
+                    }
+                }
+                _ => {
+                    let created_ms = stored_meta(&self.dir(&spec.name))
+                        .map(|m| m.created_ms)
+                        .unwrap_or_else(now_ms);
+                    let meta = StreamMeta {
+                        shards: spec.shards,
+                        created_ms,
+                        origin: StreamOrigin::Config,
+                        retention_hours: (spec.retention.as_secs() / 3600).max(1),
+                    };
+                    self.write_meta(&spec.name, &meta)?;
+                    let mut st = Stream::open(
+                        self.dir(&spec.name),
+                        &spec.name,
+                        &meta,
+                        spec.fsync,
+                        spec.max_record_size,
+                        spec.max_bytes,
+                    )?;
+                    st.retention = RwLock::new(spec.retention);
+                    self.insert(st);
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .streams
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter(|s| s.origin == StreamOrigin::Config && !specs.contains_key(&s.name))
+                    .map(|s| s.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(mut m) = self.streams.write() {
+            for g in &gone {
+                m.remove(g);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// A stream by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Stream>> {
+        self.streams.read().ok()?.get(name).cloned()
+    }
+
+    /// Every stream.
+    pub fn list(&self) -> Vec<Arc<Stream>> {
+        self.streams
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// CreateStream.
+    pub fn create(&self, name: &str, shards: u32) -> Result<Arc<Stream>, StreamError> {
+        let mut m = self
+            .streams
+            .write()
+            .map_err(|_| StreamError::Exists(name.to_string()))?;
+        if m.contains_key(name) {
+            return Err(StreamError::Exists(name.to_string()));
+        }
+        let meta = StreamMeta {
+            shards,
+            created_ms: now_ms(),
+            origin: StreamOrigin::Api,
+            retention_hours: 24,
+        };
+        self.write_meta(name, &meta)?;
+        let st = Arc::new(Stream::open(
+            self.dir(name),
+            name,
+            &meta,
+            Fsync::Batch,
+            1 << 20,
+            None,
+        )?);
+        m.insert(name.to_string(), st.clone());
+        Ok(st)
+    }
+
+    /// DeleteStream (API streams only): removes it and its data.
+    pub fn delete(&self, name: &str) -> Result<(), StreamError> {
+        let mut m = self
+            .streams
+            .write()
+            .map_err(|_| StreamError::NotFound(name.to_string()))?;
+        let st = m
+            .get(name)
+            .ok_or_else(|| StreamError::NotFound(name.to_string()))?;
+        if st.origin == StreamOrigin::Config {
+            return Err(StreamError::FromConfig(name.to_string()));
+        }
+        let dir = st.dir.clone();
+        m.remove(name);
+        drop(m);
+        std::fs::remove_dir_all(&dir).map_err(|source| StreamError::Io { path: dir, source })
+    }
+
+    /// Periodic upkeep: retention and gauges.
+    pub fn upkeep(&self) {
+        for s in self.list() {
+            s.enforce_retention();
+            s.record_gauges();
+        }
+    }
+}
+
+fn stored_meta(dir: &Path) -> Option<StreamMeta> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("stream.json")).ok()?).ok()
+}
