@@ -1,0 +1,383 @@
+//! The Kinesis API with real clients (boto3 and the AWS CLI from the repo's Python venv,
+//! see `scripts/install-test-deps`), AWS-shaped validation errors over raw HTTP, and
+//! durability across SIGKILL.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const EVENTS: &str = "[streams.events]\nshards = 4\n";
+
+fn venv_bin(tool: &str) -> PathBuf {
+    let p = root().join("target/pyenv/bin").join(tool);
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/install-test-deps (Python venv with awscli and boto3)",
+        p.display()
+    );
+    p
+}
+
+/// One AWS JSON 1.1 request; returns (HTTP status, x-amzn-RequestId present, body), or
+/// `None` when the connection fails (the daemon was killed).
+fn try_call(addr: SocketAddr, target: &str, body: &str) -> Option<(u16, bool, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: {target}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let rid = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("x-amzn-requestid:"));
+    Some((code, rid, body.to_string()))
+}
+
+fn call(addr: SocketAddr, target: &str, body: &str) -> (u16, bool, String) {
+    try_call(addr, target, body).expect("the API answers")
+}
+
+fn error_of(body: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (
+        v["__type"].as_str().unwrap_or("").into(),
+        v["message"].as_str().unwrap_or("").into(),
+    )
+}
+
+#[test]
+fn boto3_round_trip() {
+    let s = Setup::new("", &[("streams", EVENTS)]);
+    let mut d = s.start();
+    d.wait_ready();
+    let out = Command::new(venv_bin("python"))
+        .arg(root().join("daemon/tests/interop/kinesis_boto3.py"))
+        .arg(format!("http://{}", s.api))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3 script failed:\n{}{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.stderr()
+    );
+}
+
+fn aws(s: &Setup, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(venv_bin("aws"))
+        .args([
+            "--endpoint-url",
+            &format!("http://{}", s.api),
+            "--output",
+            "json",
+            "kinesis",
+        ])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+#[test]
+fn aws_cli_round_trip() {
+    let s = Setup::new("", &[("streams", EVENTS)]);
+    let mut d = s.start();
+    d.wait_ready();
+    let shards = aws(&s, &["list-shards", "--stream-name", "events"]);
+    let shards = shards["Shards"].as_array().unwrap().clone();
+    assert_eq!(shards.len(), 4);
+    let mut expected: Vec<Vec<(String, String)>> = vec![Vec::new(); 4];
+    for i in 0..40 {
+        let key = format!("pk{i}");
+        let data = format!("hello-{i}");
+        // AWS CLI v1 base64-encodes blob arguments itself.
+        let r = aws(
+            &s,
+            &[
+                "put-record",
+                "--stream-name",
+                "events",
+                "--partition-key",
+                &key,
+                "--data",
+                &data,
+            ],
+        );
+        let shard = r["ShardId"].as_str().unwrap().to_string();
+        let h = sluiced::stream::hash_key(key.as_bytes());
+        let idx = (0..4u32).find(|&j| {
+            let (lo, hi) = sluiced::stream::shard_range(j, 4);
+            (lo..=hi).contains(&h)
+        });
+        assert_eq!(
+            shard,
+            sluiced::stream::shard_id(idx.unwrap()),
+            "{key} routed by MD5"
+        );
+        expected[idx.unwrap() as usize]
+            .push((r["SequenceNumber"].as_str().unwrap().to_string(), data));
+    }
+    let batch = serde_json::json!([
+        { "Data": "YmF0Y2gtMA==", "PartitionKey": "b0", "ExplicitHashKey": "0" },
+        { "Data": "YmF0Y2gtMQ==", "PartitionKey": "b1", "ExplicitHashKey": "340282366920938463463374607431768211455" },
+    ]);
+    let file = s.path("records.json");
+    std::fs::write(&file, batch.to_string()).unwrap();
+    // `fileb://`-free: records given as JSON; CLI v1 base64-encodes Data again, so decode twice below.
+    let r = aws(
+        &s,
+        &[
+            "put-records",
+            "--stream-name",
+            "events",
+            "--records",
+            &format!("file://{}", file.display()),
+        ],
+    );
+    assert_eq!(r["FailedRecordCount"], 0);
+    assert_eq!(r["Records"][0]["ShardId"], "shardId-000000000000");
+    assert_eq!(r["Records"][1]["ShardId"], "shardId-000000000003");
+    for (j, shard) in shards.iter().enumerate() {
+        let it = aws(
+            &s,
+            &[
+                "get-shard-iterator",
+                "--stream-name",
+                "events",
+                "--shard-id",
+                shard["ShardId"].as_str().unwrap(),
+                "--shard-iterator-type",
+                "TRIM_HORIZON",
+            ],
+        );
+        let out = aws(
+            &s,
+            &[
+                "get-records",
+                "--shard-iterator",
+                it["ShardIterator"].as_str().unwrap(),
+            ],
+        );
+        let got: Vec<(String, String)> = out["Records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                use base64::Engine as _;
+                let d = base64::engine::general_purpose::STANDARD
+                    .decode(r["Data"].as_str().unwrap())
+                    .unwrap();
+                (
+                    r["SequenceNumber"].as_str().unwrap().to_string(),
+                    String::from_utf8(d).unwrap(),
+                )
+            })
+            .filter(|(_, d)| d.starts_with("hello-"))
+            .collect();
+        assert_eq!(got, expected[j], "shard {j}: every record once, in order");
+    }
+}
+
+#[test]
+fn validation_errors_are_aws_shaped_and_never_500() {
+    let s = Setup::new("", &[("streams", EVENTS)]);
+    let mut d = s.start();
+    d.wait_ready();
+    let a = s.api;
+    let t = |op: &str| format!("Kinesis_20131202.{op}");
+    let cases: Vec<(String, String, &str, &str)> = vec![
+        (t("PutRecord"), r#"{"StreamName":"events","Data":"eA==","PartitionKey":""}"#.into(), "ValidationException",
+            "1 validation error detected: Value '' at 'partitionKey' failed to satisfy constraint: Member must have length greater than or equal to 1"),
+        (t("PutRecord"), format!(r#"{{"StreamName":"events","Data":"eA==","PartitionKey":"{}"}}"#, "k".repeat(257)), "ValidationException",
+            "at 'partitionKey' failed to satisfy constraint: Member must have length less than or equal to 256"),
+        (t("PutRecord"), format!(r#"{{"StreamName":"events","Data":"{}","PartitionKey":"k"}}"#, {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(vec![b'x'; (1 << 20) + 1])
+        }), "ValidationException", "Value 'java.nio.HeapByteBuffer[pos=0 lim=1048577 cap=1048577]' at 'data' failed to satisfy constraint: Member must have length less than or equal to 1048576"),
+        (t("PutRecords"), format!(r#"{{"StreamName":"events","Records":[{}]}}"#, vec![r#"{"Data":"eA==","PartitionKey":"k"}"#; 501].join(",")),
+            "ValidationException", "at 'records' failed to satisfy constraint: Member must have length less than or equal to 500"),
+        (t("PutRecords"), r#"{"StreamName":"events","Records":[{"Data":"eA==","PartitionKey":""},{"Data":"eA=="}]}"#.into(),
+            "ValidationException", "2 validation errors detected: Value '' at 'records.1.member.partitionKey'"),
+        (t("PutRecord"), r#"{"StreamName":"nope","Data":"eA==","PartitionKey":"k"}"#.into(), "ResourceNotFoundException",
+            "Stream nope under account 000000000000 not found."),
+        (t("PutRecord"), r#"{"StreamName":"events","Data":"eA==","PartitionKey":"k","ExplicitHashKey":"340282366920938463463374607431768211456"}"#.into(),
+            "InvalidArgumentException", "ExplicitHashKey must be in the range: [0, 2^128-1]"),
+        (t("GetRecords"), r#"{"ShardIterator":"AAAAAAAAAAHka4e0dsUi+9sm4ks/X5Pv93MGvo6Unc"}"#.into(), "InvalidArgumentException", "Invalid ShardIterator."),
+        (t("GetRecords"), r#"{"ShardIterator":"%%%"}"#.into(), "InvalidArgumentException", "Invalid ShardIterator."),
+        (t("GetShardIterator"), r#"{"StreamName":"events","ShardId":"shardId-000000000000","ShardIteratorType":"SIDEWAYS"}"#.into(),
+            "ValidationException", "at 'shardIteratorType' failed to satisfy constraint: Member must satisfy enum value set"),
+        (t("PutRecord"), "{not json".into(), "SerializationException", ""),
+        (t("PutRecord"), "[1,2]".into(), "SerializationException", ""),
+        (t("PutRecord"), r#"{"StreamName":5}"#.into(), "SerializationException", ""),
+        (t("Frobnicate"), "{}".into(), "UnknownOperationException", ""),
+        ("Kinesis_20131202".into(), "{}".into(), "UnknownOperationException", ""),
+        ("".into(), "{}".into(), "UnknownOperationException", ""),
+    ];
+    for (target, body, kind, msg) in cases {
+        let (code, rid, out) = call(a, &target, &body);
+        assert_eq!(code, 400, "{target} {body:.80}: {out}");
+        assert!(rid, "x-amzn-RequestId on every response");
+        let (k, m) = error_of(&out);
+        assert_eq!(k, kind, "{target} {body:.80}: {out}");
+        assert!(m.contains(msg), "{target}: expected {msg:?} in {m:?}");
+    }
+    // A request that is fine gets a request id too.
+    let (code, rid, _) = call(a, &t("ListStreams"), "{}");
+    assert!(code == 200 && rid);
+    assert!(
+        d.metric(
+            "sluice_api_requests_total",
+            &["operation=\"PutRecord\"", "code=\"400\""]
+        ) >= 1.0
+    );
+    assert_eq!(d.get("/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn acknowledged_records_survive_sigkill() {
+    let s = Setup::new(
+        "",
+        &[(
+            "streams",
+            "[streams.durable]\nshards = 2\nfsync = \"batch\"\n",
+        )],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    let api = s.api;
+    // Writers put records until the daemon dies; every acknowledged one is remembered.
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..100_000 {
+            let body = format!(
+                r#"{{"StreamName":"durable","Records":[{}]}}"#,
+                (0..10)
+                    .map(|j| format!(r#"{{"Data":"{}","PartitionKey":"k{j}"}}"#, {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD.encode(format!("r{i}-{j}"))
+                    }))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            match try_call(api, "Kinesis_20131202.PutRecords", &body) {
+                Some((200, _, out)) => {
+                    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+                    for (j, r) in v["Records"].as_array().unwrap().iter().enumerate() {
+                        acked.push((
+                            r["SequenceNumber"].as_str().unwrap().to_string(),
+                            format!("r{i}-{j}"),
+                        ));
+                    }
+                }
+                _ => break,
+            }
+        }
+        acked
+    });
+    wait_until(Duration::from_secs(20), "some records stored", || {
+        d.metric(
+            "sluice_shard_incoming_records_total",
+            &["stream=\"durable\""],
+        ) > 500.0
+    });
+    d.child.kill().unwrap(); // SIGKILL
+    d.child.wait().unwrap();
+    let acked = writer.join().unwrap();
+    assert!(acked.len() >= 500);
+    let mut d = s.start();
+    d.wait_ready();
+    let mut stored = std::collections::HashMap::new();
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let (_, _, out) = call(
+            api,
+            "Kinesis_20131202.GetShardIterator",
+            &format!(
+                r#"{{"StreamName":"durable","ShardId":"{shard}","ShardIteratorType":"TRIM_HORIZON"}}"#
+            ),
+        );
+        let mut it = serde_json::from_str::<serde_json::Value>(&out).unwrap()["ShardIterator"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        loop {
+            let (code, _, out) = call(
+                api,
+                "Kinesis_20131202.GetRecords",
+                &format!(r#"{{"ShardIterator":"{it}"}}"#),
+            );
+            assert_eq!(code, 200, "{out}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let recs = v["Records"].as_array().unwrap();
+            for r in recs {
+                use base64::Engine as _;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(r["Data"].as_str().unwrap())
+                    .unwrap();
+                stored.insert(
+                    r["SequenceNumber"].as_str().unwrap().to_string(),
+                    String::from_utf8(data).unwrap(),
+                );
+            }
+            it = v["NextShardIterator"].as_str().unwrap().to_string();
+            if recs.is_empty() {
+                break;
+            }
+        }
+    }
+    for (seq, data) in &acked {
+        assert_eq!(
+            stored.get(seq),
+            Some(data),
+            "acknowledged record {seq} lost after SIGKILL"
+        );
+    }
+    // Sequence numbers keep increasing after the restart.
+    let (_, _, out) = call(
+        api,
+        "Kinesis_20131202.PutRecord",
+        r#"{"StreamName":"durable","Data":"eA==","PartitionKey":"k0"}"#,
+    );
+    let seq = serde_json::from_str::<serde_json::Value>(&out).unwrap()["SequenceNumber"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (shard, n) = sluiced::stream::parse_sequence(&seq).unwrap();
+    let before: Vec<u64> = acked
+        .iter()
+        .filter_map(|(s, _)| sluiced::stream::parse_sequence(s))
+        .filter(|(sh, _)| *sh == shard)
+        .map(|(_, n)| n)
+        .collect();
+    assert!(
+        !before.is_empty() && before.iter().all(|&b| b < n),
+        "sequence numbers increase across restarts"
+    );
+}
