@@ -41,6 +41,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     streams
         .apply_config(&set.streams)
         .context("cannot open the configured streams")?;
+    crate::plugins::stream_io::install(streams.clone(), set.daemon.data_dir.clone());
     let api_state = Arc::new(ApiState {
         streams: streams.clone(),
         account: set.daemon.api.account_id.clone(),

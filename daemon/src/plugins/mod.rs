@@ -8,6 +8,7 @@
 mod host;
 mod instance;
 mod loader;
+pub mod stream_io;
 
 pub use host::{CompletionResult, InstanceShared};
 pub use instance::{
@@ -134,8 +135,9 @@ pub struct Registry {
 }
 
 /// The libraries compiled into the daemon.
-pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 4] {
+pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 5] {
     [
+        &stream_io::LIBRARY,
         &sluice_plugin_generator::LIBRARY,
         &sluice_plugin_jq::LIBRARY,
         &sluice_plugin_stdout::LIBRARY,

@@ -1,0 +1,305 @@
+//! The bundled `stream` plugins: a source that reads a stream from its checkpoint and a
+//! record sink that appends to a stream. They live in the daemon (they need its streams)
+//! but are declared and called through the same ABI descriptor as every other plugin.
+//!
+//! **Checkpoints**: per pipeline and stream, `data_dir/checkpoints/<pipeline>/<stream>.json`
+//! maps each shard to the next sequence number to read. It is replaced atomically (write,
+//! fsync, rename, fsync the folder) and only when the host acks a batch — i.e. after the
+//! sink confirmed delivery — so a restart resumes at the oldest undelivered record.
+#![allow(unexpected_cfgs)] // `declare_library!` checks a `dylib` feature this crate does not have
+
+use crate::stream::{hash_key, Stream, Streams};
+use sluice_plugin_api::{
+    declare_library, Batch, Completion, Context, Error, NewRecord, Output, Plugin, Poll, Sink,
+    Source, Submitted,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+static STREAMS: OnceLock<Arc<Streams>> = OnceLock::new();
+static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Gives the `stream` plugins the daemon's streams (once, at startup).
+pub fn install(streams: Arc<Streams>, data_dir: PathBuf) {
+    let _ = STREAMS.set(streams);
+    let _ = DATA_DIR.set(data_dir);
+}
+
+fn stream(name: &str) -> Result<Arc<Stream>, Error> {
+    let streams = STREAMS
+        .get()
+        .ok_or_else(|| Error::fatal("streams are not available (not running in sluiced)"))?;
+    // Retryable: the stream may be created through the API later.
+    streams
+        .get(name)
+        .ok_or_else(|| Error::retryable(format_args!("stream `{name}` does not exist")))
+}
+
+/// Where a new consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// The oldest retained record.
+    #[default]
+    TrimHorizon,
+    /// Only records that arrive from now on.
+    Latest,
+}
+
+/// `stream` source options.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The stream to read.
+    pub stream: String,
+    /// Where to start when there is no checkpoint.
+    #[serde(default)]
+    pub start: Start,
+    /// Most records per poll.
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+}
+
+fn default_batch() -> u32 {
+    500
+}
+
+/// Reads a stream shard by shard, round-robin, checkpointing on ack.
+pub struct StreamSource {
+    cfg: SourceConfig,
+    pipeline: String,
+    st: Option<Arc<Stream>>,
+    /// Next sequence to read, per shard (read position, ahead of the checkpoint).
+    read_pos: Vec<u64>,
+    /// Next sequence to read, per shard, as delivered (the checkpoint).
+    committed: Vec<u64>,
+    /// Positions reached by each polled batch, in poll order.
+    in_flight: VecDeque<(u64, usize, u64)>,
+    next_shard: usize,
+    next_token: u64,
+}
+
+fn checkpoint_path(pipeline: &str, stream: &str) -> Option<PathBuf> {
+    Some(
+        DATA_DIR
+            .get()?
+            .join("checkpoints")
+            .join(pipeline)
+            .join(format!("{stream}.json")),
+    )
+}
+
+fn load_checkpoint(path: &std::path::Path) -> BTreeMap<String, u64> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn store_checkpoint(path: &std::path::Path, cp: &BTreeMap<String, u64>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string(cp).unwrap_or_default().as_bytes())?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Plugin for StreamSource {
+    type Config = SourceConfig;
+    fn create(cfg: SourceConfig, ctx: &Context) -> Result<Self, Error> {
+        if cfg.stream.is_empty() {
+            return Err(Error::config_field("stream", "must name a stream"));
+        }
+        if cfg.batch_size == 0 || cfg.batch_size > 10_000 {
+            return Err(Error::config_field(
+                "batch_size",
+                "must be between 1 and 10000",
+            ));
+        }
+        Ok(StreamSource {
+            cfg,
+            pipeline: ctx.pipeline().to_string(),
+            st: None,
+            read_pos: Vec::new(),
+            committed: Vec::new(),
+            in_flight: VecDeque::new(),
+            next_shard: 0,
+            next_token: 1,
+        })
+    }
+
+    fn start(&mut self) -> Result<(), Error> {
+        let st = stream(&self.cfg.stream)?;
+        let cp = checkpoint_path(&self.pipeline, &self.cfg.stream)
+            .map(|p| load_checkpoint(&p))
+            .unwrap_or_default();
+        self.read_pos = st
+            .shards
+            .iter()
+            .map(|s| match cp.get(&s.id) {
+                // Never before the trim horizon: records past retention are gone.
+                Some(&n) => n.max(s.log.first_seq()),
+                None if self.cfg.start == Start::Latest => s.log.next_seq(),
+                None => s.log.first_seq(),
+            })
+            .collect();
+        self.committed = self.read_pos.clone();
+        self.st = Some(st);
+        Ok(())
+    }
+}
+
+impl Source for StreamSource {
+    fn poll_batch(&mut self, out: &mut Output<'_>) -> Result<Poll, Error> {
+        let Some(st) = self.st.clone() else {
+            return Err(Error::fatal("not started"));
+        };
+        let n = st.shards.len();
+        let budget = out.credit_records().min(u64::from(self.cfg.batch_size)) as usize;
+        // One shard per poll keeps each batch within a shard, so acks map to one position.
+        for k in 0..n {
+            let i = (self.next_shard + k) % n;
+            let sh = &st.shards[i];
+            let recs = sh
+                .read(self.read_pos[i], budget, out.credit_bytes() as usize)
+                .map_err(|e| Error::retryable(format_args!("reading {}: {e}", sh.id)))?;
+            if recs.is_empty() {
+                continue;
+            }
+            for r in &recs {
+                out.emit(&NewRecord {
+                    data: &r.data,
+                    partition_key: &r.key,
+                    timestamp_ms: Some(r.arrival_ms),
+                    attrs: &[],
+                });
+            }
+            let last = recs.last().map(|r| r.seq + 1).unwrap_or(self.read_pos[i]);
+            self.read_pos[i] = last;
+            let token = self.next_token;
+            self.next_token += 1;
+            self.in_flight.push_back((token, i, last));
+            out.set_ack_token(token);
+            self.next_shard = (i + 1) % n;
+            return Ok(Poll::Ready);
+        }
+        out.set_poll_delay(Duration::from_millis(100));
+        Ok(Poll::Pending)
+    }
+
+    fn ack(&mut self, token: u64, delivered: bool) {
+        // Acks arrive in poll order; a batch that was not delivered is read again after a
+        // restart, since its position never reaches the checkpoint.
+        while let Some(&(t, shard, pos)) = self.in_flight.front() {
+            if t > token {
+                break;
+            }
+            self.in_flight.pop_front();
+            if delivered && t == token {
+                self.committed[shard] = self.committed[shard].max(pos);
+            }
+        }
+        if !delivered {
+            return;
+        }
+        let (Some(st), Some(path)) = (
+            self.st.as_ref(),
+            checkpoint_path(&self.pipeline, &self.cfg.stream),
+        ) else {
+            return;
+        };
+        let cp: BTreeMap<String, u64> = st
+            .shards
+            .iter()
+            .map(|s| s.id.clone())
+            .zip(self.committed.iter().copied())
+            .collect();
+        if let Err(e) = store_checkpoint(&path, &cp) {
+            tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint");
+        }
+    }
+}
+
+/// `stream` sink options.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// The stream to append to.
+    pub stream: String,
+}
+
+/// Appends records to a stream, routed by partition key like the Kinesis API.
+pub struct StreamSink {
+    name: String,
+}
+
+impl Plugin for StreamSink {
+    type Config = SinkConfig;
+    fn create(cfg: SinkConfig, _: &Context) -> Result<Self, Error> {
+        if cfg.stream.is_empty() {
+            return Err(Error::config_field("stream", "must name a stream"));
+        }
+        Ok(StreamSink { name: cfg.stream })
+    }
+}
+
+impl Sink for StreamSink {
+    fn submit(&mut self, batch: &Batch<'_>, done: Completion) -> Result<Submitted, Error> {
+        let st = match stream(&self.name) {
+            Ok(s) => s,
+            Err(e) => {
+                done.fail(&e);
+                return Ok(Submitted::Accepted);
+            }
+        };
+        let now = crate::record::now_ms();
+        let mut groups: Vec<Vec<sluice_shardlog::Entry<'_>>> =
+            (0..st.shards.len()).map(|_| Vec::new()).collect();
+        for r in batch.iter() {
+            // Records without a key get one from their bytes, so routing stays deterministic.
+            let h = if r.partition_key.is_empty() {
+                hash_key(r.data)
+            } else {
+                hash_key(r.partition_key)
+            };
+            let key: &[u8] = if r.partition_key.is_empty() {
+                b"-"
+            } else {
+                r.partition_key
+            };
+            groups[st.route(h).index as usize].push(sluice_shardlog::Entry {
+                key,
+                data: r.data,
+                arrival_ms: r.timestamp_ms.unwrap_or(now),
+            });
+        }
+        for (i, g) in groups.iter().enumerate() {
+            if g.is_empty() {
+                continue;
+            }
+            if let Err(e) = st.shards[i].append(g) {
+                done.fail(&Error::retryable(format_args!(
+                    "appending to {}: {e}",
+                    st.shards[i].id
+                )));
+                return Ok(Submitted::Accepted);
+            }
+        }
+        done.success();
+        Ok(Submitted::Accepted)
+    }
+}
+
+declare_library!(
+    name: "stream",
+    plugins: [
+        source("stream", StreamSource, "reads a stream from its checkpoint, shard by shard"),
+        sink("stream", StreamSink, "appends records to a stream"),
+    ]
+);
