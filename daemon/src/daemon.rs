@@ -46,6 +46,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         streams: streams.clone(),
         account: set.daemon.api.account_id.clone(),
         iterators: IteratorCodec::new(),
+        verifier: (!set.daemon.api.credentials.is_empty()).then(|| {
+            api::Verifier::new(
+                set.daemon
+                    .api
+                    .credentials
+                    .iter()
+                    .map(|c| (c.access_key_id.clone(), c.secret_access_key.clone())),
+            )
+        }),
     });
     let api_listen = set.daemon.api.listen;
     let api_addr = api::serve(api_listen, api_state)

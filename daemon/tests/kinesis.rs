@@ -381,3 +381,81 @@ fn acknowledged_records_survive_sigkill() {
         "sequence numbers increase across restarts"
     );
 }
+
+#[test]
+fn sigv4_is_verified_when_credentials_are_configured() {
+    let s = Setup::new(
+        "[[api.credentials]]\naccess_key_id = \"AKIDSLUICE\"\nsecret_access_key = \"s3cr3t\"\n",
+        &[("streams", EVENTS)],
+    );
+    // The daemon file's [api] table comes after this array of tables: move it to the end.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let (head, creds) = text.split_once("[[api.credentials]]").unwrap();
+    let (creds, tail) = creds.split_once("\n\n").unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{head}{tail}\n[[api.credentials]]{creds}\n"),
+    )
+    .unwrap();
+    let mut d = s.start();
+    d.wait_ready();
+    let out = Command::new(venv_bin("python"))
+        .arg(root().join("daemon/tests/interop/kinesis_sigv4.py"))
+        .arg(format!("http://{}", s.api))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No signature at all.
+    let (code, _, body) = call(s.api, "Kinesis_20131202.ListStreams", "{}");
+    assert_eq!(code, 400);
+    assert_eq!(error_of(&body).0, "MissingAuthenticationTokenException");
+}
+
+#[test]
+fn write_limits_throttle_per_record() {
+    let s = Setup::new(
+        "",
+        &[(
+            "streams",
+            "[streams.slow]\nshards = 1\nwrite_limit = { records_per_shard = 5 }\n",
+        )],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    let recs = vec![r#"{"Data":"eA==","PartitionKey":"k"}"#; 20].join(",");
+    let (code, _, out) = call(
+        s.api,
+        "Kinesis_20131202.PutRecords",
+        &format!(r#"{{"StreamName":"slow","Records":[{recs}]}}"#),
+    );
+    assert_eq!(code, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let failed = v["FailedRecordCount"].as_u64().unwrap();
+    assert!((14..=15).contains(&failed), "{out}");
+    let rec = v["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r.get("ErrorCode").is_some())
+        .unwrap();
+    assert_eq!(rec["ErrorCode"], "ProvisionedThroughputExceededException");
+    assert!(rec["ErrorMessage"]
+        .as_str()
+        .unwrap()
+        .starts_with("Rate exceeded for shard shardId-000000000000 in stream slow"));
+    let (code, _, out) = call(
+        s.api,
+        "Kinesis_20131202.PutRecord",
+        r#"{"StreamName":"slow","Data":"eA==","PartitionKey":"k"}"#,
+    );
+    assert_eq!(
+        (code, error_of(&out).0.as_str()),
+        (400, "ProvisionedThroughputExceededException")
+    );
+    assert!(d.metric("sluice_shard_write_throttled_total", &["stream=\"slow\""]) >= 15.0);
+}

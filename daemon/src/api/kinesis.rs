@@ -418,22 +418,30 @@ fn check_record(
 }
 
 /// Appends entries (grouped per shard, shards in parallel, each a single group commit);
-/// returns (shard index, shard-local seq) per entry, in request order.
-async fn append(st: Arc<Stream>, entries: Vec<PutEntry>) -> Result<Vec<(u32, u64)>, ApiError> {
+/// returns per entry, in request order, (shard index, shard-local seq) or, when the
+/// shard's write limit refused it, `Err(shard index)`.
+async fn append(
+    st: Arc<Stream>,
+    entries: Vec<PutEntry>,
+) -> Result<Vec<Result<(u32, u64), u32>>, ApiError> {
     let now = now_ms();
+    let n = entries.len();
+    let mut out: Vec<Result<(u32, u64), u32>> = vec![Err(0); n];
     let mut per_shard: Vec<Vec<(usize, PutEntry)>> =
         (0..st.shards.len()).map(|_| Vec::new()).collect();
     for (i, e) in entries.into_iter().enumerate() {
         let s = st.route(e.hash).index as usize;
-        per_shard[s].push((i, e));
+        if st.admit(s, e.data.len()) {
+            per_shard[s].push((i, e));
+        } else {
+            out[i] = Err(s as u32);
+        }
     }
     let mut tasks = Vec::new();
-    let mut total = 0;
     for (s, group) in per_shard.into_iter().enumerate() {
         if group.is_empty() {
             continue;
         }
-        total += group.len();
         let st = st.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
             let batch: Vec<Entry<'_>> = group
@@ -454,7 +462,6 @@ async fn append(st: Arc<Stream>, entries: Vec<PutEntry>) -> Result<Vec<(u32, u64
             })
         }));
     }
-    let mut out = vec![(0u32, 0u64); total];
     for t in tasks {
         let done = t
             .await
@@ -464,10 +471,18 @@ async fn append(st: Arc<Stream>, entries: Vec<PutEntry>) -> Result<Vec<(u32, u64
             ApiError::internal(format!("append failed: {e}"))
         })?;
         for (i, s, seq) in done {
-            out[i] = (s, seq);
+            out[i] = Ok((s, seq));
         }
     }
     Ok(out)
+}
+
+fn throttled(st: &Stream, shard: u32, account: &str) -> String {
+    format!(
+        "Rate exceeded for shard {} in stream {} under account {account}.",
+        shard_id(shard),
+        st.name
+    )
 }
 
 async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -486,11 +501,16 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let Some(entry) = entry else {
         return Err(ApiError::serialization("missing record"));
     };
-    let r = append(st, vec![entry]).await?;
-    let (s, seq) = r[0];
-    Ok(
-        json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": "NONE" }),
-    )
+    let r = append(st.clone(), vec![entry]).await?;
+    match r[0] {
+        Ok((s, seq)) => Ok(
+            json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": "NONE" }),
+        ),
+        Err(s) => Err(ApiError::new(
+            "ProvisionedThroughputExceededException",
+            throttled(&st, s, &call.state.account),
+        )),
+    }
 }
 
 async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -544,10 +564,14 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "Records size exceeds 5 MB limit: the request carries {total} bytes of data and partition keys"
         )));
     }
-    let r = append(st, entries).await?;
+    let r = append(st.clone(), entries).await?;
+    let failed = r.iter().filter(|x| x.is_err()).count();
     Ok(json!({
-        "FailedRecordCount": 0,
-        "Records": r.iter().map(|&(s, seq)| json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq) })).collect::<Vec<_>>(),
+        "FailedRecordCount": failed,
+        "Records": r.iter().map(|x| match *x {
+            Ok((s, seq)) => json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq) }),
+            Err(s) => json!({ "ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": throttled(&st, s, &call.state.account) }),
+        }).collect::<Vec<_>>(),
         "EncryptionType": "NONE",
     }))
 }

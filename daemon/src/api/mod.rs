@@ -6,9 +6,11 @@
 mod error;
 mod iterator;
 mod kinesis;
+mod sigv4;
 
 pub use error::ApiError;
 pub use iterator::IteratorCodec;
+pub use sigv4::Verifier;
 
 use crate::stream::Streams;
 use axum::body::Bytes;
@@ -32,6 +34,8 @@ pub struct ApiState {
     pub account: String,
     /// Signs and checks shard iterators.
     pub iterators: IteratorCodec,
+    /// Verifies SigV4 signatures when credentials are configured.
+    pub verifier: Option<Verifier>,
 }
 
 /// Binds the API listener and serves it in the background.
@@ -92,7 +96,12 @@ impl Call<'_> {
     }
 }
 
-async fn handle(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<ApiState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let target = headers
         .get("x-amz-target")
@@ -102,11 +111,23 @@ async fn handle(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: By
         state: &state,
         region: region(&headers),
     };
-    let (op, result) = match target.split_once('.') {
-        Some(("Kinesis_20131202", op)) => {
+    let auth = match &state.verifier {
+        Some(v) => v.verify(
+            "POST",
+            uri.path(),
+            uri.query().unwrap_or(""),
+            &headers,
+            &body,
+            crate::record::now_ms() / 1000,
+        ),
+        None => Ok(()),
+    };
+    let (op, result) = match (auth, target.split_once('.')) {
+        (Err(e), _) => ("unauthenticated".to_string(), Err(e)),
+        (Ok(()), Some(("Kinesis_20131202", op))) => {
             (op.to_string(), kinesis::dispatch(&call, op, &body).await)
         }
-        _ => (
+        (Ok(()), _) => (
             "unknown".to_string(),
             Err(ApiError::unknown_operation(target)),
         ),

@@ -197,6 +197,26 @@ struct StreamToml {
     max_bytes: Option<ByteSize>,
     #[serde(default = "default_fsync")]
     fsync: String,
+    #[serde(default)]
+    write_limit: Option<WriteLimitToml>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteLimitToml {
+    #[serde(default)]
+    bytes_per_shard: Option<String>,
+    #[serde(default)]
+    records_per_shard: Option<u64>,
+}
+
+/// Kinesis-style per-shard write throttling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WriteLimit {
+    /// Bytes of data per second per shard.
+    pub bytes_per_sec: Option<u64>,
+    /// Records per second per shard.
+    pub records_per_sec: Option<u64>,
 }
 
 fn default_retention() -> HumanDuration {
@@ -257,6 +277,8 @@ pub struct StreamSpec {
     pub max_bytes: Option<u64>,
     /// Durability.
     pub fsync: Fsync,
+    /// Optional throttling.
+    pub write_limit: Option<WriteLimit>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -515,7 +537,48 @@ fn build_stream(
             ));
         }
     }
+    let write_limit = match st.write_limit {
+        None => None,
+        Some(w) => {
+            let bytes_per_sec = match w.bytes_per_shard {
+                None => None,
+                Some(b) => {
+                    let per = b.strip_suffix("/s").ok_or_else(|| {
+                        src.error_at_path(
+                            &[
+                                key("streams"),
+                                key(name),
+                                key("write_limit"),
+                                key("bytes_per_shard"),
+                            ],
+                            "write_limit.bytes_per_shard must be a rate like \"1MiB/s\"",
+                        )
+                    })?;
+                    Some(
+                        ByteSize::parse(per)
+                            .map_err(|m| {
+                                src.error_at_path(
+                                    &[
+                                        key("streams"),
+                                        key(name),
+                                        key("write_limit"),
+                                        key("bytes_per_shard"),
+                                    ],
+                                    m,
+                                )
+                            })?
+                            .0,
+                    )
+                }
+            };
+            Some(WriteLimit {
+                bytes_per_sec,
+                records_per_sec: w.records_per_shard,
+            })
+        }
+    };
     Ok(StreamSpec {
+        write_limit,
         name: name.to_string(),
         file: src.path.clone(),
         shards: st.shards,

@@ -11,7 +11,7 @@ mod routing;
 
 pub use routing::{hash_key, parse_sequence, sequence_string, shard_range};
 
-use crate::config::{Fsync, StreamSpec};
+use crate::config::{Fsync, StreamSpec, WriteLimit};
 use crate::record::now_ms;
 use sluice_shardlog::{Entry, FsyncPolicy, Options, ShardLog, StoredRecord};
 use std::collections::BTreeMap;
@@ -88,7 +88,17 @@ pub struct Stream {
     pub max_record_size: u64,
     /// Optional per-shard byte cap.
     pub max_bytes: Option<u64>,
+    /// The write limit and per-shard token buckets; changes apply live.
+    limiter: std::sync::Mutex<Option<(WriteLimit, Vec<Bucket>)>>,
     dir: PathBuf,
+}
+
+/// A token bucket holding up to one second of the allowed rate.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    records: f64,
+    bytes: f64,
+    at_ms: i64,
 }
 
 /// Shard id for an index.
@@ -161,8 +171,63 @@ impl Stream {
             retention: RwLock::new(Duration::from_secs(meta.retention_hours * 3600)),
             max_record_size,
             max_bytes,
+            limiter: std::sync::Mutex::new(None),
             dir,
         })
+    }
+
+    /// Sets (or clears) the write limit; applies live.
+    pub fn set_write_limit(&self, limit: Option<WriteLimit>) {
+        let Ok(mut g) = self.limiter.lock() else {
+            return;
+        };
+        if g.as_ref().map(|l| l.0) == limit {
+            return;
+        }
+        *g = limit.map(|l| {
+            let full = Bucket {
+                records: l.records_per_sec.unwrap_or(0) as f64,
+                bytes: l.bytes_per_sec.unwrap_or(0) as f64,
+                at_ms: now_ms(),
+            };
+            (l, vec![full; self.shards.len()])
+        });
+    }
+
+    /// Takes one record of `bytes` from shard `i`'s budget; false when throttled (counted).
+    pub fn admit(&self, i: usize, bytes: usize) -> bool {
+        let Ok(mut g) = self.limiter.lock() else {
+            return true;
+        };
+        let Some((limit, buckets)) = g.as_mut() else {
+            return true;
+        };
+        let Some(bk) = buckets.get_mut(i) else {
+            return true;
+        };
+        let now = now_ms();
+        let dt = (now - bk.at_ms).max(0) as f64 / 1000.0;
+        bk.at_ms = now;
+        let ok_records = limit.records_per_sec.is_none_or(|r| {
+            bk.records = (bk.records + dt * r as f64).min(r as f64);
+            bk.records >= 1.0
+        });
+        let ok_bytes = limit.bytes_per_sec.is_none_or(|r| {
+            bk.bytes = (bk.bytes + dt * r as f64).min(r as f64);
+            bk.bytes >= bytes as f64
+        });
+        if ok_records && ok_bytes {
+            if limit.records_per_sec.is_some() {
+                bk.records -= 1.0;
+            }
+            if limit.bytes_per_sec.is_some() {
+                bk.bytes -= bytes as f64;
+            }
+            true
+        } else {
+            metrics::counter!("sluice_shard_write_throttled_total", "stream" => self.name.clone(), "shard" => self.shards[i].id.clone()).increment(1);
+            false
+        }
     }
 
     /// The shard owning `hash`.
@@ -320,6 +385,7 @@ impl Streams {
                     if let Ok(mut r) = st.retention.write() {
                         *r = spec.retention;
                     }
+                    st.set_write_limit(spec.write_limit);
                 }
                 _ => {
                     let created_ms = stored_meta(&self.dir(&spec.name))
@@ -341,6 +407,7 @@ impl Streams {
                         spec.max_bytes,
                     )?;
                     st.retention = RwLock::new(spec.retention);
+                    st.set_write_limit(spec.write_limit);
                     self.insert(st);
                 }
             }
