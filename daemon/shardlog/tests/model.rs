@@ -250,3 +250,26 @@ fn concurrent_appends_share_syncs_and_lose_nothing() {
     assert_eq!(all.len(), 400);
     assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// The fuzz target's body on random bytes and on valid segments with random damage.
+    #[test]
+    fn recovery_never_panics_on_arbitrary_segments(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        sluice_shardlog::fuzzing::open_and_read(&bytes);
+    }
+
+    #[test]
+    fn recovery_never_panics_on_damaged_segments(n in 1usize..30, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8), cut in any::<usize>()) {
+        let mut seg = Vec::new();
+        for i in 0..n {
+            sluice_shardlog::frame::encode(&mut seg, i as u64, i as i64, b"key", format!("data-{i}").as_bytes());
+        }
+        for (at, x) in flips {
+            let len = seg.len();
+            seg[at % len] ^= x;
+        }
+        seg.truncate(cut % (seg.len() + 1));
+        sluice_shardlog::fuzzing::open_and_read(&seg);
+    }
+}

@@ -159,3 +159,60 @@ async fn handle(
     }
     resp
 }
+
+/// Entry points shared by the cargo-fuzz target (`daemon/fuzz`) and the property tests that
+/// run it on every `cargo test`.
+pub mod fuzzing {
+    use super::*;
+    use std::sync::OnceLock;
+
+    struct Env {
+        rt: tokio::runtime::Runtime,
+        state: ApiState,
+        _dir: std::path::PathBuf,
+    }
+
+    fn env() -> Option<&'static Env> {
+        static ENV: OnceLock<Option<Env>> = OnceLock::new();
+        ENV.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("sluice-api-fuzz-{}", std::process::id()));
+            let streams = Streams::open(&dir).ok()?;
+            streams.create("events", 2).ok()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .ok()?;
+            Some(Env {
+                rt,
+                state: ApiState {
+                    streams: Arc::new(streams),
+                    account: "000000000000".into(),
+                    iterators: IteratorCodec::new(),
+                    verifier: None,
+                },
+                _dir: dir,
+            })
+        })
+        .as_ref()
+    }
+
+    /// Runs Kinesis operation `op` on `body`: it must answer (never panic) and any error
+    /// must be a client error (4xx), never an internal one.
+    pub fn dispatch(op: &str, body: &[u8]) {
+        let Some(env) = env() else { return };
+        let call = Call {
+            state: &env.state,
+            region: "us-east-1".into(),
+        };
+        if let Err(e) = env.rt.block_on(kinesis::dispatch(&call, op, body)) {
+            assert!(
+                e.status.is_client_error(),
+                "{op} answered {} {}: {}",
+                e.status,
+                e.kind,
+                e.message
+            );
+        }
+    }
+}
