@@ -3,6 +3,7 @@
 //! [`telemetry`] observes all of them. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod pipeline;

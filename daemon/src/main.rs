@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluiced::config;
 use sluiced::plugins::Registry;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -47,6 +47,25 @@ enum Command {
     Plugins,
     /// Show pipelines as a table, read from the running daemon.
     Status,
+    /// Print records of a stream as they arrive, one per line.
+    Tail {
+        /// The stream.
+        stream: String,
+        /// Start at the oldest retained record instead of new ones.
+        #[arg(long)]
+        from_start: bool,
+        /// Exit after this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Put records read from stdin, one per line, into a stream.
+    Put {
+        /// The stream.
+        stream: String,
+        /// Partition key for every record (default: a different key per line).
+        #[arg(long)]
+        partition_key: Option<String>,
+    },
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -80,6 +99,15 @@ fn main() -> ExitCode {
         Command::Check => return check(&cli.config),
         Command::Plugins => plugins(&cli.config),
         Command::Status => status(&cli.config),
+        Command::Tail {
+            stream,
+            from_start,
+            limit,
+        } => tail(&cli.config, &stream, from_start, limit),
+        Command::Put {
+            stream,
+            partition_key,
+        } => put(&cli.config, &stream, partition_key.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -207,5 +235,99 @@ fn status(path: &Path) -> anyhow::Result<()> {
             p["last_error"].as_str().unwrap_or("")
         )?;
     }
+    Ok(())
+}
+
+fn client(path: &Path) -> anyhow::Result<sluiced::client::KinesisClient> {
+    let (d, _) = config::load_daemon(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let creds = d
+        .api
+        .credentials
+        .first()
+        .map(|c| (c.access_key_id.clone(), c.secret_access_key.clone()));
+    Ok(sluiced::client::KinesisClient::new(d.api.listen, creds))
+}
+
+fn tail(path: &Path, stream: &str, from_start: bool, limit: Option<u64>) -> anyhow::Result<()> {
+    use serde_json::json;
+    let c = client(path)?;
+    let kind = if from_start { "TRIM_HORIZON" } else { "LATEST" };
+    let mut iters: Vec<String> = Vec::new();
+    for shard in c.shards(stream)? {
+        let v = c.call(
+            "GetShardIterator",
+            &json!({ "StreamName": stream, "ShardId": shard, "ShardIteratorType": kind }),
+        )?;
+        iters.push(v["ShardIterator"].as_str().unwrap_or_default().to_string());
+    }
+    let mut out = std::io::stdout().lock();
+    let mut seen = 0u64;
+    loop {
+        let mut got = 0;
+        for it in iters.iter_mut() {
+            let v = c.call("GetRecords", &json!({ "ShardIterator": it, "Limit": 1000 }))?;
+            for r in v["Records"].as_array().into_iter().flatten() {
+                use base64::Engine as _;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(r["Data"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                out.write_all(&data)?;
+                out.write_all(b"\n")?;
+                got += 1;
+                seen += 1;
+                if limit.is_some_and(|l| seen >= l) {
+                    out.flush()?;
+                    return Ok(());
+                }
+            }
+            *it = v["NextShardIterator"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+        }
+        out.flush()?;
+        if got == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+fn put(path: &Path, stream: &str, key: Option<&str>) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use serde_json::json;
+    let c = client(path)?;
+    let (mut batch, mut bytes, mut total, mut n) = (Vec::new(), 0usize, 0u64, 0u64);
+    let flush = |batch: &mut Vec<serde_json::Value>| -> anyhow::Result<u64> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let v = c.call(
+            "PutRecords",
+            &json!({ "StreamName": stream, "Records": batch }),
+        )?;
+        let failed = v["FailedRecordCount"].as_u64().unwrap_or(0);
+        anyhow::ensure!(failed == 0, "{failed} records failed: {}", v["Records"]);
+        let k = batch.len() as u64;
+        batch.clear();
+        Ok(k)
+    };
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        n += 1;
+        let pk = key
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("line-{n}"));
+        bytes += line.len() + pk.len();
+        batch.push(json!({ "Data": base64::engine::general_purpose::STANDARD.encode(&line), "PartitionKey": pk }));
+        if batch.len() == 500 || bytes > 4 << 20 {
+            total += flush(&mut batch)?;
+            bytes = 0;
+        }
+    }
+    total += flush(&mut batch)?;
+    eprintln!("put {total} records into {stream}");
     Ok(())
 }

@@ -459,3 +459,69 @@ fn write_limits_throttle_per_record() {
     );
     assert!(d.metric("sluice_shard_write_throttled_total", &["stream=\"slow\""]) >= 15.0);
 }
+
+#[test]
+fn put_and_tail_commands() {
+    let s = Setup::new("", &[("streams", EVENTS)]);
+    let mut d = s.start();
+    d.wait_ready();
+    let mut put = Command::new(bin())
+        .args(["put", "events", "--config"])
+        .arg(&s.config)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = put.stdin.take().unwrap();
+        for i in 0..1200 {
+            writeln!(stdin, "{{\"line\":{i}}}").unwrap();
+        }
+    }
+    let out = put.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("put 1200 records into events"));
+    let out = Command::new(bin())
+        .args([
+            "tail",
+            "events",
+            "--from-start",
+            "--limit",
+            "1200",
+            "--config",
+        ])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..1200).map(|i| format!("{{\"line\":{i}}}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    let (code, _, err) = {
+        let o = Command::new(bin())
+            .args(["put", "nope", "--config"])
+            .arg(&s.config)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            (),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "empty input puts nothing: {err}");
+}

@@ -10,7 +10,7 @@ mod sigv4;
 
 pub use error::ApiError;
 pub use iterator::IteratorCodec;
-pub use sigv4::Verifier;
+pub use sigv4::{sign, Verifier};
 
 use crate::stream::Streams;
 use axum::body::Bytes;
