@@ -33,6 +33,7 @@ pub enum IteratorError {
 /// Encodes and checks iterators.
 pub struct IteratorCodec {
     key: [u8; 32],
+    ttl_ms: i64,
 }
 
 const MAC_LEN: usize = 16;
@@ -44,7 +45,20 @@ impl IteratorCodec {
         for k in key.iter_mut() {
             *k = fastrand::u8(..);
         }
-        IteratorCodec { key }
+                IteratorCodec { key, ttl_ms: ITERATOR_TTL_MS }
+    }
+
+    /// A codec whose iterators expire after `ttl` instead of five minutes.
+    pub fn with_ttl(ttl: std::time::Duration) -> Self {
+        IteratorCodec {
+            ttl_ms: ttl.as_millis().min(i64::MAX as u128) as i64,
+            ..Self::new()
+        }
+    }
+
+    /// How long iterators stay valid, in ms.
+    pub fn ttl_ms(&self) -> i64 {
+        self.ttl_ms
     }
 
     fn mac(&self, payload: &[u8]) -> [u8; MAC_LEN] {
@@ -105,7 +119,7 @@ impl IteratorCodec {
                 .try_into()
                 .map_err(|_| IteratorError::Invalid)?,
         );
-        if now_ms - issued_ms > ITERATOR_TTL_MS {
+                if now_ms - issued_ms > self.ttl_ms {
             return Err(IteratorError::Expired { issued_ms });
         }
         Ok(Position {

@@ -2,7 +2,7 @@
 //! them. Field names in `Violations` are AWS's (camelCase member names).
 
 use super::error::{ApiError, Violations};
-use super::iterator::{IteratorError, Position, ITERATOR_TTL_MS};
+use super::iterator::{IteratorError, Position};
 use super::Call;
 use crate::config::MAX_SHARDS;
 use crate::record::now_ms;
@@ -697,7 +697,8 @@ async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             return Err(ApiError::new(
                 "ExpiredIteratorException",
                 format!(
-                    "Iterator expired. The iterator was created at time {issued_ms} while right now it is {now} which is further in the future than the tolerated delay of {ITERATOR_TTL_MS} milliseconds."
+                    "Iterator expired. The iterator was created at time {issued_ms} while right now it is {now} which is further in the future than the tolerated delay of {} milliseconds.",
+                    call.state.iterators.ttl_ms()
                 ),
             ))
         }

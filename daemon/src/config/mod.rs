@@ -91,9 +91,12 @@ pub struct ApiConfig {
     /// Account id used in ARNs and messages.
     #[serde(default = "default_account")]
     pub account_id: String,
-    /// When present, SigV4 signatures are verified against these.
+        /// When present, SigV4 signatures are verified against these.
     #[serde(default)]
     pub credentials: Vec<Credential>,
+    /// How long a shard iterator stays valid (Kinesis: 5 minutes).
+    #[serde(default = "default_iterator_ttl")]
+    pub iterator_ttl: HumanDuration,
 }
 
 impl Default for ApiConfig {
@@ -101,9 +104,14 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_api_listen(),
             account_id: default_account(),
-            credentials: Vec::new(),
+                        credentials: Vec::new(),
+            iterator_ttl: default_iterator_ttl(),
         }
     }
+}
+
+fn default_iterator_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 fn default_api_listen() -> SocketAddr {

@@ -88,6 +88,9 @@ pub struct Stream {
     pub max_record_size: u64,
     /// Optional per-shard byte cap.
     pub max_bytes: Option<u64>,
+        /// Durability policy of the shard logs.
+    pub fsync: Fsync,
+    last_sync_ms: std::sync::atomic::AtomicI64,
     /// The write limit and per-shard token buckets; changes apply live.
     limiter: std::sync::Mutex<Option<(WriteLimit, Vec<Bucket>)>>,
     dir: PathBuf,
@@ -171,7 +174,9 @@ impl Stream {
             retention: RwLock::new(Duration::from_secs(meta.retention_hours * 3600)),
             max_record_size,
             max_bytes,
-            limiter: std::sync::Mutex::new(None),
+                        limiter: std::sync::Mutex::new(None),
+            fsync,
+            last_sync_ms: std::sync::atomic::AtomicI64::new(now_ms()),
             dir,
         })
     }
@@ -261,6 +266,23 @@ impl Stream {
         for s in &self.shards {
             if let Err(e) = s.log.enforce_retention(cutoff, self.max_bytes) {
                 tracing::warn!(stream = %self.name, shard = %s.id, error = %e, "retention failed");
+            }
+        }
+    }
+
+        /// With `fsync = "interval:<d>"`, syncs every shard once `d` has passed since the last
+    /// time. Called frequently by the daemon.
+    pub fn sync_if_due(&self) {
+        let Fsync::Interval(d) = self.fsync else { return };
+        let now = now_ms();
+        let last = self.last_sync_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < d.as_millis() as i64 {
+            return;
+        }
+        self.last_sync_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        for s in &self.shards {
+            if let Err(e) = s.log.sync() {
+                tracing::error!(stream = %self.name, shard = %s.id, error = %e, "interval fsync failed");
             }
         }
     }
@@ -487,6 +509,13 @@ impl Streams {
         m.remove(name);
         drop(m);
         std::fs::remove_dir_all(&dir).map_err(|source| StreamError::Io { path: dir, source })
+    }
+
+        /// Interval fsyncs that are due.
+    pub fn sync_due(&self) {
+        for s in self.list() {
+            s.sync_if_due();
+        }
     }
 
     /// Periodic upkeep: retention and gauges.
