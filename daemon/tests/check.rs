@@ -97,14 +97,14 @@ fn unknown_plugin_lists_available_ones() {
     assert_error(
         body,
         "plugin = \"generatr\"",
-        &["unknown source plugin `generatr` (available: generator)"],
+        &["unknown source plugin `generatr` (available: generator, stream)"],
     );
     let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\nsink = { plugin = \"jq\" }\n";
     assert_error(
         body,
         "plugin = \"jq\"",
         &[
-            "unknown sink plugin `jq` (available: file, stdout)",
+            "unknown sink plugin `jq` (available: file, stdout, stream)",
             "`jq` is a transform plugin",
         ],
     );
