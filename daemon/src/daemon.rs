@@ -45,7 +45,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let api_state = Arc::new(ApiState {
         streams: streams.clone(),
         account: set.daemon.api.account_id.clone(),
-                iterators: IteratorCodec::with_ttl(set.daemon.api.iterator_ttl.0),
+        iterators: IteratorCodec::with_ttl(set.daemon.api.iterator_ttl.0),
         verifier: (!set.daemon.api.credentials.is_empty()).then(|| {
             api::Verifier::new(
                 set.daemon
@@ -61,7 +61,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {api_listen} ([api].listen)"))?;
     tracing::info!(addr = %api_addr, "Kinesis API up");
-        let sync_streams = streams.clone();
+    let sync_streams = streams.clone();
     tokio::spawn(async move {
         // `fsync = "interval:<d>"` streams: checked every 100 ms.
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));

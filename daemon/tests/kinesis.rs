@@ -528,18 +528,45 @@ fn put_and_tail_commands() {
 
 #[test]
 fn expired_iterators_are_refused_as_aws_does() {
-    let s = Setup::new("", &[("streams", "[streams.events]\nshards = 1\nfsync = \"interval:200ms\"\n")]);
-    let text = std::fs::read_to_string(&s.config).unwrap().replace("[api]\n", "[api]\niterator_ttl = \"1s\"\n");
+    let s = Setup::new(
+        "",
+        &[(
+            "streams",
+            "[streams.events]\nshards = 1\nfsync = \"interval:200ms\"\n",
+        )],
+    );
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("[api]\n", "[api]\niterator_ttl = \"1s\"\n");
     std::fs::write(&s.config, text).unwrap();
     let mut d = s.start();
     d.wait_ready();
-    let (_, _, out) = call(s.api, "Kinesis_20131202.GetShardIterator", r#"{"StreamName":"events","ShardId":"shardId-000000000000","ShardIteratorType":"LATEST"}"#);
-    let it = serde_json::from_str::<serde_json::Value>(&out).unwrap()["ShardIterator"].as_str().unwrap().to_string();
-    let (code, _, _) = call(s.api, "Kinesis_20131202.GetRecords", &format!(r#"{{"ShardIterator":"{it}"}}"#));
+    let (_, _, out) = call(
+        s.api,
+        "Kinesis_20131202.GetShardIterator",
+        r#"{"StreamName":"events","ShardId":"shardId-000000000000","ShardIteratorType":"LATEST"}"#,
+    );
+    let it = serde_json::from_str::<serde_json::Value>(&out).unwrap()["ShardIterator"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _, _) = call(
+        s.api,
+        "Kinesis_20131202.GetRecords",
+        &format!(r#"{{"ShardIterator":"{it}"}}"#),
+    );
     assert_eq!(code, 200);
     wait_until(Duration::from_secs(10), "the iterator expires", || {
-        let (code, _, out) = call(s.api, "Kinesis_20131202.GetRecords", &format!(r#"{{"ShardIterator":"{it}"}}"#));
-        code == 400 && error_of(&out).0 == "ExpiredIteratorException" && error_of(&out).1.starts_with("Iterator expired. The iterator was created at time")
+        let (code, _, out) = call(
+            s.api,
+            "Kinesis_20131202.GetRecords",
+            &format!(r#"{{"ShardIterator":"{it}"}}"#),
+        );
+        code == 400
+            && error_of(&out).0 == "ExpiredIteratorException"
+            && error_of(&out)
+                .1
+                .starts_with("Iterator expired. The iterator was created at time")
     });
 }
 
@@ -548,18 +575,34 @@ fn api_streams_persist_across_restarts() {
     let s = Setup::new("", &[]);
     let mut d = s.start();
     d.wait_ready();
-    let (code, _, out) = call(s.api, "Kinesis_20131202.CreateStream", r#"{"StreamName":"made","ShardCount":3}"#);
+    let (code, _, out) = call(
+        s.api,
+        "Kinesis_20131202.CreateStream",
+        r#"{"StreamName":"made","ShardCount":3}"#,
+    );
     assert_eq!(code, 200, "{out}");
-    let (code, _, _) = call(s.api, "Kinesis_20131202.PutRecord", r#"{"StreamName":"made","Data":"aGk=","PartitionKey":"k"}"#);
+    let (code, _, _) = call(
+        s.api,
+        "Kinesis_20131202.PutRecord",
+        r#"{"StreamName":"made","Data":"aGk=","PartitionKey":"k"}"#,
+    );
     assert_eq!(code, 200);
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
     let mut d = s.start();
     d.wait_ready();
-    let (_, _, out) = call(s.api, "Kinesis_20131202.DescribeStreamSummary", r#"{"StreamName":"made"}"#);
+    let (_, _, out) = call(
+        s.api,
+        "Kinesis_20131202.DescribeStreamSummary",
+        r#"{"StreamName":"made"}"#,
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["StreamDescriptionSummary"]["OpenShardCount"], 3, "{out}");
-    let (code, _, _) = call(s.api, "Kinesis_20131202.DeleteStream", r#"{"StreamName":"made"}"#);
+    let (code, _, _) = call(
+        s.api,
+        "Kinesis_20131202.DeleteStream",
+        r#"{"StreamName":"made"}"#,
+    );
     assert_eq!(code, 200);
     assert!(!s.path("var/streams/made").exists());
 }
@@ -570,12 +613,21 @@ fn recovery_on_start_is_logged_and_counted() {
     let mut d = s.start();
     d.wait_ready();
     for i in 0..10 {
-        let (code, _, _) = call(s.api, "Kinesis_20131202.PutRecord", &format!(r#"{{"StreamName":"events","Data":"cmVjb3JkLTAw","PartitionKey":"k{i}"}}"#));
+        let (code, _, _) = call(
+            s.api,
+            "Kinesis_20131202.PutRecord",
+            &format!(r#"{{"StreamName":"events","Data":"cmVjb3JkLTAw","PartitionKey":"k{i}"}}"#),
+        );
         assert_eq!(code, 200);
     }
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
-    let seg = std::fs::read_dir(s.path("var/streams/events/shardId-000000000000")).unwrap().next().unwrap().unwrap().path();
+    let seg = std::fs::read_dir(s.path("var/streams/events/shardId-000000000000"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&seg).unwrap();
     let frame = bytes.len() / 10;
     bytes[3 * frame + frame - 2] ^= 0x01; // damage record 3's data
@@ -583,14 +635,47 @@ fn recovery_on_start_is_logged_and_counted() {
     std::fs::write(&seg, &bytes).unwrap();
     let mut d = s.start();
     d.wait_ready();
-    assert_eq!(d.metric("sluice_shard_recovered_truncations_total", &["stream=\"events\""]), 1.0);
-    assert_eq!(d.metric("sluice_shard_corrupt_bytes_total", &["stream=\"events\""]), frame as f64);
+    assert_eq!(
+        d.metric(
+            "sluice_shard_recovered_truncations_total",
+            &["stream=\"events\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        d.metric("sluice_shard_corrupt_bytes_total", &["stream=\"events\""]),
+        frame as f64
+    );
     let log = d.stderr();
-    assert!(log.contains("torn tail truncated to the last good record"), "{log}");
-    assert!(log.contains("corrupt records in the middle of a segment; skipped") && log.contains(&format!("offset={}", 3 * frame)), "{log}");
+    assert!(
+        log.contains("torn tail truncated to the last good record"),
+        "{log}"
+    );
+    assert!(
+        log.contains("corrupt records in the middle of a segment; skipped")
+            && log.contains(&format!("offset={}", 3 * frame)),
+        "{log}"
+    );
     // 10 written, one damaged, one torn: 8 readable.
-    let (_, _, out) = call(s.api, "Kinesis_20131202.GetShardIterator", r#"{"StreamName":"events","ShardId":"shardId-000000000000","ShardIteratorType":"TRIM_HORIZON"}"#);
-    let it = serde_json::from_str::<serde_json::Value>(&out).unwrap()["ShardIterator"].as_str().unwrap().to_string();
-    let (_, _, out) = call(s.api, "Kinesis_20131202.GetRecords", &format!(r#"{{"ShardIterator":"{it}"}}"#));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["Records"].as_array().unwrap().len(), 8);
+    let (_, _, out) = call(
+        s.api,
+        "Kinesis_20131202.GetShardIterator",
+        r#"{"StreamName":"events","ShardId":"shardId-000000000000","ShardIteratorType":"TRIM_HORIZON"}"#,
+    );
+    let it = serde_json::from_str::<serde_json::Value>(&out).unwrap()["ShardIterator"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, _, out) = call(
+        s.api,
+        "Kinesis_20131202.GetRecords",
+        &format!(r#"{{"ShardIterator":"{it}"}}"#),
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["Records"]
+            .as_array()
+            .unwrap()
+            .len(),
+        8
+    );
 }

@@ -45,7 +45,10 @@ impl IteratorCodec {
         for k in key.iter_mut() {
             *k = fastrand::u8(..);
         }
-                IteratorCodec { key, ttl_ms: ITERATOR_TTL_MS }
+        IteratorCodec {
+            key,
+            ttl_ms: ITERATOR_TTL_MS,
+        }
     }
 
     /// A codec whose iterators expire after `ttl` instead of five minutes.
@@ -119,7 +122,7 @@ impl IteratorCodec {
                 .try_into()
                 .map_err(|_| IteratorError::Invalid)?,
         );
-                if now_ms - issued_ms > self.ttl_ms {
+        if now_ms - issued_ms > self.ttl_ms {
             return Err(IteratorError::Expired { issued_ms });
         }
         Ok(Position {

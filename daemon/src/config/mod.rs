@@ -91,7 +91,7 @@ pub struct ApiConfig {
     /// Account id used in ARNs and messages.
     #[serde(default = "default_account")]
     pub account_id: String,
-        /// When present, SigV4 signatures are verified against these.
+    /// When present, SigV4 signatures are verified against these.
     #[serde(default)]
     pub credentials: Vec<Credential>,
     /// How long a shard iterator stays valid (Kinesis: 5 minutes).
@@ -104,7 +104,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_api_listen(),
             account_id: default_account(),
-                        credentials: Vec::new(),
+            credentials: Vec::new(),
             iterator_ttl: default_iterator_ttl(),
         }
     }

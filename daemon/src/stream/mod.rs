@@ -88,7 +88,7 @@ pub struct Stream {
     pub max_record_size: u64,
     /// Optional per-shard byte cap.
     pub max_bytes: Option<u64>,
-        /// Durability policy of the shard logs.
+    /// Durability policy of the shard logs.
     pub fsync: Fsync,
     last_sync_ms: std::sync::atomic::AtomicI64,
     /// The write limit and per-shard token buckets; changes apply live.
@@ -174,7 +174,7 @@ impl Stream {
             retention: RwLock::new(Duration::from_secs(meta.retention_hours * 3600)),
             max_record_size,
             max_bytes,
-                        limiter: std::sync::Mutex::new(None),
+            limiter: std::sync::Mutex::new(None),
             fsync,
             last_sync_ms: std::sync::atomic::AtomicI64::new(now_ms()),
             dir,
@@ -270,16 +270,19 @@ impl Stream {
         }
     }
 
-        /// With `fsync = "interval:<d>"`, syncs every shard once `d` has passed since the last
+    /// With `fsync = "interval:<d>"`, syncs every shard once `d` has passed since the last
     /// time. Called frequently by the daemon.
     pub fn sync_if_due(&self) {
-        let Fsync::Interval(d) = self.fsync else { return };
+        let Fsync::Interval(d) = self.fsync else {
+            return;
+        };
         let now = now_ms();
         let last = self.last_sync_ms.load(std::sync::atomic::Ordering::Relaxed);
         if now - last < d.as_millis() as i64 {
             return;
         }
-        self.last_sync_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        self.last_sync_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
         for s in &self.shards {
             if let Err(e) = s.log.sync() {
                 tracing::error!(stream = %self.name, shard = %s.id, error = %e, "interval fsync failed");
@@ -511,7 +514,7 @@ impl Streams {
         std::fs::remove_dir_all(&dir).map_err(|source| StreamError::Io { path: dir, source })
     }
 
-        /// Interval fsyncs that are due.
+    /// Interval fsyncs that are due.
     pub fn sync_due(&self) {
         for s in self.list() {
             s.sync_if_due();
