@@ -172,6 +172,22 @@ impl Source for StreamSource {
             if recs.is_empty() {
                 continue;
             }
+            let labels = [
+                ("stream", st.name.clone()),
+                ("shard", sh.id.clone()),
+                ("consumer", self.pipeline.clone()),
+            ];
+            metrics::counter!("sluice_shard_outgoing_records_total", &labels)
+                .increment(recs.len() as u64);
+            if let Some(last) = recs.last() {
+                let behind = if last.seq + 1 < sh.log.next_seq() {
+                    (crate::record::now_ms() - last.arrival_ms).max(0)
+                } else {
+                    0
+                };
+                metrics::gauge!("sluice_shard_iterator_age_seconds", &labels)
+                    .set(behind as f64 / 1000.0);
+            }
             for r in &recs {
                 out.emit(&NewRecord {
                     data: &r.data,
