@@ -42,6 +42,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .apply_config(&set.streams)
         .context("cannot open the configured streams")?;
     crate::plugins::stream_io::install(streams.clone(), set.daemon.data_dir.clone());
+    crate::delivery::set_memory_limit(set.daemon.limits.buffer_memory.0);
     let api_state = Arc::new(ApiState {
         streams: streams.clone(),
         account: set.daemon.api.account_id.clone(),

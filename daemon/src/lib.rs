@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod pipeline;
 pub mod plugins;
 pub mod record;

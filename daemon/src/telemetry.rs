@@ -78,6 +78,44 @@ fn describe() {
         "Duration of calls into plugins"
     );
     describe_counter!("sluice_plugin_panics_total", "Panics caught in plugin code");
+    describe_gauge!(
+        "sluice_buffer_bytes",
+        Unit::Bytes,
+        "Uncompressed bytes in the pipeline's open buffers"
+    );
+    describe_gauge!(
+        "sluice_buffer_records",
+        "Records in the pipeline's open buffers"
+    );
+    describe_gauge!("sluice_buffer_partitions_active", "Open partition buffers");
+    describe_gauge!(
+        "sluice_buffer_oldest_record_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest buffered record"
+    );
+    describe_counter!(
+        "sluice_buffer_flushes_total",
+        "Buffer flushes, by reason (size, interval, memory, partitions, drain)"
+    );
+    describe_gauge!(
+        "sluice_buffer_memory_bytes",
+        Unit::Bytes,
+        "Bytes buffered by all pipelines together"
+    );
+    describe_gauge!(
+        "sluice_buffer_memory_limit_bytes",
+        Unit::Bytes,
+        "limits.buffer_memory"
+    );
+    describe_counter!(
+        "sluice_sink_objects_total",
+        "Objects handed to the sink, by result"
+    );
+    describe_histogram!(
+        "sluice_delivery_latency_seconds",
+        Unit::Seconds,
+        "Arrival of an object's oldest record to its durable storage"
+    );
     describe_counter!(
         "sluice_shard_incoming_records_total",
         "Records appended to the shard"

@@ -96,7 +96,7 @@ typedef struct sl_attr {
 typedef struct sl_record {
   sl_bytes data;
   sl_str partition_key;
-  uint64_t sequence;     /* host-assigned position; 0 in source output */
+    uint64_t sequence;     /* position in the source; sources may set a stable non-zero one, 0 = host numbers */
   int64_t timestamp_ms;  /* arrival time, ms since the Unix epoch; SL_TIMESTAMP_UNSET = unset */
   const sl_attr *attrs;
   uint32_t attrs_len;

@@ -33,6 +33,7 @@ impl<'a> Record<'a> {
             data: self.data,
             partition_key: self.partition_key,
             timestamp_ms: self.timestamp_ms,
+            sequence: None,
             attrs: &[],
         }
     }
@@ -106,6 +107,9 @@ pub struct NewRecord<'a> {
     pub partition_key: &'a [u8],
     /// Arrival time override; `None` keeps the input's (transforms) or uses now (sources).
     pub timestamp_ms: Option<i64>,
+    /// A stable, non-zero position in the source (sources that can replay set it, so that
+    /// replays produce the same object names); `None` lets the host number records.
+    pub sequence: Option<u64>,
     /// Key/value attributes, e.g. partition keys for `!{partitionKeyFromLambda:KEY}`.
     pub attrs: &'a [(&'a str, &'a str)],
 }
@@ -220,7 +224,7 @@ impl<'a> Output<'a> {
         let r = ffi::sl_record {
             data: ffi::sl_bytes::from_slice(rec.data),
             partition_key: ffi::sl_bytes::from_slice(rec.partition_key),
-            sequence: 0,
+            sequence: rec.sequence.unwrap_or(0),
             timestamp_ms: rec.timestamp_ms.unwrap_or(ffi::SL_TIMESTAMP_UNSET),
             attrs: attrs_ptr,
             attrs_len,

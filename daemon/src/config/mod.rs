@@ -294,8 +294,113 @@ pub struct StreamSpec {
 struct PipelineToml {
     source: PluginToml,
     #[serde(default)]
+    deaggregate: Option<String>,
+    #[serde(default)]
     transforms: Vec<PluginToml>,
+    #[serde(default)]
+    partitioning: Option<PartitioningToml>,
+    #[serde(default)]
+    buffer: Option<BufferToml>,
     sink: PluginToml,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitioningToml {
+    query: String,
+    #[serde(default = "default_max_partitions")]
+    max_active_partitions: u32,
+}
+
+fn default_max_partitions() -> u32 {
+    10_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BufferToml {
+    #[serde(default = "default_buffer_size")]
+    size: ByteSize,
+    #[serde(default = "default_buffer_interval")]
+    interval: HumanDuration,
+}
+
+fn default_buffer_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_buffer_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// Object compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Plain bytes.
+    None,
+    /// gzip (flate2 with the zlib-rs backend).
+    Gzip,
+    /// zstd.
+    Zstd,
+    /// Snappy, framed format.
+    Snappy,
+}
+
+impl Compression {
+    /// File extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+            Compression::Snappy => ".snappy",
+        }
+    }
+}
+
+/// Host-owned keys of an object sink's table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectSinkHostToml {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default = "default_error_prefix")]
+    error_prefix: String,
+    #[serde(default = "default_compression")]
+    compression: Compression,
+    #[serde(default = "default_delimiter")]
+    delimiter: String,
+}
+
+fn default_error_prefix() -> String {
+    "kdferror/!{firehose:error-output-type}/".to_string()
+}
+fn default_compression() -> Compression {
+    Compression::None
+}
+fn default_delimiter() -> String {
+    "\n".to_string()
+}
+
+/// Firehose-style delivery settings of a pipeline with an object sink.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliverySpec {
+    /// `partitioning.query` (jq), if dynamic partitioning is on.
+    pub query: Option<String>,
+    /// Most open partitions; more go to the error output (`activePartitionExceeded`).
+    pub max_active_partitions: u32,
+    /// Flush a partition at this many uncompressed bytes.
+    pub size: u64,
+    /// ... or this long after its first record.
+    pub interval: Duration,
+    /// Object key prefix template.
+    pub prefix: String,
+    /// Error output prefix template.
+    pub error_prefix: String,
+    /// Object compression.
+    pub compression: Compression,
+    /// Appended after each record.
+    pub delimiter: String,
 }
 
 /// `{ plugin = "name", ...options }`: the options are the plugin's own.
@@ -365,6 +470,10 @@ pub struct PipelineSpec {
     pub sink: ComponentSpec,
     /// Host-side batching for record sinks.
     pub batch: BatchConfig,
+    /// Split KPL aggregated records before the transforms.
+    pub deaggregate: bool,
+    /// Partitioning, buffering and naming, for object sinks.
+    pub delivery: Option<DeliverySpec>,
 }
 
 /// Everything the daemon runs: the daemon settings and every pipeline, validated.
@@ -646,6 +755,7 @@ fn build_pipeline(
         v.extend_from_slice(rest);
         v
     };
+    let source_plugin = p.source.plugin.clone();
     let source = build_component(
         src,
         name,
@@ -674,6 +784,40 @@ fn build_pipeline(
         })
         .collect();
     let mut sink_toml = p.sink;
+    let object_sink = registry
+        .lookup(Kind::Sink, &sink_toml.plugin)
+        .map(|e| e.object_sink)
+        .unwrap_or(false);
+    let deaggregate = match p.deaggregate.as_deref() {
+        None => source_plugin == "stream",
+        Some("kpl") => true,
+        Some("none") => false,
+        Some(other) => {
+            errors.push(src.error_at_path(
+                &at(&[key("deaggregate")]),
+                format!("deaggregate must be \"kpl\" or \"none\", not `{other}`"),
+            ));
+            false
+        }
+    };
+    let delivery = if object_sink {
+        build_delivery(src, &at, &mut sink_toml, p.partitioning, p.buffer)
+            .map_err(|e| errors.push(e))
+            .ok()
+    } else {
+        for (k, present) in [
+            ("partitioning", p.partitioning.is_some()),
+            ("buffer", p.buffer.is_some()),
+        ] {
+            if present {
+                errors.push(src.error_at_path(
+                    &at(&[key(k)]),
+                    format!("`{k}` applies to object sinks (like object-store); sink `{}` takes record batches (use sink.batch)", sink_toml.plugin),
+                ));
+            }
+        }
+        None
+    };
     let batch = match sink_toml.options.remove("batch") {
         None => Ok(BatchConfig::default()),
         Some(v) => v
@@ -720,9 +864,116 @@ fn build_pipeline(
             transforms,
             sink,
             batch,
+            deaggregate,
+            delivery: delivery.flatten(),
         }),
         _ => Err(errors),
     }
+}
+
+/// Takes the host-owned keys out of an object sink's table and checks the delivery settings.
+fn build_delivery(
+    src: &SourceFile,
+    at: &dyn Fn(&[Seg]) -> Vec<Seg>,
+    sink: &mut PluginToml,
+    partitioning: Option<PartitioningToml>,
+    buffer: Option<BufferToml>,
+) -> Result<Option<DeliverySpec>, ConfigError> {
+    let mut host = toml::Table::new();
+    for k in ["prefix", "error_prefix", "compression", "delimiter"] {
+        if let Some(v) = sink.options.remove(k) {
+            host.insert(k.to_string(), v);
+        }
+    }
+    let h: ObjectSinkHostToml =
+        toml::Value::Table(host)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                src.error_at_path(
+                    &at(&[key("sink")]),
+                    format!("sink: {}", e.message().trim_end()),
+                )
+            })?;
+    let prefix = crate::delivery::Template::parse(&h.prefix, false).map_err(|m| {
+        src.error_at_path(&at(&[key("sink"), key("prefix")]), format!("prefix: {m}"))
+    })?;
+    crate::delivery::Template::parse(&h.error_prefix, true).map_err(|m| {
+        src.error_at_path(
+            &at(&[key("sink"), key("error_prefix")]),
+            format!("error_prefix: {m}"),
+        )
+    })?;
+    for t in [&h.prefix, &h.error_prefix] {
+        if t.split('/').any(|s| s == ".." || s == ".") || t.starts_with('/') {
+            return Err(src.error_at_path(
+                &at(&[key("sink"), key("prefix")]),
+                "prefixes must be relative and must not contain `.` or `..` segments",
+            ));
+        }
+    }
+    let query = partitioning.as_ref().map(|p| p.query.clone());
+    match &query {
+        Some(q) => {
+            let part = crate::delivery::Partitioner::new(q).map_err(|m| {
+                src.error_at_path(
+                    &at(&[key("partitioning"), key("query")]),
+                    format!("partitioning.query: {m}"),
+                )
+            })?;
+            if let Some(keys) = part.keys() {
+                if let Some(missing) = prefix.query_keys().find(|k| !keys.contains(k)) {
+                    return Err(src.error_at_path(
+                        &at(&[key("sink"), key("prefix")]),
+                        format!("prefix uses partitionKeyFromQuery:{missing}, which partitioning.query does not produce (it produces: {})", keys.join(", ")),
+                    ));
+                }
+            }
+        }
+        None => {
+            if let Some(k) = prefix.query_keys().next() {
+                return Err(src.error_at_path(
+                    &at(&[key("sink"), key("prefix")]),
+                    format!("prefix uses partitionKeyFromQuery:{k} but the pipeline has no partitioning.query"),
+                ));
+            }
+        }
+    }
+    let max_active_partitions = partitioning
+        .as_ref()
+        .map(|p| p.max_active_partitions)
+        .unwrap_or(10_000);
+    if max_active_partitions == 0 || max_active_partitions > 1_000_000 {
+        return Err(src.error_at_path(
+            &at(&[key("partitioning"), key("max_active_partitions")]),
+            "max_active_partitions must be between 1 and 1000000",
+        ));
+    }
+    let b = buffer.unwrap_or(BufferToml {
+        size: default_buffer_size(),
+        interval: default_buffer_interval(),
+    });
+    if b.size.0 == 0 || b.size.0 > 4 << 30 {
+        return Err(src.error_at_path(
+            &at(&[key("buffer"), key("size")]),
+            "buffer.size must be between 1B and 4GiB",
+        ));
+    }
+    if b.interval.0.is_zero() {
+        return Err(src.error_at_path(
+            &at(&[key("buffer"), key("interval")]),
+            "buffer.interval must be positive",
+        ));
+    }
+    Ok(Some(DeliverySpec {
+        query,
+        max_active_partitions,
+        size: b.size.0,
+        interval: b.interval.0,
+        prefix: h.prefix,
+        error_prefix: h.error_prefix,
+        compression: h.compression,
+        delimiter: h.delimiter,
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]

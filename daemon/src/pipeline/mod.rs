@@ -300,6 +300,8 @@ fn build(spec: &PipelineSpec, ctx: &RuntimeCtx) -> Result<Instances, PipelineErr
 /// A batch moving through the stages.
 struct Batch {
     records: Vec<Record>,
+    /// Records transforms sent to the error output, with the reason.
+    rejected: Vec<(Record, String)>,
     token: u64,
 }
 
@@ -335,17 +337,36 @@ async fn run_once(
         stop_deadline,
     ));
     let (name, sh) = (spec.name.clone(), shared.clone());
+    let deagg = spec.deaggregate;
     let mut work = tokio::task::spawn_blocking(move || {
-        transform_worker(inst.transforms, batch_rx, out_tx, &name, &sh, stop_deadline)
+        transform_worker(
+            deagg,
+            inst.transforms,
+            batch_rx,
+            out_tx,
+            &name,
+            &sh,
+            stop_deadline,
+        )
     });
-    let mut snk = tokio::spawn(sink_driver(
-        inst.sink,
-        out_rx,
-        ack_tx,
-        spec.batch.clone(),
-        shared.clone(),
-        stop_deadline,
-    ));
+    let mut snk = match &spec.delivery {
+        Some(d) => tokio::spawn(delivery_driver(
+            inst.sink,
+            out_rx,
+            ack_tx,
+            d.clone(),
+            shared.clone(),
+            stop_deadline,
+        )),
+        None => tokio::spawn(sink_driver(
+            inst.sink,
+            out_rx,
+            ack_tx,
+            spec.batch.clone(),
+            shared.clone(),
+            stop_deadline,
+        )),
+    };
     let (src_abort, snk_abort) = (src.abort_handle(), snk.abort_handle());
 
     let mut end = None;
@@ -430,6 +451,7 @@ async fn source_driver(
             shared.records_in.fetch_add(n as u64, Ordering::Relaxed);
             permit.send(Batch {
                 records: out.records,
+                rejected: Vec::new(),
                 token: out.ack_token,
             });
         } else {
@@ -460,7 +482,36 @@ async fn source_driver(
     Ok(if eof { End::Eof } else { End::Drained })
 }
 
+/// Splits KPL aggregated records into their user records (each keeps the aggregate's
+/// arrival time and position; ordinary records pass unchanged).
+fn deaggregate_kpl(records: Vec<Record>) -> Vec<Record> {
+    if !records
+        .iter()
+        .any(|r| r.data.starts_with(&crate::delivery::KPL_MAGIC))
+    {
+        return records;
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        match crate::delivery::deaggregate(&r.data) {
+            None => out.push(r),
+            Some(users) => {
+                for u in users {
+                    out.push(Record {
+                        data: r.data.slice_ref(u.data),
+                        partition_key: bytes::Bytes::copy_from_slice(u.partition_key),
+                        ..r.clone()
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
 fn transform_worker(
+    deaggregate: bool,
     mut transforms: Vec<(String, TransformInstance)>,
     mut rx: mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Batch>,
@@ -470,6 +521,9 @@ fn transform_worker(
 ) -> Result<(), PipelineError> {
     let failed = metrics::counter!("sluice_records_failed_total", "pipeline" => pipeline.to_string(), "error_type" => "processing-failed");
     while let Some(mut batch) = rx.blocking_recv() {
+        if deaggregate {
+            batch.records = deaggregate_kpl(batch.records);
+        }
         for (id, t) in transforms.iter_mut() {
             if batch.records.is_empty() {
                 break;
@@ -482,6 +536,7 @@ fn transform_worker(
                 if let Some((rec, why)) = out.rejected.first() {
                     tracing::debug!(pipeline, component = %id, sequence = rec.sequence, reason = %why, rejected = n, "records failed processing");
                 }
+                batch.rejected.extend(out.rejected);
             }
             batch.records = out.records;
         }
@@ -617,6 +672,81 @@ async fn sink_driver(
         if acks.send(Ack { token: batch.token }).await.is_err() {
             break;
         }
+    }
+    if let Err(e) = tokio::task::block_in_place(|| sink.instance().stop(stop_deadline)) {
+        tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
+    }
+    Ok(())
+}
+
+/// The sink stage of a pipeline with an object sink: buffers, flushes and acks in order.
+async fn delivery_driver(
+    mut sink: SinkInstance,
+    mut rx: mpsc::Receiver<Batch>,
+    acks: mpsc::Sender<Ack>,
+    spec: crate::config::DeliverySpec,
+    shared: Arc<PipelineShared>,
+    stop_deadline: Duration,
+) -> Result<(), PipelineError> {
+    use crate::delivery::{deliver, Delivery, FlushReason};
+    let name = shared.name.clone();
+    let mut d = Delivery::new(&name, spec).map_err(PipelineError::Internal)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut open = true;
+    loop {
+        while let Some((key, reason)) = d.next_due() {
+            let Some(f) = tokio::task::block_in_place(|| d.take(&key, reason)) else {
+                break;
+            };
+            deliver(&mut sink, &f, &name)
+                .await
+                .map_err(plugin_err("sink"))?;
+            let before = d.delivered;
+            let tokens = d.stored(&f);
+            shared
+                .records_out
+                .fetch_add(d.delivered - before, Ordering::Relaxed);
+            for token in tokens {
+                let _ = acks.send(Ack { token }).await;
+            }
+        }
+        for token in d.ready() {
+            let _ = acks.send(Ack { token }).await;
+        }
+        if !open {
+            break;
+        }
+        tokio::select! {
+            b = rx.recv() => match b {
+                Some(batch) => {
+                    let failed = batch.rejected.len() as u64;
+                    shared.records_failed.fetch_add(failed, Ordering::Relaxed);
+                    tokio::task::block_in_place(|| d.add(batch.token, &batch.records, &batch.rejected));
+                }
+                None => open = false,
+            },
+            _ = tick.tick() => {}
+        }
+    }
+    // Draining: everything still buffered is flushed and delivered before stopping.
+    while let Some(key) = d.any() {
+        let Some(f) = tokio::task::block_in_place(|| d.take(&key, FlushReason::Drain)) else {
+            break;
+        };
+        deliver(&mut sink, &f, &name)
+            .await
+            .map_err(plugin_err("sink"))?;
+        let before = d.delivered;
+        let tokens = d.stored(&f);
+        shared
+            .records_out
+            .fetch_add(d.delivered - before, Ordering::Relaxed);
+        for token in tokens {
+            let _ = acks.send(Ack { token }).await;
+        }
+    }
+    for token in d.ready() {
+        let _ = acks.send(Ack { token }).await;
     }
     if let Err(e) = tokio::task::block_in_place(|| sink.instance().stop(stop_deadline)) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");

@@ -358,7 +358,11 @@ unsafe fn copy_record(c: &Collector<'_>, origin: usize, r: &ffi::sl_record) -> R
         } else {
             from.map(|f| f.arrival_ms).unwrap_or(c.now)
         },
-        sequence: from.map(|f| f.sequence).unwrap_or(c.next_seq),
+        sequence: match from {
+            Some(f) => f.sequence,
+            None if r.sequence != 0 => r.sequence,
+            None => c.next_seq,
+        },
         attrs,
     }
 }
@@ -615,7 +619,11 @@ pub enum Submit {
 pub struct SinkInstance {
     inst: Instance,
     views: Views,
+    object: ffi::sl_object,
 }
+
+// SAFETY: the object view points into a HostObject the caller keeps alive; plain data.
+unsafe impl Send for SinkInstance {}
 
 impl SinkInstance {
     /// Wraps a created sink instance.
@@ -623,6 +631,17 @@ impl SinkInstance {
         SinkInstance {
             inst,
             views: Views::default(),
+            object: ffi::sl_object {
+                struct_size: std::mem::size_of::<ffi::sl_object>() as u32,
+                flags: 0,
+                key: ffi::sl_bytes::EMPTY,
+                content_type: ffi::sl_bytes::EMPTY,
+                content_encoding: ffi::sl_bytes::EMPTY,
+                record_count: 0,
+                oldest_timestamp_ms: 0,
+                body: ffi::sl_bytes::EMPTY,
+                body_path: ffi::sl_bytes::EMPTY,
+            },
         }
     }
     /// The underlying instance.
@@ -705,3 +724,62 @@ pub fn direct_transform<T: sluice_plugin_api::Transform>(
 #[doc(hidden)]
 #[derive(Default)]
 pub struct DirectViews(Views);
+
+/// A flushed object, owned by the host until its completion.
+#[derive(Debug)]
+pub struct HostObject {
+    /// Object key.
+    pub key: String,
+    /// MIME type.
+    pub content_type: &'static str,
+    /// Content encoding (`gzip`, ...), empty for none.
+    pub content_encoding: &'static str,
+    /// Records inside.
+    pub record_count: u64,
+    /// Oldest arrival, ms.
+    pub oldest_ms: i64,
+    /// The encoded body.
+    pub body: Vec<u8>,
+}
+
+impl SinkInstance {
+    /// Submits a flushed object (object sinks). The object must stay alive until the
+    /// completion arrives; the host keeps it.
+    pub fn submit_object(&mut self, obj: &HostObject) -> Result<Submit, CallError> {
+        let Some(submit) = self.inst.entry.vtable.submit_object else {
+            return Err(self.inst.error(
+                "submit_object",
+                ffi::SL_ERR_UNSUPPORTED,
+                &ffi::sl_error::zeroed(),
+            ));
+        };
+        self.object = ffi::sl_object {
+            struct_size: std::mem::size_of::<ffi::sl_object>() as u32,
+            flags: 0,
+            key: ffi::sl_bytes::from_slice(obj.key.as_bytes()),
+            content_type: ffi::sl_bytes::from_slice(obj.content_type.as_bytes()),
+            content_encoding: ffi::sl_bytes::from_slice(obj.content_encoding.as_bytes()),
+            record_count: obj.record_count,
+            oldest_timestamp_ms: obj.oldest_ms,
+            body: ffi::sl_bytes::from_slice(&obj.body),
+            body_path: ffi::sl_bytes::EMPTY,
+        };
+        let (ticket, rx) = self.inst.shared.register_ticket();
+        let raw: *const ffi::sl_object = &self.object;
+        // SAFETY: live instance; the sl_object lives in self until the next submit.
+        let res = self.inst.call("submit_object", |this, err| unsafe {
+            submit(this, raw, ticket, err)
+        });
+        match res {
+            Ok(ffi::SL_PENDING) => {
+                self.inst.shared.cancel_ticket(ticket);
+                Ok(Submit::Full)
+            }
+            Ok(_) => Ok(Submit::Accepted(rx)),
+            Err(e) => {
+                self.inst.shared.cancel_ticket(ticket);
+                Err(e)
+            }
+        }
+    }
+}

@@ -12,8 +12,8 @@ pub mod stream_io;
 
 pub use host::{CompletionResult, InstanceShared};
 pub use instance::{
-    direct_transform, status_name, CallError, DirectViews, Instance, PollOutcome, SinkInstance,
-    SourceInstance, Submit, TransformInstance, TransformOutput,
+    direct_transform, status_name, CallError, DirectViews, HostObject, Instance, PollOutcome,
+    SinkInstance, SourceInstance, Submit, TransformInstance, TransformOutput,
 };
 pub use loader::{load_dir, LoadError};
 
@@ -135,13 +135,14 @@ pub struct Registry {
 }
 
 /// The libraries compiled into the daemon.
-pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 5] {
+pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 6] {
     [
         &stream_io::LIBRARY,
         &sluice_plugin_generator::LIBRARY,
         &sluice_plugin_jq::LIBRARY,
         &sluice_plugin_stdout::LIBRARY,
         &sluice_plugin_file::LIBRARY,
+        &sluice_plugin_object_store::LIBRARY,
     ]
 }
 

@@ -193,6 +193,7 @@ impl Source for StreamSource {
                     data: &r.data,
                     partition_key: &r.key,
                     timestamp_ms: Some(r.arrival_ms),
+                    sequence: Some(stable_sequence(sh.index, r.seq)),
                     attrs: &[],
                 });
             }
@@ -240,6 +241,18 @@ impl Source for StreamSource {
             tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint");
         }
     }
+}
+
+/// The stable record position the `stream` source reports: shard index + 1 in the top 16
+/// bits, the shard-local sequence number below.
+pub fn stable_sequence(shard: u32, seq: u64) -> u64 {
+    (u64::from(shard) + 1) << 48 | (seq & ((1 << 48) - 1))
+}
+
+/// The (shard index, shard-local seq) of a [`stable_sequence`], if it is one.
+pub fn split_sequence(s: u64) -> Option<(u32, u64)> {
+    let shard = (s >> 48) as u32;
+    (shard > 0).then(|| (shard - 1, s & ((1 << 48) - 1)))
 }
 
 /// `stream` sink options.

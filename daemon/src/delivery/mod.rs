@@ -1,0 +1,563 @@
+//! Firehose-style delivery for pipelines with an object sink: partition-key extraction,
+//! per-partition buffers flushed by size, interval, memory pressure or drain, encoding
+//! (delimiter + compression), deterministic object names, the Firehose error output, and
+//! acks that trail durable delivery (a low watermark over the open buffers).
+//!
+//! **Invariant:** a batch is acked to its source only when every buffer that holds one of
+//! its records has been durably stored by the sink — and acks go out in batch order, so a
+//! checkpoint never passes an undelivered record.
+//! **Invariant:** buffered bytes of all pipelines together stay under
+//! `limits.buffer_memory`: past it, the pipeline adding records flushes its largest buffers
+//! (reason `memory`).
+
+mod kpl;
+mod partition;
+mod prefix;
+
+pub use kpl::{deaggregate, UserRecord, MAGIC as KPL_MAGIC};
+pub use partition::{fast_path, Partitioner};
+pub use prefix::{civil, hive_escape, Template, MAX_PREFIX};
+
+use crate::config::{Compression, DeliverySpec};
+use crate::plugins::{CallError, HostObject, SinkInstance, Submit};
+use crate::record::{now_ms, Record};
+use base64::Engine as _;
+use md5::{Digest, Md5};
+use sluice_plugin_api::ffi;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static MEMORY: AtomicU64 = AtomicU64::new(0);
+static MEMORY_LIMIT: AtomicU64 = AtomicU64::new(512 << 20);
+
+/// Sets the global buffer budget (`limits.buffer_memory`).
+pub fn set_memory_limit(bytes: u64) {
+    MEMORY_LIMIT.store(bytes, Ordering::Relaxed);
+    metrics::gauge!("sluice_buffer_memory_limit_bytes").set(bytes as f64);
+}
+
+/// Firehose error output types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorType {
+    /// A transform failed or rejected the record.
+    ProcessingFailed,
+    /// The partition keys could not be extracted or rendered.
+    PartitioningFailed,
+    /// Past `max_active_partitions`.
+    ActivePartitionExceeded,
+}
+
+impl ErrorType {
+    /// The `error-output-type` (also the metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::ProcessingFailed => "processing-failed",
+            ErrorType::PartitioningFailed => "partitioning-failed",
+            ErrorType::ActivePartitionExceeded => "activePartitionExceeded",
+        }
+    }
+    fn code(self) -> &'static str {
+        match self {
+            ErrorType::ProcessingFailed => "Processing.Failed",
+            ErrorType::PartitioningFailed => "DynamicPartitioning.MetadataExtractionFailed",
+            ErrorType::ActivePartitionExceeded => {
+                "DynamicPartitioning.ActivePartitionsLimitExceeded"
+            }
+        }
+    }
+}
+
+/// What identifies a buffer: its partition keys, or the error type of an error buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BufferKey {
+    /// Records of one partition.
+    Data {
+        /// `partitionKeyFromQuery` keys.
+        query: Vec<(String, String)>,
+        /// `partitionKeyFromLambda` keys (set by transforms).
+        lambda: Vec<(String, String)>,
+    },
+    /// Error documents of one type.
+    Error(ErrorType),
+}
+
+struct Buffer {
+    key: BufferKey,
+    data: Vec<u8>,
+    records: u64,
+    oldest_ms: i64,
+    first_seq: u64,
+    created: Instant,
+    tokens: Vec<u64>,
+}
+
+/// Why a buffer was flushed (`sluice_buffer_flushes_total{reason}`).
+#[derive(Debug, Clone, Copy)]
+pub enum FlushReason {
+    /// Reached `buffer.size`.
+    Size,
+    /// `buffer.interval` passed since its first record.
+    Interval,
+    /// Global memory budget exceeded.
+    Memory,
+    /// The pipeline is stopping.
+    Drain,
+}
+
+impl FlushReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::Size => "size",
+            FlushReason::Interval => "interval",
+            FlushReason::Memory => "memory",
+            FlushReason::Drain => "drain",
+        }
+    }
+}
+
+/// One pipeline's delivery state.
+pub struct Delivery {
+    pipeline: String,
+    spec: DeliverySpec,
+    partitioner: Option<Partitioner>,
+    prefix: Template,
+    error_prefix: Template,
+    buffers: HashMap<BufferKey, Buffer>,
+    /// token → buffers still holding its records, in token order.
+    pending: BTreeMap<u64, usize>,
+    order: VecDeque<u64>,
+    bytes: u64,
+    version: u32,
+    /// Data records durably stored so far.
+    pub delivered: u64,
+}
+
+/// An encoded object ready for the sink, plus what completing it releases.
+pub struct Flushed {
+    /// The object.
+    pub object: HostObject,
+    tokens: Vec<u64>,
+    reason: FlushReason,
+    records: u64,
+    raw_bytes: u64,
+    error: Option<ErrorType>,
+}
+
+fn unique_id(pipeline: &str, key: &str, first_seq: u64, records: u64) -> [u8; 16] {
+    let mut h = Md5::new();
+    h.update(pipeline.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    h.update(first_seq.to_le_bytes());
+    h.update(records.to_le_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
+fn uuid(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Delivery {
+    /// Delivery state for a pipeline (the spec was validated with the config).
+    pub fn new(pipeline: &str, spec: DeliverySpec) -> Result<Delivery, String> {
+        let partitioner = spec.query.as_deref().map(Partitioner::new).transpose()?;
+        let prefix = Template::parse(&spec.prefix, false)?;
+        let error_prefix = Template::parse(&spec.error_prefix, true)?;
+        Ok(Delivery {
+            pipeline: pipeline.to_string(),
+            spec,
+            partitioner,
+            prefix,
+            error_prefix,
+            buffers: HashMap::new(),
+            pending: BTreeMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            version: 1,
+            delivered: 0,
+        })
+    }
+
+    fn append(
+        &mut self,
+        key: BufferKey,
+        payload: &[u8],
+        rec: &Record,
+        token: u64,
+        touched: &mut usize,
+    ) {
+        let delim = self.spec.delimiter.as_bytes();
+        let b = self.buffers.entry(key.clone()).or_insert_with(|| Buffer {
+            key,
+            data: Vec::new(),
+            records: 0,
+            oldest_ms: rec.arrival_ms,
+            first_seq: rec.sequence,
+            created: Instant::now(),
+            tokens: Vec::new(),
+        });
+        b.data.extend_from_slice(payload);
+        b.data.extend_from_slice(delim);
+        b.records += 1;
+        b.oldest_ms = b.oldest_ms.min(rec.arrival_ms);
+        if b.tokens.last() != Some(&token) {
+            b.tokens.push(token);
+            *touched += 1;
+        }
+        let n = (payload.len() + delim.len()) as u64;
+        self.bytes += n;
+        MEMORY.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn error_doc(&self, rec: &Record, etype: ErrorType, message: &str) -> Vec<u8> {
+        let seq = match crate::plugins::stream_io::split_sequence(rec.sequence) {
+            Some((shard, seq)) => crate::stream::sequence_string(shard, seq),
+            None => rec.sequence.to_string(),
+        };
+        let now = now_ms();
+        serde_json::json!({
+            "attemptsMade": 1,
+            "arrivalTimestamp": rec.arrival_ms,
+            "errorCode": etype.code(),
+            "errorMessage": message,
+            "attemptEndingTimestamp": now,
+            "rawData": base64::engine::general_purpose::STANDARD.encode(&rec.data),
+            "sequenceNumber": seq,
+            "pipeline": self.pipeline,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn fail(
+        &mut self,
+        rec: &Record,
+        etype: ErrorType,
+        message: &str,
+        token: u64,
+        touched: &mut usize,
+    ) {
+        metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(1);
+        let doc = self.error_doc(rec, etype, message);
+        // Error documents are JSON lines whatever the data delimiter is.
+        let delim = std::mem::replace(&mut self.spec.delimiter, "\n".into());
+        self.append(BufferKey::Error(etype), &doc, rec, token, touched);
+        self.spec.delimiter = delim;
+    }
+
+    /// Adds a batch (its delivered records and its rejected ones) under ack `token`.
+    pub fn add(&mut self, token: u64, records: &[Record], rejected: &[(Record, String)]) {
+        let mut touched = 0usize;
+        for (rec, why) in rejected {
+            self.fail(rec, ErrorType::ProcessingFailed, why, token, &mut touched);
+        }
+        for rec in records {
+            let query = match &self.partitioner {
+                None => Vec::new(),
+                Some(p) => match p.extract(&rec.data) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        self.fail(rec, ErrorType::PartitioningFailed, &e, token, &mut touched);
+                        continue;
+                    }
+                },
+            };
+            // Validate the prefix now (missing keys, length): failures go to the error output.
+            if let Err(e) =
+                self.prefix
+                    .render(&query, &rec.attrs, rec.arrival_ms, None, "xxxxxxxxxxx")
+            {
+                self.fail(rec, ErrorType::PartitioningFailed, &e, token, &mut touched);
+                continue;
+            }
+            let key = BufferKey::Data {
+                query,
+                lambda: if self.prefix.is_dynamic() {
+                    rec.attrs.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            let open = self
+                .buffers
+                .keys()
+                .filter(|k| matches!(k, BufferKey::Data { .. }))
+                .count();
+            if !self.buffers.contains_key(&key) && open >= self.spec.max_active_partitions as usize
+            {
+                self.fail(
+                    rec,
+                    ErrorType::ActivePartitionExceeded,
+                    &format!(
+                        "the pipeline already has {} active partitions",
+                        self.spec.max_active_partitions
+                    ),
+                    token,
+                    &mut touched,
+                );
+                continue;
+            }
+            self.append(key, &rec.data, rec, token, &mut touched);
+        }
+        self.pending.insert(token, touched);
+        self.order.push_back(token);
+        self.publish_gauges();
+    }
+
+    fn pick(&self, reason_filter: impl Fn(&Buffer) -> bool) -> Option<BufferKey> {
+        self.buffers
+            .values()
+            .find(|b| reason_filter(b))
+            .map(|b| b.key.clone())
+    }
+
+    /// The next buffer to flush, if any is due (size, interval or memory).
+    pub fn next_due(&self) -> Option<(BufferKey, FlushReason)> {
+        if let Some(k) = self.pick(|b| b.data.len() as u64 >= self.spec.size) {
+            return Some((k, FlushReason::Size));
+        }
+        if let Some(k) = self.pick(|b| b.created.elapsed() >= self.spec.interval) {
+            return Some((k, FlushReason::Interval));
+        }
+        if MEMORY.load(Ordering::Relaxed) > MEMORY_LIMIT.load(Ordering::Relaxed) {
+            // Largest first: frees the most memory per object.
+            if let Some(b) = self.buffers.values().max_by_key(|b| b.data.len()) {
+                return Some((b.key.clone(), FlushReason::Memory));
+            }
+        }
+        None
+    }
+
+    /// Any buffer (for draining).
+    pub fn any(&self) -> Option<BufferKey> {
+        self.buffers.keys().next().cloned()
+    }
+
+    /// Takes a buffer out and encodes it into an object (CPU-bound: compression).
+    pub fn take(&mut self, key: &BufferKey, reason: FlushReason) -> Option<Flushed> {
+        let b = self.buffers.remove(key)?;
+        let raw = b.data.len() as u64;
+        self.bytes -= raw;
+        MEMORY.fetch_sub(raw, Ordering::Relaxed);
+        let (template, query, lambda, error) = match &b.key {
+            BufferKey::Data { query, lambda } => {
+                (&self.prefix, query.as_slice(), lambda.as_slice(), None)
+            }
+            BufferKey::Error(t) => (&self.error_prefix, &[][..], &[][..], Some(*t)),
+        };
+        let partition_id = format!("{:?}", b.key);
+        let id = unique_id(&self.pipeline, &partition_id, b.first_seq, b.records);
+        let random: String = id
+            .iter()
+            .take(11)
+            .map(|x| (b'a' + x % 26) as char)
+            .collect();
+        // Validated at add time; a failure here would be a bug, so fall back to the error type.
+        let prefix = template
+            .render(
+                query,
+                lambda,
+                b.oldest_ms,
+                error.map(ErrorType::as_str),
+                &random,
+            )
+            .unwrap_or_else(|_| {
+                format!(
+                    "{}/",
+                    error.map(ErrorType::as_str).unwrap_or("unpartitioned")
+                )
+            });
+        let (y, mo, d, h, mi, s) = civil(b.oldest_ms);
+        let compression = if error.is_some() {
+            Compression::None
+        } else {
+            self.spec.compression
+        };
+        let key = format!(
+            "{prefix}{}-{}-{y:04}-{mo:02}-{d:02}-{h:02}-{mi:02}-{s:02}-{}{}",
+            self.pipeline,
+            self.version,
+            uuid(&id),
+            compression.extension()
+        );
+        let body = encode(compression, &b.data);
+        self.publish_gauges();
+        Some(Flushed {
+            object: HostObject {
+                key,
+                content_type: if error.is_some() {
+                    "application/x-ndjson"
+                } else {
+                    "application/octet-stream"
+                },
+                content_encoding: match compression {
+                    Compression::None => "",
+                    Compression::Gzip => "gzip",
+                    Compression::Zstd => "zstd",
+                    Compression::Snappy => "snappy",
+                },
+                record_count: b.records,
+                oldest_ms: b.oldest_ms,
+                body,
+            },
+            tokens: b.tokens,
+            reason,
+            records: b.records,
+            raw_bytes: raw,
+            error,
+        })
+    }
+
+    /// Records a durably stored object and returns the tokens that may now be acked, in order.
+    pub fn stored(&mut self, f: &Flushed) -> Vec<u64> {
+        if f.error.is_none() {
+            self.delivered += f.records;
+        }
+        for t in &f.tokens {
+            if let Some(n) = self.pending.get_mut(t) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        let p = self.pipeline.clone();
+        metrics::counter!("sluice_buffer_flushes_total", "pipeline" => p.clone(), "reason" => f.reason.as_str()).increment(1);
+        metrics::counter!("sluice_sink_objects_total", "pipeline" => p.clone(), "result" => "success").increment(1);
+        if f.error.is_none() {
+            metrics::counter!("sluice_sink_records_total", "pipeline" => p.clone())
+                .increment(f.records);
+            metrics::counter!("sluice_sink_bytes_total", "pipeline" => p.clone())
+                .increment(f.raw_bytes);
+        }
+        let latency = (now_ms() - f.object.oldest_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!("sluice_delivery_latency_seconds", "pipeline" => p).record(latency);
+        self.release()
+    }
+
+    fn release(&mut self) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(&t) = self.order.front() {
+            if self.pending.get(&t).copied().unwrap_or(0) > 0 {
+                break;
+            }
+            self.order.pop_front();
+            self.pending.remove(&t);
+            out.push(t);
+        }
+        out
+    }
+
+    /// Tokens whose batches had nothing to buffer, ready to ack.
+    pub fn ready(&mut self) -> Vec<u64> {
+        self.release()
+    }
+
+    /// Records delivered but not yet acked (buffered) — zero after a full drain.
+    pub fn is_empty(&self) -> bool {
+        self.buffers.is_empty()
+    }
+
+    fn publish_gauges(&self) {
+        let p = self.pipeline.clone();
+        let records: u64 = self.buffers.values().map(|b| b.records).sum();
+        let oldest = self.buffers.values().map(|b| b.oldest_ms).min();
+        metrics::gauge!("sluice_buffer_bytes", "pipeline" => p.clone()).set(self.bytes as f64);
+        metrics::gauge!("sluice_buffer_records", "pipeline" => p.clone()).set(records as f64);
+        metrics::gauge!("sluice_buffer_partitions_active", "pipeline" => p.clone())
+            .set(self.buffers.len() as f64);
+        let age = oldest
+            .map(|o| (now_ms() - o).max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        metrics::gauge!("sluice_buffer_oldest_record_age_seconds", "pipeline" => p).set(age);
+        metrics::gauge!("sluice_buffer_memory_bytes").set(MEMORY.load(Ordering::Relaxed) as f64);
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        MEMORY.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Compresses a whole buffer.
+pub fn encode(c: Compression, data: &[u8]) -> Vec<u8> {
+    match c {
+        Compression::None => data.to_vec(),
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(data.len() / 4),
+                flate2::Compression::fast(),
+            );
+            let _ = e.write_all(data);
+            e.finish().unwrap_or_default()
+        }
+        Compression::Zstd => zstd::bulk::compress(data, 3).unwrap_or_default(),
+        Compression::Snappy => {
+            let mut e = snap::write::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
+            let _ = e.write_all(data);
+            e.into_inner().unwrap_or_default()
+        }
+    }
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Delivers one object, retrying retryable failures with backoff and jitter until it is
+/// stored. A fatal error ends the pipeline's run.
+pub async fn deliver(
+    sink: &mut SinkInstance,
+    f: &Flushed,
+    pipeline: &str,
+) -> Result<(), CallError> {
+    let mut delay = RETRY_MIN;
+    let notify = sink.instance().shared().clone();
+    loop {
+        let res = tokio::task::block_in_place(|| sink.submit_object(&f.object));
+        let (message, retry_after) = match res {
+            Ok(Submit::Accepted(done)) => match done.await {
+                Ok(c) if c.status == ffi::SL_OK => return Ok(()),
+                Ok(c) if c.status == ffi::SL_ERR_RETRYABLE => (c.message, c.retry_after_ms),
+                Ok(c) => {
+                    metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "failed").increment(1);
+                    return Err(CallError {
+                        plugin: sink.instance().entry().name.clone(),
+                        call: "complete",
+                        status: c.status,
+                        message: c.message,
+                        field: String::new(),
+                        retry_after_ms: 0,
+                    });
+                }
+                Err(_) => ("the sink dropped the completion".to_string(), 0),
+            },
+            Ok(Submit::Full) => {
+                tokio::select! {
+                    _ = notify.notify.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+            Err(e) if e.is_retryable() => (e.message, e.retry_after_ms),
+            Err(e) => return Err(e),
+        };
+        metrics::counter!("sluice_sink_retries_total", "pipeline" => pipeline.to_string())
+            .increment(1);
+        metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "retry").increment(1);
+        tracing::warn!(pipeline, key = %f.object.key, error = %message, retry_in = ?delay, "object delivery failed; retrying");
+        let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
+        tokio::time::sleep((delay / 2 + jitter).max(Duration::from_millis(u64::from(retry_after))))
+            .await;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}

@@ -1,0 +1,193 @@
+//! Partition-key extraction (`partitioning.query`, Firehose's MetadataExtractionQuery).
+//!
+//! A query made only of plain field paths — `{type, source}`, `{type: .type, src: .a.b}` —
+//! takes a fast path that reads the fields straight from the JSON text without building
+//! jq values; anything else runs through jaq. Either way the result is an object whose
+//! values must be strings.
+
+use serde_json::value::RawValue;
+use sluice_plugin_jq::{parse_json, Program, Val};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// Extracts partition keys from records.
+pub enum Partitioner {
+    /// Plain field paths: (output key, path of field names).
+    Fields(Vec<(String, Vec<String>)>),
+    /// A general jq program.
+    Jq(Program),
+}
+
+fn ident(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+/// The field paths of a query made only of `key` / `key: .a.b` entries, if it is one.
+pub fn fast_path(query: &str) -> Option<Vec<(String, Vec<String>)>> {
+    let inner = query.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    for entry in inner.split(',') {
+        let entry = entry.trim();
+        let (key, path) = match entry.split_once(':') {
+            None => (entry.to_string(), vec![entry.to_string()]),
+            Some((k, p)) => {
+                let k = k.trim();
+                let k = k
+                    .strip_prefix('"')
+                    .and_then(|k| k.strip_suffix('"'))
+                    .unwrap_or(k);
+                let p = p.trim().strip_prefix('.')?;
+                let path: Vec<String> = p.split('.').map(str::to_string).collect();
+                if !path.iter().all(|s| ident(s)) {
+                    return None;
+                }
+                (k.to_string(), path)
+            }
+        };
+        if !ident(&key) && key.chars().any(|c| c == '"' || c == '\\') {
+            return None;
+        }
+        if key.is_empty() || !path.iter().all(|s| ident(s)) {
+            return None;
+        }
+        out.push((key, path));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+impl Partitioner {
+    /// Compiles a query (fast path when possible).
+    pub fn new(query: &str) -> Result<Partitioner, String> {
+        match fast_path(query) {
+            Some(f) => Ok(Partitioner::Fields(f)),
+            None => Program::compile(query).map(Partitioner::Jq),
+        }
+    }
+
+    /// The keys a fast-path query produces (None for jq queries: known only at run time).
+    pub fn keys(&self) -> Option<Vec<&str>> {
+        match self {
+            Partitioner::Fields(f) => Some(f.iter().map(|(k, _)| k.as_str()).collect()),
+            Partitioner::Jq(_) => None,
+        }
+    }
+
+    /// The partition keys of one record, or why they cannot be extracted.
+    pub fn extract(&self, data: &[u8]) -> Result<Vec<(String, String)>, String> {
+        match self {
+            Partitioner::Fields(fields) => {
+                let top: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_slice(data)
+                    .map_err(|_| "Non JSON record provided".to_string())?;
+                let mut out = Vec::with_capacity(fields.len());
+                for (key, path) in fields {
+                    let mut raw = *top
+                        .get(path[0].as_str())
+                        .ok_or_else(|| format!("the field `.{}` is missing", path.join(".")))?;
+                    for seg in &path[1..] {
+                        let obj: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(raw.get())
+                            .map_err(|_| format!("the field `.{}` is missing", path.join(".")))?;
+                        raw = *obj
+                            .get(seg.as_str())
+                            .ok_or_else(|| format!("the field `.{}` is missing", path.join(".")))?;
+                    }
+                    let v: Cow<'_, str> = serde_json::from_str(raw.get())
+                        .map_err(|_| format!("the field `.{}` is not a string", path.join(".")))?;
+                    out.push((key.clone(), v.into_owned()));
+                }
+                Ok(out)
+            }
+            Partitioner::Jq(p) => {
+                let v = parse_json(data).map_err(|_| "Non JSON record provided".to_string())?;
+                let mut outs = p.run(v);
+                let first = outs
+                    .next()
+                    .ok_or("the query produced no output")?
+                    .map_err(|e| format!("jq: {e}"))?;
+                if outs.next().is_some() {
+                    return Err("the query produced more than one output".into());
+                }
+                let Val::Obj(map) = first else {
+                    return Err("the query must produce an object of strings".into());
+                };
+                let mut out = Vec::with_capacity(map.len());
+                for (k, v) in map.iter() {
+                    let key = match k {
+                        Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
+                        other => other.to_string(),
+                    };
+                    match v {
+                        Val::TStr(s) | Val::BStr(s) => {
+                            out.push((key, String::from_utf8_lossy(s).into_owned()))
+                        }
+                        _ => return Err(format!("the partition key `{key}` is not a string")),
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn recognises_field_paths() {
+        assert_eq!(
+            fast_path("{type, source}").unwrap(),
+            vec![
+                ("type".into(), vec!["type".into()]),
+                ("source".into(), vec!["source".into()])
+            ]
+        );
+        assert_eq!(
+            fast_path("{t: .a.b}").unwrap(),
+            vec![("t".into(), vec!["a".into(), "b".into()])]
+        );
+        assert!(fast_path("{t: .a | ascii_downcase}").is_none());
+        assert!(fast_path(".type").is_none());
+    }
+
+    #[test]
+    fn fast_path_and_jq_agree() {
+        let rec = br#"{"type":"a\"b","source":"s","n":1,"d":{"k":"v"}}"#;
+        for q in ["{type, source}", "{type: .type, k: .d.k}"] {
+            let fast = Partitioner::new(q).unwrap();
+            assert!(matches!(fast, Partitioner::Fields(_)));
+            let jq = Partitioner::Jq(Program::compile(q).unwrap());
+            assert_eq!(fast.extract(rec), jq.extract(rec), "{q}");
+        }
+        let p = Partitioner::new("{n}").unwrap();
+        assert!(p.extract(rec).unwrap_err().contains("not a string"));
+        assert!(Partitioner::new("{x}")
+            .unwrap()
+            .extract(rec)
+            .unwrap_err()
+            .contains("missing"));
+        assert!(Partitioner::new("{x}")
+            .unwrap()
+            .extract(b"not json")
+            .unwrap_err()
+            .contains("Non JSON"));
+        let p = Partitioner::new("{t: (.type | ascii_downcase)}").unwrap();
+        assert!(matches!(p, Partitioner::Jq(_)));
+        assert_eq!(
+            p.extract(br#"{"type":"ABC"}"#).unwrap(),
+            vec![("t".to_string(), "abc".to_string())]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn fast_path_matches_jq_on_random_records(t in "[a-zA-Z0-9 ./:=\\\\\"é]{0,12}", s in "[a-z]{0,5}", n in any::<i32>()) {
+            let rec = serde_json::json!({"type": t, "source": s, "n": n}).to_string();
+            let fast = Partitioner::new("{type, source}").unwrap();
+            let jq = Partitioner::Jq(Program::compile("{type, source}").unwrap());
+            prop_assert_eq!(fast.extract(rec.as_bytes()), jq.extract(rec.as_bytes()));
+        }
+    }
+}
