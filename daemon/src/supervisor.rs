@@ -170,6 +170,8 @@ mod tests {
             transforms: vec![c("transforms[0]", Kind::Transform, "jq", filter)],
             sink: c("sink", Kind::Sink, "stdout", "{}"),
             batch: BatchConfig::default(),
+            deaggregate: false,
+            delivery: None,
         }
     }
 

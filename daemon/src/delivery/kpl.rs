@@ -34,7 +34,10 @@ fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
 /// Iterates over (field number, wire type, payload) of a protobuf message; `None` on
 /// malformed input. Length-delimited payloads are returned as slices; varints as their
 /// value in `u64` with an empty slice.
-fn fields(b: &[u8]) -> Option<Vec<(u64, u8, &[u8], u64)>> {
+/// (field number, wire type, length-delimited payload, varint value).
+type Field<'a> = (u64, u8, &'a [u8], u64);
+
+fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < b.len() {
