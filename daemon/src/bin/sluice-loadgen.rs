@@ -56,8 +56,20 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn record(i: usize, size: usize) -> String {
+    const TYPES: [&str; 3] = [
+        "com.example.order.created",
+        "com.example.order.shipped",
+        "com.example.payment.settled",
+    ];
+    const SOURCES: [&str; 3] = [
+        "/shop/eu-west",
+        "/shop/us-east",
+        "https://github.com/JoseLuisSR/awsmeter",
+    ];
     let mut s = format!(
-        r#"{{"specversion":"1.0","type":"com.example.order.created","source":"/shop/eu-west","subject":"orders","id":"{i:08}-0000-4000-8000-000000000000","time":"2026-11-25T18:47:55.960Z","datacontenttype":"application/json","data":{{"orderId":"{i}","note":""#
+        r#"{{"specversion":"1.0","type":"{}","source":"{}","subject":"orders","id":"{i:08}-0000-4000-8000-000000000000","time":"2026-11-25T18:47:55.960Z","datacontenttype":"application/json","data":{{"orderId":"{i}","note":""#,
+        TYPES[i % 3],
+        SOURCES[(i / 3) % 3]
     );
     while s.len() + 3 < size {
         s.push('x');

@@ -168,11 +168,18 @@ impl Transform for Jq {
             };
             // Outputs are collected first so that an error mid-stream rejects the record
             // as a whole instead of emitting a partial result.
+            let input = v.clone();
             let results: Result<Vec<Val>, String> = self.program.run(v).collect();
             match results {
                 Err(e) => out.reject(i, &format!("jq: {e}")),
                 Ok(vals) => {
                     for v in vals {
+                        // `select(...)` and friends hand back the input itself: pass the
+                        // original bytes through instead of re-serialising them.
+                        if same_value(&v, &input) && !self.raw_output {
+                            out.keep(i);
+                            continue;
+                        }
                         self.scratch.clear();
                         match (&v, self.raw_output) {
                             (Val::TStr(s), true) | (Val::BStr(s), true) => {
@@ -194,6 +201,15 @@ impl Transform for Jq {
             }
         }
         Ok(())
+    }
+}
+
+/// True when `a` is the very same (shared) object or array as `b`.
+fn same_value(a: &Val, b: &Val) -> bool {
+    match (a, b) {
+        (Val::Obj(x), Val::Obj(y)) => std::sync::Arc::ptr_eq(x, y),
+        (Val::Arr(x), Val::Arr(y)) => std::sync::Arc::ptr_eq(x, y),
+        _ => false,
     }
 }
 
