@@ -129,6 +129,8 @@ pub struct Delivery {
     pending: BTreeMap<u64, usize>,
     order: VecDeque<u64>,
     bytes: u64,
+    /// Allocated bytes of this pipeline's buffers (its share of the global budget).
+    mem: u64,
     version: u32,
     /// Data records durably stored so far.
     pub delivered: u64,
@@ -185,6 +187,7 @@ impl Delivery {
             pending: BTreeMap::new(),
             order: VecDeque::new(),
             bytes: 0,
+            mem: 0,
             version: 1,
             delivered: 0,
         })
@@ -208,17 +211,20 @@ impl Delivery {
             created: Instant::now(),
             tokens: Vec::new(),
         });
+        let cap = b.data.capacity();
         b.data.extend_from_slice(payload);
         b.data.extend_from_slice(delim);
+        // The budget counts allocated capacity, not just length: that is what RSS sees.
+        let grown = (b.data.capacity() - cap) as u64;
+        self.mem += grown;
+        MEMORY.fetch_add(grown, Ordering::Relaxed);
         b.records += 1;
         b.oldest_ms = b.oldest_ms.min(rec.arrival_ms);
         if b.tokens.last() != Some(&token) {
             b.tokens.push(token);
             *touched += 1;
         }
-        let n = (payload.len() + delim.len()) as u64;
-        self.bytes += n;
-        MEMORY.fetch_add(n, Ordering::Relaxed);
+        self.bytes += (payload.len() + delim.len()) as u64;
     }
 
     fn error_doc(&self, rec: &Record, etype: ErrorType, message: &str) -> Vec<u8> {
@@ -333,7 +339,7 @@ impl Delivery {
         }
         if MEMORY.load(Ordering::Relaxed) > MEMORY_LIMIT.load(Ordering::Relaxed) {
             // Largest first: frees the most memory per object.
-            if let Some(b) = self.buffers.values().max_by_key(|b| b.data.len()) {
+            if let Some(b) = self.buffers.values().max_by_key(|b| b.data.capacity()) {
                 return Some((b.key.clone(), FlushReason::Memory));
             }
         }
@@ -349,8 +355,10 @@ impl Delivery {
     pub fn take(&mut self, key: &BufferKey, reason: FlushReason) -> Option<Flushed> {
         let b = self.buffers.remove(key)?;
         let raw = b.data.len() as u64;
+        let cap = b.data.capacity() as u64;
         self.bytes -= raw;
-        MEMORY.fetch_sub(raw, Ordering::Relaxed);
+        self.mem -= cap;
+        MEMORY.fetch_sub(cap, Ordering::Relaxed);
         let (template, query, lambda, error) = match &b.key {
             BufferKey::Data { query, lambda } => {
                 (&self.prefix, query.as_slice(), lambda.as_slice(), None)
@@ -485,7 +493,7 @@ impl Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        MEMORY.fetch_sub(self.bytes, Ordering::Relaxed);
+        MEMORY.fetch_sub(self.mem, Ordering::Relaxed);
     }
 }
 
