@@ -111,6 +111,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             }
         });
     }
+    let watched = if set.daemon.watch {
+        crate::watch::watch(&set.daemon.pipelines_dir)
+    } else {
+        Err(notify::Error::generic("disabled by `watch = false`"))
+    };
+    let (_watcher, mut file_events) = match watched {
+        Ok((w, rx)) => (Some(w), rx),
+        Err(e) => {
+            tracing::warn!(dir = %set.daemon.pipelines_dir.display(), error = %e, "cannot watch the pipelines folder; reload with SIGHUP or POST /admin/reload");
+            (None, tokio::sync::mpsc::channel(1).1)
+        }
+    };
     let mut current = set;
 
     loop {
@@ -119,6 +131,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => { tracing::info!("SIGINT: draining pipelines"); break; }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
+                sd.reloading();
+                let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
+                sd.ready(&summary(&current));
+            }
+                        Some(()) = file_events.recv() => {
+                tracing::info!("pipeline files changed: reloading configuration");
                 sd.reloading();
                 let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
                 sd.ready(&summary(&current));

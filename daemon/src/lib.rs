@@ -14,3 +14,4 @@ pub mod sdnotify;
 pub mod stream;
 pub mod supervisor;
 pub mod telemetry;
+pub mod watch;

@@ -15,8 +15,9 @@ fn pipeline(name: &str, filter: &str) -> String {
 
 #[test]
 fn reload_applies_valid_edits_and_refuses_invalid_ones() {
+    // File watching off: this test drives reloads by hand.
     let s = Setup::new(
-        "",
+        "watch = false",
         &[("a", &pipeline("a", ".")), ("b", &pipeline("b", "."))],
     );
     let mut d = s.start();
@@ -85,4 +86,64 @@ fn reload_applies_valid_edits_and_refuses_invalid_ones() {
     }
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+/// Editing files is enough: the daemon watches `pipelines_dir`.
+#[test]
+fn file_edits_reload_by_themselves() {
+    let s = Setup::new(
+        "",
+        &[("a", &pipeline("a", ".")), ("b", &pipeline("b", "."))],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    let reloads = |d: &Daemon| d.metric("sluice_config_reloads_total", &["result=\"success\""]);
+    let base = reloads(&d);
+    // An editor that writes a temp file and renames it over the original.
+    let tmp = s.path("pipelines/.a.toml.tmp");
+    std::fs::write(&tmp, pipeline("a", "{n, edited: true}")).unwrap();
+    std::fs::rename(&tmp, s.path("pipelines/a.toml")).unwrap();
+    wait_until(Duration::from_secs(10), "a uses the new filter", || {
+        lines(&s.path("out/a.jsonl"))
+            .iter()
+            .any(|l| l.contains("\"edited\":true"))
+    });
+    assert!(reloads(&d) > base);
+    assert_eq!(
+        d.metric("sluice_pipeline_restarts_total", &["pipeline=\"b\""]),
+        0.0
+    );
+    // vim's backup-then-write: the original is renamed away and a new file written.
+    std::fs::rename(s.path("pipelines/b.toml"), s.path("pipelines/b.toml~")).unwrap();
+    std::fs::write(s.path("pipelines/b.toml"), pipeline("b", "{n, vim: true}")).unwrap();
+    std::fs::remove_file(s.path("pipelines/b.toml~")).unwrap();
+    wait_until(Duration::from_secs(10), "b uses the new filter", || {
+        lines(&s.path("out/b.jsonl"))
+            .iter()
+            .any(|l| l.contains("\"vim\":true"))
+    });
+    // An invalid save is refused with its location; the running version stays.
+    let bad = pipeline("a", "{n, ");
+    std::fs::write(s.path("pipelines/a.toml"), &bad).unwrap();
+    wait_until(Duration::from_secs(10), "the invalid edit refused", || {
+        d.metric("sluice_config_last_reload_successful", &[]) == 0.0
+    });
+    let line = bad.lines().position(|l| l.starts_with("filter")).unwrap() + 1;
+    assert!(
+        d.stderr().contains(&format!("a.toml:{line}:1:")),
+        "{}",
+        d.stderr()
+    );
+    let before = lines(&s.path("out/a.jsonl")).len();
+    wait_until(Duration::from_secs(10), "a keeps running", || {
+        lines(&s.path("out/a.jsonl")).len() > before + 20
+    });
+    // A new file adds a pipeline; deleting one removes it.
+    s.write_pipeline("c", &pipeline("c", "."));
+    std::fs::remove_file(s.path("pipelines/a.toml")).unwrap();
+    wait_until(Duration::from_secs(10), "c runs and a is gone", || {
+        let st = d.get("/admin/status").unwrap().1;
+        st.contains("\"name\":\"c\"") && !st.contains("\"name\":\"a\"")
+    });
+    assert_eq!(d.metric("sluice_config_last_reload_successful", &[]), 1.0);
 }

@@ -57,6 +57,9 @@ pub struct DaemonConfig {
     /// Extra dynamic plugin folders (`*.so`).
     #[serde(default)]
     pub plugin_dirs: Vec<PathBuf>,
+    /// Reload when files in `pipelines_dir` change (SIGHUP and `POST /admin/reload` always work).
+    #[serde(default = "yes")]
+    pub watch: bool,
     /// How long SIGTERM may take to drain pipelines.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
@@ -69,6 +72,10 @@ pub struct DaemonConfig {
     /// Global limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_data_dir() -> PathBuf {
