@@ -281,3 +281,194 @@ fn sigkill_mid_buffer_loses_nothing() {
         "every acknowledged record is in the lake"
     );
 }
+
+/// moto's S3-compatible server from the repo's venv, on a free port; killed on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = root().join("target/pyenv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "run scripts/install-test-deps (installs moto's server)"
+        );
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_until(Duration::from_secs(30), "moto listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Moto { child, endpoint }
+    }
+
+    fn aws(&self, args: &[&str]) -> String {
+        let out = Command::new(root().join("target/pyenv/bin/aws"))
+            .args(["--endpoint-url", &self.endpoint])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records in every object under s3://lake/data/, downloaded with the AWS CLI.
+fn s3_records(m: &Moto, scratch: &Path) -> HashMap<String, usize> {
+    let _ = std::fs::remove_dir_all(scratch);
+    m.aws(&[
+        "s3",
+        "cp",
+        "--recursive",
+        "--quiet",
+        "s3://lake/data/",
+        scratch.to_str().unwrap(),
+    ]);
+    let mut out = HashMap::new();
+    let mut stack = vec![scratch.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "gz") {
+                use std::io::Read;
+                let mut s = String::new();
+                flate2::read::MultiGzDecoder::new(std::fs::File::open(&p).unwrap())
+                    .read_to_string(&mut s)
+                    .unwrap();
+                for l in s.lines() {
+                    *out.entry(l.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn http_post_kinesis(addr: std::net::SocketAddr, op: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Kinesis_20131202.{op}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn lake_on_s3_survives_an_outage() {
+    let m = Moto::start();
+    m.aws(&["s3", "mb", "s3://lake"]);
+    let s3_pipeline = format!(
+        "[streams.events]\nshards = 2\n\n[pipelines.to-s3]\nsource = {{ plugin = \"stream\", stream = \"events\" }}\n\n[pipelines.to-s3.partitioning]\nquery = '{{type, source}}'\n\n[pipelines.to-s3.buffer]\ninterval = \"1s\"\n\n[pipelines.to-s3.sink]\nplugin = \"object-store\"\nurl = \"s3://lake/data\"\nendpoint = \"{}\"\naccess_key_id = \"x\"\nsecret_access_key = \"x\"\ntimeout_secs = 1\nprefix = \"type=!{{partitionKeyFromQuery:type}}/source=!{{partitionKeyFromQuery:source}}/\"\ncompression = \"gzip\"\n",
+        m.endpoint
+    );
+    let local = "[pipelines.local]\nsource = { plugin = \"generator\", rate = 200 }\nsink = { plugin = \"file\", path = \"out/local.jsonl\" }\n";
+    let s = Setup::new(
+        "",
+        &[
+            ("s3", &s3_pipeline),
+            ("local", local),
+            ("gen", &generator_into_events(300)),
+        ],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    let scratch = s.path("download");
+    wait_until(Duration::from_secs(30), "300 records in S3", || {
+        s3_records(&m, &scratch).len() >= 300
+    });
+    let listing = m.aws(&["s3", "ls", "--recursive", "s3://lake/data/"]);
+    assert!(
+        listing.contains("data/type=com.example.order.created/source=https%3A%2F%2Fgithub.com%2FJoseLuisSR%2Fawsmeter/"),
+        "{listing}"
+    );
+
+    // Outage: the S3 server stops answering; new records keep arriving.
+    m.signal(libc::SIGSTOP);
+    std::fs::remove_file(s.path("pipelines/gen.toml")).unwrap();
+    let more: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"type":"late","source":"outage","n":{i}}}"#))
+        .collect();
+    for chunk in more.chunks(100) {
+        let recs: Vec<String> = chunk
+            .iter()
+            .map(|r| {
+                use base64::Engine as _;
+                format!(
+                    r#"{{"Data":"{}","PartitionKey":"k{}"}}"#,
+                    base64::engine::general_purpose::STANDARD.encode(r),
+                    r.len()
+                )
+            })
+            .collect();
+        let body = format!(
+            r#"{{"StreamName":"events","Records":[{}]}}"#,
+            recs.join(",")
+        );
+        let (code, out) = http_post_kinesis(s.api, "PutRecords", &body);
+        assert_eq!(code, 200, "ingest continues during the sink outage: {out}");
+    }
+    wait_until(Duration::from_secs(30), "retries counted", || {
+        d.metric("sluice_sink_retries_total", &["pipeline=\"to-s3\""]) >= 2.0
+    });
+    // The other pipeline keeps delivering meanwhile.
+    let before = lines(&s.path("out/local.jsonl")).len();
+    wait_until(
+        Duration::from_secs(10),
+        "the local pipeline keeps delivering",
+        || lines(&s.path("out/local.jsonl")).len() > before + 50,
+    );
+    m.signal(libc::SIGCONT);
+    wait_until(
+        Duration::from_secs(60),
+        "every record in S3 after the outage",
+        || s3_records(&m, &scratch).len() >= 500,
+    );
+    let got = s3_records(&m, &scratch);
+    for r in &more {
+        assert!(got.contains_key(r), "{r} lost");
+    }
+    let _ = &mut d;
+}

@@ -4,9 +4,13 @@
 //! `fsync`, `rename`, `fsync` of the folder. Re-delivering an object with the same key
 //! replaces it, so replays with deterministic names leave no duplicates.
 //!
-//! `s3://` URLs are recognised and refused for now with a clear error (S3 support is
-//! tracked in the delivery issue).
+//! `s3://bucket/prefix` writes to S3 or any S3-compatible store through the `object_store`
+//! crate (`endpoint`, `region`, `access_key_id`, `secret_access_key`, `path_style`,
+//! `allow_http`; credentials fall back to the usual `AWS_*` environment). Objects above
+//! 16 MiB go up as multipart uploads. The plugin runs its own small tokio runtime: plugins
+//! never share the daemon's. Failures are retryable: the host retries with backoff.
 
+use object_store::ObjectStoreExt as _;
 use sluice_plugin_api::{
     declare_library, Completion, Context, Error, Object, ObjectSink, Plugin, Submitted,
 };
@@ -19,14 +23,102 @@ use std::path::{Component, Path, PathBuf};
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectStoreConfig {
-    /// A directory, `file:///abs/path`, or (not yet) `s3://bucket/prefix`.
+    /// A directory, `file:///abs/path`, or `s3://bucket/prefix`.
     pub url: String,
+    /// S3: endpoint of an S3-compatible store (`http://127.0.0.1:9000`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3: region (default `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3: access key id (default: `AWS_ACCESS_KEY_ID`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// S3: secret (default: `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// S3: path-style requests (`endpoint/bucket/key`), as most S3-compatible stores want.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// S3: allow plain HTTP endpoints (default: true when `endpoint` starts with http://).
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+    /// S3: per-request timeout (default 30s).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+enum Target {
+    Dir(PathBuf),
+    S3 {
+        store: Box<dyn object_store::ObjectStore>,
+        prefix: String,
+        rt: Option<tokio::runtime::Runtime>,
+    },
 }
 
 /// The sink.
 pub struct ObjectStore {
-    root: PathBuf,
+    target: Target,
     seq: u64,
+}
+
+/// Objects larger than this are uploaded in parts.
+const MULTIPART_ABOVE: usize = 16 << 20;
+
+fn s3(cfg: &ObjectStoreConfig, rest: &str) -> Result<Target, Error> {
+    use object_store::aws::AmazonS3Builder;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::config_field(
+            "url",
+            "s3:// URLs need a bucket: s3://bucket/prefix",
+        ));
+    }
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(cfg.region.clone().unwrap_or_else(|| "us-east-1".into()));
+    let allow_http = cfg.allow_http.unwrap_or_else(|| {
+        cfg.endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+    });
+    if let Some(e) = &cfg.endpoint {
+        b = b.with_endpoint(e.clone());
+    }
+    if let Some(k) = &cfg.access_key_id {
+        b = b.with_access_key_id(k.clone());
+    }
+    if let Some(s) = &cfg.secret_access_key {
+        b = b.with_secret_access_key(s.clone());
+    }
+    b = b.with_virtual_hosted_style_request(!cfg.path_style.unwrap_or(cfg.endpoint.is_some()));
+    let timeout = std::time::Duration::from_secs(cfg.timeout_secs.unwrap_or(30).max(1));
+    b = b.with_client_options(
+        // allow_http lives in the client options: set it here, where they are replaced.
+        object_store::ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_timeout(timeout)
+            .with_connect_timeout(timeout.min(std::time::Duration::from_secs(5))),
+    );
+    // The host retries with its own backoff (and counts retries): none in the client.
+    b = b.with_retry(object_store::RetryConfig {
+        max_retries: 0,
+        ..Default::default()
+    });
+    let store = b
+        .build()
+        .map_err(|e| Error::config_field("url", format_args!("invalid S3 settings: {e}")))?;
+    let prefix = prefix.trim_matches('/');
+    Ok(Target::S3 {
+        store: Box::new(store),
+        prefix: if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        },
+        rt: None,
+    })
 }
 
 fn safe_key(key: &str) -> Option<PathBuf> {
@@ -42,33 +134,57 @@ impl Plugin for ObjectStore {
         if url.is_empty() {
             return Err(Error::config_field("url", "must not be empty"));
         }
-        let root = if let Some(p) = url.strip_prefix("file://") {
-            if !p.starts_with('/') {
+        let s3_only = [
+            ("endpoint", cfg.endpoint.is_some()),
+            ("region", cfg.region.is_some()),
+            ("access_key_id", cfg.access_key_id.is_some()),
+            ("secret_access_key", cfg.secret_access_key.is_some()),
+            ("path_style", cfg.path_style.is_some()),
+            ("allow_http", cfg.allow_http.is_some()),
+        ];
+        let target = if let Some(rest) = url.strip_prefix("s3://") {
+            s3(&cfg, rest)?
+        } else {
+            if let Some((k, _)) = s3_only.iter().find(|(_, set)| *set) {
+                return Err(Error::config_field(*k, "only applies to s3:// URLs"));
+            }
+            if let Some(p) = url.strip_prefix("file://") {
+                if !p.starts_with('/') {
+                    return Err(Error::config_field(
+                        "url",
+                        "file:// URLs need an absolute path (file:///var/lake)",
+                    ));
+                }
+                Target::Dir(PathBuf::from(p))
+            } else if url.contains("://") {
                 return Err(Error::config_field(
                     "url",
-                    "file:// URLs need an absolute path (file:///var/lake)",
+                    format_args!(
+                        "unsupported URL scheme in `{url}` (use a directory, file:// or s3://)"
+                    ),
                 ));
+            } else {
+                Target::Dir(ctx.resolve_path(Path::new(url)))
             }
-            PathBuf::from(p)
-        } else if url.starts_with("s3://") {
-            return Err(Error::config_field(
-                "url",
-                "s3:// destinations are not supported by this build yet; use a directory or file:// URL",
-            ));
-        } else if url.contains("://") {
-            return Err(Error::config_field(
-                "url",
-                format_args!("unsupported URL scheme in `{url}` (use a directory or file://)"),
-            ));
-        } else {
-            ctx.resolve_path(Path::new(url))
         };
-        Ok(ObjectStore { root, seq: 0 })
+        Ok(ObjectStore { target, seq: 0 })
     }
 
     fn start(&mut self) -> Result<(), Error> {
-        std::fs::create_dir_all(&self.root)
-            .map_err(|e| Error::fatal(format_args!("cannot create {}: {e}", self.root.display())))
+        match &mut self.target {
+            Target::Dir(root) => std::fs::create_dir_all(&*root)
+                .map_err(|e| Error::fatal(format_args!("cannot create {}: {e}", root.display()))),
+            Target::S3 { rt, .. } => {
+                let r = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        Error::fatal(format_args!("cannot start the S3 client runtime: {e}"))
+                    })?;
+                *rt = Some(r);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -81,8 +197,43 @@ impl ObjectStore {
         let rel = safe_key(obj.key).ok_or_else(|| {
             Error::fatal(format_args!("refusing unsafe object key `{}`", obj.key))
         })?;
-        let path = self.root.join(&rel);
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let root = match &self.target {
+            Target::Dir(root) => root.clone(),
+            Target::S3 { store, prefix, rt } => {
+                let rt = rt.as_ref().ok_or_else(|| Error::fatal("not started"))?;
+                let body: bytes::Bytes = match obj.body_path {
+                    Some(p) => std::fs::read(p)
+                        .map_err(|e| {
+                            Error::retryable(format_args!("cannot read spool file {p}: {e}"))
+                        })?
+                        .into(),
+                    None => bytes::Bytes::copy_from_slice(obj.body),
+                };
+                // Keys are already safe and Hive-escaped: taken as they are (`from` would
+                // percent-encode the `%` of escaped values a second time).
+                let path = object_store::path::Path::parse(format!("{prefix}{}", obj.key))
+                    .map_err(|e| {
+                        Error::fatal(format_args!("invalid object key `{}`: {e}", obj.key))
+                    })?;
+                let res = rt.block_on(async {
+                    if body.len() > MULTIPART_ABOVE {
+                        let upload = store.put_multipart(&path).await?;
+                        let mut w =
+                            object_store::WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+                        w.put(body);
+                        w.finish().await.map(drop)
+                    } else {
+                        store
+                            .put(&path, object_store::PutPayload::from(body))
+                            .await
+                            .map(drop)
+                    }
+                });
+                return res.map_err(|e| Error::retryable(format_args!("S3 put {path}: {e}")));
+            }
+        };
+        let path = root.join(&rel);
+        let dir = path.parent().unwrap_or(&root).to_path_buf();
         let io = |what: &str, e: std::io::Error| {
             Error::retryable(format_args!("{what} {}: {e}", path.display()))
         };
