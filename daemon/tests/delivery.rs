@@ -472,3 +472,29 @@ fn lake_on_s3_survives_an_outage() {
     }
     let _ = &mut d;
 }
+
+#[test]
+fn firehose_direct_put_with_boto3() {
+    let pipeline = "[pipelines.direct]\nsource = { plugin = \"direct-put\" }\n\n[pipelines.direct.partitioning]\nquery = '{type, source}'\n\n[pipelines.direct.buffer]\ninterval = \"1s\"\n\n[pipelines.direct.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"type=!{partitionKeyFromQuery:type}/source=!{partitionKeyFromQuery:source}/\"\ncompression = \"gzip\"\n";
+    let s = Setup::new("", &[("direct", pipeline)]);
+    let mut d = s.start();
+    d.wait_ready();
+    let out = Command::new(root().join("target/pyenv/bin/python"))
+        .arg(root().join("daemon/tests/interop/firehose_boto3.py"))
+        .arg(format!("http://{}", s.api))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(20), "250 records in the lake", || {
+        lake_lines(s.dir.path()).len() == 250
+    });
+    assert!(s.path("lake/type=t/source=fh").is_dir());
+    // The internal stream is not a Kinesis stream users see.
+    let (_, body) = http_post_kinesis(s.api, "ListStreams", "{}");
+    assert!(!body.contains("__firehose"), "{body}");
+}

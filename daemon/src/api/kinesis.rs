@@ -175,6 +175,11 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         ));
     }
     let name = name.unwrap_or_default();
+    if name.starts_with("__") {
+        return Err(ApiError::invalid_argument(format!(
+            "Stream names starting with `__` are reserved: {name}"
+        )));
+    }
     match call.state.streams.create(name, shards as u32) {
         Ok(_) => Ok(json!({})),
         Err(StreamError::Exists(_)) => Err(ApiError::new(
@@ -222,7 +227,7 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         .streams
         .list()
         .into_iter()
-        .filter(|s| s.name.as_str() > start)
+        .filter(|s| s.name.as_str() > start && !s.name.starts_with("__firehose-"))
         .collect();
     let page: Vec<&Arc<Stream>> = all.iter().take(limit as usize).collect();
     Ok(json!({

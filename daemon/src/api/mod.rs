@@ -4,6 +4,7 @@
 //! `x-amzn-RequestId`, and nothing a client sends yields a 500.
 
 mod error;
+mod firehose;
 mod iterator;
 mod kinesis;
 mod sigv4;
@@ -127,6 +128,10 @@ async fn handle(
         (Ok(()), Some(("Kinesis_20131202", op))) => {
             (op.to_string(), kinesis::dispatch(&call, op, &body).await)
         }
+        (Ok(()), Some(("Firehose_20150804", op))) => (
+            format!("Firehose.{op}"),
+            firehose::dispatch(&call, op, &body).await,
+        ),
         (Ok(()), _) => (
             "unknown".to_string(),
             Err(ApiError::unknown_operation(target)),
@@ -140,11 +145,11 @@ async fn handle(
             (e.status, e.body())
         }
     };
-    let op_label = if kinesis::OPERATIONS.contains(&op.as_str()) {
-        op
-    } else {
-        "unknown".to_string()
-    };
+    let known = kinesis::OPERATIONS.contains(&op.as_str())
+        || op
+            .strip_prefix("Firehose.")
+            .is_some_and(|o| firehose::OPERATIONS.contains(&o));
+    let op_label = if known { op } else { "unknown".to_string() };
     metrics::counter!("sluice_api_requests_total", "operation" => op_label.clone(), "code" => status.as_u16().to_string()).increment(1);
     metrics::histogram!("sluice_api_request_duration_seconds", "operation" => op_label)
         .record(started.elapsed().as_secs_f64());

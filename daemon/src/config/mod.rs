@@ -584,6 +584,13 @@ pub fn load_with(
                 ));
                 continue;
             }
+            if name.starts_with("__") {
+                errors.push(src.error_at_path(
+                    &at,
+                    format!("stream names starting with `__` are reserved (`{name}`)"),
+                ));
+                continue;
+            }
             match build_stream(&src, &name, st, &daemon.data_dir) {
                 Ok(spec) => {
                     streams.insert(name, spec);
@@ -613,6 +620,26 @@ pub fn load_with(
                 }
                 Err(mut e) => errors.append(&mut e),
             }
+        }
+    }
+    // Firehose Direct PUT: each `direct-put` pipeline reads its own internal stream, where
+    // PutRecord(Batch) makes records durable before answering.
+    for p in pipelines.values() {
+        if p.source.plugin == "direct-put" {
+            let name = direct_put_stream(&p.name);
+            streams.insert(
+                name.clone(),
+                StreamSpec {
+                    name,
+                    file: p.file.clone(),
+                    shards: 1,
+                    retention: Duration::from_secs(24 * 3600),
+                    max_record_size: 1000 * 1024,
+                    max_bytes: None,
+                    fsync: Fsync::Batch,
+                    write_limit: None,
+                },
+            );
         }
     }
     if !errors.is_empty() {
@@ -711,6 +738,11 @@ fn build_stream(
         max_bytes: st.max_bytes.map(|b| b.0),
         fsync,
     })
+}
+
+/// The internal stream behind a `direct-put` pipeline.
+pub fn direct_put_stream(pipeline: &str) -> String {
+    format!("__firehose-{pipeline}")
 }
 
 /// The `*.toml` files of `dir`, sorted; editor temp and hidden files are skipped.

@@ -325,10 +325,44 @@ impl Sink for StreamSink {
     }
 }
 
+/// `direct-put` source options: none (records arrive through the Firehose API).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectPutConfig {}
+
+/// Reads the pipeline's internal Direct PUT stream (Firehose PutRecord/PutRecordBatch
+/// append there, durably, before answering).
+pub struct DirectPutSource(StreamSource);
+
+impl Plugin for DirectPutSource {
+    type Config = DirectPutConfig;
+    fn create(_: DirectPutConfig, ctx: &Context) -> Result<Self, Error> {
+        let cfg = SourceConfig {
+            stream: crate::config::direct_put_stream(ctx.pipeline()),
+            start: Start::TrimHorizon,
+            batch_size: default_batch(),
+        };
+        StreamSource::create(cfg, ctx).map(DirectPutSource)
+    }
+    fn start(&mut self) -> Result<(), Error> {
+        self.0.start()
+    }
+}
+
+impl Source for DirectPutSource {
+    fn poll_batch(&mut self, out: &mut Output<'_>) -> Result<Poll, Error> {
+        self.0.poll_batch(out)
+    }
+    fn ack(&mut self, token: u64, delivered: bool) {
+        self.0.ack(token, delivered)
+    }
+}
+
 declare_library!(
     name: "stream",
     plugins: [
         source("stream", StreamSource, "reads a stream from its checkpoint, shard by shard"),
         sink("stream", StreamSink, "appends records to a stream"),
+        source("direct-put", DirectPutSource, "records put through the Firehose API (PutRecord, PutRecordBatch)"),
     ]
 );

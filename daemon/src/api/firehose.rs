@@ -1,0 +1,239 @@
+//! The Firehose Direct PUT API (`Firehose_20150804.*`) for pipelines whose source is
+//! `direct-put`: PutRecord, PutRecordBatch, ListDeliveryStreams, DescribeDeliveryStream.
+//! Records are appended (durably, under the stream's fsync policy) to the pipeline's
+//! internal stream before the call answers; the pipeline delivers them from there.
+
+use super::error::{ApiError, Violations};
+use super::Call;
+use crate::config::direct_put_stream;
+use crate::record::now_ms;
+use crate::stream::{sequence_string, Stream};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use sluice_shardlog::Entry;
+use std::sync::Arc;
+
+/// The operations served.
+pub const OPERATIONS: &[&str] = &[
+    "PutRecord",
+    "PutRecordBatch",
+    "ListDeliveryStreams",
+    "DescribeDeliveryStream",
+];
+/// PutRecordBatch limits, as Firehose.
+pub const MAX_BATCH_RECORDS: usize = 500;
+/// Total data per PutRecordBatch.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Largest record (1,000 KiB), as Firehose.
+pub const MAX_RECORD: usize = 1000 * 1024;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn not_found(name: &str, account: &str) -> ApiError {
+    ApiError::new(
+        "ResourceNotFoundException",
+        format!("Firehose {name} under account {account} not found."),
+    )
+}
+
+fn delivery_stream(
+    call: &Call<'_>,
+    req: &Value,
+    v: &mut Violations,
+) -> Result<(String, Option<Arc<Stream>>), ApiError> {
+    let name = match req.get("DeliveryStreamName") {
+        None | Some(Value::Null) => {
+            v.null("deliveryStreamName");
+            String::new()
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(ApiError::serialization(
+                "Value for DeliveryStreamName must be a string",
+            ))
+        }
+    };
+    if !name.is_empty()
+        && (name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
+    {
+        v.add(
+            &name,
+            "deliveryStreamName",
+            "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
+        );
+    }
+    let st = call.state.streams.get(&direct_put_stream(&name));
+    Ok((name, st))
+}
+
+fn decode(rec: &Value, field: &str, v: &mut Violations) -> Result<Option<Vec<u8>>, ApiError> {
+    match rec.get("Data") {
+        None | Some(Value::Null) => {
+            v.null(field);
+            Ok(None)
+        }
+        Some(Value::String(d)) => {
+            let b = B64
+                .decode(d)
+                .map_err(|_| ApiError::serialization("Unable to decode Data: invalid base64"))?;
+            if b.len() > MAX_RECORD {
+                v.add(
+                    &format!("java.nio.HeapByteBuffer[pos=0 lim={0} cap={0}]", b.len()),
+                    field,
+                    &format!("Member must have length less than or equal to {MAX_RECORD}"),
+                );
+            }
+            Ok(Some(b))
+        }
+        Some(_) => Err(ApiError::serialization("Value for Data must be a string")),
+    }
+}
+
+/// Appends records; returns their record ids (the internal sequence numbers).
+async fn append(st: Arc<Stream>, data: Vec<Vec<u8>>) -> Result<Vec<String>, ApiError> {
+    let now = now_ms();
+    let n = data.len();
+    let (first, _) = tokio::task::spawn_blocking(move || {
+        let entries: Vec<Entry<'_>> = data
+            .iter()
+            .map(|d| Entry {
+                key: b"firehose",
+                data: d,
+                arrival_ms: now,
+            })
+            .collect();
+        st.shards[0].append(&entries)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?
+    .map_err(|e| ApiError::internal(format!("append failed: {e}")))?;
+    Ok((0..n as u64)
+        .map(|i| sequence_string(0, first + i))
+        .collect())
+}
+
+/// Runs one Firehose operation.
+pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if !OPERATIONS.contains(&op) {
+        return Err(ApiError::unknown_operation(&format!(
+            "Firehose_20150804.{op}"
+        )));
+    }
+    let req: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::serialization(format!("Invalid JSON: {e}")))?
+    };
+    if !req.is_object() {
+        return Err(ApiError::serialization(
+            "Request body must be a JSON object",
+        ));
+    }
+    let account = &call.state.account;
+    match op {
+        "PutRecord" => {
+            let mut v = Violations::default();
+            let (name, st) = delivery_stream(call, &req, &mut v)?;
+            let rec = req.get("Record").cloned().unwrap_or(Value::Null);
+            if rec.is_null() {
+                v.null("record");
+            }
+            let data = decode(&rec, "record.data", &mut v)?;
+            v.finish()?;
+            let st = st.ok_or_else(|| not_found(&name, account))?;
+            let ids = append(st, vec![data.unwrap_or_default()]).await?;
+            Ok(json!({ "RecordId": ids[0], "Encrypted": false }))
+        }
+        "PutRecordBatch" => {
+            let mut v = Violations::default();
+            let (name, st) = delivery_stream(call, &req, &mut v)?;
+            let recs = match req.get("Records") {
+                None | Some(Value::Null) => {
+                    v.null("records");
+                    Vec::new()
+                }
+                Some(Value::Array(a)) => a.clone(),
+                Some(_) => return Err(ApiError::serialization("Value for Records must be a list")),
+            };
+            if recs.is_empty() && req.get("Records").is_some_and(Value::is_array) {
+                v.add(
+                    "[]",
+                    "records",
+                    "Member must have length greater than or equal to 1",
+                );
+            }
+            if recs.len() > MAX_BATCH_RECORDS {
+                v.add(
+                    &format!("[{} records]", recs.len()),
+                    "records",
+                    "Member must have length less than or equal to 500",
+                );
+            }
+            let mut data = Vec::with_capacity(recs.len());
+            if recs.len() <= MAX_BATCH_RECORDS {
+                for (i, r) in recs.iter().enumerate() {
+                    if let Some(d) = decode(r, &format!("records.{}.member.data", i + 1), &mut v)? {
+                        data.push(d);
+                    }
+                }
+            }
+            v.finish()?;
+            let st = st.ok_or_else(|| not_found(&name, account))?;
+            let total: usize = data.iter().map(Vec::len).sum();
+            if total > MAX_BATCH_BYTES {
+                return Err(ApiError::invalid_argument(format!(
+                    "Records size exceeds 4 MiB limit: the request carries {total} bytes"
+                )));
+            }
+            let ids = append(st, data).await?;
+            Ok(json!({
+                "FailedPutCount": 0,
+                "Encrypted": false,
+                "RequestResponses": ids.iter().map(|id| json!({ "RecordId": id })).collect::<Vec<_>>(),
+            }))
+        }
+        "ListDeliveryStreams" => {
+            let start = req
+                .get("ExclusiveStartDeliveryStreamName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let limit = req
+                .get("Limit")
+                .and_then(Value::as_u64)
+                .unwrap_or(10)
+                .clamp(1, 10_000) as usize;
+            let names: Vec<String> = call
+                .state
+                .streams
+                .list()
+                .iter()
+                .filter_map(|s| s.name.strip_prefix("__firehose-").map(str::to_string))
+                .filter(|n| n.as_str() > start)
+                .collect();
+            Ok(json!({
+                "DeliveryStreamNames": names.iter().take(limit).collect::<Vec<_>>(),
+                "HasMoreDeliveryStreams": names.len() > limit,
+            }))
+        }
+        _ => {
+            let mut v = Violations::default();
+            let (name, st) = delivery_stream(call, &req, &mut v)?;
+            v.finish()?;
+            let st = st.ok_or_else(|| not_found(&name, account))?;
+            Ok(json!({ "DeliveryStreamDescription": {
+                "DeliveryStreamName": name,
+                "DeliveryStreamARN": format!("arn:aws:firehose:{}:{account}:deliverystream/{name}", call.region),
+                "DeliveryStreamStatus": "ACTIVE",
+                "DeliveryStreamType": "DirectPut",
+                "VersionId": "1",
+                "CreateTimestamp": st.created_ms as f64 / 1000.0,
+                "Destinations": [],
+                "HasMoreDestinations": false,
+            }}))
+        }
+    }
+}
