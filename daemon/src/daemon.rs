@@ -89,6 +89,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         board: sup.board(),
         loaded: loaded.clone(),
         reload: reload_tx,
+        streams: streams.clone(),
     };
     let listen = set.daemon.metrics.listen;
     let addr = telemetry::serve(listen, admin)

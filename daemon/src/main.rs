@@ -232,19 +232,44 @@ fn status(path: &Path) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<24} {:<10} {:>12} {:>12} {:>8} {:>8}  LAST ERROR",
-        "PIPELINE", "STATE", "IN", "OUT", "FAILED", "RESTARTS"
+        "{:<24} {:<22} {:>12} {:>14} {:>10}",
+        "STREAM", "SHARD", "RECORDS", "BYTES", "OLDEST(s)"
+    )?;
+    for st in v["streams"].as_array().into_iter().flatten() {
+        for sh in st["shards"].as_array().into_iter().flatten() {
+            let age = sh["oldest_record_age_seconds"]
+                .as_f64()
+                .map(|a| format!("{a:.0}"))
+                .unwrap_or_else(|| "-".into());
+            writeln!(
+                out,
+                "{:<24} {:<22} {:>12} {:>14} {:>10}",
+                st["name"].as_str().unwrap_or(""),
+                sh["id"].as_str().unwrap_or(""),
+                sh["records"],
+                sh["bytes"],
+                age
+            )?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<24} {:<10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>6}  LAST ERROR",
+        "PIPELINE", "STATE", "IN", "OUT", "FAILED", "RESTARTS", "BUFFERED", "PARTS"
     )?;
     for p in v["pipelines"].as_array().into_iter().flatten() {
         writeln!(
             out,
-            "{:<24} {:<10} {:>12} {:>12} {:>8} {:>8}  {}",
+            "{:<24} {:<10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>6}  {}",
             p["name"].as_str().unwrap_or(""),
             p["state"].as_str().unwrap_or(""),
             p["records_in"],
             p["records_out"],
             p["records_failed"],
             p["restarts"],
+            p["buffered_records"],
+            p["partitions"],
             p["last_error"].as_str().unwrap_or("")
         )?;
     }

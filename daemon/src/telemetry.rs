@@ -199,6 +199,8 @@ pub struct AdminState {
     pub loaded: Arc<AtomicBool>,
     /// Reload requests to the daemon's main loop.
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// Streams, for `/admin/status`.
+    pub streams: Arc<crate::stream::Streams>,
 }
 
 /// Binds the admin listener (so a busy port fails startup) and serves it in the background.
@@ -260,6 +262,22 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
+                "streams": s.streams.list().iter().map(|st| serde_json::json!({
+            "name": st.name,
+            "origin": st.origin,
+            "retention_hours": st.retention_hours(),
+            "shards": st.shards.iter().map(|sh| {
+                let (first, next) = (sh.log.first_seq(), sh.log.next_seq());
+                let age = sh.log.arrival_range().map(|(o, _)| (crate::record::now_ms() - o).max(0) as f64 / 1000.0);
+                serde_json::json!({
+                    "id": sh.id,
+                    "records": next - first,
+                    "bytes": sh.log.total_bytes(),
+                    "last_sequence_number": next.checked_sub(1).map(|n| crate::stream::sequence_string(sh.index, n)),
+                    "oldest_record_age_seconds": age,
+                })
+            }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "pipelines": statuses(&s.board),
     }))
 }

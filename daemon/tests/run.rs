@@ -59,7 +59,7 @@ fn sigint_drains_too() {
 
 #[test]
 fn health_readiness_and_status() {
-    let s = Setup::new("", &[("p", "[pipelines.p]\nsource = { plugin = \"generator\", rate = 50 }\nsink = { plugin = \"file\", path = \"out.jsonl\" }\n")]);
+    let s = Setup::new("", &[("s", "[streams.s]\nshards = 2\n"), ("p", "[pipelines.p]\nsource = { plugin = \"generator\", rate = 50 }\nsink = { plugin = \"file\", path = \"out.jsonl\" }\n")]);
     let mut d = s.start();
     d.wait_ready();
     assert_eq!(d.get("/healthz").unwrap(), (200, "ok\n".to_string()));
@@ -77,6 +77,11 @@ fn health_readiness_and_status() {
     assert!(
         out.lines()
             .any(|l| l.starts_with("p ") && l.contains("running")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("s ") && l.contains("shardId-000000000001")),
         "{out}"
     );
 }

@@ -465,6 +465,12 @@ impl Delivery {
         out
     }
 
+    /// (records, uncompressed bytes, open partitions) buffered now.
+    pub fn stats(&self) -> (u64, u64, u64) {
+        let records = self.buffers.values().map(|b| b.records).sum();
+        (records, self.bytes, self.buffers.len() as u64)
+    }
+
     /// Tokens whose batches had nothing to buffer, ready to ack.
     pub fn ready(&mut self) -> Vec<u64> {
         self.release()

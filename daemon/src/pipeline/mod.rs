@@ -89,6 +89,14 @@ pub struct PipelineShared {
     pub records_failed: AtomicU64,
     /// Restarts after failures.
     pub restarts: AtomicU64,
+    /// Records in open buffers (object sinks).
+    pub buffered_records: AtomicU64,
+    /// Uncompressed bytes in open buffers (object sinks).
+    pub buffered_bytes: AtomicU64,
+    /// Open partition buffers (object sinks).
+    pub partitions: AtomicU64,
+    /// When the last object was stored, ms since the epoch (0: never).
+    pub last_flush_ms: AtomicU64,
 }
 
 /// Snapshot for `/admin/status`.
@@ -108,6 +116,14 @@ pub struct PipelineStatus {
     pub records_failed: u64,
     /// Restarts.
     pub restarts: u64,
+    /// Records in open buffers.
+    pub buffered_records: u64,
+    /// Bytes in open buffers.
+    pub buffered_bytes: u64,
+    /// Open partitions.
+    pub partitions: u64,
+    /// Last object stored, ms since the epoch (0: never).
+    pub last_flush_ms: u64,
 }
 
 impl PipelineShared {
@@ -119,6 +135,10 @@ impl PipelineShared {
             records_out: AtomicU64::new(0),
             records_failed: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            buffered_records: AtomicU64::new(0),
+            buffered_bytes: AtomicU64::new(0),
+            partitions: AtomicU64::new(0),
+            last_flush_ms: AtomicU64::new(0),
         }
     }
 
@@ -153,6 +173,10 @@ impl PipelineShared {
             records_out: self.records_out.load(Ordering::Relaxed),
             records_failed: self.records_failed.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            buffered_records: self.buffered_records.load(Ordering::Relaxed),
+            buffered_bytes: self.buffered_bytes.load(Ordering::Relaxed),
+            partitions: self.partitions.load(Ordering::Relaxed),
+            last_flush_ms: self.last_flush_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -706,6 +730,9 @@ async fn delivery_driver(
             shared
                 .records_out
                 .fetch_add(d.delivered - before, Ordering::Relaxed);
+            shared
+                .last_flush_ms
+                .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
             for token in tokens {
                 let _ = acks.send(Ack { token }).await;
             }
@@ -713,6 +740,10 @@ async fn delivery_driver(
         for token in d.ready() {
             let _ = acks.send(Ack { token }).await;
         }
+        let (records, bytes, parts) = d.stats();
+        shared.buffered_records.store(records, Ordering::Relaxed);
+        shared.buffered_bytes.store(bytes, Ordering::Relaxed);
+        shared.partitions.store(parts, Ordering::Relaxed);
         if !open {
             break;
         }
@@ -741,6 +772,9 @@ async fn delivery_driver(
         shared
             .records_out
             .fetch_add(d.delivered - before, Ordering::Relaxed);
+        shared
+            .last_flush_ms
+            .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
         for token in tokens {
             let _ = acks.send(Ack { token }).await;
         }
