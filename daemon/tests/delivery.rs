@@ -378,24 +378,6 @@ fn s3_records(m: &Moto, scratch: &Path) -> HashMap<String, usize> {
     out
 }
 
-fn http_post_kinesis(addr: std::net::SocketAddr, op: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Kinesis_20131202.{op}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
-}
-
 #[test]
 fn lake_on_s3_survives_an_outage() {
     let m = Moto::start();
@@ -447,7 +429,7 @@ fn lake_on_s3_survives_an_outage() {
             r#"{{"StreamName":"events","Records":[{}]}}"#,
             recs.join(",")
         );
-        let (code, out) = http_post_kinesis(s.api, "PutRecords", &body);
+        let (code, out) = kinesis(s.api, "PutRecords", &body);
         assert_eq!(code, 200, "ingest continues during the sink outage: {out}");
     }
     wait_until(Duration::from_secs(30), "retries counted", || {
@@ -495,6 +477,6 @@ fn firehose_direct_put_with_boto3() {
     });
     assert!(s.path("lake/type=t/source=fh").is_dir());
     // The internal stream is not a Kinesis stream users see.
-    let (_, body) = http_post_kinesis(s.api, "ListStreams", "{}");
+    let (_, body) = kinesis(s.api, "ListStreams", "{}");
     assert!(!body.contains("__firehose"), "{body}");
 }

@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -23,26 +23,8 @@ fn venv_bin(tool: &str) -> PathBuf {
     p
 }
 
-/// One AWS JSON 1.1 request; returns (HTTP status, x-amzn-RequestId present, body), or
-/// `None` when the connection fails (the daemon was killed).
 fn try_call(addr: SocketAddr, target: &str, body: &str) -> Option<(u16, bool, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: {target}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    let rid = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("x-amzn-requestid:"));
-    Some((code, rid, body.to_string()))
+    aws_call(addr, target, body)
 }
 
 fn call(addr: SocketAddr, target: &str, body: &str) -> (u16, bool, String) {

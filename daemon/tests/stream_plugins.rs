@@ -51,7 +51,7 @@ fn clean_restart_resumes_from_the_checkpoint() {
     let mut d = s.start();
     d.wait_ready();
     let body = r#"{"StreamName":"events","Data":"eyJuIjoibmV3In0=","PartitionKey":"late"}"#;
-    let (code, _) = post_kinesis(s.api, "PutRecord", body);
+    let (code, _) = kinesis(s.api, "PutRecord", body);
     assert_eq!(code, 200);
     wait_until(Duration::from_secs(20), "the new record delivered", || {
         lines(&out).iter().any(|l| l == "{\"n\":\"new\"}")
@@ -120,7 +120,7 @@ fn sigkill_mid_delivery_loses_nothing() {
 fn count_stream(s: &Setup) -> usize {
     let mut n = 0;
     for shard in 0..4 {
-        let (_, out) = post_kinesis(
+        let (_, out) = kinesis(
             s.api,
             "GetShardIterator",
             &format!(
@@ -132,7 +132,7 @@ fn count_stream(s: &Setup) -> usize {
             .unwrap()
             .to_string();
         loop {
-            let (_, out) = post_kinesis(
+            let (_, out) = kinesis(
                 s.api,
                 "GetRecords",
                 &format!(r#"{{"ShardIterator":"{it}"}}"#),
@@ -147,22 +147,4 @@ fn count_stream(s: &Setup) -> usize {
         }
     }
     n
-}
-
-fn post_kinesis(addr: std::net::SocketAddr, op: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Kinesis_20131202.{op}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
 }

@@ -201,25 +201,9 @@ pub fn sign(
     region: &str,
     unix_secs: i64,
 ) -> (String, String) {
-    let days = unix_secs.div_euclid(86_400);
-    let sod = unix_secs.rem_euclid(86_400);
-    // civil_from_days
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d, hh, mm, ss) = crate::delivery::civil(unix_secs * 1000);
     let date = format!("{y:04}{m:02}{d:02}");
-    let amz_date = format!(
-        "{date}T{:02}{:02}{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    );
+    let amz_date = format!("{date}T{hh:02}{mm:02}{ss:02}Z");
     let signed = "content-type;host;x-amz-date;x-amz-target";
     let canonical = format!(
         "POST\n/\n\ncontent-type:application/x-amz-json-1.1\nhost:{host}\nx-amz-date:{amz_date}\nx-amz-target:{target}\n\n{signed}\n{}",

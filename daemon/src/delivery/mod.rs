@@ -575,3 +575,169 @@ pub async fn deliver(
         delay = (delay * 2).min(RETRY_MAX);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn every_compression_round_trips() {
+        let data: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes())
+            .collect();
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Snappy,
+        ] {
+            let enc = encode(c, &data);
+            let mut dec = Vec::new();
+            match c {
+                Compression::None => dec = enc.clone(),
+                Compression::Gzip => {
+                    flate2::read::MultiGzDecoder::new(&enc[..])
+                        .read_to_end(&mut dec)
+                        .unwrap();
+                }
+                Compression::Zstd => dec = zstd::decode_all(&enc[..]).unwrap(),
+                Compression::Snappy => {
+                    snap::read::FrameDecoder::new(&enc[..])
+                        .read_to_end(&mut dec)
+                        .unwrap();
+                }
+            }
+            assert_eq!(dec, data, "{c:?}");
+            if c != Compression::None {
+                assert!(enc.len() < data.len() / 2, "{c:?} compresses");
+            }
+        }
+    }
+
+    fn rec(data: &str, seq: u64) -> Record {
+        Record {
+            data: bytes::Bytes::from(data.to_string()),
+            arrival_ms: 1_795_632_475_960,
+            sequence: seq,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn acks_wait_for_every_buffer_and_go_in_order() {
+        let spec = DeliverySpec {
+            query: Some("{type}".into()),
+            max_active_partitions: 10,
+            size: 1 << 20,
+            interval: Duration::from_secs(3600),
+            prefix: "t=!{partitionKeyFromQuery:type}/".into(),
+            error_prefix: "err/!{firehose:error-output-type}/".into(),
+            compression: Compression::None,
+            delimiter: "\n".into(),
+        };
+        let mut d = Delivery::new("p", spec).unwrap();
+        d.add(
+            1,
+            &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b"}"#, 2)],
+            &[],
+        );
+        d.add(2, &[rec(r#"{"type":"a"}"#, 3)], &[]);
+        d.add(3, &[], &[]);
+        assert!(d.ready().is_empty(), "nothing stored yet");
+        let a = BufferKey::Data {
+            query: vec![("type".into(), "a".into())],
+            lambda: vec![],
+        };
+        let fa = d.take(&a, FlushReason::Drain).unwrap();
+        assert_eq!(fa.object.record_count, 2);
+        assert!(
+            fa.object
+                .key
+                .starts_with("t=a/2026/11/25/18/p-1-2026-11-25-18-47-55-"),
+            "{}",
+            fa.object.key
+        );
+        // Batch 1 still has a record in buffer b; batch 2 must wait for batch 1.
+        assert!(d.stored(&fa).is_empty());
+        let b = BufferKey::Data {
+            query: vec![("type".into(), "b".into())],
+            lambda: vec![],
+        };
+        let fb = d.take(&b, FlushReason::Drain).unwrap();
+        assert_eq!(d.stored(&fb), vec![1, 2, 3]);
+        // The same records give the same object name: replays overwrite, not duplicate.
+        let mut d2 = Delivery::new("p", d.spec.clone()).unwrap();
+        d2.add(
+            1,
+            &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b"}"#, 2)],
+            &[],
+        );
+        d2.add(2, &[rec(r#"{"type":"a"}"#, 3)], &[]);
+        assert_eq!(
+            d2.take(&a, FlushReason::Drain).unwrap().object.key,
+            fa.object.key
+        );
+    }
+
+    #[test]
+    fn failures_become_firehose_error_documents() {
+        let spec = DeliverySpec {
+            query: Some("{type}".into()),
+            max_active_partitions: 10,
+            size: 1 << 20,
+            interval: Duration::from_secs(3600),
+            prefix: "t=!{partitionKeyFromQuery:type}/".into(),
+            error_prefix: "err/!{firehose:error-output-type}/".into(),
+            compression: Compression::Gzip,
+            delimiter: "\n".into(),
+        };
+        let mut d = Delivery::new("p", spec).unwrap();
+        d.add(
+            1,
+            &[rec("not json", 7), rec(r#"{"type":""}"#, 8)],
+            &[(rec("x", 9), "jq: boom".into())],
+        );
+        let f = d
+            .take(
+                &BufferKey::Error(ErrorType::PartitioningFailed),
+                FlushReason::Drain,
+            )
+            .unwrap();
+        assert!(
+            f.object
+                .key
+                .starts_with("err/partitioning-failed/2026/11/25/18/"),
+            "{}",
+            f.object.key
+        );
+        let docs: Vec<serde_json::Value> = String::from_utf8(f.object.body.clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            docs.len(),
+            2,
+            "error documents are plain JSON lines, never compressed"
+        );
+        assert_eq!(docs[0]["rawData"], "bm90IGpzb24=");
+        assert_eq!(
+            docs[0]["errorCode"],
+            "DynamicPartitioning.MetadataExtractionFailed"
+        );
+        assert_eq!(
+            docs[1]["errorMessage"],
+            "the partition key `type` (partitionKeyFromQuery) is empty"
+        );
+        let p = d
+            .take(
+                &BufferKey::Error(ErrorType::ProcessingFailed),
+                FlushReason::Drain,
+            )
+            .unwrap();
+        assert!(String::from_utf8(p.object.body)
+            .unwrap()
+            .contains("\"errorMessage\":\"jq: boom\""));
+    }
+}

@@ -374,3 +374,32 @@ pub fn lines(path: &Path) -> Vec<String> {
         .map(|s| s.lines().map(str::to_string).collect())
         .unwrap_or_default()
 }
+
+/// One AWS JSON 1.1 call with this `X-Amz-Target`, over a fresh connection: (HTTP status,
+/// x-amzn-RequestId present, body), or `None` when nothing answers (the daemon was killed).
+pub fn aws_call(addr: SocketAddr, target: &str, body: &str) -> Option<(u16, bool, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: {target}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let rid = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("x-amzn-requestid:"));
+    Some((code, rid, body.to_string()))
+}
+
+/// A Kinesis operation that must answer: (status, body).
+pub fn kinesis(addr: SocketAddr, op: &str, body: &str) -> (u16, String) {
+    let (code, _, body) =
+        aws_call(addr, &format!("Kinesis_20131202.{op}"), body).expect("the API answers");
+    (code, body)
+}
