@@ -703,6 +703,35 @@ async fn sink_driver(
     Ok(())
 }
 
+/// Takes one buffer out, encodes it, delivers it (retrying) and acks what that releases.
+async fn flush_one(
+    d: &mut crate::delivery::Delivery,
+    key: &crate::delivery::BufferKey,
+    reason: crate::delivery::FlushReason,
+    sink: &mut SinkInstance,
+    acks: &mpsc::Sender<Ack>,
+    shared: &PipelineShared,
+) -> Result<(), PipelineError> {
+    let Some(f) = tokio::task::block_in_place(|| d.take(key, reason)) else {
+        return Ok(());
+    };
+    crate::delivery::deliver(sink, &f, &shared.name)
+        .await
+        .map_err(plugin_err("sink"))?;
+    let before = d.delivered;
+    let tokens = d.stored(&f);
+    shared
+        .records_out
+        .fetch_add(d.delivered - before, Ordering::Relaxed);
+    shared
+        .last_flush_ms
+        .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
+    for token in tokens {
+        let _ = acks.send(Ack { token }).await;
+    }
+    Ok(())
+}
+
 /// The sink stage of a pipeline with an object sink: buffers, flushes and acks in order.
 async fn delivery_driver(
     mut sink: SinkInstance,
@@ -712,30 +741,14 @@ async fn delivery_driver(
     shared: Arc<PipelineShared>,
     stop_deadline: Duration,
 ) -> Result<(), PipelineError> {
-    use crate::delivery::{deliver, Delivery, FlushReason};
+    use crate::delivery::{Delivery, FlushReason};
     let name = shared.name.clone();
     let mut d = Delivery::new(&name, spec).map_err(PipelineError::Internal)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut open = true;
     loop {
         while let Some((key, reason)) = d.next_due() {
-            let Some(f) = tokio::task::block_in_place(|| d.take(&key, reason)) else {
-                break;
-            };
-            deliver(&mut sink, &f, &name)
-                .await
-                .map_err(plugin_err("sink"))?;
-            let before = d.delivered;
-            let tokens = d.stored(&f);
-            shared
-                .records_out
-                .fetch_add(d.delivered - before, Ordering::Relaxed);
-            shared
-                .last_flush_ms
-                .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
-            for token in tokens {
-                let _ = acks.send(Ack { token }).await;
-            }
+            flush_one(&mut d, &key, reason, &mut sink, &acks, &shared).await?;
         }
         for token in d.ready() {
             let _ = acks.send(Ack { token }).await;
@@ -761,23 +774,7 @@ async fn delivery_driver(
     }
     // Draining: everything still buffered is flushed and delivered before stopping.
     while let Some(key) = d.any() {
-        let Some(f) = tokio::task::block_in_place(|| d.take(&key, FlushReason::Drain)) else {
-            break;
-        };
-        deliver(&mut sink, &f, &name)
-            .await
-            .map_err(plugin_err("sink"))?;
-        let before = d.delivered;
-        let tokens = d.stored(&f);
-        shared
-            .records_out
-            .fetch_add(d.delivered - before, Ordering::Relaxed);
-        shared
-            .last_flush_ms
-            .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
-        for token in tokens {
-            let _ = acks.send(Ack { token }).await;
-        }
+        flush_one(&mut d, &key, FlushReason::Drain, &mut sink, &acks, &shared).await?;
     }
     for token in d.ready() {
         let _ = acks.send(Ack { token }).await;

@@ -649,6 +649,27 @@ impl SinkInstance {
         &mut self.inst
     }
 
+    /// Turns a submit call's status into [`Submit`]; a ticket that will never complete is
+    /// forgotten.
+    fn submitted(
+        &self,
+        res: Result<ffi::sl_status, CallError>,
+        ticket: u64,
+        rx: oneshot::Receiver<CompletionResult>,
+    ) -> Result<Submit, CallError> {
+        match res {
+            Ok(ffi::SL_PENDING) => {
+                self.inst.shared.cancel_ticket(ticket);
+                Ok(Submit::Full)
+            }
+            Ok(_) => Ok(Submit::Accepted(rx)),
+            Err(e) => {
+                self.inst.shared.cancel_ticket(ticket);
+                Err(e)
+            }
+        }
+    }
+
     /// Submits a batch. The records' bytes must stay alive until the completion arrives
     /// (the caller keeps the batch); only one batch is in flight per instance.
     pub fn submit(&mut self, records: &[Record]) -> Result<Submit, CallError> {
@@ -665,17 +686,7 @@ impl SinkInstance {
         let res = self.inst.call("submit", |this, err| unsafe {
             submit(this, batch, ticket, err)
         });
-        match res {
-            Ok(ffi::SL_PENDING) => {
-                self.inst.shared.cancel_ticket(ticket);
-                Ok(Submit::Full)
-            }
-            Ok(_) => Ok(Submit::Accepted(rx)),
-            Err(e) => {
-                self.inst.shared.cancel_ticket(ticket);
-                Err(e)
-            }
-        }
+        self.submitted(res, ticket, rx)
     }
 }
 
@@ -770,16 +781,6 @@ impl SinkInstance {
         let res = self.inst.call("submit_object", |this, err| unsafe {
             submit(this, raw, ticket, err)
         });
-        match res {
-            Ok(ffi::SL_PENDING) => {
-                self.inst.shared.cancel_ticket(ticket);
-                Ok(Submit::Full)
-            }
-            Ok(_) => Ok(Submit::Accepted(rx)),
-            Err(e) => {
-                self.inst.shared.cancel_ticket(ticket);
-                Err(e)
-            }
-        }
+        self.submitted(res, ticket, rx)
     }
 }
