@@ -110,6 +110,7 @@ fn metrics_pass_promtool() {
         &format!("plugin_dirs = [\"{}\"]", plugins.path().display()),
         &[
             ("ok", "[pipelines.ok]\nsource = { plugin = \"generator\", rate = 500 }\n\n[[pipelines.ok.transforms]]\nplugin = \"jq\"\nfilter = 'if .subject == \"orders\" then error(\"no orders\") else . end'\n\n[[pipelines.ok.transforms]]\nplugin = \"passthrough\"\n\n[pipelines.ok.sink]\nplugin = \"file\"\npath = \"ok.jsonl\"\n"),
+            ("lake", "[streams.events]\nshards = 2\n\n[pipelines.feed]\nsource = { plugin = \"generator\", rate = 500 }\nsink = { plugin = \"stream\", stream = \"events\" }\n\n[pipelines.lake]\nsource = { plugin = \"stream\", stream = \"events\" }\n\n[pipelines.lake.partitioning]\nquery = '{type}'\n\n[pipelines.lake.buffer]\ninterval = \"1s\"\n\n[pipelines.lake.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"t=!{partitionKeyFromQuery:type}/\"\ncompression = \"gzip\"\n"),
             ("chaotic", "[pipelines.chaotic]\nsource = { plugin = \"generator\", rate = 500, template = '{\"n\":${seq}}' }\n\n[[pipelines.chaotic.transforms]]\nplugin = \"chaos\"\npanic_on = '\"n\":5}'\n\n[pipelines.chaotic.sink]\nplugin = \"stdout\"\n"),
         ],
     );
@@ -123,6 +124,8 @@ fn metrics_pass_promtool() {
                 &["pipeline=\"ok\"", "error_type=\"processing-failed\""],
             ) > 0.0
                 && d.metric("sluice_plugin_panics_total", &[]) > 0.0
+                && d.metric("sluice_buffer_flushes_total", &["pipeline=\"lake\""]) > 0.0
+                && kinesis(s.api, "ListStreams", "{}").0 == 200
         },
     );
     let text = d.metrics_text();
@@ -138,6 +141,17 @@ fn metrics_pass_promtool() {
         "sluice_pipeline_restarts_total",
         "sluice_config_last_reload_successful",
         "sluice_config_reloads_total",
+        "sluice_shard_incoming_records_total",
+        "sluice_shard_log_bytes",
+        "sluice_shard_iterator_age_seconds",
+        "sluice_shard_outgoing_records_total",
+        "sluice_buffer_flushes_total",
+        "sluice_buffer_partitions_active",
+        "sluice_buffer_memory_limit_bytes",
+        "sluice_sink_objects_total",
+        "sluice_delivery_latency_seconds_bucket",
+        "sluice_api_requests_total",
+        "sluice_api_request_duration_seconds_bucket",
         // registered by the Rust example plugin through the host metrics API
         "sluice_plugin_passthrough_batches_total{plugin=\"passthrough\",pipeline=\"ok\"}",
     ] {
