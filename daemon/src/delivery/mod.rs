@@ -131,6 +131,8 @@ pub struct Delivery {
     bytes: u64,
     /// Allocated bytes of this pipeline's buffers (its share of the global budget).
     mem: u64,
+    /// Open data (not error) buffers, for `max_active_partitions`.
+    data_partitions: usize,
     version: u32,
     /// Data records durably stored so far.
     pub delivered: u64,
@@ -188,11 +190,14 @@ impl Delivery {
             order: VecDeque::new(),
             bytes: 0,
             mem: 0,
+            data_partitions: 0,
             version: 1,
             delivered: 0,
         })
     }
 
+    /// Appends one payload to the buffer of `key`, creating it if needed. Data records are
+    /// followed by the configured delimiter; error documents are JSON lines always.
     fn append(
         &mut self,
         key: BufferKey,
@@ -201,16 +206,28 @@ impl Delivery {
         token: u64,
         touched: &mut usize,
     ) {
-        let delim = self.spec.delimiter.as_bytes();
-        let b = self.buffers.entry(key.clone()).or_insert_with(|| Buffer {
-            key,
-            data: Vec::new(),
-            records: 0,
-            oldest_ms: rec.arrival_ms,
-            first_seq: rec.sequence,
-            created: Instant::now(),
-            tokens: Vec::new(),
-        });
+        let delim: &[u8] = match key {
+            BufferKey::Data { .. } => self.spec.delimiter.as_bytes(),
+            BufferKey::Error(_) => b"\n",
+        };
+        let b = match self.buffers.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                if matches!(e.key(), BufferKey::Data { .. }) {
+                    self.data_partitions += 1;
+                }
+                let key = e.key().clone();
+                e.insert(Buffer {
+                    key,
+                    data: Vec::new(),
+                    records: 0,
+                    oldest_ms: rec.arrival_ms,
+                    first_seq: rec.sequence,
+                    created: Instant::now(),
+                    tokens: Vec::new(),
+                })
+            }
+        };
         let cap = b.data.capacity();
         b.data.extend_from_slice(payload);
         b.data.extend_from_slice(delim);
@@ -257,10 +274,7 @@ impl Delivery {
     ) {
         metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(1);
         let doc = self.error_doc(rec, etype, message);
-        // Error documents are JSON lines whatever the data delimiter is.
-        let delim = std::mem::replace(&mut self.spec.delimiter, "\n".into());
         self.append(BufferKey::Error(etype), &doc, rec, token, touched);
-        self.spec.delimiter = delim;
     }
 
     /// Adds a batch (its delivered records and its rejected ones) under ack `token`.
@@ -280,14 +294,6 @@ impl Delivery {
                     }
                 },
             };
-            // Validate the prefix now (missing keys, length): failures go to the error output.
-            if let Err(e) =
-                self.prefix
-                    .render(&query, &rec.attrs, rec.arrival_ms, None, "xxxxxxxxxxx")
-            {
-                self.fail(rec, ErrorType::PartitioningFailed, &e, token, &mut touched);
-                continue;
-            }
             let key = BufferKey::Data {
                 query,
                 lambda: if self.prefix.is_dynamic() {
@@ -296,24 +302,34 @@ impl Delivery {
                     Vec::new()
                 },
             };
-            let open = self
-                .buffers
-                .keys()
-                .filter(|k| matches!(k, BufferKey::Data { .. }))
-                .count();
-            if !self.buffers.contains_key(&key) && open >= self.spec.max_active_partitions as usize
-            {
-                self.fail(
-                    rec,
-                    ErrorType::ActivePartitionExceeded,
-                    &format!(
+            // A new partition is checked once: its prefix must render (no missing or empty
+            // key, not too long — the same for every record of the partition) and the cap
+            // must leave room. Failures go to the error output.
+            if !self.buffers.contains_key(&key) {
+                let BufferKey::Data { query, lambda } = &key else {
+                    continue;
+                };
+                if let Err(e) =
+                    self.prefix
+                        .render(query, lambda, rec.arrival_ms, None, "xxxxxxxxxxx")
+                {
+                    self.fail(rec, ErrorType::PartitioningFailed, &e, token, &mut touched);
+                    continue;
+                }
+                if self.data_partitions >= self.spec.max_active_partitions as usize {
+                    let msg = format!(
                         "the pipeline already has {} active partitions",
                         self.spec.max_active_partitions
-                    ),
-                    token,
-                    &mut touched,
-                );
-                continue;
+                    );
+                    self.fail(
+                        rec,
+                        ErrorType::ActivePartitionExceeded,
+                        &msg,
+                        token,
+                        &mut touched,
+                    );
+                    continue;
+                }
             }
             self.append(key, &rec.data, rec, token, &mut touched);
         }
@@ -354,6 +370,9 @@ impl Delivery {
     /// Takes a buffer out and encodes it into an object (CPU-bound: compression).
     pub fn take(&mut self, key: &BufferKey, reason: FlushReason) -> Option<Flushed> {
         let b = self.buffers.remove(key)?;
+        if matches!(b.key, BufferKey::Data { .. }) {
+            self.data_partitions -= 1;
+        }
         let raw = b.data.len() as u64;
         let cap = b.data.capacity() as u64;
         self.bytes -= raw;
@@ -624,18 +643,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn acks_wait_for_every_buffer_and_go_in_order() {
-        let spec = DeliverySpec {
+    fn spec(compression: Compression, max_active_partitions: u32) -> DeliverySpec {
+        DeliverySpec {
             query: Some("{type}".into()),
-            max_active_partitions: 10,
+            max_active_partitions,
             size: 1 << 20,
             interval: Duration::from_secs(3600),
             prefix: "t=!{partitionKeyFromQuery:type}/".into(),
             error_prefix: "err/!{firehose:error-output-type}/".into(),
-            compression: Compression::None,
+            compression,
             delimiter: "\n".into(),
+        }
+    }
+
+    #[test]
+    fn the_partition_cap_counts_open_data_buffers_only() {
+        let mut d = Delivery::new("p", spec(Compression::None, 1)).unwrap();
+        d.add(
+            1,
+            &[
+                rec(r#"{"type":"a"}"#, 1),
+                rec(r#"{"type":"b"}"#, 2),
+                rec("bad", 3),
+            ],
+            &[],
+        );
+        let a = BufferKey::Data {
+            query: vec![("type".into(), "a".into())],
+            lambda: vec![],
         };
+        let b = BufferKey::Data {
+            query: vec![("type".into(), "b".into())],
+            lambda: vec![],
+        };
+        assert!(
+            d.buffers.contains_key(&a) && !d.buffers.contains_key(&b),
+            "b is past the cap"
+        );
+        assert!(d
+            .buffers
+            .contains_key(&BufferKey::Error(ErrorType::ActivePartitionExceeded)));
+        // Error buffers do not count; a flushed partition frees its place.
+        assert!(d
+            .buffers
+            .contains_key(&BufferKey::Error(ErrorType::PartitioningFailed)));
+        d.take(&a, FlushReason::Drain).unwrap();
+        d.add(2, &[rec(r#"{"type":"b"}"#, 4)], &[]);
+        assert!(d.buffers.contains_key(&b));
+    }
+
+    #[test]
+    fn acks_wait_for_every_buffer_and_go_in_order() {
+        let spec = spec(Compression::None, 10);
         let mut d = Delivery::new("p", spec).unwrap();
         d.add(
             1,
@@ -682,16 +741,7 @@ mod tests {
 
     #[test]
     fn failures_become_firehose_error_documents() {
-        let spec = DeliverySpec {
-            query: Some("{type}".into()),
-            max_active_partitions: 10,
-            size: 1 << 20,
-            interval: Duration::from_secs(3600),
-            prefix: "t=!{partitionKeyFromQuery:type}/".into(),
-            error_prefix: "err/!{firehose:error-output-type}/".into(),
-            compression: Compression::Gzip,
-            delimiter: "\n".into(),
-        };
+        let spec = spec(Compression::Gzip, 10);
         let mut d = Delivery::new("p", spec).unwrap();
         d.add(
             1,
