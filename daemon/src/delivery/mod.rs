@@ -19,15 +19,15 @@ pub use partition::{fast_path, Partitioner};
 pub use prefix::{civil, hive_escape, Template, MAX_PREFIX};
 
 use crate::config::{Compression, DeliverySpec};
-use crate::plugins::{CallError, HostObject, SinkInstance, Submit};
+use crate::plugins::{CallError, HostObject, SinkInstance};
 use crate::record::{now_ms, Record};
 use base64::Engine as _;
 use md5::{Digest, Md5};
-use sluice_plugin_api::ffi;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 static MEMORY: AtomicU64 = AtomicU64::new(0);
 static MEMORY_LIMIT: AtomicU64 = AtomicU64::new(512 << 20);
@@ -543,62 +543,26 @@ pub fn encode(c: Compression, data: &[u8]) -> Vec<u8> {
     }
 }
 
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// Delivers one object, retrying retryable failures with backoff and jitter until it is
-/// stored. A fatal error ends the pipeline's run.
+/// Delivers one object, retrying retryable failures until it is stored (see
+/// [`crate::plugins::until_stored`]). A fatal error ends the pipeline's run.
 pub async fn deliver(
     sink: &mut SinkInstance,
     f: &Flushed,
     pipeline: &str,
 ) -> Result<(), CallError> {
-    let mut delay = RETRY_MIN;
-    let notify = sink.instance().shared().clone();
-    loop {
-        let res = tokio::task::block_in_place(|| sink.submit_object(&f.object));
-        let (message, retry_after) = match res {
-            Ok(Submit::Accepted(done)) => match done.await {
-                Ok(c) if c.status == ffi::SL_OK => return Ok(()),
-                Ok(c) if c.status == ffi::SL_ERR_RETRYABLE => (c.message, c.retry_after_ms),
-                Ok(c) => {
-                    metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "failed").increment(1);
-                    return Err(CallError {
-                        plugin: sink.instance().entry().name.clone(),
-                        call: "complete",
-                        status: c.status,
-                        message: c.message,
-                        field: String::new(),
-                        retry_after_ms: 0,
-                    });
-                }
-                Err(_) => ("the sink dropped the completion".to_string(), 0),
-            },
-            Ok(Submit::Full) => {
-                tokio::select! {
-                    _ = notify.notify.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-                continue;
-            }
-            Err(e) if e.is_retryable() => (e.message, e.retry_after_ms),
-            Err(e) => return Err(e),
-        };
-        metrics::counter!("sluice_sink_retries_total", "pipeline" => pipeline.to_string())
-            .increment(1);
-        metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "retry").increment(1);
-        tracing::warn!(pipeline, key = %f.object.key, error = %message, retry_in = ?delay, "object delivery failed; retrying");
-        let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
-        tokio::time::sleep((delay / 2 + jitter).max(Duration::from_millis(u64::from(retry_after))))
-            .await;
-        delay = (delay * 2).min(RETRY_MAX);
+    let res =
+        crate::plugins::until_stored(sink, pipeline, |sink, _| sink.submit_object(&f.object)).await;
+    if res.is_err() {
+        metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "failed").increment(1);
     }
+    res
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::time::Duration;
 
     #[test]
     fn every_compression_round_trips() {

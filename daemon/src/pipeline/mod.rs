@@ -16,7 +16,7 @@
 
 use crate::config::{BatchConfig, ComponentSpec, PipelineSpec};
 use crate::plugins::{
-    CallError, Instance, Registry, SinkInstance, SourceInstance, Submit, TransformInstance,
+    CallError, Instance, Registry, SinkInstance, SourceInstance, TransformInstance,
 };
 use crate::record::Record;
 use sluice_plugin_api::ffi;
@@ -41,9 +41,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A run that lasted this long resets the backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
-/// Sink retry bounds.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why a pipeline run ended with an error.
 #[derive(Debug, thiserror::Error)]
@@ -601,18 +598,6 @@ fn chunks<'a>(records: &'a [Record], cfg: &BatchConfig) -> impl Iterator<Item = 
     })
 }
 
-fn jitter(d: Duration) -> Duration {
-    // Full jitter in [d/2, d]: spreads retries of many pipelines apart.
-    let nanos = d.as_nanos() as u64;
-    let half = nanos / 2;
-    let r = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos() as u64)
-        .unwrap_or(0))
-        % (half.max(1));
-    Duration::from_nanos(half + r)
-}
-
 async fn sink_driver(
     mut sink: SinkInstance,
     mut rx: mpsc::Receiver<Batch>,
@@ -624,70 +609,25 @@ async fn sink_driver(
     let name = shared.name.clone();
     let sink_records = metrics::counter!("sluice_sink_records_total", "pipeline" => name.clone());
     let sink_bytes = metrics::counter!("sluice_sink_bytes_total", "pipeline" => name.clone());
-    let retries = metrics::counter!("sluice_sink_retries_total", "pipeline" => name.clone());
-    let notify = sink.instance().shared().clone();
     while let Some(batch) = rx.recv().await {
         for chunk in chunks(&batch.records, &cfg) {
             let mut pending: Vec<Record> = chunk.to_vec();
-            let mut delay = RETRY_MIN;
-            loop {
-                let res = tokio::task::block_in_place(|| sink.submit(&pending));
-                let retry_after = match res {
-                    Ok(Submit::Accepted(done)) => match done.await {
-                        Ok(c) if c.status == ffi::SL_OK => break,
-                        Ok(c) if c.status == ffi::SL_ERR_RETRYABLE => {
-                            if !c.failed.is_empty() {
-                                // Partial failure: resubmit only the failed records, in order.
-                                let mut idx: Vec<usize> = c
-                                    .failed
-                                    .iter()
-                                    .map(|&i| i as usize)
-                                    .filter(|&i| i < pending.len())
-                                    .collect();
-                                idx.sort_unstable();
-                                idx.dedup();
-                                pending = idx.into_iter().map(|i| pending[i].clone()).collect();
-                                if pending.is_empty() {
-                                    break;
-                                }
-                            }
-                            tracing::warn!(pipeline = %name, error = %c.message, "sink delivery failed; retrying");
-                            Duration::from_millis(c.retry_after_ms as u64)
-                        }
-                        Ok(c) => {
-                            return Err(PipelineError::Plugin {
-                                component: "sink".into(),
-                                source: CallError {
-                                    plugin: sink.instance().entry().name.clone(),
-                                    call: "complete",
-                                    status: c.status,
-                                    message: c.message,
-                                    field: String::new(),
-                                    retry_after_ms: 0,
-                                },
-                            })
-                        }
-                        Err(_) => {
-                            return Err(PipelineError::Internal("sink dropped a completion".into()))
-                        }
-                    },
-                    Ok(Submit::Full) => {
-                        tokio::select! {
-                            _ = notify.notify.notified() => {}
-                            _ = tokio::time::sleep(DEFAULT_REPOLL) => {}
-                        }
-                        continue;
-                    }
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(pipeline = %name, error = %e, "sink submit failed; retrying");
-                        Duration::from_millis(e.retry_after_ms as u64)
-                    }
-                    Err(e) => return Err(plugin_err("sink")(e)),
-                };
-                retries.increment(1);
-                tokio::time::sleep(jitter(delay).max(retry_after)).await;
-                delay = (delay * 2).min(RETRY_MAX);
-            }
+            crate::plugins::until_stored(&mut sink, &name, |sink, failed| {
+                if !failed.is_empty() {
+                    // Partial failure: resubmit only the failed records, in order.
+                    let mut idx: Vec<usize> = failed
+                        .iter()
+                        .map(|&i| i as usize)
+                        .filter(|&i| i < pending.len())
+                        .collect();
+                    idx.sort_unstable();
+                    idx.dedup();
+                    pending = idx.into_iter().map(|i| pending[i].clone()).collect();
+                }
+                sink.submit(&pending)
+            })
+            .await
+            .map_err(plugin_err("sink"))?;
         }
         let n = batch.records.len() as u64;
         sink_records.increment(n);

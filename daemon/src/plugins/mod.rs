@@ -8,6 +8,7 @@
 mod host;
 mod instance;
 mod loader;
+mod retry;
 pub mod stream_io;
 
 pub use host::{CompletionResult, InstanceShared};
@@ -16,6 +17,7 @@ pub use instance::{
     SinkInstance, SourceInstance, Submit, TransformInstance, TransformOutput,
 };
 pub use loader::{load_dir, LoadError};
+pub use retry::until_stored;
 
 use sluice_plugin_api::ffi;
 use std::fmt;

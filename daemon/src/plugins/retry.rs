@@ -1,0 +1,77 @@
+//! Submitting to a sink until the data is stored: one policy for record batches and
+//! flushed objects. A full sink is waited for (its `notify`, or a re-try after 500 ms);
+//! retryable failures back off exponentially with jitter (100 ms → 30 s, at least the
+//! sink's `retry_after`), are logged and counted in `sluice_sink_retries_total`, and are
+//! retried forever; any other failure is returned and ends the pipeline's run.
+
+use super::host::CompletionResult;
+use super::instance::{CallError, SinkInstance, Submit};
+use sluice_plugin_api::ffi;
+use std::time::Duration;
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+const FULL_REPOLL: Duration = Duration::from_millis(500);
+
+/// Calls `submit` until the sink completes with success. `submit` receives the indexes
+/// the previous attempt reported as failed (empty at first and after whole failures), so
+/// a record sink can resubmit only those.
+pub async fn until_stored(
+    sink: &mut SinkInstance,
+    pipeline: &str,
+    mut submit: impl FnMut(&mut SinkInstance, &[u32]) -> Result<Submit, CallError>,
+) -> Result<(), CallError> {
+    let notify = sink.instance().shared().clone();
+    let retries =
+        metrics::counter!("sluice_sink_retries_total", "pipeline" => pipeline.to_string());
+    let mut delay = RETRY_MIN;
+    let mut failed: Vec<u32> = Vec::new();
+    loop {
+        let res = tokio::task::block_in_place(|| submit(sink, &failed));
+        let (message, retry_after_ms) = match res {
+            Ok(Submit::Accepted(done)) => match done.await {
+                Ok(CompletionResult {
+                    status: ffi::SL_OK, ..
+                }) => return Ok(()),
+                Ok(c) if c.status == ffi::SL_ERR_RETRYABLE => {
+                    failed = c.failed;
+                    (c.message, c.retry_after_ms)
+                }
+                Ok(c) => {
+                    return Err(CallError {
+                        plugin: sink.instance().entry().name.clone(),
+                        call: "complete",
+                        status: c.status,
+                        message: c.message,
+                        field: String::new(),
+                        retry_after_ms: 0,
+                    })
+                }
+                Err(_) => {
+                    failed.clear();
+                    ("the sink dropped a completion".to_string(), 0)
+                }
+            },
+            Ok(Submit::Full) => {
+                tokio::select! {
+                    _ = notify.notify.notified() => {}
+                    _ = tokio::time::sleep(FULL_REPOLL) => {}
+                }
+                continue;
+            }
+            Err(e) if e.is_retryable() => {
+                failed.clear();
+                (e.message, e.retry_after_ms)
+            }
+            Err(e) => return Err(e),
+        };
+        retries.increment(1);
+        tracing::warn!(pipeline, error = %message, retry_in = ?delay, "sink delivery failed; retrying");
+        let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
+        tokio::time::sleep(
+            (delay / 2 + jitter).max(Duration::from_millis(u64::from(retry_after_ms))),
+        )
+        .await;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
