@@ -271,3 +271,25 @@ fn a_panicking_transform_fails_only_its_own_pipeline() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
+
+/// A sink that reports partial failures gets exactly the failed records again, until
+/// every record is stored once; the retries are counted.
+#[test]
+fn partial_sink_failures_resubmit_only_the_failed_records() {
+    let plugins = plugin_dir(GOOD);
+    let p = "[pipelines.f]\nsource = { plugin = \"generator\", count = 1000, batch_size = 100, template = '{\"n\":${seq}}' }\n\n[pipelines.f.sink]\nplugin = \"flaky\"\npath = \"out/f.jsonl\"\nfail_every = 3\n";
+    let s = Setup::new(
+        &format!("plugin_dirs = [\"{}\"]", plugins.path().display()),
+        &[("f", p)],
+    );
+    let d = s.start();
+    wait_until(Duration::from_secs(30), "1000 records stored", || {
+        lines(&s.path("out/f.jsonl")).len() >= 1000
+    });
+    let mut got: Vec<String> = lines(&s.path("out/f.jsonl"));
+    got.sort();
+    let mut want: Vec<String> = (0..1000).map(|i| format!("{{\"n\":{i}}}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each record exactly once");
+    assert!(d.metric("sluice_sink_retries_total", &["pipeline=\"f\""]) >= 3.0);
+}

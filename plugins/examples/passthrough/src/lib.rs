@@ -4,12 +4,17 @@
 //!   copies through the host's builder — the baseline for measuring ABI overhead.
 //! - `chaos` (transform): passes records through but panics (or fails) on records that
 //!   contain a marker string, to show that a faulty plugin only fails its own pipeline.
+//! - `flaky` (record sink): appends records to a file, but every `fail_every`-th batch it
+//!   stores only the even-indexed records and reports the others as a retryable partial
+//!   failure — to show that the host resubmits exactly the failed records.
 //!
 //! Build the `.so` with `cargo build -p sluice-example-passthrough --features dylib`.
 
 use sluice_plugin_api::{
-    declare_library, Batch, Context, Error, Metric, Output, Plugin, Transform,
+    declare_library, Batch, Completion, Context, Error, Metric, Output, Plugin, Sink, Submitted,
+    Transform,
 };
+use std::io::Write;
 
 /// `passthrough` takes no options.
 #[derive(serde::Deserialize)]
@@ -109,10 +114,77 @@ impl Transform for Chaos {
     }
 }
 
+/// `flaky` options.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlakyConfig {
+    /// The file to append to.
+    pub path: std::path::PathBuf,
+    /// Fail partially on every this-many-th batch.
+    pub fail_every: u32,
+}
+
+/// A record sink that fails partially on purpose.
+pub struct Flaky {
+    file: std::fs::File,
+    fail_every: u32,
+    batches: u32,
+}
+
+impl Plugin for Flaky {
+    type Config = FlakyConfig;
+    fn create(cfg: FlakyConfig, ctx: &Context) -> Result<Self, Error> {
+        if cfg.fail_every == 0 {
+            return Err(Error::config_field("fail_every", "must be at least 1"));
+        }
+        let path = ctx.resolve_path(&cfg.path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::fatal(format_args!("{}: {e}", dir.display())))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::fatal(format_args!("{}: {e}", path.display())))?;
+        Ok(Flaky {
+            file,
+            fail_every: cfg.fail_every,
+            batches: 0,
+        })
+    }
+}
+
+impl Sink for Flaky {
+    fn submit(&mut self, batch: &Batch<'_>, done: Completion) -> Result<Submitted, Error> {
+        self.batches += 1;
+        let partial = self.batches % self.fail_every == 0 && batch.len() > 1;
+        let mut buf = Vec::new();
+        let mut failed = Vec::new();
+        for (i, r) in batch.iter().enumerate() {
+            if partial && i % 2 == 1 {
+                failed.push(i as u32);
+            } else {
+                buf.extend_from_slice(r.data);
+                buf.push(b'\n');
+            }
+        }
+        if let Err(e) = self.file.write_all(&buf) {
+            done.fail(&Error::retryable(e));
+        } else if failed.is_empty() {
+            done.success();
+        } else {
+            done.partial(&failed, &Error::retryable("flaky: odd records refused"));
+        }
+        Ok(Submitted::Accepted)
+    }
+}
+
 declare_library!(
     name: "example-passthrough",
     plugins: [
         transform("passthrough", Passthrough, "outputs every record unchanged"),
         transform("chaos", Chaos, "passes records through; panics or fails on marked records"),
+        sink("flaky", Flaky, "appends records to a file, failing some of them on purpose"),
     ]
 );
