@@ -158,7 +158,7 @@ impl Plugin for Flaky {
 impl Sink for Flaky {
     fn submit(&mut self, batch: &Batch<'_>, done: Completion) -> Result<Submitted, Error> {
         self.batches += 1;
-        let partial = self.batches % self.fail_every == 0 && batch.len() > 1;
+        let partial = self.batches.is_multiple_of(self.fail_every) && batch.len() > 1;
         let mut buf = Vec::new();
         let mut failed = Vec::new();
         for (i, r) in batch.iter().enumerate() {
