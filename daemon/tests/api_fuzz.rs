@@ -5,18 +5,7 @@
 use proptest::prelude::*;
 use sluiced::api::fuzzing::dispatch;
 
-const OPS: &[&str] = &[
-    "CreateStream",
-    "DeleteStream",
-    "ListStreams",
-    "DescribeStream",
-    "DescribeStreamSummary",
-    "ListShards",
-    "PutRecord",
-    "PutRecords",
-    "GetShardIterator",
-    "GetRecords",
-];
+use sluiced::api::KINESIS_OPERATIONS as OPS;
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![

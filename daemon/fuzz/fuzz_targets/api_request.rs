@@ -1,11 +1,10 @@
 //! `cargo fuzz run api_request` (from daemon/): arbitrary bodies for every Kinesis operation.
 #![no_main]
-const OPS: &[&str] = &[
-    "CreateStream", "DeleteStream", "ListStreams", "DescribeStream", "DescribeStreamSummary",
-    "ListShards", "PutRecord", "PutRecords", "GetShardIterator", "GetRecords", "Nope",
-];
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    // One byte picks the operation (one past the list: an unknown one), the rest is the body.
     if let Some((&first, body)) = data.split_first() {
-        sluiced::api::fuzzing::dispatch(OPS[first as usize % OPS.len()], body);
+        let ops = sluiced::api::KINESIS_OPERATIONS;
+        let op = ops.get(first as usize % (ops.len() + 1)).copied().unwrap_or("Nope");
+        sluiced::api::fuzzing::dispatch(op, body);
     }
 });

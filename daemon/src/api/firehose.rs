@@ -4,11 +4,11 @@
 //! internal stream before the call answers; the pipeline delivers them from there.
 
 use super::error::{ApiError, Violations};
+use super::request::{data as data_member, opt_str, records};
 use super::Call;
 use crate::config::direct_put_stream;
 use crate::record::now_ms;
 use crate::stream::{sequence_string, Stream};
-use base64::Engine as _;
 use serde_json::{json, Value};
 use sluice_shardlog::Entry;
 use std::sync::Arc;
@@ -27,8 +27,6 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Largest record (1,000 KiB), as Firehose.
 pub const MAX_RECORD: usize = 1000 * 1024;
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
 fn not_found(name: &str, account: &str) -> ApiError {
     ApiError::new(
         "ResourceNotFoundException",
@@ -41,17 +39,12 @@ fn delivery_stream(
     req: &Value,
     v: &mut Violations,
 ) -> Result<(String, Option<Arc<Stream>>), ApiError> {
-    let name = match req.get("DeliveryStreamName") {
-        None | Some(Value::Null) => {
+    let name = match opt_str(req, "DeliveryStreamName")? {
+        None => {
             v.null("deliveryStreamName");
             String::new()
         }
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => {
-            return Err(ApiError::serialization(
-                "Value for DeliveryStreamName must be a string",
-            ))
-        }
+        Some(s) => s.to_string(),
     };
     if !name.is_empty()
         && (name.len() > 64
@@ -67,29 +60,6 @@ fn delivery_stream(
     }
     let st = call.state.streams.get(&direct_put_stream(&name));
     Ok((name, st))
-}
-
-fn decode(rec: &Value, field: &str, v: &mut Violations) -> Result<Option<Vec<u8>>, ApiError> {
-    match rec.get("Data") {
-        None | Some(Value::Null) => {
-            v.null(field);
-            Ok(None)
-        }
-        Some(Value::String(d)) => {
-            let b = B64
-                .decode(d)
-                .map_err(|_| ApiError::serialization("Unable to decode Data: invalid base64"))?;
-            if b.len() > MAX_RECORD {
-                v.add(
-                    &format!("java.nio.HeapByteBuffer[pos=0 lim={0} cap={0}]", b.len()),
-                    field,
-                    &format!("Member must have length less than or equal to {MAX_RECORD}"),
-                );
-            }
-            Ok(Some(b))
-        }
-        Some(_) => Err(ApiError::serialization("Value for Data must be a string")),
-    }
 }
 
 /// Appends records; returns their record ids (the internal sequence numbers).
@@ -142,7 +112,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
             if rec.is_null() {
                 v.null("record");
             }
-            let data = decode(&rec, "record.data", &mut v)?;
+            let data = data_member(&rec, "record.data", MAX_RECORD as u64, &mut v)?;
             v.finish()?;
             let st = st.ok_or_else(|| not_found(&name, account))?;
             let ids = append(st, vec![data.unwrap_or_default()]).await?;
@@ -151,32 +121,16 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
         "PutRecordBatch" => {
             let mut v = Violations::default();
             let (name, st) = delivery_stream(call, &req, &mut v)?;
-            let recs = match req.get("Records") {
-                None | Some(Value::Null) => {
-                    v.null("records");
-                    Vec::new()
-                }
-                Some(Value::Array(a)) => a.clone(),
-                Some(_) => return Err(ApiError::serialization("Value for Records must be a list")),
-            };
-            if recs.is_empty() && req.get("Records").is_some_and(Value::is_array) {
-                v.add(
-                    "[]",
-                    "records",
-                    "Member must have length greater than or equal to 1",
-                );
-            }
-            if recs.len() > MAX_BATCH_RECORDS {
-                v.add(
-                    &format!("[{} records]", recs.len()),
-                    "records",
-                    "Member must have length less than or equal to 500",
-                );
-            }
+            let recs = records(&req, MAX_BATCH_RECORDS, &mut v)?;
             let mut data = Vec::with_capacity(recs.len());
             if recs.len() <= MAX_BATCH_RECORDS {
                 for (i, r) in recs.iter().enumerate() {
-                    if let Some(d) = decode(r, &format!("records.{}.member.data", i + 1), &mut v)? {
+                    if let Some(d) = data_member(
+                        r,
+                        &format!("records.{}.member.data", i + 1),
+                        MAX_RECORD as u64,
+                        &mut v,
+                    )? {
                         data.push(d);
                     }
                 }

@@ -3,6 +3,7 @@
 
 use super::error::{ApiError, Violations};
 use super::iterator::{IteratorError, Position};
+use super::request::{data as data_member, opt_int, opt_str, records as records_member};
 use super::Call;
 use crate::config::MAX_SHARDS;
 use crate::record::now_ms;
@@ -67,30 +68,6 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
         "GetShardIterator" => get_shard_iterator(call, &req),
         "GetRecords" => get_records(call, &req).await,
         _ => Err(ApiError::unknown_operation(op)),
-    }
-}
-
-/// A string member, or a SerializationException if it has another JSON type.
-fn opt_str<'a>(req: &'a Value, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::serialization(format!(
-            "Value for {name} must be a string"
-        ))),
-    }
-}
-
-fn opt_int(req: &Value, name: &str) -> Result<Option<i64>, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| ApiError::serialization(format!("Value for {name} must be an integer"))),
-        Some(_) => Err(ApiError::serialization(format!(
-            "Value for {name} must be an integer"
-        ))),
     }
 }
 
@@ -353,7 +330,6 @@ fn check_record(
     v: &mut Violations,
 ) -> Result<Option<PutEntry>, ApiError> {
     let key = opt_str(rec, "PartitionKey")?;
-    let data = opt_str(rec, "Data")?;
     let explicit = opt_str(rec, "ExplicitHashKey")?;
     let field = |f: &str| format!("{prefix}{f}");
     match key {
@@ -370,25 +346,7 @@ fn check_record(
         ),
         _ => {}
     }
-    let bytes = match data {
-        None => {
-            v.null(&field("data"));
-            None
-        }
-        Some(d) => Some(
-            B64.decode(d)
-                .map_err(|_| ApiError::serialization("Unable to decode Data: invalid base64"))?,
-        ),
-    };
-    if let Some(b) = &bytes {
-        if b.len() as u64 > max_data {
-            v.add(
-                &format!("java.nio.HeapByteBuffer[pos=0 lim={0} cap={0}]", b.len()),
-                &field("data"),
-                &format!("Member must have length less than or equal to {max_data}"),
-            );
-        }
-    }
+    let bytes = data_member(rec, &field("data"), max_data, v)?;
     let mut hash = None;
     if let Some(h) = explicit {
         if h.is_empty()
@@ -521,28 +479,7 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let mut v = Violations::default();
     let name = stream_name(req, &mut v)?;
-    let records = match req.get("Records") {
-        None | Some(Value::Null) => {
-            v.null("records");
-            Vec::new()
-        }
-        Some(Value::Array(a)) => a.clone(),
-        Some(_) => return Err(ApiError::serialization("Value for Records must be a list")),
-    };
-    if records.is_empty() && req.get("Records").is_some_and(Value::is_array) {
-        v.add(
-            "[]",
-            "records",
-            "Member must have length greater than or equal to 1",
-        );
-    }
-    if records.len() > MAX_PUT_RECORDS {
-        v.add(
-            &format!("[{} records]", records.len()),
-            "records",
-            "Member must have length less than or equal to 500",
-        );
-    }
+    let records = records_member(req, MAX_PUT_RECORDS, &mut v)?;
     let st_opt = name.as_deref().and_then(|n| call.state.streams.get(n));
     let max = st_opt
         .as_ref()
@@ -551,9 +488,6 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let mut entries = Vec::with_capacity(records.len());
     if records.len() <= MAX_PUT_RECORDS {
         for (i, r) in records.iter().enumerate() {
-            if !r.is_object() {
-                return Err(ApiError::serialization("Each record must be an object"));
-            }
             if let Some(e) = check_record(r, &format!("records.{}.member.", i + 1), max, &mut v)? {
                 entries.push(e);
             }

@@ -7,10 +7,12 @@ mod error;
 mod firehose;
 mod iterator;
 mod kinesis;
+mod request;
 mod sigv4;
 
 pub use error::ApiError;
 pub use iterator::IteratorCodec;
+pub use kinesis::OPERATIONS as KINESIS_OPERATIONS;
 pub use sigv4::{sign, Verifier};
 
 use crate::stream::Streams;
