@@ -16,7 +16,7 @@
 
 pub mod frame;
 
-use frame::{Decoded, Frame};
+use frame::Decoded;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -149,20 +149,36 @@ struct Segment {
 }
 
 impl Segment {
-    fn note(&mut self, f: &Frame<'_>, offset: u64, size: u64, index_every: u32) {
+    fn empty(path: PathBuf, file: File, first_seq: u64) -> Segment {
+        Segment {
+            path,
+            file: Arc::new(file),
+            first_seq,
+            len: 0,
+            records: 0,
+            last_seq: None,
+            first_arrival: i64::MIN,
+            last_arrival: i64::MIN,
+            index: Vec::new(),
+            holes: Vec::new(),
+        }
+    }
+
+    /// Accounts for a frame (`seq`, `arrival_ms`) of `size` bytes stored at `offset`.
+    fn note(&mut self, seq: u64, arrival_ms: i64, offset: u64, size: u64, index_every: u32) {
         if self.records.is_multiple_of(u64::from(index_every.max(1))) {
             self.index.push(IndexEntry {
-                seq: f.seq,
-                arrival_ms: f.arrival_ms,
+                seq,
+                arrival_ms,
                 offset,
             });
         }
         if self.records == 0 {
-            self.first_arrival = f.arrival_ms;
+            self.first_arrival = arrival_ms;
         }
         self.records += 1;
-        self.last_seq = Some(f.seq);
-        self.last_arrival = f.arrival_ms;
+        self.last_seq = Some(seq);
+        self.last_arrival = arrival_ms;
         self.len = offset + size;
     }
 }
@@ -203,24 +219,13 @@ fn scan(
         .open(path)
         .map_err(io(path))?;
     let bytes = std::fs::read(path).map_err(io(path))?;
-    let mut seg = Segment {
-        path: path.to_path_buf(),
-        file: Arc::new(file),
-        first_seq,
-        len: 0,
-        records: 0,
-        last_seq: None,
-        first_arrival: i64::MIN,
-        last_arrival: i64::MIN,
-        index: Vec::new(),
-        holes: Vec::new(),
-    };
+    let mut seg = Segment::empty(path.to_path_buf(), file, first_seq);
     let mut damage = Vec::new();
     let mut pos = 0usize;
     while pos < bytes.len() {
         match frame::decode(&bytes[pos..]) {
             Decoded::Frame(f, n) => {
-                seg.note(&f, pos as u64, n as u64, index_every);
+                seg.note(f.seq, f.arrival_ms, pos as u64, n as u64, index_every);
                 pos += n;
             }
             _ => {
@@ -364,21 +369,7 @@ impl ShardLog {
                     .truncate(false)
                     .open(&path)
                     .map_err(io(&path))?;
-                g.segments.insert(
-                    first,
-                    Segment {
-                        path,
-                        file: Arc::new(file),
-                        first_seq: first,
-                        len: 0,
-                        records: 0,
-                        last_seq: None,
-                        first_arrival: i64::MIN,
-                        last_arrival: i64::MIN,
-                        index: Vec::new(),
-                        holes: Vec::new(),
-                    },
-                );
+                g.segments.insert(first, Segment::empty(path, file, first));
                 if self.opts.fsync != FsyncPolicy::None {
                     self.sync_dir()?;
                 }
@@ -389,14 +380,12 @@ impl ShardLog {
             };
             let base = seg.len;
             seg.file.write_all_at(&buf, base).map_err(io(&seg.path))?;
-            let mut off = 0usize;
-            while off < buf.len() {
-                if let Decoded::Frame(f, n) = frame::decode(&buf[off..]) {
-                    seg.note(&f, base + off as u64, n as u64, every);
-                    off += n;
-                } else {
-                    break;
-                }
+            // The frames were just encoded: account for them without decoding them again.
+            let mut off = base;
+            for (i, e) in entries.iter().enumerate() {
+                let n = frame::encoded_len(e.key.len(), e.data.len()) as u64;
+                seg.note(first + i as u64, arrivals[i], off, n, every);
+                off += n;
             }
             g.next_seq = first + entries.len() as u64;
             g.last_arrival = last;

@@ -315,6 +315,35 @@ struct Collector<'a> {
     next_seq: u64,
 }
 
+impl<'a> Collector<'a> {
+    /// A collector for a transform call over `input` (no credit limit).
+    fn for_transform(input: &'a [Record]) -> Self {
+        Collector {
+            input,
+            out: Vec::with_capacity(input.len()),
+            rejects: Vec::new(),
+            credit_records: u64::MAX,
+            credit_bytes: u64::MAX,
+            bytes: 0,
+            now: now_ms(),
+            next_seq: 0,
+        }
+    }
+
+    /// The transform's outputs, with its rejects resolved to their input records.
+    fn into_output(self) -> TransformOutput {
+        let input = self.input;
+        TransformOutput {
+            records: self.out,
+            rejected: self
+                .rejects
+                .into_iter()
+                .map(|(i, why)| (input[i].clone(), why))
+                .collect(),
+        }
+    }
+}
+
 /// Copies a plugin record into a host record, inheriting from the input at `origin`.
 ///
 /// # Safety
@@ -580,30 +609,13 @@ impl TransformInstance {
             ));
         };
         let batch = self.views.fill(input);
-        let mut c = Collector {
-            input,
-            out: Vec::with_capacity(input.len()),
-            rejects: Vec::new(),
-            credit_records: u64::MAX,
-            credit_bytes: u64::MAX,
-            bytes: 0,
-            now: now_ms(),
-            next_seq: 0,
-        };
+        let mut c = Collector::for_transform(input);
         let mut b = builder(&mut c);
         // SAFETY: live instance; views, builder and collector outlive the call.
         self.inst.call("transform", |this, err| unsafe {
             transform(this, batch, &mut b, err)
         })?;
-        let rejected = c
-            .rejects
-            .into_iter()
-            .map(|(i, why)| (input[i].clone(), why))
-            .collect();
-        Ok(TransformOutput {
-            records: c.out,
-            rejected,
-        })
+        Ok(c.into_output())
     }
 }
 
@@ -700,16 +712,7 @@ pub fn direct_transform<T: sluice_plugin_api::Transform>(
     input: &[Record],
 ) -> Result<TransformOutput, sluice_plugin_api::Error> {
     let batch = views.0.fill(input);
-    let mut c = Collector {
-        input,
-        out: Vec::with_capacity(input.len()),
-        rejects: Vec::new(),
-        credit_records: u64::MAX,
-        credit_bytes: u64::MAX,
-        bytes: 0,
-        now: now_ms(),
-        next_seq: 0,
-    };
+    let mut c = Collector::for_transform(input);
     let mut b = builder(&mut c);
     // SAFETY: the views and the builder outlive the call.
     let (batch, mut out) = unsafe {
@@ -720,15 +723,7 @@ pub fn direct_transform<T: sluice_plugin_api::Transform>(
     };
     plugin.transform(&batch, &mut out)?;
     out.finish();
-    let rejected = c
-        .rejects
-        .into_iter()
-        .map(|(i, why)| (input[i].clone(), why))
-        .collect();
-    Ok(TransformOutput {
-        records: c.out,
-        rejected,
-    })
+    Ok(c.into_output())
 }
 
 /// Scratch space for [`direct_transform`].
