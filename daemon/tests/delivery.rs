@@ -231,20 +231,7 @@ fn sigkill_mid_buffer_loses_nothing() {
     let before: usize = lake_lines(s.dir.path()).values().sum();
     std::fs::remove_file(s.path("pipelines/gen.toml")).unwrap();
     // What the stream holds (every record the generator got acknowledged) ...
-    let mut in_stream = 0u64;
-    for shard in 0..4 {
-        let dir = s.path(&format!("var/streams/events/shardId-{shard:012}"));
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let bytes = std::fs::read(e.path()).unwrap();
-            let mut pos = 0;
-            while let sluice_shardlog::frame::Decoded::Frame(_, k) =
-                sluice_shardlog::frame::decode(&bytes[pos..])
-            {
-                in_stream += 1;
-                pos += k;
-            }
-        }
-    }
+    let in_stream: u64 = shard_records(&s.path("var/streams/events")).values().sum();
     // ... and where the pipeline's checkpoint says delivery stopped.
     let cp: HashMap<String, u64> =
         std::fs::read_to_string(s.path("var/checkpoints/events-to-lake/events.json"))
@@ -315,22 +302,7 @@ impl Moto {
     }
 
     fn aws(&self, args: &[&str]) -> String {
-        let out = Command::new(root().join("target/pyenv/bin/aws"))
-            .args(["--endpoint-url", &self.endpoint])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", "x")
-            .env("AWS_SECRET_ACCESS_KEY", "x")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "aws {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        aws_cli(&self.endpoint, args)
     }
 
     fn signal(&self, sig: i32) {

@@ -59,28 +59,9 @@ fn boto3_round_trip() {
 }
 
 fn aws(s: &Setup, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(venv_bin("aws"))
-        .args([
-            "--endpoint-url",
-            &format!("http://{}", s.api),
-            "--output",
-            "json",
-            "kinesis",
-        ])
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aws {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut all = vec!["--output", "json", "kinesis"];
+    all.extend_from_slice(args);
+    let text = aws_cli(&format!("http://{}", s.api), &all);
     if text.trim().is_empty() {
         serde_json::Value::Null
     } else {

@@ -235,27 +235,8 @@ fn sigterm_under_load_delivers_everything_and_checkpoints() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
     // Everything in the stream is in the lake, and the checkpoint is at the tip.
-    let mut in_stream = 0u64;
-    let mut tips = std::collections::HashMap::new();
-    for shard in 0..2 {
-        let id = format!("shardId-{shard:012}");
-        let mut n = 0;
-        for e in std::fs::read_dir(s.path(&format!("var/streams/events/{id}")))
-            .unwrap()
-            .flatten()
-        {
-            let bytes = std::fs::read(e.path()).unwrap();
-            let mut pos = 0;
-            while let sluice_shardlog::frame::Decoded::Frame(_, k) =
-                sluice_shardlog::frame::decode(&bytes[pos..])
-            {
-                n += 1;
-                pos += k;
-            }
-        }
-        in_stream += n;
-        tips.insert(id, n);
-    }
+    let tips = shard_records(&s.path("var/streams/events"));
+    let in_stream: u64 = tips.values().sum();
     let cp: std::collections::HashMap<String, u64> = serde_json::from_str(
         &std::fs::read_to_string(s.path("var/checkpoints/lake/events.json")).unwrap(),
     )

@@ -403,3 +403,54 @@ pub fn kinesis(addr: SocketAddr, op: &str, body: &str) -> (u16, String) {
         aws_call(addr, &format!("Kinesis_20131202.{op}"), body).expect("the API answers");
     (code, body)
 }
+
+/// Runs the AWS CLI from the repo's venv against `endpoint` (dummy credentials, no user
+/// config); panics with its stderr unless it succeeds; returns its stdout.
+pub fn aws_cli(endpoint: &str, args: &[&str]) -> String {
+    let bin = root().join("target/pyenv/bin/aws");
+    assert!(
+        bin.exists(),
+        "{} missing: run scripts/install-test-deps",
+        bin.display()
+    );
+    let out = Command::new(bin)
+        .args(["--endpoint-url", endpoint])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Records stored per shard of a stream, counted from its segment files (daemon stopped).
+pub fn shard_records(stream_dir: &Path) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for shard in std::fs::read_dir(stream_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+    {
+        let mut n = 0;
+        for seg in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let bytes = std::fs::read(seg.path()).unwrap();
+            let mut pos = 0;
+            while let sluice_shardlog::frame::Decoded::Frame(_, k) =
+                sluice_shardlog::frame::decode(&bytes[pos..])
+            {
+                n += 1;
+                pos += k;
+            }
+        }
+        out.insert(shard.file_name().to_string_lossy().into_owned(), n);
+    }
+    out
+}
