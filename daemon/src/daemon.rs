@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -62,25 +63,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {api_listen} ([api].listen)"))?;
     tracing::info!(addr = %api_addr, "Kinesis API up");
-    let sync_streams = streams.clone();
-    tokio::spawn(async move {
-        // `fsync = "interval:<d>"` streams: checked every 100 ms.
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            let s = sync_streams.clone();
-            let _ = tokio::task::spawn_blocking(move || s.sync_due()).await;
-        }
-    });
-    let upkeep_streams = streams.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            let s = upkeep_streams.clone();
-            let _ = tokio::task::spawn_blocking(move || s.upkeep()).await;
-        }
-    });
+    // `fsync = "interval:<d>"` streams are checked every 100 ms; retention and shard gauges
+    // every 5 s. Both do file I/O, so they run on the blocking pool.
+    every(
+        Duration::from_millis(100),
+        streams.clone(),
+        Streams::sync_due,
+    );
+    every(Duration::from_secs(5), streams.clone(), Streams::upkeep);
     let mut sup = Supervisor::new(registry.clone(), &set);
     let loaded = Arc::new(AtomicBool::new(false));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
@@ -155,6 +145,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     sup.shutdown().await;
     tracing::info!("all pipelines drained; exiting");
     Ok(())
+}
+
+/// Runs `f` on the streams every `period`, on the blocking pool.
+fn every(period: Duration, streams: Arc<Streams>, f: fn(&Streams)) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let s = streams.clone();
+            let _ = tokio::task::spawn_blocking(move || f(&s)).await;
+        }
+    });
 }
 
 /// One-line STATUS for systemd.
