@@ -29,6 +29,10 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+/// The `<config version>` of object names. Always 1 for now: a per-pipeline counter that
+/// survives restarts is not built yet (names must stay deterministic across replays).
+const CONFIG_VERSION: u32 = 1;
+
 static MEMORY: AtomicU64 = AtomicU64::new(0);
 static MEMORY_LIMIT: AtomicU64 = AtomicU64::new(512 << 20);
 
@@ -133,7 +137,6 @@ pub struct Delivery {
     mem: u64,
     /// Open data (not error) buffers, for `max_active_partitions`.
     data_partitions: usize,
-    version: u32,
     /// Data records durably stored so far.
     pub delivered: u64,
 }
@@ -191,7 +194,6 @@ impl Delivery {
             bytes: 0,
             mem: 0,
             data_partitions: 0,
-            version: 1,
             delivered: 0,
         })
     }
@@ -415,7 +417,7 @@ impl Delivery {
         let key = format!(
             "{prefix}{}-{}-{y:04}-{mo:02}-{d:02}-{h:02}-{mi:02}-{s:02}-{}{}",
             self.pipeline,
-            self.version,
+            CONFIG_VERSION,
             uuid(&id),
             compression.extension()
         );
@@ -493,11 +495,6 @@ impl Delivery {
     /// Tokens whose batches had nothing to buffer, ready to ack.
     pub fn ready(&mut self) -> Vec<u64> {
         self.release()
-    }
-
-    /// Records delivered but not yet acked (buffered) — zero after a full drain.
-    pub fn is_empty(&self) -> bool {
-        self.buffers.is_empty()
     }
 
     fn publish_gauges(&self) {

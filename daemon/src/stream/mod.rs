@@ -533,3 +533,68 @@ impl Streams {
 fn stored_meta(dir: &Path) -> Option<StreamMeta> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("stream.json")).ok()?).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn open(dir: &Path, fsync: Fsync) -> Stream {
+        let meta = StreamMeta {
+            shards: 2,
+            created_ms: 0,
+            origin: StreamOrigin::Config,
+            retention_hours: 24,
+        };
+        Stream::open(dir.join("s"), "s", &meta, fsync, 1 << 20, None).unwrap()
+    }
+
+    #[test]
+    fn interval_fsync_runs_when_due_and_only_then() {
+        let dir = std::env::temp_dir().join(format!("sluice-stream-test-{}", std::process::id()));
+        let st = open(&dir, Fsync::Interval(Duration::from_millis(20)));
+        let before = st.last_sync_ms.load(Ordering::Relaxed);
+        st.sync_if_due();
+        assert_eq!(
+            st.last_sync_ms.load(Ordering::Relaxed),
+            before,
+            "not due yet"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while st.last_sync_ms.load(Ordering::Relaxed) == before
+            && std::time::Instant::now() < deadline
+        {
+            st.sync_if_due();
+            std::thread::yield_now();
+        }
+        assert!(
+            st.last_sync_ms.load(Ordering::Relaxed) >= before + 20,
+            "synced once due"
+        );
+        let batch = open(&dir.join("b"), Fsync::Batch);
+        let b0 = batch.last_sync_ms.load(Ordering::Relaxed);
+        batch.sync_if_due();
+        assert_eq!(
+            batch.last_sync_ms.load(Ordering::Relaxed),
+            b0,
+            "batch streams sync on append instead"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn write_limits_refill_over_time() {
+        let dir = std::env::temp_dir().join(format!("sluice-stream-limit-{}", std::process::id()));
+        let st = open(&dir, Fsync::None);
+        st.set_write_limit(Some(WriteLimit {
+            bytes_per_sec: Some(100),
+            records_per_sec: None,
+        }));
+        assert!(st.admit(0, 60));
+        assert!(!st.admit(0, 60), "only 40 bytes left this second");
+        assert!(st.admit(1, 60), "each shard has its own budget");
+        st.set_write_limit(None);
+        assert!(st.admit(0, 1 << 20), "limits apply live, and can be lifted");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
