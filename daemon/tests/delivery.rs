@@ -205,6 +205,43 @@ fn partition_cap_sends_records_to_the_error_output() {
 }
 
 #[test]
+fn retry_duration_moves_undeliverable_objects_to_the_error_prefix() {
+    let lake = "[streams.events]\nshards = 2\n\n[pipelines.events-to-lake]\nsource = { plugin = \"stream\", stream = \"events\" }\n\n[pipelines.events-to-lake.buffer]\ninterval = \"1s\"\n\n[pipelines.events-to-lake.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"data/\"\ncompression = \"gzip\"\nretry_duration = \"1s\"\n";
+    let s = Setup::new("", &[("lake", lake), ("gen", &generator_into_events(500))]);
+    // A file where the data prefix's folder should be: every data object fails (retryably)
+    // while the error prefix still works.
+    std::fs::create_dir_all(s.path("lake")).unwrap();
+    std::fs::write(s.path("lake/data"), "not a folder").unwrap();
+    let mut d = s.start();
+    d.wait_ready();
+    let failed = |d: &Daemon| {
+        d.metric(
+            "sluice_records_failed_total",
+            &[
+                "pipeline=\"events-to-lake\"",
+                "error_type=\"delivery-failed\"",
+            ],
+        )
+    };
+    wait_until(Duration::from_secs(30), "every record given up on", || {
+        failed(&d) >= 500.0
+    });
+    assert!(flush_count(&d, "interval") >= 1.0);
+    assert!(
+        d.metric(
+            "sluice_sink_retries_total",
+            &["pipeline=\"events-to-lake\""]
+        ) >= 1.0,
+        "retried before giving up"
+    );
+    // The objects kept their (gzip) bodies and names, under the error prefix.
+    let lines = gz_lines(&s.path("lake/kdferror/delivery-failed"));
+    assert_eq!(lines.len(), 500, "every record is in the error output once");
+    assert!(lines.values().all(|&n| n == 1));
+    assert_eq!(failed(&d), 500.0);
+}
+
+#[test]
 fn sigkill_mid_buffer_loses_nothing() {
     let s = Setup::new(
         "",

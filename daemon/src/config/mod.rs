@@ -377,6 +377,8 @@ struct ObjectSinkHostToml {
     compression: Compression,
     #[serde(default = "default_delimiter")]
     delimiter: String,
+    #[serde(default)]
+    retry_duration: Option<HumanDuration>,
 }
 
 fn default_error_prefix() -> String {
@@ -408,6 +410,9 @@ pub struct DeliverySpec {
     pub compression: Compression,
     /// Appended after each record.
     pub delimiter: String,
+    /// How long retryable sink failures are retried before the object goes to the error
+    /// output (`delivery-failed`); `None` retries forever.
+    pub retry_duration: Option<Duration>,
 }
 
 /// `{ plugin = "name", ...options }`: the options are the plugin's own.
@@ -919,7 +924,13 @@ fn build_delivery(
     buffer: Option<BufferToml>,
 ) -> Result<Option<DeliverySpec>, ConfigError> {
     let mut host = toml::Table::new();
-    for k in ["prefix", "error_prefix", "compression", "delimiter"] {
+    for k in [
+        "prefix",
+        "error_prefix",
+        "compression",
+        "delimiter",
+        "retry_duration",
+    ] {
         if let Some(v) = sink.options.remove(k) {
             host.insert(k.to_string(), v);
         }
@@ -1012,6 +1023,7 @@ fn build_delivery(
         error_prefix: h.error_prefix,
         compression: h.compression,
         delimiter: h.delimiter,
+        retry_duration: h.retry_duration.map(|d| d.0),
     }))
 }
 

@@ -51,6 +51,9 @@ pub enum ErrorType {
     PartitioningFailed,
     /// Past `max_active_partitions`.
     ActivePartitionExceeded,
+    /// The sink kept failing for longer than `retry_duration`: the whole object is written
+    /// under the error prefix instead (its body unchanged).
+    DeliveryFailed,
 }
 
 impl ErrorType {
@@ -60,6 +63,7 @@ impl ErrorType {
             ErrorType::ProcessingFailed => "processing-failed",
             ErrorType::PartitioningFailed => "partitioning-failed",
             ErrorType::ActivePartitionExceeded => "activePartitionExceeded",
+            ErrorType::DeliveryFailed => "delivery-failed",
         }
     }
     fn code(self) -> &'static str {
@@ -69,6 +73,7 @@ impl ErrorType {
             ErrorType::ActivePartitionExceeded => {
                 "DynamicPartitioning.ActivePartitionsLimitExceeded"
             }
+            ErrorType::DeliveryFailed => "Delivery.Failed",
         }
     }
 }
@@ -449,6 +454,39 @@ impl Delivery {
         })
     }
 
+    /// How long a retryable sink failure is retried before [`Delivery::redirect`].
+    pub fn retry_limit(&self) -> Option<std::time::Duration> {
+        self.spec.retry_duration
+    }
+
+    /// The same object, moved under the error prefix (`delivery-failed`) after the sink
+    /// failed for longer than `retry_duration`: the records are kept, not dropped.
+    pub fn redirect(&self, f: Flushed, why: &str) -> Flushed {
+        let name = f.object.key.rsplit('/').next().unwrap_or_default();
+        let etype = ErrorType::DeliveryFailed;
+        let prefix = self
+            .error_prefix
+            .render(
+                &[],
+                &[],
+                f.object.oldest_ms,
+                Some(etype.as_str()),
+                "xxxxxxxxxxx",
+            )
+            .unwrap_or_else(|_| format!("{}/", etype.as_str()));
+        tracing::error!(pipeline = %self.pipeline, key = %f.object.key, error = why, "giving up on an object after retry_duration; writing it under the error prefix");
+        let records = f.records;
+        metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(records);
+        Flushed {
+            object: HostObject {
+                key: format!("{prefix}{name}"),
+                ..f.object
+            },
+            error: Some(etype),
+            ..f
+        }
+    }
+
     /// Records a durably stored object and returns the tokens that may now be acked, in order.
     pub fn stored(&mut self, f: &Flushed) -> Vec<u64> {
         if f.error.is_none() {
@@ -540,15 +578,18 @@ pub fn encode(c: Compression, data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Delivers one object, retrying retryable failures until it is stored (see
-/// [`crate::plugins::until_stored`]). A fatal error ends the pipeline's run.
+/// Delivers one object, retrying retryable failures until it is stored or `limit` passed
+/// (see [`crate::plugins::until_stored`]). A fatal error ends the pipeline's run.
 pub async fn deliver(
     sink: &mut SinkInstance,
     f: &Flushed,
     pipeline: &str,
+    limit: Option<std::time::Duration>,
 ) -> Result<(), CallError> {
-    let res =
-        crate::plugins::until_stored(sink, pipeline, |sink, _| sink.submit_object(&f.object)).await;
+    let res = crate::plugins::until_stored(sink, pipeline, limit, |sink, _| {
+        sink.submit_object(&f.object)
+    })
+    .await;
     if res.is_err() {
         metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "failed").increment(1);
     }

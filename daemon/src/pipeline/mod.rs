@@ -612,7 +612,7 @@ async fn sink_driver(
     while let Some(batch) = rx.recv().await {
         for chunk in chunks(&batch.records, &cfg) {
             let mut pending: Vec<Record> = chunk.to_vec();
-            crate::plugins::until_stored(&mut sink, &name, |sink, failed| {
+            crate::plugins::until_stored(&mut sink, &name, None, |sink, failed| {
                 if !failed.is_empty() {
                     // Partial failure: resubmit only the failed records, in order.
                     let mut idx: Vec<usize> = failed
@@ -655,9 +655,19 @@ async fn flush_one(
     let Some(f) = tokio::task::block_in_place(|| d.take(key, reason)) else {
         return Ok(());
     };
-    crate::delivery::deliver(sink, &f, &shared.name)
-        .await
-        .map_err(plugin_err("sink"))?;
+    let f = match crate::delivery::deliver(sink, &f, &shared.name, d.retry_limit()).await {
+        Ok(()) => f,
+        // Only a bounded retry returns a retryable error: keep the records under the
+        // error prefix (retried without bound there: nothing acknowledged is dropped).
+        Err(e) if e.is_retryable() => {
+            let f = d.redirect(f, &e.message);
+            crate::delivery::deliver(sink, &f, &shared.name, None)
+                .await
+                .map_err(plugin_err("sink"))?;
+            f
+        }
+        Err(e) => return Err(plugin_err("sink")(e)),
+    };
     let before = d.delivered;
     let tokens = d.stored(&f);
     shared

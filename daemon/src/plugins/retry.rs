@@ -2,7 +2,9 @@
 //! flushed objects. A full sink is waited for (its `notify`, or a re-try after 500 ms);
 //! retryable failures back off exponentially with jitter (100 ms → 30 s, at least the
 //! sink's `retry_after`), are logged and counted in `sluice_sink_retries_total`, and are
-//! retried forever; any other failure is returned and ends the pipeline's run.
+//! retried forever unless a limit is given (`retry_duration`: then the last retryable
+//! error is returned once it has passed); any other failure is returned and ends the
+//! pipeline's run.
 
 use super::host::CompletionResult;
 use super::instance::{CallError, SinkInstance, Submit};
@@ -15,10 +17,12 @@ const FULL_REPOLL: Duration = Duration::from_millis(500);
 
 /// Calls `submit` until the sink completes with success. `submit` receives the indexes
 /// the previous attempt reported as failed (empty at first and after whole failures), so
-/// a record sink can resubmit only those.
+/// a record sink can resubmit only those. With `limit`, a retryable failure that happens
+/// after `limit` has passed since the first attempt is returned (still retryable).
 pub async fn until_stored(
     sink: &mut SinkInstance,
     pipeline: &str,
+    limit: Option<Duration>,
     mut submit: impl FnMut(&mut SinkInstance, &[u32]) -> Result<Submit, CallError>,
 ) -> Result<(), CallError> {
     let notify = sink.instance().shared().clone();
@@ -26,6 +30,7 @@ pub async fn until_stored(
         metrics::counter!("sluice_sink_retries_total", "pipeline" => pipeline.to_string());
     let mut delay = RETRY_MIN;
     let mut failed: Vec<u32> = Vec::new();
+    let started = std::time::Instant::now();
     loop {
         let res = tokio::task::block_in_place(|| submit(sink, &failed));
         let (message, retry_after_ms) = match res {
@@ -65,6 +70,16 @@ pub async fn until_stored(
             }
             Err(e) => return Err(e),
         };
+        if limit.is_some_and(|l| started.elapsed() >= l) {
+            return Err(CallError {
+                plugin: sink.instance().entry().name.clone(),
+                call: "submit",
+                status: ffi::SL_ERR_RETRYABLE,
+                message: format!("gave up after retry_duration: {message}"),
+                field: String::new(),
+                retry_after_ms: 0,
+            });
+        }
         retries.increment(1);
         tracing::warn!(pipeline, error = %message, retry_in = ?delay, "sink delivery failed; retrying");
         let jitter = Duration::from_millis(fastrand::u64(0..=delay.as_millis() as u64 / 2));
