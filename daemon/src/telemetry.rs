@@ -117,6 +117,14 @@ fn describe() {
         "Arrival of an object's oldest record to its durable storage"
     );
     describe_counter!(
+        "sluice_delivery_replay_skipped_records_total",
+        "Records replayed after a crash that the intent log found in an object already stored"
+    );
+    describe_counter!(
+        "sluice_delivery_duplicate_records_total",
+        "Records written again under a new object name after a crash (possible duplicates)"
+    );
+    describe_counter!(
         "sluice_shard_incoming_records_total",
         "Records appended to the shard"
     );

@@ -241,8 +241,12 @@ fn retry_duration_moves_undeliverable_objects_to_the_error_prefix() {
     assert_eq!(failed(&d), 500.0);
 }
 
-#[test]
-fn sigkill_mid_buffer_loses_nothing() {
+/// Kills the daemon while a generator fills the stream and the lake pipeline delivers:
+/// by SIGKILL from outside once some objects are stored and records are buffered
+/// (`failpoint` None), or by a failpoint that SIGKILLs the process at an exact place on
+/// its third object. After a restart the lake must hold every acknowledged record exactly
+/// once: the intent log makes the replay rewrite the same objects.
+fn crash_and_recover(failpoint: Option<&str>) {
     let s = Setup::new(
         "",
         &[
@@ -253,18 +257,30 @@ fn sigkill_mid_buffer_loses_nothing() {
             ("gen", &generator_into_events(3000)),
         ],
     );
-    let mut d = s.start();
-    d.wait_ready();
-    wait_until(
-        Duration::from_secs(30),
-        "some objects written, some records still buffered",
-        || {
-            flush_count(&d, "size") >= 3.0
-                && d.metric("sluice_buffer_records", &["pipeline=\"events-to-lake\""]) > 0.0
-        },
-    );
-    d.child.kill().unwrap();
-    d.child.wait().unwrap();
+    match failpoint {
+        None => {
+            let mut d = s.start();
+            d.wait_ready();
+            wait_until(
+                Duration::from_secs(30),
+                "some objects written, some records still buffered",
+                || {
+                    flush_count(&d, "size") >= 3.0
+                        && d.metric("sluice_buffer_records", &["pipeline=\"events-to-lake\""]) > 0.0
+                },
+            );
+            d.child.kill().unwrap();
+            d.child.wait().unwrap();
+        }
+        Some(fp) => {
+            let mut d = s.start_env(&[("SLUICE_FAILPOINTS", &format!("{fp}:3"))]);
+            let st = d
+                .wait_exit(Duration::from_secs(30))
+                .expect("the failpoint fired");
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(st.signal(), Some(libc::SIGKILL), "{}", d.stderr());
+        }
+    }
     let before: usize = lake_lines(s.dir.path()).values().sum();
     std::fs::remove_file(s.path("pipelines/gen.toml")).unwrap();
     // What the stream holds (every record the generator got acknowledged) ...
@@ -294,13 +310,16 @@ fn sigkill_mid_buffer_loses_nothing() {
             p["records_in"].as_u64().unwrap() >= to_read
         },
     );
+    let pl = ["pipeline=\"events-to-lake\""];
+    let skipped = d.metric("sluice_delivery_replay_skipped_records_total", &pl);
+    let dup_counted = d.metric("sluice_delivery_duplicate_records_total", &pl);
     // SIGTERM drains: everything buffered is delivered before exit.
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
     let lines = lake_lines(s.dir.path());
     let total: usize = lines.values().sum();
     eprintln!(
-        "before kill: {before} lines in the lake; stream holds {in_stream}; after restart: {} distinct, {} duplicates",
+        "{failpoint:?}: before the crash {before} lines in the lake; stream holds {in_stream}, {to_read} past the checkpoint; after restart: {} distinct, {} duplicates ({dup_counted} counted), {skipped} replayed records skipped as stored",
         lines.len(),
         total - lines.len()
     );
@@ -309,6 +328,30 @@ fn sigkill_mid_buffer_loses_nothing() {
         in_stream,
         "every acknowledged record is in the lake"
     );
+    assert_eq!(total, lines.len(), "no record is in the lake twice");
+    assert_eq!(dup_counted, 0.0);
+    // Stale temp files of an interrupted write are never visible as objects.
+    assert!(lines.keys().all(|l| l.starts_with('{')));
+}
+
+#[test]
+fn sigkill_mid_buffer_loses_nothing_and_duplicates_nothing() {
+    crash_and_recover(None);
+}
+
+#[test]
+fn sigkill_before_upload_loses_nothing_and_duplicates_nothing() {
+    crash_and_recover(Some("delivery-before-upload"));
+}
+
+#[test]
+fn sigkill_mid_upload_loses_nothing_and_duplicates_nothing() {
+    crash_and_recover(Some("object-store-mid-upload"));
+}
+
+#[test]
+fn sigkill_after_upload_before_checkpoint_loses_nothing_and_duplicates_nothing() {
+    crash_and_recover(Some("delivery-after-upload"));
 }
 
 /// moto's S3-compatible server from the repo's venv, on a free port; killed on drop.

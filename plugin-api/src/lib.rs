@@ -35,6 +35,7 @@ pub mod ffi;
 
 mod context;
 mod error;
+mod failpoint;
 mod library;
 mod record;
 #[doc(hidden)]
@@ -42,6 +43,7 @@ pub mod tramp;
 
 pub use context::{Completion, Context, Level, Metric, MetricFamily, MetricKind, Notifier};
 pub use error::{read_error, Error, ErrorKind};
+pub use failpoint::failpoint;
 pub use library::{Library, PluginDef};
 pub use record::{Batch, NewRecord, Object, Output, Record};
 pub use serde;

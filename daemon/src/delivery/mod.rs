@@ -10,10 +10,12 @@
 //! `limits.buffer_memory`: past it, the pipeline adding records flushes its largest buffers
 //! (reason `memory`).
 
+mod intent;
 mod kpl;
 mod partition;
 mod prefix;
 
+pub use intent::{Intent, IntentError, IntentLog};
 pub use kpl::{deaggregate, UserRecord, MAGIC as KPL_MAGIC};
 pub use partition::{fast_path, Partitioner};
 pub use prefix::{civil, hive_escape, Template, MAX_PREFIX};
@@ -26,12 +28,9 @@ use md5::{Digest, Md5};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-
-/// The `<config version>` of object names. Always 1 for now: a per-pipeline counter that
-/// survives restarts is not built yet (names must stay deterministic across replays).
-const CONFIG_VERSION: u32 = 1;
 
 static MEMORY: AtomicU64 = AtomicU64::new(0);
 static MEMORY_LIMIT: AtomicU64 = AtomicU64::new(512 << 20);
@@ -100,6 +99,134 @@ struct Buffer {
     first_seq: u64,
     created: Instant,
     tokens: Vec<u64>,
+    /// Per shard tag: (tag, first sequence, last sequence) — kept with an intent log only.
+    ranges: Vec<(u64, u64, u64)>,
+}
+
+impl Buffer {
+    fn new(key: BufferKey, rec: &Record) -> Buffer {
+        Buffer {
+            key,
+            data: Vec::new(),
+            records: 0,
+            oldest_ms: rec.arrival_ms,
+            first_seq: rec.sequence,
+            created: Instant::now(),
+            tokens: Vec::new(),
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Appends a record; returns how much the allocation grew.
+    fn push(
+        &mut self,
+        payload: &[u8],
+        delim: &[u8],
+        rec: &Record,
+        token: u64,
+        touched: &mut usize,
+        ranges: bool,
+    ) -> u64 {
+        let cap = self.data.capacity();
+        self.data.extend_from_slice(payload);
+        self.data.extend_from_slice(delim);
+        self.records += 1;
+        self.oldest_ms = self.oldest_ms.min(rec.arrival_ms);
+        if self.tokens.last() != Some(&token) {
+            self.tokens.push(token);
+            *touched += 1;
+        }
+        if ranges {
+            let (tag, seq) = (rec.sequence >> 48, rec.sequence);
+            match self.ranges.iter_mut().find(|r| r.0 == tag) {
+                Some(r) => r.2 = seq,
+                None => self.ranges.push((tag, seq, seq)),
+            }
+        }
+        // The budget counts allocated capacity, not just length: that is what RSS sees.
+        (self.data.capacity() - cap) as u64
+    }
+}
+
+/// A buffer to flush: an open partition, or the replay of an object from the intent log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// The open buffer of a partition (or error type).
+    Open(BufferKey),
+    /// The records of an object that may have been stored before a crash, gathered again.
+    Replay(u64),
+}
+
+/// Where a replayed record goes during crash recovery.
+enum Recovery {
+    /// Into a stored object already: skip it.
+    Skip,
+    /// Into the object with this intent id, rebuilt under the same key.
+    Replay(u64),
+}
+
+/// Crash recovery state: objects of the previous run the source may replay records of.
+#[derive(Default)]
+struct Recovering {
+    entries: HashMap<u64, intent::Recovered>,
+    by_partition: HashMap<String, Vec<u64>>,
+    /// Per shard tag, the lowest first and highest last sequence over all entries.
+    hull: HashMap<u64, (u64, u64)>,
+    /// Per shard tag, the highest sequence read in this run.
+    max_seen: HashMap<u64, u64>,
+}
+
+impl Recovering {
+    fn index(&mut self) {
+        self.by_partition.clear();
+        self.hull.clear();
+        for (id, r) in &self.entries {
+            self.by_partition
+                .entry(r.intent.partition.clone())
+                .or_default()
+                .push(*id);
+            for &(t, first, last) in &r.intent.ranges {
+                let h = self.hull.entry(t).or_insert((first, last));
+                *h = (h.0.min(first), h.1.max(last));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<intent::Recovered> {
+        let r = self.entries.remove(&id);
+        self.index();
+        r
+    }
+
+    /// Where the record at `seq` of partition `key` belongs, if it was in an object of the
+    /// previous run. Outside the hull of those objects this costs one map update.
+    fn lookup(&mut self, key: &BufferKey, seq: u64) -> Option<Recovery> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let tag = seq >> 48;
+        let m = self.max_seen.entry(tag).or_insert(seq);
+        *m = (*m).max(seq);
+        let (lo, hi) = *self.hull.get(&tag)?;
+        if seq < lo || seq > hi {
+            return None;
+        }
+        let ids = self.by_partition.get(&partition_id(key))?;
+        let r = ids
+            .iter()
+            .filter_map(|id| self.entries.get(id))
+            .find(|r| r.intent.covers(seq))?;
+        Some(if r.stored {
+            Recovery::Skip
+        } else {
+            Recovery::Replay(r.intent.id)
+        })
+    }
+}
+
+/// A partition's identity in the intent log and in object ids.
+fn partition_id(key: &BufferKey) -> String {
+    format!("{key:?}")
 }
 
 /// Why a buffer was flushed (`sluice_buffer_flushes_total{reason}`).
@@ -124,6 +251,24 @@ impl FlushReason {
             FlushReason::Drain => "drain",
         }
     }
+    fn parse(s: &str) -> FlushReason {
+        match s {
+            "size" => FlushReason::Size,
+            "memory" => FlushReason::Memory,
+            "drain" => FlushReason::Drain,
+            _ => FlushReason::Interval,
+        }
+    }
+}
+
+/// Where a pipeline keeps its intent log, and the hash of the config it belongs to. Only
+/// pipelines whose source replays the same records with the same sequences get one.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    /// `data_dir/delivery/<pipeline>`.
+    pub dir: PathBuf,
+    /// Hash of everything that decides which record lands in which object.
+    pub config_hash: String,
 }
 
 /// One pipeline's delivery state.
@@ -144,6 +289,11 @@ pub struct Delivery {
     data_partitions: usize,
     /// Data records durably stored so far.
     pub delivered: u64,
+    log: Option<IntentLog>,
+    version: u32,
+    recovering: Recovering,
+    /// Replays of objects from the previous run, by intent id.
+    replays: HashMap<u64, Buffer>,
 }
 
 /// An encoded object ready for the sink, plus what completing it releases.
@@ -155,6 +305,7 @@ pub struct Flushed {
     records: u64,
     raw_bytes: u64,
     error: Option<ErrorType>,
+    intent: Option<u64>,
 }
 
 fn unique_id(pipeline: &str, key: &str, first_seq: u64, records: u64) -> [u8; 16] {
@@ -182,12 +333,40 @@ fn uuid(b: &[u8; 16]) -> String {
 }
 
 impl Delivery {
-    /// Delivery state for a pipeline (the spec was validated with the config).
-    pub fn new(pipeline: &str, spec: DeliverySpec) -> Result<Delivery, String> {
+    /// Delivery state for a pipeline (the spec was validated with the config). With a
+    /// journal, the intent log is opened and what it holds from the previous run is
+    /// matched against replayed records.
+    pub fn new(
+        pipeline: &str,
+        spec: DeliverySpec,
+        journal: Option<&Journal>,
+    ) -> Result<Delivery, String> {
         let partitioner = spec.query.as_deref().map(Partitioner::new).transpose()?;
         let prefix = Template::parse(&spec.prefix, false)?;
         let error_prefix = Template::parse(&spec.error_prefix, true)?;
+        let (log, recovered) = match journal {
+            Some(j) => {
+                let (log, r) =
+                    IntentLog::open(&j.dir, &j.config_hash).map_err(|e| e.to_string())?;
+                (Some(log), r)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut recovering = Recovering::default();
+        if !recovered.is_empty() {
+            tracing::info!(
+                pipeline,
+                objects = recovered.len(),
+                "intent log: matching replayed records against the objects of the previous run"
+            );
+        }
+        recovering.entries = recovered.into_iter().map(|r| (r.intent.id, r)).collect();
+        recovering.index();
         Ok(Delivery {
+            version: log.as_ref().map_or(1, |l| l.version),
+            log,
+            recovering,
+            replays: HashMap::new(),
             pipeline: pipeline.to_string(),
             spec,
             partitioner,
@@ -203,8 +382,9 @@ impl Delivery {
         })
     }
 
-    /// Appends one payload to the buffer of `key`, creating it if needed. Data records are
-    /// followed by the configured delimiter; error documents are JSON lines always.
+    /// Appends one payload to the buffer of `key`, creating it if needed — or, during
+    /// crash recovery, skips it or adds it to the replay of its old object. Data records
+    /// are followed by the configured delimiter; error documents are JSON lines always.
     fn append(
         &mut self,
         key: BufferKey,
@@ -217,38 +397,69 @@ impl Delivery {
             BufferKey::Data { .. } => self.spec.delimiter.as_bytes(),
             BufferKey::Error(_) => b"\n",
         };
-        let b = match self.buffers.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                if matches!(e.key(), BufferKey::Data { .. }) {
-                    self.data_partitions += 1;
-                }
-                let key = e.key().clone();
-                e.insert(Buffer {
-                    key,
-                    data: Vec::new(),
-                    records: 0,
-                    oldest_ms: rec.arrival_ms,
-                    first_seq: rec.sequence,
-                    created: Instant::now(),
-                    tokens: Vec::new(),
-                })
+        let ranges = self.log.is_some();
+        let grown = match self.recovering.lookup(&key, rec.sequence) {
+            Some(Recovery::Skip) => {
+                metrics::counter!("sluice_delivery_replay_skipped_records_total", "pipeline" => self.pipeline.clone()).increment(1);
+                return;
+            }
+            Some(Recovery::Replay(id)) => self
+                .replays
+                .entry(id)
+                .or_insert_with(|| Buffer::new(key, rec))
+                .push(payload, delim, rec, token, touched, ranges),
+            None => {
+                let b = match self.buffers.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        if matches!(e.key(), BufferKey::Data { .. }) {
+                            self.data_partitions += 1;
+                        }
+                        let key = e.key().clone();
+                        e.insert(Buffer::new(key, rec))
+                    }
+                };
+                b.push(payload, delim, rec, token, touched, ranges)
             }
         };
-        let cap = b.data.capacity();
-        b.data.extend_from_slice(payload);
-        b.data.extend_from_slice(delim);
-        // The budget counts allocated capacity, not just length: that is what RSS sees.
-        let grown = (b.data.capacity() - cap) as u64;
         self.mem += grown;
         MEMORY.fetch_add(grown, Ordering::Relaxed);
-        b.records += 1;
-        b.oldest_ms = b.oldest_ms.min(rec.arrival_ms);
-        if b.tokens.last() != Some(&token) {
-            b.tokens.push(token);
-            *touched += 1;
-        }
         self.bytes += (payload.len() + delim.len()) as u64;
+    }
+
+    /// During recovery: stored objects of the previous run whose records the source has
+    /// read past (on every shard) no longer need matching.
+    fn recovery_passed(&mut self, token: u64) {
+        if self.recovering.entries.is_empty() {
+            return;
+        }
+        let max_seen = &self.recovering.max_seen;
+        let passed: Vec<u64> = self
+            .recovering
+            .entries
+            .values()
+            .filter(|r| {
+                r.stored
+                    && r.intent
+                        .ranges
+                        .iter()
+                        .all(|&(t, _, last)| max_seen.get(&t).is_some_and(|&m| m > last))
+            })
+            .map(|r| r.intent.id)
+            .collect();
+        if passed.is_empty() {
+            return;
+        }
+        for id in &passed {
+            self.recovering.entries.remove(id);
+            if let Some(log) = &mut self.log {
+                log.passed(*id, token);
+            }
+        }
+        self.recovering.index();
+        if self.recovering.entries.is_empty() {
+            tracing::info!(pipeline = %self.pipeline, "intent log: recovery finished");
+        }
     }
 
     fn error_doc(&self, rec: &Record, etype: ErrorType, message: &str) -> Vec<u8> {
@@ -312,7 +523,10 @@ impl Delivery {
             // A new partition is checked once: its prefix must render (no missing or empty
             // key, not too long — the same for every record of the partition) and the cap
             // must leave room. Failures go to the error output.
-            if !self.buffers.contains_key(&key) {
+            let recovering = !self.recovering.entries.is_empty();
+            if !self.buffers.contains_key(&key)
+                && !(recovering && self.recovering_takes(&key, rec.sequence))
+            {
                 let BufferKey::Data { query, lambda } = &key else {
                     continue;
                 };
@@ -340,9 +554,15 @@ impl Delivery {
             }
             self.append(key, &rec.data, rec, token, &mut touched);
         }
+        self.recovery_passed(token);
         self.pending.insert(token, touched);
         self.order.push_back(token);
         self.publish_gauges();
+    }
+
+    /// Whether recovery will skip or replay this record (so it needs no new partition).
+    fn recovering_takes(&mut self, key: &BufferKey, seq: u64) -> bool {
+        self.recovering.lookup(key, seq).is_some()
     }
 
     fn pick(&self, reason_filter: impl Fn(&Buffer) -> bool) -> Option<BufferKey> {
@@ -352,34 +572,68 @@ impl Delivery {
             .map(|b| b.key.clone())
     }
 
-    /// The next buffer to flush, if any is due (size, interval or memory).
-    pub fn next_due(&self) -> Option<(BufferKey, FlushReason)> {
+    /// The next buffer to flush, if any is due (size, interval or memory). A replayed
+    /// object is due once it holds all its records again (or, as a safety net when they do
+    /// not all come back, after twice the interval).
+    pub fn next_due(&self) -> Option<(Slot, FlushReason)> {
+        for (id, b) in &self.replays {
+            if let Some(r) = self.recovering.entries.get(id) {
+                if b.records >= r.intent.records {
+                    return Some((Slot::Replay(*id), FlushReason::parse(&r.intent.reason)));
+                }
+            }
+            if b.created.elapsed() >= self.spec.interval * 2 {
+                return Some((Slot::Replay(*id), FlushReason::Interval));
+            }
+        }
         if let Some(k) = self.pick(|b| b.data.len() as u64 >= self.spec.size) {
-            return Some((k, FlushReason::Size));
+            return Some((Slot::Open(k), FlushReason::Size));
         }
         if let Some(k) = self.pick(|b| b.created.elapsed() >= self.spec.interval) {
-            return Some((k, FlushReason::Interval));
+            return Some((Slot::Open(k), FlushReason::Interval));
         }
         if MEMORY.load(Ordering::Relaxed) > MEMORY_LIMIT.load(Ordering::Relaxed) {
             // Largest first: frees the most memory per object.
             if let Some(b) = self.buffers.values().max_by_key(|b| b.data.capacity()) {
-                return Some((b.key.clone(), FlushReason::Memory));
+                return Some((Slot::Open(b.key.clone()), FlushReason::Memory));
             }
         }
         None
     }
 
     /// Any buffer (for draining).
-    pub fn any(&self) -> Option<BufferKey> {
-        self.buffers.keys().next().cloned()
+    pub fn any(&self) -> Option<Slot> {
+        self.buffers
+            .keys()
+            .next()
+            .map(|k| Slot::Open(k.clone()))
+            .or_else(|| self.replays.keys().next().map(|id| Slot::Replay(*id)))
     }
 
-    /// Takes a buffer out and encodes it into an object (CPU-bound: compression).
-    pub fn take(&mut self, key: &BufferKey, reason: FlushReason) -> Option<Flushed> {
-        let b = self.buffers.remove(key)?;
-        if matches!(b.key, BufferKey::Data { .. }) {
-            self.data_partitions -= 1;
-        }
+    /// Takes a buffer out and encodes it into an object (CPU-bound: compression). With an
+    /// intent log, the object's intent is written and synced before it is returned.
+    pub fn take(
+        &mut self,
+        slot: &Slot,
+        reason: FlushReason,
+    ) -> Result<Option<Flushed>, IntentError> {
+        let (b, replay_of) = match slot {
+            Slot::Open(key) => {
+                let Some(b) = self.buffers.remove(key) else {
+                    return Ok(None);
+                };
+                if matches!(b.key, BufferKey::Data { .. }) {
+                    self.data_partitions -= 1;
+                }
+                (b, None)
+            }
+            Slot::Replay(id) => {
+                let Some(b) = self.replays.remove(id) else {
+                    return Ok(None);
+                };
+                (b, self.recovering.remove(*id))
+            }
+        };
         let raw = b.data.len() as u64;
         let cap = b.data.capacity() as u64;
         self.bytes -= raw;
@@ -391,8 +645,8 @@ impl Delivery {
             }
             BufferKey::Error(t) => (&self.error_prefix, &[][..], &[][..], Some(*t)),
         };
-        let partition_id = format!("{:?}", b.key);
-        let id = unique_id(&self.pipeline, &partition_id, b.first_seq, b.records);
+        let partition = partition_id(&b.key);
+        let id = unique_id(&self.pipeline, &partition, b.first_seq, b.records);
         let random: String = id
             .iter()
             .take(11)
@@ -419,16 +673,44 @@ impl Delivery {
         } else {
             self.spec.compression
         };
-        let key = format!(
+        let mut key = format!(
             "{prefix}{}-{}-{y:04}-{mo:02}-{d:02}-{h:02}-{mi:02}-{s:02}-{}{}",
             self.pipeline,
-            CONFIG_VERSION,
+            self.version,
             uuid(&id),
             compression.extension()
         );
+        let last_token = b.tokens.last().copied().unwrap_or(0);
+        let intent = match (replay_of, &mut self.log) {
+            // Every record is back: the very same object, under the very same key.
+            (Some(r), _) if r.intent.records == b.records => {
+                key = r.intent.key;
+                Some(r.intent.id)
+            }
+            (replay_of, Some(log)) => {
+                if let Some(r) = replay_of {
+                    // Not every record came back: these records go out under a new name, and
+                    // the old object (if the sink had stored it) holds them too.
+                    log.forget(r.intent.id);
+                    tracing::warn!(pipeline = %self.pipeline, key = %r.intent.key, records = b.records, "intent log: an object of the previous run could not be rebuilt; its records may be duplicated");
+                    metrics::counter!("sluice_delivery_duplicate_records_total", "pipeline" => self.pipeline.clone()).increment(b.records);
+                }
+                let intent = Intent {
+                    id: log.next_id(),
+                    partition,
+                    key: key.clone(),
+                    ranges: b.ranges.clone(),
+                    records: b.records,
+                    reason: reason.as_str().to_string(),
+                };
+                log.intend(&intent, last_token)?;
+                Some(intent.id)
+            }
+            (_, None) => None,
+        };
         let body = encode(compression, &b.data);
         self.publish_gauges();
-        Some(Flushed {
+        Ok(Some(Flushed {
             object: HostObject {
                 key,
                 content_type: if error.is_some() {
@@ -451,7 +733,8 @@ impl Delivery {
             records: b.records,
             raw_bytes: raw,
             error,
-        })
+            intent,
+        }))
     }
 
     /// How long a retryable sink failure is retried before [`Delivery::redirect`].
@@ -487,8 +770,12 @@ impl Delivery {
         }
     }
 
-    /// Records a durably stored object and returns the tokens that may now be acked, in order.
-    pub fn stored(&mut self, f: &Flushed) -> Vec<u64> {
+    /// Records a durably stored object and returns the tokens that may now be acked, in
+    /// order (the intent log is synced before they are returned).
+    pub fn stored(&mut self, f: &Flushed) -> Result<Vec<u64>, IntentError> {
+        if let (Some(id), Some(log)) = (f.intent, &mut self.log) {
+            log.stored(id, f.tokens.last().copied().unwrap_or(0))?;
+        }
         if f.error.is_none() {
             self.delivered += f.records;
         }
@@ -511,7 +798,7 @@ impl Delivery {
         self.release()
     }
 
-    fn release(&mut self) -> Vec<u64> {
+    fn release(&mut self) -> Result<Vec<u64>, IntentError> {
         let mut out = Vec::new();
         while let Some(&t) = self.order.front() {
             if self.pending.get(&t).copied().unwrap_or(0) > 0 {
@@ -521,28 +808,47 @@ impl Delivery {
             self.pending.remove(&t);
             out.push(t);
         }
-        out
+        if let (Some(&last), Some(log)) = (out.last(), &mut self.log) {
+            // A `stored` mark must be durable before the acks it allows: otherwise a crash
+            // could leave a checkpoint past an object the log calls unstored.
+            log.sync()?;
+            log.released(last);
+        }
+        Ok(out)
+    }
+
+    /// Retires old intent log entries (call every few seconds).
+    pub fn maintain(&mut self) -> Result<(), IntentError> {
+        match &mut self.log {
+            Some(log) => log.maintain(),
+            None => Ok(()),
+        }
+    }
+
+    fn all_buffers(&self) -> impl Iterator<Item = &Buffer> {
+        self.buffers.values().chain(self.replays.values())
     }
 
     /// (records, uncompressed bytes, open partitions) buffered now.
     pub fn stats(&self) -> (u64, u64, u64) {
-        let records = self.buffers.values().map(|b| b.records).sum();
-        (records, self.bytes, self.buffers.len() as u64)
+        let records = self.all_buffers().map(|b| b.records).sum();
+        let open = self.buffers.len() + self.replays.len();
+        (records, self.bytes, open as u64)
     }
 
     /// Tokens whose batches had nothing to buffer, ready to ack.
-    pub fn ready(&mut self) -> Vec<u64> {
+    pub fn ready(&mut self) -> Result<Vec<u64>, IntentError> {
         self.release()
     }
 
     fn publish_gauges(&self) {
         let p = self.pipeline.clone();
-        let records: u64 = self.buffers.values().map(|b| b.records).sum();
-        let oldest = self.buffers.values().map(|b| b.oldest_ms).min();
+        let (records, _, open) = self.stats();
+        let oldest = self.all_buffers().map(|b| b.oldest_ms).min();
         metrics::gauge!("sluice_buffer_bytes", "pipeline" => p.clone()).set(self.bytes as f64);
         metrics::gauge!("sluice_buffer_records", "pipeline" => p.clone()).set(records as f64);
         metrics::gauge!("sluice_buffer_partitions_active", "pipeline" => p.clone())
-            .set(self.buffers.len() as f64);
+            .set(open as f64);
         let age = oldest
             .map(|o| (now_ms() - o).max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
@@ -655,12 +961,13 @@ mod tests {
             error_prefix: "err/!{firehose:error-output-type}/".into(),
             compression,
             delimiter: "\n".into(),
+            retry_duration: None,
         }
     }
 
     #[test]
     fn the_partition_cap_counts_open_data_buffers_only() {
-        let mut d = Delivery::new("p", spec(Compression::None, 1)).unwrap();
+        let mut d = Delivery::new("p", spec(Compression::None, 1), None).unwrap();
         d.add(
             1,
             &[
@@ -689,7 +996,9 @@ mod tests {
         assert!(d
             .buffers
             .contains_key(&BufferKey::Error(ErrorType::PartitioningFailed)));
-        d.take(&a, FlushReason::Drain).unwrap();
+        d.take(&Slot::Open(a.clone()), FlushReason::Drain)
+            .unwrap()
+            .unwrap();
         d.add(2, &[rec(r#"{"type":"b"}"#, 4)], &[]);
         assert!(d.buffers.contains_key(&b));
     }
@@ -697,7 +1006,7 @@ mod tests {
     #[test]
     fn acks_wait_for_every_buffer_and_go_in_order() {
         let spec = spec(Compression::None, 10);
-        let mut d = Delivery::new("p", spec).unwrap();
+        let mut d = Delivery::new("p", spec, None).unwrap();
         d.add(
             1,
             &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b"}"#, 2)],
@@ -705,12 +1014,15 @@ mod tests {
         );
         d.add(2, &[rec(r#"{"type":"a"}"#, 3)], &[]);
         d.add(3, &[], &[]);
-        assert!(d.ready().is_empty(), "nothing stored yet");
+        assert!(d.ready().unwrap().is_empty(), "nothing stored yet");
         let a = BufferKey::Data {
             query: vec![("type".into(), "a".into())],
             lambda: vec![],
         };
-        let fa = d.take(&a, FlushReason::Drain).unwrap();
+        let fa = d
+            .take(&Slot::Open(a.clone()), FlushReason::Drain)
+            .unwrap()
+            .unwrap();
         assert_eq!(fa.object.record_count, 2);
         assert!(
             fa.object
@@ -720,15 +1032,18 @@ mod tests {
             fa.object.key
         );
         // Batch 1 still has a record in buffer b; batch 2 must wait for batch 1.
-        assert!(d.stored(&fa).is_empty());
+        assert!(d.stored(&fa).unwrap().is_empty());
         let b = BufferKey::Data {
             query: vec![("type".into(), "b".into())],
             lambda: vec![],
         };
-        let fb = d.take(&b, FlushReason::Drain).unwrap();
-        assert_eq!(d.stored(&fb), vec![1, 2, 3]);
+        let fb = d
+            .take(&Slot::Open(b.clone()), FlushReason::Drain)
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.stored(&fb).unwrap(), vec![1, 2, 3]);
         // The same records give the same object name: replays overwrite, not duplicate.
-        let mut d2 = Delivery::new("p", d.spec.clone()).unwrap();
+        let mut d2 = Delivery::new("p", d.spec.clone(), None).unwrap();
         d2.add(
             1,
             &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b"}"#, 2)],
@@ -736,7 +1051,11 @@ mod tests {
         );
         d2.add(2, &[rec(r#"{"type":"a"}"#, 3)], &[]);
         assert_eq!(
-            d2.take(&a, FlushReason::Drain).unwrap().object.key,
+            d2.take(&Slot::Open(a.clone()), FlushReason::Drain)
+                .unwrap()
+                .unwrap()
+                .object
+                .key,
             fa.object.key
         );
     }
@@ -744,7 +1063,7 @@ mod tests {
     #[test]
     fn failures_become_firehose_error_documents() {
         let spec = spec(Compression::Gzip, 10);
-        let mut d = Delivery::new("p", spec).unwrap();
+        let mut d = Delivery::new("p", spec, None).unwrap();
         d.add(
             1,
             &[rec("not json", 7), rec(r#"{"type":""}"#, 8)],
@@ -752,9 +1071,10 @@ mod tests {
         );
         let f = d
             .take(
-                &BufferKey::Error(ErrorType::PartitioningFailed),
+                &Slot::Open(BufferKey::Error(ErrorType::PartitioningFailed)),
                 FlushReason::Drain,
             )
+            .unwrap()
             .unwrap();
         assert!(
             f.object
@@ -784,12 +1104,129 @@ mod tests {
         );
         let p = d
             .take(
-                &BufferKey::Error(ErrorType::ProcessingFailed),
+                &Slot::Open(BufferKey::Error(ErrorType::ProcessingFailed)),
                 FlushReason::Drain,
             )
+            .unwrap()
             .unwrap();
         assert!(String::from_utf8(p.object.body)
             .unwrap()
             .contains("\"errorMessage\":\"jq: boom\""));
+    }
+
+    fn key(t: &str) -> BufferKey {
+        BufferKey::Data {
+            query: vec![("type".into(), t.into())],
+            lambda: vec![],
+        }
+    }
+
+    /// Records of types a and b on two shards (tags 1 and 2), as a stream source replays them.
+    fn shard_batch(from: u64, to: u64) -> Vec<Record> {
+        (from..to)
+            .map(|i| {
+                let t = if i % 3 == 0 { "b" } else { "a" };
+                rec(
+                    &format!(r#"{{"type":"{t}","n":{i}}}"#),
+                    ((1 + i % 2) << 48) | i,
+                )
+            })
+            .collect()
+    }
+
+    fn journal(dir: &std::path::Path) -> Journal {
+        Journal {
+            dir: dir.to_path_buf(),
+            config_hash: "h".into(),
+        }
+    }
+
+    #[test]
+    fn a_replay_after_a_crash_skips_stored_objects_and_rebuilds_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path());
+        let mut d = Delivery::new("p", spec(Compression::None, 10), Some(&j)).unwrap();
+        d.add(1, &shard_batch(0, 30), &[]);
+        // a is stored (but never acked: b holds batch 1 back); b's upload is cut short.
+        let fa = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert!(d.stored(&fa).unwrap().is_empty());
+        let fb = d
+            .take(&Slot::Open(key("b")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        drop(d); // crash: the checkpoint is still before record 0
+
+        let mut d = Delivery::new("p", spec(Compression::None, 10), Some(&j)).unwrap();
+        d.add(7, &shard_batch(0, 30), &[]);
+        d.add(8, &shard_batch(30, 33), &[]);
+        // a's records were skipped, b's rebuilt into the same object, and the rest is new.
+        let (slot, _) = d.next_due().unwrap();
+        assert!(matches!(slot, Slot::Replay(_)));
+        let again = d.take(&slot, FlushReason::Size).unwrap().unwrap();
+        assert_eq!(again.object.key, fb.object.key);
+        assert_eq!(again.object.body, fb.object.body);
+        assert!(d.next_due().is_none());
+        let rest_a = d
+            .take(&Slot::Open(key("a")), FlushReason::Drain)
+            .unwrap()
+            .unwrap();
+        let rest_b = d
+            .take(&Slot::Open(key("b")), FlushReason::Drain)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rest_a.object.record_count, 2, "records 31 and 32");
+        assert_eq!(rest_b.object.record_count, 1, "record 30");
+        assert!(d.buffers.is_empty() && d.replays.is_empty());
+        assert_eq!(d.stored(&again).unwrap(), vec![7]);
+        assert!(d.stored(&rest_a).unwrap().is_empty());
+        assert_eq!(d.stored(&rest_b).unwrap(), vec![8]);
+        // Past every recovered object on both shards: matching is over.
+        assert!(d.recovering.entries.is_empty());
+    }
+
+    #[test]
+    fn a_replay_that_cannot_be_completed_is_written_under_a_new_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path());
+        let mut sp = spec(Compression::None, 10);
+        sp.interval = Duration::from_millis(1);
+        let mut d = Delivery::new("p", sp.clone(), Some(&j)).unwrap();
+        d.add(1, &shard_batch(0, 30), &[]);
+        let fb = d
+            .take(&Slot::Open(key("b")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        drop(d);
+        let mut d = Delivery::new("p", sp, Some(&j)).unwrap();
+        // Only part of b's records come back (say, retention removed the rest).
+        d.add(1, &shard_batch(15, 30), &[]);
+        std::thread::sleep(Duration::from_millis(5));
+        let (slot, reason) = d.next_due().unwrap();
+        assert!(matches!(slot, Slot::Replay(_)) && matches!(reason, FlushReason::Interval));
+        let f = d.take(&slot, reason).unwrap().unwrap();
+        assert_eq!(f.object.record_count, 5);
+        assert_ne!(f.object.key, fb.object.key);
+    }
+
+    #[test]
+    fn the_config_version_in_names_follows_config_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = journal(dir.path());
+        let name = |j: &Journal, from: u64| {
+            let mut d = Delivery::new("p", spec(Compression::None, 10), Some(j)).unwrap();
+            d.add(1, &shard_batch(from, from + 3), &[]);
+            d.take(&Slot::Open(key("a")), FlushReason::Size)
+                .unwrap()
+                .unwrap()
+                .object
+                .key
+        };
+        assert!(name(&j, 0).contains("/p-1-"));
+        assert!(name(&j, 10).contains("/p-1-"));
+        j.config_hash = "other".into();
+        assert!(name(&j, 20).contains("/p-2-"));
     }
 }

@@ -376,6 +376,7 @@ async fn run_once(
             out_rx,
             ack_tx,
             d.clone(),
+            journal(&spec),
             shared.clone(),
             stop_deadline,
         )),
@@ -573,6 +574,30 @@ fn transform_worker(
     Ok(())
 }
 
+/// The intent log of a pipeline whose source replays the same records with the same
+/// sequences after a crash (`stream`, `direct-put`); others get none.
+fn journal(spec: &PipelineSpec) -> Option<crate::delivery::Journal> {
+    if !matches!(spec.source.plugin.as_str(), "stream" | "direct-put") {
+        return None;
+    }
+    let dir = crate::plugins::stream_io::data_dir()?
+        .join("delivery")
+        .join(&spec.name);
+    // Everything that decides which record lands in which object, and how it is named.
+    let decisive = format!(
+        "{:?}",
+        (
+            &spec.source,
+            &spec.transforms,
+            spec.deaggregate,
+            &spec.delivery
+        )
+    );
+    let digest = <md5::Md5 as md5::Digest>::digest(decisive.as_bytes());
+    let config_hash = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(crate::delivery::Journal { dir, config_hash })
+}
+
 /// Splits records into chunks of at most `max_records` and (unless one record is larger)
 /// `max_bytes`.
 fn chunks<'a>(records: &'a [Record], cfg: &BatchConfig) -> impl Iterator<Item = &'a [Record]> + 'a {
@@ -643,18 +668,30 @@ async fn sink_driver(
     Ok(())
 }
 
+fn journal_err(e: crate::delivery::IntentError) -> PipelineError {
+    PipelineError::Internal(e.to_string())
+}
+
+/// Sends the acks a flush released (the source checkpoints on them).
+async fn send_acks(acks: &mpsc::Sender<Ack>, tokens: Vec<u64>) {
+    for token in tokens {
+        let _ = acks.send(Ack { token }).await;
+    }
+}
+
 /// Takes one buffer out, encodes it, delivers it (retrying) and acks what that releases.
 async fn flush_one(
     d: &mut crate::delivery::Delivery,
-    key: &crate::delivery::BufferKey,
+    slot: &crate::delivery::Slot,
     reason: crate::delivery::FlushReason,
     sink: &mut SinkInstance,
     acks: &mpsc::Sender<Ack>,
     shared: &PipelineShared,
 ) -> Result<(), PipelineError> {
-    let Some(f) = tokio::task::block_in_place(|| d.take(key, reason)) else {
+    let Some(f) = tokio::task::block_in_place(|| d.take(slot, reason)).map_err(journal_err)? else {
         return Ok(());
     };
+    sluice_plugin_api::failpoint("delivery-before-upload");
     let f = match crate::delivery::deliver(sink, &f, &shared.name, d.retry_limit()).await {
         Ok(()) => f,
         // Only a bounded retry returns a retryable error: keep the records under the
@@ -668,17 +705,16 @@ async fn flush_one(
         }
         Err(e) => return Err(plugin_err("sink")(e)),
     };
+    sluice_plugin_api::failpoint("delivery-after-upload");
     let before = d.delivered;
-    let tokens = d.stored(&f);
+    let tokens = tokio::task::block_in_place(|| d.stored(&f)).map_err(journal_err)?;
     shared
         .records_out
         .fetch_add(d.delivered - before, Ordering::Relaxed);
     shared
         .last_flush_ms
         .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
-    for token in tokens {
-        let _ = acks.send(Ack { token }).await;
-    }
+    send_acks(acks, tokens).await;
     Ok(())
 }
 
@@ -688,20 +724,25 @@ async fn delivery_driver(
     mut rx: mpsc::Receiver<Batch>,
     acks: mpsc::Sender<Ack>,
     spec: crate::config::DeliverySpec,
+    journal: Option<crate::delivery::Journal>,
     shared: Arc<PipelineShared>,
     stop_deadline: Duration,
 ) -> Result<(), PipelineError> {
     use crate::delivery::{Delivery, FlushReason};
     let name = shared.name.clone();
-    let mut d = Delivery::new(&name, spec).map_err(PipelineError::Internal)?;
+    let mut d = tokio::task::block_in_place(|| Delivery::new(&name, spec, journal.as_ref()))
+        .map_err(PipelineError::Internal)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut maintained = std::time::Instant::now();
     let mut open = true;
     loop {
-        while let Some((key, reason)) = d.next_due() {
-            flush_one(&mut d, &key, reason, &mut sink, &acks, &shared).await?;
+        while let Some((slot, reason)) = d.next_due() {
+            flush_one(&mut d, &slot, reason, &mut sink, &acks, &shared).await?;
         }
-        for token in d.ready() {
-            let _ = acks.send(Ack { token }).await;
+        send_acks(&acks, d.ready().map_err(journal_err)?).await;
+        if maintained.elapsed() >= Duration::from_secs(5) {
+            maintained = std::time::Instant::now();
+            tokio::task::block_in_place(|| d.maintain()).map_err(journal_err)?;
         }
         let (records, bytes, parts) = d.stats();
         shared.buffered_records.store(records, Ordering::Relaxed);
@@ -723,12 +764,10 @@ async fn delivery_driver(
         }
     }
     // Draining: everything still buffered is flushed and delivered before stopping.
-    while let Some(key) = d.any() {
-        flush_one(&mut d, &key, FlushReason::Drain, &mut sink, &acks, &shared).await?;
+    while let Some(slot) = d.any() {
+        flush_one(&mut d, &slot, FlushReason::Drain, &mut sink, &acks, &shared).await?;
     }
-    for token in d.ready() {
-        let _ = acks.send(Ack { token }).await;
-    }
+    send_acks(&acks, d.ready().map_err(journal_err)?).await;
     if let Err(e) = tokio::task::block_in_place(|| sink.instance().stop(stop_deadline)) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
     }

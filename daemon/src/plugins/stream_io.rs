@@ -27,6 +27,11 @@ pub fn install(streams: Arc<Streams>, data_dir: PathBuf) {
     let _ = DATA_DIR.set(data_dir);
 }
 
+/// The daemon's data directory (once installed).
+pub fn data_dir() -> Option<&'static std::path::Path> {
+    DATA_DIR.get().map(PathBuf::as_path)
+}
+
 fn stream(name: &str) -> Result<Arc<Stream>, Error> {
     let streams = STREAMS
         .get()

@@ -106,6 +106,16 @@ impl Setup {
     pub fn start(&self) -> Daemon {
         Daemon::start(&self.config, self.metrics)
     }
+
+    /// Starts the daemon with extra environment variables.
+    pub fn start_env(&self, env: &[(&str, &str)]) -> Daemon {
+        let args = [
+            OsStrArg::from("run"),
+            OsStrArg::from("--config"),
+            self.config.as_os_str().to_owned(),
+        ];
+        Daemon::start_env(&args, self.metrics, root(), env)
+    }
 }
 
 /// A running `sluiced`.

@@ -221,6 +221,8 @@ impl ObjectStore {
                         let mut w =
                             object_store::WriteMultipart::new_with_chunk_size(upload, 8 << 20);
                         w.put(body);
+                        w.wait_for_capacity(0).await?;
+                        sluice_plugin_api::failpoint("object-store-mid-upload");
                         w.finish().await.map(drop)
                     } else {
                         store
@@ -250,6 +252,7 @@ impl ObjectStore {
                 None => f.write_all(obj.body)?,
             }
             f.sync_all()?;
+            sluice_plugin_api::failpoint("object-store-mid-upload");
             std::fs::rename(&tmp, &path)?;
             sync_dir(&dir)
         };
