@@ -374,6 +374,55 @@ fn sigkill_after_interval_flushes_duplicates_nothing() {
     );
 }
 
+fn one_partition_pipeline(url_and_options: &str, compression: &str) -> String {
+    format!("[streams.events]\nshards = 2\n\n[pipelines.events-to-lake]\nsource = {{ plugin = \"stream\", stream = \"events\" }}\n\n[pipelines.events-to-lake.buffer]\nsize = \"64MiB\"\ninterval = \"1h\"\n\n[pipelines.events-to-lake.sink]\nplugin = \"object-store\"\n{url_and_options}\nprefix = \"data/\"\ncompression = \"{compression}\"\n")
+}
+
+/// Waits until the lake pipeline buffers `n` records, checks that they are spooled (the
+/// memory gauge stays far below their size), then drains with SIGTERM.
+fn buffer_spooled_then_drain(s: &Setup, n: u64) {
+    let mut d = s.start();
+    d.wait_ready();
+    let pl = ["pipeline=\"events-to-lake\""];
+    wait_until(Duration::from_secs(60), "every record buffered", || {
+        d.metric("sluice_buffer_records", &pl) >= n as f64
+    });
+    let bytes = d.metric("sluice_buffer_bytes", &pl);
+    let memory = d.metric("sluice_buffer_memory_bytes", &[]);
+    assert!(bytes > 12e6, "{bytes}");
+    assert!(
+        memory < 2e6,
+        "{bytes} bytes buffered, {memory} of them in memory"
+    );
+    let spooled: Vec<_> = std::fs::read_dir(s.path("var/spool/events-to-lake"))
+        .unwrap()
+        .collect();
+    assert_eq!(spooled.len(), 1, "one spool file for the one partition");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(60)).unwrap().success());
+    let left = std::fs::read_dir(s.path("var/spool/events-to-lake"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "spool files are removed once stored");
+}
+
+/// A partition past the spill threshold streams through gzip into a spool file, which
+/// becomes the object: the records never sit in RAM together.
+#[test]
+fn large_objects_are_spooled_to_disk() {
+    let s = Setup::new(
+        "",
+        &[
+            ("lake", &one_partition_pipeline("url = \"lake\"", "gzip")),
+            ("gen", &generator_into_events(40_000)),
+        ],
+    );
+    buffer_spooled_then_drain(&s, 40_000);
+    let lines = gz_lines(&s.path("lake/data"));
+    assert_eq!(lines.len(), 40_000);
+    assert!(lines.values().all(|&n| n == 1));
+}
+
 /// moto's S3-compatible server from the repo's venv, on a free port; killed on drop.
 struct Moto {
     child: std::process::Child,
@@ -431,6 +480,55 @@ fn s3_records(m: &Moto, scratch: &Path) -> HashMap<String, usize> {
         scratch.to_str().unwrap(),
     ]);
     gz_lines(scratch)
+}
+
+/// A spooled object larger than the multipart threshold goes to S3 in parts read from
+/// the spool file.
+#[test]
+fn large_spooled_objects_go_to_s3_as_multipart_uploads() {
+    let m = Moto::start();
+    m.aws(&["s3", "mb", "s3://lake"]);
+    let sink = format!(
+        "url = \"s3://lake/big\"\nendpoint = \"{}\"\naccess_key_id = \"x\"\nsecret_access_key = \"x\"",
+        m.endpoint
+    );
+    let s = Setup::new(
+        "",
+        &[
+            ("lake", &one_partition_pipeline(&sink, "none")),
+            ("gen", &generator_into_events(60_000)),
+        ],
+    );
+    buffer_spooled_then_drain(&s, 60_000);
+    let listing: serde_json::Value = serde_json::from_str(&m.aws(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "lake",
+        "--prefix",
+        "big/data/",
+    ]))
+    .unwrap();
+    let objects = listing["Contents"].as_array().unwrap();
+    assert_eq!(objects.len(), 1, "{listing}");
+    let etag = objects[0]["ETag"].as_str().unwrap();
+    assert!(objects[0]["Size"].as_u64().unwrap() > 16 << 20);
+    assert!(
+        etag.contains('-'),
+        "a multipart ETag ends in -<parts>: {etag}"
+    );
+    let key = objects[0]["Key"].as_str().unwrap();
+    let local = s.path("big.jsonl");
+    m.aws(&[
+        "s3",
+        "cp",
+        "--quiet",
+        &format!("s3://lake/{key}"),
+        local.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&local).unwrap();
+    let distinct: std::collections::HashSet<&str> = text.lines().collect();
+    assert_eq!((text.lines().count(), distinct.len()), (60_000, 60_000));
 }
 
 #[test]

@@ -14,11 +14,13 @@ mod intent;
 mod kpl;
 mod partition;
 mod prefix;
+mod spool;
 
 pub use intent::{Intent, IntentError, IntentLog};
 pub use kpl::{deaggregate, UserRecord, MAGIC as KPL_MAGIC};
 pub use partition::{fast_path, Partitioner};
 pub use prefix::{civil, hive_escape, Template, MAX_PREFIX};
+pub use spool::{SpoolFile, SPILL_AT};
 
 use crate::config::{Compression, DeliverySpec};
 use crate::plugins::{CallError, HostObject, SinkInstance};
@@ -101,6 +103,9 @@ struct Buffer {
     tokens: Vec<u64>,
     /// Per shard tag: (tag, first sequence, last sequence) — kept with an intent log only.
     ranges: Vec<(u64, u64, u64)>,
+    /// Set once the buffer outgrew [`SPILL_AT`]: records go through the compressor to disk.
+    spool: Option<spool::Spool>,
+    spool_error: Option<std::io::Error>,
 }
 
 impl Buffer {
@@ -114,7 +119,14 @@ impl Buffer {
             created: Instant::now(),
             tokens: Vec::new(),
             ranges: Vec::new(),
+            spool: None,
+            spool_error: None,
         }
+    }
+
+    /// Uncompressed bytes held (in RAM or spooled).
+    fn raw_len(&self) -> u64 {
+        self.data.len() as u64 + self.spool.as_ref().map_or(0, spool::Spool::raw)
     }
 
     /// Appends a record; returns how much the allocation grew.
@@ -128,8 +140,17 @@ impl Buffer {
         ranges: bool,
     ) -> u64 {
         let cap = self.data.capacity();
-        self.data.extend_from_slice(payload);
-        self.data.extend_from_slice(delim);
+        match &mut self.spool {
+            Some(sp) => {
+                if let Err(e) = sp.write(payload).and_then(|()| sp.write(delim)) {
+                    self.spool_error.get_or_insert(e);
+                }
+            }
+            None => {
+                self.data.extend_from_slice(payload);
+                self.data.extend_from_slice(delim);
+            }
+        }
         self.records += 1;
         self.oldest_ms = self.oldest_ms.min(rec.arrival_ms);
         if self.tokens.last() != Some(&token) {
@@ -261,6 +282,18 @@ impl FlushReason {
     }
 }
 
+/// What can go wrong on delivery's own disk files (the intent log, spool files): the
+/// pipeline's run ends and it restarts from its checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Reading or writing the intent log.
+    #[error(transparent)]
+    Intent(#[from] IntentError),
+    /// Writing a spool file.
+    #[error("spool file: {0}")]
+    Spool(#[from] std::io::Error),
+}
+
 /// Where a pipeline keeps its intent log, and the hash of the config it belongs to. Only
 /// pipelines whose source replays the same records with the same sequences get one.
 #[derive(Debug, Clone)]
@@ -294,6 +327,8 @@ pub struct Delivery {
     recovering: Recovering,
     /// Replays of objects from the previous run, by intent id.
     replays: HashMap<u64, Buffer>,
+    spool_dir: Option<PathBuf>,
+    spools: usize,
 }
 
 /// An encoded object ready for the sink, plus what completing it releases.
@@ -306,6 +341,9 @@ pub struct Flushed {
     raw_bytes: u64,
     error: Option<ErrorType>,
     intent: Option<u64>,
+    /// The body's file, when the object was spooled: held for its `Drop`, which removes
+    /// the file once the object is stored or abandoned.
+    _spool: Option<SpoolFile>,
 }
 
 fn unique_id(pipeline: &str, key: &str, first_seq: u64, records: u64) -> [u8; 16] {
@@ -340,7 +378,11 @@ impl Delivery {
         pipeline: &str,
         spec: DeliverySpec,
         journal: Option<&Journal>,
+        spool_dir: Option<PathBuf>,
     ) -> Result<Delivery, String> {
+        if let Some(dir) = &spool_dir {
+            spool::clean(dir);
+        }
         let partitioner = spec.query.as_deref().map(Partitioner::new).transpose()?;
         let prefix = Template::parse(&spec.prefix, false)?;
         let error_prefix = Template::parse(&spec.error_prefix, true)?;
@@ -367,6 +409,8 @@ impl Delivery {
             log,
             recovering,
             replays: HashMap::new(),
+            spool_dir,
+            spools: 0,
             pipeline: pipeline.to_string(),
             spec,
             partitioner,
@@ -398,7 +442,12 @@ impl Delivery {
             BufferKey::Error(_) => b"\n",
         };
         let ranges = self.log.is_some();
-        let grown = match self.recovering.lookup(&key, rec.sequence) {
+        let compression = match key {
+            BufferKey::Data { .. } => self.spec.compression,
+            BufferKey::Error(_) => Compression::None,
+        };
+        let spill = self.spools < spool::MAX_OPEN;
+        let b = match self.recovering.lookup(&key, rec.sequence) {
             Some(Recovery::Skip) => {
                 metrics::counter!("sluice_delivery_replay_skipped_records_total", "pipeline" => self.pipeline.clone()).increment(1);
                 return;
@@ -406,24 +455,42 @@ impl Delivery {
             Some(Recovery::Replay(id)) => self
                 .replays
                 .entry(id)
-                .or_insert_with(|| Buffer::new(key, rec))
-                .push(payload, delim, rec, token, touched, ranges),
-            None => {
-                let b = match self.buffers.entry(key) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        if matches!(e.key(), BufferKey::Data { .. }) {
-                            self.data_partitions += 1;
-                        }
-                        let key = e.key().clone();
-                        e.insert(Buffer::new(key, rec))
+                .or_insert_with(|| Buffer::new(key, rec)),
+            None => match self.buffers.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    if matches!(e.key(), BufferKey::Data { .. }) {
+                        self.data_partitions += 1;
                     }
-                };
-                b.push(payload, delim, rec, token, touched, ranges)
-            }
+                    let key = e.key().clone();
+                    e.insert(Buffer::new(key, rec))
+                }
+            },
         };
-        self.mem += grown;
+        let mut grown = b.push(payload, delim, rec, token, touched, ranges);
+        let mut freed = 0;
+        if spill && b.spool.is_none() && b.data.len() >= SPILL_AT {
+            if let Some(dir) = &self.spool_dir {
+                match spool::Spool::create(dir, compression) {
+                    Ok(mut sp) => {
+                        if let Err(e) = sp.write(&b.data) {
+                            b.spool_error.get_or_insert(e);
+                        }
+                        freed = b.data.capacity() as u64;
+                        b.data = Vec::new();
+                        b.spool = Some(sp);
+                        grown += spool::Spool::memory(compression);
+                        self.spools += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pipeline = %self.pipeline, error = %e, "cannot create a spool file; the buffer stays in memory");
+                    }
+                }
+            }
+        }
+        self.mem = self.mem + grown - freed;
         MEMORY.fetch_add(grown, Ordering::Relaxed);
+        MEMORY.fetch_sub(freed, Ordering::Relaxed);
         self.bytes += (payload.len() + delim.len()) as u64;
     }
 
@@ -523,10 +590,10 @@ impl Delivery {
             // A new partition is checked once: its prefix must render (no missing or empty
             // key, not too long — the same for every record of the partition) and the cap
             // must leave room. Failures go to the error output.
-            let recovering = !self.recovering.entries.is_empty();
-            if !self.buffers.contains_key(&key)
-                && !(recovering && self.recovering_takes(&key, rec.sequence))
-            {
+            let known = self.buffers.contains_key(&key)
+                || (!self.recovering.entries.is_empty()
+                    && self.recovering_takes(&key, rec.sequence));
+            if !known {
                 let BufferKey::Data { query, lambda } = &key else {
                     continue;
                 };
@@ -586,7 +653,7 @@ impl Delivery {
                 return Some((Slot::Replay(*id), FlushReason::Interval));
             }
         }
-        if let Some(k) = self.pick(|b| b.data.len() as u64 >= self.spec.size) {
+        if let Some(k) = self.pick(|b| b.raw_len() >= self.spec.size) {
             return Some((Slot::Open(k), FlushReason::Size));
         }
         if let Some(k) = self.pick(|b| b.created.elapsed() >= self.spec.interval) {
@@ -616,7 +683,7 @@ impl Delivery {
         &mut self,
         slot: &Slot,
         reason: FlushReason,
-    ) -> Result<Option<Flushed>, IntentError> {
+    ) -> Result<Option<Flushed>, DeliveryError> {
         let (b, replay_of) = match slot {
             Slot::Open(key) => {
                 let Some(b) = self.buffers.remove(key) else {
@@ -634,16 +701,17 @@ impl Delivery {
                 (b, self.recovering.remove(*id))
             }
         };
-        let raw = b.data.len() as u64;
-        let cap = b.data.capacity() as u64;
-        self.bytes -= raw;
-        self.mem -= cap;
-        MEMORY.fetch_sub(cap, Ordering::Relaxed);
+        let raw = b.raw_len();
         let (template, query, lambda, error) = match &b.key {
             BufferKey::Data { query, lambda } => {
                 (&self.prefix, query.as_slice(), lambda.as_slice(), None)
             }
             BufferKey::Error(t) => (&self.error_prefix, &[][..], &[][..], Some(*t)),
+        };
+        let compression = if error.is_some() {
+            Compression::None
+        } else {
+            self.spec.compression
         };
         let partition = partition_id(&b.key);
         let id = unique_id(&self.pipeline, &partition, b.first_seq, b.records);
@@ -668,11 +736,6 @@ impl Delivery {
                 )
             });
         let (y, mo, d, h, mi, s) = civil(b.oldest_ms);
-        let compression = if error.is_some() {
-            Compression::None
-        } else {
-            self.spec.compression
-        };
         let mut key = format!(
             "{prefix}{}-{}-{y:04}-{mo:02}-{d:02}-{h:02}-{mi:02}-{s:02}-{}{}",
             self.pipeline,
@@ -708,7 +771,26 @@ impl Delivery {
             }
             (_, None) => None,
         };
-        let body = encode(compression, &b.data);
+        // Released before encoding: the budget frees as the flush starts.
+        let held = b.data.capacity() as u64
+            + if b.spool.is_some() {
+                spool::Spool::memory(compression)
+            } else {
+                0
+            };
+        self.bytes -= raw;
+        self.mem -= held;
+        MEMORY.fetch_sub(held, Ordering::Relaxed);
+        if let Some(e) = b.spool_error {
+            return Err(DeliveryError::Spool(e));
+        }
+        let (body, spool) = match b.spool {
+            Some(sp) => {
+                self.spools -= 1;
+                (Vec::new(), Some(sp.finish()?))
+            }
+            None => (encode(compression, &b.data), None),
+        };
         self.publish_gauges();
         Ok(Some(Flushed {
             object: HostObject {
@@ -727,6 +809,7 @@ impl Delivery {
                 record_count: b.records,
                 oldest_ms: b.oldest_ms,
                 body,
+                body_path: spool.as_ref().map(|f| f.path().to_path_buf()),
             },
             tokens: b.tokens,
             reason,
@@ -734,6 +817,7 @@ impl Delivery {
             raw_bytes: raw,
             error,
             intent,
+            _spool: spool,
         }))
     }
 
@@ -772,7 +856,7 @@ impl Delivery {
 
     /// Records a durably stored object and returns the tokens that may now be acked, in
     /// order (the intent log is synced before they are returned).
-    pub fn stored(&mut self, f: &Flushed) -> Result<Vec<u64>, IntentError> {
+    pub fn stored(&mut self, f: &Flushed) -> Result<Vec<u64>, DeliveryError> {
         if let (Some(id), Some(log)) = (f.intent, &mut self.log) {
             log.stored(id, f.tokens.last().copied().unwrap_or(0))?;
         }
@@ -798,7 +882,7 @@ impl Delivery {
         self.release()
     }
 
-    fn release(&mut self) -> Result<Vec<u64>, IntentError> {
+    fn release(&mut self) -> Result<Vec<u64>, DeliveryError> {
         let mut out = Vec::new();
         while let Some(&t) = self.order.front() {
             if self.pending.get(&t).copied().unwrap_or(0) > 0 {
@@ -818,9 +902,9 @@ impl Delivery {
     }
 
     /// Retires old intent log entries (call every few seconds).
-    pub fn maintain(&mut self) -> Result<(), IntentError> {
+    pub fn maintain(&mut self) -> Result<(), DeliveryError> {
         match &mut self.log {
-            Some(log) => log.maintain(),
+            Some(log) => Ok(log.maintain()?),
             None => Ok(()),
         }
     }
@@ -837,7 +921,7 @@ impl Delivery {
     }
 
     /// Tokens whose batches had nothing to buffer, ready to ack.
-    pub fn ready(&mut self) -> Result<Vec<u64>, IntentError> {
+    pub fn ready(&mut self) -> Result<Vec<u64>, DeliveryError> {
         self.release()
     }
 
@@ -908,6 +992,26 @@ mod tests {
     use std::io::Read;
     use std::time::Duration;
 
+    /// Undoes [`encode`].
+    pub(super) fn decode(c: Compression, enc: &[u8]) -> Vec<u8> {
+        let mut dec = Vec::new();
+        match c {
+            Compression::None => dec = enc.to_vec(),
+            Compression::Gzip => {
+                flate2::read::MultiGzDecoder::new(enc)
+                    .read_to_end(&mut dec)
+                    .unwrap();
+            }
+            Compression::Zstd => dec = zstd::decode_all(enc).unwrap(),
+            Compression::Snappy => {
+                snap::read::FrameDecoder::new(enc)
+                    .read_to_end(&mut dec)
+                    .unwrap();
+            }
+        }
+        dec
+    }
+
     #[test]
     fn every_compression_round_trips() {
         let data: Vec<u8> = (0..50_000u32)
@@ -920,22 +1024,7 @@ mod tests {
             Compression::Snappy,
         ] {
             let enc = encode(c, &data);
-            let mut dec = Vec::new();
-            match c {
-                Compression::None => dec = enc.clone(),
-                Compression::Gzip => {
-                    flate2::read::MultiGzDecoder::new(&enc[..])
-                        .read_to_end(&mut dec)
-                        .unwrap();
-                }
-                Compression::Zstd => dec = zstd::decode_all(&enc[..]).unwrap(),
-                Compression::Snappy => {
-                    snap::read::FrameDecoder::new(&enc[..])
-                        .read_to_end(&mut dec)
-                        .unwrap();
-                }
-            }
-            assert_eq!(dec, data, "{c:?}");
+            assert_eq!(decode(c, &enc), data, "{c:?}");
             if c != Compression::None {
                 assert!(enc.len() < data.len() / 2, "{c:?} compresses");
             }
@@ -967,7 +1056,7 @@ mod tests {
 
     #[test]
     fn the_partition_cap_counts_open_data_buffers_only() {
-        let mut d = Delivery::new("p", spec(Compression::None, 1), None).unwrap();
+        let mut d = Delivery::new("p", spec(Compression::None, 1), None, None).unwrap();
         d.add(
             1,
             &[
@@ -1006,7 +1095,7 @@ mod tests {
     #[test]
     fn acks_wait_for_every_buffer_and_go_in_order() {
         let spec = spec(Compression::None, 10);
-        let mut d = Delivery::new("p", spec, None).unwrap();
+        let mut d = Delivery::new("p", spec, None, None).unwrap();
         d.add(
             1,
             &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b"}"#, 2)],
@@ -1043,7 +1132,7 @@ mod tests {
             .unwrap();
         assert_eq!(d.stored(&fb).unwrap(), vec![1, 2, 3]);
         // The same records give the same object name: replays overwrite, not duplicate.
-        let mut d2 = Delivery::new("p", d.spec.clone(), None).unwrap();
+        let mut d2 = Delivery::new("p", d.spec.clone(), None, None).unwrap();
         d2.add(
             1,
             &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b"}"#, 2)],
@@ -1063,7 +1152,7 @@ mod tests {
     #[test]
     fn failures_become_firehose_error_documents() {
         let spec = spec(Compression::Gzip, 10);
-        let mut d = Delivery::new("p", spec, None).unwrap();
+        let mut d = Delivery::new("p", spec, None, None).unwrap();
         d.add(
             1,
             &[rec("not json", 7), rec(r#"{"type":""}"#, 8)],
@@ -1145,7 +1234,7 @@ mod tests {
     fn a_replay_after_a_crash_skips_stored_objects_and_rebuilds_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path());
-        let mut d = Delivery::new("p", spec(Compression::None, 10), Some(&j)).unwrap();
+        let mut d = Delivery::new("p", spec(Compression::None, 10), Some(&j), None).unwrap();
         d.add(1, &shard_batch(0, 30), &[]);
         // a is stored (but never acked: b holds batch 1 back); b's upload is cut short.
         let fa = d
@@ -1159,7 +1248,7 @@ mod tests {
             .unwrap();
         drop(d); // crash: the checkpoint is still before record 0
 
-        let mut d = Delivery::new("p", spec(Compression::None, 10), Some(&j)).unwrap();
+        let mut d = Delivery::new("p", spec(Compression::None, 10), Some(&j), None).unwrap();
         d.add(7, &shard_batch(0, 30), &[]);
         d.add(8, &shard_batch(30, 33), &[]);
         // a's records were skipped, b's rebuilt into the same object, and the rest is new.
@@ -1193,14 +1282,14 @@ mod tests {
         let j = journal(dir.path());
         let mut sp = spec(Compression::None, 10);
         sp.interval = Duration::from_millis(1);
-        let mut d = Delivery::new("p", sp.clone(), Some(&j)).unwrap();
+        let mut d = Delivery::new("p", sp.clone(), Some(&j), None).unwrap();
         d.add(1, &shard_batch(0, 30), &[]);
         let fb = d
             .take(&Slot::Open(key("b")), FlushReason::Size)
             .unwrap()
             .unwrap();
         drop(d);
-        let mut d = Delivery::new("p", sp, Some(&j)).unwrap();
+        let mut d = Delivery::new("p", sp, Some(&j), None).unwrap();
         // Only part of b's records come back (say, retention removed the rest).
         d.add(1, &shard_batch(15, 30), &[]);
         std::thread::sleep(Duration::from_millis(5));
@@ -1216,7 +1305,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = journal(dir.path());
         let name = |j: &Journal, from: u64| {
-            let mut d = Delivery::new("p", spec(Compression::None, 10), Some(j)).unwrap();
+            let mut d = Delivery::new("p", spec(Compression::None, 10), Some(j), None).unwrap();
             d.add(1, &shard_batch(from, from + 3), &[]);
             d.take(&Slot::Open(key("a")), FlushReason::Size)
                 .unwrap()
@@ -1228,5 +1317,38 @@ mod tests {
         assert!(name(&j, 10).contains("/p-1-"));
         j.config_hash = "other".into();
         assert!(name(&j, 20).contains("/p-2-"));
+    }
+
+    #[test]
+    fn a_large_buffer_moves_to_a_spool_file_and_leaves_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sp = spec(Compression::Gzip, 10);
+        sp.size = 64 << 20;
+        let mut d = Delivery::new("p", sp, None, Some(dir.path().to_path_buf())).unwrap();
+        let line = format!(r#"{{"type":"a","pad":"{}"}}"#, "x".repeat(1000));
+        let n = (SPILL_AT / line.len()) as u64 + 1000;
+        for i in 0..n {
+            d.add(i, &[rec(&line, i)], &[]);
+        }
+        let (records, bytes, _) = d.stats();
+        assert_eq!((records, bytes), (n, n * (line.len() as u64 + 1)));
+        assert!(
+            d.mem < 4 << 20,
+            "spooled bytes are not in the budget: {}",
+            d.mem
+        );
+        let f = d
+            .take(&Slot::Open(key("a")), FlushReason::Drain)
+            .unwrap()
+            .unwrap();
+        assert!(f.object.body.is_empty());
+        let path = f.object.body_path.clone().unwrap();
+        let body = std::fs::read(&path).unwrap();
+        let text = String::from_utf8(decode(Compression::Gzip, &body)).unwrap();
+        assert_eq!(text.lines().count() as u64, n);
+        assert!(text.lines().all(|l| l == line));
+        assert_eq!(d.mem, 0);
+        drop(f);
+        assert!(!path.exists(), "the spool file goes with the object");
     }
 }

@@ -376,7 +376,7 @@ async fn run_once(
             out_rx,
             ack_tx,
             d.clone(),
-            journal(&spec),
+            journal(spec),
             shared.clone(),
             stop_deadline,
         )),
@@ -668,7 +668,7 @@ async fn sink_driver(
     Ok(())
 }
 
-fn journal_err(e: crate::delivery::IntentError) -> PipelineError {
+fn journal_err(e: crate::delivery::DeliveryError) -> PipelineError {
     PipelineError::Internal(e.to_string())
 }
 
@@ -730,8 +730,10 @@ async fn delivery_driver(
 ) -> Result<(), PipelineError> {
     use crate::delivery::{Delivery, FlushReason};
     let name = shared.name.clone();
-    let mut d = tokio::task::block_in_place(|| Delivery::new(&name, spec, journal.as_ref()))
-        .map_err(PipelineError::Internal)?;
+    let spool_dir = crate::plugins::stream_io::data_dir().map(|d| d.join("spool").join(&name));
+    let mut d =
+        tokio::task::block_in_place(|| Delivery::new(&name, spec, journal.as_ref(), spool_dir))
+            .map_err(PipelineError::Internal)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut maintained = std::time::Instant::now();
     let mut open = true;

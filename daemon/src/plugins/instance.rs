@@ -744,8 +744,10 @@ pub struct HostObject {
     pub record_count: u64,
     /// Oldest arrival, ms.
     pub oldest_ms: i64,
-    /// The encoded body.
+    /// The encoded body (empty when it is in `body_path`).
     pub body: Vec<u8>,
+    /// A spool file holding the encoded body instead.
+    pub body_path: Option<std::path::PathBuf>,
 }
 
 impl SinkInstance {
@@ -768,7 +770,12 @@ impl SinkInstance {
             record_count: obj.record_count,
             oldest_timestamp_ms: obj.oldest_ms,
             body: ffi::sl_bytes::from_slice(&obj.body),
-            body_path: ffi::sl_bytes::EMPTY,
+            body_path: match &obj.body_path {
+                Some(p) => {
+                    ffi::sl_bytes::from_slice(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
+                }
+                None => ffi::sl_bytes::EMPTY,
+            },
         };
         let (ticket, rx) = self.inst.shared.register_ticket();
         let raw: *const ffi::sl_object = &self.object;

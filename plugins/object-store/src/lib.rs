@@ -65,6 +65,22 @@ pub struct ObjectStore {
 
 /// Objects larger than this are uploaded in parts.
 const MULTIPART_ABOVE: usize = 16 << 20;
+/// Size of one part of a multipart upload.
+const PART_SIZE: usize = 8 << 20;
+
+/// Fills `buf` from `r` unless the end comes first; returns how much was read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
 
 fn s3(cfg: &ObjectStoreConfig, rest: &str) -> Result<Target, Error> {
     use object_store::aws::AmazonS3Builder;
@@ -201,13 +217,11 @@ impl ObjectStore {
             Target::Dir(root) => root.clone(),
             Target::S3 { store, prefix, rt } => {
                 let rt = rt.as_ref().ok_or_else(|| Error::fatal("not started"))?;
-                let body: bytes::Bytes = match obj.body_path {
-                    Some(p) => std::fs::read(p)
-                        .map_err(|e| {
-                            Error::retryable(format_args!("cannot read spool file {p}: {e}"))
-                        })?
-                        .into(),
-                    None => bytes::Bytes::copy_from_slice(obj.body),
+                let spool_err =
+                    |p: &str, e| Error::retryable(format_args!("cannot read spool file {p}: {e}"));
+                let len = match obj.body_path {
+                    Some(p) => std::fs::metadata(p).map_err(|e| spool_err(p, e))?.len() as usize,
+                    None => obj.body.len(),
                 };
                 // Keys are already safe and Hive-escaped: taken as they are (`from` would
                 // percent-encode the `%` of escaped values a second time).
@@ -215,20 +229,56 @@ impl ObjectStore {
                     .map_err(|e| {
                         Error::fatal(format_args!("invalid object key `{}`: {e}", obj.key))
                     })?;
-                let res = rt.block_on(async {
-                    if body.len() > MULTIPART_ABOVE {
-                        let upload = store.put_multipart(&path).await?;
-                        let mut w =
-                            object_store::WriteMultipart::new_with_chunk_size(upload, 8 << 20);
-                        w.put(body);
-                        w.wait_for_capacity(0).await?;
+                if len <= MULTIPART_ABOVE {
+                    let body: bytes::Bytes = match obj.body_path {
+                        Some(p) => std::fs::read(p).map_err(|e| spool_err(p, e))?.into(),
+                        None => bytes::Bytes::copy_from_slice(obj.body),
+                    };
+                    let res = rt.block_on(store.put(&path, object_store::PutPayload::from(body)));
+                    return res
+                        .map(drop)
+                        .map_err(|e| Error::retryable(format_args!("S3 put {path}: {e}")));
+                }
+                // Large: parts of PART_SIZE, at most two in flight, read from the spool
+                // file as they go (a spooled object never sits in RAM whole).
+                let mut file = match obj.body_path {
+                    Some(p) => Some(File::open(p).map_err(|e| spool_err(p, e))?),
+                    None => None,
+                };
+                let res: Result<(), String> = rt.block_on(async {
+                    let upload = store
+                        .put_multipart(&path)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut w =
+                        object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                    let sent: Result<(), String> = async {
+                        match &mut file {
+                            Some(f) => {
+                                let mut chunk = vec![0u8; PART_SIZE];
+                                loop {
+                                    let n = read_full(f, &mut chunk).map_err(|e| e.to_string())?;
+                                    if n == 0 {
+                                        break;
+                                    }
+                                    w.wait_for_capacity(2).await.map_err(|e| e.to_string())?;
+                                    w.write(&chunk[..n]);
+                                }
+                            }
+                            None => w.write(obj.body),
+                        }
+                        w.wait_for_capacity(0).await.map_err(|e| e.to_string())?;
                         sluice_plugin_api::failpoint("object-store-mid-upload");
-                        w.finish().await.map(drop)
-                    } else {
-                        store
-                            .put(&path, object_store::PutPayload::from(body))
-                            .await
-                            .map(drop)
+                        Ok(())
+                    }
+                    .await;
+                    match sent {
+                        Ok(()) => w.finish().await.map(drop).map_err(|e| e.to_string()),
+                        Err(e) => {
+                            // No orphaned parts left behind in the store.
+                            let _ = w.abort().await;
+                            Err(e)
+                        }
                     }
                 });
                 return res.map_err(|e| Error::retryable(format_args!("S3 put {path}: {e}")));

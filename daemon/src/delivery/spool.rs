@@ -1,0 +1,158 @@
+//! Spool files: a partition buffer that grows past [`SPILL_AT`] moves to disk, and from
+//! then on its records stream through the compressor into a file under
+//! `data_dir/spool/<pipeline>/`, so a large object never sits in RAM (compressed or not).
+//! The finished file is the object's body (`sl_object.body_path`) and is removed when the
+//! object is dropped — stored, or abandoned (a replay from the checkpoint rebuilds it).
+//! Spool files are scratch: leftovers of a crash are deleted when the pipeline starts.
+
+use crate::config::Compression;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Uncompressed bytes after which a buffer moves to a spool file.
+pub const SPILL_AT: usize = 8 << 20;
+/// Most spool files a pipeline keeps open (each holds a file descriptor and an encoder);
+/// past it, buffers stay in RAM under the memory budget.
+pub const MAX_OPEN: usize = 256;
+const WRITE_BUFFER: usize = 64 << 10;
+
+/// A spool file that is removed when dropped.
+#[derive(Debug)]
+pub struct SpoolFile(PathBuf);
+
+impl SpoolFile {
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// One per spooled buffer (at most MAX_OPEN): the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Encoder {
+    None(BufWriter<File>),
+    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+    Snappy(snap::write::FrameEncoder<BufWriter<File>>),
+}
+
+/// An open spool: records written here are compressed on the way to the file.
+pub struct Spool {
+    enc: Encoder,
+    raw: u64,
+    // Last: dropped (file removed) after the encoder closed it.
+    file: SpoolFile,
+}
+
+impl Spool {
+    /// A new spool file in `dir`, compressing like [`super::encode`].
+    pub fn create(dir: &Path, c: Compression) -> std::io::Result<Spool> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{:016x}.spool", fastrand::u64(..)));
+        let out = BufWriter::with_capacity(WRITE_BUFFER, File::create(&path)?);
+        let file = SpoolFile(path);
+        let enc = match c {
+            Compression::None => Encoder::None(out),
+            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::fast(),
+            )),
+            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
+            Compression::Snappy => Encoder::Snappy(snap::write::FrameEncoder::new(out)),
+        };
+        Ok(Spool { enc, raw: 0, file })
+    }
+
+    /// RAM an open spool holds (encoder state and write buffer), for the memory budget.
+    pub fn memory(c: Compression) -> u64 {
+        WRITE_BUFFER as u64
+            + match c {
+                Compression::None => 0,
+                Compression::Gzip => 320 << 10,
+                Compression::Zstd => 1400 << 10,
+                Compression::Snappy => 140 << 10,
+            }
+    }
+
+    /// Appends uncompressed bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.raw += bytes.len() as u64;
+        match &mut self.enc {
+            Encoder::None(w) => w.write_all(bytes),
+            Encoder::Gzip(w) => w.write_all(bytes),
+            Encoder::Zstd(w) => w.write_all(bytes),
+            Encoder::Snappy(w) => w.write_all(bytes),
+        }
+    }
+
+    /// Uncompressed bytes written so far.
+    pub fn raw(&self) -> u64 {
+        self.raw
+    }
+
+    /// Ends the compressed stream and flushes it to the file (no fsync: the stream, not
+    /// the spool, is what survives a crash).
+    pub fn finish(self) -> std::io::Result<SpoolFile> {
+        let out = match self.enc {
+            Encoder::None(w) => w,
+            Encoder::Gzip(w) => w.finish()?,
+            Encoder::Zstd(w) => w.finish()?,
+            Encoder::Snappy(w) => w.into_inner().map_err(|e| e.into_error())?,
+        };
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(self.file)
+    }
+}
+
+/// Removes a pipeline's leftover spool files (from a crash).
+pub fn clean(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.path().extension().is_some_and(|x| x == "spool") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spool_holds_what_encode_would_produce_and_vanishes_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes())
+            .collect();
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Snappy,
+        ] {
+            let mut s = Spool::create(dir.path(), c).unwrap();
+            for chunk in data.chunks(777) {
+                s.write(chunk).unwrap();
+            }
+            assert_eq!(s.raw(), data.len() as u64);
+            let f = s.finish().unwrap();
+            let body = std::fs::read(f.path()).unwrap();
+            assert_eq!(super::super::tests::decode(c, &body), data, "{c:?}");
+            let p = f.path().to_path_buf();
+            drop(f);
+            assert!(!p.exists());
+        }
+        let s = Spool::create(dir.path(), Compression::Gzip).unwrap();
+        drop(s);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
