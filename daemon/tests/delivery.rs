@@ -374,6 +374,63 @@ fn sigkill_after_interval_flushes_duplicates_nothing() {
     );
 }
 
+/// zstd objects as DuckDB reads them, snappy (framed) objects as the snap crate reads them.
+#[test]
+fn zstd_and_snappy_objects_read_back() {
+    let pipeline = |name: &str, c: &str| {
+        format!("[pipelines.{name}]\nsource = {{ plugin = \"stream\", stream = \"events\" }}\n\n[pipelines.{name}.partitioning]\nquery = '{{type}}'\n\n[pipelines.{name}.buffer]\ninterval = \"1s\"\n\n[pipelines.{name}.sink]\nplugin = \"object-store\"\nurl = \"{name}\"\nprefix = \"type=!{{partitionKeyFromQuery:type}}/\"\ncompression = \"{c}\"\n")
+    };
+    let s = Setup::new(
+        "",
+        &[
+            ("stream", "[streams.events]\nshards = 2\n"),
+            ("zstd", &pipeline("lake-zstd", "zstd")),
+            ("snappy", &pipeline("lake-snappy", "snappy")),
+            ("gen", &generator_into_events(1000)),
+        ],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    wait_until(Duration::from_secs(30), "both lakes written", || {
+        ["lake-zstd", "lake-snappy"].iter().all(|p| {
+            d.metric("sluice_sink_records_total", &[&format!("pipeline=\"{p}\"")]) >= 1000.0
+        })
+    });
+    let py = root().join("target/pyenv/bin/python");
+    let out = Command::new(py)
+        .arg("-c")
+        .arg("import duckdb,sys; print(duckdb.sql(\"select count(*), count(distinct id), count(distinct type) from read_json_auto('\" + sys.argv[1] + \"/**/*.zst', compression='zstd', hive_partitioning=true)\").fetchall()[0])")
+        .arg(s.path("lake-zstd"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("(1000, 1000, "), "{text}");
+    let mut lines = 0;
+    let mut stack = vec![s.path("lake-snappy")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                assert!(p.to_str().unwrap().ends_with(".snappy"), "{p:?}");
+                use std::io::Read;
+                let mut text = String::new();
+                snap::read::FrameDecoder::new(std::fs::File::open(&p).unwrap())
+                    .read_to_string(&mut text)
+                    .unwrap();
+                lines += text.lines().count();
+            }
+        }
+    }
+    assert_eq!(lines, 1000);
+}
+
 fn one_partition_pipeline(url_and_options: &str, compression: &str) -> String {
     format!("[streams.events]\nshards = 2\n\n[pipelines.events-to-lake]\nsource = {{ plugin = \"stream\", stream = \"events\" }}\n\n[pipelines.events-to-lake.buffer]\nsize = \"64MiB\"\ninterval = \"1h\"\n\n[pipelines.events-to-lake.sink]\nplugin = \"object-store\"\n{url_and_options}\nprefix = \"data/\"\ncompression = \"{compression}\"\n")
 }
