@@ -88,20 +88,27 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Caps glibc's malloc arenas before any thread starts. By default every thread that
-/// allocates gets its own arena (up to 8 × cores), and memory freed by one pipeline stage
-/// stays parked in another thread's arena: with many partitions that kept RSS ~45% above
-/// `limits.buffer_memory` (BENCHMARKS.md, memory). Two arenas keep it within the budget.
-fn limit_malloc_arenas() {
+/// Tunes glibc's malloc before any thread starts (BENCHMARKS.md, memory). By default every
+/// thread that allocates gets its own arena (up to 8 × cores), and memory freed by one
+/// pipeline stage stays parked in another thread's arena: two arenas. And glibc raises its
+/// mmap threshold each time a large block is freed, after which the large, short-lived
+/// blocks of every flush (encoder state, compressed body) are carved from the heap and
+/// fragment it: a fixed 128 KiB threshold sends them to `mmap` and back to the system.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    {
         // SAFETY: called first thing in main, before any other thread exists.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) };
+        }
     }
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
         eprintln!("error: {e:#}");

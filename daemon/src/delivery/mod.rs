@@ -10,6 +10,7 @@
 //! `limits.buffer_memory`: past it, the pipeline adding records flushes its largest buffers
 //! (reason `memory`).
 
+mod chunks;
 mod intent;
 mod kpl;
 mod partition;
@@ -29,7 +30,6 @@ use base64::Engine as _;
 use md5::{Digest, Md5};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -95,7 +95,7 @@ pub enum BufferKey {
 
 struct Buffer {
     key: BufferKey,
-    data: Vec<u8>,
+    data: chunks::Chunks,
     records: u64,
     oldest_ms: i64,
     first_seq: u64,
@@ -104,7 +104,8 @@ struct Buffer {
     /// Per shard tag: (tag, first sequence, last sequence) — kept with an intent log only.
     ranges: Vec<(u64, u64, u64)>,
     /// Set once the buffer outgrew [`SPILL_AT`]: records go through the compressor to disk.
-    spool: Option<spool::Spool>,
+    /// Boxed: an encoder is hundreds of bytes, and there is one `Buffer` per partition.
+    spool: Option<Box<spool::Spool>>,
     spool_error: Option<std::io::Error>,
 }
 
@@ -112,7 +113,7 @@ impl Buffer {
     fn new(key: BufferKey, rec: &Record) -> Buffer {
         Buffer {
             key,
-            data: Vec::new(),
+            data: chunks::Chunks::default(),
             records: 0,
             oldest_ms: rec.arrival_ms,
             first_seq: rec.sequence,
@@ -126,7 +127,7 @@ impl Buffer {
 
     /// Uncompressed bytes held (in RAM or spooled).
     fn raw_len(&self) -> u64 {
-        self.data.len() as u64 + self.spool.as_ref().map_or(0, spool::Spool::raw)
+        self.data.len() as u64 + self.spool.as_ref().map_or(0, |s| s.raw())
     }
 
     /// Appends a record; returns how much the allocation grew.
@@ -139,17 +140,14 @@ impl Buffer {
         touched: &mut usize,
         ranges: bool,
     ) -> u64 {
-        let cap = self.data.capacity();
+        let mut grown = 0;
         match &mut self.spool {
             Some(sp) => {
                 if let Err(e) = sp.write(payload).and_then(|()| sp.write(delim)) {
                     self.spool_error.get_or_insert(e);
                 }
             }
-            None => {
-                self.data.extend_from_slice(payload);
-                self.data.extend_from_slice(delim);
-            }
+            None => grown = self.data.extend(payload) + self.data.extend(delim),
         }
         self.records += 1;
         self.oldest_ms = self.oldest_ms.min(rec.arrival_ms);
@@ -164,8 +162,8 @@ impl Buffer {
                 None => self.ranges.push((tag, seq, seq)),
             }
         }
-        // The budget counts allocated capacity, not just length: that is what RSS sees.
-        (self.data.capacity() - cap) as u64
+        // The budget counts whole chunks, not just length: that is what RSS sees.
+        grown as u64
     }
 }
 
@@ -473,12 +471,12 @@ impl Delivery {
             if let Some(dir) = &self.spool_dir {
                 match spool::Spool::create(dir, compression) {
                     Ok(mut sp) => {
-                        if let Err(e) = sp.write(&b.data) {
+                        if let Err(e) = b.data.slices().try_for_each(|s| sp.write(s)) {
                             b.spool_error.get_or_insert(e);
                         }
                         freed = b.data.capacity() as u64;
-                        b.data = Vec::new();
-                        b.spool = Some(sp);
+                        b.data.clear();
+                        b.spool = Some(Box::new(sp));
                         grown += spool::Spool::memory(compression);
                         self.spools += 1;
                     }
@@ -787,9 +785,12 @@ impl Delivery {
         let (body, spool) = match b.spool {
             Some(sp) => {
                 self.spools -= 1;
-                (Vec::new(), Some(sp.finish()?))
+                (Vec::new(), Some((*sp).finish()?))
             }
-            None => (encode(compression, &b.data), None),
+            None => (
+                encode_slices(compression, b.data.slices(), b.data.len()),
+                None,
+            ),
         };
         self.publish_gauges();
         Ok(Some(Flushed {
@@ -949,20 +950,47 @@ impl Drop for Delivery {
 
 /// Compresses a whole buffer.
 pub fn encode(c: Compression, data: &[u8]) -> Vec<u8> {
+    encode_slices(c, std::iter::once(data), data.len())
+}
+
+/// Compresses a buffer held in pieces (`len` bytes in all). Writing into a `Vec` cannot
+/// fail, so the encoders' I/O errors cannot happen here.
+fn encode_slices<'a>(
+    c: Compression,
+    slices: impl Iterator<Item = &'a [u8]>,
+    len: usize,
+) -> Vec<u8> {
+    fn all<'a, W: std::io::Write>(w: &mut W, slices: impl Iterator<Item = &'a [u8]>) {
+        for s in slices {
+            let _ = w.write_all(s);
+        }
+    }
     match c {
-        Compression::None => data.to_vec(),
+        Compression::None => {
+            let mut out = Vec::with_capacity(len);
+            all(&mut out, slices);
+            out
+        }
         Compression::Gzip => {
             let mut e = flate2::write::GzEncoder::new(
-                Vec::with_capacity(data.len() / 4),
+                Vec::with_capacity(len / 4),
                 flate2::Compression::fast(),
             );
-            let _ = e.write_all(data);
+            all(&mut e, slices);
             e.finish().unwrap_or_default()
         }
-        Compression::Zstd => zstd::bulk::compress(data, 3).unwrap_or_default(),
+        Compression::Zstd => {
+            match zstd::stream::write::Encoder::new(Vec::with_capacity(len / 4), 3) {
+                Ok(mut e) => {
+                    all(&mut e, slices);
+                    e.finish().unwrap_or_default()
+                }
+                Err(_) => Vec::new(),
+            }
+        }
         Compression::Snappy => {
-            let mut e = snap::write::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
-            let _ = e.write_all(data);
+            let mut e = snap::write::FrameEncoder::new(Vec::with_capacity(len / 2));
+            all(&mut e, slices);
             e.into_inner().unwrap_or_default()
         }
     }

@@ -1,0 +1,110 @@
+//! Buffer memory in fixed-size chunks from one shared pool. With thousands of partitions
+//! growing and flushing at different times, `Vec` doubling leaves the allocator's heap
+//! fragmented (freed blocks of every size between live ones), and RSS drifts far above
+//! the bytes actually buffered. Chunks of one size are recycled exactly, so RSS follows
+//! the budget. The pool keeps at most [`POOL_MAX`] bytes of free chunks.
+
+use std::sync::Mutex;
+
+/// Size of one chunk.
+pub const CHUNK: usize = 8 << 10;
+/// Most free bytes the pool keeps for reuse; beyond, chunks go back to the allocator.
+pub const POOL_MAX: usize = 64 << 20;
+
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+fn get() -> Vec<u8> {
+    let reused = POOL.lock().ok().and_then(|mut p| p.pop());
+    reused.unwrap_or_else(|| Vec::with_capacity(CHUNK))
+}
+
+fn put(chunks: impl Iterator<Item = Vec<u8>>) {
+    let Ok(mut p) = POOL.lock() else { return };
+    for mut c in chunks {
+        if p.len() * CHUNK >= POOL_MAX {
+            break;
+        }
+        c.clear();
+        p.push(c);
+    }
+}
+
+/// Bytes appended in order, stored in pooled chunks.
+#[derive(Default)]
+pub struct Chunks {
+    chunks: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Chunks {
+    /// Appends bytes; returns how many bytes of chunks were added.
+    pub fn extend(&mut self, mut bytes: &[u8]) -> usize {
+        let mut added = 0;
+        self.len += bytes.len();
+        while !bytes.is_empty() {
+            let room = self.chunks.last().map_or(0, |c| CHUNK - c.len());
+            if room == 0 {
+                self.chunks.push(get());
+                added += CHUNK;
+                continue;
+            }
+            let n = room.min(bytes.len());
+            if let Some(c) = self.chunks.last_mut() {
+                c.extend_from_slice(&bytes[..n]);
+            }
+            bytes = &bytes[n..];
+        }
+        added
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes of chunks held (what the memory budget counts).
+    pub fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// The bytes, chunk by chunk.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().map(Vec::as_slice)
+    }
+
+    /// Gives the chunks back to the pool.
+    pub fn clear(&mut self) {
+        put(self.chunks.drain(..));
+        self.len = 0;
+    }
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn chunks_hold_exactly_what_was_appended(parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20_000), 0..20)) {
+            let mut c = Chunks::default();
+            let mut want = Vec::new();
+            let mut cap = 0;
+            for p in &parts {
+                cap += c.extend(p);
+                want.extend_from_slice(p);
+            }
+            let got: Vec<u8> = c.slices().flatten().copied().collect();
+            prop_assert_eq!(&got, &want);
+            prop_assert_eq!(c.len(), want.len());
+            prop_assert_eq!(c.capacity(), cap);
+            prop_assert_eq!(cap, want.len().div_ceil(CHUNK) * CHUNK);
+        }
+    }
+}
