@@ -88,18 +88,19 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Tunes glibc's malloc before any thread starts (BENCHMARKS.md, memory). By default every
-/// thread that allocates gets its own arena (up to 8 × cores), and memory freed by one
-/// pipeline stage stays parked in another thread's arena: two arenas. And glibc raises its
+/// Tunes glibc's malloc before any thread starts (BENCHMARKS.md, memory). glibc raises its
 /// mmap threshold each time a large block is freed, after which the large, short-lived
-/// blocks of every flush (encoder state, compressed body) are carved from the heap and
-/// fragment it: a fixed 128 KiB threshold sends them to `mmap` and back to the system.
+/// blocks of every flush (encoder state, compressed body) are carved from the heap between
+/// long-lived buffers and fragment it: a fixed 128 KiB threshold sends them to `mmap` and
+/// back to the system. With that (and pooled buffer chunks) the arena count no longer
+/// moves RSS, while too few arenas make the pipeline threads contend on malloc's locks:
+/// 8 arenas measured best.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: called first thing in main, before any other thread exists.
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 8) };
         }
         if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
             unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) };
