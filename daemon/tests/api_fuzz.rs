@@ -1,11 +1,11 @@
 //! The API fuzz target's body under proptest: arbitrary and near-valid request bodies for
-//! every Kinesis operation never panic and never produce a server error.
+//! every Kinesis and Firehose operation never panic and never produce a server error.
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
-use sluiced::api::fuzzing::dispatch;
+use sluiced::api::fuzzing::{dispatch, dispatch_firehose};
 
-use sluiced::api::KINESIS_OPERATIONS as OPS;
+use sluiced::api::{FIREHOSE_OPERATIONS as FH_OPS, KINESIS_OPERATIONS as OPS};
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
@@ -20,6 +20,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         Just(serde_json::Value::from("eyJuIjoxfQ==")),
         Just(serde_json::Value::from("shardId-000000000001")),
         Just(serde_json::Value::from("TRIM_HORIZON")),
+        Just(serde_json::Value::from("lake")),
     ];
     leaf.prop_recursive(3, 32, 6, |inner| {
         prop_oneof![
@@ -40,6 +41,10 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
                     Just("ShardCount".to_string()),
                     Just("NextToken".to_string()),
                     Just("MaxResults".to_string()),
+                    Just("DeliveryStreamName".to_string()),
+                    Just("Record".to_string()),
+                    Just("ExclusiveStartDeliveryStreamName".to_string()),
+                    Just("DeliveryStreamType".to_string()),
                     ".{0,10}",
                 ],
                 inner,
@@ -60,5 +65,15 @@ proptest! {
     #[test]
     fn raw_bytes(op in 0..OPS.len(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
         dispatch(OPS[op], &body);
+    }
+
+    #[test]
+    fn firehose_structured_bodies(op in 0..FH_OPS.len(), v in json_value()) {
+        dispatch_firehose(FH_OPS[op], v.to_string().as_bytes());
+    }
+
+    #[test]
+    fn firehose_raw_bytes(op in 0..FH_OPS.len(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        dispatch_firehose(FH_OPS[op], &body);
     }
 }

@@ -11,6 +11,7 @@ mod request;
 mod sigv4;
 
 pub use error::ApiError;
+pub use firehose::OPERATIONS as FIREHOSE_OPERATIONS;
 pub use iterator::IteratorCodec;
 pub use kinesis::OPERATIONS as KINESIS_OPERATIONS;
 pub use sigv4::{sign, Verifier};
@@ -185,6 +186,10 @@ pub mod fuzzing {
             let dir = std::env::temp_dir().join(format!("sluice-api-fuzz-{}", std::process::id()));
             let streams = Streams::open(&dir).ok()?;
             streams.create("events", 2).ok()?;
+            // The internal stream of a `direct-put` pipeline named `lake`.
+            streams
+                .create(&crate::config::direct_put_stream("lake"), 1)
+                .ok()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -207,12 +212,28 @@ pub mod fuzzing {
     /// Runs Kinesis operation `op` on `body`: it must answer (never panic) and any error
     /// must be a client error (4xx), never an internal one.
     pub fn dispatch(op: &str, body: &[u8]) {
+        run(op, body, false);
+    }
+
+    /// The same for Firehose operation `op` (delivery stream `lake` exists).
+    pub fn dispatch_firehose(op: &str, body: &[u8]) {
+        run(op, body, true);
+    }
+
+    fn run(op: &str, body: &[u8], firehose: bool) {
         let Some(env) = env() else { return };
         let call = Call {
             state: &env.state,
             region: "us-east-1".into(),
         };
-        if let Err(e) = env.rt.block_on(kinesis::dispatch(&call, op, body)) {
+        let res = env.rt.block_on(async {
+            if firehose {
+                firehose::dispatch(&call, op, body).await
+            } else {
+                kinesis::dispatch(&call, op, body).await
+            }
+        });
+        if let Err(e) = res {
             assert!(
                 e.status.is_client_error(),
                 "{op} answered {} {}: {}",
