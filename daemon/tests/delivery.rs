@@ -374,6 +374,110 @@ fn sigkill_after_interval_flushes_duplicates_nothing() {
     );
 }
 
+/// Hostile partition values (path separators, `..`, empty, control characters, very long)
+/// put through the Kinesis API: every file lands inside the lake, directly under one
+/// `type=` folder of the prefix, and the values that cannot make a key go to the error
+/// output.
+#[test]
+fn hostile_partition_values_never_leave_the_prefix() {
+    let s = Setup::new(
+        "",
+        &[(
+            "lake",
+            &lake_pipeline("size = \"64MiB\"\ninterval = \"1s\"", ""),
+        )],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    let long = "x".repeat(600);
+    let hostile = [
+        "../../../../etc",
+        "..",
+        ".",
+        "/",
+        "a/../../b",
+        "\\..\\x",
+        "",
+        "tab\there",
+        "nul\u{0}byte",
+        "new\nline",
+        "%2E%2E",
+        "=",
+        long.as_str(),
+    ];
+    let recs: Vec<String> = hostile
+        .iter()
+        .map(|t| {
+            use base64::Engine as _;
+            let doc = serde_json::json!({"type": t, "source": t}).to_string();
+            format!(
+                r#"{{"Data":"{}","PartitionKey":"k"}}"#,
+                base64::engine::general_purpose::STANDARD.encode(doc)
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"StreamName":"events","Records":[{}]}}"#,
+        recs.join(",")
+    );
+    assert_eq!(kinesis(s.api, "PutRecords", &body).0, 200);
+    let pl = ["pipeline=\"events-to-lake\""];
+    wait_until(
+        Duration::from_secs(30),
+        "every record delivered or failed",
+        || {
+            d.metric("sluice_sink_records_total", &pl)
+                + d.metric("sluice_records_failed_total", &pl)
+                >= hostile.len() as f64
+        },
+    );
+    // Every file under the test folder is where it should be: var/ (state) or lake/.
+    let root = s.dir.path().canonicalize().unwrap();
+    let mut stack = vec![root.clone()];
+    let mut data_objects = 0;
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let top = rel.split('/').next().unwrap();
+            assert!(
+                ["var", "lake", "pipelines", "sluiced.toml"].contains(&top),
+                "a file outside the lake: {rel}"
+            );
+            if top == "lake" && !rel.starts_with("lake/kdferror/") {
+                // lake/type=…/source=…/yyyy/MM/dd/HH/<name>.gz
+                let segs: Vec<&str> = rel.split('/').collect();
+                assert_eq!(segs.len(), 8, "{rel}");
+                assert!(
+                    segs[1].starts_with("type=") && segs[2].starts_with("source="),
+                    "{rel}"
+                );
+                assert!(segs.iter().all(|s| *s != ".." && *s != "."), "{rel}");
+                assert!(!rel.chars().any(|c| c.is_control()), "{rel:?}");
+                data_objects += 1;
+            }
+        }
+    }
+    assert!(data_objects >= 10, "{data_objects} data objects");
+    // The empty and the over-long values cannot make a key: error output.
+    assert_eq!(
+        d.metric(
+            "sluice_records_failed_total",
+            &[
+                "pipeline=\"events-to-lake\"",
+                "error_type=\"partitioning-failed\""
+            ]
+        ),
+        2.0
+    );
+    let lines = lake_lines(s.dir.path());
+    assert_eq!(lines.len(), hostile.len() - 2);
+}
+
 /// zstd objects as DuckDB reads them, snappy (framed) objects as the snap crate reads them.
 #[test]
 fn zstd_and_snappy_objects_read_back() {

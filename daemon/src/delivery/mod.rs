@@ -392,6 +392,12 @@ impl Delivery {
             }
             None => (None, Vec::new()),
         };
+        // Every flush reason is exported from the start, at 0. `partitions` stays 0: past
+        // `max_active_partitions` records go to the error output, as in Firehose, instead
+        // of forcing a flush.
+        for reason in ["size", "interval", "memory", "partitions", "drain"] {
+            metrics::counter!("sluice_buffer_flushes_total", "pipeline" => pipeline.to_string(), "reason" => reason).increment(0);
+        }
         let mut recovering = Recovering::default();
         if !recovered.is_empty() {
             tracing::info!(
