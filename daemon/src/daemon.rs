@@ -185,13 +185,22 @@ fn record_reload(ok: bool) {
 /// otherwise. Daemon-level settings (listeners, folders) need a restart.
 async fn reload(
     path: &Path,
-    registry: &Registry,
-    streams: &Streams,
+    registry: &Arc<Registry>,
+    streams: &Arc<Streams>,
     sup: &mut Supervisor,
     current: &mut ConfigSet,
 ) -> Result<serde_json::Value, String> {
-    let new =
-        config::load_daemon(path).and_then(|(d, base)| config::load_with(path, d, base, registry));
+    // Reading, parsing and validating (plugins compile their programs) is blocking work:
+    // on the blocking pool it cannot stall the API's tasks on the two runtime workers.
+    let (p, reg) = (path.to_path_buf(), registry.clone());
+    let new = tokio::task::spawn_blocking(move || {
+        config::load_daemon(&p).and_then(|(d, base)| config::load_with(&p, d, base, &reg))
+    })
+    .await
+    .map_err(|e| {
+        record_reload(false);
+        format!("reload task failed: {e}")
+    })?;
     match new {
         Err(e) => {
             record_reload(false);
@@ -206,7 +215,14 @@ async fn reload(
                     "changes to the daemon file other than pipelines take effect after a restart"
                 );
             }
-            if let Err(e) = streams.apply_config(&set.streams) {
+            let (st, specs) = (streams.clone(), set.streams.clone());
+            let applied = tokio::task::spawn_blocking(move || st.apply_config(&specs))
+                .await
+                .map_err(|e| {
+                    record_reload(false);
+                    format!("reload task failed: {e}")
+                })?;
+            if let Err(e) = applied {
                 record_reload(false);
                 tracing::error!(error = %e, "reload failed: cannot open streams; the running configuration is kept");
                 return Err(e.to_string());

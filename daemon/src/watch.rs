@@ -8,8 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Quiet time after the last event before a reload starts.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Quiet time after the last event before a reload starts. An editor's save is a burst
+/// of events microseconds apart (truncate + write, temp + rename, vim's backup dance), so
+/// 50 ms of quiet ends it; a reload caught mid-save at worst sees an invalid file, which
+/// changes nothing, and the burst's last event triggers the reload that counts.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 fn relevant(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
