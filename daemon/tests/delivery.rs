@@ -49,8 +49,8 @@ fn lake_lines(root: &Path) -> HashMap<String, usize> {
     gz_lines(&root.join("lake"))
 }
 
-#[test]
-fn lake_end_to_end_with_boto3_kpl_and_duckdb() {
+/// The lake pipeline alone (64 MiB / 1 s buffers), running.
+fn lake_daemon() -> (Setup, Daemon) {
     let s = Setup::new(
         "",
         &[(
@@ -60,6 +60,12 @@ fn lake_end_to_end_with_boto3_kpl_and_duckdb() {
     );
     let mut d = s.start();
     d.wait_ready();
+    (s, d)
+}
+
+#[test]
+fn lake_end_to_end_with_boto3_kpl_and_duckdb() {
+    let (s, d) = lake_daemon();
     let py = root().join("target/pyenv/bin/python");
     assert!(py.exists(), "run scripts/install-test-deps");
     let out = Command::new(py)
@@ -380,15 +386,7 @@ fn sigkill_after_interval_flushes_duplicates_nothing() {
 /// output.
 #[test]
 fn hostile_partition_values_never_leave_the_prefix() {
-    let s = Setup::new(
-        "",
-        &[(
-            "lake",
-            &lake_pipeline("size = \"64MiB\"\ninterval = \"1s\"", ""),
-        )],
-    );
-    let mut d = s.start();
-    d.wait_ready();
+    let (s, d) = lake_daemon();
     let long = "x".repeat(600);
     let hostile = [
         "../../../../etc",

@@ -1046,17 +1046,25 @@ mod tests {
         dec
     }
 
+    /// Every compression, for tests that go through them all.
+    pub(super) const ALL: [Compression; 4] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Snappy,
+    ];
+
+    /// `n` small JSON lines.
+    pub(super) fn json_lines(n: u32) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes())
+            .collect()
+    }
+
     #[test]
     fn every_compression_round_trips() {
-        let data: Vec<u8> = (0..50_000u32)
-            .flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes())
-            .collect();
-        for c in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Zstd,
-            Compression::Snappy,
-        ] {
+        let data = json_lines(50_000);
+        for c in ALL {
             let enc = encode(c, &data);
             assert_eq!(decode(c, &enc), data, "{c:?}");
             if c != Compression::None {

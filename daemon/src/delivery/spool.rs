@@ -129,16 +129,10 @@ mod tests {
 
     #[test]
     fn a_spool_holds_what_encode_would_produce_and_vanishes_when_dropped() {
+        use super::super::tests::{decode, json_lines, ALL};
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..200_000u32)
-            .flat_map(|i| format!("{{\"n\":{i}}}\n").into_bytes())
-            .collect();
-        for c in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Zstd,
-            Compression::Snappy,
-        ] {
+        let data = json_lines(200_000);
+        for c in ALL {
             let mut s = Spool::create(dir.path(), c).unwrap();
             for chunk in data.chunks(777) {
                 s.write(chunk).unwrap();
@@ -146,7 +140,7 @@ mod tests {
             assert_eq!(s.raw(), data.len() as u64);
             let f = s.finish().unwrap();
             let body = std::fs::read(f.path()).unwrap();
-            assert_eq!(super::super::tests::decode(c, &body), data, "{c:?}");
+            assert_eq!(decode(c, &body), data, "{c:?}");
             let p = f.path().to_path_buf();
             drop(f);
             assert!(!p.exists());
