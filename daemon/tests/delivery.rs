@@ -344,8 +344,20 @@ fn crash_and_recover_with(buffer: &str, generator: &str, failpoint: Option<&str>
     );
     assert_eq!(total, lines.len(), "no record is in the lake twice");
     assert_eq!(dup_counted, 0.0);
-    // Stale temp files of an interrupted write are never visible as objects.
+    // An interrupted write's temp file never shows as an object, and the rewrite of the
+    // same object removes it.
     assert!(lines.keys().all(|l| l.starts_with('{')));
+    let mut stack = vec![s.path("lake")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                let name = e.file_name().into_string().unwrap();
+                assert!(!name.contains(".tmp-"), "leftover {name}");
+            }
+        }
+    }
 }
 
 #[test]

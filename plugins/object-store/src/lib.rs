@@ -2,7 +2,8 @@
 //! against the daemon config's folder) or `file:///absolute/path`. Objects are written
 //! the way readers never see a partial one: a hidden temp name in the target folder,
 //! `fsync`, `rename`, `fsync` of the folder. Re-delivering an object with the same key
-//! replaces it, so replays with deterministic names leave no duplicates.
+//! replaces it (and removes temp files a crash left for that name), so replays with
+//! deterministic names leave no duplicates and no debris.
 //!
 //! `s3://bucket/prefix` writes to S3 or any S3-compatible store through the `object_store`
 //! crate (`endpoint`, `region`, `access_key_id`, `secret_access_key`, `path_style`,
@@ -304,7 +305,19 @@ impl ObjectStore {
             f.sync_all()?;
             sluice_plugin_api::failpoint("object-store-mid-upload");
             std::fs::rename(&tmp, &path)?;
-            sync_dir(&dir)
+            sync_dir(&dir)?;
+            // A crash mid-write leaves `.<name>.tmp-<pid>-<n>` behind; the replay writes the
+            // same name into the same folder, so that is where its leftovers are found.
+            let stale = format!(".{name}.tmp-");
+            for e in std::fs::read_dir(&dir)?.flatten() {
+                if e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&stale))
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            Ok(())
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
