@@ -264,3 +264,57 @@ fn sigterm_under_load_delivers_everything_and_checkpoints() {
         "delivered {delivered} of {in_stream}"
     );
 }
+
+/// Deleting the file of a pipeline that buffers (object sink, 1 h interval) drains it: its
+/// buffers are flushed and delivered, and its checkpoint covers every record, before it
+/// stops.
+#[test]
+fn a_deleted_pipeline_delivers_its_buffers() {
+    let stream = "[streams.events]\nshards = 2\n\n[pipelines.produce]\nsource = { plugin = \"generator\", count = 500, template = '{\"n\":${seq}}' }\nsink = { plugin = \"stream\", stream = \"events\" }\n";
+    let lake = "[pipelines.lake]\nsource = { plugin = \"stream\", stream = \"events\" }\n\n[pipelines.lake.buffer]\ninterval = \"1h\"\n\n[pipelines.lake.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"data/\"\n";
+    let s = Setup::new("", &[("stream", stream), ("lake", lake)]);
+    let mut d = s.start();
+    d.wait_ready();
+    let pl = ["pipeline=\"lake\""];
+    wait_until(Duration::from_secs(10), "500 records buffered", || {
+        d.metric("sluice_buffer_records", &pl) >= 500.0
+    });
+    assert_eq!(d.metric("sluice_sink_records_total", &pl), 0.0);
+    std::fs::remove_file(s.path("pipelines/lake.toml")).unwrap();
+    wait_until(Duration::from_secs(10), "lake is gone", || {
+        !d.get("/admin/status")
+            .unwrap()
+            .1
+            .contains("\"name\":\"lake\"")
+    });
+    let mut n = 0;
+    let mut stack = vec![s.path("lake")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += std::fs::read_to_string(e.path()).unwrap().lines().count();
+            }
+        }
+    }
+    assert_eq!(n, 500, "every buffered record was delivered");
+    assert_eq!(
+        d.metric(
+            "sluice_buffer_flushes_total",
+            &["pipeline=\"lake\"", "reason=\"drain\""]
+        ),
+        1.0
+    );
+    let cp: std::collections::HashMap<String, u64> = serde_json::from_str(
+        &std::fs::read_to_string(s.path("var/checkpoints/lake/events.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cp.values().sum::<u64>(),
+        500,
+        "checkpointed past every record"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
