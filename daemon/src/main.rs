@@ -68,12 +68,40 @@ enum Command {
     },
 }
 
+/// Prefixes each line with its syslog priority (`<3>` error … `<7>` debug), which journald
+/// reads from a service's stderr (`SyslogLevelPrefix=`, on by default).
+struct SyslogPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     use tracing_subscriber::prelude::*;
     let targets: tracing_subscriber::filter::Targets = filter
         .parse()
         .with_context(|| format!("invalid log filter `{filter}`"))?;
-    // Under journald, timestamps come from the journal: don't print them twice.
+    // Under journald, timestamps come from the journal: don't print them twice; and a
+    // `<N>` prefix gives each line its priority (`journalctl -p warning` works).
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = std::io::stderr().is_terminal();
     let fmt = tracing_subscriber::fmt::layer()
@@ -82,7 +110,11 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(targets);
     match (format, journald) {
         (LogFormat::Json, _) => registry.with(fmt.json().flatten_event(true)).init(),
-        (LogFormat::Text, true) => registry.with(fmt.without_time()).init(),
+        (LogFormat::Text, true) => registry
+            .with(fmt.event_format(SyslogPrefix(
+                tracing_subscriber::fmt::format().without_time(),
+            )))
+            .init(),
         (LogFormat::Text, false) => registry.with(fmt).init(),
     }
     Ok(())

@@ -185,6 +185,47 @@ fn metrics_pass_promtool() {
     );
 }
 
+/// Logs: timestamps on plain stderr, none but a `<N>` priority under journald
+/// (`JOURNAL_STREAM` set, as systemd does), one JSON object per line with `--log-format json`.
+#[test]
+fn log_formats_for_terminals_journald_and_json() {
+    let s = Setup::new("", &[]);
+    let stderr_of = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["run".into(), "--config".into(), s.config.clone().into()];
+        args.extend(extra.iter().map(Into::into));
+        let mut d = Daemon::start_env(&args, s.metrics, root(), env);
+        d.wait_ready();
+        d.signal(libc::SIGTERM);
+        assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
+        let lines: Vec<String> = d.stderr().lines().map(String::from).collect();
+        assert!(lines.len() >= 3, "{lines:?}");
+        lines
+    };
+    let plain = stderr_of(&[], &[]);
+    assert!(
+        plain
+            .iter()
+            .all(|l| l.starts_with("20") && l.contains(" INFO ")),
+        "{plain:?}"
+    );
+    let journal = stderr_of(&[("JOURNAL_STREAM", "8:12345")], &[]);
+    assert!(
+        journal
+            .iter()
+            .all(|l| l.starts_with("<6>") && !l.contains(":00Z") && !l.starts_with("<6>20")),
+        "{journal:?}"
+    );
+    let json = stderr_of(&[], &["--log-format", "json"]);
+    for l in &json {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"] == "INFO" && v["message"].is_string(),
+            "{l}"
+        );
+    }
+}
+
 fn which(cmd: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
