@@ -45,17 +45,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
             "Kinesis_20131202.{op}"
         )));
     }
-    let req: Value = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::serialization(format!("Invalid JSON: {e}")))?
-    };
-    if !req.is_object() {
-        return Err(ApiError::serialization(
-            "Request body must be a JSON object",
-        ));
-    }
+    let req = super::request::body(body)?;
     match op {
         "CreateStream" => create_stream(call, &req),
         "DeleteStream" => delete_stream(call, &req),

@@ -6,6 +6,23 @@ use super::error::{ApiError, Violations};
 use base64::Engine as _;
 use serde_json::Value;
 
+/// The request body: a JSON object (an empty body counts as `{}`), else a
+/// `SerializationException`.
+pub fn body(body: &[u8]) -> Result<Value, ApiError> {
+    let req: Value = if body.is_empty() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::serialization(format!("Invalid JSON: {e}")))?
+    };
+    if !req.is_object() {
+        return Err(ApiError::serialization(
+            "Request body must be a JSON object",
+        ));
+    }
+    Ok(req)
+}
+
 /// A string member, if present.
 pub fn opt_str<'a>(req: &'a Value, name: &str) -> Result<Option<&'a str>, ApiError> {
     match req.get(name) {
