@@ -18,27 +18,22 @@ fn lake_pipeline(buffer: &str, extra_partitioning: &str) -> String {
 /// Lines of every `.gz` object under `dir` (skipping `kdferror`), with how often each appears.
 fn gz_lines(dir: &Path) -> HashMap<String, usize> {
     let mut out = HashMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+    for p in files_under(dir) {
+        let in_errors = p
+            .strip_prefix(dir)
+            .unwrap()
+            .components()
+            .any(|c| c.as_os_str() == "kdferror");
+        if in_errors || p.extension().is_none_or(|x| x != "gz") {
             continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if !p.ends_with("kdferror") {
-                    stack.push(p);
-                }
-            } else if p.extension().is_some_and(|x| x == "gz") {
-                use std::io::Read;
-                let mut s = String::new();
-                flate2::read::MultiGzDecoder::new(std::fs::File::open(&p).unwrap())
-                    .read_to_string(&mut s)
-                    .unwrap();
-                for l in s.lines() {
-                    *out.entry(l.to_string()).or_default() += 1;
-                }
-            }
+        }
+        use std::io::Read;
+        let mut s = String::new();
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(&p).unwrap())
+            .read_to_string(&mut s)
+            .unwrap();
+        for l in s.lines() {
+            *out.entry(l.to_string()).or_default() += 1;
         }
     }
     out
@@ -66,20 +61,13 @@ fn lake_daemon() -> (Setup, Daemon) {
 #[test]
 fn lake_end_to_end_with_boto3_kpl_and_duckdb() {
     let (s, d) = lake_daemon();
-    let py = root().join("target/pyenv/bin/python");
-    assert!(py.exists(), "run scripts/install-test-deps");
-    let out = Command::new(py)
-        .arg(root().join("daemon/tests/interop/lake_boto3.py"))
-        .arg(format!("http://{}", s.api))
-        .arg(s.path("lake"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        d.stderr()
+    python(
+        &[
+            interop("lake_boto3.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+            s.path("lake").into_os_string(),
+        ],
+        &d,
     );
     assert!(d.metric("sluice_buffer_flushes_total", &["reason=\"interval\""]) > 0.0);
     assert_eq!(
@@ -347,16 +335,8 @@ fn crash_and_recover_with(buffer: &str, generator: &str, failpoint: Option<&str>
     // An interrupted write's temp file never shows as an object, and the rewrite of the
     // same object removes it.
     assert!(lines.keys().all(|l| l.starts_with('{')));
-    let mut stack = vec![s.path("lake")];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                let name = e.file_name().into_string().unwrap();
-                assert!(!name.contains(".tmp-"), "leftover {name}");
-            }
-        }
+    for p in files_under(&s.path("lake")) {
+        assert!(!p.to_str().unwrap().contains(".tmp-"), "leftover {p:?}");
     }
 }
 
@@ -443,33 +423,25 @@ fn hostile_partition_values_never_leave_the_prefix() {
     );
     // Every file under the test folder is where it should be: var/ (state) or lake/.
     let root = s.dir.path().canonicalize().unwrap();
-    let mut stack = vec![root.clone()];
     let mut data_objects = 0;
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let top = rel.split('/').next().unwrap();
+    for p in files_under(&root) {
+        let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+        let top = rel.split('/').next().unwrap();
+        assert!(
+            ["var", "lake", "pipelines", "sluiced.toml"].contains(&top),
+            "a file outside the lake: {rel}"
+        );
+        if top == "lake" && !rel.starts_with("lake/kdferror/") {
+            // lake/type=…/source=…/yyyy/MM/dd/HH/<name>.gz
+            let segs: Vec<&str> = rel.split('/').collect();
+            assert_eq!(segs.len(), 8, "{rel}");
             assert!(
-                ["var", "lake", "pipelines", "sluiced.toml"].contains(&top),
-                "a file outside the lake: {rel}"
+                segs[1].starts_with("type=") && segs[2].starts_with("source="),
+                "{rel}"
             );
-            if top == "lake" && !rel.starts_with("lake/kdferror/") {
-                // lake/type=…/source=…/yyyy/MM/dd/HH/<name>.gz
-                let segs: Vec<&str> = rel.split('/').collect();
-                assert_eq!(segs.len(), 8, "{rel}");
-                assert!(
-                    segs[1].starts_with("type=") && segs[2].starts_with("source="),
-                    "{rel}"
-                );
-                assert!(segs.iter().all(|s| *s != ".." && *s != "."), "{rel}");
-                assert!(!rel.chars().any(|c| c.is_control()), "{rel:?}");
-                data_objects += 1;
-            }
+            assert!(segs.iter().all(|s| *s != ".." && *s != "."), "{rel}");
+            assert!(!rel.chars().any(|c| c.is_control()), "{rel:?}");
+            data_objects += 1;
         }
     }
     assert!(data_objects >= 10, "{data_objects} data objects");
@@ -510,37 +482,24 @@ fn zstd_and_snappy_objects_read_back() {
             d.metric("sluice_sink_records_total", &[&format!("pipeline=\"{p}\"")]) >= 1000.0
         })
     });
-    let py = root().join("target/pyenv/bin/python");
-    let out = Command::new(py)
-        .arg("-c")
-        .arg("import duckdb,sys; print(duckdb.sql(\"select count(*), count(distinct id), count(distinct type) from read_json_auto('\" + sys.argv[1] + \"/**/*.zst', compression='zstd', hive_partitioning=true)\").fetchall()[0])")
-        .arg(s.path("lake-zstd"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = python(
+        &[
+            "-c".into(),
+            "import duckdb,sys; print(duckdb.sql(\"select count(*), count(distinct id), count(distinct type) from read_json_auto('\" + sys.argv[1] + \"/**/*.zst', compression='zstd', hive_partitioning=true)\").fetchall()[0])".into(),
+            s.path("lake-zstd").into_os_string(),
+        ],
+        &d,
     );
     assert!(text.starts_with("(1000, 1000, "), "{text}");
     let mut lines = 0;
-    let mut stack = vec![s.path("lake-snappy")];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                assert!(p.to_str().unwrap().ends_with(".snappy"), "{p:?}");
-                use std::io::Read;
-                let mut text = String::new();
-                snap::read::FrameDecoder::new(std::fs::File::open(&p).unwrap())
-                    .read_to_string(&mut text)
-                    .unwrap();
-                lines += text.lines().count();
-            }
-        }
+    for p in files_under(&s.path("lake-snappy")) {
+        assert!(p.to_str().unwrap().ends_with(".snappy"), "{p:?}");
+        use std::io::Read;
+        let mut text = String::new();
+        snap::read::FrameDecoder::new(std::fs::File::open(&p).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        lines += text.lines().count();
     }
     assert_eq!(lines, 1000);
 }
@@ -785,16 +744,12 @@ fn firehose_direct_put_with_boto3() {
     let s = Setup::new("", &[("direct", pipeline)]);
     let mut d = s.start();
     d.wait_ready();
-    let out = Command::new(root().join("target/pyenv/bin/python"))
-        .arg(root().join("daemon/tests/interop/firehose_boto3.py"))
-        .arg(format!("http://{}", s.api))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    python(
+        &[
+            interop("firehose_boto3.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+        ],
+        &d,
     );
     wait_until(Duration::from_secs(20), "250 records in the lake", || {
         lake_lines(s.dir.path()).len() == 250

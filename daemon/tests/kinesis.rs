@@ -7,21 +7,10 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 const EVENTS: &str = "[streams.events]\nshards = 4\n";
-
-fn venv_bin(tool: &str) -> PathBuf {
-    let p = root().join("target/pyenv/bin").join(tool);
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/install-test-deps (Python venv with awscli and boto3)",
-        p.display()
-    );
-    p
-}
 
 fn try_call(addr: SocketAddr, target: &str, body: &str) -> Option<(u16, bool, String)> {
     aws_call(addr, target, body)
@@ -44,17 +33,12 @@ fn boto3_round_trip() {
     let s = Setup::new("", &[("streams", EVENTS)]);
     let mut d = s.start();
     d.wait_ready();
-    let out = Command::new(venv_bin("python"))
-        .arg(root().join("daemon/tests/interop/kinesis_boto3.py"))
-        .arg(format!("http://{}", s.api))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3 script failed:\n{}{}\ndaemon log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        d.stderr()
+    python(
+        &[
+            interop("kinesis_boto3.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+        ],
+        &d,
     );
 }
 
@@ -362,16 +346,12 @@ fn sigv4_is_verified_when_credentials_are_configured() {
     .unwrap();
     let mut d = s.start();
     d.wait_ready();
-    let out = Command::new(venv_bin("python"))
-        .arg(root().join("daemon/tests/interop/kinesis_sigv4.py"))
-        .arg(format!("http://{}", s.api))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    python(
+        &[
+            interop("kinesis_sigv4.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+        ],
+        &d,
     );
     // No signature at all.
     let (code, _, body) = call(s.api, "Kinesis_20131202.ListStreams", "{}");

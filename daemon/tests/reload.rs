@@ -7,6 +7,14 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// Lines in every (uncompressed) object below `dir`.
+fn plain_lines(dir: &std::path::Path) -> usize {
+    files_under(dir)
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count())
+        .sum()
+}
+
 fn pipeline(name: &str, filter: &str) -> String {
     format!(
         "[pipelines.{name}]\nsource = {{ plugin = \"generator\", rate = 200, template = '{{\"n\":${{seq}},\"p\":\"{name}\"}}' }}\n\n[[pipelines.{name}.transforms]]\nplugin = \"jq\"\nfilter = '{filter}'\n\n[pipelines.{name}.sink]\nplugin = \"file\"\npath = \"out/{name}.jsonl\"\n"
@@ -246,17 +254,7 @@ fn sigterm_under_load_delivers_everything_and_checkpoints() {
     for (id, tip) in &tips {
         assert!(cp[id] <= *tip);
     }
-    let mut delivered = 0u64;
-    let mut stack = vec![s.path("lake")];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                delivered += std::fs::read_to_string(e.path()).unwrap().lines().count() as u64;
-            }
-        }
-    }
+    let delivered = plain_lines(&s.path("lake")) as u64;
     // Everything read was delivered, and the checkpoint covers exactly that.
     assert_eq!(delivered, cp.values().sum::<u64>());
     assert!(
@@ -287,18 +285,11 @@ fn a_deleted_pipeline_delivers_its_buffers() {
             .1
             .contains("\"name\":\"lake\"")
     });
-    let mut n = 0;
-    let mut stack = vec![s.path("lake")];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                n += std::fs::read_to_string(e.path()).unwrap().lines().count();
-            }
-        }
-    }
-    assert_eq!(n, 500, "every buffered record was delivered");
+    assert_eq!(
+        plain_lines(&s.path("lake")),
+        500,
+        "every buffered record was delivered"
+    );
     assert_eq!(
         d.metric(
             "sluice_buffer_flushes_total",

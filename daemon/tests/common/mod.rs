@@ -464,3 +464,60 @@ pub fn shard_records(stream_dir: &Path) -> std::collections::HashMap<String, u64
     }
     out
 }
+
+/// A tool of the test venv (`scripts/install-test-deps`).
+pub fn venv_bin(tool: &str) -> PathBuf {
+    let p = root().join("target/pyenv/bin").join(tool);
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/install-test-deps (the Python venv of the tests)",
+        p.display()
+    );
+    p
+}
+
+/// Runs the venv's Python with `args` (a script under `daemon/tests/interop/` and its
+/// arguments, or `-c CODE ...`); fails the test with its output and the daemon's log
+/// unless it succeeds. Returns its stdout.
+pub fn python<S: AsRef<std::ffi::OsStr>>(args: &[S], d: &Daemon) -> String {
+    let out = Command::new(venv_bin("python"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python {:?} failed:\n{stdout}{}\ndaemon log:\n{}",
+        args.iter()
+            .map(|a| a.as_ref().to_owned())
+            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr),
+        d.stderr()
+    );
+    stdout
+}
+
+/// An interop script's path.
+pub fn interop(script: &str) -> PathBuf {
+    root().join("daemon/tests/interop").join(script)
+}
+
+/// Every file below `dir`, recursively (none if it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
