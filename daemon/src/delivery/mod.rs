@@ -441,6 +441,20 @@ impl Delivery {
         token: u64,
         touched: &mut usize,
     ) {
+        let route = self.recovering.lookup(&key, rec.sequence);
+        self.append_routed(key, payload, rec, token, touched, route);
+    }
+
+    /// [`Delivery::append`] with the recovery lookup already done (`route`).
+    fn append_routed(
+        &mut self,
+        key: BufferKey,
+        payload: &[u8],
+        rec: &Record,
+        token: u64,
+        touched: &mut usize,
+        route: Option<Recovery>,
+    ) {
         let delim: &[u8] = match key {
             BufferKey::Data { .. } => self.spec.delimiter.as_bytes(),
             BufferKey::Error(_) => b"\n",
@@ -451,7 +465,7 @@ impl Delivery {
             BufferKey::Error(_) => Compression::None,
         };
         let spill = self.spools < spool::MAX_OPEN;
-        let b = match self.recovering.lookup(&key, rec.sequence) {
+        let b = match route {
             Some(Recovery::Skip) => {
                 metrics::counter!("sluice_delivery_replay_skipped_records_total", "pipeline" => self.pipeline.clone()).increment(1);
                 return;
@@ -594,10 +608,10 @@ impl Delivery {
             // A new partition is checked once: its prefix must render (no missing or empty
             // key, not too long — the same for every record of the partition) and the cap
             // must leave room. Failures go to the error output.
-            let known = self.buffers.contains_key(&key)
-                || (!self.recovering.entries.is_empty()
-                    && self.recovering_takes(&key, rec.sequence));
-            if !known {
+            // Recovery may take the record (skip it or add it to a replay): then it needs no
+            // partition of its own.
+            let route = self.recovering.lookup(&key, rec.sequence);
+            if route.is_none() && !self.buffers.contains_key(&key) {
                 let BufferKey::Data { query, lambda } = &key else {
                     continue;
                 };
@@ -623,17 +637,12 @@ impl Delivery {
                     continue;
                 }
             }
-            self.append(key, &rec.data, rec, token, &mut touched);
+            self.append_routed(key, &rec.data, rec, token, &mut touched, route);
         }
         self.recovery_passed(token);
         self.pending.insert(token, touched);
         self.order.push_back(token);
         self.publish_gauges();
-    }
-
-    /// Whether recovery will skip or replay this record (so it needs no new partition).
-    fn recovering_takes(&mut self, key: &BufferKey, seq: u64) -> bool {
-        self.recovering.lookup(key, seq).is_some()
     }
 
     fn pick(&self, reason_filter: impl Fn(&Buffer) -> bool) -> Option<BufferKey> {

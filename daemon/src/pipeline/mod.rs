@@ -668,7 +668,7 @@ async fn sink_driver(
     Ok(())
 }
 
-fn journal_err(e: crate::delivery::DeliveryError) -> PipelineError {
+fn disk_err(e: crate::delivery::DeliveryError) -> PipelineError {
     PipelineError::Internal(e.to_string())
 }
 
@@ -688,7 +688,7 @@ async fn flush_one(
     acks: &mpsc::Sender<Ack>,
     shared: &PipelineShared,
 ) -> Result<(), PipelineError> {
-    let Some(f) = tokio::task::block_in_place(|| d.take(slot, reason)).map_err(journal_err)? else {
+    let Some(f) = tokio::task::block_in_place(|| d.take(slot, reason)).map_err(disk_err)? else {
         return Ok(());
     };
     sluice_plugin_api::failpoint("delivery-before-upload");
@@ -707,7 +707,7 @@ async fn flush_one(
     };
     sluice_plugin_api::failpoint("delivery-after-upload");
     let before = d.delivered;
-    let tokens = tokio::task::block_in_place(|| d.stored(&f)).map_err(journal_err)?;
+    let tokens = tokio::task::block_in_place(|| d.stored(&f)).map_err(disk_err)?;
     shared
         .records_out
         .fetch_add(d.delivered - before, Ordering::Relaxed);
@@ -741,10 +741,10 @@ async fn delivery_driver(
         while let Some((slot, reason)) = d.next_due() {
             flush_one(&mut d, &slot, reason, &mut sink, &acks, &shared).await?;
         }
-        send_acks(&acks, d.ready().map_err(journal_err)?).await;
+        send_acks(&acks, d.ready().map_err(disk_err)?).await;
         if maintained.elapsed() >= Duration::from_secs(5) {
             maintained = std::time::Instant::now();
-            tokio::task::block_in_place(|| d.maintain()).map_err(journal_err)?;
+            tokio::task::block_in_place(|| d.maintain()).map_err(disk_err)?;
         }
         let (records, bytes, parts) = d.stats();
         shared.buffered_records.store(records, Ordering::Relaxed);
@@ -769,7 +769,7 @@ async fn delivery_driver(
     while let Some(slot) = d.any() {
         flush_one(&mut d, &slot, FlushReason::Drain, &mut sink, &acks, &shared).await?;
     }
-    send_acks(&acks, d.ready().map_err(journal_err)?).await;
+    send_acks(&acks, d.ready().map_err(disk_err)?).await;
     if let Err(e) = tokio::task::block_in_place(|| sink.instance().stop(stop_deadline)) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
     }
