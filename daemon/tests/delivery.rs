@@ -217,10 +217,12 @@ fn retry_duration_moves_undeliverable_objects_to_the_error_prefix() {
             ],
         )
     };
-    wait_until(Duration::from_secs(30), "every record given up on", || {
-        failed(&d) >= 500.0
-    });
-    assert!(flush_count(&d, "interval") >= 1.0);
+    // The failure is counted when the object is redirected, the flush once it is stored.
+    wait_until(
+        Duration::from_secs(30),
+        "every record given up on and stored",
+        || failed(&d) >= 500.0 && flush_count(&d, "interval") >= 1.0,
+    );
     assert!(
         d.metric(
             "sluice_sink_retries_total",
