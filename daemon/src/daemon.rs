@@ -103,7 +103,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         });
     }
     let watched = if set.daemon.watch {
-        crate::watch::watch(&set.daemon.pipelines_dir)
+        crate::watch::watch(&set.daemon.pipelines_dir, &config_path)
     } else {
         Err(notify::Error::generic("disabled by `watch = false`"))
     };
@@ -115,6 +115,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     };
     let mut current = set;
+    let mut last_seen = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
 
     loop {
         tokio::select! {
@@ -122,18 +123,28 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => { tracing::info!("SIGINT: draining pipelines"); break; }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
+                last_seen = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
                 sd.reloading();
                 let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
                 sd.ready(&summary(&current));
             }
-                        Some(()) = file_events.recv() => {
-                tracing::info!("pipeline files changed: reloading configuration");
+            Some(()) = file_events.recv() => {
+                // Only a change of content reloads: an event that left every file as it
+                // was (a touch, saving the same text) is not a reload and is not counted.
+                let now = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
+                if now == last_seen {
+                    tracing::debug!("configuration files unchanged; no reload");
+                    continue;
+                }
+                last_seen = now;
+                tracing::info!("configuration files changed: reloading configuration");
                 sd.reloading();
                 let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
                 sd.ready(&summary(&current));
             }
             Some(reply) = reload_rx.recv() => {
                 tracing::info!("reload requested over HTTP");
+                last_seen = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
                 sd.reloading();
                 let r = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
                 sd.ready(&summary(&current));
@@ -143,8 +154,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     }
     sd.stopping();
     sup.shutdown().await;
+    let st = streams.clone();
+    let _ = tokio::task::spawn_blocking(move || st.close()).await;
     tracing::info!("all pipelines drained; exiting");
     Ok(())
+}
+
+/// [`config::fingerprint`] on the blocking pool.
+async fn fingerprint(config_path: &Path, pipelines_dir: &Path) -> [u8; 32] {
+    let (c, p) = (config_path.to_path_buf(), pipelines_dir.to_path_buf());
+    tokio::task::spawn_blocking(move || config::fingerprint(&c, &p))
+        .await
+        .unwrap_or([0; 32])
 }
 
 /// Runs `f` on the streams every `period`, on the blocking pool.

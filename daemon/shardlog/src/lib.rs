@@ -16,7 +16,7 @@
 
 pub mod frame;
 
-use frame::Decoded;
+use frame::{Codec, Decoded, SegmentStart};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -124,6 +124,40 @@ pub struct OpenReport {
     pub damage: Vec<Damage>,
     /// Records readable.
     pub records: u64,
+    /// How far the next sequence number was raised past the last readable record, because
+    /// numbers up to there may have been issued before (a crash, a lost tail): they are
+    /// never issued again.
+    pub seq_skipped: u64,
+    /// The sequence mark file was unreadable or damaged (the skip is then a blind one).
+    pub mark_damaged: bool,
+}
+
+/// File holding the sequence mark: `SLMARK1\0 | reserved u64 | crc32c u32`.
+const MARK_FILE: &str = "seqmark";
+const MARK_MAGIC: &[u8; 8] = b"SLMARK1\0";
+/// How many sequence numbers one mark write reserves: the mark is synced once per this
+/// many records, and a crash skips at most this many numbers.
+pub const RESERVE: u64 = 1 << 20;
+
+fn encode_mark(reserved: u64) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[..8].copy_from_slice(MARK_MAGIC);
+    b[8..16].copy_from_slice(&reserved.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..16]);
+    b[16..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode_mark(b: &[u8]) -> Option<u64> {
+    if b.len() < 20 || &b[..8] != MARK_MAGIC {
+        return None;
+    }
+    if crc32c::crc32c(&b[..16]) != u32::from_le_bytes([b[16], b[17], b[18], b[19]]) {
+        return None;
+    }
+    let mut r = [0u8; 8];
+    r.copy_from_slice(&b[8..16]);
+    Some(u64::from_le_bytes(r))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +170,8 @@ struct IndexEntry {
 struct Segment {
     path: PathBuf,
     file: Arc<File>,
+    /// Frame format and salt.
+    codec: Codec,
     first_seq: u64,
     /// Bytes in the file.
     len: u64,
@@ -149,12 +185,13 @@ struct Segment {
 }
 
 impl Segment {
-    fn empty(path: PathBuf, file: File, first_seq: u64) -> Segment {
+    fn empty(path: PathBuf, file: File, first_seq: u64, codec: Codec) -> Segment {
         Segment {
             path,
             file: Arc::new(file),
+            codec,
             first_seq,
-            len: 0,
+            len: codec.data_start(),
             records: 0,
             last_seq: None,
             first_arrival: i64::MIN,
@@ -186,6 +223,11 @@ impl Segment {
 struct Inner {
     segments: BTreeMap<u64, Segment>,
     next_seq: u64,
+    /// Every sequence number below this may have been issued (the durable mark); appends
+    /// raise it, synced, before they issue a number at or past it.
+    reserved: u64,
+    /// The mark file, rewritten in place.
+    mark: File,
     last_arrival: i64,
     /// Bytes ever appended since open (group-commit positions).
     written: u64,
@@ -206,6 +248,52 @@ fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
 }
 
+/// A fresh random salt from the OS (a segment's frames are checksummed with it).
+fn new_salt() -> Result<u64, Error> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| Error::Io {
+        path: PathBuf::from("getrandom"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Creates a v2 segment file (header written, and synced unless `fsync` is off).
+fn create_segment(path: &Path, first_seq: u64, sync: bool) -> Result<Segment, Error> {
+    let salt = new_salt()?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all_at(&frame::segment_header(salt), 0)
+        .map_err(io(path))?;
+    if sync {
+        file.sync_data().map_err(io(path))?;
+    }
+    Ok(Segment::empty(
+        path.to_path_buf(),
+        file,
+        first_seq,
+        Codec::V2 { salt },
+    ))
+}
+
+/// Where the next valid frame after damage at `pos` starts, if any. For v2 segments each
+/// candidate offset costs one header checksum (O(1)), so the rescan is linear in the
+/// segment size whatever the damaged bytes hold; a frame needs the segment's secret salt
+/// to pass, so bytes from a record's payload never resynchronise.
+fn resync(bytes: &[u8], pos: usize, codec: Codec, last_seq: Option<u64>) -> Option<usize> {
+    (pos + 1..bytes.len()).find(|&q| {
+        if codec != Codec::V1 && frame::check_header(&bytes[q..], codec).is_none() {
+            return false;
+        }
+        matches!(frame::decode(&bytes[q..], codec), Decoded::Frame(f, _) if last_seq.is_none_or(|l| f.seq > l))
+    })
+}
+
 /// Reads a whole segment and finds its frames; returns the segment and its damage.
 fn scan(
     path: &Path,
@@ -213,25 +301,31 @@ fn scan(
     last: bool,
     index_every: u32,
 ) -> Result<(Segment, Vec<Damage>), Error> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let codec = match frame::segment_start(&bytes) {
+        SegmentStart::V2(salt) => Codec::V2 { salt },
+        SegmentStart::V1 => Codec::V1,
+        // Created but its header never made it to disk: it holds no record. Start it
+        // again with a fresh header.
+        SegmentStart::TornHeader => return Ok((create_segment(path, first_seq, true)?, Vec::new())),
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(io(path))?;
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let mut seg = Segment::empty(path.to_path_buf(), file, first_seq);
+    let mut seg = Segment::empty(path.to_path_buf(), file, first_seq, codec);
     let mut damage = Vec::new();
-    let mut pos = 0usize;
+    let mut pos = codec.data_start() as usize;
     while pos < bytes.len() {
-        match frame::decode(&bytes[pos..]) {
-            Decoded::Frame(f, n) => {
+        match frame::decode(&bytes[pos..], codec) {
+            Decoded::Frame(f, n) if seg.last_seq.is_none_or(|l| f.seq > l) => {
                 seg.note(f.seq, f.arrival_ms, pos as u64, n as u64, index_every);
                 pos += n;
             }
             _ => {
                 // Resynchronise: the next offset where a whole valid frame starts.
-                let next = (pos + 1..bytes.len()).find(|&q| matches!(frame::decode(&bytes[q..]), Decoded::Frame(f, _) if seg.last_seq.is_none_or(|l| f.seq > l)));
-                match next {
+                match resync(&bytes, pos, codec, seg.last_seq) {
                     Some(q) => {
                         damage.push(Damage {
                             segment: path.to_path_buf(),
@@ -282,6 +376,7 @@ impl ShardLog {
         names.sort();
         let mut report = OpenReport::default();
         let mut segments = BTreeMap::new();
+        let had_segments = !names.is_empty();
         let mut next_seq = 0;
         let mut last_arrival = i64::MIN;
         let mut total = 0;
@@ -297,6 +392,43 @@ impl ShardLog {
             total += seg.len;
             segments.insert(first, seg);
         }
+        // Sequence numbers are never issued twice: every number below the mark may have
+        // been issued (and read, and delivered) before, even if its record is gone now.
+        let mark_path = dir.join(MARK_FILE);
+        let mark_bytes = match std::fs::read(&mark_path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&mark_path)(e)),
+        };
+        let scanned = next_seq;
+        let reserved = match mark_bytes.as_deref().map(decode_mark) {
+            Some(Some(r)) => r,
+            // A log written before marks existed (or a new one): what is there is all
+            // that was issued, as far as anyone can know.
+            None if !had_segments || report.damage.iter().all(|d| !d.truncated) => scanned,
+            // Damaged mark, or no mark with a lost tail: skip far enough to pass anything
+            // the lost bytes could have held.
+            _ => {
+                report.mark_damaged = mark_bytes.is_some();
+                let lost: u64 = report.damage.iter().map(|d| d.len).sum();
+                scanned + 2 * RESERVE + lost / frame::HEADER_V1 as u64
+            }
+        };
+        next_seq = next_seq.max(reserved);
+        report.seq_skipped = next_seq - scanned;
+        let mark = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&mark_path)
+            .map_err(io(&mark_path))?;
+        if mark_bytes.is_none() || report.mark_damaged {
+            mark.set_len(0).map_err(io(&mark_path))?;
+            mark.write_all_at(&encode_mark(next_seq), 0)
+                .map_err(io(&mark_path))?;
+            mark.sync_all().map_err(io(&mark_path))?;
+        }
         // Segments are created eagerly, so the directory entry of the first one must last.
         let log = ShardLog {
             dir: dir.to_path_buf(),
@@ -304,6 +436,8 @@ impl ShardLog {
             inner: RwLock::new(Inner {
                 segments,
                 next_seq,
+                reserved: next_seq,
+                mark,
                 last_arrival,
                 written: 0,
                 total_bytes: total,
@@ -327,32 +461,42 @@ impl ShardLog {
             let g = self.inner.read().map_err(|_| Error::Poisoned)?;
             return Ok((g.next_seq, Vec::new()));
         }
-        let mut buf = Vec::with_capacity(
-            entries
-                .iter()
-                .map(|e| frame::encoded_len(e.key.len(), e.data.len()))
-                .sum(),
-        );
+        let total: usize = entries
+            .iter()
+            .map(|e| frame::encoded_len(e.key.len(), e.data.len()))
+            .sum();
+        let mut buf = Vec::with_capacity(total);
         let (first, arrivals, end) = {
             let mut g = self.inner.write().map_err(|_| Error::Poisoned)?;
             let first = g.next_seq;
-            let mut arrivals = Vec::with_capacity(entries.len());
-            let mut last = g.last_arrival;
-            for (i, e) in entries.iter().enumerate() {
+            for e in entries {
                 if e.key.len() > u16::MAX as usize {
                     return Err(Error::KeyTooLong(e.key.len()));
                 }
                 if frame::encoded_len(e.key.len(), e.data.len()) > frame::MAX_FRAME {
                     return Err(Error::TooLarge(e.data.len()));
                 }
-                last = last.max(e.arrival_ms);
-                arrivals.push(last);
-                frame::encode(&mut buf, first + i as u64, last, e.key, e.data);
             }
-            // Roll to a new segment when the active one is full (and not empty).
+            let end_seq = first + entries.len() as u64;
+            if end_seq > g.reserved {
+                // Reserve before issuing: after a crash the log resumes past the mark.
+                let r = end_seq + RESERVE;
+                g.mark
+                    .write_all_at(&encode_mark(r), 0)
+                    .map_err(io(&self.dir))?;
+                g.mark.sync_data().map_err(io(&self.dir))?;
+                g.reserved = r;
+            }
+            // Roll to a new segment when the active one is full (and not empty), when it
+            // is a legacy (v1) segment, or when the numbers would not follow on in it.
             let need_new = match g.segments.values().next_back() {
                 None => true,
-                Some(s) => s.len > 0 && s.len + buf.len() as u64 > self.opts.segment_bytes,
+                Some(s) => {
+                    let used = s.len > s.codec.data_start();
+                    s.codec == Codec::V1
+                        || (used && s.len + total as u64 > self.opts.segment_bytes)
+                        || s.last_seq.map_or(s.first_seq, |l| l + 1) != first
+                }
             };
             if need_new {
                 if let Some(s) = g.segments.values().next_back() {
@@ -362,19 +506,27 @@ impl ShardLog {
                     }
                 }
                 let path = self.dir.join(segment_name(first));
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                g.segments.insert(first, Segment::empty(path, file, first));
+                let seg = create_segment(&path, first, self.opts.fsync != FsyncPolicy::None)?;
+                g.total_bytes += seg.len;
+                g.segments.insert(first, seg);
                 if self.opts.fsync != FsyncPolicy::None {
                     self.sync_dir()?;
                 }
             }
             let every = self.opts.index_every;
+            let Some(seg) = g.segments.values_mut().next_back() else {
+                return Err(Error::Poisoned);
+            };
+            let Codec::V2 { salt } = seg.codec else {
+                return Err(Error::Poisoned);
+            };
+            let mut arrivals = Vec::with_capacity(entries.len());
+            let mut last = g.last_arrival;
+            for (i, e) in entries.iter().enumerate() {
+                last = last.max(e.arrival_ms);
+                arrivals.push(last);
+                frame::encode(&mut buf, salt, first + i as u64, last, e.key, e.data);
+            }
             let Some(seg) = g.segments.values_mut().next_back() else {
                 return Err(Error::Poisoned);
             };
@@ -387,7 +539,7 @@ impl ShardLog {
                 seg.note(first + i as u64, arrivals[i], off, n, every);
                 off += n;
             }
-            g.next_seq = first + entries.len() as u64;
+            g.next_seq = end_seq;
             g.last_arrival = last;
             g.written += buf.len() as u64;
             g.total_bytes += buf.len() as u64;
@@ -422,6 +574,23 @@ impl ShardLog {
         };
         file.sync_data().map_err(io(&path))?;
         self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// A clean stop: syncs the data and sets the mark to exactly the next sequence number,
+    /// so the next open resumes there without a skip. Appends after this raise the mark
+    /// again (and a crash after them skips, as always).
+    pub fn close(&self) -> Result<(), Error> {
+        let mut g = self.inner.write().map_err(|_| Error::Poisoned)?;
+        if let Some(s) = g.segments.values().next_back() {
+            s.file.sync_data().map_err(io(&s.path))?;
+        }
+        let next = g.next_seq;
+        g.mark
+            .write_all_at(&encode_mark(next), 0)
+            .map_err(io(&self.dir))?;
+        g.mark.sync_data().map_err(io(&self.dir))?;
+        g.reserved = next;
         Ok(())
     }
 
@@ -485,7 +654,11 @@ impl ShardLog {
                 continue;
             }
             let i = seg.index.partition_point(|e| e.seq <= from);
-            let mut offset = if i == 0 { 0 } else { seg.index[i - 1].offset };
+            let mut offset = if i == 0 {
+                seg.codec.data_start()
+            } else {
+                seg.index[i - 1].offset
+            };
             if !read_segment(
                 seg,
                 &mut offset,
@@ -515,7 +688,11 @@ impl ShardLog {
             } else {
                 seg.index[i - 1].seq
             };
-            let mut offset = if i == 0 { 0 } else { seg.index[i - 1].offset };
+            let mut offset = if i == 0 {
+                seg.codec.data_start()
+            } else {
+                seg.index[i - 1].offset
+            };
             let mut recs = Vec::new();
             let mut bytes = 0;
             // Scan at most one index stride to the exact record.
@@ -573,6 +750,15 @@ impl ShardLog {
     }
 }
 
+impl Drop for ShardLog {
+    /// Dropping the log is a clean stop ([`ShardLog::close`]); a crash is what skips.
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "closing the shard log failed; the next open skips sequence numbers");
+        }
+    }
+}
+
 /// Reads frames of `seg` from `*offset`; returns false once a limit is reached.
 fn read_segment(
     seg: &Segment,
@@ -601,7 +787,7 @@ fn read_segment(
             .map_err(io(&seg.path))?;
         let mut pos = 0;
         loop {
-            match frame::decode(&buf[pos..]) {
+            match frame::decode(&buf[pos..], seg.codec) {
                 Decoded::Frame(f, n) => {
                     if f.seq >= from {
                         if out.len() >= max_records

@@ -41,9 +41,13 @@ const MAC_LEN: usize = 16;
 impl IteratorCodec {
     /// A codec with a fresh random key (iterators do not survive a restart).
     pub fn new() -> Self {
+        // The key must not be guessable (a guessed key forges iterators for any stream
+        // and shard): it comes from the OS CSPRNG. Should the OS have none, the process
+        // cannot serve iterators safely at all.
         let mut key = [0u8; 32];
-        for k in key.iter_mut() {
-            *k = fastrand::u8(..);
+        if let Err(e) = getrandom::fill(&mut key) {
+            tracing::error!(error = %e, "no OS randomness for the shard-iterator key");
+            std::process::abort();
         }
         IteratorCodec {
             key,
@@ -64,11 +68,15 @@ impl IteratorCodec {
         self.ttl_ms
     }
 
-    fn mac(&self, payload: &[u8]) -> [u8; MAC_LEN] {
+    fn hmac(&self, payload: &[u8]) -> hmac::Hmac<Sha256> {
         let mut m = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("any key length works for HMAC"));
         m.update(payload);
-        let full = m.finalize().into_bytes();
+        m
+    }
+
+    fn mac(&self, payload: &[u8]) -> [u8; MAC_LEN] {
+        let full = self.hmac(payload).finalize().into_bytes();
         let mut out = [0u8; MAC_LEN];
         out.copy_from_slice(&full[..MAC_LEN]);
         out
@@ -97,14 +105,8 @@ impl IteratorCodec {
             return Err(IteratorError::Invalid);
         }
         let (payload, mac) = b.split_at(b.len() - MAC_LEN);
-        // Constant-time comparison is not needed for secrecy here, but costs nothing.
-        let expect = self.mac(payload);
-        if expect
-            .iter()
-            .zip(mac)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            != 0
-        {
+        // Constant-time comparison of the truncated tag (`hmac`'s `verify_truncated_left`).
+        if self.hmac(payload).verify_truncated_left(mac).is_err() {
             return Err(IteratorError::Invalid);
         }
         let n = payload[1] as usize;

@@ -83,6 +83,9 @@ fn check_stream_name(v: &mut Violations, name: &str) {
             "streamName",
             "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
         );
+    } else if name == "." || name == ".." {
+        // AWS's pattern admits them; here a stream name is a folder, and these two are not.
+        v.add(name, "streamName", "Member must not be '.' or '..'");
     }
 }
 
@@ -94,7 +97,9 @@ fn stream_name(req: &Value, v: &mut Violations) -> Result<Option<String>, ApiErr
     }
     if let Some(arn) = opt_str(req, "StreamARN")? {
         return match arn.rsplit_once(":stream/") {
-            Some((_, n)) if arn.starts_with("arn:") => Ok(Some(n.to_string())),
+            Some((_, n)) if arn.starts_with("arn:") && crate::names::check(n).is_ok() => {
+                Ok(Some(n.to_string()))
+            }
             _ => Err(ApiError::invalid_argument(format!(
                 "Invalid StreamARN {arn}"
             ))),
@@ -105,10 +110,13 @@ fn stream_name(req: &Value, v: &mut Violations) -> Result<Option<String>, ApiErr
     ))
 }
 
+/// A stream the Kinesis API may see: internal streams (`__…`, the Direct PUT buffers of
+/// Firehose pipelines) are reachable only through their own API.
 fn lookup(call: &Call<'_>, name: &str) -> Result<Arc<Stream>, ApiError> {
     call.state
         .streams
         .get(name)
+        .filter(|_| !name.starts_with("__"))
         .ok_or_else(|| ApiError::stream_not_found(name, &call.state.account))
 }
 
@@ -441,7 +449,7 @@ fn throttled(st: &Stream, shard: u32, account: &str) -> String {
 async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let mut v = Violations::default();
     let name = stream_name(req, &mut v)?;
-    let st_opt = name.as_deref().and_then(|n| call.state.streams.get(n));
+    let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
     let max = st_opt
         .as_ref()
         .map(|s| s.max_record_size)
@@ -470,7 +478,7 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let mut v = Violations::default();
     let name = stream_name(req, &mut v)?;
     let records = records_member(req, MAX_PUT_RECORDS, &mut v)?;
-    let st_opt = name.as_deref().and_then(|n| call.state.streams.get(n));
+    let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
     let max = st_opt
         .as_ref()
         .map(|s| s.max_record_size)

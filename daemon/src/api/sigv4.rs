@@ -133,15 +133,31 @@ impl Verifier {
         if !amz_date.starts_with(date) {
             return Err(ApiError::new("InvalidSignatureException", "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP"));
         }
+        // The signature must cover what decides the request: the host it was meant for,
+        // the operation (`X-Amz-Target`) and the date, or a captured signature could be
+        // replayed elsewhere or for another operation.
+        let signed_names: Vec<&str> = signed.split(';').collect();
+        if !signed_names.contains(&"host") {
+            return Err(incomplete(
+                "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+            ));
+        }
+        for (header, shown) in [("x-amz-target", "X-Amz-Target"), ("x-amz-date", "X-Amz-Date")] {
+            if headers.contains_key(header) && !signed_names.contains(&header) {
+                return Err(incomplete(&format!(
+                    "'{shown}' must be a 'SignedHeader' in the AWS Authorization."
+                )));
+            }
+        }
         let mut canonical_headers = String::new();
-        for name in signed.split(';') {
+        for name in &signed_names {
             let values: Vec<String> = headers
-                .get_all(name)
+                .get_all(*name)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
                 .collect();
-            if values.is_empty() && name != "host" {
+            if values.is_empty() {
                 return Err(ApiError::new(
                     "InvalidSignatureException",
                     format!("Signed header {name} is missing"),
@@ -149,11 +165,24 @@ impl Verifier {
             }
             canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
         }
-        let payload_hash = headers
-            .get("x-amz-content-sha256")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| hex(&Sha256::digest(body)));
+        // The payload hash is always the body's: a client's `x-amz-content-sha256` must
+        // agree with it, and an unsigned payload is not accepted for these JSON APIs.
+        let payload_hash = hex(&Sha256::digest(body));
+        if let Some(claimed) = headers.get("x-amz-content-sha256") {
+            let claimed = claimed.to_str().unwrap_or("");
+            if claimed == "UNSIGNED-PAYLOAD" || claimed.starts_with("STREAMING-") {
+                return Err(ApiError::new(
+                    "InvalidSignatureException",
+                    format!("x-amz-content-sha256 {claimed} is not supported for this API; sign the payload."),
+                ));
+            }
+            if !claimed.eq_ignore_ascii_case(&payload_hash) {
+                return Err(ApiError::new(
+                    "InvalidSignatureException",
+                    "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                ));
+            }
+        }
         let mut q: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
         q.sort_unstable();
         let canonical = format!(
@@ -164,13 +193,11 @@ impl Verifier {
             "AWS4-HMAC-SHA256\n{amz_date}\n{date}/{region}/{service}/aws4_request\n{}",
             hex(&Sha256::digest(canonical.as_bytes()))
         );
-        let expect = self::signature(secret, date, region, service, &to_sign);
-        if expect.len() != signature.len()
-            || expect
-                .bytes()
-                .zip(signature.bytes())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                != 0
+        // Constant-time comparison (the `hmac` crate's `verify_slice`).
+        let provided = unhex(signature).unwrap_or_default();
+        if signing_mac(secret, date, region, service, &to_sign)
+            .verify_slice(&provided)
+            .is_err()
         {
             return Err(ApiError::new(
                 "InvalidSignatureException",
@@ -181,12 +208,33 @@ impl Verifier {
     }
 }
 
-fn signature(secret: &str, date: &str, region: &str, service: &str, to_sign: &str) -> String {
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The final HMAC of the signature, not yet finalized (so it can be verified in constant
+/// time or turned into hex).
+fn signing_mac(secret: &str, date: &str, region: &str, service: &str, to_sign: &str) -> HmacSha256 {
     let mut key = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
     for part in [region, service, "aws4_request"] {
         key = hmac(&key, part.as_bytes());
     }
-    hex(&hmac(&key, to_sign.as_bytes()))
+    let mut m = <HmacSha256 as KeyInit>::new_from_slice(&key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    m.update(to_sign.as_bytes());
+    m
+}
+
+fn signature(secret: &str, date: &str, region: &str, service: &str, to_sign: &str) -> String {
+    hex(&signing_mac(secret, date, region, service, to_sign)
+        .finalize()
+        .into_bytes())
 }
 
 /// Signs a Kinesis JSON request (`POST /`) the way the AWS SDKs do; returns the
@@ -311,5 +359,102 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.message.starts_with("Signature expired"));
+    }
+
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+    fn suite_headers(signed: &str, sig: &str, extra: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("host", "example.amazonaws.com".parse().unwrap());
+        h.insert("x-amz-date", "20150830T123600Z".parse().unwrap());
+        for (k, v) in extra {
+            let name = axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+            h.insert(name, v.parse().unwrap());
+        }
+        h.insert(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders={signed}, Signature={sig}")
+                .parse()
+                .unwrap(),
+        );
+        h
+    }
+
+    fn suite_verify(method: &str, query: &str, h: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+        let v = Verifier::new([("AKIDEXAMPLE".to_string(), SECRET.to_string())]);
+        v.verify(method, "/", query, h, body, parse_amz_date("20150830T123600Z").unwrap())
+    }
+
+    /// Vectors of AWS's published SigV4 test suite (aws-sig-v4-test-suite).
+    #[test]
+    fn passes_the_aws_sigv4_test_suite_vectors() {
+        let get = "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31";
+        suite_verify("GET", "", &suite_headers("host;x-amz-date", get, &[]), b"").unwrap();
+        // get-vanilla-query-order-key-case
+        let q = "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500";
+        suite_verify("GET", "Param2=value2&Param1=value1", &suite_headers("host;x-amz-date", q, &[]), b"").unwrap();
+        // post-vanilla
+        let post = "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b";
+        suite_verify("POST", "", &suite_headers("host;x-amz-date", post, &[]), b"").unwrap();
+        // post-x-www-form-urlencoded: the body is hashed into the signature.
+        let form = "ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a";
+        let h = suite_headers(
+            "content-type;host;x-amz-date",
+            form,
+            &[("content-type", "application/x-www-form-urlencoded")],
+        );
+        suite_verify("POST", "", &h, b"Param1=value1").unwrap();
+        let e = suite_verify("POST", "", &h, b"Param1=value2").unwrap_err();
+        assert_eq!(e.kind, "InvalidSignatureException");
+        // A wrong method, or an upper-case signature of the right bytes, is another matter:
+        // the first fails, the second is the same signature.
+        assert!(suite_verify("PUT", "", &suite_headers("host;x-amz-date", post, &[]), b"").is_err());
+        suite_verify("POST", "", &suite_headers("host;x-amz-date", &post.to_uppercase(), &[]), b"").unwrap();
+    }
+
+    #[test]
+    fn the_payload_hash_is_always_checked_against_the_body() {
+        let form = "ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a";
+        let body_hash = hex(&Sha256::digest(b"Param1=value1"));
+        let ct = ("content-type", "application/x-www-form-urlencoded");
+        // A correct claim is fine (it is not among the signed headers here).
+        let h = suite_headers("content-type;host;x-amz-date", form, &[ct, ("x-amz-content-sha256", &body_hash)]);
+        suite_verify("POST", "", &h, b"Param1=value1").unwrap();
+        // A replay with another body keeps the old claim: refused.
+        let e = suite_verify("POST", "", &h, b"Param1=evil").unwrap_err();
+        assert!(e.message.contains("x-amz-content-sha256"), "{}", e.message);
+        for claim in ["UNSIGNED-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"] {
+            let h = suite_headers("content-type;host;x-amz-date", form, &[ct, ("x-amz-content-sha256", claim)]);
+            let e = suite_verify("POST", "", &h, b"Param1=value1").unwrap_err();
+            assert_eq!(e.kind, "InvalidSignatureException");
+        }
+    }
+
+    #[test]
+    fn host_target_and_date_must_be_signed() {
+        let (date, auth) = sign("h:1", "Kinesis_20131202.ListStreams", b"{}", "AK", "sec", "eu-west-1", 1_795_632_475);
+        let v = Verifier::new([("AK".to_string(), "sec".to_string())]);
+        let headers = |auth: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("host", "h:1".parse().unwrap());
+            h.insert("content-type", "application/x-amz-json-1.1".parse().unwrap());
+            h.insert("x-amz-date", date.parse().unwrap());
+            h.insert("x-amz-target", "Kinesis_20131202.ListStreams".parse().unwrap());
+            h.insert("authorization", auth.parse().unwrap());
+            h
+        };
+        v.verify("POST", "/", "", &headers(&auth), b"{}", 1_795_632_475).unwrap();
+        for (from, to) in [
+            ("content-type;host;x-amz-date;x-amz-target", "content-type;x-amz-date;x-amz-target"),
+            ("content-type;host;x-amz-date;x-amz-target", "content-type;host;x-amz-date"),
+            ("content-type;host;x-amz-date;x-amz-target", "content-type;host;x-amz-target"),
+        ] {
+            let e = v.verify("POST", "/", "", &headers(&auth.replace(from, to)), b"{}", 1_795_632_475).unwrap_err();
+            assert_eq!(e.kind, "IncompleteSignatureException", "{to}: {}", e.message);
+        }
+        // Another operation under the same signature fails.
+        let mut h = headers(&auth);
+        h.insert("x-amz-target", "Kinesis_20131202.DeleteStream".parse().unwrap());
+        assert!(v.verify("POST", "/", "", &h, b"{}", 1_795_632_475).is_err());
     }
 }

@@ -770,20 +770,40 @@ pub fn pipeline_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A digest of everything a reload reads — the daemon file and every pipeline file, names
+/// and contents — so that a file event which changed nothing (a `touch`, a save of the same
+/// text) is recognised and skipped. Unreadable files hash their error, so they count as
+/// changed when they become readable.
+pub fn fingerprint(daemon_file: &Path, pipelines_dir: &Path) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut add = |path: &Path| {
+        let path_bytes = path.as_os_str().as_encoded_bytes();
+        h.update((path_bytes.len() as u64).to_le_bytes());
+        h.update(path_bytes);
+        match std::fs::read(path) {
+            Ok(b) => {
+                h.update([1]);
+                h.update((b.len() as u64).to_le_bytes());
+                h.update(&b);
+            }
+            Err(e) => {
+                h.update([0]);
+                h.update(e.to_string().as_bytes());
+            }
+        }
+    };
+    add(daemon_file);
+    match pipeline_files(pipelines_dir) {
+        Ok(files) => files.iter().for_each(|f| add(f)),
+        Err(e) => h.update(e.to_string().as_bytes()),
+    }
+    h.finalize().into()
+}
+
 /// Names of pipelines (and streams) appear in metrics labels, object keys and file names.
 fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid name `{name}`: use 1-128 characters among a-z, A-Z, 0-9, '-', '_', '.'"
-        ))
-    }
+    crate::names::check(name).map_err(|e| e.to_string())
 }
 
 fn build_pipeline(

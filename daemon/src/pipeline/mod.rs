@@ -580,9 +580,11 @@ fn journal(spec: &PipelineSpec) -> Option<crate::delivery::Journal> {
     if !matches!(spec.source.plugin.as_str(), "stream" | "direct-put") {
         return None;
     }
-    let dir = crate::plugins::stream_io::data_dir()?
-        .join("delivery")
-        .join(&spec.name);
+    let dir = crate::names::child(
+        &crate::plugins::stream_io::data_dir()?.join("delivery"),
+        &spec.name,
+    )
+    .ok()?;
     // Everything that decides which record lands in which object, and how it is named.
     let decisive = format!(
         "{:?}",
@@ -730,7 +732,8 @@ async fn delivery_driver(
 ) -> Result<(), PipelineError> {
     use crate::delivery::{Delivery, FlushReason};
     let name = shared.name.clone();
-    let spool_dir = crate::plugins::stream_io::data_dir().map(|d| d.join("spool").join(&name));
+    let spool_dir = crate::plugins::stream_io::data_dir()
+        .and_then(|d| crate::names::child(&d.join("spool"), &name).ok());
     let mut d =
         tokio::task::block_in_place(|| Delivery::new(&name, spec, journal.as_ref(), spool_dir))
             .map_err(PipelineError::Internal)?;

@@ -87,13 +87,9 @@ pub struct StreamSource {
 }
 
 fn checkpoint_path(pipeline: &str, stream: &str) -> Option<PathBuf> {
-    Some(
-        DATA_DIR
-            .get()?
-            .join("checkpoints")
-            .join(pipeline)
-            .join(format!("{stream}.json")),
-    )
+    crate::names::check(stream).ok()?;
+    let dir = crate::names::child(&DATA_DIR.get()?.join("checkpoints"), pipeline).ok()?;
+    Some(dir.join(format!("{stream}.json")))
 }
 
 fn load_checkpoint(path: &std::path::Path) -> BTreeMap<String, u64> {

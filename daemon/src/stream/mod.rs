@@ -30,6 +30,8 @@ pub enum StreamError {
     FromConfig(String),
     #[error("{0}")]
     Log(#[from] sluice_shardlog::Error),
+    #[error("{0}")]
+    Name(#[from] crate::names::NameError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -111,6 +113,7 @@ pub fn shard_id(index: u32) -> String {
 
 /// The shard count stored on disk for `name`, if the stream exists there.
 pub fn stored_shard_count(data_dir: &Path, name: &str) -> Option<u32> {
+    crate::names::check(name).ok()?;
     let text =
         std::fs::read_to_string(data_dir.join("streams").join(name).join("stream.json")).ok()?;
     serde_json::from_str::<StreamMeta>(&text)
@@ -154,6 +157,11 @@ impl Stream {
                     tracing::error!(stream = name, shard = %id, segment = %d.segment.display(), offset = d.offset, bytes = d.len, "corrupt records in the middle of a segment; skipped");
                     metrics::counter!("sluice_shard_corrupt_bytes_total", "stream" => name.to_string(), "shard" => id.clone()).increment(d.len);
                 }
+            }
+            if report.mark_damaged {
+                tracing::error!(stream = name, shard = %id, skipped = report.seq_skipped, "sequence mark damaged; sequence numbers skip ahead blindly so none is issued twice");
+            } else if report.seq_skipped > 0 {
+                tracing::info!(stream = name, shard = %id, skipped = report.seq_skipped, "not stopped cleanly; sequence numbers resume past every number that may have been issued");
             }
             let labels = [("stream", name.to_string()), ("shard", id.clone())];
             shards.push(Shard {
@@ -357,6 +365,9 @@ impl Streams {
             let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
                 continue;
             };
+            if crate::names::check(&name).is_err() {
+                continue;
+            }
             let Ok(text) = std::fs::read_to_string(dir.join("stream.json")) else {
                 continue;
             };
@@ -378,12 +389,13 @@ impl Streams {
         }
     }
 
-    fn dir(&self, name: &str) -> PathBuf {
-        self.data_dir.join("streams").join(name)
+    /// The stream's folder; a name that could leave `streams/` is refused.
+    fn dir(&self, name: &str) -> Result<PathBuf, StreamError> {
+        Ok(crate::names::child(&self.data_dir.join("streams"), name)?)
     }
 
     fn write_meta(&self, name: &str, meta: &StreamMeta) -> Result<(), StreamError> {
-        let dir = self.dir(name);
+        let dir = self.dir(name)?;
         std::fs::create_dir_all(&dir).map_err(|source| StreamError::Io {
             path: dir.clone(),
             source,
@@ -413,7 +425,7 @@ impl Streams {
                     st.set_write_limit(spec.write_limit);
                 }
                 _ => {
-                    let created_ms = stored_meta(&self.dir(&spec.name))
+                    let created_ms = stored_meta(&self.dir(&spec.name)?)
                         .map(|m| m.created_ms)
                         .unwrap_or_else(now_ms);
                     let meta = StreamMeta {
@@ -424,7 +436,7 @@ impl Streams {
                     };
                     self.write_meta(&spec.name, &meta)?;
                     let mut st = Stream::open(
-                        self.dir(&spec.name),
+                        self.dir(&spec.name)?,
                         &spec.name,
                         &meta,
                         spec.fsync,
@@ -470,6 +482,7 @@ impl Streams {
 
     /// CreateStream.
     pub fn create(&self, name: &str, shards: u32) -> Result<Arc<Stream>, StreamError> {
+        crate::names::check(name)?;
         let mut m = self
             .streams
             .write()
@@ -485,7 +498,7 @@ impl Streams {
         };
         self.write_meta(name, &meta)?;
         let st = Arc::new(Stream::open(
-            self.dir(name),
+            self.dir(name)?,
             name,
             &meta,
             Fsync::Batch,
@@ -509,9 +522,29 @@ impl Streams {
             return Err(StreamError::FromConfig(name.to_string()));
         }
         let dir = st.dir.clone();
+        // Exactly the stream's own folder, whatever went before.
+        let expected = self.dir(name)?;
+        if dir != expected {
+            return Err(StreamError::Io {
+                path: dir,
+                source: std::io::Error::other("not the stream's own folder; not removed"),
+            });
+        }
         m.remove(name);
         drop(m);
         std::fs::remove_dir_all(&dir).map_err(|source| StreamError::Io { path: dir, source })
+    }
+
+    /// A clean stop: every shard log synced and its sequence mark set exactly, so the next
+    /// start resumes its numbering without a skip.
+    pub fn close(&self) {
+        for st in self.list() {
+            for sh in &st.shards {
+                if let Err(e) = sh.log.close() {
+                    tracing::warn!(stream = %st.name, shard = %sh.id, error = %e, "closing the shard log failed");
+                }
+            }
+        }
     }
 
     /// Interval fsyncs that are due.

@@ -451,11 +451,18 @@ pub fn shard_records(stream_dir: &Path) -> std::collections::HashMap<String, u64
     {
         let mut n = 0;
         for seg in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            use sluice_shardlog::frame::{self, Codec, SegmentStart};
+            if seg.path().extension().is_none_or(|e| e != "seg") {
+                continue;
+            }
             let bytes = std::fs::read(seg.path()).unwrap();
-            let mut pos = 0;
-            while let sluice_shardlog::frame::Decoded::Frame(_, k) =
-                sluice_shardlog::frame::decode(&bytes[pos..])
-            {
+            let codec = match frame::segment_start(&bytes) {
+                SegmentStart::V2(salt) => Codec::V2 { salt },
+                SegmentStart::V1 => Codec::V1,
+                SegmentStart::TornHeader => continue,
+            };
+            let mut pos = codec.data_start() as usize;
+            while let frame::Decoded::Frame(_, k) = frame::decode(&bytes[pos..], codec) {
                 n += 1;
                 pos += k;
             }
