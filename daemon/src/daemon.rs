@@ -116,6 +116,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     };
     let mut current = set;
     let mut last_seen = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
+    metrics::counter!("sluice_config_unchanged_events_total").increment(0);
 
     loop {
         tokio::select! {
@@ -134,6 +135,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 let now = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
                 if now == last_seen {
                     tracing::debug!("configuration files unchanged; no reload");
+                    metrics::counter!("sluice_config_unchanged_events_total").increment(1);
                     continue;
                 }
                 last_seen = now;

@@ -182,6 +182,10 @@ fn describe() {
         "sluice_config_reloads_total",
         "Config loads and reloads, by result"
     );
+    describe_counter!(
+        "sluice_config_unchanged_events_total",
+        "File events after which every configuration file held the same content (no reload)"
+    );
     describe_gauge!(
         "sluice_config_last_reload_successful",
         "1 if the last config (re)load succeeded"

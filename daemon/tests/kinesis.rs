@@ -567,13 +567,13 @@ fn recovery_on_start_is_logged_and_counted() {
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
     let seg = std::fs::read_dir(s.path("var/streams/events/shardId-000000000000"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
-    let frame = bytes.len() / 10;
-    bytes[3 * frame + frame - 2] ^= 0x01; // damage record 3's data
+    let head = sluice_shardlog::frame::SEGMENT_HEADER;
+    let frame = (bytes.len() - head) / 10;
+    bytes[head + 3 * frame + frame - 2] ^= 0x01; // damage record 3's data
     bytes.truncate(bytes.len() - 4); // and tear the tail
     std::fs::write(&seg, &bytes).unwrap();
     let mut d = s.start();
@@ -596,7 +596,7 @@ fn recovery_on_start_is_logged_and_counted() {
     );
     assert!(
         log.contains("corrupt records in the middle of a segment; skipped")
-            && log.contains(&format!("offset={}", 3 * frame)),
+            && log.contains(&format!("offset={}", head + 3 * frame)),
         "{log}"
     );
     // 10 written, one damaged, one torn: 8 readable.

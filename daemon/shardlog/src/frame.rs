@@ -275,7 +275,10 @@ mod tests {
         for i in 0..b.len() {
             let mut flipped = b.clone();
             flipped[i] ^= 1;
-            assert!(!matches!(decode(&flipped, C), Decoded::Frame(..)), "bit flip at {i}");
+            assert!(
+                !matches!(decode(&flipped, C), Decoded::Frame(..)),
+                "bit flip at {i}"
+            );
         }
         // Another salt (another segment) does not accept it.
         assert_eq!(decode(&b, Codec::V2 { salt: 1 }), Decoded::Invalid);

@@ -307,7 +307,9 @@ fn scan(
         SegmentStart::V1 => Codec::V1,
         // Created but its header never made it to disk: it holds no record. Start it
         // again with a fresh header.
-        SegmentStart::TornHeader => return Ok((create_segment(path, first_seq, true)?, Vec::new())),
+        SegmentStart::TornHeader => {
+            return Ok((create_segment(path, first_seq, true)?, Vec::new()))
+        }
     };
     let file = OpenOptions::new()
         .read(true)

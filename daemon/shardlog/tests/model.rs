@@ -317,7 +317,10 @@ fn sequence_numbers_are_never_reused_after_a_crash_and_a_lost_tail() {
     assert!(report.damage.is_empty());
     assert!(report.seq_skipped > 0);
     let next = append_one(&log, b"new");
-    assert!(next >= 10, "number {next} may have been issued before the crash");
+    assert!(
+        next >= 10,
+        "number {next} may have been issued before the crash"
+    );
     // Order holds: the new record reads back after the old ones.
     let seqs: Vec<u64> = log
         .read(0, 100, usize::MAX)
@@ -375,7 +378,9 @@ fn rescanning_damage_checks_a_constant_header_per_offset() {
     // A damaged 1 MiB record whose payload holds small little-endian numbers: every
     // offset spells a plausible length. The header checksum rejects each offset without
     // reading the length it claims, so the rescan is linear.
-    let payload: Vec<u8> = (0..(1u32 << 18)).flat_map(|i| (100 + i % 300).to_le_bytes()).collect();
+    let payload: Vec<u8> = (0..(1u32 << 18))
+        .flat_map(|i| (100 + i % 300).to_le_bytes())
+        .collect();
     let codec = Codec::V2 { salt: 0x1234_5678 };
     let passing = (0..payload.len())
         .filter(|&q| frame::check_header(&payload[q..], codec).is_some())

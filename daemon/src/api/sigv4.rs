@@ -142,7 +142,10 @@ impl Verifier {
                 "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
             ));
         }
-        for (header, shown) in [("x-amz-target", "X-Amz-Target"), ("x-amz-date", "X-Amz-Date")] {
+        for (header, shown) in [
+            ("x-amz-target", "X-Amz-Target"),
+            ("x-amz-date", "X-Amz-Date"),
+        ] {
             if headers.contains_key(header) && !signed_names.contains(&header) {
                 return Err(incomplete(&format!(
                     "'{shown}' must be a 'SignedHeader' in the AWS Authorization."
@@ -382,7 +385,14 @@ mod tests {
 
     fn suite_verify(method: &str, query: &str, h: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
         let v = Verifier::new([("AKIDEXAMPLE".to_string(), SECRET.to_string())]);
-        v.verify(method, "/", query, h, body, parse_amz_date("20150830T123600Z").unwrap())
+        v.verify(
+            method,
+            "/",
+            query,
+            h,
+            body,
+            parse_amz_date("20150830T123600Z").unwrap(),
+        )
     }
 
     /// Vectors of AWS's published SigV4 test suite (aws-sig-v4-test-suite).
@@ -392,10 +402,22 @@ mod tests {
         suite_verify("GET", "", &suite_headers("host;x-amz-date", get, &[]), b"").unwrap();
         // get-vanilla-query-order-key-case
         let q = "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500";
-        suite_verify("GET", "Param2=value2&Param1=value1", &suite_headers("host;x-amz-date", q, &[]), b"").unwrap();
+        suite_verify(
+            "GET",
+            "Param2=value2&Param1=value1",
+            &suite_headers("host;x-amz-date", q, &[]),
+            b"",
+        )
+        .unwrap();
         // post-vanilla
         let post = "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b";
-        suite_verify("POST", "", &suite_headers("host;x-amz-date", post, &[]), b"").unwrap();
+        suite_verify(
+            "POST",
+            "",
+            &suite_headers("host;x-amz-date", post, &[]),
+            b"",
+        )
+        .unwrap();
         // post-x-www-form-urlencoded: the body is hashed into the signature.
         let form = "ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a";
         let h = suite_headers(
@@ -408,8 +430,16 @@ mod tests {
         assert_eq!(e.kind, "InvalidSignatureException");
         // A wrong method, or an upper-case signature of the right bytes, is another matter:
         // the first fails, the second is the same signature.
-        assert!(suite_verify("PUT", "", &suite_headers("host;x-amz-date", post, &[]), b"").is_err());
-        suite_verify("POST", "", &suite_headers("host;x-amz-date", &post.to_uppercase(), &[]), b"").unwrap();
+        assert!(
+            suite_verify("PUT", "", &suite_headers("host;x-amz-date", post, &[]), b"").is_err()
+        );
+        suite_verify(
+            "POST",
+            "",
+            &suite_headers("host;x-amz-date", &post.to_uppercase(), &[]),
+            b"",
+        )
+        .unwrap();
     }
 
     #[test]
@@ -418,13 +448,21 @@ mod tests {
         let body_hash = hex(&Sha256::digest(b"Param1=value1"));
         let ct = ("content-type", "application/x-www-form-urlencoded");
         // A correct claim is fine (it is not among the signed headers here).
-        let h = suite_headers("content-type;host;x-amz-date", form, &[ct, ("x-amz-content-sha256", &body_hash)]);
+        let h = suite_headers(
+            "content-type;host;x-amz-date",
+            form,
+            &[ct, ("x-amz-content-sha256", &body_hash)],
+        );
         suite_verify("POST", "", &h, b"Param1=value1").unwrap();
         // A replay with another body keeps the old claim: refused.
         let e = suite_verify("POST", "", &h, b"Param1=evil").unwrap_err();
         assert!(e.message.contains("x-amz-content-sha256"), "{}", e.message);
         for claim in ["UNSIGNED-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"] {
-            let h = suite_headers("content-type;host;x-amz-date", form, &[ct, ("x-amz-content-sha256", claim)]);
+            let h = suite_headers(
+                "content-type;host;x-amz-date",
+                form,
+                &[ct, ("x-amz-content-sha256", claim)],
+            );
             let e = suite_verify("POST", "", &h, b"Param1=value1").unwrap_err();
             assert_eq!(e.kind, "InvalidSignatureException");
         }
@@ -432,29 +470,69 @@ mod tests {
 
     #[test]
     fn host_target_and_date_must_be_signed() {
-        let (date, auth) = sign("h:1", "Kinesis_20131202.ListStreams", b"{}", "AK", "sec", "eu-west-1", 1_795_632_475);
+        let (date, auth) = sign(
+            "h:1",
+            "Kinesis_20131202.ListStreams",
+            b"{}",
+            "AK",
+            "sec",
+            "eu-west-1",
+            1_795_632_475,
+        );
         let v = Verifier::new([("AK".to_string(), "sec".to_string())]);
         let headers = |auth: &str| {
             let mut h = HeaderMap::new();
             h.insert("host", "h:1".parse().unwrap());
-            h.insert("content-type", "application/x-amz-json-1.1".parse().unwrap());
+            h.insert(
+                "content-type",
+                "application/x-amz-json-1.1".parse().unwrap(),
+            );
             h.insert("x-amz-date", date.parse().unwrap());
-            h.insert("x-amz-target", "Kinesis_20131202.ListStreams".parse().unwrap());
+            h.insert(
+                "x-amz-target",
+                "Kinesis_20131202.ListStreams".parse().unwrap(),
+            );
             h.insert("authorization", auth.parse().unwrap());
             h
         };
-        v.verify("POST", "/", "", &headers(&auth), b"{}", 1_795_632_475).unwrap();
+        v.verify("POST", "/", "", &headers(&auth), b"{}", 1_795_632_475)
+            .unwrap();
         for (from, to) in [
-            ("content-type;host;x-amz-date;x-amz-target", "content-type;x-amz-date;x-amz-target"),
-            ("content-type;host;x-amz-date;x-amz-target", "content-type;host;x-amz-date"),
-            ("content-type;host;x-amz-date;x-amz-target", "content-type;host;x-amz-target"),
+            (
+                "content-type;host;x-amz-date;x-amz-target",
+                "content-type;x-amz-date;x-amz-target",
+            ),
+            (
+                "content-type;host;x-amz-date;x-amz-target",
+                "content-type;host;x-amz-date",
+            ),
+            (
+                "content-type;host;x-amz-date;x-amz-target",
+                "content-type;host;x-amz-target",
+            ),
         ] {
-            let e = v.verify("POST", "/", "", &headers(&auth.replace(from, to)), b"{}", 1_795_632_475).unwrap_err();
-            assert_eq!(e.kind, "IncompleteSignatureException", "{to}: {}", e.message);
+            let e = v
+                .verify(
+                    "POST",
+                    "/",
+                    "",
+                    &headers(&auth.replace(from, to)),
+                    b"{}",
+                    1_795_632_475,
+                )
+                .unwrap_err();
+            assert_eq!(
+                e.kind, "IncompleteSignatureException",
+                "{to}: {}",
+                e.message
+            );
         }
         // Another operation under the same signature fails.
         let mut h = headers(&auth);
-        h.insert("x-amz-target", "Kinesis_20131202.DeleteStream".parse().unwrap());
+        h.insert(
+            "x-amz-target",
+            "Kinesis_20131202.DeleteStream".parse().unwrap(),
+        );
         assert!(v.verify("POST", "/", "", &h, b"{}", 1_795_632_475).is_err());
     }
 }
