@@ -111,6 +111,8 @@ const FIXTURES: &[(&str, &str)] = &[
     ("no_symbol.so", "not a sluice plugin: it does not export `sl_plugin_library_v1`"),
     ("writable.so", "the file is writable by group or others (mode 0666)"),
     ("z_clash.so", "transform plugin `c-passthrough` is already provided by"),
+    ("foreign_owner.so", "the file is owned by uid 65534, neither root nor the daemon's user"),
+    ("link_to_foreign.so", "owned by uid 65534, neither root nor the daemon's user"),
 ];
 
 fn refusal_dir() -> tempfile::TempDir {
@@ -138,6 +140,20 @@ fn refusal_dir() -> tempfile::TempDir {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
+    // A library owned by another user (mode 0755, so only the owner matters), and a link
+    // whose target sits in a folder another user owns. Tests run as root (CI does), which
+    // is what lets them make files of another user: fail loudly otherwise.
+    let foreign = dir.path().join("foreign_owner.so");
+    std::fs::copy(&src, &foreign).unwrap();
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534))
+        .expect("chown needs root: these tests run as root");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::copy(&src, elsewhere.join("lib.so")).unwrap();
+    std::fs::set_permissions(elsewhere.join("lib.so"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&elsewhere, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("lib.so"), dir.path().join("link_to_foreign.so")).unwrap();
     dir
 }
 

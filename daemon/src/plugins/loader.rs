@@ -245,40 +245,65 @@ pub(super) fn validate_descriptor(
 
 /// Refuses files (and folders) that others than the owner can write: whoever can write a
 /// plugin runs code as the daemon.
-fn check_permissions(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "the file is writable by group or others (mode {:04o}); run `chmod go-w` on it",
-            mode & 0o7777
-        ));
+/// sshd's StrictModes for plugin files: after resolving symlinks, the file and every
+/// folder on the way to it must be owned by root or by the daemon's user and not writable
+/// by anyone else (a world-writable folder with the sticky bit, like `/tmp`, is fine: others
+/// cannot replace entries they do not own). Returns the resolved path, which is what gets
+/// loaded, so a link cannot be swapped between the check and `dlopen`'s open of the target.
+fn check_permissions(path: &Path) -> Result<std::path::PathBuf, String> {
+    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", real.display()));
     }
-    if let Some(dir) = path.parent() {
-        let dmeta = std::fs::metadata(dir).map_err(|e| format!("cannot stat its folder: {e}"))?;
-        let dmode = dmeta.permissions().mode();
-        if dmode & 0o022 != 0 {
+    let shown = |p: &Path| {
+        if p == real && real != path {
+            format!("its target {}", p.display())
+        } else if p == real {
+            "the file".to_string()
+        } else {
+            format!("its folder {}", p.display())
+        }
+    };
+    for (i, p) in real.ancestors().enumerate() {
+        let m = if i == 0 {
+            meta.clone()
+        } else {
+            std::fs::metadata(p).map_err(|e| format!("cannot stat {}: {e}", p.display()))?
+        };
+        if m.uid() != 0 && m.uid() != me {
             return Err(format!(
-                "its folder {} is writable by group or others (mode {:04o})",
-                dir.display(),
-                dmode & 0o7777
+                "{} is owned by uid {}, neither root nor the daemon's user (uid {me})",
+                shown(p),
+                m.uid()
+            ));
+        }
+        let mode = m.permissions().mode();
+        let sticky_dir = i > 0 && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !sticky_dir {
+            return Err(format!(
+                "{} is writable by group or others (mode {:04o}); run `chmod go-w` on it",
+                shown(p),
+                mode & 0o7777
             ));
         }
     }
-    Ok(())
+    Ok(real)
 }
 
 /// Opens one library and registers its plugins.
 pub fn load_file(reg: &mut Registry, path: &Path) -> Result<usize, LoadError> {
     let shown = path.display().to_string();
-    check_permissions(path).map_err(|detail| LoadError::Permissions {
+    let real = check_permissions(path).map_err(|detail| LoadError::Permissions {
         path: shown.clone(),
         detail,
     })?;
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     // SAFETY: loading a library runs its initialisers: plugins are trusted code (checked
     // for permissions above). RTLD_NODELETE: libraries are never unloaded.
-    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NODELETE) }
+    let lib = unsafe { Library::open(Some(&real), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NODELETE) }
         .map_err(|e| LoadError::Open {
             path: shown.clone(),
             error: e.to_string(),
@@ -327,7 +352,7 @@ pub fn load_dir(reg: &mut Registry, dir: &Path) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::debug!(dir = %dir.display(), "plugin folder does not exist");
+            tracing::warn!(dir = %dir.display(), "plugin folder does not exist; no plugins loaded from it");
             return;
         }
         Err(e) => {
