@@ -280,7 +280,7 @@ fn crash_and_recover_with(buffer: &str, generator: &str, failpoint: Option<&str>
             let mut d = s.start_env(&[("SLUICE_FAILPOINTS", &fp)]);
             let st = d
                 .wait_exit(Duration::from_secs(30))
-                .expect("the failpoint fired");
+                .expect("the failpoint fired (the daemon must be built with `--features sluiced/failpoints`, as scripts/test does)");
             use std::os::unix::process::ExitStatusExt;
             assert_eq!(st.signal(), Some(libc::SIGKILL), "{}", d.stderr());
         }

@@ -151,9 +151,17 @@ fn refusal_dir() -> tempfile::TempDir {
     let elsewhere = dir.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
     std::fs::copy(&src, elsewhere.join("lib.so")).unwrap();
-    std::fs::set_permissions(elsewhere.join("lib.so"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        elsewhere.join("lib.so"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     std::os::unix::fs::chown(&elsewhere, Some(65534), Some(65534)).unwrap();
-    std::os::unix::fs::symlink(elsewhere.join("lib.so"), dir.path().join("link_to_foreign.so")).unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.join("lib.so"),
+        dir.path().join("link_to_foreign.so"),
+    )
+    .unwrap();
     dir
 }
 
