@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod http;
 pub mod names;
 pub mod pipeline;
 pub mod plugins;

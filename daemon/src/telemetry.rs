@@ -182,6 +182,14 @@ fn describe() {
         "sluice_config_reloads_total",
         "Config loads and reloads, by result"
     );
+    describe_gauge!(
+        "sluice_http_connections",
+        "Open HTTP connections, by listener (api, admin)"
+    );
+    describe_counter!(
+        "sluice_http_connections_refused_total",
+        "Connections closed at once because the listener had its maximum open"
+    );
     describe_counter!(
         "sluice_config_unchanged_events_total",
         "File events after which every configuration file held the same content (no reload)"
@@ -226,11 +234,12 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Socke
         .route("/admin/status", get(status))
         .route("/admin/reload", post(reload))
         .with_state(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    });
+    tokio::spawn(crate::http::serve(
+        listener,
+        app,
+        crate::http::LIMITS,
+        "admin",
+    ));
     Ok(local)
 }
 

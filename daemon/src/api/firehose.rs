@@ -145,11 +145,17 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
                 .get("ExclusiveStartDeliveryStreamName")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            let limit = req
-                .get("Limit")
-                .and_then(Value::as_u64)
-                .unwrap_or(10)
-                .clamp(1, 10_000) as usize;
+            let limit = super::request::opt_int(&req, "Limit")?.unwrap_or(10);
+            let mut v = Violations::default();
+            if !(1..=10_000).contains(&limit) {
+                v.add(
+                    &limit.to_string(),
+                    "limit",
+                    "Member must have value between 1 and 10000",
+                );
+            }
+            v.finish()?;
+            let limit = limit as usize;
             let names: Vec<String> = call
                 .state
                 .streams

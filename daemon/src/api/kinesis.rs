@@ -228,8 +228,19 @@ fn shard_json(st: &Stream, i: usize) -> Value {
 }
 
 fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
-    let st = named_stream(call, req)?;
-    let limit = opt_int(req, "Limit")?.unwrap_or(100).clamp(1, 10_000) as usize;
+    let mut v = Violations::default();
+    let name = stream_name(req, &mut v)?;
+    let limit = opt_int(req, "Limit")?.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        v.add(
+            &limit.to_string(),
+            "limit",
+            "Member must have value between 1 and 10000",
+        );
+    }
+    v.finish()?;
+    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let limit = limit as usize;
     let after = opt_str(req, "ExclusiveStartShardId")?.unwrap_or("");
     let idx: Vec<usize> = (0..st.shards.len())
         .filter(|&i| st.shards[i].id.as_str() > after)
@@ -330,6 +341,19 @@ fn check_record(
     let key = opt_str(rec, "PartitionKey")?;
     let explicit = opt_str(rec, "ExplicitHashKey")?;
     let field = |f: &str| format!("{prefix}{f}");
+    if let Some(o) = opt_str(rec, "SequenceNumberForOrdering")? {
+        let ok = o == "0"
+            || (o.len() <= 129
+                && o.starts_with(|c: char| ('1'..='9').contains(&c))
+                && o.bytes().all(|b| b.is_ascii_digit()));
+        if !ok {
+            v.add(
+                o,
+                &field("sequenceNumberForOrdering"),
+                "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
+            );
+        }
+    }
     match key {
         None => v.null(&field("partitionKey")),
         Some("") => v.add(
@@ -591,6 +615,19 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
                     ))
                 }
             };
+            // Seconds since the epoch; far outside what a date can be is not a timestamp.
+            if !ts.is_finite() || ts.abs() > 1e13 {
+                return Err(ApiError::serialization(format!(
+                    "Timestamp {ts} is out of range"
+                )));
+            }
+            let now = now_ms();
+            if (ts * 1000.0) as i64 > now {
+                return Err(ApiError::invalid_argument(format!(
+                    "The timestampInMillis parameter cannot be greater than the currentTimestampInMillis. timestampInMillis: {}, currentTimestampInMillis: {now}",
+                    (ts * 1000.0) as i64
+                )));
+            }
             sh.log
                 .seek_timestamp((ts * 1000.0) as i64)
                 .map_err(|e| ApiError::internal(e.to_string()))?

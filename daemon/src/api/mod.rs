@@ -19,6 +19,7 @@ pub use sigv4::{sign, Verifier};
 use crate::stream::Streams;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
+
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -47,15 +48,102 @@ pub async fn serve(addr: SocketAddr, state: Arc<ApiState>) -> std::io::Result<So
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()
-        .route("/", post(handle))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/", post(handle).fallback(not_post))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::disable())
         .with_state(state);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "API listener failed");
-        }
-    });
+    tokio::spawn(crate::http::serve(
+        listener,
+        app,
+        crate::http::LIMITS,
+        "api",
+    ));
     Ok(local)
+}
+
+/// Time for a request body to arrive once its head has.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An error answer outside any operation (size, method, path), in AWS's shape with a
+/// request id. `close` asks the client to close the connection (the body was not read).
+fn refusal(status: StatusCode, kind: &'static str, message: String, close: bool) -> Response {
+    let e = ApiError {
+        kind,
+        message,
+        status,
+    };
+    metrics::counter!("sluice_api_requests_total", "operation" => "unknown", "code" => status.as_u16().to_string()).increment(1);
+    let mut resp = (status, e.body()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/x-amz-json-1.1"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&request_id()) {
+        h.insert("x-amzn-requestid", v);
+    }
+    if close {
+        h.insert("connection", HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn not_post(method: axum::http::Method) -> Response {
+    refusal(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "UnknownOperationException",
+        format!("Method {method} is not supported: the AWS JSON API takes POST /"),
+        false,
+    )
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    refusal(
+        StatusCode::NOT_FOUND,
+        "UnknownOperationException",
+        format!(
+            "No such path: {}; the AWS JSON API takes POST /",
+            uri.path()
+        ),
+        false,
+    )
+}
+
+fn too_large(n: Option<u64>) -> Response {
+    let what = n.map_or("The request body".to_string(), |n| {
+        format!("A request body of {n} bytes")
+    });
+    refusal(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "SerializationException",
+        format!("{what} exceeds the limit of {MAX_BODY} bytes."),
+        true,
+    )
+}
+
+/// Reads the body: refused before reading when its declared length is over [`MAX_BODY`],
+/// cut off when it grows past it, and given [`BODY_TIMEOUT`] to arrive.
+async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes, Response> {
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large(declared));
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(too_large(None)),
+        Err(_) => Err(refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            format!(
+                "The request body did not arrive within {} seconds.",
+                BODY_TIMEOUT.as_secs()
+            ),
+            true,
+        )),
+    }
 }
 
 /// Region from the SigV4 credential scope (`Credential=AKID/date/REGION/service/...`).
@@ -104,9 +192,13 @@ async fn handle(
     State(state): State<Arc<ApiState>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let started = Instant::now();
+    let body = match read_body(&headers, body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
