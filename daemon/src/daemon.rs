@@ -247,7 +247,7 @@ async fn reload(
                 })?;
             if let Err(e) = applied {
                 record_reload(false);
-                tracing::error!(error = %e, "reload failed: cannot open streams; the running configuration is kept");
+                tracing::error!(error = %e, "reload refused: the streams cannot take this change; the running configuration is kept");
                 return Err(e.to_string());
             }
             let report = sup.apply(&set).await;

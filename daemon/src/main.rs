@@ -295,22 +295,27 @@ fn status(path: &Path) -> anyhow::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "{:<24} {:<10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>6}  LAST ERROR",
-        "PIPELINE", "STATE", "IN", "OUT", "FAILED", "RESTARTS", "BUFFERED", "PARTS"
+        "{:<24} {:<10} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>6}  LAST ERROR",
+        "PIPELINE", "STATE", "SINK", "IN", "OUT", "FAILED", "RESTARTS", "BUFFERED", "PARTS"
     )?;
     for p in v["pipelines"].as_array().into_iter().flatten() {
+        let err = p["last_error"]
+            .as_str()
+            .or_else(|| p["sink_error"].as_str().filter(|_| p["sink"] == "failing"))
+            .unwrap_or("");
         writeln!(
             out,
-            "{:<24} {:<10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>6}  {}",
+            "{:<24} {:<10} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>6}  {}",
             p["name"].as_str().unwrap_or(""),
             p["state"].as_str().unwrap_or(""),
+            p["sink"].as_str().unwrap_or(""),
             p["records_in"],
             p["records_out"],
             p["records_failed"],
             p["restarts"],
             p["buffered_records"],
             p["partitions"],
-            p["last_error"].as_str().unwrap_or("")
+            err
         )?;
     }
     Ok(())

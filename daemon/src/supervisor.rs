@@ -138,13 +138,16 @@ pub fn statuses(board: &StatusBoard) -> Vec<PipelineStatus> {
         .unwrap_or_default()
 }
 
-/// Ready when every pipeline is running (or finished its finite source).
+/// Ready when every pipeline is running (or finished its finite source) and no sink is
+/// failing.
 pub fn all_running(board: &StatusBoard) -> bool {
     board
         .read()
         .map(|b| {
-            b.values()
-                .all(|s| matches!(s.state(), State::Running | State::Finished))
+            b.values().all(|s| {
+                matches!(s.state(), State::Running | State::Finished)
+                    && s.sink_health.failing_since_ms().is_none()
+            })
         })
         .unwrap_or(false)
 }

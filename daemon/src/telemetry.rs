@@ -191,6 +191,14 @@ fn describe() {
         "Connections closed at once because the listener had its maximum open"
     );
     describe_counter!(
+        "sluice_checkpoint_damaged_total",
+        "Checkpoint files found damaged at start (the pipeline resumed from the oldest record)"
+    );
+    describe_gauge!(
+        "sluice_sink_up",
+        "1 while the pipeline's sink stores what it is given, 0 while deliveries keep failing"
+    );
+    describe_counter!(
         "sluice_config_unchanged_events_total",
         "File events after which every configuration file held the same content (no reload)"
     );
@@ -268,9 +276,14 @@ async fn readyz(State(s): State<AdminState>) -> Response {
                 !matches!(
                     p.state,
                     crate::pipeline::State::Running | crate::pipeline::State::Finished
-                )
+                ) || p.sink != "ok"
             })
-            .map(|p| format!("{}: {:?}", p.name, p.state))
+            .map(|p| match (&p.state, p.sink, &p.sink_error) {
+                (crate::pipeline::State::Running, "failing", e) => {
+                    format!("{}: sink failing: {}", p.name, e.as_deref().unwrap_or("?"))
+                }
+                (state, _, _) => format!("{}: {state:?}", p.name),
+            })
             .collect();
         (
             StatusCode::SERVICE_UNAVAILABLE,

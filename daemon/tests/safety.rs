@@ -209,3 +209,125 @@ fn sequence_numbers_are_not_reused_after_a_lost_tail() {
         d.stderr()
     );
 }
+
+/// 9. A sink that keeps failing is visible: `sluice_sink_up` 0, failed attempts counted
+///    under `result="error"`, `/readyz` not ready naming the sink, `sluiced status` says
+///    `failing`.
+#[test]
+fn a_failing_sink_is_visible() {
+    // An S3 endpoint where nothing listens: every upload fails (retryable).
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let cfg = format!(
+        "[pipelines.lake]\nsource = {{ plugin = \"generator\", rate = 200 }}\n\n[pipelines.lake.buffer]\ninterval = \"1s\"\n\n[pipelines.lake.sink]\nplugin = \"object-store\"\nurl = \"s3://lake/data\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"x\"\nsecret_access_key = \"x\"\ntimeout_secs = 1\n"
+    );
+    let s = Setup::new("", &[("lake", &cfg)]);
+    let mut d = s.start();
+    d.wait_ready();
+    assert_eq!(d.metric("sluice_sink_up", &["pipeline=\"lake\""]), 1.0);
+    wait_until(Duration::from_secs(30), "the failing sink shows", || {
+        d.metric("sluice_sink_up", &["pipeline=\"lake\""]) == 0.0
+            && d.metric(
+                "sluice_sink_objects_total",
+                &["pipeline=\"lake\"", "result=\"error\""],
+            ) >= 1.0
+    });
+    let (code, body) = d.get("/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("lake: sink failing"), "{body}");
+    let (code, out, err) = s.cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("lake "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("failing"), "{out}");
+}
+
+/// 9. A damaged checkpoint is an ERROR with a counter, and the pipeline resumes from the
+///    oldest record (replaying, never skipping), even with `start = "latest"`.
+#[test]
+fn a_damaged_checkpoint_resumes_from_the_oldest_record() {
+    let cfg = "[streams.s]\nshards = 1\n\n[pipelines.copy]\nsource = { plugin = \"stream\", stream = \"s\", start = \"latest\" }\nsink = { plugin = \"file\", path = \"out/copy.jsonl\" }\n";
+    let s = Setup::new("", &[("p", cfg)]);
+    let put = |s: &Setup, text: &str| {
+        let (code, body) = kinesis(
+            s.api,
+            "PutRecord",
+            &format!(
+                r#"{{"StreamName":"s","Data":"{}","PartitionKey":"k"}}"#,
+                b64(text)
+            ),
+        );
+        assert_eq!(code, 200, "{body}");
+    };
+    let mut d = s.start();
+    d.wait_ready();
+    for i in 0..5 {
+        put(&s, &format!("old-{i}"));
+    }
+    let cp = s.path("var/checkpoints/copy/s.json");
+    wait_until(
+        Duration::from_secs(20),
+        "5 delivered and checkpointed",
+        || {
+            lines(&s.path("out/copy.jsonl")).len() == 5
+                && std::fs::read_to_string(&cp).is_ok_and(|t| t.contains(":5"))
+        },
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
+    std::fs::write(&cp, b"\x00\x13garbage{").unwrap();
+    let mut d = s.start();
+    d.wait_ready();
+    put(&s, "new-0");
+    wait_until(
+        Duration::from_secs(20),
+        "old records replayed and the new one delivered",
+        || {
+            let l = lines(&s.path("out/copy.jsonl"));
+            l.iter().filter(|l| l.starts_with("old-")).count() == 10
+                && l.iter().any(|l| l == "new-0")
+        },
+    );
+    assert_eq!(
+        d.metric("sluice_checkpoint_damaged_total", &["pipeline=\"copy\""]),
+        1.0
+    );
+    assert!(d.stderr().contains("checkpoint damaged"), "{}", d.stderr());
+}
+
+/// 9. A reload changing what a running stream cannot change live is refused, names the
+///    key, and keeps the old configuration running — never reported as success.
+#[test]
+fn a_reload_that_cannot_apply_is_refused() {
+    let cfg = |fsync: &str| {
+        format!("[streams.s]\nshards = 1\nfsync = \"{fsync}\"\n\n[pipelines.gen]\nsource = {{ plugin = \"generator\", rate = 50 }}\nsink = {{ plugin = \"file\", path = \"out/gen.jsonl\" }}\n")
+    };
+    let s = Setup::new("watch = false", &[("p", &cfg("batch"))]);
+    let mut d = s.start();
+    d.wait_ready();
+    for (key, new) in [
+        ("fsync", cfg("none")),
+        (
+            "max_record_size",
+            cfg("batch").replace("shards = 1\n", "shards = 1\nmax_record_size = \"2KiB\"\n"),
+        ),
+        (
+            "max_bytes",
+            cfg("batch").replace("shards = 1\n", "shards = 1\nmax_bytes = \"1GiB\"\n"),
+        ),
+    ] {
+        s.write_pipeline("p", &new);
+        let (code, body) = d.post("/admin/reload").unwrap();
+        assert_eq!(code, 422, "{key}: {body}");
+        assert!(
+            body.contains(&format!("`{key}`")) && body.contains("needs a restart"),
+            "{body}"
+        );
+        assert_eq!(d.metric("sluice_config_last_reload_successful", &[]), 0.0);
+    }
+    // The same file as running reloads fine.
+    s.write_pipeline("p", &cfg("batch"));
+    let (code, body) = d.post("/admin/reload").unwrap();
+    assert_eq!(code, 200, "{body}");
+}

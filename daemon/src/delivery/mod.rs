@@ -1016,13 +1016,13 @@ fn encode_slices<'a>(
 pub async fn deliver(
     sink: &mut SinkInstance,
     f: &Flushed,
-    pipeline: &str,
+    health: &crate::plugins::SinkHealth,
     limit: Option<std::time::Duration>,
 ) -> Result<(), CallError> {
-    let res = crate::plugins::until_stored(sink, pipeline, limit, |sink, _| {
-        sink.submit_object(&f.object)
-    })
-    .await;
+    let pipeline = health.pipeline();
+    let res =
+        crate::plugins::until_stored(sink, health, limit, |sink, _| sink.submit_object(&f.object))
+            .await;
     if res.is_err() {
         metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "failed").increment(1);
     }

@@ -94,6 +94,8 @@ pub struct PipelineShared {
     pub partitions: AtomicU64,
     /// When the last object was stored, ms since the epoch (0: never).
     pub last_flush_ms: AtomicU64,
+    /// Whether the sink is storing what it is given.
+    pub sink_health: crate::plugins::SinkHealth,
 }
 
 /// Snapshot for `/admin/status`.
@@ -121,11 +123,18 @@ pub struct PipelineStatus {
     pub partitions: u64,
     /// Last object stored, ms since the epoch (0: never).
     pub last_flush_ms: u64,
+    /// `ok`, or `failing` while deliveries to the sink keep failing.
+    pub sink: &'static str,
+    /// Since when the sink has been failing (ms since the epoch).
+    pub sink_failing_since_ms: Option<i64>,
+    /// The sink's last delivery error.
+    pub sink_error: Option<String>,
 }
 
 impl PipelineShared {
-    fn new(name: &str) -> Self {
+    fn new(name: &str, objects: bool) -> Self {
         PipelineShared {
+            sink_health: crate::plugins::SinkHealth::new(name, objects),
             name: name.to_string(),
             state: Mutex::new((State::Starting, None)),
             records_in: AtomicU64::new(0),
@@ -174,6 +183,13 @@ impl PipelineShared {
             buffered_bytes: self.buffered_bytes.load(Ordering::Relaxed),
             partitions: self.partitions.load(Ordering::Relaxed),
             last_flush_ms: self.last_flush_ms.load(Ordering::Relaxed),
+            sink: if self.sink_health.failing_since_ms().is_some() {
+                "failing"
+            } else {
+                "ok"
+            },
+            sink_failing_since_ms: self.sink_health.failing_since_ms(),
+            sink_error: self.sink_health.last_error(),
         }
     }
 }
@@ -217,7 +233,7 @@ impl PipelineHandle {
 
 /// Starts a pipeline.
 pub fn spawn(spec: Arc<PipelineSpec>, ctx: Arc<RuntimeCtx>) -> PipelineHandle {
-    let shared = Arc::new(PipelineShared::new(&spec.name));
+    let shared = Arc::new(PipelineShared::new(&spec.name, spec.delivery.is_some()));
     let (drain, drain_rx) = watch::channel(false);
     let task = tokio::spawn(supervise(spec.clone(), ctx, shared.clone(), drain_rx));
     PipelineHandle {
@@ -639,7 +655,7 @@ async fn sink_driver(
     while let Some(batch) = rx.recv().await {
         for chunk in chunks(&batch.records, &cfg) {
             let mut pending: Vec<Record> = chunk.to_vec();
-            crate::plugins::until_stored(&mut sink, &name, None, |sink, failed| {
+            crate::plugins::until_stored(&mut sink, &shared.sink_health, None, |sink, failed| {
                 if !failed.is_empty() {
                     // Partial failure: resubmit only the failed records, in order.
                     let mut idx: Vec<usize> = failed
@@ -694,13 +710,13 @@ async fn flush_one(
         return Ok(());
     };
     sluice_plugin_api::failpoint("delivery-before-upload");
-    let f = match crate::delivery::deliver(sink, &f, &shared.name, d.retry_limit()).await {
+    let f = match crate::delivery::deliver(sink, &f, &shared.sink_health, d.retry_limit()).await {
         Ok(()) => f,
         // Only a bounded retry returns a retryable error: keep the records under the
         // error prefix (retried without bound there: nothing acknowledged is dropped).
         Err(e) if e.is_retryable() => {
             let f = d.redirect(f, &e.message);
-            crate::delivery::deliver(sink, &f, &shared.name, None)
+            crate::delivery::deliver(sink, &f, &shared.sink_health, None)
                 .await
                 .map_err(plugin_err("sink"))?;
             f

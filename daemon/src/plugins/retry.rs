@@ -9,7 +9,91 @@
 use super::host::CompletionResult;
 use super::instance::{CallError, SinkInstance, Submit};
 use sluice_plugin_api::ffi;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// How a pipeline's sink is doing, as the retry loop sees it: healthy until a delivery
+/// fails, failing (with the time it started and the last error) until one succeeds.
+/// Exported as `sluice_sink_up{pipeline}` (1/0); each failed attempt of an object sink
+/// counts in `sluice_sink_objects_total{result="error"}`. `/readyz` and `sluiced status`
+/// read it.
+pub struct SinkHealth {
+    pipeline: String,
+    objects: bool,
+    failing_since_ms: AtomicI64,
+    last_error: Mutex<Option<String>>,
+    up: metrics::Gauge,
+    object_errors: metrics::Counter,
+}
+
+impl std::fmt::Debug for SinkHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHealth")
+            .field("pipeline", &self.pipeline)
+            .field("failing_since_ms", &self.failing_since_ms())
+            .finish()
+    }
+}
+
+impl SinkHealth {
+    /// A healthy sink of `pipeline`; `objects` for object sinks.
+    pub fn new(pipeline: &str, objects: bool) -> Self {
+        let up = metrics::gauge!("sluice_sink_up", "pipeline" => pipeline.to_string());
+        up.set(1.0);
+        let object_errors = metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "error");
+        if objects {
+            object_errors.increment(0);
+            metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "success").increment(0);
+        }
+        SinkHealth {
+            pipeline: pipeline.to_string(),
+            objects,
+            failing_since_ms: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+            up,
+            object_errors,
+        }
+    }
+
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    fn failed(&self, message: &str) {
+        let _ = self.failing_since_ms.compare_exchange(
+            0,
+            crate::record::now_ms().max(1),
+            AtomicOrdering::AcqRel,
+            AtomicOrdering::Acquire,
+        );
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(message.to_string());
+        }
+        self.up.set(0.0);
+        if self.objects {
+            self.object_errors.increment(1);
+        }
+    }
+
+    fn ok(&self) {
+        if self.failing_since_ms.swap(0, AtomicOrdering::AcqRel) != 0 {
+            tracing::info!(pipeline = %self.pipeline, "sink delivers again");
+        }
+        self.up.set(1.0);
+    }
+
+    /// Since when (ms since the epoch) the sink has been failing, if it is.
+    pub fn failing_since_ms(&self) -> Option<i64> {
+        Some(self.failing_since_ms.load(AtomicOrdering::Acquire)).filter(|&t| t != 0)
+    }
+
+    /// The last delivery error (kept after recovery, for `sluiced status`).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -21,11 +105,12 @@ const FULL_REPOLL: Duration = Duration::from_millis(500);
 /// after `limit` has passed since the first attempt is returned (still retryable).
 pub async fn until_stored(
     sink: &mut SinkInstance,
-    pipeline: &str,
+    health: &SinkHealth,
     limit: Option<Duration>,
     mut submit: impl FnMut(&mut SinkInstance, &[u32]) -> Result<Submit, CallError>,
 ) -> Result<(), CallError> {
     let notify = sink.instance().shared().clone();
+    let pipeline = health.pipeline();
     let retries =
         metrics::counter!("sluice_sink_retries_total", "pipeline" => pipeline.to_string());
     let mut delay = RETRY_MIN;
@@ -37,12 +122,16 @@ pub async fn until_stored(
             Ok(Submit::Accepted(done)) => match done.await {
                 Ok(CompletionResult {
                     status: ffi::SL_OK, ..
-                }) => return Ok(()),
+                }) => {
+                    health.ok();
+                    return Ok(());
+                }
                 Ok(c) if c.status == ffi::SL_ERR_RETRYABLE => {
                     failed = c.failed;
                     (c.message, c.retry_after_ms)
                 }
                 Ok(c) => {
+                    health.failed(&c.message);
                     return Err(CallError {
                         plugin: sink.instance().entry().name.clone(),
                         call: "complete",
@@ -50,7 +139,7 @@ pub async fn until_stored(
                         message: c.message,
                         field: String::new(),
                         retry_after_ms: 0,
-                    })
+                    });
                 }
                 Err(_) => {
                     failed.clear();
@@ -68,8 +157,12 @@ pub async fn until_stored(
                 failed.clear();
                 (e.message, e.retry_after_ms)
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                health.failed(&e.message);
+                return Err(e);
+            }
         };
+        health.failed(&message);
         if limit.is_some_and(|l| started.elapsed() >= l) {
             return Err(CallError {
                 plugin: sink.instance().entry().name.clone(),

@@ -92,11 +92,25 @@ fn checkpoint_path(pipeline: &str, stream: &str) -> Option<PathBuf> {
     Some(dir.join(format!("{stream}.json")))
 }
 
-fn load_checkpoint(path: &std::path::Path) -> BTreeMap<String, u64> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+/// What a checkpoint file held.
+enum Checkpoint {
+    /// No file: the pipeline never checkpointed this stream.
+    Missing,
+    /// Positions by shard id.
+    At(BTreeMap<String, u64>),
+    /// Unreadable or not a checkpoint.
+    Damaged(String),
+}
+
+fn load_checkpoint(path: &std::path::Path) -> Checkpoint {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Checkpoint::Missing,
+        Err(e) => Checkpoint::Damaged(e.to_string()),
+        Ok(t) => match serde_json::from_str(&t) {
+            Ok(cp) => Checkpoint::At(cp),
+            Err(e) => Checkpoint::Damaged(e.to_string()),
+        },
+    }
 }
 
 fn store_checkpoint(path: &std::path::Path, cp: &BTreeMap<String, u64>) -> std::io::Result<()> {
@@ -137,16 +151,26 @@ impl Plugin for StreamSource {
 
     fn start(&mut self) -> Result<(), Error> {
         let st = stream(&self.cfg.stream)?;
-        let cp = checkpoint_path(&self.pipeline, &self.cfg.stream)
-            .map(|p| load_checkpoint(&p))
-            .unwrap_or_default();
+        let path = checkpoint_path(&self.pipeline, &self.cfg.stream);
+        let (cp, damaged) = match path.as_deref().map(load_checkpoint) {
+            None | Some(Checkpoint::Missing) => (BTreeMap::new(), false),
+            Some(Checkpoint::At(cp)) => (cp, false),
+            Some(Checkpoint::Damaged(e)) => {
+                // Where delivery stood is unknown: resume from the oldest record still
+                // held (replayed objects are rewritten under the same names), never from
+                // `latest`, which would skip acknowledged records.
+                tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "checkpoint damaged; resuming from the oldest record of every shard");
+                metrics::counter!("sluice_checkpoint_damaged_total", "pipeline" => self.pipeline.clone(), "stream" => self.cfg.stream.clone()).increment(1);
+                (BTreeMap::new(), true)
+            }
+        };
         self.read_pos = st
             .shards
             .iter()
             .map(|s| match cp.get(&s.id) {
                 // Never before the trim horizon: records past retention are gone.
                 Some(&n) => n.max(s.log.first_seq()),
-                None if self.cfg.start == Start::Latest => s.log.next_seq(),
+                None if self.cfg.start == Start::Latest && !damaged => s.log.next_seq(),
                 None => s.log.first_seq(),
             })
             .collect();

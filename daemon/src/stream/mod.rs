@@ -32,6 +32,13 @@ pub enum StreamError {
     Log(#[from] sluice_shardlog::Error),
     #[error("{0}")]
     Name(#[from] crate::names::NameError),
+    #[error("stream {stream}: changing `{key}` of a running stream needs a restart of sluiced (it is {now}, the file says {wanted}); the running configuration is kept")]
+    NeedsRestart {
+        stream: String,
+        key: &'static str,
+        now: String,
+        wanted: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -414,6 +421,43 @@ impl Streams {
         &self,
         specs: &BTreeMap<String, StreamSpec>,
     ) -> Result<Vec<String>, StreamError> {
+        // First refuse what cannot change live, before anything is changed: a reload is
+        // applied whole or not at all.
+        for spec in specs.values() {
+            let Some(st) = self
+                .get(&spec.name)
+                .filter(|s| s.origin == StreamOrigin::Config)
+            else {
+                continue;
+            };
+            let differs = |key: &'static str, now: String, wanted: String| {
+                if now == wanted {
+                    Ok(())
+                } else {
+                    Err(StreamError::NeedsRestart {
+                        stream: spec.name.clone(),
+                        key,
+                        now,
+                        wanted,
+                    })
+                }
+            };
+            differs(
+                "fsync",
+                format!("{:?}", st.fsync),
+                format!("{:?}", spec.fsync),
+            )?;
+            differs(
+                "max_record_size",
+                st.max_record_size.to_string(),
+                spec.max_record_size.to_string(),
+            )?;
+            differs(
+                "max_bytes",
+                format!("{:?}", st.max_bytes),
+                format!("{:?}", spec.max_bytes),
+            )?;
+        }
         for spec in specs.values() {
             let existing = self.get(&spec.name);
             match existing {
