@@ -194,6 +194,14 @@ fn describe() {
         "sluice_checkpoint_damaged_total",
         "Checkpoint files found damaged at start (the pipeline resumed from the oldest record)"
     );
+    describe_counter!(
+        "sluice_poison_records_total",
+        "Records a transform failed or panicked on alone (isolated by bisecting their batch; sent to the error output)"
+    );
+    describe_counter!(
+        "sluice_plugin_crashes_total",
+        "Restarts after the process died inside a dynamic transform (its records were then narrowed down and quarantined)"
+    );
     describe_gauge!(
         "sluice_sink_up",
         "1 while the pipeline's sink stores what it is given, 0 while deliveries keep failing"

@@ -575,7 +575,10 @@ impl Delivery {
         token: u64,
         touched: &mut usize,
     ) {
-        metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(1);
+        // Records rejected by transforms were counted where they were rejected.
+        if etype != ErrorType::ProcessingFailed {
+            metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(1);
+        }
         let doc = self.error_doc(rec, etype, message);
         self.append(BufferKey::Error(etype), &doc, rec, token, touched);
     }

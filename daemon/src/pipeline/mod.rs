@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+mod transform;
+
 /// Batches in each channel between stages: with one batch in each stage, at most
 /// `2 * CHANNEL_BATCHES + 3` batches are in flight per pipeline.
 pub const CHANNEL_BATCHES: usize = 4;
@@ -133,6 +135,10 @@ pub struct PipelineStatus {
 
 impl PipelineShared {
     fn new(name: &str, objects: bool) -> Self {
+        // Series exist from the start (zeros, not gaps, for dashboards and alerts).
+        metrics::counter!("sluice_pipeline_restarts_total", "pipeline" => name.to_string())
+            .increment(0);
+        metrics::counter!("sluice_records_failed_total", "pipeline" => name.to_string(), "error_type" => "processing-failed").increment(0);
         PipelineShared {
             sink_health: crate::plugins::SinkHealth::new(name, objects),
             name: name.to_string(),
@@ -304,27 +310,40 @@ fn plugin_err(component: &str) -> impl FnOnce(CallError) -> PipelineError + '_ {
 
 struct Instances {
     source: SourceInstance,
-    transforms: Vec<(String, TransformInstance)>,
+    transforms: Vec<transform::Link>,
     sink: SinkInstance,
+}
+
+/// Creates and starts one instance of component `c`. May block.
+fn make_instance(
+    pipeline: &str,
+    c: &ComponentSpec,
+    ctx: &RuntimeCtx,
+) -> Result<Instance, PipelineError> {
+    let entry = ctx
+        .registry
+        .lookup(c.kind, &c.plugin)
+        .map_err(|m| PipelineError::Internal(format!("{}: {m}", c.id)))?;
+    let mut inst = Instance::create(entry, pipeline, &c.id, &ctx.base_dir, &c.config_json)
+        .map_err(plugin_err(&c.id))?;
+    inst.start().map_err(plugin_err(&c.id))?;
+    Ok(inst)
 }
 
 /// Creates and starts every instance (sink first, source last). May block.
 fn build(spec: &PipelineSpec, ctx: &RuntimeCtx) -> Result<Instances, PipelineError> {
-    let make = |c: &ComponentSpec| -> Result<Instance, PipelineError> {
-        let entry = ctx
-            .registry
-            .lookup(c.kind, &c.plugin)
-            .map_err(|m| PipelineError::Internal(format!("{}: {m}", c.id)))?;
-        let mut inst = Instance::create(entry, &spec.name, &c.id, &ctx.base_dir, &c.config_json)
-            .map_err(plugin_err(&c.id))?;
-        inst.start().map_err(plugin_err(&c.id))?;
-        Ok(inst)
-    };
+    let make = |c: &ComponentSpec| make_instance(&spec.name, c, ctx);
     let sink = SinkInstance::new(make(&spec.sink)?);
     let transforms = spec
         .transforms
         .iter()
-        .map(|t| make(t).map(|i| (t.id.clone(), TransformInstance::new(i))))
+        .map(|t| {
+            make(t).map(|i| transform::Link {
+                id: t.id.clone(),
+                spec: t.clone(),
+                inst: TransformInstance::new(i),
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let source = SourceInstance::new(make(&spec.source)?);
     Ok(Instances {
@@ -373,18 +392,12 @@ async fn run_once(
         shared.clone(),
         stop_deadline,
     ));
-    let (name, sh) = (spec.name.clone(), shared.clone());
+    let (name, sh, c3) = (spec.name.clone(), shared.clone(), ctx.clone());
     let deagg = spec.deaggregate;
+    let links = inst.transforms;
     let mut work = tokio::task::spawn_blocking(move || {
-        transform_worker(
-            deagg,
-            inst.transforms,
-            batch_rx,
-            out_tx,
-            &name,
-            &sh,
-            stop_deadline,
-        )
+        let chain = transform::Chain::new(&name, links, &c3);
+        transform::worker(deagg, chain, batch_rx, out_tx, &sh, stop_deadline)
     });
     let mut snk = match &spec.delivery {
         Some(d) => tokio::spawn(delivery_driver(
@@ -545,49 +558,6 @@ fn deaggregate_kpl(records: Vec<Record>) -> Vec<Record> {
         }
     }
     out
-}
-
-#[allow(clippy::too_many_arguments)]
-fn transform_worker(
-    deaggregate: bool,
-    mut transforms: Vec<(String, TransformInstance)>,
-    mut rx: mpsc::Receiver<Batch>,
-    tx: mpsc::Sender<Batch>,
-    pipeline: &str,
-    shared: &PipelineShared,
-    stop_deadline: Duration,
-) -> Result<(), PipelineError> {
-    let failed = metrics::counter!("sluice_records_failed_total", "pipeline" => pipeline.to_string(), "error_type" => "processing-failed");
-    while let Some(mut batch) = rx.blocking_recv() {
-        if deaggregate {
-            batch.records = deaggregate_kpl(batch.records);
-        }
-        for (id, t) in transforms.iter_mut() {
-            if batch.records.is_empty() {
-                break;
-            }
-            let out = t.transform(&batch.records).map_err(plugin_err(id))?;
-            if !out.rejected.is_empty() {
-                let n = out.rejected.len() as u64;
-                failed.increment(n);
-                shared.records_failed.fetch_add(n, Ordering::Relaxed);
-                if let Some((rec, why)) = out.rejected.first() {
-                    tracing::debug!(pipeline, component = %id, sequence = rec.sequence, reason = %why, rejected = n, "records failed processing");
-                }
-                batch.rejected.extend(out.rejected);
-            }
-            batch.records = out.records;
-        }
-        if tx.blocking_send(batch).is_err() {
-            break;
-        }
-    }
-    for (id, t) in transforms.iter_mut() {
-        if let Err(e) = t.instance().stop(stop_deadline) {
-            tracing::warn!(pipeline, component = %id, error = %e, "transform stop failed");
-        }
-    }
-    Ok(())
 }
 
 /// The intent log of a pipeline whose source replays the same records with the same
@@ -775,8 +745,7 @@ async fn delivery_driver(
         tokio::select! {
             b = rx.recv() => match b {
                 Some(batch) => {
-                    let failed = batch.rejected.len() as u64;
-                    shared.records_failed.fetch_add(failed, Ordering::Relaxed);
+                    // Rejected records were counted by the transform stage already.
                     tokio::task::block_in_place(|| d.add(batch.token, &batch.records, &batch.rejected));
                 }
                 None => open = false,

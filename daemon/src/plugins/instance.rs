@@ -587,6 +587,11 @@ pub struct TransformInstance {
 }
 
 impl TransformInstance {
+    /// Where the plugin comes from (bundled, or a library file).
+    pub fn origin(&self) -> super::Origin {
+        self.inst.entry.origin.clone()
+    }
+
     /// Wraps a created transform instance.
     pub fn new(inst: Instance) -> Self {
         TransformInstance {

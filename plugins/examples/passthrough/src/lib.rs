@@ -67,12 +67,17 @@ pub struct ChaosConfig {
     /// Return a fatal error when a record contains this string.
     #[serde(default)]
     pub fail_on: Option<String>,
+    /// Kill the whole process (`abort`, like a segfault in C code) when a record contains
+    /// this string.
+    #[serde(default)]
+    pub abort_on: Option<String>,
 }
 
 /// Passes records through, panicking or failing on marked ones.
 pub struct Chaos {
     panic_on: Option<Vec<u8>>,
     fail_on: Option<Vec<u8>>,
+    abort_on: Option<Vec<u8>>,
 }
 
 impl Plugin for Chaos {
@@ -84,6 +89,7 @@ impl Plugin for Chaos {
         Ok(Chaos {
             panic_on: cfg.panic_on.map(String::into_bytes),
             fail_on: cfg.fail_on.map(String::into_bytes),
+            abort_on: cfg.abort_on.map(String::into_bytes),
         })
     }
 }
@@ -95,6 +101,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 impl Transform for Chaos {
     fn transform(&mut self, input: &Batch<'_>, out: &mut Output<'_>) -> Result<(), Error> {
         for (i, r) in input.iter().enumerate() {
+            if let Some(a) = &self.abort_on {
+                if contains(r.data, a) {
+                    std::process::abort();
+                }
+            }
             if let Some(p) = &self.panic_on {
                 if contains(r.data, p) {
                     panic!("chaos: record {} contains the panic marker", r.sequence);

@@ -1,0 +1,370 @@
+//! The transform stage: runs the chain of transforms on each batch, on a blocking thread
+//! of its own, and keeps a poison record from stopping the pipeline.
+//!
+//! **Poison records in-process.** When a transform call fails with an error that is not
+//! retryable, or panics, the batch is bisected: each half is tried on its own (with a
+//! fresh instance, since a panicked one is poisoned and a failed one is in an unknown
+//! state), down to single records. A record that fails alone goes to the error output as
+//! `processing-failed` with the plugin's message; every other record goes on, in order.
+//! A chain whose failures exceed [`REMAKE_BUDGET`] fresh instances in one batch is broken,
+//! not poisoned: the run fails and restarts with backoff, as before. Retryable errors
+//! restart the run too (the source replays the batch).
+//!
+//! **Poison records that crash the process.** A dynamic (C ABI) plugin can crash the whole
+//! daemon on a record (a segfault cannot be caught). Before each call into a dynamic
+//! transform the worker writes which records are in flight to
+//! `data_dir/quarantine/<pipeline>.inflight` (no fsync: a process crash keeps the page
+//! cache) and clears it after the call. After a restart, a leftover marker names the call
+//! that killed the process: a single record is quarantined for good
+//! (`<pipeline>.poison`, synced); a batch makes its records go through that plugin one at
+//! a time, so the next crash names the record. Quarantined records go to the error
+//! output instead of into the plugin. At most two crashes per poison record; no crash loop.
+
+use super::{make_instance, plugin_err, Batch, PipelineError, PipelineShared, RuntimeCtx};
+use crate::config::ComponentSpec;
+use crate::plugins::{Origin, TransformInstance};
+use crate::record::Record;
+use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Fresh instances one batch may use up while isolating failures.
+pub const REMAKE_BUDGET: u32 = 64;
+/// Quarantined records kept per pipeline (oldest dropped past it).
+const MAX_POISON: usize = 1000;
+
+/// One transform of the chain.
+pub(super) struct Link {
+    pub id: String,
+    pub spec: ComponentSpec,
+    pub inst: TransformInstance,
+}
+
+/// A record identity that survives a restart: its source position and a digest of its
+/// bytes (sources that do not replay reuse positions; the digest tells records apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+struct RecordId {
+    seq: u64,
+    digest: u64,
+}
+
+fn record_id(r: &Record) -> RecordId {
+    use md5::Digest as _;
+    let d = md5::Md5::digest(&r.data);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    RecordId {
+        seq: r.sequence,
+        digest: u64::from_le_bytes(b),
+    }
+}
+
+/// The in-flight marker: which component was called on which records.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct InFlight {
+    component: String,
+    records: Vec<RecordId>,
+}
+
+/// A quarantined record of a component.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+struct Poison {
+    component: String,
+    record: RecordId,
+}
+
+/// Crash bookkeeping of one pipeline (dynamic plugins only).
+struct CrashGuard {
+    inflight: std::fs::File,
+    poison_path: PathBuf,
+    poison: Vec<Poison>,
+    poison_set: HashSet<Poison>,
+    /// Records of a batch that crashed the process: they go through one at a time.
+    suspects: HashSet<(String, RecordId)>,
+}
+
+impl CrashGuard {
+    fn open(pipeline: &str) -> Option<CrashGuard> {
+        let dir = crate::plugins::stream_io::data_dir()?.join("quarantine");
+        std::fs::create_dir_all(&dir).ok()?;
+        let base = crate::names::child(&dir, pipeline).ok()?;
+        let inflight_path = base.with_extension("inflight");
+        let poison_path = base.with_extension("poison");
+        let poison: Vec<Poison> = std::fs::read(&poison_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut g = CrashGuard {
+            inflight: std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&inflight_path)
+                .ok()?,
+            poison_set: poison.iter().cloned().collect(),
+            poison,
+            poison_path,
+            suspects: HashSet::new(),
+        };
+        let left = std::fs::read(&inflight_path).unwrap_or_default();
+        if !left.is_empty() {
+            match serde_json::from_slice::<InFlight>(&left) {
+                Ok(f) => g.after_crash(pipeline, f),
+                Err(e) => {
+                    tracing::warn!(pipeline, error = %e, "unreadable in-flight marker ignored")
+                }
+            }
+            let _ = g.inflight.set_len(0);
+        }
+        Some(g)
+    }
+
+    fn after_crash(&mut self, pipeline: &str, f: InFlight) {
+        metrics::counter!("sluice_plugin_crashes_total", "pipeline" => pipeline.to_string(), "component" => f.component.clone()).increment(1);
+        if let [one] = f.records[..] {
+            tracing::error!(pipeline, component = %f.component, sequence = one.seq, "the process died inside this plugin on one record; the record is quarantined and goes to the error output");
+            let p = Poison {
+                component: f.component,
+                record: one,
+            };
+            if self.poison_set.insert(p.clone()) {
+                self.poison.push(p);
+                if self.poison.len() > MAX_POISON {
+                    let old = self.poison.remove(0);
+                    self.poison_set.remove(&old);
+                }
+                self.save_poison(pipeline);
+            }
+        } else {
+            tracing::error!(pipeline, component = %f.component, records = f.records.len(), "the process died inside this plugin on a batch; its records go through one at a time to find the one that kills it");
+            for r in f.records {
+                self.suspects.insert((f.component.clone(), r));
+            }
+        }
+    }
+
+    fn save_poison(&self, pipeline: &str) {
+        let tmp = self.poison_path.with_extension("poison.tmp");
+        let res = (|| -> std::io::Result<()> {
+            let f = std::fs::File::create(&tmp)?;
+            f.write_all_at(&serde_json::to_vec(&self.poison).unwrap_or_default(), 0)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.poison_path)?;
+            if let Some(d) = self.poison_path.parent() {
+                std::fs::File::open(d)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            tracing::error!(pipeline, error = %e, "cannot persist the quarantine list");
+        }
+    }
+
+    fn is_poison(&self, component: &str, r: &Record) -> bool {
+        !self.poison_set.is_empty()
+            && self.poison_set.contains(&Poison {
+                component: component.to_string(),
+                record: record_id(r),
+            })
+    }
+
+    fn is_suspect(&self, component: &str, r: &Record) -> bool {
+        !self.suspects.is_empty()
+            && self
+                .suspects
+                .contains(&(component.to_string(), record_id(r)))
+    }
+
+    /// Marks a call in flight (plain write: only a process crash must keep it).
+    fn enter(&self, component: &str, records: &[Record]) {
+        let f = InFlight {
+            component: component.to_string(),
+            records: records.iter().map(record_id).collect(),
+        };
+        let b = serde_json::to_vec(&f).unwrap_or_default();
+        let _ = self.inflight.set_len(0);
+        let _ = self.inflight.write_all_at(&b, 0);
+    }
+
+    fn leave(&self) {
+        let _ = self.inflight.set_len(0);
+    }
+}
+
+/// The transform chain of one pipeline run.
+pub(super) struct Chain<'a> {
+    pub pipeline: &'a str,
+    pub links: Vec<Link>,
+    pub ctx: &'a RuntimeCtx,
+    guard: Option<CrashGuard>,
+    failed: metrics::Counter,
+}
+
+impl<'a> Chain<'a> {
+    pub fn new(pipeline: &'a str, links: Vec<Link>, ctx: &'a RuntimeCtx) -> Self {
+        let dynamic = links
+            .iter()
+            .any(|l| matches!(l.inst_origin(), Origin::Dylib(_)));
+        Chain {
+            pipeline,
+            links,
+            ctx,
+            guard: if dynamic {
+                CrashGuard::open(pipeline)
+            } else {
+                None
+            },
+            failed: metrics::counter!("sluice_records_failed_total", "pipeline" => pipeline.to_string(), "error_type" => "processing-failed"),
+        }
+    }
+
+    /// Runs every transform on `records`; returns the outputs and the records sent to the
+    /// error output (with why).
+    pub fn run(
+        &mut self,
+        mut records: Vec<Record>,
+        rejected: &mut Vec<(Record, String)>,
+    ) -> Result<Vec<Record>, PipelineError> {
+        for i in 0..self.links.len() {
+            if records.is_empty() {
+                break;
+            }
+            let mut out = Vec::with_capacity(records.len());
+            let mut budget = REMAKE_BUDGET;
+            let id = self.links[i].id.clone();
+            let dynamic =
+                self.guard.is_some() && matches!(self.links[i].inst_origin(), Origin::Dylib(_));
+            if dynamic {
+                // Quarantined records never enter the plugin again; suspects go alone.
+                let mut pass = Vec::with_capacity(records.len());
+                let mut singles = false;
+                if let Some(g) = &self.guard {
+                    for r in records {
+                        if g.is_poison(&id, &r) {
+                            rejected.push((r, format!("{id}: the process died inside this plugin on this record before; quarantined")));
+                            continue;
+                        }
+                        singles |= g.is_suspect(&id, &r);
+                        pass.push(r);
+                    }
+                } else {
+                    pass = records;
+                }
+                if singles {
+                    for r in pass {
+                        self.isolate(i, std::slice::from_ref(&r), &mut out, rejected, &mut budget)?;
+                    }
+                } else {
+                    self.isolate(i, &pass, &mut out, rejected, &mut budget)?;
+                }
+            } else {
+                self.isolate(i, &records, &mut out, rejected, &mut budget)?;
+            }
+            records = out;
+        }
+        Ok(records)
+    }
+
+    /// Calls transform `i` on `records`, bisecting on failure (see the module docs).
+    fn isolate(
+        &mut self,
+        i: usize,
+        records: &[Record],
+        out: &mut Vec<Record>,
+        rejected: &mut Vec<(Record, String)>,
+        budget: &mut u32,
+    ) -> Result<(), PipelineError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let id = self.links[i].id.clone();
+        if let Some(g) = &self.guard {
+            g.enter(&id, records);
+        }
+        let res = self.links[i].inst.transform(records);
+        if let Some(g) = &self.guard {
+            g.leave();
+        }
+        match res {
+            Ok(o) => {
+                out.extend(o.records);
+                rejected.extend(o.rejected);
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => Err(plugin_err(&id)(e)),
+            Err(e) => {
+                if *budget == 0 {
+                    tracing::error!(pipeline = self.pipeline, component = %id, "transform fails on too many records of one batch to be a poison record: failing the run");
+                    return Err(plugin_err(&id)(e));
+                }
+                *budget -= 1;
+                // A panicked instance is poisoned, a failed one in an unknown state.
+                let fresh = make_instance(self.pipeline, &self.links[i].spec, self.ctx)?;
+                self.links[i].inst = TransformInstance::new(fresh);
+                if let [one] = records {
+                    tracing::warn!(pipeline = self.pipeline, component = %id, sequence = one.sequence, error = %e, "poison record isolated; it goes to the error output");
+                    metrics::counter!("sluice_poison_records_total", "pipeline" => self.pipeline.to_string(), "component" => id.clone()).increment(1);
+                    rejected.push((one.clone(), format!("{id}: {e}")));
+                    return Ok(());
+                }
+                let (a, b) = records.split_at(records.len() / 2);
+                self.isolate(i, a, out, rejected, budget)?;
+                self.isolate(i, b, out, rejected, budget)
+            }
+        }
+    }
+
+    /// Stops every instance.
+    pub fn stop(&mut self, deadline: Duration) {
+        for l in self.links.iter_mut() {
+            if let Err(e) = l.inst.instance().stop(deadline) {
+                tracing::warn!(pipeline = self.pipeline, component = %l.id, error = %e, "transform stop failed");
+            }
+        }
+    }
+}
+
+impl Link {
+    fn inst_origin(&self) -> Origin {
+        self.inst.origin()
+    }
+}
+
+/// The stage loop: batches in, transformed batches out.
+pub(super) fn worker(
+    deaggregate: bool,
+    mut chain: Chain<'_>,
+    mut rx: mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Batch>,
+    shared: &PipelineShared,
+    stop_deadline: Duration,
+) -> Result<(), PipelineError> {
+    let res = (|| {
+        while let Some(mut batch) = rx.blocking_recv() {
+            if deaggregate {
+                batch.records = super::deaggregate_kpl(batch.records);
+            }
+            let before = batch.rejected.len();
+            let records = std::mem::take(&mut batch.records);
+            batch.records = chain.run(records, &mut batch.rejected)?;
+            let n = (batch.rejected.len() - before) as u64;
+            if n > 0 {
+                chain.failed.increment(n);
+                shared.records_failed.fetch_add(n, Ordering::Relaxed);
+                if let Some((rec, why)) = batch.rejected.get(before) {
+                    tracing::debug!(pipeline = chain.pipeline, sequence = rec.sequence, reason = %why, rejected = n, "records failed processing");
+                }
+            }
+            if tx.blocking_send(batch).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    chain.stop(stop_deadline);
+    res
+}
