@@ -181,16 +181,24 @@ fn partition_cap_sends_records_to_the_error_output() {
     );
     let mut d = s.start();
     d.wait_ready();
+    // The cap itself: never more than 2 partitions open at once, sampled all along.
+    let mut most_active = 0.0f64;
     wait_until(
         Duration::from_secs(30),
         "every record delivered or failed",
         || {
+            most_active = most_active
+                .max(d.metric("sluice_buffer_partitions_active", &["pipeline=\"lake\""]));
             let failed = d.metric(
                 "sluice_records_failed_total",
                 &["error_type=\"activePartitionExceeded\""],
             );
             failed > 0.0 && lake_lines(s.dir.path()).len() as f64 + failed >= 300.0
         },
+    );
+    assert!(
+        most_active <= 2.0,
+        "{most_active} partitions active at once"
     );
     let dirs = std::fs::read_dir(s.path("lake/kdferror/activePartitionExceeded"))
         .unwrap()

@@ -271,12 +271,11 @@ fn header_compiles_as_cpp_too() {
     let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include/sluice_plugin.h");
     let out = Command::new("c++")
         .args(["-std=c++11", "-fsyntax-only", "-x", "c++", include])
-        .output();
-    if let Ok(out) = out {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        .output()
+        .expect("c++ not found: run scripts/install-test-deps (Debian package g++)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -272,9 +272,31 @@ pub mod fuzzing {
         _dir: std::path::PathBuf,
     }
 
+    /// Folders of earlier runs whose process is gone (the environment lives as long as
+    /// the process, so each run removes what dead ones left).
+    fn remove_stale() {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("sluice-api-fuzz-"))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     fn env() -> Option<&'static Env> {
         static ENV: OnceLock<Option<Env>> = OnceLock::new();
         ENV.get_or_init(|| {
+            remove_stale();
             let dir = std::env::temp_dir().join(format!("sluice-api-fuzz-{}", std::process::id()));
             let streams = Streams::open(&dir).ok()?;
             streams.create("events", 2).ok()?;
@@ -313,7 +335,12 @@ pub mod fuzzing {
     }
 
     fn run(op: &str, body: &[u8], firehose: bool) {
-        let Some(env) = env() else { return };
+        // No environment means no case can run: that is a failure, not a pass.
+        let Some(env) = env() else {
+            panic!(
+                "the API fuzz environment (streams in a temp folder, a runtime) could not be built"
+            );
+        };
         let call = Call {
             state: &env.state,
             region: "us-east-1".into(),
