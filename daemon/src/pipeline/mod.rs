@@ -41,6 +41,9 @@ const DEFAULT_REPOLL: Duration = Duration::from_millis(500);
 /// Restart backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a stopping pipeline with a replayable source spends flushing its buffers at
+/// most: this, or a quarter of `shutdown_timeout` when that is shorter.
+pub const DRAIN_FLUSH_BUDGET: Duration = Duration::from_secs(5);
 /// A run that lasted this long resets the backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
@@ -720,6 +723,7 @@ async fn delivery_driver(
     let name = shared.name.clone();
     let spool_dir = crate::plugins::stream_io::data_dir()
         .and_then(|d| crate::names::child(&d.join("spool"), &name).ok());
+    let replayable = journal.is_some();
     let mut d =
         tokio::task::block_in_place(|| Delivery::new(&name, spec, journal.as_ref(), spool_dir))
             .map_err(PipelineError::Internal)?;
@@ -753,8 +757,17 @@ async fn delivery_driver(
             _ = tick.tick() => {}
         }
     }
-    // Draining: everything still buffered is flushed and delivered before stopping.
+    // Draining: what is buffered is flushed and delivered before stopping — for a source
+    // that replays (its records stay in the stream until acknowledged), only for
+    // DRAIN_FLUSH_BUDGET: the rest is delivered after the restart, so a stop never waits
+    // for thousands of uploads.
+    let budget_end = Instant::now() + DRAIN_FLUSH_BUDGET.min(stop_deadline / 4);
     while let Some(slot) = d.any() {
+        if replayable && Instant::now() >= budget_end {
+            let (records, _, partitions) = d.stats();
+            tracing::info!(pipeline = %name, partitions, records, "stopping without flushing the rest: those records stay in the stream and are delivered after the restart");
+            break;
+        }
         flush_one(&mut d, &slot, FlushReason::Drain, &mut sink, &acks, &shared).await?;
     }
     send_acks(&acks, d.ready().map_err(disk_err)?).await;
