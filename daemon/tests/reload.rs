@@ -256,12 +256,35 @@ fn sigterm_under_load_delivers_everything_and_checkpoints() {
         assert!(cp[id] <= *tip);
     }
     let delivered = plain_lines(&s.path("lake")) as u64;
-    // Everything read was delivered, and the checkpoint covers exactly that.
+    // Everything read was delivered, and the checkpoint covers exactly that. (How far the
+    // lake pipeline trailed the producer when SIGTERM came depends on the machine's load:
+    // those records were never read, and wait in the stream.)
     assert_eq!(delivered, cp.values().sum::<u64>());
-    assert!(
-        delivered + 200 >= in_stream,
-        "delivered {delivered} of {in_stream}"
-    );
+    // The next run, without the producer, delivers exactly the rest.
+    std::fs::remove_file(s.path("pipelines/stream.toml")).unwrap();
+    std::fs::write(
+        s.path("pipelines/stream.toml"),
+        "[streams.events]\nshards = 2\n",
+    )
+    .unwrap();
+    let mut d = s.start();
+    d.wait_ready();
+    let rest = (in_stream - delivered) as f64;
+    wait_until(Duration::from_secs(20), "the rest read", || {
+        d.metric("sluice_pipeline_records_in_total", &["pipeline=\"lake\""]) >= rest
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    for p in files_under(&s.path("lake")) {
+        for l in std::fs::read_to_string(&p).unwrap().lines() {
+            total += 1;
+            seen.insert(l.to_string());
+        }
+    }
+    assert_eq!(total, in_stream, "every record in the stream delivered");
+    assert_eq!(seen.len() as u64, total, "none twice");
 }
 
 /// Deleting the file of a pipeline that buffers (object sink, 1 h interval) drains it: its
