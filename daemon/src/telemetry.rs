@@ -202,6 +202,14 @@ fn describe() {
         "sluice_plugin_crashes_total",
         "Restarts after the process died inside a dynamic transform (its records were then narrowed down and quarantined)"
     );
+    describe_counter!(
+        "sluice_buffer_spills_total",
+        "Times a buffer's bytes moved from RAM to its spill file under memory pressure"
+    );
+    describe_counter!(
+        "sluice_buffer_spilled_bytes_total",
+        "Uncompressed bytes moved from RAM to spill files under memory pressure"
+    );
     describe_gauge!(
         "sluice_sink_up",
         "1 while the pipeline's sink stores what it is given, 0 while deliveries keep failing"

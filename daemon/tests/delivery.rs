@@ -136,14 +136,17 @@ fn flushes_on_interval() {
     assert_eq!(flush_count(&d, "size"), 0.0);
 }
 
+/// Memory pressure spills buffers to disk instead of cutting objects: the budget holds
+/// (sampled all along), no object is flushed for memory, and each partition still makes
+/// one object per interval with every record in it.
 #[test]
-fn flushes_on_memory_pressure() {
+fn memory_pressure_spills_to_disk_instead_of_cutting_objects() {
     let s = Setup::new(
         "[limits]\nbuffer_memory = \"16KiB\"",
         &[
             (
                 "lake",
-                &lake_pipeline("size = \"64MiB\"\ninterval = \"1h\"", ""),
+                &lake_pipeline("size = \"64MiB\"\ninterval = \"3s\"", ""),
             ),
             ("gen", &generator_into_events(2000)),
         ],
@@ -158,10 +161,34 @@ fn flushes_on_memory_pressure() {
     .unwrap();
     let mut d = s.start();
     d.wait_ready();
-    wait_until(Duration::from_secs(30), "memory flushes", || {
-        flush_count(&d, "memory") >= 5.0
+    let mut most = 0.0f64;
+    wait_until(Duration::from_secs(30), "every record in the lake", || {
+        most = most.max(d.metric("sluice_buffer_memory_bytes", &[]));
+        lake_lines(s.dir.path()).values().sum::<usize>() == 2000
     });
     assert_eq!(d.metric("sluice_buffer_memory_limit_bytes", &[]), 16384.0);
+    assert!(
+        d.metric(
+            "sluice_buffer_spills_total",
+            &["pipeline=\"events-to-lake\""]
+        ) >= 5.0
+    );
+    assert_eq!(flush_count(&d, "memory"), 0.0);
+    // A record can land while the budget is full (it is spilled right after): at most
+    // one chunk per open partition over the limit.
+    let partitions = d
+        .metric(
+            "sluice_buffer_partitions_active",
+            &["pipeline=\"events-to-lake\""],
+        )
+        .max(12.0);
+    assert!(
+        most <= 16384.0 + partitions * 2048.0,
+        "memory gauge reached {most}"
+    );
+    // Objects were cut by interval only: one per partition (and drain, none here).
+    let objects = files_under(&s.path("lake")).len() as f64;
+    assert_eq!(objects, flush_count(&d, "interval"));
 }
 
 #[test]

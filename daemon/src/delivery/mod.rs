@@ -30,7 +30,7 @@ use base64::Engine as _;
 use md5::{Digest, Md5};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -107,6 +107,8 @@ struct Buffer {
     /// Boxed: an encoder is hundreds of bytes, and there is one `Buffer` per partition.
     spool: Option<Box<spool::Spool>>,
     spool_error: Option<std::io::Error>,
+    /// Bytes spilled to disk under memory pressure (they come before `data`).
+    spill: Option<Box<spool::RawSpill>>,
 }
 
 impl Buffer {
@@ -122,12 +124,27 @@ impl Buffer {
             ranges: Vec::new(),
             spool: None,
             spool_error: None,
+            spill: None,
         }
     }
 
-    /// Uncompressed bytes held (in RAM or spooled).
+    /// Uncompressed bytes held (in RAM, spooled or spilled).
     fn raw_len(&self) -> u64 {
-        self.data.len() as u64 + self.spool.as_ref().map_or(0, |s| s.raw())
+        self.data.len() as u64
+            + self.spool.as_ref().map_or(0, |s| s.raw())
+            + self.spill.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Moves the bytes in RAM to the spill file; returns the bytes of chunks freed.
+    fn spill_out(&mut self, dir: &Path) -> std::io::Result<u64> {
+        let sp = match &mut self.spill {
+            Some(sp) => sp,
+            None => self.spill.insert(Box::new(spool::RawSpill::create(dir)?)),
+        };
+        sp.append(self.data.slices())?;
+        let freed = self.data.capacity() as u64;
+        self.data.clear();
+        Ok(freed)
     }
 
     /// Appends a record; returns how much the allocation grew.
@@ -327,6 +344,8 @@ pub struct Delivery {
     replays: HashMap<u64, Buffer>,
     spool_dir: Option<PathBuf>,
     spools: usize,
+    /// Spilling failed once: memory pressure flushes early instead.
+    spill_failed: bool,
 }
 
 /// An encoded object ready for the sink, plus what completing it releases.
@@ -381,6 +400,10 @@ impl Delivery {
         if let Some(dir) = &spool_dir {
             spool::clean(dir);
         }
+        metrics::counter!("sluice_buffer_spills_total", "pipeline" => pipeline.to_string())
+            .increment(0);
+        metrics::counter!("sluice_buffer_spilled_bytes_total", "pipeline" => pipeline.to_string())
+            .increment(0);
         let partitioner = spec.query.as_deref().map(Partitioner::new).transpose()?;
         let prefix = Template::parse(&spec.prefix, false)?;
         let error_prefix = Template::parse(&spec.error_prefix, true)?;
@@ -415,6 +438,7 @@ impl Delivery {
             replays: HashMap::new(),
             spool_dir,
             spools: 0,
+            spill_failed: false,
             pipeline: pipeline.to_string(),
             spec,
             partitioner,
@@ -487,7 +511,17 @@ impl Delivery {
         };
         let mut grown = b.push(payload, delim, rec, token, touched, ranges);
         let mut freed = 0;
-        if spill && b.spool.is_none() && b.data.len() >= SPILL_AT {
+        if b.spill.is_some() && b.data.len() >= SPILL_AT {
+            // A spilled buffer keeps spilling (its bytes must stay in order on disk).
+            if let Some(dir) = &self.spool_dir {
+                match b.spill_out(dir) {
+                    Ok(f) => freed = f,
+                    Err(e) => {
+                        b.spool_error.get_or_insert(e);
+                    }
+                }
+            }
+        } else if spill && b.spool.is_none() && b.data.len() >= SPILL_AT {
             if let Some(dir) = &self.spool_dir {
                 match spool::Spool::create(dir, compression) {
                     Ok(mut sp) => {
@@ -645,6 +679,7 @@ impl Delivery {
         self.recovery_passed(token);
         self.pending.insert(token, touched);
         self.order.push_back(token);
+        self.relieve();
         self.publish_gauges();
     }
 
@@ -675,13 +710,74 @@ impl Delivery {
         if let Some(k) = self.pick(|b| b.created.elapsed() >= self.spec.interval) {
             return Some((Slot::Open(k), FlushReason::Interval));
         }
-        if MEMORY.load(Ordering::Relaxed) > MEMORY_LIMIT.load(Ordering::Relaxed) {
-            // Largest first: frees the most memory per object.
+        if MEMORY.load(Ordering::Relaxed) > MEMORY_LIMIT.load(Ordering::Relaxed)
+            && (self.spool_dir.is_none() || self.spill_failed)
+        {
+            // Only when buffers cannot spill to disk: flush early, largest first (frees
+            // the most memory per object).
             if let Some(b) = self.buffers.values().max_by_key(|b| b.data.capacity()) {
                 return Some((Slot::Open(b.key.clone()), FlushReason::Memory));
             }
         }
         None
+    }
+
+    /// Under memory pressure, moves the largest buffers' bytes to spill files until the
+    /// budget has 1/8 of room again. Objects keep their size and time boundaries; only
+    /// when spilling is impossible (no data_dir, a disk error) do buffers flush early.
+    fn relieve(&mut self) {
+        let limit = MEMORY_LIMIT.load(Ordering::Relaxed);
+        if MEMORY.load(Ordering::Relaxed) <= limit || self.spill_failed {
+            return;
+        }
+        let Some(dir) = self.spool_dir.clone() else {
+            return;
+        };
+        let target = limit - limit / 8;
+        let spills =
+            metrics::counter!("sluice_buffer_spills_total", "pipeline" => self.pipeline.clone());
+        let spilled = metrics::counter!("sluice_buffer_spilled_bytes_total", "pipeline" => self.pipeline.clone());
+        while MEMORY.load(Ordering::Relaxed) > target {
+            let open = self
+                .buffers
+                .iter()
+                .filter(|(_, b)| b.spool.is_none())
+                .max_by_key(|(_, b)| b.data.capacity())
+                .map(|(k, b)| (b.data.capacity(), Some(k.clone()), None));
+            let replay = self
+                .replays
+                .iter()
+                .filter(|(_, b)| b.spool.is_none())
+                .max_by_key(|(_, b)| b.data.capacity())
+                .map(|(id, b)| (b.data.capacity(), None, Some(*id)));
+            let pick = match (open, replay) {
+                (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+                (a, b) => a.or(b),
+            };
+            let Some((cap, key, id)) = pick.filter(|p| p.0 > 0) else {
+                return; // nothing of ours in RAM: other pipelines hold the budget
+            };
+            let b = match (key, id) {
+                (Some(k), _) => self.buffers.get_mut(&k),
+                (_, Some(id)) => self.replays.get_mut(&id),
+                _ => None,
+            };
+            let Some(b) = b else { return };
+            let len = b.data.len() as u64;
+            match b.spill_out(&dir) {
+                Ok(freed) => {
+                    self.mem -= freed;
+                    MEMORY.fetch_sub(freed, Ordering::Relaxed);
+                    spills.increment(1);
+                    spilled.increment(len);
+                }
+                Err(e) => {
+                    tracing::error!(pipeline = %self.pipeline, error = %e, bytes = cap, "cannot spill a buffer to disk; buffers flush early under memory pressure instead");
+                    self.spill_failed = true;
+                    return;
+                }
+            }
+        }
     }
 
     /// Any buffer (for draining).
@@ -800,12 +896,22 @@ impl Delivery {
         if let Some(e) = b.spool_error {
             return Err(DeliveryError::Spool(e));
         }
-        let (body, spool) = match b.spool {
-            Some(sp) => {
+        let (body, spool) = match (b.spool, &b.spill, &self.spool_dir) {
+            (Some(sp), _, _) => {
                 self.spools -= 1;
                 (Vec::new(), Some((*sp).finish()?))
             }
-            None => (
+            // Spilled: spilled bytes then the ones in RAM, through the compressor to a
+            // spool file (one encoder, for the time of this flush only).
+            (None, Some(raw), Some(dir)) => {
+                let mut sp = spool::Spool::create(dir, compression)?;
+                raw.copy_into(&mut sp)?;
+                for s in b.data.slices() {
+                    sp.write(s)?;
+                }
+                (Vec::new(), Some(sp.finish()?))
+            }
+            _ => (
                 encode_slices(compression, b.data.slices(), b.data.len()),
                 None,
             ),

@@ -111,13 +111,71 @@ impl Spool {
     }
 }
 
-/// Removes a pipeline's leftover spool files (from a crash).
+/// The uncompressed bytes of a buffer moved out of RAM under memory pressure (a spill):
+/// appended chunk by chunk whenever the budget is exceeded, with no file descriptor or
+/// encoder held in between, so any number of buffers can spill. At flush the bytes go
+/// through the compressor into an ordinary [`Spool`] file, and the object keeps the size
+/// and time boundaries of `buffer.size` / `buffer.interval`.
+pub struct RawSpill {
+    file: SpoolFile,
+    len: u64,
+}
+
+impl RawSpill {
+    /// A new, empty spill file in `dir`.
+    pub fn create(dir: &Path) -> std::io::Result<RawSpill> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{:016x}.raw", fastrand::u64(..)));
+        File::create(&path)?;
+        Ok(RawSpill {
+            file: SpoolFile(path),
+            len: 0,
+        })
+    }
+
+    /// Appends bytes (no fsync: the stream, not the spill, is what survives a crash).
+    pub fn append<'a>(&mut self, slices: impl Iterator<Item = &'a [u8]>) -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.file.path())?;
+        let mut w = BufWriter::with_capacity(WRITE_BUFFER, f);
+        for s in slices {
+            w.write_all(s)?;
+            self.len += s.len() as u64;
+        }
+        w.flush()
+    }
+
+    /// Bytes spilled.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Streams the spilled bytes into `sp`, 64 KiB at a time.
+    pub fn copy_into(&self, sp: &mut Spool) -> std::io::Result<()> {
+        use std::io::Read;
+        let mut f = File::open(self.file.path())?;
+        let mut buf = vec![0u8; WRITE_BUFFER];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            sp.write(&buf[..n])?;
+        }
+    }
+}
+
+/// Removes a pipeline's leftover spool and spill files (from a crash).
 pub fn clean(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
     for e in rd.flatten() {
-        if e.path().extension().is_some_and(|x| x == "spool") {
+        if e.path()
+            .extension()
+            .is_some_and(|x| x == "spool" || x == "raw")
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }
