@@ -22,7 +22,7 @@
 
 use super::{make_instance, plugin_err, Batch, PipelineError, PipelineShared, RuntimeCtx};
 use crate::config::ComponentSpec;
-use crate::plugins::{Origin, TransformInstance};
+use crate::plugins::{CallError, Origin, TransformInstance, TransformOutput};
 use crate::record::Record;
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
@@ -258,18 +258,27 @@ impl<'a> Chain<'a> {
                     for r in pass {
                         self.isolate(i, std::slice::from_ref(&r), &mut out, rejected, &mut budget)?;
                     }
-                } else {
-                    self.isolate(i, &pass, &mut out, rejected, &mut budget)?;
+                    records = out;
+                    continue;
                 }
-            } else {
-                self.isolate(i, &records, &mut out, rejected, &mut budget)?;
+                records = pass;
             }
-            records = out;
+            // The common case: one call for the whole batch, its output moved on as is.
+            match self.call(i, &records) {
+                Ok(o) => {
+                    rejected.extend(o.rejected);
+                    records = o.records;
+                }
+                Err(e) => {
+                    self.after_failure(i, &records, e, &mut out, rejected, &mut budget)?;
+                    records = out;
+                }
+            }
         }
         Ok(records)
     }
 
-    /// Calls transform `i` on `records`, bisecting on failure (see the module docs).
+    /// Calls transform `i` on `records`; on a failure bisects (see the module docs).
     fn isolate(
         &mut self,
         i: usize,
@@ -281,41 +290,60 @@ impl<'a> Chain<'a> {
         if records.is_empty() {
             return Ok(());
         }
-        let id = self.links[i].id.clone();
-        if let Some(g) = &self.guard {
-            g.enter(&id, records);
-        }
-        let res = self.links[i].inst.transform(records);
-        if let Some(g) = &self.guard {
-            g.leave();
-        }
-        match res {
+        match self.call(i, records) {
             Ok(o) => {
                 out.extend(o.records);
                 rejected.extend(o.rejected);
                 Ok(())
             }
-            Err(e) if e.is_retryable() => Err(plugin_err(&id)(e)),
-            Err(e) => {
-                if *budget == 0 {
-                    tracing::error!(pipeline = self.pipeline, component = %id, "transform fails on too many records of one batch to be a poison record: failing the run");
-                    return Err(plugin_err(&id)(e));
-                }
-                *budget -= 1;
-                // A panicked instance is poisoned, a failed one in an unknown state.
-                let fresh = make_instance(self.pipeline, &self.links[i].spec, self.ctx)?;
-                self.links[i].inst = TransformInstance::new(fresh);
-                if let [one] = records {
-                    tracing::warn!(pipeline = self.pipeline, component = %id, sequence = one.sequence, error = %e, "poison record isolated; it goes to the error output");
-                    metrics::counter!("sluice_poison_records_total", "pipeline" => self.pipeline.to_string(), "component" => id.clone()).increment(1);
-                    rejected.push((one.clone(), format!("{id}: {e}")));
-                    return Ok(());
-                }
-                let (a, b) = records.split_at(records.len() / 2);
-                self.isolate(i, a, out, rejected, budget)?;
-                self.isolate(i, b, out, rejected, budget)
-            }
+            Err(e) => self.after_failure(i, records, e, out, rejected, budget),
         }
+    }
+
+    /// One guarded call of transform `i`.
+    fn call(&mut self, i: usize, records: &[Record]) -> Result<TransformOutput, CallError> {
+        if let Some(g) = &self.guard {
+            g.enter(&self.links[i].id, records);
+        }
+        let res = self.links[i].inst.transform(records);
+        if let Some(g) = &self.guard {
+            g.leave();
+        }
+        res
+    }
+
+    /// Transform `i` failed with `e` on `records`: a retryable error ends the run; any
+    /// other error or a panic gets a fresh instance and the records bisected.
+    fn after_failure(
+        &mut self,
+        i: usize,
+        records: &[Record],
+        e: CallError,
+        out: &mut Vec<Record>,
+        rejected: &mut Vec<(Record, String)>,
+        budget: &mut u32,
+    ) -> Result<(), PipelineError> {
+        let id = self.links[i].id.clone();
+        if e.is_retryable() {
+            return Err(plugin_err(&id)(e));
+        }
+        if *budget == 0 {
+            tracing::error!(pipeline = self.pipeline, component = %id, "transform fails on too many records of one batch to be a poison record: failing the run");
+            return Err(plugin_err(&id)(e));
+        }
+        *budget -= 1;
+        // A panicked instance is poisoned, a failed one in an unknown state.
+        let fresh = make_instance(self.pipeline, &self.links[i].spec, self.ctx)?;
+        self.links[i].inst = TransformInstance::new(fresh);
+        if let [one] = records {
+            tracing::warn!(pipeline = self.pipeline, component = %id, sequence = one.sequence, error = %e, "poison record isolated; it goes to the error output");
+            metrics::counter!("sluice_poison_records_total", "pipeline" => self.pipeline.to_string(), "component" => id.clone()).increment(1);
+            rejected.push((one.clone(), format!("{id}: {e}")));
+            return Ok(());
+        }
+        let (a, b) = records.split_at(records.len() / 2);
+        self.isolate(i, a, out, rejected, budget)?;
+        self.isolate(i, b, out, rejected, budget)
     }
 
     /// Stops every instance.
