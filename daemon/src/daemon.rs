@@ -71,7 +71,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Streams::sync_due,
     );
     every(Duration::from_secs(5), streams.clone(), Streams::upkeep);
-    let mut sup = Supervisor::new(registry.clone(), &set);
+    let mut sup = Supervisor::new(
+        registry.clone(),
+        set.base_dir.clone(),
+        set.daemon.shutdown_timeout.0,
+    );
     let loaded = Arc::new(AtomicBool::new(false));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let admin = AdminState {
@@ -87,7 +91,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen} ([metrics].listen)"))?;
     tracing::info!(%addr, "operator listener up: /metrics /healthz /readyz /admin/status");
 
-    sup.apply(&set).await;
+    sup.apply(&set.pipelines).await;
     record_reload(true);
     loaded.store(true, Ordering::Release);
     let sd = SdNotify::from_env();
@@ -250,7 +254,7 @@ async fn reload(
                 tracing::error!(error = %e, "reload refused: the streams cannot take this change; the running configuration is kept");
                 return Err(e.to_string());
             }
-            let report = sup.apply(&set).await;
+            let report = sup.apply(&set.pipelines).await;
             record_reload(true);
             *current = set;
             Ok(serde_json::json!({

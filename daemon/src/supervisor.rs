@@ -3,10 +3,11 @@
 //! drain and restart, new ones start. Startup is `apply` from an empty set — the same
 //! code path as every reload.
 
-use crate::config::{ConfigSet, PipelineSpec};
 use crate::pipeline::{self, PipelineHandle, PipelineShared, PipelineStatus, RuntimeCtx, State};
 use crate::plugins::Registry;
+use crate::spec::PipelineSpec;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -56,13 +57,13 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor running nothing yet.
-    pub fn new(registry: Arc<Registry>, set: &ConfigSet) -> Self {
-        let drain_timeout = set.daemon.shutdown_timeout.0;
+    /// A supervisor running nothing yet; relative plugin paths resolve against
+    /// `base_dir`, and a stopping pipeline gets `drain_timeout`.
+    pub fn new(registry: Arc<Registry>, base_dir: PathBuf, drain_timeout: Duration) -> Self {
         Supervisor {
             ctx: Arc::new(RuntimeCtx {
                 registry,
-                base_dir: set.base_dir.clone(),
+                base_dir,
                 stop_deadline: drain_timeout,
             }),
             running: BTreeMap::new(),
@@ -76,14 +77,14 @@ impl Supervisor {
         self.board.clone()
     }
 
-    /// Makes the running pipelines match `set`.
-    pub async fn apply(&mut self, set: &ConfigSet) -> ApplyReport {
+    /// Makes the running pipelines match `pipelines`.
+    pub async fn apply(&mut self, pipelines: &BTreeMap<String, PipelineSpec>) -> ApplyReport {
         let current: BTreeMap<String, Arc<PipelineSpec>> = self
             .running
             .iter()
             .map(|(k, h)| (k.clone(), h.spec.clone()))
             .collect();
-        let report = diff(&current, &set.pipelines);
+        let report = diff(&current, pipelines);
         // Drain removed and changed pipelines concurrently: one slow drain must not hold
         // up the others.
         let mut drains = Vec::new();
@@ -97,7 +98,7 @@ impl Supervisor {
             let _ = d.await;
         }
         for name in report.added.iter().chain(&report.changed) {
-            if let Some(spec) = set.pipelines.get(name) {
+            if let Some(spec) = pipelines.get(name) {
                 let h = pipeline::spawn(Arc::new(spec.clone()), self.ctx.clone());
                 if let Ok(mut b) = self.board.write() {
                     b.insert(name.clone(), h.shared.clone());
@@ -155,8 +156,8 @@ pub fn all_running(board: &StatusBoard) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BatchConfig, ComponentSpec};
     use crate::plugins::Kind;
+    use crate::spec::{BatchConfig, ComponentSpec};
     use std::path::PathBuf;
 
     fn spec(name: &str, filter: &str) -> PipelineSpec {

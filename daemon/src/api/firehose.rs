@@ -6,8 +6,8 @@
 use super::error::{ApiError, Violations};
 use super::request::{data as data_member, opt_str, records};
 use super::Call;
-use crate::config::direct_put_stream;
 use crate::record::now_ms;
+use crate::spec::direct_put_stream;
 use crate::stream::{sequence_string, Stream};
 use serde_json::{json, Value};
 use sluice_shardlog::Entry;

@@ -302,7 +302,7 @@ pub mod fuzzing {
             streams.create("events", 2).ok()?;
             // The internal stream of a `direct-put` pipeline named `lake`.
             streams
-                .create(&crate::config::direct_put_stream("lake"), 1)
+                .create(&crate::spec::direct_put_stream("lake"), 1)
                 .ok()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)

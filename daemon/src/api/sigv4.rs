@@ -252,7 +252,7 @@ pub fn sign(
     region: &str,
     unix_secs: i64,
 ) -> (String, String) {
-    let (y, m, d, hh, mm, ss) = crate::delivery::civil(unix_secs * 1000);
+    let (y, m, d, hh, mm, ss) = crate::spec::civil(unix_secs * 1000);
     let date = format!("{y:04}{m:02}{d:02}");
     let amz_date = format!("{date}T{hh:02}{mm:02}{ss:02}Z");
     let signed = "content-type;host;x-amz-date;x-amz-target";

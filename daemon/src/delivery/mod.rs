@@ -13,19 +13,15 @@
 mod chunks;
 mod intent;
 mod kpl;
-mod partition;
-mod prefix;
 mod spool;
 
 pub use intent::{Intent, IntentError, IntentLog};
 pub use kpl::{deaggregate, UserRecord, MAGIC as KPL_MAGIC};
-pub use partition::{fast_path, Partitioner};
-pub use prefix::{civil, hive_escape, Template, MAX_PREFIX};
 pub use spool::{SpoolFile, SPILL_AT};
 
-use crate::config::{Compression, DeliverySpec};
 use crate::plugins::{CallError, HostObject, SinkInstance};
 use crate::record::{now_ms, Record};
+use crate::spec::{civil, Compression, DeliverySpec, Partitioner, Template};
 use base64::Engine as _;
 use md5::{Digest, Md5};
 

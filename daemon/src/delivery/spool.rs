@@ -5,7 +5,7 @@
 //! object is dropped — stored, or abandoned (a replay from the checkpoint rebuilds it).
 //! Spool files are scratch: leftovers of a crash are deleted when the pipeline starts.
 
-use crate::config::Compression;
+use crate::spec::Compression;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

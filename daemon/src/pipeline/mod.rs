@@ -14,11 +14,11 @@
 //! **Invariant:** a plugin failure ends only this pipeline's current run; the supervisor's
 //! other pipelines never see it.
 
-use crate::config::{BatchConfig, ComponentSpec, PipelineSpec};
 use crate::plugins::{
     CallError, Instance, Registry, SinkInstance, SourceInstance, TransformInstance,
 };
 use crate::record::Record;
+use crate::spec::{BatchConfig, ComponentSpec, PipelineSpec};
 use sluice_plugin_api::ffi;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -714,7 +714,7 @@ async fn delivery_driver(
     mut sink: SinkInstance,
     mut rx: mpsc::Receiver<Batch>,
     acks: mpsc::Sender<Ack>,
-    spec: crate::config::DeliverySpec,
+    spec: crate::spec::DeliverySpec,
     journal: Option<crate::delivery::Journal>,
     shared: Arc<PipelineShared>,
     stop_deadline: Duration,
@@ -780,7 +780,7 @@ async fn delivery_driver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ByteSize;
+    use crate::spec::ByteSize;
 
     fn rec(n: usize) -> Record {
         Record {

@@ -21,9 +21,9 @@
 //! output instead of into the plugin. At most two crashes per poison record; no crash loop.
 
 use super::{make_instance, plugin_err, Batch, PipelineError, PipelineShared, RuntimeCtx};
-use crate::config::ComponentSpec;
 use crate::plugins::{CallError, Origin, TransformInstance, TransformOutput};
 use crate::record::Record;
+use crate::spec::ComponentSpec;
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;

@@ -24,16 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Plugin kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// Produces records.
-    Source,
-    /// Maps batches to batches.
-    Transform,
-    /// Delivers records or objects.
-    Sink,
-}
+pub use crate::spec::Kind;
 
 impl Kind {
     fn from_ffi(k: ffi::sl_kind) -> Option<Kind> {

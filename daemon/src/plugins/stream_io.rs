@@ -363,7 +363,7 @@ impl Plugin for DirectPutSource {
     type Config = DirectPutConfig;
     fn create(_: DirectPutConfig, ctx: &Context) -> Result<Self, Error> {
         let cfg = SourceConfig {
-            stream: crate::config::direct_put_stream(ctx.pipeline()),
+            stream: crate::spec::direct_put_stream(ctx.pipeline()),
             start: Start::TrimHorizon,
             batch_size: default_batch(),
         };

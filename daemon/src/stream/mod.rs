@@ -11,8 +11,8 @@ mod routing;
 
 pub use routing::{hash_key, parse_sequence, sequence_string, shard_range};
 
-use crate::config::{Fsync, StreamSpec, WriteLimit};
 use crate::record::now_ms;
+use crate::spec::{Fsync, StreamSpec, WriteLimit};
 use sluice_shardlog::{Entry, FsyncPolicy, Options, ShardLog, StoredRecord};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
