@@ -747,7 +747,7 @@ impl Delivery {
                     .map(|(id, b)| (b.data.capacity(), None, Some(*id))),
             )
             .collect();
-        order.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        order.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
         for (cap, key, id) in order {
             if MEMORY.load(Ordering::Relaxed) <= target {
                 return;
