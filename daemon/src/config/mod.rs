@@ -9,8 +9,8 @@
 mod locate;
 
 use crate::spec::{
-    direct_put_stream, BatchConfig, ComponentSpec, Compression, DeliverySpec, Fsync, PipelineSpec,
-    StreamSpec, WriteLimit, MAX_BATCH_RECORDS, MAX_SHARDS,
+    direct_put_stream, BatchConfig, Compiled, ComponentSpec, Compression, DeliverySpec, Fsync,
+    PipelineSpec, StreamSpec, WriteLimit, MAX_BATCH_RECORDS, MAX_SHARDS,
 };
 pub use crate::spec::{ByteSize, HumanDuration};
 pub use locate::{key, line_col, ConfigError, Seg, SourceFile};
@@ -789,7 +789,7 @@ fn build_delivery(
     let prefix = crate::spec::Template::parse(&h.prefix, false).map_err(|m| {
         src.error_at_path(&at(&[key("sink"), key("prefix")]), format!("prefix: {m}"))
     })?;
-    crate::spec::Template::parse(&h.error_prefix, true).map_err(|m| {
+    let error_template = crate::spec::Template::parse(&h.error_prefix, true).map_err(|m| {
         src.error_at_path(
             &at(&[key("sink"), key("error_prefix")]),
             format!("error_prefix: {m}"),
@@ -804,6 +804,7 @@ fn build_delivery(
         }
     }
     let query = partitioning.as_ref().map(|p| p.query.clone());
+    let mut partitioner = None;
     match &query {
         Some(q) => {
             let part = crate::spec::Partitioner::new(q).map_err(|m| {
@@ -820,6 +821,7 @@ fn build_delivery(
                     ));
                 }
             }
+            partitioner = Some(Compiled::new(part));
         }
         None => {
             if let Some(k) = prefix.query_keys().next() {
@@ -866,6 +868,9 @@ fn build_delivery(
         compression: h.compression,
         delimiter: h.delimiter,
         retry_duration: h.retry_duration.map(|d| d.0),
+        partitioner,
+        prefix_template: Compiled::new(prefix),
+        error_template: Compiled::new(error_template),
     }))
 }
 

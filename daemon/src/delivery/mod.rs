@@ -21,7 +21,7 @@ pub use spool::{SpoolFile, SPILL_AT};
 
 use crate::plugins::{CallError, HostObject, SinkInstance};
 use crate::record::{now_ms, Record};
-use crate::spec::{civil, Compression, DeliverySpec, Partitioner, Template};
+use crate::spec::{civil, Compiled, Compression, DeliverySpec, Partitioner, Template};
 use base64::Engine as _;
 use md5::{Digest, Md5};
 
@@ -257,8 +257,15 @@ impl Recovering {
 }
 
 /// A partition's identity in the intent log and in object ids.
+/// A partition's persisted identity (intent log, object names): canonical JSON of its
+/// keys, stable across builds (never `Debug` output).
 fn partition_id(key: &BufferKey) -> String {
-    format!("{key:?}")
+    match key {
+        BufferKey::Data { query, lambda } => {
+            serde_json::json!({ "query": query, "lambda": lambda }).to_string()
+        }
+        BufferKey::Error(t) => serde_json::json!({ "error": t.as_str() }).to_string(),
+    }
 }
 
 /// Why a buffer was flushed (`sluice_buffer_flushes_total{reason}`).
@@ -319,9 +326,9 @@ pub struct Journal {
 pub struct Delivery {
     pipeline: String,
     spec: DeliverySpec,
-    partitioner: Option<Partitioner>,
-    prefix: Template,
-    error_prefix: Template,
+    partitioner: Option<Compiled<Partitioner>>,
+    prefix: Compiled<Template>,
+    error_prefix: Compiled<Template>,
     buffers: HashMap<BufferKey, Buffer>,
     /// token → buffers still holding its records, in token order.
     pending: BTreeMap<u64, usize>,
@@ -392,7 +399,7 @@ impl Delivery {
         spec: DeliverySpec,
         journal: Option<&Journal>,
         spool_dir: Option<PathBuf>,
-    ) -> Result<Delivery, String> {
+    ) -> Result<Delivery, DeliveryError> {
         if let Some(dir) = &spool_dir {
             spool::clean(dir);
         }
@@ -400,13 +407,13 @@ impl Delivery {
             .increment(0);
         metrics::counter!("sluice_buffer_spilled_bytes_total", "pipeline" => pipeline.to_string())
             .increment(0);
-        let partitioner = spec.query.as_deref().map(Partitioner::new).transpose()?;
-        let prefix = Template::parse(&spec.prefix, false)?;
-        let error_prefix = Template::parse(&spec.error_prefix, true)?;
+        // Compiled once, at validation: shared, not parsed again.
+        let partitioner = spec.partitioner.clone();
+        let prefix = spec.prefix_template.clone();
+        let error_prefix = spec.error_template.clone();
         let (log, recovered) = match journal {
             Some(j) => {
-                let (log, r) =
-                    IntentLog::open(&j.dir, &j.config_hash).map_err(|e| e.to_string())?;
+                let (log, r) = IntentLog::open(&j.dir, &j.config_hash)?;
                 (Some(log), r)
             }
             None => (None, Vec::new()),
@@ -1195,17 +1202,42 @@ mod tests {
         }
     }
 
+    /// Partition ids are persisted (intent log): pinned, never `Debug` output.
+    #[test]
+    fn partition_ids_are_stable() {
+        let k = BufferKey::Data {
+            query: vec![("type".into(), "a/b".into())],
+            lambda: vec![],
+        };
+        assert_eq!(
+            partition_id(&k),
+            r#"{"lambda":[],"query":[["type","a/b"]]}"#
+        );
+        assert_eq!(
+            partition_id(&BufferKey::Error(ErrorType::ProcessingFailed)),
+            r#"{"error":"processing-failed"}"#
+        );
+    }
+
     fn spec(compression: Compression, max_active_partitions: u32) -> DeliverySpec {
+        let (query, prefix, error_prefix) = (
+            "{type}",
+            "t=!{partitionKeyFromQuery:type}/",
+            "err/!{firehose:error-output-type}/",
+        );
         DeliverySpec {
-            query: Some("{type}".into()),
+            query: Some(query.into()),
             max_active_partitions,
             size: 1 << 20,
             interval: Duration::from_secs(3600),
-            prefix: "t=!{partitionKeyFromQuery:type}/".into(),
-            error_prefix: "err/!{firehose:error-output-type}/".into(),
+            prefix: prefix.into(),
+            error_prefix: error_prefix.into(),
             compression,
             delimiter: "\n".into(),
             retry_duration: None,
+            partitioner: Some(Compiled::new(Partitioner::new(query).unwrap())),
+            prefix_template: Compiled::new(Template::parse(prefix, false).unwrap()),
+            error_template: Compiled::new(Template::parse(error_prefix, true).unwrap()),
         }
     }
 

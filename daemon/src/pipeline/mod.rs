@@ -574,19 +574,10 @@ fn journal(spec: &PipelineSpec) -> Option<crate::delivery::Journal> {
         &spec.name,
     )
     .ok()?;
-    // Everything that decides which record lands in which object, and how it is named.
-    let decisive = format!(
-        "{:?}",
-        (
-            &spec.source,
-            &spec.transforms,
-            spec.deaggregate,
-            &spec.delivery
-        )
-    );
-    let digest = <md5::Md5 as md5::Digest>::digest(decisive.as_bytes());
-    let config_hash = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Some(crate::delivery::Journal { dir, config_hash })
+    Some(crate::delivery::Journal {
+        dir,
+        config_hash: spec.delivery_identity(),
+    })
 }
 
 /// Splits records into chunks of at most `max_records` and (unless one record is larger)
@@ -726,7 +717,7 @@ async fn delivery_driver(
     let replayable = journal.is_some();
     let mut d =
         tokio::task::block_in_place(|| Delivery::new(&name, spec, journal.as_ref(), spool_dir))
-            .map_err(PipelineError::Internal)?;
+            .map_err(disk_err)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut maintained = std::time::Instant::now();
     let mut open = true;

@@ -14,10 +14,56 @@ pub use units::{ByteSize, HumanDuration};
 
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// A compiled form that travels next to the source text it was compiled from. Specs are
+/// compared and hashed by their source text (that is what decides a reload's diff), so
+/// `Compiled` compares equal and hashes to nothing; the compiled value is shared, never
+/// rebuilt, between the config set and the running pipeline.
+pub struct Compiled<T>(pub Arc<T>);
+
+impl<T> std::fmt::Debug for Compiled<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<compiled>")
+    }
+}
+
+impl<T> Compiled<T> {
+    /// Wraps a compiled value.
+    pub fn new(v: T) -> Self {
+        Compiled(Arc::new(v))
+    }
+}
+
+impl<T> Clone for Compiled<T> {
+    fn clone(&self) -> Self {
+        Compiled(self.0.clone())
+    }
+}
+
+impl<T> PartialEq for Compiled<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for Compiled<T> {}
+
+impl<T> std::hash::Hash for Compiled<T> {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl<T> std::ops::Deref for Compiled<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Plugin kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// Produces records.
     Source,
@@ -90,7 +136,7 @@ pub struct StreamSpec {
 }
 
 /// Object compression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// Plain bytes.
@@ -116,7 +162,7 @@ impl Compression {
 }
 
 /// Firehose-style delivery settings of a pipeline with an object sink.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct DeliverySpec {
     /// `partitioning.query` (jq), if dynamic partitioning is on.
     pub query: Option<String>,
@@ -137,6 +183,15 @@ pub struct DeliverySpec {
     /// How long retryable sink failures are retried before the object goes to the error
     /// output (`delivery-failed`); `None` retries forever.
     pub retry_duration: Option<Duration>,
+    /// `query`, compiled.
+    #[serde(skip)]
+    pub partitioner: Option<Compiled<Partitioner>>,
+    /// `prefix`, compiled.
+    #[serde(skip)]
+    pub prefix_template: Compiled<Template>,
+    /// `error_prefix`, compiled.
+    #[serde(skip)]
+    pub error_template: Compiled<Template>,
 }
 
 /// Batching of a record sink (`sink.batch`), owned by the host.
@@ -171,7 +226,7 @@ fn default_max_bytes() -> ByteSize {
 pub const MAX_BATCH_RECORDS: u32 = 10_000;
 
 /// One validated plugin use inside a pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct ComponentSpec {
     /// `source`, `transforms[0]`, `sink`.
     pub id: String,
@@ -204,7 +259,85 @@ pub struct PipelineSpec {
     pub delivery: Option<DeliverySpec>,
 }
 
+impl PipelineSpec {
+    /// A stable identity of everything that decides which record lands in which object
+    /// and how it is named (source, transforms, de-aggregation, delivery): canonical JSON
+    /// of those settings, hashed (MD5, hex). Persisted in intent logs, so it must not
+    /// depend on `Debug` output or anything else that may change between builds.
+    pub fn delivery_identity(&self) -> String {
+        use md5::Digest as _;
+        let decisive = serde_json::json!({
+            "source": &self.source,
+            "transforms": &self.transforms,
+            "deaggregate": self.deaggregate,
+            "delivery": &self.delivery,
+        });
+        let digest = md5::Md5::digest(decisive.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// The internal stream behind a `direct-put` pipeline.
 pub fn direct_put_stream(pipeline: &str) -> String {
     format!("__firehose-{pipeline}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component(id: &str, plugin: &str, kind: Kind, json: &str) -> ComponentSpec {
+        ComponentSpec {
+            id: id.into(),
+            plugin: plugin.into(),
+            kind,
+            config_json: json.into(),
+        }
+    }
+
+    /// The identity persisted in intent logs is pinned: a change of its format (or of a
+    /// spec type's serialization) would make recovery after an upgrade stop matching.
+    #[test]
+    fn the_delivery_identity_is_stable() {
+        let (prefix, error_prefix) = ("t=!{partitionKeyFromQuery:type}/", "err/");
+        let spec = PipelineSpec {
+            name: "lake".into(),
+            file: PathBuf::from("/etc/sluice/pipelines/lake.toml"),
+            source: component("source", "stream", Kind::Source, r#"{"stream":"events"}"#),
+            transforms: vec![component(
+                "transforms[0]",
+                "jq",
+                Kind::Transform,
+                r#"{"filter":"."}"#,
+            )],
+            sink: component("sink", "object-store", Kind::Sink, r#"{"url":"lake"}"#),
+            batch: BatchConfig::default(),
+            deaggregate: true,
+            delivery: Some(DeliverySpec {
+                query: Some("{type}".into()),
+                max_active_partitions: 500,
+                size: 64 << 20,
+                interval: Duration::from_secs(60),
+                prefix: prefix.into(),
+                error_prefix: error_prefix.into(),
+                compression: Compression::Gzip,
+                delimiter: "\n".into(),
+                retry_duration: None,
+                partitioner: Some(Compiled::new(Partitioner::new("{type}").unwrap())),
+                prefix_template: Compiled::new(Template::parse(prefix, false).unwrap()),
+                error_template: Compiled::new(Template::parse(error_prefix, true).unwrap()),
+            }),
+        };
+        assert_eq!(spec.delivery_identity(), "48d33760d38fd3ffc0678af53c239d99");
+        // Where the file lives and the sink's host batching do not decide objects.
+        let mut moved = spec.clone();
+        moved.file = PathBuf::from("/elsewhere.toml");
+        moved.batch.max_records = 1;
+        assert_eq!(moved.delivery_identity(), spec.delivery_identity());
+        let mut other = spec.clone();
+        if let Some(d) = &mut other.delivery {
+            d.size = 1;
+        }
+        assert_ne!(other.delivery_identity(), spec.delivery_identity());
+    }
 }
