@@ -27,6 +27,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let prom = telemetry::install().context("cannot install the metrics recorder")?;
     let (daemon_cfg, base) =
         config::load_daemon(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path.display(),
+        data_dir = %daemon_cfg.data_dir.display(),
+        pipelines_dir = %daemon_cfg.pipelines_dir.display(),
+        "sluiced starting"
+    );
     let registry = Arc::new(Registry::discover(&daemon_cfg.plugin_dirs));
     let set = match config::load_with(&config_path, daemon_cfg, base, &registry) {
         Ok(s) => s,

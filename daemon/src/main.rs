@@ -45,7 +45,8 @@ enum Command {
     Check,
     /// List every plugin found (bundled and in plugin_dirs), and every refused library.
     Plugins,
-    /// Show pipelines as a table, read from the running daemon.
+    /// Show the running daemon's streams, shards and pipelines (records in and out,
+    /// failures, restarts, buffers, sink health), read from its operator endpoint.
     Status,
     /// Print records of a stream as they arrive, one per line.
     Tail {
@@ -165,10 +166,56 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // A plain message for the person at the terminal; the daemon's own failures
+            // were logged where they happened.
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// "1 pipeline", "2 pipelines".
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Prints rows as a table whose columns fit their widest cell (the last column is not
+/// padded). Numbers are right-aligned.
+fn table(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Result<()> {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let numeric = |c: usize| {
+        rows.iter().skip(1).filter_map(|r| r.get(c)).all(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|ch| ch.is_ascii_digit() || ch == '.' || ch == '-')
+        }) && rows.len() > 1
+    };
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else if numeric(c) {
+                line.push_str(&format!("{cell:>w$}", w = width[c]));
+            } else {
+                line.push_str(&format!("{cell:<w$}", w = width[c]));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
 }
 
 fn run(config: &Path) -> anyhow::Result<()> {
@@ -187,7 +234,12 @@ fn check(path: &Path) -> ExitCode {
     });
     match result {
         Ok(set) => {
-            eprintln!("{}: ok ({} pipelines)", path.display(), set.pipelines.len());
+            eprintln!(
+                "{}: ok ({}, {})",
+                path.display(),
+                plural(set.streams.len(), "stream", "streams"),
+                plural(set.pipelines.len(), "pipeline", "pipelines")
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -209,11 +261,9 @@ fn plugins(path: &Path) -> anyhow::Result<()> {
     };
     let reg = Registry::discover(&dirs);
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<16} {:<10} {:<9} {:<5} {:<22} PATH",
-        "NAME", "KIND", "VERSION", "ABI", "LIBRARY"
-    )?;
+    let mut rows = vec![["NAME", "KIND", "VERSION", "ABI", "LIBRARY", "PATH"]
+        .map(String::from)
+        .to_vec()];
     let mut entries: Vec<_> = reg.entries().iter().collect();
     entries.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     for e in entries {
@@ -222,22 +272,30 @@ fn plugins(path: &Path) -> anyhow::Result<()> {
         } else {
             e.kind.to_string()
         };
-        writeln!(
-            out,
-            "{:<16} {:<10} {:<9} {:<5} {:<22} {}",
-            e.name,
+        rows.push(vec![
+            e.name.clone(),
             kind,
-            e.version,
+            e.version.clone(),
             format!("{}.{}", e.abi.0, e.abi.1),
             format!("{} {}", e.library, e.library_version),
-            e.origin
-        )?;
+            e.origin.to_string(),
+        ]);
     }
+    table(&mut out, &rows)?;
     if !reg.refused().is_empty() {
         writeln!(out, "\nREFUSED")?;
         for r in reg.refused() {
             writeln!(out, "{}", r.reason)?;
         }
+        // Refusals are failures an operator must see in scripts too.
+        anyhow::bail!(
+            "{} refused (see REFUSED above)",
+            plural(
+                reg.refused().len(),
+                "plugin library was",
+                "plugin libraries were"
+            )
+        );
     }
     Ok(())
 }
@@ -270,54 +328,64 @@ fn status(path: &Path) -> anyhow::Result<()> {
     let v: serde_json::Value =
         serde_json::from_str(&body).context("unexpected /admin/status answer")?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<24} {:<22} {:>12} {:>14} {:>10}",
-        "STREAM", "SHARD", "RECORDS", "BYTES", "OLDEST(s)"
-    )?;
+    let txt = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![["STREAM", "SHARD", "RECORDS", "BYTES", "OLDEST(s)"]
+        .map(String::from)
+        .to_vec()];
     for st in v["streams"].as_array().into_iter().flatten() {
         for sh in st["shards"].as_array().into_iter().flatten() {
             let age = sh["oldest_record_age_seconds"]
                 .as_f64()
                 .map(|a| format!("{a:.0}"))
                 .unwrap_or_else(|| "-".into());
-            writeln!(
-                out,
-                "{:<24} {:<22} {:>12} {:>14} {:>10}",
-                st["name"].as_str().unwrap_or(""),
-                sh["id"].as_str().unwrap_or(""),
-                sh["records"],
-                sh["bytes"],
-                age
-            )?;
+            rows.push(vec![
+                txt(&st["name"]),
+                txt(&sh["id"]),
+                txt(&sh["records"]),
+                txt(&sh["bytes"]),
+                age,
+            ]);
         }
     }
+    table(&mut out, &rows)?;
     writeln!(out)?;
-    writeln!(
-        out,
-        "{:<24} {:<10} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>6}  LAST ERROR",
-        "PIPELINE", "STATE", "SINK", "IN", "OUT", "FAILED", "RESTARTS", "BUFFERED", "PARTS"
-    )?;
+    let mut rows = vec![[
+        "PIPELINE",
+        "STATE",
+        "SINK",
+        "IN",
+        "OUT",
+        "FAILED",
+        "RESTARTS",
+        "BUFFERED",
+        "PARTS",
+        "LAST ERROR",
+    ]
+    .map(String::from)
+    .to_vec()];
     for p in v["pipelines"].as_array().into_iter().flatten() {
         let err = p["last_error"]
             .as_str()
             .or_else(|| p["sink_error"].as_str().filter(|_| p["sink"] == "failing"))
             .unwrap_or("");
-        writeln!(
-            out,
-            "{:<24} {:<10} {:<8} {:>10} {:>10} {:>8} {:>8} {:>9} {:>6}  {}",
-            p["name"].as_str().unwrap_or(""),
-            p["state"].as_str().unwrap_or(""),
-            p["sink"].as_str().unwrap_or(""),
-            p["records_in"],
-            p["records_out"],
-            p["records_failed"],
-            p["restarts"],
-            p["buffered_records"],
-            p["partitions"],
-            err
-        )?;
+        rows.push(vec![
+            txt(&p["name"]),
+            txt(&p["state"]),
+            txt(&p["sink"]),
+            txt(&p["records_in"]),
+            txt(&p["records_out"]),
+            txt(&p["records_failed"]),
+            txt(&p["restarts"]),
+            txt(&p["buffered_records"]),
+            txt(&p["partitions"]),
+            err.to_string(),
+        ]);
     }
+    table(&mut out, &rows)?;
     Ok(())
 }
 
@@ -411,6 +479,9 @@ fn put(path: &Path, stream: &str, key: Option<&str>) -> anyhow::Result<()> {
         }
     }
     total += flush(&mut batch)?;
-    eprintln!("put {total} records into {stream}");
+    eprintln!(
+        "put {} into {stream}",
+        plural(total as usize, "record", "records")
+    );
     Ok(())
 }

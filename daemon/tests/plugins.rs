@@ -113,6 +113,8 @@ const FIXTURES: &[(&str, &str)] = &[
     ("z_clash.so", "transform plugin `c-passthrough` is already provided by"),
     ("foreign_owner.so", "the file is owned by uid 65534, neither root nor the daemon's user"),
     ("link_to_foreign.so", "owned by uid 65534, neither root nor the daemon's user"),
+    // The loader's own reason, not just "dlopen failed".
+    ("garbage.so", "cannot load: dlopen failed: "),
 ];
 
 fn refusal_dir() -> tempfile::TempDir {
@@ -162,6 +164,12 @@ fn refusal_dir() -> tempfile::TempDir {
         dir.path().join("link_to_foreign.so"),
     )
     .unwrap();
+    std::fs::write(dir.path().join("garbage.so"), b"not an ELF file").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("garbage.so"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     dir
 }
 
@@ -172,9 +180,17 @@ fn each_refusal_has_its_own_message_and_other_pipelines_run() {
         &format!("plugin_dirs = [\"{}\"]", plugins.path().display()),
         &[("c", &pipeline("c", &[C], "out/c.jsonl"))],
     );
-    // `sluiced plugins` lists the good ones and every refusal with its reason.
-    let (code, out, _) = s.cli(&["plugins"]);
-    assert_eq!(code, 0);
+    // `sluiced plugins` lists the good ones and every refusal with its reason, and exits
+    // non-zero because of the refusals.
+    let (code, out, err) = s.cli(&["plugins"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: {} plugin libraries were refused",
+            FIXTURES.len()
+        )),
+        "{err}"
+    );
     assert!(
         out.contains("c-passthrough") && out.contains("passthrough") && out.contains("chaos"),
         "{out}"

@@ -306,7 +306,12 @@ pub fn load_file(reg: &mut Registry, path: &Path) -> Result<usize, LoadError> {
     let lib = unsafe { Library::open(Some(&real), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NODELETE) }
         .map_err(|e| LoadError::Open {
             path: shown.clone(),
-            error: e.to_string(),
+            // libloading's message is only "dlopen failed": the loader's own reason
+            // (dlerror: missing symbols, wrong ELF class, not an ELF file) is its source.
+            error: match std::error::Error::source(&e) {
+                Some(why) => format!("{e}: {why}"),
+                None => e.to_string(),
+            },
         })?;
     type Entry = unsafe extern "C" fn() -> *const ffi::sl_library;
     // SAFETY: the symbol, when present, has the documented signature.
