@@ -211,6 +211,11 @@ fn describe() {
         "Uncompressed bytes moved from RAM to spill files under memory pressure"
     );
     describe_gauge!(
+        "sluice_shard_max_bytes",
+        Unit::Bytes,
+        "The stream's max_bytes cap per shard log (only for streams that set one)"
+    );
+    describe_gauge!(
         "sluice_sink_up",
         "1 while the pipeline's sink stores what it is given, 0 while deliveries keep failing"
     );
@@ -269,14 +274,108 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<Socke
 
 async fn metrics_handler(State(s): State<AdminState>) -> Response {
     s.prom.run_upkeep();
+    let mut text = s.prom.render();
+    text.push_str(&process_metrics());
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.prom.render(),
+        text,
     )
         .into_response()
+}
+
+/// The standard `process_*` metrics (as Prometheus client libraries export them), read
+/// from `/proc/self` at each scrape: CPU seconds, resident and virtual memory, open and
+/// maximum file descriptors, start time. Empty where `/proc` is not available.
+pub fn process_metrics() -> String {
+    let mut out = String::new();
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return out;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1) as f64,
+        )
+    };
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let mut metric = |name: &str, kind: &str, help: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+    };
+    // Indexes are field numbers (proc(5)) minus 3: state is field 3.
+    let cpu = match (field(11), field(12)) {
+        (Some(u), Some(s)) => Some((u + s) / ticks),
+        _ => None,
+    };
+    metric(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        cpu,
+    );
+    metric(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(21).map(|p| p * page),
+    );
+    metric(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(20),
+    );
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    let start = match (boot, field(19)) {
+        (Some(b), Some(st)) => Some(b + st / ticks),
+        _ => None,
+    };
+    metric(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        start,
+    );
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as f64);
+    metric(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        fds,
+    );
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<f64>().ok())
+        });
+    metric(
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        max_fds,
+    );
+    out
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {

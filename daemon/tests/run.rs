@@ -190,6 +190,13 @@ fn metrics_pass_promtool() {
         "sluice_delivery_latency_seconds_bucket",
         "sluice_api_requests_total",
         "sluice_api_request_duration_seconds_bucket",
+        "sluice_sink_up",
+        "sluice_buffer_spills_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
         // registered by the Rust example plugin through the host metrics API
         "sluice_plugin_passthrough_batches_total{plugin=\"passthrough\",pipeline=\"ok\"}",
     ] {
@@ -270,4 +277,77 @@ fn which(cmd: &str) -> Option<std::path::PathBuf> {
         .split(':')
         .map(|d| std::path::Path::new(d).join(cmd))
         .find(|p| p.is_file())
+}
+
+/// The observability kit in `etc/monitoring/`: the alerting rules pass `promtool check
+/// rules` and their unit tests (`promtool test rules`), and the rules and the Grafana
+/// dashboard name only metrics the daemon exports.
+#[test]
+fn monitoring_kit_is_valid_and_names_real_metrics() {
+    let dir = root().join("etc/monitoring");
+    let promtool = which("promtool")
+        .expect("promtool not found: run scripts/install-test-deps (Debian package `prometheus`)");
+    for args in [
+        vec!["check", "rules", "sluice.rules.yml"],
+        vec!["test", "rules", "sluice.rules.test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every metric the daemon describes (telemetry.rs), and the process_* block.
+    let telemetry = std::fs::read_to_string(root().join("daemon/src/telemetry.rs")).unwrap();
+    let known: std::collections::BTreeSet<String> = names(&telemetry).into_iter().collect();
+    let dashboard = std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut exprs = String::new();
+    for p in v["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    exprs.push_str(&std::fs::read_to_string(dir.join("sluice.rules.yml")).unwrap());
+    let used = names(&exprs);
+    assert!(used.len() > 20, "{used:?}");
+    for n in used {
+        let base = n
+            .strip_suffix("_bucket")
+            .or_else(|| n.strip_suffix("_sum"))
+            .or_else(|| n.strip_suffix("_count"))
+            .unwrap_or(&n)
+            .to_string();
+        assert!(
+            known.contains(&base) || known.contains(&n),
+            "{n} is named in etc/monitoring but the daemon does not export it"
+        );
+    }
+}
+
+/// `sluice_…` and `process_…` metric names in a text.
+fn names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for prefix in ["sluice_", "process_"] {
+        for (i, _) in text.match_indices(prefix) {
+            if i > 0 && text.as_bytes()[i - 1].is_ascii_alphanumeric() {
+                continue;
+            }
+            let n: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if n.len() > prefix.len() && !n.ends_with('_') {
+                out.push(n);
+            }
+        }
+    }
+    out
 }

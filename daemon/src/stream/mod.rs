@@ -319,6 +319,9 @@ impl Stream {
                 .map(|(first, _)| (now - first).max(0) as f64 / 1000.0)
                 .unwrap_or(0.0);
             metrics::gauge!("sluice_shard_oldest_record_age_seconds", &labels).set(age);
+            if let Some(max) = self.max_bytes {
+                metrics::gauge!("sluice_shard_max_bytes", &labels).set(max as f64);
+            }
         }
     }
 }
