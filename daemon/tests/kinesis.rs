@@ -353,6 +353,38 @@ fn sigv4_is_verified_when_credentials_are_configured() {
         ],
         &d,
     );
+    // The AWS CLI signs the same way: the right secret works, a wrong one is refused.
+    let cli = |secret: &str| {
+        std::process::Command::new(venv_bin("aws"))
+            .args([
+                "--endpoint-url",
+                &format!("http://{}", s.api),
+                "kinesis",
+                "list-streams",
+            ])
+            .env("AWS_ACCESS_KEY_ID", "AKIDSLUICE")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .output()
+            .unwrap()
+    };
+    let ok = cli("s3cr3t");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("events"));
+    let bad = cli("wrong");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("InvalidSignatureException"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     // No signature at all.
     let (code, _, body) = call(s.api, "Kinesis_20131202.ListStreams", "{}");
     assert_eq!(code, 400);
