@@ -59,6 +59,14 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell) to stdout,
+    /// e.g. `sluiced completions bash > /usr/share/bash-completion/completions/sluiced`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, e.g. `sluiced man | man -l -`.
+    Man,
     /// Put records read from stdin, one per line, into a stream.
     Put {
         /// The stream.
@@ -162,6 +170,22 @@ fn main() -> ExitCode {
             stream,
             partition_key,
         } => put(&cli.config, &stream, partition_key.as_deref()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "sluiced",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,3 +62,38 @@ fn messages_are_plain_and_plurals_honest() {
         }
     }
 }
+
+/// Shell completions and the man page come from the CLI definition itself.
+#[test]
+fn completions_and_man_page() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(
+        bash.contains("_sluiced()") && bash.contains("check") && bash.contains("status"),
+        "{bash:.300}"
+    );
+    let zsh = run(&["completions", "zsh"]);
+    assert!(zsh.starts_with("#compdef sluiced"), "{zsh:.100}");
+    assert!(run(&["completions", "fish"]).contains("complete -c sluiced"));
+    let man = run(&["man"]);
+    assert!(man.contains(".TH sluiced"), "{man:.200}");
+    for sub in ["check", "plugins", "status", "tail", "put", "completions"] {
+        assert!(man.contains(sub), "man page lacks {sub}");
+    }
+    let st = std::process::Command::new(bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+}
