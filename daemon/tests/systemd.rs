@@ -74,7 +74,7 @@ fn unit_file_verifies_and_is_hardened() {
     let copy = dir.path().join("sluiced.service");
     std::fs::write(&copy, text).unwrap();
     let out = std::process::Command::new(analyze)
-        .args(["verify"])
+        .args(["verify", "--man=no"])
         .arg(&copy)
         .output()
         .unwrap();
