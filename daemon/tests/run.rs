@@ -192,6 +192,8 @@ fn metrics_pass_promtool() {
         "sluice_api_request_duration_seconds_bucket",
         "sluice_sink_up",
         "sluice_buffer_spills_total",
+        // exported at 0 before anything was throttled
+        "sluice_shard_write_throttled_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",

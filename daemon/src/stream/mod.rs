@@ -171,6 +171,8 @@ impl Stream {
                 tracing::info!(stream = name, shard = %id, skipped = report.seq_skipped, "not stopped cleanly; sequence numbers resume past every number that may have been issued");
             }
             let labels = [("stream", name.to_string()), ("shard", id.clone())];
+            // Zeros from the start: dashboards and alerts see 0, not a gap.
+            metrics::counter!("sluice_shard_write_throttled_total", &labels).increment(0);
             shards.push(Shard {
                 incoming_records: metrics::counter!("sluice_shard_incoming_records_total", &labels),
                 incoming_bytes: metrics::counter!("sluice_shard_incoming_bytes_total", &labels),
