@@ -50,7 +50,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         .apply_config(&set.streams)
         .context("cannot open the configured streams")?;
     crate::plugins::stream_io::install(streams.clone(), set.daemon.data_dir.clone());
-    crate::delivery::set_memory_limit(set.daemon.limits.buffer_memory.0);
+    let memory = Arc::new(crate::delivery::MemoryBudget::new(
+        set.daemon.limits.buffer_memory.0,
+    ));
     let api_state = Arc::new(ApiState {
         streams: streams.clone(),
         account: set.daemon.api.account_id.clone(),
@@ -82,6 +84,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         registry.clone(),
         set.base_dir.clone(),
         set.daemon.shutdown_timeout.0,
+        Some(set.daemon.data_dir.clone()),
+        memory,
     );
     let loaded = Arc::new(AtomicBool::new(false));
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);

@@ -58,10 +58,19 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor running nothing yet; relative plugin paths resolve against
-    /// `base_dir`, and a stopping pipeline gets `drain_timeout`.
-    pub fn new(registry: Arc<Registry>, base_dir: PathBuf, drain_timeout: Duration) -> Self {
+    /// `base_dir`, a stopping pipeline gets `drain_timeout`, pipelines keep their state in
+    /// `data_dir` and share the buffer `memory` budget.
+    pub fn new(
+        registry: Arc<Registry>,
+        base_dir: PathBuf,
+        drain_timeout: Duration,
+        data_dir: Option<PathBuf>,
+        memory: Arc<crate::delivery::MemoryBudget>,
+    ) -> Self {
         Supervisor {
             ctx: Arc::new(RuntimeCtx {
+                data_dir,
+                memory,
                 registry,
                 base_dir,
                 stop_deadline: drain_timeout,

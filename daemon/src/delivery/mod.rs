@@ -30,13 +30,41 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-static MEMORY: AtomicU64 = AtomicU64::new(0);
-static MEMORY_LIMIT: AtomicU64 = AtomicU64::new(512 << 20);
+/// The buffer memory budget (`limits.buffer_memory`) that every pipeline's buffers share:
+/// one per daemon, handed to each `Delivery` (no process-wide state).
+#[derive(Debug)]
+pub struct MemoryBudget {
+    used: AtomicU64,
+    limit: AtomicU64,
+}
 
-/// Sets the global buffer budget (`limits.buffer_memory`).
-pub fn set_memory_limit(bytes: u64) {
-    MEMORY_LIMIT.store(bytes, Ordering::Relaxed);
-    metrics::gauge!("sluice_buffer_memory_limit_bytes").set(bytes as f64);
+impl MemoryBudget {
+    /// A budget of `limit` bytes, none used.
+    pub fn new(limit: u64) -> Self {
+        metrics::gauge!("sluice_buffer_memory_limit_bytes").set(limit as f64);
+        MemoryBudget {
+            used: AtomicU64::new(0),
+            limit: AtomicU64::new(limit),
+        }
+    }
+
+    /// Bytes counted now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 /// Firehose error output types.
@@ -349,6 +377,8 @@ pub struct Delivery {
     spools: usize,
     /// Spilling failed once: memory pressure flushes early instead.
     spill_failed: bool,
+    /// The daemon's shared buffer budget.
+    budget: std::sync::Arc<MemoryBudget>,
 }
 
 /// An encoded object ready for the sink, plus what completing it releases.
@@ -399,6 +429,7 @@ impl Delivery {
         spec: DeliverySpec,
         journal: Option<&Journal>,
         spool_dir: Option<PathBuf>,
+        budget: std::sync::Arc<MemoryBudget>,
     ) -> Result<Delivery, DeliveryError> {
         if let Some(dir) = &spool_dir {
             spool::clean(dir);
@@ -442,6 +473,7 @@ impl Delivery {
             spool_dir,
             spools: 0,
             spill_failed: false,
+            budget,
             pipeline: pipeline.to_string(),
             spec,
             partitioner,
@@ -544,8 +576,8 @@ impl Delivery {
             }
         }
         self.mem = self.mem + grown - freed;
-        MEMORY.fetch_add(grown, Ordering::Relaxed);
-        MEMORY.fetch_sub(freed, Ordering::Relaxed);
+        self.budget.add(grown);
+        self.budget.sub(freed);
         self.bytes += (payload.len() + delim.len()) as u64;
     }
 
@@ -713,7 +745,7 @@ impl Delivery {
         if let Some(k) = self.pick(|b| b.created.elapsed() >= self.spec.interval) {
             return Some((Slot::Open(k), FlushReason::Interval));
         }
-        if MEMORY.load(Ordering::Relaxed) > MEMORY_LIMIT.load(Ordering::Relaxed)
+        if self.budget.used() > self.budget.limit()
             && (self.spool_dir.is_none() || self.spill_failed)
         {
             // Only when buffers cannot spill to disk: flush early, largest first (frees
@@ -729,8 +761,8 @@ impl Delivery {
     /// budget has 1/8 of room again. Objects keep their size and time boundaries; only
     /// when spilling is impossible (no data_dir, a disk error) do buffers flush early.
     fn relieve(&mut self) {
-        let limit = MEMORY_LIMIT.load(Ordering::Relaxed);
-        if MEMORY.load(Ordering::Relaxed) <= limit || self.spill_failed {
+        let limit = self.budget.limit();
+        if self.budget.used() <= limit || self.spill_failed {
             return;
         }
         let Some(dir) = self.spool_dir.clone() else {
@@ -756,7 +788,7 @@ impl Delivery {
             .collect();
         order.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
         for (cap, key, id) in order {
-            if MEMORY.load(Ordering::Relaxed) <= target {
+            if self.budget.used() <= target {
                 return;
             }
             let b = match (key, id) {
@@ -769,7 +801,7 @@ impl Delivery {
             match b.spill_out(&dir) {
                 Ok(freed) => {
                     self.mem -= freed;
-                    MEMORY.fetch_sub(freed, Ordering::Relaxed);
+                    self.budget.sub(freed);
                     spills.increment(1);
                     spilled.increment(len);
                 }
@@ -894,7 +926,7 @@ impl Delivery {
             };
         self.bytes -= raw;
         self.mem -= held;
-        MEMORY.fetch_sub(held, Ordering::Relaxed);
+        self.budget.sub(held);
         if let Some(e) = b.spool_error {
             return Err(DeliveryError::Spool(e));
         }
@@ -1064,13 +1096,13 @@ impl Delivery {
             .map(|o| (now_ms() - o).max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
         metrics::gauge!("sluice_buffer_oldest_record_age_seconds", "pipeline" => p).set(age);
-        metrics::gauge!("sluice_buffer_memory_bytes").set(MEMORY.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("sluice_buffer_memory_bytes").set(self.budget.used() as f64);
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        MEMORY.fetch_sub(self.mem, Ordering::Relaxed);
+        self.budget.sub(self.mem);
     }
 }
 
@@ -1143,6 +1175,10 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn budget() -> std::sync::Arc<MemoryBudget> {
+        std::sync::Arc::new(MemoryBudget::new(512 << 20))
+    }
     use std::io::Read;
     use std::time::Duration;
 
@@ -1243,7 +1279,7 @@ mod tests {
 
     #[test]
     fn the_partition_cap_counts_open_data_buffers_only() {
-        let mut d = Delivery::new("p", spec(Compression::None, 1), None, None).unwrap();
+        let mut d = Delivery::new("p", spec(Compression::None, 1), None, None, budget()).unwrap();
         d.add(
             1,
             &[
@@ -1282,7 +1318,7 @@ mod tests {
     #[test]
     fn acks_wait_for_every_buffer_and_go_in_order() {
         let spec = spec(Compression::None, 10);
-        let mut d = Delivery::new("p", spec, None, None).unwrap();
+        let mut d = Delivery::new("p", spec, None, None, budget()).unwrap();
         d.add(
             1,
             &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b"}"#, 2)],
@@ -1319,7 +1355,7 @@ mod tests {
             .unwrap();
         assert_eq!(d.stored(&fb).unwrap(), vec![1, 2, 3]);
         // The same records give the same object name: replays overwrite, not duplicate.
-        let mut d2 = Delivery::new("p", d.spec.clone(), None, None).unwrap();
+        let mut d2 = Delivery::new("p", d.spec.clone(), None, None, budget()).unwrap();
         d2.add(
             1,
             &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b"}"#, 2)],
@@ -1339,7 +1375,7 @@ mod tests {
     #[test]
     fn failures_become_firehose_error_documents() {
         let spec = spec(Compression::Gzip, 10);
-        let mut d = Delivery::new("p", spec, None, None).unwrap();
+        let mut d = Delivery::new("p", spec, None, None, budget()).unwrap();
         d.add(
             1,
             &[rec("not json", 7), rec(r#"{"type":""}"#, 8)],
@@ -1421,7 +1457,8 @@ mod tests {
     fn a_replay_after_a_crash_skips_stored_objects_and_rebuilds_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path());
-        let mut d = Delivery::new("p", spec(Compression::None, 10), Some(&j), None).unwrap();
+        let mut d =
+            Delivery::new("p", spec(Compression::None, 10), Some(&j), None, budget()).unwrap();
         d.add(1, &shard_batch(0, 30), &[]);
         // a is stored (but never acked: b holds batch 1 back); b's upload is cut short.
         let fa = d
@@ -1435,7 +1472,8 @@ mod tests {
             .unwrap();
         drop(d); // crash: the checkpoint is still before record 0
 
-        let mut d = Delivery::new("p", spec(Compression::None, 10), Some(&j), None).unwrap();
+        let mut d =
+            Delivery::new("p", spec(Compression::None, 10), Some(&j), None, budget()).unwrap();
         d.add(7, &shard_batch(0, 30), &[]);
         d.add(8, &shard_batch(30, 33), &[]);
         // a's records were skipped, b's rebuilt into the same object, and the rest is new.
@@ -1469,14 +1507,14 @@ mod tests {
         let j = journal(dir.path());
         let mut sp = spec(Compression::None, 10);
         sp.interval = Duration::from_millis(1);
-        let mut d = Delivery::new("p", sp.clone(), Some(&j), None).unwrap();
+        let mut d = Delivery::new("p", sp.clone(), Some(&j), None, budget()).unwrap();
         d.add(1, &shard_batch(0, 30), &[]);
         let fb = d
             .take(&Slot::Open(key("b")), FlushReason::Size)
             .unwrap()
             .unwrap();
         drop(d);
-        let mut d = Delivery::new("p", sp, Some(&j), None).unwrap();
+        let mut d = Delivery::new("p", sp, Some(&j), None, budget()).unwrap();
         // Only part of b's records come back (say, retention removed the rest).
         d.add(1, &shard_batch(15, 30), &[]);
         std::thread::sleep(Duration::from_millis(5));
@@ -1492,7 +1530,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = journal(dir.path());
         let name = |j: &Journal, from: u64| {
-            let mut d = Delivery::new("p", spec(Compression::None, 10), Some(j), None).unwrap();
+            let mut d =
+                Delivery::new("p", spec(Compression::None, 10), Some(j), None, budget()).unwrap();
             d.add(1, &shard_batch(from, from + 3), &[]);
             d.take(&Slot::Open(key("a")), FlushReason::Size)
                 .unwrap()
@@ -1511,7 +1550,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut sp = spec(Compression::Gzip, 10);
         sp.size = 64 << 20;
-        let mut d = Delivery::new("p", sp, None, Some(dir.path().to_path_buf())).unwrap();
+        let mut d = Delivery::new("p", sp, None, Some(dir.path().to_path_buf()), budget()).unwrap();
         let line = format!(r#"{{"type":"a","pad":"{}"}}"#, "x".repeat(1000));
         let n = (SPILL_AT / line.len()) as u64 + 1000;
         for i in 0..n {

@@ -20,7 +20,7 @@ use crate::plugins::{
 use crate::record::Record;
 use crate::spec::{BatchConfig, ComponentSpec, PipelineSpec};
 use sluice_plugin_api::ffi;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -205,6 +205,10 @@ impl PipelineShared {
 
 /// What every pipeline needs from the daemon.
 pub struct RuntimeCtx {
+    /// Where pipelines keep their state (intent logs, spool and quarantine files).
+    pub data_dir: Option<PathBuf>,
+    /// The buffer memory budget all pipelines share.
+    pub memory: Arc<crate::delivery::MemoryBudget>,
     /// The plugin registry.
     pub registry: Arc<Registry>,
     /// Folder relative config paths resolve against.
@@ -408,9 +412,9 @@ async fn run_once(
             out_rx,
             ack_tx,
             d.clone(),
-            journal(spec),
+            journal(spec, ctx.data_dir.as_deref()),
             shared.clone(),
-            stop_deadline,
+            ctx.clone(),
         )),
         None => tokio::spawn(sink_driver(
             inst.sink,
@@ -565,15 +569,11 @@ fn deaggregate_kpl(records: Vec<Record>) -> Vec<Record> {
 
 /// The intent log of a pipeline whose source replays the same records with the same
 /// sequences after a crash (`stream`, `direct-put`); others get none.
-fn journal(spec: &PipelineSpec) -> Option<crate::delivery::Journal> {
+fn journal(spec: &PipelineSpec, data_dir: Option<&Path>) -> Option<crate::delivery::Journal> {
     if !matches!(spec.source.plugin.as_str(), "stream" | "direct-put") {
         return None;
     }
-    let dir = crate::names::child(
-        &crate::plugins::stream_io::data_dir()?.join("delivery"),
-        &spec.name,
-    )
-    .ok()?;
+    let dir = crate::names::child(&data_dir?.join("delivery"), &spec.name).ok()?;
     Some(crate::delivery::Journal {
         dir,
         config_hash: spec.delivery_identity(),
@@ -708,16 +708,21 @@ async fn delivery_driver(
     spec: crate::spec::DeliverySpec,
     journal: Option<crate::delivery::Journal>,
     shared: Arc<PipelineShared>,
-    stop_deadline: Duration,
+    ctx: Arc<RuntimeCtx>,
 ) -> Result<(), PipelineError> {
     use crate::delivery::{Delivery, FlushReason};
+    let stop_deadline = ctx.stop_deadline;
     let name = shared.name.clone();
-    let spool_dir = crate::plugins::stream_io::data_dir()
+    let spool_dir = ctx
+        .data_dir
+        .as_deref()
         .and_then(|d| crate::names::child(&d.join("spool"), &name).ok());
     let replayable = journal.is_some();
-    let mut d =
-        tokio::task::block_in_place(|| Delivery::new(&name, spec, journal.as_ref(), spool_dir))
-            .map_err(disk_err)?;
+    let budget = ctx.memory.clone();
+    let mut d = tokio::task::block_in_place(|| {
+        Delivery::new(&name, spec, journal.as_ref(), spool_dir, budget)
+    })
+    .map_err(disk_err)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut maintained = std::time::Instant::now();
     let mut open = true;

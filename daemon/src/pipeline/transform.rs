@@ -87,8 +87,8 @@ struct CrashGuard {
 }
 
 impl CrashGuard {
-    fn open(pipeline: &str) -> Option<CrashGuard> {
-        let dir = crate::plugins::stream_io::data_dir()?.join("quarantine");
+    fn open(pipeline: &str, data_dir: Option<&std::path::Path>) -> Option<CrashGuard> {
+        let dir = data_dir?.join("quarantine");
         std::fs::create_dir_all(&dir).ok()?;
         let base = crate::names::child(&dir, pipeline).ok()?;
         let inflight_path = base.with_extension("inflight");
@@ -214,7 +214,7 @@ impl<'a> Chain<'a> {
             links,
             ctx,
             guard: if dynamic {
-                CrashGuard::open(pipeline)
+                CrashGuard::open(pipeline, ctx.data_dir.as_deref())
             } else {
                 None
             },

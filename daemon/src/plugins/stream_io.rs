@@ -18,18 +18,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+// The one remaining process-wide state of the daemon (issue #11, step 2 is not finished):
+// the bundled `stream` plugins are created through the plugin ABI like any other plugin,
+// which has no way yet to hand them the host's streams, so they find them here. Everything
+// else gets the data directory and the memory budget explicitly (`RuntimeCtx`).
 static STREAMS: OnceLock<Arc<Streams>> = OnceLock::new();
 static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
 
-/// Gives the `stream` plugins the daemon's streams (once, at startup).
+/// Gives the `stream` plugins the daemon's streams and data directory (once, at startup).
 pub fn install(streams: Arc<Streams>, data_dir: PathBuf) {
     let _ = STREAMS.set(streams);
     let _ = DATA_DIR.set(data_dir);
-}
-
-/// The daemon's data directory (once installed).
-pub fn data_dir() -> Option<&'static std::path::Path> {
-    DATA_DIR.get().map(PathBuf::as_path)
 }
 
 fn stream(name: &str) -> Result<Arc<Stream>, Error> {
