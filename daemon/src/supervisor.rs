@@ -71,6 +71,7 @@ impl Supervisor {
             ctx: Arc::new(RuntimeCtx {
                 data_dir,
                 memory,
+                crash_markers_read: Default::default(),
                 registry,
                 base_dir,
                 stop_deadline: drain_timeout,

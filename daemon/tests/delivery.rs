@@ -136,13 +136,44 @@ fn flushes_on_interval() {
     assert_eq!(flush_count(&d, "size"), 0.0);
 }
 
+/// A budget below what the open partitions' first chunks take cannot be relieved by
+/// spilling: the largest buffers flush early (reason `memory`) instead of spilling on every
+/// batch, and every record is still delivered.
+#[test]
+fn a_budget_below_the_partition_floor_flushes_early() {
+    let s = Setup::new(
+        "",
+        &[
+            (
+                "lake",
+                &lake_pipeline("size = \"64MiB\"\ninterval = \"1h\"", ""),
+            ),
+            ("gen", &generator_into_events(2000)),
+        ],
+    );
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[limits]\nbuffer_memory = \"4KiB\"\n"),
+    )
+    .unwrap();
+    let mut d = s.start();
+    d.wait_ready();
+    wait_until(Duration::from_secs(30), "memory flushes", || {
+        flush_count(&d, "memory") >= 5.0
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).unwrap().success());
+    assert_eq!(lake_lines(s.dir.path()).values().sum::<usize>(), 2000);
+}
+
 /// Memory pressure spills buffers to disk instead of cutting objects: the budget holds
 /// (sampled all along), no object is flushed for memory, and each partition still makes
 /// one object per interval with every record in it.
 #[test]
 fn memory_pressure_spills_to_disk_instead_of_cutting_objects() {
     let s = Setup::new(
-        "[limits]\nbuffer_memory = \"16KiB\"",
+        "[limits]\nbuffer_memory = \"64KiB\"",
         &[
             (
                 "lake",
@@ -153,10 +184,10 @@ fn memory_pressure_spills_to_disk_instead_of_cutting_objects() {
     );
     // [limits] must not swallow the tables that follow it in the daemon file.
     let text = std::fs::read_to_string(&s.config).unwrap();
-    let text = text.replace("[limits]\nbuffer_memory = \"16KiB\"\n", "");
+    let text = text.replace("[limits]\nbuffer_memory = \"64KiB\"\n", "");
     std::fs::write(
         &s.config,
-        format!("{text}\n[limits]\nbuffer_memory = \"16KiB\"\n"),
+        format!("{text}\n[limits]\nbuffer_memory = \"64KiB\"\n"),
     )
     .unwrap();
     let mut d = s.start();
@@ -166,7 +197,7 @@ fn memory_pressure_spills_to_disk_instead_of_cutting_objects() {
         most = most.max(d.metric("sluice_buffer_memory_bytes", &[]));
         lake_lines(s.dir.path()).values().sum::<usize>() == 2000
     });
-    assert_eq!(d.metric("sluice_buffer_memory_limit_bytes", &[]), 16384.0);
+    assert_eq!(d.metric("sluice_buffer_memory_limit_bytes", &[]), 65536.0);
     assert!(
         d.metric(
             "sluice_buffer_spills_total",
@@ -174,8 +205,9 @@ fn memory_pressure_spills_to_disk_instead_of_cutting_objects() {
         ) >= 5.0
     );
     assert_eq!(flush_count(&d, "memory"), 0.0);
-    // A record can land while the budget is full (it is spilled right after): at most
-    // one chunk per open partition over the limit.
+    // (The budget is above the 2 KiB-per-partition floor, so spilling can relieve it.) A
+    // record can land while the budget is full (it is spilled right after): at most one
+    // chunk per open partition over the limit.
     let partitions = d
         .metric(
             "sluice_buffer_partitions_active",
@@ -183,7 +215,7 @@ fn memory_pressure_spills_to_disk_instead_of_cutting_objects() {
         )
         .max(12.0);
     assert!(
-        most <= 16384.0 + partitions * 2048.0,
+        most <= 65536.0 + partitions * 8192.0,
         "memory gauge reached {most}"
     );
     // Objects were cut by interval only: one per partition (and drain, none here).

@@ -68,6 +68,19 @@ fn refusals_outside_operations_are_aws_shaped() {
         head.to_ascii_lowercase().contains("connection: close"),
         "{head}"
     );
+    // No declared length, a chunked body past the limit: cut off at the limit, 413.
+    let big = 9usize << 20;
+    let mut req = format!("POST / HTTP/1.1\r\nHost: {a}\r\nX-Amz-Target: Kinesis_20131202.ListStreams\r\nTransfer-Encoding: chunked\r\n\r\n{big:x}\r\n").into_bytes();
+    req.extend(std::iter::repeat_n(b' ', big));
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (code, head, body) = raw(a, &req);
+    assert_aws_error(code, &head, &body, 413);
+    // A broken chunked body: 400, not 413.
+    let (code, head, body) = raw(
+        a,
+        format!("POST / HTTP/1.1\r\nHost: {a}\r\nX-Amz-Target: Kinesis_20131202.ListStreams\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n").as_bytes(),
+    );
+    assert!(code == 400, "{code} {head} {body}");
     // Other methods and paths.
     let (code, head, body) = raw(
         a,

@@ -39,6 +39,8 @@ pub enum Error {
     KeyTooLong(usize),
     #[error("shard log lock poisoned")]
     Poisoned,
+    #[error("the shard log was deleted")]
+    Retired,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -242,6 +244,9 @@ pub struct ShardLog {
     inner: RwLock<Inner>,
     sync_lock: Mutex<()>,
     synced: AtomicU64,
+    /// Set when the log's stream is deleted: appends fail from then on, so a writer that
+    /// still holds the log can never write into a folder recreated under the same name.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -430,6 +435,10 @@ impl ShardLog {
             mark.write_all_at(&encode_mark(next_seq), 0)
                 .map_err(io(&mark_path))?;
             mark.sync_all().map_err(io(&mark_path))?;
+            // A new mark's directory entry must survive a power loss too.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
         }
         // Segments are created eagerly, so the directory entry of the first one must last.
         let log = ShardLog {
@@ -446,6 +455,7 @@ impl ShardLog {
             }),
             sync_lock: Mutex::new(()),
             synced: AtomicU64::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((log, report))
     }
@@ -470,6 +480,11 @@ impl ShardLog {
         let mut buf = Vec::with_capacity(total);
         let (first, arrivals, end) = {
             let mut g = self.inner.write().map_err(|_| Error::Poisoned)?;
+            // Checked under the write lock: `retire` takes it too, so no append is
+            // half-way through when the folder goes.
+            if self.retired.load(Ordering::Acquire) {
+                return Err(Error::Retired);
+            }
             let first = g.next_seq;
             for e in entries {
                 if e.key.len() > u16::MAX as usize {
@@ -533,7 +548,12 @@ impl ShardLog {
                 return Err(Error::Poisoned);
             };
             let base = seg.len;
-            seg.file.write_all_at(&buf, base).map_err(io(&seg.path))?;
+            if let Err(e) = seg.file.write_all_at(&buf, base) {
+                // Nothing of a failed append may stay: its frames carry numbers the next
+                // append issues again.
+                let _ = seg.file.set_len(base);
+                return Err(io(&seg.path)(e));
+            }
             // The frames were just encoded: account for them without decoding them again.
             let mut off = base;
             for (i, e) in entries.iter().enumerate() {
@@ -584,6 +604,9 @@ impl ShardLog {
     /// again (and a crash after them skips, as always).
     pub fn close(&self) -> Result<(), Error> {
         let mut g = self.inner.write().map_err(|_| Error::Poisoned)?;
+        if self.retired.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(s) = g.segments.values().next_back() {
             s.file.sync_data().map_err(io(&s.path))?;
         }
@@ -744,6 +767,13 @@ impl ShardLog {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Refuses every later append (the stream is being deleted); waits for an append in
+    /// progress to finish.
+    pub fn retire(&self) {
+        let _g = self.inner.write();
+        self.retired.store(true, Ordering::Release);
     }
 
     /// Deletes the whole log (stream deletion).

@@ -387,3 +387,19 @@ fn rescanning_damage_checks_a_constant_header_per_offset() {
         .count();
     assert_eq!(passing, 0);
 }
+
+#[test]
+fn a_retired_log_refuses_appends_and_keeps_its_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = fill(dir.path(), 3);
+    log.retire();
+    assert!(matches!(
+        log.append(&[Entry {
+            key: b"k",
+            data: b"late",
+            arrival_ms: 0
+        }]),
+        Err(sluice_shardlog::Error::Retired)
+    ));
+    assert_eq!(log.read(0, 10, usize::MAX).unwrap().len(), 3);
+}

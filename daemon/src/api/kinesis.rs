@@ -408,6 +408,7 @@ fn check_record(
 async fn append(
     st: Arc<Stream>,
     entries: Vec<PutEntry>,
+    account: &str,
 ) -> Result<Vec<Result<(u32, u64), u32>>, ApiError> {
     let now = now_ms();
     let n = entries.len();
@@ -451,9 +452,15 @@ async fn append(
         let done = t
             .await
             .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
-        let done = done.map_err(|e| {
-            tracing::error!(stream = %st.name, error = %e, "append failed");
-            ApiError::internal(format!("append failed: {e}"))
+        let done = done.map_err(|e| match e {
+            // Deleted while this call was on its way: as AWS answers for a missing stream.
+            crate::stream::StreamError::Log(sluice_shardlog::Error::Retired) => {
+                ApiError::stream_not_found(&st.name, account)
+            }
+            e => {
+                tracing::error!(stream = %st.name, error = %e, "append failed");
+                ApiError::internal(format!("append failed: {e}"))
+            }
         })?;
         for (i, s, seq) in done {
             out[i] = Ok((s, seq));
@@ -486,7 +493,7 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let Some(entry) = entry else {
         return Err(ApiError::serialization("missing record"));
     };
-    let r = append(st.clone(), vec![entry]).await?;
+    let r = append(st.clone(), vec![entry], &call.state.account).await?;
     match r[0] {
         Ok((s, seq)) => Ok(
             json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": "NONE" }),
@@ -525,7 +532,7 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "Records size exceeds 5 MB limit: the request carries {total} bytes of data and partition keys"
         )));
     }
-    let r = append(st.clone(), entries).await?;
+    let r = append(st.clone(), entries, &call.state.account).await?;
     let failed = r.iter().filter(|x| x.is_err()).count();
     Ok(json!({
         "FailedRecordCount": failed,

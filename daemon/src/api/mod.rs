@@ -133,7 +133,15 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes,
     }
     match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(too_large(None)),
+        // Over the limit while streaming (no or a false Content-Length)...
+        Ok(Err(e)) if format!("{e:?}").contains("LengthLimit") => Err(too_large(None)),
+        // ... or a broken body (bad chunked encoding, the client went away).
+        Ok(Err(e)) => Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "SerializationException",
+            format!("Could not read the request body: {e}"),
+            true,
+        )),
         Err(_) => Err(refusal(
             StatusCode::REQUEST_TIMEOUT,
             "RequestTimeoutException",

@@ -377,6 +377,8 @@ pub struct Delivery {
     spools: usize,
     /// Spilling failed once: memory pressure flushes early instead.
     spill_failed: bool,
+    /// The last relief found nothing worth spilling.
+    nothing_to_spill: bool,
     /// The daemon's shared buffer budget.
     budget: std::sync::Arc<MemoryBudget>,
 }
@@ -473,6 +475,7 @@ impl Delivery {
             spool_dir,
             spools: 0,
             spill_failed: false,
+            nothing_to_spill: false,
             budget,
             pipeline: pipeline.to_string(),
             spec,
@@ -746,7 +749,7 @@ impl Delivery {
             return Some((Slot::Open(k), FlushReason::Interval));
         }
         if self.budget.used() > self.budget.limit()
-            && (self.spool_dir.is_none() || self.spill_failed)
+            && (self.spool_dir.is_none() || self.spill_failed || self.nothing_to_spill)
         {
             // Only when buffers cannot spill to disk: flush early, largest first (frees
             // the most memory per object).
@@ -777,18 +780,19 @@ impl Delivery {
         let mut order: Vec<(usize, Option<BufferKey>, Option<u64>)> = self
             .buffers
             .iter()
-            .filter(|(_, b)| b.spool.is_none() && b.data.capacity() > 0)
+            .filter(|(_, b)| b.spool.is_none() && b.data.capacity() > chunks::FIRST)
             .map(|(k, b)| (b.data.capacity(), Some(k.clone()), None))
             .chain(
                 self.replays
                     .iter()
-                    .filter(|(_, b)| b.spool.is_none() && b.data.capacity() > 0)
+                    .filter(|(_, b)| b.spool.is_none() && b.data.capacity() > chunks::FIRST)
                     .map(|(id, b)| (b.data.capacity(), None, Some(*id))),
             )
             .collect();
         order.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
         for (cap, key, id) in order {
             if self.budget.used() <= target {
+                self.nothing_to_spill = false;
                 return;
             }
             let b = match (key, id) {
@@ -812,6 +816,10 @@ impl Delivery {
                 }
             }
         }
+        // Spilling all that is worth it did not bring the budget down (first chunks of
+        // many partitions, spool encoders, or other pipelines hold it): let the largest
+        // buffer flush early instead of spilling on every batch.
+        self.nothing_to_spill = self.budget.used() > target;
     }
 
     /// Any buffer (for draining).

@@ -138,12 +138,28 @@ impl RawSpill {
         let f = std::fs::OpenOptions::new()
             .append(true)
             .open(self.file.path())?;
+        let before = self.len;
         let mut w = BufWriter::with_capacity(WRITE_BUFFER, f);
-        for s in slices {
-            w.write_all(s)?;
-            self.len += s.len() as u64;
+        let mut added = 0u64;
+        let res = slices
+            .into_iter()
+            .try_for_each(|s| {
+                added += s.len() as u64;
+                w.write_all(s)
+            })
+            .and_then(|()| w.flush());
+        match res {
+            Ok(()) => {
+                self.len = before + added;
+                Ok(())
+            }
+            Err(e) => {
+                // All or nothing: a partial append would put these bytes in the object
+                // twice (they stay in RAM). Cut the file back to what it held.
+                let _ = w.get_ref().set_len(before);
+                Err(e)
+            }
         }
-        w.flush()
     }
 
     /// Bytes spilled.

@@ -209,6 +209,9 @@ pub struct RuntimeCtx {
     pub data_dir: Option<PathBuf>,
     /// The buffer memory budget all pipelines share.
     pub memory: Arc<crate::delivery::MemoryBudget>,
+    /// Pipelines whose crash marker this process has read (only a pipeline's first run
+    /// after the process started may blame a crash).
+    pub crash_markers_read: Mutex<std::collections::HashSet<String>>,
     /// The plugin registry.
     pub registry: Arc<Registry>,
     /// Folder relative config paths resolve against.

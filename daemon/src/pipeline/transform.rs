@@ -15,16 +15,17 @@
 //! transform the worker writes which records are in flight to
 //! `data_dir/quarantine/<pipeline>.inflight` (no fsync: a process crash keeps the page
 //! cache) and clears it after the call. After a restart, a leftover marker names the call
-//! that killed the process: a single record is quarantined for good
-//! (`<pipeline>.poison`, synced); a batch makes its records go through that plugin one at
-//! a time, so the next crash names the record. Quarantined records go to the error
-//! output instead of into the plugin. At most two crashes per poison record; no crash loop.
+//! that was in flight when the process died: each of its records gets a strike and from
+//! then on goes through that plugin alone; a record in flight at a second crash is
+//! quarantined for good (`<pipeline>.poison`, synced) and goes to the error output instead
+//! of into the plugin. A crash for another reason (OOM killer, another pipeline) costs at
+//! most one strike, never a quarantine; a poison record costs at most two crashes.
 
 use super::{make_instance, plugin_err, Batch, PipelineError, PipelineShared, RuntimeCtx};
 use crate::plugins::{CallError, Origin, TransformInstance, TransformOutput};
 use crate::record::Record;
 use crate::spec::ComponentSpec;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -69,31 +70,44 @@ struct InFlight {
     records: Vec<RecordId>,
 }
 
-/// A quarantined record of a component.
+/// A record of a component.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 struct Poison {
     component: String,
     record: RecordId,
 }
 
+/// Crashes are blamed with care: a record in flight when the process died gets a strike
+/// (so it goes through the plugin alone from then on); a record in flight at a second
+/// crash is quarantined. A crash for another reason (OOM killer, SIGKILL, another
+/// pipeline's plugin) therefore never quarantines a record by itself.
+const STRIKES_TO_QUARANTINE: u8 = 2;
+
 /// Crash bookkeeping of one pipeline (dynamic plugins only).
 struct CrashGuard {
     inflight: std::fs::File,
     poison_path: PathBuf,
-    poison: Vec<Poison>,
-    poison_set: HashSet<Poison>,
-    /// Records of a batch that crashed the process: they go through one at a time.
-    suspects: HashSet<(String, RecordId)>,
+    /// Strikes per record; persisted in `<pipeline>.poison`.
+    strikes: HashMap<Poison, u8>,
+    pipeline: String,
 }
 
 impl CrashGuard {
-    fn open(pipeline: &str, data_dir: Option<&std::path::Path>) -> Option<CrashGuard> {
+    /// Opens the pipeline's files; `after_crash_check` reads (and blames) a marker left by
+    /// a process that died — only for the first run of the pipeline in this process, since
+    /// a run aborted by a drain timeout may still be inside its last call.
+    fn open(
+        pipeline: &str,
+        data_dir: Option<&std::path::Path>,
+        after_crash_check: bool,
+    ) -> Option<CrashGuard> {
         let dir = data_dir?.join("quarantine");
         std::fs::create_dir_all(&dir).ok()?;
-        let base = crate::names::child(&dir, pipeline).ok()?;
-        let inflight_path = base.with_extension("inflight");
-        let poison_path = base.with_extension("poison");
-        let poison: Vec<Poison> = std::fs::read(&poison_path)
+        crate::names::check(pipeline).ok()?;
+        // Not `with_extension`: pipeline names may contain dots (`lake.v1`, `lake.v2`).
+        let inflight_path = dir.join(format!("{pipeline}.inflight"));
+        let poison_path = dir.join(format!("{pipeline}.poison"));
+        let saved: Vec<(Poison, u8)> = std::fs::read(&poison_path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
@@ -105,53 +119,68 @@ impl CrashGuard {
                 .truncate(false)
                 .open(&inflight_path)
                 .ok()?,
-            poison_set: poison.iter().cloned().collect(),
-            poison,
             poison_path,
-            suspects: HashSet::new(),
+            strikes: saved.into_iter().collect(),
+            pipeline: pipeline.to_string(),
         };
-        let left = std::fs::read(&inflight_path).unwrap_or_default();
-        if !left.is_empty() {
-            match serde_json::from_slice::<InFlight>(&left) {
-                Ok(f) => g.after_crash(pipeline, f),
-                Err(e) => {
-                    tracing::warn!(pipeline, error = %e, "unreadable in-flight marker ignored")
+        if after_crash_check {
+            let left = std::fs::read(&inflight_path).unwrap_or_default();
+            if !left.is_empty() {
+                match serde_json::from_slice::<InFlight>(&left) {
+                    Ok(f) => g.after_crash(f),
+                    Err(e) => {
+                        tracing::warn!(pipeline, error = %e, "unreadable in-flight marker ignored")
+                    }
                 }
+                let _ = g.inflight.set_len(0);
             }
-            let _ = g.inflight.set_len(0);
         }
         Some(g)
     }
 
-    fn after_crash(&mut self, pipeline: &str, f: InFlight) {
-        metrics::counter!("sluice_plugin_crashes_total", "pipeline" => pipeline.to_string(), "component" => f.component.clone()).increment(1);
-        if let [one] = f.records[..] {
-            tracing::error!(pipeline, component = %f.component, sequence = one.seq, "the process died inside this plugin on one record; the record is quarantined and goes to the error output");
-            let p = Poison {
-                component: f.component,
-                record: one,
-            };
-            if self.poison_set.insert(p.clone()) {
-                self.poison.push(p);
-                if self.poison.len() > MAX_POISON {
-                    let old = self.poison.remove(0);
-                    self.poison_set.remove(&old);
-                }
-                self.save_poison(pipeline);
-            }
-        } else {
-            tracing::error!(pipeline, component = %f.component, records = f.records.len(), "the process died inside this plugin on a batch; its records go through one at a time to find the one that kills it");
-            for r in f.records {
-                self.suspects.insert((f.component.clone(), r));
+    fn after_crash(&mut self, f: InFlight) {
+        let pipeline = self.pipeline.clone();
+        metrics::counter!("sluice_plugin_crashes_total", "pipeline" => pipeline.clone(), "component" => f.component.clone()).increment(1);
+        let mut quarantined = 0;
+        for r in &f.records {
+            let n = self
+                .strikes
+                .entry(Poison {
+                    component: f.component.clone(),
+                    record: *r,
+                })
+                .or_insert(0);
+            *n = (*n + 1).min(STRIKES_TO_QUARANTINE);
+            if *n >= STRIKES_TO_QUARANTINE {
+                quarantined += 1;
+                tracing::error!(pipeline = %pipeline, component = %f.component, sequence = r.seq, "the process died inside this plugin twice with this record in flight; the record is quarantined and goes to the error output");
             }
         }
+        if quarantined == 0 {
+            tracing::error!(pipeline = %pipeline, component = %f.component, records = f.records.len(), "the process died with a call into this plugin in flight; those records go through it one at a time from now on");
+        }
+        // Bounded: the oldest single strikes go first.
+        if self.strikes.len() > MAX_POISON {
+            let mut ones: Vec<Poison> = self
+                .strikes
+                .iter()
+                .filter(|(_, n)| **n < STRIKES_TO_QUARANTINE)
+                .map(|(p, _)| p.clone())
+                .collect();
+            ones.sort_by_key(|p| p.record.seq);
+            for p in ones.into_iter().take(self.strikes.len() - MAX_POISON) {
+                self.strikes.remove(&p);
+            }
+        }
+        self.save();
     }
 
-    fn save_poison(&self, pipeline: &str) {
+    fn save(&self) {
         let tmp = self.poison_path.with_extension("poison.tmp");
+        let entries: Vec<(&Poison, &u8)> = self.strikes.iter().collect();
         let res = (|| -> std::io::Result<()> {
             let f = std::fs::File::create(&tmp)?;
-            f.write_all_at(&serde_json::to_vec(&self.poison).unwrap_or_default(), 0)?;
+            f.write_all_at(&serde_json::to_vec(&entries).unwrap_or_default(), 0)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &self.poison_path)?;
             if let Some(d) = self.poison_path.parent() {
@@ -160,23 +189,31 @@ impl CrashGuard {
             Ok(())
         })();
         if let Err(e) = res {
-            tracing::error!(pipeline, error = %e, "cannot persist the quarantine list");
+            tracing::error!(pipeline = %self.pipeline, error = %e, "cannot persist the quarantine list");
         }
     }
 
-    fn is_poison(&self, component: &str, r: &Record) -> bool {
-        !self.poison_set.is_empty()
-            && self.poison_set.contains(&Poison {
+    fn strikes_of(&self, component: &str, r: &Record) -> u8 {
+        if self.strikes.is_empty() {
+            return 0;
+        }
+        self.strikes
+            .get(&Poison {
                 component: component.to_string(),
                 record: record_id(r),
             })
+            .copied()
+            .unwrap_or(0)
     }
 
-    fn is_suspect(&self, component: &str, r: &Record) -> bool {
-        !self.suspects.is_empty()
-            && self
-                .suspects
-                .contains(&(component.to_string(), record_id(r)))
+    /// A suspect went through alone without killing the process: its strike is gone.
+    fn cleared(&mut self, component: &str, r: &Record) {
+        if !self.strikes.is_empty() {
+            self.strikes.remove(&Poison {
+                component: component.to_string(),
+                record: record_id(r),
+            });
+        }
     }
 
     /// Marks a call in flight (plain write: only a process crash must keep it).
@@ -214,7 +251,14 @@ impl<'a> Chain<'a> {
             links,
             ctx,
             guard: if dynamic {
-                CrashGuard::open(pipeline, ctx.data_dir.as_deref())
+                CrashGuard::open(
+                    pipeline,
+                    ctx.data_dir.as_deref(),
+                    ctx.crash_markers_read
+                        .lock()
+                        .map(|mut seen| seen.insert(pipeline.to_string()))
+                        .unwrap_or(false),
+                )
             } else {
                 None
             },
@@ -244,11 +288,14 @@ impl<'a> Chain<'a> {
                 let mut singles = false;
                 if let Some(g) = &self.guard {
                     for r in records {
-                        if g.is_poison(&id, &r) {
-                            rejected.push((r, format!("{id}: the process died inside this plugin on this record before; quarantined")));
-                            continue;
+                        match g.strikes_of(&id, &r) {
+                            n if n >= STRIKES_TO_QUARANTINE => {
+                                rejected.push((r, format!("{id}: the process died inside this plugin twice with this record in flight; quarantined")));
+                                continue;
+                            }
+                            0 => {}
+                            _ => singles = true,
                         }
-                        singles |= g.is_suspect(&id, &r);
                         pass.push(r);
                     }
                 } else {
@@ -257,6 +304,9 @@ impl<'a> Chain<'a> {
                 if singles {
                     for r in pass {
                         self.isolate(i, std::slice::from_ref(&r), &mut out, rejected, &mut budget)?;
+                        if let Some(g) = &mut self.guard {
+                            g.cleared(&id, &r);
+                        }
                     }
                     records = out;
                     continue;
@@ -302,11 +352,16 @@ impl<'a> Chain<'a> {
 
     /// One guarded call of transform `i`.
     fn call(&mut self, i: usize, records: &[Record]) -> Result<TransformOutput, CallError> {
-        if let Some(g) = &self.guard {
+        // Only calls into dynamic plugins are marked: bundled ones cannot crash the process.
+        let guard = self
+            .guard
+            .as_ref()
+            .filter(|_| matches!(self.links[i].inst_origin(), Origin::Dylib(_)));
+        if let Some(g) = guard {
             g.enter(&self.links[i].id, records);
         }
         let res = self.links[i].inst.transform(records);
-        if let Some(g) = &self.guard {
+        if let Some(g) = guard {
             g.leave();
         }
         res
@@ -332,9 +387,11 @@ impl<'a> Chain<'a> {
             return Err(plugin_err(&id)(e));
         }
         *budget -= 1;
-        // A panicked instance is poisoned, a failed one in an unknown state.
+        // A panicked instance is poisoned, a failed one in an unknown state: stop it (a
+        // poisoned one refuses, which is fine) and start a fresh one.
         let fresh = make_instance(self.pipeline, &self.links[i].spec, self.ctx)?;
-        self.links[i].inst = TransformInstance::new(fresh);
+        let mut old = std::mem::replace(&mut self.links[i].inst, TransformInstance::new(fresh));
+        let _ = old.instance().stop(Duration::from_secs(1));
         if let [one] = records {
             tracing::warn!(pipeline = self.pipeline, component = %id, sequence = one.sequence, error = %e, "poison record isolated; it goes to the error output");
             metrics::counter!("sluice_poison_records_total", "pipeline" => self.pipeline.to_string(), "component" => id.clone()).increment(1);
@@ -346,8 +403,11 @@ impl<'a> Chain<'a> {
         self.isolate(i, b, out, rejected, budget)
     }
 
-    /// Stops every instance.
+    /// Stops every instance (and persists cleared strikes).
     pub fn stop(&mut self, deadline: Duration) {
+        if let Some(g) = &self.guard {
+            g.save();
+        }
         for l in self.links.iter_mut() {
             if let Err(e) = l.inst.instance().stop(deadline) {
                 tracing::warn!(pipeline = self.pipeline, component = %l.id, error = %e, "transform stop failed");

@@ -566,6 +566,7 @@ impl Streams {
             .map_err(|_| StreamError::NotFound(name.to_string()))?;
         let st = m
             .get(name)
+            .cloned()
             .ok_or_else(|| StreamError::NotFound(name.to_string()))?;
         if st.origin == StreamOrigin::Config {
             return Err(StreamError::FromConfig(name.to_string()));
@@ -581,6 +582,11 @@ impl Streams {
         }
         m.remove(name);
         drop(m);
+        // Writers that still hold the stream fail from now on (as if it were not found):
+        // none may write into a folder a CreateStream of the same name makes next.
+        for sh in &st.shards {
+            sh.log.retire();
+        }
         std::fs::remove_dir_all(&dir).map_err(|source| StreamError::Io { path: dir, source })
     }
 
