@@ -597,11 +597,7 @@ fn recovery_on_start_is_logged_and_counted() {
     }
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
-    let seg = std::fs::read_dir(s.path("var/streams/events/shardId-000000000000"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
+    let seg = segment_file(&s.path("var/streams/events/shardId-000000000000"));
     let mut bytes = std::fs::read(&seg).unwrap();
     let head = sluice_shardlog::frame::SEGMENT_HEADER;
     let frame = (bytes.len() - head) / 10;

@@ -96,15 +96,7 @@ fn the_deb_installs_verifies_and_checks() {
         .args(["security", "--offline=true"])
         .arg(format!("--root={}", rootfs.path().display()))
         .arg("sluiced.service"));
-    let score: f64 = sec
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for sluiced.service: ")
-                .nth(1)
-        })
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure score in:\n{sec}"));
+    let score = exposure_score(&sec, "sluiced.service");
     assert!(score <= 1.5, "exposure {score} > 1.5:\n{sec}");
     // The production config checks, with and without the example pipeline; it runs no
     // demo generator and keeps its lake under /var/lib/sluice (writable under the unit).

@@ -173,11 +173,7 @@ fn sequence_numbers_are_not_reused_after_a_lost_tail() {
     d.wait_exit(Duration::from_secs(10)).unwrap();
     // The disk lost the last three records whole (as after a power loss).
     let shard = s.path("var/streams/s/shardId-000000000000");
-    let seg = std::fs::read_dir(&shard)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
+    let seg = segment_file(&shard);
     let len = std::fs::metadata(&seg).unwrap().len();
     let frame = (len - sluice_shardlog::frame::SEGMENT_HEADER as u64) / 10;
     std::fs::OpenOptions::new()
@@ -443,11 +439,7 @@ fn recovery_is_not_fooled_by_frames_inside_record_data() {
     d.wait_exit(Duration::from_secs(10)).unwrap();
     // Tear the last record inside its header: recovery rescans through its data.
     let shard = s.path("var/streams/s/shardId-000000000000");
-    let seg = std::fs::read_dir(&shard)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
+    let seg = segment_file(&shard);
     let bytes = std::fs::read(&seg).unwrap();
     std::fs::write(&seg, &bytes[..bytes.len() - evil.len() - 10]).unwrap();
     let mut d = s.start();

@@ -93,15 +93,7 @@ fn unit_file_verifies_and_is_hardened() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let score: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for sluiced.service: ")
-                .nth(1)
-        })
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure score in:\n{text}"));
+    let score = exposure_score(&text, "sluiced.service");
     eprintln!("systemd-analyze security exposure: {score}");
     assert!(score <= 2.5, "exposure {score} > 2.5:\n{text}");
 }

@@ -77,6 +77,17 @@ impl Violations {
         ));
     }
 
+    /// A `Limit`-style member outside `1..=max`, worded as AWS words it.
+    pub fn range(&mut self, value: i64, field: &str, max: i64) {
+        if !(1..=max).contains(&value) {
+            self.add(
+                &value.to_string(),
+                field,
+                &format!("Member must have value between 1 and {max}"),
+            );
+        }
+    }
+
     /// A `null` where a value is required.
     pub fn null(&mut self, field: &str) {
         self.0.push(format!(

@@ -147,13 +147,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
                 .unwrap_or("");
             let limit = super::request::opt_int(&req, "Limit")?.unwrap_or(10);
             let mut v = Violations::default();
-            if !(1..=10_000).contains(&limit) {
-                v.add(
-                    &limit.to_string(),
-                    "limit",
-                    "Member must have value between 1 and 10000",
-                );
-            }
+            v.range(limit, "limit", 10_000);
             v.finish()?;
             let limit = limit as usize;
             let names: Vec<String> = call

@@ -188,13 +188,7 @@ fn mode() -> Value {
 fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let limit = opt_int(req, "Limit")?.unwrap_or(100);
     let mut v = Violations::default();
-    if !(1..=10_000).contains(&limit) {
-        v.add(
-            &limit.to_string(),
-            "limit",
-            "Member must have value between 1 and 10000",
-        );
-    }
+    v.range(limit, "limit", 10_000);
     v.finish()?;
     let start = opt_str(req, "ExclusiveStartStreamName")?.unwrap_or("");
     let all: Vec<Arc<Stream>> = call
@@ -231,13 +225,7 @@ fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let mut v = Violations::default();
     let name = stream_name(req, &mut v)?;
     let limit = opt_int(req, "Limit")?.unwrap_or(100);
-    if !(1..=10_000).contains(&limit) {
-        v.add(
-            &limit.to_string(),
-            "limit",
-            "Member must have value between 1 and 10000",
-        );
-    }
+    v.range(limit, "limit", 10_000);
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let limit = limit as usize;
@@ -303,13 +291,7 @@ fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     };
     let max = opt_int(req, "MaxResults")?.unwrap_or(1000);
     let mut v = Violations::default();
-    if !(1..=10_000).contains(&max) {
-        v.add(
-            &max.to_string(),
-            "maxResults",
-            "Member must have value between 1 and 10000",
-        );
-    }
+    v.range(max, "maxResults", 10_000);
     v.finish()?;
     let idx: Vec<usize> = (0..st.shards.len())
         .filter(|&i| st.shards[i].id > after)
@@ -662,13 +644,7 @@ async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         _ => {}
     }
     let limit = opt_int(req, "Limit")?.unwrap_or(MAX_GET_RECORDS as i64);
-    if !(1..=MAX_GET_RECORDS as i64).contains(&limit) {
-        v.add(
-            &limit.to_string(),
-            "limit",
-            "Member must have value between 1 and 10000",
-        );
-    }
+    v.range(limit, "limit", MAX_GET_RECORDS as i64);
     v.finish()?;
     let now = now_ms();
     let pos = match call.state.iterators.decode(token.unwrap_or_default(), now) {

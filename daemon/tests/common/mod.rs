@@ -537,3 +537,26 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The newest segment file (`*.seg`) of a shard folder.
+pub fn segment_file(shard_dir: &Path) -> PathBuf {
+    std::fs::read_dir(shard_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max()
+        .unwrap_or_else(|| panic!("no segment in {}", shard_dir.display()))
+}
+
+/// The overall exposure score in `systemd-analyze security` output for `unit`.
+pub fn exposure_score(output: &str, unit: &str) -> f64 {
+    output
+        .lines()
+        .find_map(|l| {
+            l.split(&format!("Overall exposure level for {unit}: "))
+                .nth(1)
+        })
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in:\n{output}"))
+}
