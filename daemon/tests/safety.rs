@@ -11,6 +11,20 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// PutRecord of `data` into stream `s` (key `k`); returns its sequence number.
+fn put_into_s(s: &Setup, data: &[u8]) -> String {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD.encode(data);
+    let (code, body) = kinesis(
+        s.api,
+        "PutRecord",
+        &format!(r#"{{"StreamName":"s","Data":"{b}","PartitionKey":"k"}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["SequenceNumber"].as_str().unwrap().to_string()
+}
+
 fn error_type(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
     v["__type"].as_str().unwrap_or("").to_string()
@@ -145,15 +159,7 @@ fn sequence_numbers_are_not_reused_after_a_lost_tail() {
     let cfg = "[streams.s]\nshards = 1\nfsync = \"batch\"\n\n[pipelines.copy]\nsource = { plugin = \"stream\", stream = \"s\", start = \"trim_horizon\" }\nsink = { plugin = \"file\", path = \"out/copy.jsonl\" }\n";
     let s = Setup::new("", &[("p", cfg)]);
     let put = |s: &Setup, text: &str| {
-        let (code, body) = kinesis(
-            s.api,
-            "PutRecord",
-            &format!(
-                r#"{{"StreamName":"s","Data":"{}","PartitionKey":"k"}}"#,
-                b64(text)
-            ),
-        );
-        assert_eq!(code, 200, "{body}");
+        put_into_s(s, text.as_bytes());
     };
     let mut d = s.start();
     d.wait_ready();
@@ -246,15 +252,7 @@ fn a_damaged_checkpoint_resumes_from_the_oldest_record() {
     let cfg = "[streams.s]\nshards = 1\n\n[pipelines.copy]\nsource = { plugin = \"stream\", stream = \"s\", start = \"latest\" }\nsink = { plugin = \"file\", path = \"out/copy.jsonl\" }\n";
     let s = Setup::new("", &[("p", cfg)]);
     let put = |s: &Setup, text: &str| {
-        let (code, body) = kinesis(
-            s.api,
-            "PutRecord",
-            &format!(
-                r#"{{"StreamName":"s","Data":"{}","PartitionKey":"k"}}"#,
-                b64(text)
-            ),
-        );
-        assert_eq!(code, 200, "{body}");
+        put_into_s(s, text.as_bytes());
     };
     let mut d = s.start();
     d.wait_ready();
@@ -412,18 +410,7 @@ fn sigterm_with_thousands_of_open_partitions_is_fast_and_loses_nothing() {
 #[test]
 fn recovery_is_not_fooled_by_frames_inside_record_data() {
     let s = Setup::new("", &[("p", "[streams.s]\nshards = 1\n")]);
-    let put = |s: &Setup, data: &[u8]| -> String {
-        use base64::Engine as _;
-        let b = base64::engine::general_purpose::STANDARD.encode(data);
-        let (code, body) = kinesis(
-            s.api,
-            "PutRecord",
-            &format!(r#"{{"StreamName":"s","Data":"{b}","PartitionKey":"k"}}"#),
-        );
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["SequenceNumber"].as_str().unwrap().to_string()
-    };
+    let put = put_into_s;
     let mut d = s.start();
     d.wait_ready();
     for i in 0..3 {
