@@ -1,5 +1,7 @@
 //! The `sluiced` binary: command-line parsing, logging setup, and the commands.
 
+mod top;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluiced::config;
@@ -48,6 +50,10 @@ enum Command {
     /// Show the running daemon's streams, shards and pipelines (records in and out,
     /// failures, restarts, buffers, sink health), read from its operator endpoint.
     Status,
+    /// A live view of the running daemon (refreshed each second): per pipeline records/s
+    /// in and out, failures, buffers, partitions, sink health; per shard records/s,
+    /// records, bytes, oldest record. `q` quits.
+    Top,
     /// Print records of a stream as they arrive, one per line.
     Tail {
         /// The stream.
@@ -161,6 +167,7 @@ fn main() -> ExitCode {
         Command::Check => return check(&cli.config),
         Command::Plugins => plugins(&cli.config),
         Command::Status => status(&cli.config),
+        Command::Top => top(&cli.config),
         Command::Tail {
             stream,
             from_start,
@@ -411,6 +418,16 @@ fn status(path: &Path) -> anyhow::Result<()> {
     }
     table(&mut out, &rows)?;
     Ok(())
+}
+
+fn top(path: &Path) -> anyhow::Result<()> {
+    let (d, _) = config::load_daemon(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let addr = d.metrics.listen;
+    top::run(format!("{} ({addr})", path.display()), move || {
+        let (code, body) = http_get(addr, "/admin/status")?;
+        anyhow::ensure!(code == 200, "sluiced answered HTTP {code}");
+        serde_json::from_str(&body).context("unexpected /admin/status answer")
+    })
 }
 
 fn client(path: &Path) -> anyhow::Result<sluiced::client::KinesisClient> {
