@@ -11,7 +11,8 @@
 //! 16 MiB go up as multipart uploads. The plugin runs its own small tokio runtime: plugins
 //! never share the daemon's. Failures are retryable: the host retries with backoff.
 
-use object_store::ObjectStoreExt as _;
+#[cfg(feature = "s3")]
+mod s3;
 use sluice_plugin_api::{
     declare_library, Completion, Context, Error, Object, ObjectSink, Plugin, Submitted,
 };
@@ -51,11 +52,8 @@ pub struct ObjectStoreConfig {
 
 enum Target {
     Dir(PathBuf),
-    S3 {
-        store: Box<dyn object_store::ObjectStore>,
-        prefix: String,
-        rt: Option<tokio::runtime::Runtime>,
-    },
+    #[cfg(feature = "s3")]
+    S3(s3::S3Target),
 }
 
 /// The sink.
@@ -64,126 +62,69 @@ pub struct ObjectStore {
     seq: u64,
 }
 
-/// Objects larger than this are uploaded in parts.
-const MULTIPART_ABOVE: usize = 16 << 20;
-/// Size of one part of a multipart upload.
-const PART_SIZE: usize = 8 << 20;
-
-/// Fills `buf` from `r` unless the end comes first; returns how much was read.
-fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn s3(cfg: &ObjectStoreConfig, rest: &str) -> Result<Target, Error> {
-    use object_store::aws::AmazonS3Builder;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err(Error::config_field(
-            "url",
-            "s3:// URLs need a bucket: s3://bucket/prefix",
-        ));
-    }
-    let mut b = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_region(cfg.region.clone().unwrap_or_else(|| "us-east-1".into()));
-    let allow_http = cfg.allow_http.unwrap_or_else(|| {
-        cfg.endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("http://"))
-    });
-    if let Some(e) = &cfg.endpoint {
-        b = b.with_endpoint(e.clone());
-    }
-    if let Some(k) = &cfg.access_key_id {
-        b = b.with_access_key_id(k.clone());
-    }
-    if let Some(s) = &cfg.secret_access_key {
-        b = b.with_secret_access_key(s.clone());
-    }
-    b = b.with_virtual_hosted_style_request(!cfg.path_style.unwrap_or(cfg.endpoint.is_some()));
-    let timeout = std::time::Duration::from_secs(cfg.timeout_secs.unwrap_or(30).max(1));
-    b = b.with_client_options(
-        // allow_http lives in the client options: set it here, where they are replaced.
-        object_store::ClientOptions::new()
-            .with_allow_http(allow_http)
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout.min(std::time::Duration::from_secs(5))),
-    );
-    // The host retries with its own backoff (and counts retries): none in the client.
-    b = b.with_retry(object_store::RetryConfig {
-        max_retries: 0,
-        ..Default::default()
-    });
-    let store = b
-        .build()
-        .map_err(|e| Error::config_field("url", format_args!("invalid S3 settings: {e}")))?;
-    let prefix = prefix.trim_matches('/');
-    Ok(Target::S3 {
-        store: Box::new(store),
-        prefix: if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix}/")
-        },
-        rt: None,
-    })
-}
-
 fn safe_key(key: &str) -> Option<PathBuf> {
     let p = Path::new(key);
     let ok = !key.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
     ok.then(|| p.to_path_buf())
 }
 
+/// Where `url` points: a directory (relative ones resolved by `resolve`) or S3.
+fn target(cfg: &ObjectStoreConfig, resolve: impl Fn(&Path) -> PathBuf) -> Result<Target, Error> {
+    let url = cfg.url.trim();
+    if url.is_empty() {
+        return Err(Error::config_field("url", "must not be empty"));
+    }
+    let s3_only = [
+        ("endpoint", cfg.endpoint.is_some()),
+        ("region", cfg.region.is_some()),
+        ("access_key_id", cfg.access_key_id.is_some()),
+        ("secret_access_key", cfg.secret_access_key.is_some()),
+        ("path_style", cfg.path_style.is_some()),
+        ("allow_http", cfg.allow_http.is_some()),
+    ];
+    let target = if let Some(rest) = url.strip_prefix("s3://") {
+        #[cfg(feature = "s3")]
+        {
+            Target::S3(s3::open(cfg, rest)?)
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = rest;
+            return Err(Error::config_field(
+                "url",
+                "this sluiced was built without S3 support (cargo feature `s3`)",
+            ));
+        }
+    } else {
+        if let Some((k, _)) = s3_only.iter().find(|(_, set)| *set) {
+            return Err(Error::config_field(*k, "only applies to s3:// URLs"));
+        }
+        if let Some(p) = url.strip_prefix("file://") {
+            if !p.starts_with('/') {
+                return Err(Error::config_field(
+                    "url",
+                    "file:// URLs need an absolute path (file:///var/lake)",
+                ));
+            }
+            Target::Dir(PathBuf::from(p))
+        } else if url.contains("://") {
+            return Err(Error::config_field(
+                "url",
+                format_args!(
+                    "unsupported URL scheme in `{url}` (use a directory, file:// or s3://)"
+                ),
+            ));
+        } else {
+            Target::Dir(resolve(Path::new(url)))
+        }
+    };
+    Ok(target)
+}
+
 impl Plugin for ObjectStore {
     type Config = ObjectStoreConfig;
     fn create(cfg: ObjectStoreConfig, ctx: &Context) -> Result<Self, Error> {
-        let url = cfg.url.trim();
-        if url.is_empty() {
-            return Err(Error::config_field("url", "must not be empty"));
-        }
-        let s3_only = [
-            ("endpoint", cfg.endpoint.is_some()),
-            ("region", cfg.region.is_some()),
-            ("access_key_id", cfg.access_key_id.is_some()),
-            ("secret_access_key", cfg.secret_access_key.is_some()),
-            ("path_style", cfg.path_style.is_some()),
-            ("allow_http", cfg.allow_http.is_some()),
-        ];
-        let target = if let Some(rest) = url.strip_prefix("s3://") {
-            s3(&cfg, rest)?
-        } else {
-            if let Some((k, _)) = s3_only.iter().find(|(_, set)| *set) {
-                return Err(Error::config_field(*k, "only applies to s3:// URLs"));
-            }
-            if let Some(p) = url.strip_prefix("file://") {
-                if !p.starts_with('/') {
-                    return Err(Error::config_field(
-                        "url",
-                        "file:// URLs need an absolute path (file:///var/lake)",
-                    ));
-                }
-                Target::Dir(PathBuf::from(p))
-            } else if url.contains("://") {
-                return Err(Error::config_field(
-                    "url",
-                    format_args!(
-                        "unsupported URL scheme in `{url}` (use a directory, file:// or s3://)"
-                    ),
-                ));
-            } else {
-                Target::Dir(ctx.resolve_path(Path::new(url)))
-            }
-        };
+        let target = target(&cfg, |p| ctx.resolve_path(p))?;
         Ok(ObjectStore { target, seq: 0 })
     }
 
@@ -191,16 +132,8 @@ impl Plugin for ObjectStore {
         match &mut self.target {
             Target::Dir(root) => std::fs::create_dir_all(&*root)
                 .map_err(|e| Error::fatal(format_args!("cannot create {}: {e}", root.display()))),
-            Target::S3 { rt, .. } => {
-                let r = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| {
-                        Error::fatal(format_args!("cannot start the S3 client runtime: {e}"))
-                    })?;
-                *rt = Some(r);
-                Ok(())
-            }
+            #[cfg(feature = "s3")]
+            Target::S3(t) => t.start(),
         }
     }
 }
@@ -216,74 +149,8 @@ impl ObjectStore {
         })?;
         let root = match &self.target {
             Target::Dir(root) => root.clone(),
-            Target::S3 { store, prefix, rt } => {
-                let rt = rt.as_ref().ok_or_else(|| Error::fatal("not started"))?;
-                let spool_err =
-                    |p: &str, e| Error::retryable(format_args!("cannot read spool file {p}: {e}"));
-                let len = match obj.body_path {
-                    Some(p) => std::fs::metadata(p).map_err(|e| spool_err(p, e))?.len() as usize,
-                    None => obj.body.len(),
-                };
-                // Keys are already safe and Hive-escaped: taken as they are (`from` would
-                // percent-encode the `%` of escaped values a second time).
-                let path = object_store::path::Path::parse(format!("{prefix}{}", obj.key))
-                    .map_err(|e| {
-                        Error::fatal(format_args!("invalid object key `{}`: {e}", obj.key))
-                    })?;
-                if len <= MULTIPART_ABOVE {
-                    let body: bytes::Bytes = match obj.body_path {
-                        Some(p) => std::fs::read(p).map_err(|e| spool_err(p, e))?.into(),
-                        None => bytes::Bytes::copy_from_slice(obj.body),
-                    };
-                    let res = rt.block_on(store.put(&path, object_store::PutPayload::from(body)));
-                    return res
-                        .map(drop)
-                        .map_err(|e| Error::retryable(format_args!("S3 put {path}: {e}")));
-                }
-                // Large: parts of PART_SIZE, at most two in flight, read from the spool
-                // file as they go (a spooled object never sits in RAM whole).
-                let mut file = match obj.body_path {
-                    Some(p) => Some(File::open(p).map_err(|e| spool_err(p, e))?),
-                    None => None,
-                };
-                let res: Result<(), String> = rt.block_on(async {
-                    let upload = store
-                        .put_multipart(&path)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let mut w =
-                        object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-                    let sent: Result<(), String> = async {
-                        match &mut file {
-                            Some(f) => {
-                                let mut chunk = vec![0u8; PART_SIZE];
-                                loop {
-                                    let n = read_full(f, &mut chunk).map_err(|e| e.to_string())?;
-                                    if n == 0 {
-                                        break;
-                                    }
-                                    w.wait_for_capacity(2).await.map_err(|e| e.to_string())?;
-                                    w.write(&chunk[..n]);
-                                }
-                            }
-                            None => w.write(obj.body),
-                        }
-                        w.wait_for_capacity(0).await.map_err(|e| e.to_string())?;
-                        sluice_plugin_api::failpoint("object-store-mid-upload");
-                        Ok(())
-                    }
-                    .await;
-                    match sent {
-                        Ok(()) => w.finish().await.map(drop).map_err(|e| e.to_string()),
-                        Err(e) => {
-                            // No orphaned parts left behind in the store.
-                            let _ = w.abort().await;
-                            Err(e)
-                        }
-                    }
-                });
-                return res.map_err(|e| Error::retryable(format_args!("S3 put {path}: {e}")));
-            }
+            #[cfg(feature = "s3")]
+            Target::S3(t) => return t.write(obj),
         };
         let path = root.join(&rel);
         let dir = path.parent().unwrap_or(&root).to_path_buf();
@@ -352,5 +219,27 @@ mod tests {
         assert!(safe_key("/etc/passwd").is_none());
         assert!(safe_key("a/./b").is_some()); // `.` components are normalised away by Path
         assert!(safe_key("").is_none());
+    }
+
+    fn cfg(url: &str) -> ObjectStoreConfig {
+        serde_json::from_value(serde_json::json!({ "url": url })).unwrap()
+    }
+
+    /// Without the `s3` feature an `s3://` URL is a clear config error, not a mystery.
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn without_the_s3_feature_s3_urls_are_refused() {
+        let e = target(&cfg("s3://bucket/prefix"), Path::to_path_buf)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("built without S3 support"), "{e}");
+        assert!(target(&cfg("lake"), Path::to_path_buf).is_ok());
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn s3_urls_need_a_bucket() {
+        assert!(target(&cfg("s3://"), Path::to_path_buf).is_err());
+        assert!(target(&cfg("s3://bucket/p"), Path::to_path_buf).is_ok());
     }
 }
