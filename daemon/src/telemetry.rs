@@ -416,13 +416,12 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
             "origin": st.origin,
             "retention_hours": st.retention_hours(),
             "shards": st.shards.iter().map(|sh| {
-                let (first, next) = (sh.log.first_seq(), sh.log.next_seq());
                 let age = sh.log.arrival_range().map(|(o, _)| (crate::record::now_ms() - o).max(0) as f64 / 1000.0);
                 serde_json::json!({
                     "id": sh.id,
-                    "records": next - first,
+                    "records": sh.log.records(),
                     "bytes": sh.log.total_bytes(),
-                    "last_sequence_number": next.checked_sub(1).map(|n| crate::stream::sequence_string(sh.index, n)),
+                    "last_sequence_number": sh.log.last_seq().map(|n| crate::stream::sequence_string(sh.index, n)),
                     "oldest_record_age_seconds": age,
                 })
             }).collect::<Vec<_>>(),

@@ -638,6 +638,22 @@ impl ShardLog {
             .unwrap_or(0)
     }
 
+    /// Records readable now. Not `next_seq() - first_seq()`: numbering skips past every
+    /// number that may have been issued before a crash.
+    pub fn records(&self) -> u64 {
+        self.inner
+            .read()
+            .map(|g| g.segments.values().map(|s| s.records).sum())
+            .unwrap_or(0)
+    }
+
+    /// The sequence number of the newest readable record (not `next_seq() - 1`, for the
+    /// same reason).
+    pub fn last_seq(&self) -> Option<u64> {
+        let g = self.inner.read().ok()?;
+        g.segments.values().rev().find_map(|s| s.last_seq)
+    }
+
     /// Bytes on disk.
     pub fn total_bytes(&self) -> u64 {
         self.inner.read().map(|g| g.total_bytes).unwrap_or(0)

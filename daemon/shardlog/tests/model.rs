@@ -316,7 +316,11 @@ fn sequence_numbers_are_never_reused_after_a_crash_and_a_lost_tail() {
     assert_eq!(report.records, 7);
     assert!(report.damage.is_empty());
     assert!(report.seq_skipped > 0);
+    // Counts and the newest number come from the records, not from the (skipped) numbering.
+    assert_eq!(log.records(), 7);
+    assert_eq!(log.last_seq(), Some(6));
     let next = append_one(&log, b"new");
+    assert_eq!((log.records(), log.last_seq()), (8, Some(next)));
     assert!(
         next >= 10,
         "number {next} may have been issued before the crash"

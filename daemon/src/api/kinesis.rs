@@ -677,9 +677,11 @@ async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         .last()
         .map(|r| r.seq + 1)
         .unwrap_or_else(|| from.max(sh.log.first_seq()));
-    let tip = sh.log.next_seq();
+    // Behind while newer records exist (the numbering may skip: compare with the newest
+    // record, not with the next number).
+    let newest = sh.log.last_seq();
     let behind = match recs.last() {
-        Some(r) if next < tip => (now - r.arrival_ms).max(0),
+        Some(r) if newest.is_some_and(|n| r.seq < n) => (now - r.arrival_ms).max(0),
         _ => 0,
     };
     let consumer = "get-records";

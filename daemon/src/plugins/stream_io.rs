@@ -204,7 +204,7 @@ impl Source for StreamSource {
             metrics::counter!("sluice_shard_outgoing_records_total", &labels)
                 .increment(recs.len() as u64);
             if let Some(last) = recs.last() {
-                let behind = if last.seq + 1 < sh.log.next_seq() {
+                let behind = if sh.log.last_seq().is_some_and(|n| last.seq < n) {
                     (crate::record::now_ms() - last.arrival_ms).max(0)
                 } else {
                     0

@@ -313,8 +313,9 @@ impl Stream {
         for s in &self.shards {
             let labels = [("stream", self.name.clone()), ("shard", s.id.clone())];
             metrics::gauge!("sluice_shard_log_bytes", &labels).set(s.log.total_bytes() as f64);
-            metrics::gauge!("sluice_shard_last_sequence_number", &labels)
-                .set(s.log.next_seq() as f64 - 1.0);
+            if let Some(last) = s.log.last_seq() {
+                metrics::gauge!("sluice_shard_last_sequence_number", &labels).set(last as f64);
+            }
             let age = s
                 .log
                 .arrival_range()
