@@ -92,7 +92,7 @@ fn refusals_outside_operations_are_aws_shaped() {
         format!("POST /nope HTTP/1.1\r\nHost: {a}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").as_bytes(),
     );
     assert_aws_error(code, &head, &body, 404);
-    // A body that stops arriving is not waited for forever either (BODY_TIMEOUT).
+    // (A body that stops arriving: `api::tests::a_body_that_stops_arriving_is_not_waited_for`.)
     assert_eq!(d.get("/healthz").unwrap().0, 200);
 }
 

@@ -124,6 +124,15 @@ fn too_large(n: Option<u64>) -> Response {
 /// Reads the body: refused before reading when its declared length is over [`MAX_BODY`],
 /// cut off when it grows past it, and given [`BODY_TIMEOUT`] to arrive.
 async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes, Response> {
+    read_body_within(headers, body, BODY_TIMEOUT).await
+}
+
+async fn read_body_within(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    timeout: std::time::Duration,
+) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt as _;
     let declared = headers
         .get("content-length")
         .and_then(|v| v.to_str().ok())
@@ -131,10 +140,11 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes,
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large(declared));
     }
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
-        Ok(Ok(b)) => Ok(b),
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
         // Over the limit while streaming (no or a false Content-Length)...
-        Ok(Err(e)) if format!("{e:?}").contains("LengthLimit") => Err(too_large(None)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(None)),
         // ... or a broken body (bad chunked encoding, the client went away).
         Ok(Err(e)) => Err(refusal(
             StatusCode::BAD_REQUEST,
@@ -147,7 +157,7 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes,
             "RequestTimeoutException",
             format!(
                 "The request body did not arrive within {} seconds.",
-                BODY_TIMEOUT.as_secs()
+                timeout.as_secs()
             ),
             true,
         )),
@@ -369,5 +379,56 @@ pub mod fuzzing {
                 e.message
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that never sends anything (a client that announced one and went quiet).
+    struct Silent;
+
+    impl axum::body::HttpBody for Silent {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_is_not_waited_for() {
+        let r = read_body_within(
+            &HeaderMap::new(),
+            axum::body::Body::new(Silent),
+            std::time::Duration::from_millis(50),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(r.headers().contains_key("x-amzn-requestid"));
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_cut_off_while_streaming() {
+        let big = axum::body::Body::from(vec![b' '; MAX_BODY + 1]);
+        let r = read_body_within(&HeaderMap::new(), big, BODY_TIMEOUT)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let ok = axum::body::Body::from(vec![b' '; MAX_BODY]);
+        assert_eq!(
+            read_body_within(&HeaderMap::new(), ok, BODY_TIMEOUT)
+                .await
+                .map(|b| b.len())
+                .ok(),
+            Some(MAX_BODY)
+        );
     }
 }

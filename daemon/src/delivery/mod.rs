@@ -21,7 +21,7 @@ pub use spool::{SpoolFile, SPILL_AT};
 
 use crate::plugins::{CallError, HostObject, SinkInstance};
 use crate::record::{now_ms, Record};
-use crate::spec::{civil, Compiled, Compression, DeliverySpec, Partitioner, Template};
+use crate::spec::{civil, Compression, DeliverySpec};
 use base64::Engine as _;
 use md5::{Digest, Md5};
 
@@ -354,9 +354,6 @@ pub struct Journal {
 pub struct Delivery {
     pipeline: String,
     spec: DeliverySpec,
-    partitioner: Option<Compiled<Partitioner>>,
-    prefix: Compiled<Template>,
-    error_prefix: Compiled<Template>,
     buffers: HashMap<BufferKey, Buffer>,
     /// token → buffers still holding its records, in token order.
     pending: BTreeMap<u64, usize>,
@@ -440,10 +437,6 @@ impl Delivery {
             .increment(0);
         metrics::counter!("sluice_buffer_spilled_bytes_total", "pipeline" => pipeline.to_string())
             .increment(0);
-        // Compiled once, at validation: shared, not parsed again.
-        let partitioner = spec.partitioner.clone();
-        let prefix = spec.prefix_template.clone();
-        let error_prefix = spec.error_template.clone();
         let (log, recovered) = match journal {
             Some(j) => {
                 let (log, r) = IntentLog::open(&j.dir, &j.config_hash)?;
@@ -479,9 +472,6 @@ impl Delivery {
             budget,
             pipeline: pipeline.to_string(),
             spec,
-            partitioner,
-            prefix,
-            error_prefix,
             buffers: HashMap::new(),
             pending: BTreeMap::new(),
             order: VecDeque::new(),
@@ -662,7 +652,7 @@ impl Delivery {
             self.fail(rec, ErrorType::ProcessingFailed, why, token, &mut touched);
         }
         for rec in records {
-            let query = match &self.partitioner {
+            let query = match &self.spec.partitioner {
                 None => Vec::new(),
                 Some(p) => match p.extract(&rec.data) {
                     Ok(q) => q,
@@ -674,7 +664,7 @@ impl Delivery {
             };
             let key = BufferKey::Data {
                 query,
-                lambda: if self.prefix.is_dynamic() {
+                lambda: if self.spec.prefix_template.is_dynamic() {
                     rec.attrs.clone()
                 } else {
                     Vec::new()
@@ -690,10 +680,13 @@ impl Delivery {
                 let BufferKey::Data { query, lambda } = &key else {
                     continue;
                 };
-                if let Err(e) =
-                    self.prefix
-                        .render(query, lambda, rec.arrival_ms, None, "xxxxxxxxxxx")
-                {
+                if let Err(e) = self.spec.prefix_template.render(
+                    query,
+                    lambda,
+                    rec.arrival_ms,
+                    None,
+                    "xxxxxxxxxxx",
+                ) {
                     self.fail(rec, ErrorType::PartitioningFailed, &e, token, &mut touched);
                     continue;
                 }
@@ -857,10 +850,13 @@ impl Delivery {
         };
         let raw = b.raw_len();
         let (template, query, lambda, error) = match &b.key {
-            BufferKey::Data { query, lambda } => {
-                (&self.prefix, query.as_slice(), lambda.as_slice(), None)
-            }
-            BufferKey::Error(t) => (&self.error_prefix, &[][..], &[][..], Some(*t)),
+            BufferKey::Data { query, lambda } => (
+                &self.spec.prefix_template,
+                query.as_slice(),
+                lambda.as_slice(),
+                None,
+            ),
+            BufferKey::Error(t) => (&self.spec.error_template, &[][..], &[][..], Some(*t)),
         };
         let compression = if error.is_some() {
             Compression::None
@@ -999,7 +995,8 @@ impl Delivery {
         let name = f.object.key.rsplit('/').next().unwrap_or_default();
         let etype = ErrorType::DeliveryFailed;
         let prefix = self
-            .error_prefix
+            .spec
+            .error_template
             .render(
                 &[],
                 &[],
@@ -1183,6 +1180,7 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{Compiled, Partitioner, Template};
 
     fn budget() -> std::sync::Arc<MemoryBudget> {
         std::sync::Arc::new(MemoryBudget::new(512 << 20))

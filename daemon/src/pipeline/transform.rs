@@ -22,7 +22,7 @@
 //! most one strike, never a quarantine; a poison record costs at most two crashes.
 
 use super::{make_instance, plugin_err, Batch, PipelineError, PipelineShared, RuntimeCtx};
-use crate::plugins::{CallError, Origin, TransformInstance, TransformOutput};
+use crate::plugins::{CallError, TransformInstance, TransformOutput};
 use crate::record::Record;
 use crate::spec::ComponentSpec;
 use std::collections::HashMap;
@@ -243,9 +243,7 @@ pub(super) struct Chain<'a> {
 
 impl<'a> Chain<'a> {
     pub fn new(pipeline: &'a str, links: Vec<Link>, ctx: &'a RuntimeCtx) -> Self {
-        let dynamic = links
-            .iter()
-            .any(|l| matches!(l.inst_origin(), Origin::Dylib(_)));
+        let dynamic = links.iter().any(|l| l.dynamic());
         Chain {
             pipeline,
             links,
@@ -280,8 +278,7 @@ impl<'a> Chain<'a> {
             let mut out = Vec::with_capacity(records.len());
             let mut budget = REMAKE_BUDGET;
             let id = self.links[i].id.clone();
-            let dynamic =
-                self.guard.is_some() && matches!(self.links[i].inst_origin(), Origin::Dylib(_));
+            let dynamic = self.guard.is_some() && self.links[i].dynamic();
             if dynamic {
                 // Quarantined records never enter the plugin again; suspects go alone.
                 let mut pass = Vec::with_capacity(records.len());
@@ -353,10 +350,7 @@ impl<'a> Chain<'a> {
     /// One guarded call of transform `i`.
     fn call(&mut self, i: usize, records: &[Record]) -> Result<TransformOutput, CallError> {
         // Only calls into dynamic plugins are marked: bundled ones cannot crash the process.
-        let guard = self
-            .guard
-            .as_ref()
-            .filter(|_| matches!(self.links[i].inst_origin(), Origin::Dylib(_)));
+        let guard = self.guard.as_ref().filter(|_| self.links[i].dynamic());
         if let Some(g) = guard {
             g.enter(&self.links[i].id, records);
         }
@@ -417,8 +411,9 @@ impl<'a> Chain<'a> {
 }
 
 impl Link {
-    fn inst_origin(&self) -> Origin {
-        self.inst.origin()
+    /// Loaded from a library file (its code can crash the process).
+    fn dynamic(&self) -> bool {
+        self.inst.is_dynamic()
     }
 }
 

@@ -587,9 +587,9 @@ pub struct TransformInstance {
 }
 
 impl TransformInstance {
-    /// Where the plugin comes from (bundled, or a library file).
-    pub fn origin(&self) -> super::Origin {
-        self.inst.entry.origin.clone()
+    /// Whether the plugin was loaded from a library file (not bundled).
+    pub fn is_dynamic(&self) -> bool {
+        matches!(self.inst.entry.origin, super::Origin::Dylib(_))
     }
 
     /// Wraps a created transform instance.
