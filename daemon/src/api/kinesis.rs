@@ -116,7 +116,7 @@ fn lookup(call: &Call<'_>, name: &str) -> Result<Arc<Stream>, ApiError> {
     call.state
         .streams
         .get(name)
-        .filter(|_| !name.starts_with("__"))
+        .filter(|_| !crate::spec::is_internal(name))
         .ok_or_else(|| ApiError::stream_not_found(name, &call.state.account))
 }
 
@@ -150,7 +150,7 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         ));
     }
     let name = name.unwrap_or_default();
-    if name.starts_with("__") {
+    if crate::spec::is_internal(name) {
         return Err(ApiError::invalid_argument(format!(
             "Stream names starting with `__` are reserved: {name}"
         )));
@@ -196,7 +196,7 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         .streams
         .list()
         .into_iter()
-        .filter(|s| s.name.as_str() > start && !s.name.starts_with("__firehose-"))
+        .filter(|s| s.name.as_str() > start && !crate::spec::is_internal(&s.name))
         .collect();
     let page: Vec<&Arc<Stream>> = all.iter().take(limit as usize).collect();
     Ok(json!({

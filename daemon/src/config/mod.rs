@@ -416,7 +416,7 @@ pub fn load_with(
                 ));
                 continue;
             }
-            if name.starts_with("__") {
+            if crate::spec::is_internal(&name) {
                 errors.push(src.error_at_path(
                     &at,
                     format!("stream names starting with `__` are reserved (`{name}`)"),

@@ -277,6 +277,12 @@ impl PipelineSpec {
     }
 }
 
+/// Names starting with `__` are the daemon's own (the Direct PUT streams): reserved in
+/// config and in CreateStream, invisible to the Kinesis API.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("__")
+}
+
 /// The internal stream behind a `direct-put` pipeline.
 pub fn direct_put_stream(pipeline: &str) -> String {
     format!("__firehose-{pipeline}")

@@ -378,7 +378,8 @@ impl Streams {
             let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
                 continue;
             };
-            if crate::names::check(&name).is_err() {
+            if let Err(e) = crate::names::check(&name) {
+                tracing::warn!(dir = %dir.display(), error = %e, "not a stream folder; left alone");
                 continue;
             }
             let Ok(text) = std::fs::read_to_string(dir.join("stream.json")) else {
@@ -436,33 +437,30 @@ impl Streams {
             else {
                 continue;
             };
-            let differs = |key: &'static str, now: String, wanted: String| {
-                if now == wanted {
-                    Ok(())
-                } else {
-                    Err(StreamError::NeedsRestart {
-                        stream: spec.name.clone(),
-                        key,
-                        now,
-                        wanted,
-                    })
-                }
+            // Compared as values; formatted only for the refusal.
+            let refuse = |key: &'static str, now: String, wanted: String| {
+                Err(StreamError::NeedsRestart {
+                    stream: spec.name.clone(),
+                    key,
+                    now,
+                    wanted,
+                })
             };
-            differs(
-                "fsync",
-                format!("{:?}", st.fsync),
-                format!("{:?}", spec.fsync),
-            )?;
-            differs(
-                "max_record_size",
-                st.max_record_size.to_string(),
-                spec.max_record_size.to_string(),
-            )?;
-            differs(
-                "max_bytes",
-                format!("{:?}", st.max_bytes),
-                format!("{:?}", spec.max_bytes),
-            )?;
+            if st.fsync != spec.fsync {
+                return refuse(
+                    "fsync",
+                    format!("{:?}", st.fsync),
+                    format!("{:?}", spec.fsync),
+                );
+            }
+            if st.max_record_size != spec.max_record_size {
+                let (a, b) = (st.max_record_size, spec.max_record_size);
+                return refuse("max_record_size", a.to_string(), b.to_string());
+            }
+            if st.max_bytes != spec.max_bytes {
+                let (a, b) = (st.max_bytes, spec.max_bytes);
+                return refuse("max_bytes", format!("{a:?}"), format!("{b:?}"));
+            }
         }
         for spec in specs.values() {
             let existing = self.get(&spec.name);
