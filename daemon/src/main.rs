@@ -223,13 +223,16 @@ fn table(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Result<()> {
                 .unwrap_or(0)
         })
         .collect();
-    let numeric = |c: usize| {
-        rows.iter().skip(1).filter_map(|r| r.get(c)).all(|s| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|ch| ch.is_ascii_digit() || ch == '.' || ch == '-')
-        }) && rows.len() > 1
-    };
+    let numeric: Vec<bool> = (0..cols)
+        .map(|c| {
+            rows.len() > 1
+                && rows.iter().skip(1).filter_map(|r| r.get(c)).all(|s| {
+                    !s.is_empty()
+                        && s.chars()
+                            .all(|ch| ch.is_ascii_digit() || ch == '.' || ch == '-')
+                })
+        })
+        .collect();
     for r in rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
@@ -238,7 +241,7 @@ fn table(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Result<()> {
             }
             if c + 1 == r.len() {
                 line.push_str(cell);
-            } else if numeric(c) {
+            } else if numeric[c] {
                 line.push_str(&format!("{cell:>w$}", w = width[c]));
             } else {
                 line.push_str(&format!("{cell:<w$}", w = width[c]));
