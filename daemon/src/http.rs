@@ -63,3 +63,52 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, nam
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Past `max_connections` a new connection is closed at once; the open ones are served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_the_cap_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let limits = Limits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(20),
+        };
+        tokio::spawn(serve(listener, app, limits, "test"));
+        let res = tokio::task::spawn_blocking(move || {
+            // Two connections hold the slots (no request yet).
+            let held: Vec<std::net::TcpStream> = (0..2)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect();
+            // The server accepts in order: these two take both slots before the third.
+            let mut third = std::net::TcpStream::connect(addr).unwrap();
+            third
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = Vec::new();
+            // Closed unanswered: end of stream, or a reset (our request was unread).
+            let third_closed = match third.read_to_end(&mut buf) {
+                Ok(_) => buf.is_empty(),
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            };
+            // A held one is served.
+            let mut first = &held[0];
+            first
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            (&held[0]).read_to_string(&mut answer).unwrap();
+            (third_closed, answer)
+        })
+        .await
+        .unwrap();
+        assert!(res.0, "the third connection is closed unanswered");
+        assert!(res.1.starts_with("HTTP/1.1 200"), "{}", res.1);
+    }
+}

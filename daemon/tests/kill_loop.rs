@@ -28,29 +28,13 @@ impl Rng {
     }
 }
 
-/// Every record id in the lake's objects, with how often it appears. Read while the
-/// daemon writes: its temp files (`.name.tmp-…`, renamed into place when complete) are not
-/// objects, and one may be renamed between listing and reading.
+/// Every record id in the lake's objects, with how often it appears.
 fn lake_ids(dir: &std::path::Path) -> HashMap<String, usize> {
     let mut out = HashMap::new();
-    for p in files_under(dir) {
-        let hidden = p
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if hidden || p.components().any(|c| c.as_os_str() == "kdferror") {
-            continue;
-        }
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => panic!("{}: {e}", p.display()),
-        };
-        for l in text.lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l} in {}", p.display()));
-            *out.entry(v["id"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
+    for l in object_lines(dir) {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        *out.entry(v["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     out
 }

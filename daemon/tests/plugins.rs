@@ -394,6 +394,13 @@ fn a_record_that_crashes_the_process_is_quarantined_not_replayed_forever() {
         1.0
     );
     assert!(d.stderr().contains("quarantined"), "{}", d.stderr());
+    // The run that read the last crash's marker counted it.
+    assert!(
+        d.metric(
+            "sluice_plugin_crashes_total",
+            &["pipeline=\"copy\"", "component=\"transforms[0]\""]
+        ) >= 1.0
+    );
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
 }

@@ -385,19 +385,8 @@ fn sigterm_with_thousands_of_open_partitions_is_fast_and_loses_nothing() {
     d.wait_ready();
     let count = |s: &Setup| {
         let mut seen = std::collections::HashMap::<String, usize>::new();
-        for p in files_under(&s.path("lake")) {
-            // Skip the daemon's temp files (renamed into place when complete).
-            if p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(&p) else {
-                continue;
-            };
-            for l in text.lines() {
-                *seen.entry(l.to_string()).or_default() += 1;
-            }
+        for l in object_lines(&s.path("lake")) {
+            *seen.entry(l).or_default() += 1;
         }
         seen
     };

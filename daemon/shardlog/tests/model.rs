@@ -121,6 +121,15 @@ fn fill(dir: &std::path::Path, n: usize) -> ShardLog {
     log
 }
 
+/// Every readable sequence number, in order.
+fn all_seqs(log: &ShardLog) -> Vec<u64> {
+    log.read(0, 100, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect()
+}
+
 fn segment(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::read_dir(dir)
         .unwrap()
@@ -178,12 +187,7 @@ fn a_flipped_byte_mid_segment_is_reported_with_its_offset_and_skipped() {
     assert!(!d.truncated);
     assert_eq!(d.offset, (head + 4 * frame) as u64);
     assert_eq!(d.len, frame as u64);
-    let seqs: Vec<u64> = log
-        .read(0, 100, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
+    let seqs = all_seqs(&log);
     assert_eq!(seqs, [0, 1, 2, 3, 5, 6, 7, 8, 9]);
     // Reading from inside the damage skips it too; sequence numbers keep increasing.
     assert_eq!(log.read(4, 1, usize::MAX).unwrap()[0].seq, 5);
@@ -326,12 +330,7 @@ fn sequence_numbers_are_never_reused_after_a_crash_and_a_lost_tail() {
         "number {next} may have been issued before the crash"
     );
     // Order holds: the new record reads back after the old ones.
-    let seqs: Vec<u64> = log
-        .read(0, 100, usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
+    let seqs = all_seqs(&log);
     assert_eq!(seqs, [0, 1, 2, 3, 4, 5, 6, next]);
     // A clean stop resumes exactly where it was, without another skip.
     drop(log);

@@ -273,6 +273,23 @@ pub fn sign(
 mod tests {
     use super::*;
 
+    /// The headers of a signed Kinesis ListStreams request, as `sign` signs them.
+    fn json_headers(host: &str, date: &str, auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("host", host.parse().unwrap());
+        h.insert(
+            "content-type",
+            "application/x-amz-json-1.1".parse().unwrap(),
+        );
+        h.insert("x-amz-date", date.parse().unwrap());
+        h.insert(
+            "x-amz-target",
+            "Kinesis_20131202.ListStreams".parse().unwrap(),
+        );
+        h.insert("authorization", auth.parse().unwrap());
+        h
+    }
+
     #[test]
     fn what_we_sign_we_verify() {
         let (date, auth) = sign(
@@ -285,18 +302,7 @@ mod tests {
             1_795_632_475,
         );
         assert_eq!(date, "20261125T184755Z");
-        let mut h = HeaderMap::new();
-        h.insert("host", "127.0.0.1:4567".parse().unwrap());
-        h.insert(
-            "content-type",
-            "application/x-amz-json-1.1".parse().unwrap(),
-        );
-        h.insert("x-amz-date", date.parse().unwrap());
-        h.insert(
-            "x-amz-target",
-            "Kinesis_20131202.ListStreams".parse().unwrap(),
-        );
-        h.insert("authorization", auth.parse().unwrap());
+        let h = json_headers("127.0.0.1:4567", &date, &auth);
         let v = Verifier::new([("AK".to_string(), "sec".to_string())]);
         v.verify("POST", "/", "", &h, b"{}", 1_795_632_475).unwrap();
     }
@@ -480,21 +486,7 @@ mod tests {
             1_795_632_475,
         );
         let v = Verifier::new([("AK".to_string(), "sec".to_string())]);
-        let headers = |auth: &str| {
-            let mut h = HeaderMap::new();
-            h.insert("host", "h:1".parse().unwrap());
-            h.insert(
-                "content-type",
-                "application/x-amz-json-1.1".parse().unwrap(),
-            );
-            h.insert("x-amz-date", date.parse().unwrap());
-            h.insert(
-                "x-amz-target",
-                "Kinesis_20131202.ListStreams".parse().unwrap(),
-            );
-            h.insert("authorization", auth.parse().unwrap());
-            h
-        };
+        let headers = |auth: &str| json_headers("h:1", &date, auth);
         v.verify("POST", "/", "", &headers(&auth), b"{}", 1_795_632_475)
             .unwrap();
         for (from, to) in [

@@ -560,3 +560,25 @@ pub fn exposure_score(output: &str, unit: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no exposure score in:\n{output}"))
 }
+
+/// Lines of every delivered object under `dir` (a directory lake, uncompressed), read while
+/// the daemon may be writing: its temp files (`.name.tmp-…`, renamed into place when
+/// complete) are not objects, and one may be renamed between listing and reading. Objects
+/// under `kdferror` (error documents) are left out.
+pub fn object_lines(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in files_under(dir) {
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden || p.components().any(|c| c.as_os_str() == "kdferror") {
+            continue;
+        }
+        match std::fs::read_to_string(&p) {
+            Ok(t) => out.extend(t.lines().map(str::to_string)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("{}: {e}", p.display()),
+        }
+    }
+    out
+}
