@@ -275,11 +275,15 @@ impl<'a> Chain<'a> {
             if records.is_empty() {
                 break;
             }
-            let mut out = Vec::with_capacity(records.len());
+            // Only the failure and one-at-a-time paths fill `out`: the common path moves the
+            // plugin's output on and allocates nothing here.
+            let mut out = Vec::new();
             let mut budget = REMAKE_BUDGET;
-            let id = self.links[i].id.clone();
-            let dynamic = self.guard.is_some() && self.links[i].dynamic();
+            // Quarantine checks only while any record has a strike (they are rare).
+            let dynamic = self.links[i].dynamic()
+                && self.guard.as_ref().is_some_and(|g| !g.strikes.is_empty());
             if dynamic {
+                let id = self.links[i].id.clone();
                 // Quarantined records never enter the plugin again; suspects go alone.
                 let mut pass = Vec::with_capacity(records.len());
                 let mut singles = false;
