@@ -61,32 +61,21 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
     }
 }
 
+/// The stream-name rules are the ones of `names` (a stream name is a folder), worded as
+/// AWS words them.
 fn check_stream_name(v: &mut Violations, name: &str) {
-    if name.is_empty() {
-        v.add(
-            name,
-            "streamName",
-            "Member must have length greater than or equal to 1",
-        );
-    } else if name.len() > 128 {
-        v.add(
-            name,
-            "streamName",
-            "Member must have length less than or equal to 128",
-        );
-    } else if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
-    {
-        v.add(
-            name,
-            "streamName",
-            "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
-        );
-    } else if name == "." || name == ".." {
+    use crate::names::NameError;
+    let constraint = match crate::names::check(name) {
+        Ok(()) => return,
+        Err(NameError::Empty) => "Member must have length greater than or equal to 1",
+        Err(NameError::TooLong(_)) => "Member must have length less than or equal to 128",
+        Err(NameError::Charset(_)) => {
+            "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
+        }
         // AWS's pattern admits them; here a stream name is a folder, and these two are not.
-        v.add(name, "streamName", "Member must not be '.' or '..'");
-    }
+        Err(NameError::Dots(_)) => "Member must not be '.' or '..'",
+    };
+    v.add(name, "streamName", constraint);
 }
 
 /// The stream named by `StreamName` or `StreamARN`.
