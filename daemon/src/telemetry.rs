@@ -409,6 +409,10 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 }
 
 async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let pipelines = statuses(&s.board);
+    // Lag only of pipelines that still run: a removed pipeline's last position is history.
+    let running: std::collections::HashSet<&str> =
+        pipelines.iter().map(|p| p.name.as_str()).collect();
     Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
                 "streams": s.streams.list().iter().map(|st| serde_json::json!({
@@ -423,10 +427,14 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
                     "bytes": sh.log.total_bytes(),
                     "last_sequence_number": sh.log.last_seq().map(|n| crate::stream::sequence_string(sh.index, n)),
                     "oldest_record_age_seconds": age,
+                    "consumers": sh.consumer_lag().into_iter()
+                        .filter(|(p, _)| running.contains(p.as_str()))
+                        .map(|(p, lag)| serde_json::json!({"pipeline": p, "lag_records": lag}))
+                        .collect::<Vec<_>>(),
                 })
             }).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "pipelines": statuses(&s.board),
+        "pipelines": pipelines,
     }))
 }
 

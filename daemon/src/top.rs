@@ -1,8 +1,9 @@
 //! `sluiced top`: a live terminal view of a running daemon, like `vector top`. Every
 //! second it reads `/admin/status` from the operator endpoint and shows each pipeline
 //! (state, sink health, records/s in and out, failures, restarts, buffered records and
-//! bytes, open partitions, last error) and each shard (records/s in, records, bytes, age of
-//! the oldest record). Rates are differences between two reads. `q`, Esc or Ctrl-C quits.
+//! bytes, open partitions, records left to deliver from its stream, last error) and each
+//! shard (records/s in, records, bytes, age of the oldest record, the largest lag of the
+//! pipelines reading it). Rates are differences between two reads. `q`, Esc or Ctrl-C quits.
 //! A module of the binary (`main.rs`), not of the library.
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
@@ -163,6 +164,17 @@ fn draw(
     ])
     .areas(area);
     let head = Style::default().add_modifier(Modifier::BOLD);
+    // Records each pipeline reading a stream has yet to deliver, over all shards.
+    let mut lag: HashMap<&str, u64> = HashMap::new();
+    for c in v["streams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|st| st["shards"].as_array().into_iter().flatten())
+        .flat_map(|sh| sh["consumers"].as_array().into_iter().flatten())
+    {
+        *lag.entry(c["pipeline"].as_str().unwrap_or("")).or_default() += num(&c["lag_records"]);
+    }
     let rows = pipelines.iter().map(|p| {
         let name = p["name"].as_str().unwrap_or("");
         let (rin, rout) = rates
@@ -186,6 +198,10 @@ fn draw(
             Cell::from(Line::from(num(&p["buffered_records"]).to_string()).right_aligned()),
             Cell::from(Line::from(bytes(num(&p["buffered_bytes"]))).right_aligned()),
             Cell::from(Line::from(num(&p["partitions"]).to_string()).right_aligned()),
+            Cell::from(
+                Line::from(lag.get(name).map_or("-".to_string(), |l| l.to_string()))
+                    .right_aligned(),
+            ),
             Cell::from(err.to_string()),
         ])
     });
@@ -202,6 +218,7 @@ fn draw(
             Constraint::Length(9),
             Constraint::Length(10),
             Constraint::Length(6),
+            Constraint::Length(9),
             Constraint::Min(10),
         ],
     )
@@ -217,6 +234,7 @@ fn draw(
             "BUFFERED",
             "BYTES",
             "PARTS",
+            "LAG",
             "LAST ERROR",
         ])
         .style(head),
@@ -240,6 +258,14 @@ fn draw(
                 .as_f64()
                 .map(|a| format!("{a:.0} s"))
                 .unwrap_or_else(|| "-".into());
+            // The most behind of the pipelines reading this shard.
+            let lag = sh["consumers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| num(&c["lag_records"]))
+                .max()
+                .map_or("-".to_string(), |l| l.to_string());
             shard_rows.push(Row::new(vec![
                 Cell::from(stream.to_string()),
                 Cell::from(id.to_string()),
@@ -247,6 +273,7 @@ fn draw(
                 Cell::from(Line::from(num(&sh["records"]).to_string()).right_aligned()),
                 Cell::from(Line::from(bytes(num(&sh["bytes"]))).right_aligned()),
                 Cell::from(Line::from(age).right_aligned()),
+                Cell::from(Line::from(lag).right_aligned()),
             ]));
         }
     }
@@ -259,9 +286,15 @@ fn draw(
             Constraint::Length(12),
             Constraint::Length(11),
             Constraint::Length(10),
+            Constraint::Length(9),
         ],
     )
-    .header(Row::new(["STREAM", "SHARD", "IN/s", "RECORDS", "BYTES", "OLDEST"]).style(head))
+    .header(
+        Row::new([
+            "STREAM", "SHARD", "IN/s", "RECORDS", "BYTES", "OLDEST", "LAG",
+        ])
+        .style(head),
+    )
     .block(Block::bordered().title(" shards "));
     f.render_widget(shards, bottom);
 }

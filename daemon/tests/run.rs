@@ -353,3 +353,100 @@ fn names(text: &str) -> Vec<String> {
     }
     out
 }
+
+/// Dashboards and alerts see zeros, not gaps: before any record exists, the per-pipeline,
+/// per-plugin and per-operation series (histograms included) are already exported at 0.
+#[test]
+fn series_exist_at_zero_before_the_first_event() {
+    let s = Setup::new(
+        "",
+        &[(
+            "idle",
+            "[streams.quiet]\nshards = 1\n\n[pipelines.idle]\nsource = { plugin = \"stream\", stream = \"quiet\" }\n\n[pipelines.idle.sink]\nplugin = \"object-store\"\nurl = \"lake\"\n",
+        )],
+    );
+    let d = s.start();
+    wait_until(Duration::from_secs(20), "pipeline idle running", || {
+        d.metric("sluice_pipeline_up", &["pipeline=\"idle\""]) == 1.0
+    });
+    let text = d.metrics_text();
+    for (series, labels) in [
+        (
+            "sluice_delivery_latency_seconds_count",
+            &["pipeline=\"idle\""][..],
+        ),
+        (
+            "sluice_buffer_flushes_total",
+            &["pipeline=\"idle\"", "reason=\"size\""],
+        ),
+        ("sluice_sink_objects_total", &["pipeline=\"idle\""]),
+        ("sluice_shard_write_throttled_total", &["stream=\"quiet\""]),
+        (
+            "sluice_plugin_call_duration_seconds_count",
+            &["plugin=\"object-store\"", "call=\"submit_object\""],
+        ),
+        (
+            "sluice_plugin_call_duration_seconds_count",
+            &["plugin=\"stream\"", "call=\"poll_batch\""],
+        ),
+        (
+            "sluice_api_request_duration_seconds_count",
+            &["operation=\"PutRecords\""],
+        ),
+        (
+            "sluice_api_request_duration_seconds_count",
+            &["operation=\"Firehose.PutRecordBatch\""],
+        ),
+        (
+            "sluice_api_requests_total",
+            &["operation=\"GetRecords\"", "code=\"200\""],
+        ),
+    ] {
+        let found = text.lines().find(|l| {
+            l.starts_with(&format!("{series}{{")) && labels.iter().all(|want| l.contains(want))
+        });
+        let line = found.unwrap_or_else(|| panic!("{series}{labels:?} missing:\n{text}"));
+        if !series.starts_with("sluice_plugin_call") {
+            assert!(line.ends_with(" 0"), "{line}");
+        }
+    }
+}
+
+/// `/admin/status` tells, per shard, how many records each reading pipeline has yet to
+/// deliver: records held in a buffer (not yet in an object) count as lag.
+#[test]
+fn status_reports_lag_of_each_reading_pipeline() {
+    let s = Setup::new(
+        "",
+        &[(
+            "held",
+            "[streams.s]\nshards = 1\n\n[pipelines.held]\nsource = { plugin = \"stream\", stream = \"s\" }\n\n[pipelines.held.buffer]\ninterval = \"900s\"\n\n[pipelines.held.sink]\nplugin = \"object-store\"\nurl = \"lake\"\n",
+        )],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    let records: Vec<String> = (0..20)
+        .map(|i| format!("{{\"Data\":\"e30=\",\"PartitionKey\":\"k{i}\"}}"))
+        .collect();
+    let body = format!(
+        "{{\"StreamName\":\"s\",\"Records\":[{}]}}",
+        records.join(",")
+    );
+    assert_eq!(kinesis(s.api, "PutRecords", &body).0, 200);
+    let lag = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&d.get("/admin/status").unwrap().1).unwrap();
+        v["streams"][0]["shards"][0]["consumers"].clone()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the buffer holds 20 records",
+        || d.metric("sluice_buffer_records", &["pipeline=\"held\""]) == 20.0,
+    );
+    assert_eq!(
+        lag(),
+        serde_json::json!([{"pipeline": "held", "lag_records": 20}])
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).unwrap().success());
+}

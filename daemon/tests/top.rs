@@ -56,6 +56,35 @@ fn top_shows_pipelines_and_shards_with_live_numbers() {
                     .is_some_and(|r| r > 0)
             })
     });
+    // Lag: the copy pipeline has a LAG figure, the feed (which reads no stream) has none.
+    let sc = screen();
+    assert!(sc.contains("LAG"), "{sc}");
+    let copy = sc
+        .lines()
+        .find(|l| l.contains("copy") && l.contains("running"))
+        .unwrap();
+    let last_num = |l: &str| {
+        l.split_whitespace()
+            .rfind(|t| *t != "│")
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    assert!(last_num(copy).parse::<u64>().is_ok(), "copy row: {copy}");
+    let feed = sc
+        .lines()
+        .find(|l| l.contains("feed") && l.contains("running"))
+        .unwrap();
+    assert_eq!(last_num(feed), "-", "feed row: {feed}");
+    // The same figure in /admin/status, per shard and reading pipeline.
+    let (code, body) = d.get("/admin/status").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for sh in v["streams"][0]["shards"].as_array().unwrap() {
+        let c = &sh["consumers"];
+        assert_eq!(c.as_array().unwrap().len(), 1, "{sh}");
+        assert_eq!(c[0]["pipeline"], "copy");
+        assert!(c[0]["lag_records"].as_u64().unwrap() <= sh["records"].as_u64().unwrap());
+    }
     let before = screen();
     // The numbers move (records keep flowing).
     wait_until(Duration::from_secs(10), "the view refreshes", || {

@@ -47,6 +47,18 @@ pub struct ApiState {
 pub async fn serve(addr: SocketAddr, state: Arc<ApiState>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    // Every operation's series exist from the start (zeros, not gaps).
+    let ops = kinesis::OPERATIONS.iter().map(|op| op.to_string());
+    let ops = ops.chain(
+        firehose::OPERATIONS
+            .iter()
+            .map(|op| format!("Firehose.{op}")),
+    );
+    for op in ops {
+        metrics::counter!("sluice_api_requests_total", "operation" => op.clone(), "code" => "200")
+            .increment(0);
+        let _ = metrics::histogram!("sluice_api_request_duration_seconds", "operation" => op);
+    }
     let app = Router::new()
         .route("/", post(handle).fallback(not_post))
         .fallback(not_found)

@@ -437,6 +437,8 @@ impl Delivery {
             .increment(0);
         metrics::counter!("sluice_buffer_spilled_bytes_total", "pipeline" => pipeline.to_string())
             .increment(0);
+        // Registering the histogram exports it with a zero count before the first object.
+        let _ = metrics::histogram!("sluice_delivery_latency_seconds", "pipeline" => pipeline.to_string());
         let (log, recovered) = match journal {
             Some(j) => {
                 let (log, r) = IntentLog::open(&j.dir, &j.config_hash)?;

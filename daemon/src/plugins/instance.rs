@@ -6,6 +6,7 @@
 use super::host::{host_api, CompletionResult, InstanceShared};
 use super::PluginEntry;
 use crate::record::{now_ms, Record};
+use crate::spec::Kind;
 use bytes::Bytes;
 use sluice_plugin_api::ffi;
 use std::collections::HashMap;
@@ -137,6 +138,18 @@ impl Instance {
             return Err(inst.error("create", ffi::SL_ERR_FATAL, &ffi::sl_error::zeroed()));
         }
         inst.this = this;
+        // The kind's hot call is exported with a zero count before its first batch, so
+        // latency panels and alerts see zeros, not gaps.
+        let hot = match (inst.entry.kind, inst.entry.object_sink) {
+            (Kind::Source, _) => "poll_batch",
+            (Kind::Transform, _) => "transform",
+            (Kind::Sink, false) => "submit",
+            (Kind::Sink, true) => "submit_object",
+        };
+        let plugin = inst.entry.name.clone();
+        inst.durations.entry(hot).or_insert_with(|| {
+            metrics::histogram!("sluice_plugin_call_duration_seconds", "plugin" => plugin, "call" => hot)
+        });
         Ok(inst)
     }
 

@@ -174,6 +174,9 @@ impl Plugin for StreamSource {
             })
             .collect();
         self.committed = self.read_pos.clone();
+        for (sh, &p) in st.shards.iter().zip(&self.committed) {
+            sh.set_delivered(&self.pipeline, p);
+        }
         self.st = Some(st);
         Ok(())
     }
@@ -244,6 +247,9 @@ impl Source for StreamSource {
             self.in_flight.pop_front();
             if delivered && t == token {
                 self.committed[shard] = self.committed[shard].max(pos);
+                if let Some(sh) = self.st.as_ref().and_then(|st| st.shards.get(shard)) {
+                    sh.set_delivered(&self.pipeline, self.committed[shard]);
+                }
             }
         }
         if !delivered {

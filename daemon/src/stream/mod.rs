@@ -79,6 +79,10 @@ pub struct Shard {
     pub log: ShardLog,
     incoming_records: metrics::Counter,
     incoming_bytes: metrics::Counter,
+    /// Delivered position (next shard-local sequence to deliver) of each pipeline reading
+    /// the shard, for lag in `/admin/status`. One entry per reading pipeline: bounded by
+    /// the pipelines in the config.
+    consumers: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// A stream.
@@ -181,6 +185,7 @@ impl Stream {
                 start,
                 end,
                 log,
+                consumers: Default::default(),
             });
         }
         Ok(Stream {
@@ -330,6 +335,39 @@ impl Stream {
 }
 
 impl Shard {
+    /// Records `consumer`'s delivered position: every record below `next` is delivered.
+    pub fn set_delivered(&self, consumer: &str, next: u64) {
+        if let Ok(mut c) = self.consumers.lock() {
+            match c.get_mut(consumer) {
+                Some(p) => *p = next,
+                None => {
+                    c.insert(consumer.to_string(), next);
+                }
+            }
+        }
+    }
+
+    /// Forgets a consumer that stopped reading.
+    pub fn forget_consumer(&self, consumer: &str) {
+        if let Ok(mut c) = self.consumers.lock() {
+            c.remove(consumer);
+        }
+    }
+
+    /// Each reading pipeline and how many records it has yet to deliver from this shard
+    /// (records past retention are not counted: they cannot be delivered any more).
+    pub fn consumer_lag(&self) -> Vec<(String, u64)> {
+        let (first, next) = (self.log.first_seq(), self.log.next_seq());
+        self.consumers
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|(k, &p)| (k.clone(), next.saturating_sub(p.max(first))))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Appends records (durable on return under `fsync = "batch"`); returns the first
     /// shard-local sequence number and each record's arrival time.
     pub fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StreamError> {
