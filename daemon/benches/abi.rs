@@ -67,7 +67,8 @@ fn instance(reg: &Registry) -> TransformInstance {
         .lookup(Kind::Transform, "passthrough")
         .expect("registered");
     TransformInstance::new(
-        Instance::create(entry, "bench", "transforms[0]", Path::new("."), "{}").expect("create"),
+        Instance::create(entry, "bench", "transforms[0]", Path::new("."), "{}", None)
+            .expect("create"),
     )
 }
 
@@ -118,6 +119,7 @@ fn bench(c: &mut Criterion) {
         "transforms[0]",
         Path::new("."),
         r#"{"filter":"{type, source}"}"#,
+        None,
     )
     .expect("create jq");
     let mut jq = TransformInstance::new(inst);

@@ -49,7 +49,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     streams
         .apply_config(&set.streams)
         .context("cannot open the configured streams")?;
-    crate::plugins::stream_io::install(streams.clone(), set.daemon.data_dir.clone());
     let memory = Arc::new(crate::delivery::MemoryBudget::new(
         set.daemon.limits.buffer_memory.0,
     ));
@@ -84,7 +83,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         registry.clone(),
         set.base_dir.clone(),
         set.daemon.shutdown_timeout.0,
-        Some(set.daemon.data_dir.clone()),
+        Some(Arc::new(crate::plugins::HostServices {
+            streams: streams.clone(),
+            data_dir: set.daemon.data_dir.clone(),
+        })),
         memory,
     );
     let loaded = Arc::new(AtomicBool::new(false));

@@ -59,17 +59,18 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor running nothing yet; relative plugin paths resolve against
     /// `base_dir`, a stopping pipeline gets `drain_timeout`, pipelines keep their state in
-    /// `data_dir` and share the buffer `memory` budget.
+    /// the services' data directory and share the buffer `memory` budget.
     pub fn new(
         registry: Arc<Registry>,
         base_dir: PathBuf,
         drain_timeout: Duration,
-        data_dir: Option<PathBuf>,
+        services: Option<Arc<crate::plugins::HostServices>>,
         memory: Arc<crate::delivery::MemoryBudget>,
     ) -> Self {
         Supervisor {
             ctx: Arc::new(RuntimeCtx {
-                data_dir,
+                data_dir: services.as_ref().map(|s| s.data_dir.clone()),
+                services,
                 memory,
                 crash_markers_read: Default::default(),
                 registry,

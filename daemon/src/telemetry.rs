@@ -78,6 +78,13 @@ fn describe() {
         "Duration of calls into plugins"
     );
     describe_counter!("sluice_plugin_panics_total", "Panics caught in plugin code");
+    describe_counter!(
+        "sluice_plugin_late_calls_total",
+        "Host calls refused because they carried the handle of a destroyed instance, by call"
+    );
+    for call in ["log", "metric_register", "notify", "complete"] {
+        metrics::counter!("sluice_plugin_late_calls_total", "call" => call).increment(0);
+    }
     describe_gauge!(
         "sluice_buffer_bytes",
         Unit::Bytes,

@@ -426,3 +426,58 @@ fn partial_sink_failures_resubmit_only_the_failed_records() {
     assert_eq!(got, want, "each record exactly once");
     assert!(d.metric("sluice_sink_retries_total", &["pipeline=\"f\""]) >= 3.0);
 }
+
+/// A plugin thread that outlives its instance (safe Rust: a `Completion`, a `Context` and a
+/// `Notifier` moved to a thread in `Drop`) calls the host after `destroy`. The host checks
+/// the instance handle and refuses the calls; the daemon and its other pipelines go on.
+/// The sink never completes, so the drain times out and the pipeline is aborted: the
+/// `complete` refusal also shows that an aborted pipeline's stages end and its instances
+/// are destroyed (they used to run on after the abort).
+#[test]
+fn host_calls_after_destroy_are_refused_not_a_use_after_free() {
+    let plugins = plugin_dir(&["libsluice_example_passthrough.so"]);
+    let s = Setup::new(
+        &format!("plugin_dirs = [\"{}\"]", plugins.path().display()),
+        &[
+            ("late", "[pipelines.late]\nsource = { plugin = \"generator\", rate = 200 }\nsink = { plugin = \"late\", after_ms = 100 }\n"),
+            ("alive", "[pipelines.alive]\nsource = { plugin = \"generator\", rate = 200 }\nsink = { plugin = \"file\", path = \"out/alive.jsonl\" }\n"),
+        ],
+    );
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("shutdown_timeout = \"10s\"", "shutdown_timeout = \"1s\""),
+    )
+    .unwrap();
+    let mut d = s.start();
+    wait_until(Duration::from_secs(20), "late holds batches", || {
+        d.metric(
+            "sluice_plugin_calls_total",
+            &["plugin=\"late\"", "call=\"submit\""],
+        ) > 0.0
+    });
+    std::fs::remove_file(s.path("pipelines/late.toml")).unwrap();
+    let (code, body) = d.post("/admin/reload").unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_until(Duration::from_secs(20), "late calls refused", || {
+        ["complete", "notify", "log"].iter().all(|c| {
+            d.metric(
+                "sluice_plugin_late_calls_total",
+                &[&format!("call=\"{c}\"")],
+            ) > 0.0
+        })
+    });
+    assert!(
+        d.stderr().contains("handle of a destroyed instance"),
+        "{}",
+        d.stderr()
+    );
+    // Still serving, still delivering.
+    assert_eq!(d.get("/healthz").unwrap().0, 200);
+    let before = lines(&s.path("out/alive.jsonl")).len();
+    wait_until(Duration::from_secs(20), "alive keeps delivering", || {
+        lines(&s.path("out/alive.jsonl")).len() > before
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
+}

@@ -157,7 +157,13 @@ typedef struct sl_host_api {
                    const uint32_t *failed_idx, size_t n_failed, const sl_error *err);
 } sl_host_api;
 
-/* Valid from create() until destroy() returns. */
+/* The struct and its string views are valid from create() until destroy() returns: copy
+ * what you need past that. The host table (`host`) stays valid for the life of the
+ * process. `inst` is an opaque handle, not a pointer to dereference: sluice checks it on
+ * every call, so a call made with it after destroy() (say, a completion from a plugin
+ * thread that outlived its instance) is refused, counted in
+ * sluice_plugin_late_calls_total, and never touches freed memory. Do not rely on late
+ * calls having any effect. */
 typedef struct sl_instance_ctx {
   uint32_t struct_size;
   const sl_host_api *host;

@@ -21,52 +21,74 @@ pub enum MetricKind {
     Histogram = ffi::SL_METRIC_HISTOGRAM as isize,
 }
 
-/// The instance's handle on the host, valid from `create` until the instance is destroyed.
+/// The instance's handle on the host.
+///
+/// It copies what it needs from the host's `sl_instance_ctx` when the instance is created
+/// and keeps no pointer into per-instance host memory: only the host API table (static in
+/// the host, valid for the life of the process) and the instance handle. A sluice host
+/// checks that handle on every call, so a `Context`, [`Notifier`] or [`Completion`] kept on
+/// a plugin thread past `destroy` is refused by the host, never a use-after-free.
 #[derive(Clone)]
 pub struct Context {
-    ctx: *const ffi::sl_instance_ctx,
+    host: *const ffi::sl_host_api,
+    inst: *const c_void,
+    pipeline: std::sync::Arc<str>,
+    component: std::sync::Arc<str>,
+    config_dir: std::sync::Arc<str>,
 }
 
-// SAFETY: the host guarantees every host API function is thread-safe, and the context
-// outlives the instance that holds it.
+// SAFETY: the host guarantees every host API function is thread-safe; the table is static
+// in the host and `inst` is a handle the host checks, not memory read here.
 unsafe impl Send for Context {}
 // SAFETY: as above.
 unsafe impl Sync for Context {}
 
 impl Context {
     /// # Safety
-    /// `ctx` must be valid until the instance is destroyed.
+    /// `ctx` must point at a valid `sl_instance_ctx` for the duration of this call, whose
+    /// `host` table stays valid for the life of the process.
     pub unsafe fn from_raw(ctx: *const ffi::sl_instance_ctx) -> Self {
-        Context { ctx }
+        // SAFETY: caller's contract; the views are copied before returning.
+        let raw = unsafe { &*ctx };
+        let text = |b: &ffi::sl_str| -> std::sync::Arc<str> {
+            // SAFETY: caller's contract: the views are valid for this call.
+            String::from_utf8_lossy(unsafe { b.as_slice() }).into()
+        };
+        Context {
+            host: raw.host,
+            inst: raw.inst,
+            pipeline: text(&raw.pipeline),
+            component: text(&raw.component_id),
+            config_dir: text(&raw.config_dir),
+        }
     }
 
-    fn raw(&self) -> &ffi::sl_instance_ctx {
-        // SAFETY: from_raw's contract.
-        unsafe { &*self.ctx }
+    /// The opaque instance handle the host gave this instance (`sl_instance_ctx.inst`).
+    /// Plugins never need it; a host may use it to find services it offers its own
+    /// bundled plugins beyond the ABI.
+    pub fn instance_handle(&self) -> *const c_void {
+        self.inst
     }
 
     fn host(&self) -> &ffi::sl_host_api {
         // SAFETY: the host API table is static in the host.
-        unsafe { &*self.raw().host }
+        unsafe { &*self.host }
     }
 
     /// Name of the pipeline this instance belongs to.
     pub fn pipeline(&self) -> &str {
-        // SAFETY: the view lives as long as the context.
-        std::str::from_utf8(unsafe { self.raw().pipeline.as_slice() }).unwrap_or("")
+        &self.pipeline
     }
 
     /// The component id inside the pipeline (`source`, `transforms[0]`, `sink`).
     pub fn component_id(&self) -> &str {
-        // SAFETY: the view lives as long as the context.
-        std::str::from_utf8(unsafe { self.raw().component_id.as_slice() }).unwrap_or("")
+        &self.component
     }
 
     /// Resolves a path from the plugin's config: relative paths are taken against the
     /// folder of the daemon's config file, as every path in sluice's config is.
     pub fn resolve_path(&self, p: &std::path::Path) -> std::path::PathBuf {
-        // SAFETY: the view lives as long as the context.
-        let dir = std::str::from_utf8(unsafe { self.raw().config_dir.as_slice() }).unwrap_or("");
+        let dir: &str = &self.config_dir;
         if p.is_absolute() || dir.is_empty() {
             p.to_path_buf()
         } else {
@@ -89,7 +111,7 @@ impl Context {
             // SAFETY: host API function; msg is copied by the host.
             unsafe {
                 f(
-                    self.raw().inst,
+                    self.inst,
                     level as i32,
                     ffi::sl_bytes::from_slice(msg.as_bytes()),
                 )
@@ -100,8 +122,8 @@ impl Context {
     /// A handle other threads can use to ask the host to poll or submit again.
     pub fn notifier(&self) -> Notifier {
         Notifier {
-            host: self.raw().host,
-            inst: self.raw().inst,
+            host: self.host,
+            inst: self.inst,
         }
     }
 
@@ -126,7 +148,7 @@ impl Context {
         // SAFETY: host API function; all views are copied before it returns.
         let st = unsafe {
             f(
-                self.raw().inst,
+                self.inst,
                 kind as i32,
                 ffi::sl_bytes::from_slice(name.as_bytes()),
                 ffi::sl_bytes::from_slice(help.as_bytes()),
@@ -139,7 +161,7 @@ impl Context {
             return Err(Error::fatal(format_args!("cannot register metric {name}")));
         }
         Ok(MetricFamily {
-            host: self.raw().host,
+            host: self.host,
             handle,
         })
     }
@@ -163,11 +185,12 @@ unsafe impl Send for Notifier {}
 unsafe impl Sync for Notifier {}
 
 impl Notifier {
-    /// Wakes the host's driver of this instance. Must not be called after `stop` returned.
+    /// Wakes the host's driver of this instance. After `destroy` the host refuses the call
+    /// (it checks the instance handle), so a notifier kept on a thread is harmless.
     pub fn notify(&self) {
         // SAFETY: host API table is static; notify is thread-safe.
         if let Some(f) = unsafe { (*self.host).notify } {
-            // SAFETY: inst is valid until destroy.
+            // SAFETY: inst is a handle the host checks, never dereferenced here.
             unsafe { f(self.inst) }
         }
     }
@@ -233,7 +256,9 @@ impl Metric {
 }
 
 /// A move-only ticket for a submitted batch or object. Complete it exactly once; dropping
-/// it uncompleted reports a fatal error to the host.
+/// it uncompleted reports a fatal error to the host. It holds only the static host table,
+/// the instance handle and the ticket: completing it after `destroy` is refused by the
+/// host, never a use-after-free.
 pub struct Completion {
     host: *const ffi::sl_host_api,
     inst: *const c_void,
@@ -249,8 +274,8 @@ impl Completion {
     /// `ctx` must be the instance's valid context.
     pub unsafe fn from_raw(ctx: &Context, ticket: u64) -> Self {
         Completion {
-            host: ctx.raw().host,
-            inst: ctx.raw().inst,
+            host: ctx.host,
+            inst: ctx.inst,
             ticket,
             done: false,
         }

@@ -207,6 +207,8 @@ impl PipelineShared {
 pub struct RuntimeCtx {
     /// Where pipelines keep their state (intent logs, spool and quarantine files).
     pub data_dir: Option<PathBuf>,
+    /// Streams and data directory for the bundled `stream` plugins.
+    pub services: Option<Arc<crate::plugins::HostServices>>,
     /// The buffer memory budget all pipelines share.
     pub memory: Arc<crate::delivery::MemoryBudget>,
     /// Pipelines whose crash marker this process has read (only a pipeline's first run
@@ -334,8 +336,15 @@ fn make_instance(
         .registry
         .lookup(c.kind, &c.plugin)
         .map_err(|m| PipelineError::Internal(format!("{}: {m}", c.id)))?;
-    let mut inst = Instance::create(entry, pipeline, &c.id, &ctx.base_dir, &c.config_json)
-        .map_err(plugin_err(&c.id))?;
+    let mut inst = Instance::create(
+        entry,
+        pipeline,
+        &c.id,
+        &ctx.base_dir,
+        &c.config_json,
+        ctx.services.clone(),
+    )
+    .map_err(plugin_err(&c.id))?;
     inst.start().map_err(plugin_err(&c.id))?;
     Ok(inst)
 }
@@ -429,6 +438,10 @@ async fn run_once(
         )),
     };
     let (src_abort, snk_abort) = (src.abort_handle(), snk.abort_handle());
+    // A pipeline aborted past its drain deadline drops this future: the stage tasks must
+    // end with it (a dropped JoinHandle does not stop a task), or the old source and sink
+    // would run on beside their replacement. The worker ends when its channels close.
+    let _stages = AbortOnDrop([src_abort.clone(), snk_abort.clone()]);
 
     let mut end = None;
     let mut first_err: Option<PipelineError> = None;
@@ -464,6 +477,17 @@ async fn run_once(
         Some(e) => Err(e),
         None => {
             end.ok_or_else(|| PipelineError::Internal("source stage ended without a result".into()))
+        }
+    }
+}
+
+/// Aborts the tasks when dropped.
+struct AbortOnDrop<const N: usize>([tokio::task::AbortHandle; N]);
+
+impl<const N: usize> Drop for AbortOnDrop<N> {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
         }
     }
 }

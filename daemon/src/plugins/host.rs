@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{oneshot, Notify};
 
 /// How a sink finished a submitted batch or object.
@@ -37,18 +37,27 @@ pub struct InstanceShared {
     pub config_dir: String,
     /// Woken by the plugin's `notify`.
     pub notify: Notify,
+    /// Services for bundled plugins (none for validation instances).
+    services: Option<Arc<super::HostServices>>,
     completions: Mutex<HashMap<u64, oneshot::Sender<CompletionResult>>>,
     next_ticket: AtomicU64,
 }
 
 impl InstanceShared {
-    pub(crate) fn new(plugin: &str, pipeline: &str, component: &str, config_dir: &str) -> Self {
+    pub(crate) fn new(
+        plugin: &str,
+        pipeline: &str,
+        component: &str,
+        config_dir: &str,
+        services: Option<Arc<super::HostServices>>,
+    ) -> Self {
         InstanceShared {
             plugin: plugin.to_string(),
             pipeline: pipeline.to_string(),
             component: component.to_string(),
             config_dir: config_dir.to_string(),
             notify: Notify::new(),
+            services,
             completions: Mutex::new(HashMap::new()),
             next_ticket: AtomicU64::new(1),
         }
@@ -88,11 +97,94 @@ impl InstanceShared {
     }
 }
 
-/// # Safety
-/// `inst` must be null or point at a live `InstanceShared`.
-unsafe fn shared<'a>(inst: *const c_void) -> Option<&'a InstanceShared> {
-    // SAFETY: caller's contract.
-    unsafe { (inst as *const InstanceShared).as_ref() }
+/// The instance handles given to plugins as `sl_instance_ctx.inst`.
+///
+/// `inst` is not a pointer but a checked handle: a slot index and that slot's generation.
+/// A plugin thread that calls `complete`, `notify`, `log` or `metric_register` with the
+/// handle of a destroyed instance (a `Completion` kept past `destroy`, say) finds the
+/// generation changed and is refused — counted in `sluice_plugin_late_calls_total` —
+/// instead of reaching freed host memory. The C callbacks carry nothing but this handle,
+/// so the table is process-wide: it is the ABI's handle registry, not a runtime service.
+struct Handles {
+    slots: Vec<(u32, Option<Arc<InstanceShared>>)>,
+    free: Vec<u32>,
+}
+
+static HANDLES: RwLock<Handles> = RwLock::new(Handles {
+    slots: Vec::new(),
+    free: Vec::new(),
+});
+
+/// Handles pack (slot index + 1) in the high 32 bits and the generation in the low 32 bits
+/// of a pointer-sized value, so 0 (null) is never a live handle.
+const _: () = assert!(usize::BITS == 64, "instance handles need 64-bit pointers");
+
+/// Registers a new instance; its handle is what the plugin passes back.
+pub(crate) fn register_instance(s: Arc<InstanceShared>) -> *const c_void {
+    let mut h = HANDLES.write().unwrap_or_else(|e| e.into_inner());
+    let index = match h.free.pop() {
+        Some(i) => i,
+        None => {
+            h.slots.push((0, None));
+            (h.slots.len() - 1) as u32
+        }
+    };
+    let slot = &mut h.slots[index as usize];
+    slot.1 = Some(s);
+    let handle = (u64::from(index) + 1) << 32 | u64::from(slot.0);
+    handle as usize as *const c_void
+}
+
+/// Retires a handle after its instance was destroyed: later calls with it are refused.
+pub(crate) fn release_instance(handle: *const c_void) {
+    let mut h = HANDLES.write().unwrap_or_else(|e| e.into_inner());
+    let (index, generation) = split(handle);
+    let Some(slot) = index.and_then(|i| h.slots.get_mut(i as usize)) else {
+        return;
+    };
+    if slot.0 == generation && slot.1.is_some() {
+        slot.1 = None;
+        slot.0 = slot.0.wrapping_add(1);
+        if let Some(i) = index {
+            h.free.push(i);
+        }
+    }
+}
+
+fn split(handle: *const c_void) -> (Option<u32>, u32) {
+    let v = handle as usize as u64;
+    let index = ((v >> 32) as u32).checked_sub(1);
+    (index, v as u32)
+}
+
+/// The host services of the live instance behind `handle` (a bundled plugin's own
+/// `Context::instance_handle`).
+pub fn services(handle: *const c_void) -> Option<Arc<super::HostServices>> {
+    shared(handle, "services").and_then(|s| s.services.clone())
+}
+
+/// The live instance behind a handle, or `None` (counted) for a destroyed or made-up one.
+fn shared(inst: *const c_void, call: &'static str) -> Option<Arc<InstanceShared>> {
+    if inst.is_null() {
+        // No instance at all (a library-level log line, say): not a late call.
+        return None;
+    }
+    let (index, generation) = split(inst);
+    let found = {
+        let h = HANDLES.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .and_then(|i| h.slots.get(i as usize))
+            .filter(|slot| slot.0 == generation)
+            .and_then(|slot| slot.1.clone())
+    };
+    if found.is_none() {
+        metrics::counter!("sluice_plugin_late_calls_total", "call" => call).increment(1);
+        tracing::warn!(
+            call,
+            "a plugin called the host with the handle of a destroyed instance; refused"
+        );
+    }
+    found
 }
 
 /// # Safety
@@ -115,9 +207,10 @@ unsafe extern "C" fn log_enabled(level: i32) -> bool {
 
 unsafe extern "C" fn log(inst: *const c_void, level: i32, msg: ffi::sl_str) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: host contract: inst is a live instance or null; msg valid for the call.
-        let (s, msg) = unsafe { (shared(inst), view(&msg)) };
+        // SAFETY: host contract: msg valid for the call.
+        let (s, msg) = (shared(inst, "log"), unsafe { view(&msg) });
         let (plugin, pipeline, component) = s
+            .as_ref()
             .map(|s| (s.plugin.as_str(), s.pipeline.as_str(), s.component.as_str()))
             .unwrap_or(("?", "", ""));
         match level {
@@ -177,8 +270,12 @@ unsafe extern "C" fn metric_register(
         if out.is_null() || (n_labels > 0 && label_names.is_null()) || n_labels > 16 {
             return ffi::SL_ERR_FATAL;
         }
-        // SAFETY: views valid for the call (host contract).
-        let (s, name, help) = unsafe { (shared(inst), view(&name), view(&help)) };
+        // SAFETY: host contract: views valid for the call.
+        let (s, name, help) = (
+            shared(inst, "metric_register"),
+            unsafe { view(&name) },
+            unsafe { view(&help) },
+        );
         // SAFETY: n_labels views at label_names.
         let labels: Vec<String> = (0..n_labels)
             .map(|i| unsafe { sanitize(&view(&*label_names.add(i))) })
@@ -307,8 +404,7 @@ unsafe extern "C" fn metric_record(handle: u64, value: f64) {
 
 unsafe extern "C" fn notify(inst: *const c_void) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: host contract: a live instance.
-        if let Some(s) = unsafe { shared(inst) } {
+        if let Some(s) = shared(inst, "notify") {
             s.notify.notify_one();
         }
     }));
@@ -323,8 +419,7 @@ unsafe extern "C" fn complete(
     err: *const ffi::sl_error,
 ) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: host contract: a live instance; arrays valid for the call.
-        let Some(s) = (unsafe { shared(inst) }) else {
+        let Some(s) = shared(inst, "complete") else {
             return;
         };
         let failed = if failed_idx.is_null() || n_failed == 0 {
@@ -366,4 +461,46 @@ static HOST_API: ffi::sl_host_api = ffi::sl_host_api {
 /// The host API table (static).
 pub fn host_api() -> *const ffi::sl_host_api {
     &HOST_API
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A completion that arrives after its instance was destroyed is refused, including
+    /// when the slot was reused by a newer instance (the generation differs).
+    #[test]
+    fn late_calls_with_a_destroyed_handle_are_refused() {
+        let a = Arc::new(InstanceShared::new("p", "pl", "sink", "", None));
+        let ha = register_instance(a.clone());
+        let (ticket, mut rx) = a.register_ticket();
+        assert!(shared(ha, "test").is_some());
+        release_instance(ha);
+        assert!(shared(ha, "test").is_none(), "released handle refused");
+        // SAFETY: the callback checks the handle; arrays are null with length 0.
+        unsafe {
+            complete(
+                ha,
+                ticket,
+                ffi::SL_OK,
+                std::ptr::null(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert!(rx.try_recv().is_err(), "a late completion reaches nobody");
+        // SAFETY: as above.
+        unsafe { notify(ha) };
+        let b = Arc::new(InstanceShared::new("p", "pl", "sink", "", None));
+        let hb = register_instance(b.clone());
+        assert_ne!(ha, hb, "a reused slot has a new generation");
+        assert!(shared(ha, "test").is_none());
+        assert!(Arc::ptr_eq(&shared(hb, "test").unwrap(), &b));
+        // Made-up handles are refused too, and null is no instance at all.
+        assert!(shared(0xdead_beef_0000_0001usize as *const c_void, "test").is_none());
+        assert!(shared(std::ptr::null(), "test").is_none());
+        release_instance(hb);
+        release_instance(hb);
+        assert!(shared(hb, "test").is_none());
+    }
 }

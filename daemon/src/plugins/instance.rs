@@ -98,17 +98,19 @@ impl Instance {
         component: &str,
         config_dir: &Path,
         config_json: &str,
+        services: Option<Arc<super::HostServices>>,
     ) -> Result<Instance, CallError> {
         let shared = Arc::new(InstanceShared::new(
             &entry.name,
             pipeline,
             component,
             &config_dir.to_string_lossy(),
+            services,
         ));
         let ctx = Box::new(ffi::sl_instance_ctx {
             struct_size: std::mem::size_of::<ffi::sl_instance_ctx>() as u32,
             host: host_api(),
-            inst: Arc::as_ptr(&shared) as *const c_void,
+            inst: super::host::register_instance(shared.clone()),
             pipeline: ffi::sl_bytes::from_slice(shared.pipeline.as_bytes()),
             component_id: ffi::sl_bytes::from_slice(shared.component.as_bytes()),
             config_dir: ffi::sl_bytes::from_slice(shared.config_dir.as_bytes()),
@@ -241,14 +243,15 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        if self.this.is_null() {
-            return;
-        }
-        if let Some(destroy) = self.entry.vtable.destroy {
-            // SAFETY: live instance, destroyed exactly once.
-            unsafe { destroy(self.this) };
+        if !self.this.is_null() {
+            if let Some(destroy) = self.entry.vtable.destroy {
+                // SAFETY: live instance, destroyed exactly once.
+                unsafe { destroy(self.this) };
+            }
         }
         self.this = std::ptr::null_mut();
+        // From here on a call with this instance's handle is refused.
+        super::host::release_instance(self._ctx.inst);
     }
 }
 

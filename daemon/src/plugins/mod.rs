@@ -70,6 +70,16 @@ impl fmt::Display for Origin {
     }
 }
 
+/// What the daemon offers its bundled plugins beyond the ABI's host table, handed down
+/// explicitly (daemon → supervisor → `RuntimeCtx` → each instance) and reached by a bundled
+/// plugin through its instance handle ([`host::services`]). Dynamic plugins never see it.
+pub struct HostServices {
+    /// The daemon's streams.
+    pub streams: Arc<crate::stream::Streams>,
+    /// The data directory (checkpoints live under it).
+    pub data_dir: PathBuf,
+}
+
 /// One usable plugin.
 pub struct PluginEntry {
     /// The name used in TOML.
@@ -268,7 +278,15 @@ pub fn validate_config(
     config_dir: &Path,
     config_json: &str,
 ) -> Result<(), ConfigVerdict> {
-    match Instance::create(entry.clone(), pipeline, component, config_dir, config_json) {
+    // Validation instances get no host services: `create` must not need them.
+    match Instance::create(
+        entry.clone(),
+        pipeline,
+        component,
+        config_dir,
+        config_json,
+        None,
+    ) {
         Ok(inst) => {
             drop(inst);
             Ok(())

@@ -6,35 +6,31 @@
 //! maps each shard to the next sequence number to read. It is replaced atomically (write,
 //! fsync, rename, fsync the folder) and only when the host acks a batch — i.e. after the
 //! sink confirmed delivery — so a restart resumes at the oldest undelivered record.
+//!
+//! They find the streams and the data directory through their instance handle
+//! ([`HostServices`], handed down by the daemon), not through process-wide state.
 #![allow(unexpected_cfgs)] // `declare_library!` checks a `dylib` feature this crate does not have
 
-use crate::stream::{hash_key, Stream, Streams};
+use super::HostServices;
+use crate::stream::{hash_key, Stream};
 use sluice_plugin_api::{
     declare_library, Batch, Completion, Context, Error, NewRecord, Output, Plugin, Poll, Sink,
     Source, Submitted,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-// The one remaining process-wide state of the daemon (issue #11, step 2 is not finished):
-// the bundled `stream` plugins are created through the plugin ABI like any other plugin,
-// which has no way yet to hand them the host's streams, so they find them here. Everything
-// else gets the data directory and the memory budget explicitly (`RuntimeCtx`).
-static STREAMS: OnceLock<Arc<Streams>> = OnceLock::new();
-static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
-
-/// Gives the `stream` plugins the daemon's streams and data directory (once, at startup).
-pub fn install(streams: Arc<Streams>, data_dir: PathBuf) {
-    let _ = STREAMS.set(streams);
-    let _ = DATA_DIR.set(data_dir);
+/// The host services of this instance: the daemon's streams and data directory.
+fn services(ctx: &Context) -> Option<Arc<HostServices>> {
+    super::host::services(ctx.instance_handle())
 }
 
-fn stream(name: &str) -> Result<Arc<Stream>, Error> {
-    let streams = STREAMS
-        .get()
-        .ok_or_else(|| Error::fatal("streams are not available (not running in sluiced)"))?;
+fn stream(services: Option<&HostServices>, name: &str) -> Result<Arc<Stream>, Error> {
+    let streams = &services
+        .ok_or_else(|| Error::fatal("streams are not available (not running in sluiced)"))?
+        .streams;
     // Retryable: the stream may be created through the API later.
     streams
         .get(name)
@@ -73,6 +69,7 @@ fn default_batch() -> u32 {
 /// Reads a stream shard by shard, round-robin, checkpointing on ack.
 pub struct StreamSource {
     cfg: SourceConfig,
+    services: Option<Arc<HostServices>>,
     pipeline: String,
     st: Option<Arc<Stream>>,
     /// Next sequence to read, per shard (read position, ahead of the checkpoint).
@@ -85,9 +82,13 @@ pub struct StreamSource {
     next_token: u64,
 }
 
-fn checkpoint_path(pipeline: &str, stream: &str) -> Option<PathBuf> {
+fn checkpoint_path(
+    services: Option<&HostServices>,
+    pipeline: &str,
+    stream: &str,
+) -> Option<PathBuf> {
     crate::names::check(stream).ok()?;
-    let dir = crate::names::child(&DATA_DIR.get()?.join("checkpoints"), pipeline).ok()?;
+    let dir = crate::names::child(&services?.data_dir.join("checkpoints"), pipeline).ok()?;
     Some(dir.join(format!("{stream}.json")))
 }
 
@@ -139,6 +140,7 @@ impl Plugin for StreamSource {
         Ok(StreamSource {
             cfg,
             pipeline: ctx.pipeline().to_string(),
+            services: services(ctx),
             st: None,
             read_pos: Vec::new(),
             committed: Vec::new(),
@@ -149,8 +151,8 @@ impl Plugin for StreamSource {
     }
 
     fn start(&mut self) -> Result<(), Error> {
-        let st = stream(&self.cfg.stream)?;
-        let path = checkpoint_path(&self.pipeline, &self.cfg.stream);
+        let st = stream(self.services.as_deref(), &self.cfg.stream)?;
+        let path = checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream);
         let (cp, damaged) = match path.as_deref().map(load_checkpoint) {
             None | Some(Checkpoint::Missing) => (BTreeMap::new(), false),
             Some(Checkpoint::At(cp)) => (cp, false),
@@ -257,7 +259,7 @@ impl Source for StreamSource {
         }
         let (Some(st), Some(path)) = (
             self.st.as_ref(),
-            checkpoint_path(&self.pipeline, &self.cfg.stream),
+            checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream),
         ) else {
             return;
         };
@@ -296,21 +298,25 @@ pub struct SinkConfig {
 /// Appends records to a stream, routed by partition key like the Kinesis API.
 pub struct StreamSink {
     name: String,
+    services: Option<Arc<HostServices>>,
 }
 
 impl Plugin for StreamSink {
     type Config = SinkConfig;
-    fn create(cfg: SinkConfig, _: &Context) -> Result<Self, Error> {
+    fn create(cfg: SinkConfig, ctx: &Context) -> Result<Self, Error> {
         if cfg.stream.is_empty() {
             return Err(Error::config_field("stream", "must name a stream"));
         }
-        Ok(StreamSink { name: cfg.stream })
+        Ok(StreamSink {
+            name: cfg.stream,
+            services: services(ctx),
+        })
     }
 }
 
 impl Sink for StreamSink {
     fn submit(&mut self, batch: &Batch<'_>, done: Completion) -> Result<Submitted, Error> {
-        let st = match stream(&self.name) {
+        let st = match stream(self.services.as_deref(), &self.name) {
             Ok(s) => s,
             Err(e) => {
                 done.fail(&e);

@@ -191,11 +191,75 @@ impl Sink for Flaky {
     }
 }
 
+/// `late` takes `after_ms`: how long after `destroy` its thread completes the batches it held.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LateConfig {
+    /// Delay between `destroy` and the late calls.
+    #[serde(default = "late_default")]
+    pub after_ms: u64,
+}
+
+fn late_default() -> u64 {
+    100
+}
+
+/// A misbehaving record sink for tests of the host's handle checks: it never completes a
+/// batch while it lives, and when destroyed hands the completions, its context and a
+/// notifier to a thread that uses them all afterwards — the safe-Rust equivalent of a
+/// plugin thread outliving its instance. A sluice host refuses those late calls.
+pub struct Late {
+    ctx: Context,
+    held: Vec<Completion>,
+    after: std::time::Duration,
+}
+
+impl Plugin for Late {
+    type Config = LateConfig;
+    fn create(cfg: LateConfig, ctx: &Context) -> Result<Self, Error> {
+        Ok(Late {
+            ctx: ctx.clone(),
+            held: Vec::new(),
+            after: std::time::Duration::from_millis(cfg.after_ms),
+        })
+    }
+}
+
+impl Sink for Late {
+    fn submit(&mut self, _batch: &Batch<'_>, done: Completion) -> Result<Submitted, Error> {
+        if self.held.len() >= 16 {
+            return Ok(Submitted::Full(done));
+        }
+        self.held.push(done);
+        Ok(Submitted::Accepted)
+    }
+}
+
+impl Drop for Late {
+    fn drop(&mut self) {
+        let (ctx, held, after) = (self.ctx.clone(), std::mem::take(&mut self.held), self.after);
+        let notifier = ctx.notifier();
+        std::thread::spawn(move || {
+            // Fault injection, not synchronisation: the point is to call after destroy.
+            std::thread::sleep(after);
+            ctx.log(
+                sluice_plugin_api::Level::Warn,
+                "late: completing after destroy",
+            );
+            notifier.notify();
+            for c in held {
+                c.success();
+            }
+        });
+    }
+}
+
 declare_library!(
     name: "example-passthrough",
     plugins: [
         transform("passthrough", Passthrough, "outputs every record unchanged"),
         transform("chaos", Chaos, "passes records through; panics or fails on marked records"),
         sink("flaky", Flaky, "appends records to a file, failing some of them on purpose"),
+        sink("late", Late, "holds every batch and completes them after it was destroyed"),
     ]
 );
