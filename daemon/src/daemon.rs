@@ -8,7 +8,7 @@ use crate::plugins::Registry;
 use crate::sdnotify::SdNotify;
 use crate::stream::Streams;
 use crate::supervisor::Supervisor;
-use crate::telemetry::{self, AdminState, ReloadRequest};
+use crate::telemetry::{self, AdminState, ReloadError, ReloadRequest};
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,7 +229,7 @@ async fn reload(
     streams: &Arc<Streams>,
     sup: &mut Supervisor,
     current: &mut ConfigSet,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, ReloadError> {
     // Reading, parsing and validating (plugins compile their programs) is blocking work:
     // on the blocking pool it cannot stall the API's tasks on the two runtime workers.
     let (p, reg) = (path.to_path_buf(), registry.clone());
@@ -239,7 +239,7 @@ async fn reload(
     .await
     .map_err(|e| {
         record_reload(false);
-        format!("reload task failed: {e}")
+        ReloadError::Task(e)
     })?;
     match new {
         Err(e) => {
@@ -247,7 +247,7 @@ async fn reload(
             for err in &e.0 {
                 tracing::error!(error = %err, "reload refused: invalid configuration; the running configuration is kept");
             }
-            Err(e.to_string())
+            Err(ReloadError::Invalid(e))
         }
         Ok(set) => {
             if set.daemon != current.daemon {
@@ -260,12 +260,12 @@ async fn reload(
                 .await
                 .map_err(|e| {
                     record_reload(false);
-                    format!("reload task failed: {e}")
+                    ReloadError::Task(e)
                 })?;
             if let Err(e) = applied {
                 record_reload(false);
                 tracing::error!(error = %e, "reload refused: the streams cannot take this change; the running configuration is kept");
-                return Err(e.to_string());
+                return Err(ReloadError::Streams(e));
             }
             let report = sup.apply(&set.pipelines).await;
             record_reload(true);

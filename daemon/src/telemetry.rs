@@ -241,8 +241,22 @@ fn describe() {
     );
 }
 
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The files do not validate (every error, located).
+    #[error(transparent)]
+    Invalid(#[from] crate::config::ConfigErrors),
+    /// The streams cannot take the change live.
+    #[error(transparent)]
+    Streams(#[from] crate::stream::StreamError),
+    /// The blocking task that read the files failed.
+    #[error("reload task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// A reload asked for over HTTP, answered with the outcome.
-pub type ReloadRequest = oneshot::Sender<Result<serde_json::Value, String>>;
+pub type ReloadRequest = oneshot::Sender<Result<serde_json::Value, ReloadError>>;
 
 /// What the admin handlers read.
 #[derive(Clone)]
@@ -454,7 +468,7 @@ async fn reload(State(s): State<AdminState>) -> Response {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({ "error": e })),
+            Json(serde_json::json!({ "error": e.to_string() })),
         )
             .into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),

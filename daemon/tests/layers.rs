@@ -112,3 +112,75 @@ fn imports_only_go_down_the_layers() {
         assert!(seen.contains(*m), "layer `{m}` has no module in daemon/src");
     }
 }
+
+/// Library code reports errors as typed values (thiserror enums), never `Result<_, String>`,
+/// and carries no runtime services in statics: only the documented process-wide state the
+/// C ABI needs (the instance handle table and plugin metric families, whose callbacks carry
+/// nothing else) and the delivery chunk pools (an allocation cache). Binary-only modules
+/// (`main.rs`, `top.rs`, `bin/`) are edges and may use plain messages.
+#[test]
+fn library_code_has_typed_errors_and_no_hidden_services() {
+    let root = common::root();
+    let allowed_statics = [
+        "daemon/src/plugins/host.rs: HANDLES",
+        "daemon/src/plugins/host.rs: FAMILIES",
+        "daemon/src/plugins/host.rs: CHILDREN",
+        "daemon/src/plugins/host.rs: CHILD_INDEX",
+        "daemon/src/plugins/host.rs: HOST_API",
+        "daemon/src/delivery/chunks.rs: POOL",
+        "daemon/src/delivery/chunks.rs: POOL_FIRST",
+        // The fuzz target's runtime (api::fuzzing), not the daemon's.
+        "daemon/src/api/mod.rs: ENV",
+        // Failpoints armed from the environment (test builds only).
+        "plugin-api/src/failpoint.rs: POINTS",
+    ];
+    let mut bad = Vec::new();
+    let mut dirs = vec![root.join("daemon/src"), root.join("plugin-api/src")];
+    for e in std::fs::read_dir(root.join("plugins")).unwrap() {
+        let p = e.unwrap().path().join("src");
+        if p.is_dir() {
+            dirs.push(p);
+        }
+    }
+    for dir in dirs {
+        for f in common::files_under(&dir) {
+            let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            if !rel.ends_with(".rs")
+                || rel.ends_with("daemon/src/main.rs")
+                || rel.ends_with("daemon/src/top.rs")
+                || rel.contains("daemon/src/bin/")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).unwrap();
+            // Code before the unit tests only.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (n, line) in code.lines().enumerate() {
+                let l = line.trim_start();
+                if l.starts_with("//") {
+                    continue;
+                }
+                let squashed: String = l.split_whitespace().collect();
+                if squashed.contains(",String>") && squashed.contains("Result<") {
+                    bad.push(format!("{rel}:{}: stringly error: {l}", n + 1));
+                }
+                if let Some(rest) = l
+                    .strip_prefix("static ")
+                    .or_else(|| l.strip_prefix("pub static "))
+                    .or_else(|| l.strip_prefix("pub(crate) static "))
+                {
+                    let name = rest.trim_start_matches("mut ").split(':').next().unwrap_or("");
+                    let entry = format!("{rel}: {}", name.trim());
+                    // The SDK's and plugins' static descriptors are immutable data.
+                    let descriptor = rest.contains("Library") || rest.contains("PluginDef");
+                    if !descriptor && !allowed_statics.contains(&entry.as_str()) {
+                        bad.push(format!("{rel}:{}: process-wide state: {l}", n + 1));
+                    }
+                } else if l.contains("lazy_static!") || l.contains("thread_local!") {
+                    bad.push(format!("{rel}:{}: hidden global: {l}", n + 1));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}

@@ -401,8 +401,8 @@ pub fn load_with(
         };
         for (name, st) in parsed.streams {
             let at = [key("streams"), key(name.clone())];
-            if let Err(msg) = check_name(&name) {
-                errors.push(src.error_at_path(&at, msg));
+            if let Err(e) = crate::names::check(&name) {
+                errors.push(src.error_at_path(&at, e.to_string()));
                 continue;
             }
             if let Some(other) = streams.get(&name) {
@@ -432,8 +432,8 @@ pub fn load_with(
         }
         for (name, p) in parsed.pipelines {
             let at = [key("pipelines"), key(name.clone())];
-            if let Err(msg) = check_name(&name) {
-                errors.push(src.error_at_path(&at, msg));
+            if let Err(e) = crate::names::check(&name) {
+                errors.push(src.error_at_path(&at, e.to_string()));
                 continue;
             }
             if let Some(other) = pipelines.get(&name) {
@@ -508,7 +508,8 @@ fn build_stream(
             "max_record_size must be between 1B and 64MiB",
         ));
     }
-    let fsync = Fsync::parse(&st.fsync).map_err(|m| src.error_at_path(&at("fsync"), m))?;
+    let fsync =
+        Fsync::parse(&st.fsync).map_err(|m| src.error_at_path(&at("fsync"), m.to_string()))?;
     // Resharding is not built yet: a changed shard count is refused, not applied.
     if let Some(existing) = crate::stream::stored_shard_count(data_dir, name) {
         if existing != st.shards {
@@ -547,7 +548,7 @@ fn build_stream(
                                         key("write_limit"),
                                         key("bytes_per_shard"),
                                     ],
-                                    m,
+                                    m.to_string(),
                                 )
                             })?
                             .0,
@@ -621,11 +622,6 @@ pub fn fingerprint(daemon_file: &Path, pipelines_dir: &Path) -> [u8; 32] {
         Err(e) => h.update(e.to_string().as_bytes()),
     }
     h.finalize().into()
-}
-
-/// Names of pipelines (and streams) appear in metrics labels, object keys and file names.
-fn check_name(name: &str) -> Result<(), String> {
-    crate::names::check(name).map_err(|e| e.to_string())
 }
 
 fn build_pipeline(

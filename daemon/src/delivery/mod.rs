@@ -659,6 +659,7 @@ impl Delivery {
                 Some(p) => match p.extract(&rec.data) {
                     Ok(q) => q,
                     Err(e) => {
+                        let e = e.to_string();
                         self.fail(rec, ErrorType::PartitioningFailed, &e, token, &mut touched);
                         continue;
                     }
@@ -689,6 +690,7 @@ impl Delivery {
                     None,
                     "xxxxxxxxxxx",
                 ) {
+                    let e = e.to_string();
                     self.fail(rec, ErrorType::PartitioningFailed, &e, token, &mut touched);
                     continue;
                 }

@@ -55,8 +55,24 @@ pub enum PipelineError {
         component: String,
         source: CallError,
     },
-    #[error("{0}")]
-    Internal(String),
+    /// The registry lost a plugin the validated spec names (the registry changed).
+    #[error("{component}: {source}")]
+    Unknown {
+        component: String,
+        source: crate::plugins::UnknownPlugin,
+    },
+    /// A stage task panicked or could not run.
+    #[error("{stage} task failed: {source}")]
+    Task {
+        stage: &'static str,
+        source: tokio::task::JoinError,
+    },
+    /// The source stage ended without saying why (a bug).
+    #[error("source stage ended without a result")]
+    NoResult,
+    /// Delivery state on disk (intent log, spool) failed.
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
 }
 
 /// Lifecycle state, as `/admin/status` shows it.
@@ -332,10 +348,13 @@ fn make_instance(
     c: &ComponentSpec,
     ctx: &RuntimeCtx,
 ) -> Result<Instance, PipelineError> {
-    let entry = ctx
-        .registry
-        .lookup(c.kind, &c.plugin)
-        .map_err(|m| PipelineError::Internal(format!("{}: {m}", c.id)))?;
+    let entry =
+        ctx.registry
+            .lookup(c.kind, &c.plugin)
+            .map_err(|source| PipelineError::Unknown {
+                component: c.id.clone(),
+                source,
+            })?;
     let mut inst = Instance::create(
         entry,
         pipeline,
@@ -393,7 +412,10 @@ async fn run_once(
     let (s2, c2) = (spec.clone(), ctx.clone());
     let inst = tokio::task::spawn_blocking(move || build(&s2, &c2))
         .await
-        .map_err(|e| PipelineError::Internal(format!("startup task failed: {e}")))??;
+        .map_err(|source| PipelineError::Task {
+            stage: "startup",
+            source,
+        })??;
     shared.set_state(State::Running, None);
     tracing::info!(pipeline = %spec.name, "pipeline running");
 
@@ -449,7 +471,10 @@ async fn run_once(
     let flatten = |r: Result<Result<(), PipelineError>, tokio::task::JoinError>| match r {
         Ok(r) => r,
         Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(PipelineError::Internal(format!("stage task failed: {e}"))),
+        Err(source) => Err(PipelineError::Task {
+            stage: "stage",
+            source,
+        }),
     };
     while !(s_done && w_done && k_done) {
         let res = tokio::select! {
@@ -475,9 +500,7 @@ async fn run_once(
     }
     match first_err {
         Some(e) => Err(e),
-        None => {
-            end.ok_or_else(|| PipelineError::Internal("source stage ended without a result".into()))
-        }
+        None => end.ok_or(PipelineError::NoResult),
     }
 }
 
@@ -678,7 +701,7 @@ async fn sink_driver(
 }
 
 fn disk_err(e: crate::delivery::DeliveryError) -> PipelineError {
-    PipelineError::Internal(e.to_string())
+    PipelineError::Delivery(e)
 }
 
 /// Sends the acks a flush released (the source checkpoints on them).

@@ -83,15 +83,33 @@ const DAEMON_VERSION: &str = env!("CARGO_PKG_VERSION");
 ///
 /// # Safety
 /// The view must be valid static data of the library.
-unsafe fn text(s: &ffi::sl_str) -> Result<String, String> {
+unsafe fn text(s: &ffi::sl_str) -> Result<String, &'static str> {
     if s.len > 0 && s.ptr.is_null() {
-        return Err("null string view".into());
+        return Err("null string view");
     }
     // SAFETY: caller's contract.
     let bytes = unsafe { s.as_slice() };
     std::str::from_utf8(bytes)
         .map(str::to_string)
-        .map_err(|_| "string is not UTF-8".into())
+        .map_err(|_| "string is not UTF-8")
+}
+
+/// Why a plugin file may not be loaded (sshd's StrictModes).
+#[derive(Debug, thiserror::Error)]
+enum Unsafe {
+    #[error("cannot resolve: {0}")]
+    Resolve(std::io::Error),
+    #[error("cannot stat {}: {err}", .path.display())]
+    Stat {
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
+    #[error("{0} is not a regular file")]
+    NotAFile(String),
+    #[error("{what} is owned by uid {uid}, neither root nor the daemon's user (uid {me})")]
+    Owner { what: String, uid: u32, me: u32 },
+    #[error("{what} is writable by group or others (mode {mode:04o}); run `chmod go-w` on it")]
+    Writable { what: String, mode: u32 },
 }
 
 /// Checks a library descriptor and returns its plugin entries.
@@ -170,7 +188,7 @@ pub(super) fn validate_descriptor(
             )));
         }
         // SAFETY: static data of the library.
-        let pname = unsafe { text(&def.name) }.map_err(&bad)?;
+        let pname = unsafe { text(&def.name) }.map_err(|e| bad(e.to_string()))?;
         if pname.is_empty()
             || !pname
                 .chars()
@@ -250,13 +268,19 @@ pub(super) fn validate_descriptor(
 /// by anyone else (a world-writable folder with the sticky bit, like `/tmp`, is fine: others
 /// cannot replace entries they do not own). Returns the resolved path, which is what gets
 /// loaded, so a link cannot be swapped between the check and `dlopen`'s open of the target.
-fn check_permissions(path: &Path) -> Result<std::path::PathBuf, String> {
-    let real = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve: {e}"))?;
+fn check_permissions(path: &Path) -> Result<std::path::PathBuf, Unsafe> {
+    let real = std::fs::canonicalize(path).map_err(Unsafe::Resolve)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot stat: {e}"))?;
+    let stat = |p: &Path| {
+        std::fs::metadata(p).map_err(|err| Unsafe::Stat {
+            path: p.to_path_buf(),
+            err,
+        })
+    };
+    let meta = stat(&real)?;
     if !meta.is_file() {
-        return Err(format!("{} is not a regular file", real.display()));
+        return Err(Unsafe::NotAFile(real.display().to_string()));
     }
     let shown = |p: &Path| {
         if p == real && real != path {
@@ -268,26 +292,21 @@ fn check_permissions(path: &Path) -> Result<std::path::PathBuf, String> {
         }
     };
     for (i, p) in real.ancestors().enumerate() {
-        let m = if i == 0 {
-            meta.clone()
-        } else {
-            std::fs::metadata(p).map_err(|e| format!("cannot stat {}: {e}", p.display()))?
-        };
+        let m = if i == 0 { meta.clone() } else { stat(p)? };
         if m.uid() != 0 && m.uid() != me {
-            return Err(format!(
-                "{} is owned by uid {}, neither root nor the daemon's user (uid {me})",
-                shown(p),
-                m.uid()
-            ));
+            return Err(Unsafe::Owner {
+                what: shown(p),
+                uid: m.uid(),
+                me,
+            });
         }
         let mode = m.permissions().mode();
         let sticky_dir = i > 0 && mode & 0o1000 != 0;
         if mode & 0o022 != 0 && !sticky_dir {
-            return Err(format!(
-                "{} is writable by group or others (mode {:04o}); run `chmod go-w` on it",
-                shown(p),
-                mode & 0o7777
-            ));
+            return Err(Unsafe::Writable {
+                what: shown(p),
+                mode: mode & 0o7777,
+            });
         }
     }
     Ok(real)
@@ -296,9 +315,9 @@ fn check_permissions(path: &Path) -> Result<std::path::PathBuf, String> {
 /// Opens one library and registers its plugins.
 pub fn load_file(reg: &mut Registry, path: &Path) -> Result<usize, LoadError> {
     let shown = path.display().to_string();
-    let real = check_permissions(path).map_err(|detail| LoadError::Permissions {
+    let real = check_permissions(path).map_err(|e| LoadError::Permissions {
         path: shown.clone(),
-        detail,
+        detail: e.to_string(),
     })?;
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     // SAFETY: loading a library runs its initialisers: plugins are trusted code (checked

@@ -70,6 +70,30 @@ impl fmt::Display for Origin {
     }
 }
 
+/// No plugin of that kind and name.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "unknown {kind} plugin `{name}` (available: {available}){}{}",
+    other_kind.map(|k| format!("; `{name}` is a {k} plugin")).unwrap_or_default(),
+    match refused {
+        0 => String::new(),
+        1 => "; 1 plugin library was refused, see `sluiced plugins`".to_string(),
+        n => format!("; {n} plugin libraries were refused, see `sluiced plugins`"),
+    }
+)]
+pub struct UnknownPlugin {
+    /// The kind asked for.
+    pub kind: Kind,
+    /// The name asked for.
+    pub name: String,
+    /// The plugins of that kind, comma-separated.
+    pub available: String,
+    /// The kind of a plugin with that name, when it is of another kind.
+    pub other_kind: Option<Kind>,
+    /// How many libraries were refused (one of them may have had it).
+    pub refused: usize,
+}
+
 /// What the daemon offers its bundled plugins beyond the ABI's host table, handed down
 /// explicitly (daemon → supervisor → `RuntimeCtx` → each instance) and reached by a bundled
 /// plugin through its instance handle ([`host::services`]). Dynamic plugins never see it.
@@ -221,9 +245,9 @@ impl Registry {
         &self.refused
     }
 
-    /// The plugin of `kind` named `name`, or a message listing the available ones (and
+    /// The plugin of `kind` named `name`, or an error listing the available ones (and
     /// saying so when a library that would have provided it was refused).
-    pub fn lookup(&self, kind: Kind, name: &str) -> Result<Arc<PluginEntry>, String> {
+    pub fn lookup(&self, kind: Kind, name: &str) -> Result<Arc<PluginEntry>, UnknownPlugin> {
         if let Some(e) = self
             .entries
             .iter()
@@ -238,25 +262,13 @@ impl Registry {
             .map(|e| e.name.as_str())
             .collect();
         available.sort_unstable();
-        let mut msg = format!(
-            "unknown {kind} plugin `{name}` (available: {})",
-            available.join(", ")
-        );
-        if let Some(other) = self.entries.iter().find(|e| e.name == name) {
-            msg.push_str(&format!("; `{name}` is a {} plugin", other.kind));
-        }
-        if !self.refused.is_empty() {
-            msg.push_str(&format!(
-                "; {} plugin librar{} refused, see `sluiced plugins`",
-                self.refused.len(),
-                if self.refused.len() == 1 {
-                    "y was"
-                } else {
-                    "ies were"
-                }
-            ));
-        }
-        Err(msg)
+        Err(UnknownPlugin {
+            kind,
+            name: name.to_string(),
+            available: available.join(", "),
+            other_kind: self.entries.iter().find(|e| e.name == name).map(|e| e.kind),
+            refused: self.refused.len(),
+        })
     }
 }
 

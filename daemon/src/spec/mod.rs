@@ -8,9 +8,9 @@ mod partition;
 mod template;
 mod units;
 
-pub use partition::{fast_path, Partitioner};
-pub use template::{civil, hive_escape, Template, MAX_PREFIX};
-pub use units::{ByteSize, HumanDuration};
+pub use partition::{fast_path, PartitionError, Partitioner};
+pub use template::{civil, hive_escape, RenderError, Template, TemplateError, MAX_PREFIX};
+pub use units::{ByteSize, HumanDuration, UnitError};
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -98,17 +98,15 @@ pub enum Fsync {
 
 impl Fsync {
     /// Parses `batch`, `none` or `interval:<duration>`.
-    pub fn parse(s: &str) -> Result<Fsync, String> {
+    pub fn parse(s: &str) -> Result<Fsync, UnitError> {
         match s {
             "batch" => Ok(Fsync::Batch),
             "none" => Ok(Fsync::None),
             other => match other.strip_prefix("interval:") {
                 Some(d) => humantime::parse_duration(d)
                     .map(Fsync::Interval)
-                    .map_err(|e| format!("invalid fsync interval `{d}`: {e}")),
-                None => Err(format!(
-                    "invalid fsync `{other}`: use \"batch\", \"none\" or \"interval:<duration>\""
-                )),
+                    .map_err(|e| UnitError::FsyncInterval(d.to_string(), e.to_string())),
+                None => Err(UnitError::Fsync(other.to_string())),
             },
         }
     }

@@ -6,9 +6,39 @@
 //! values must be strings.
 
 use serde_json::value::RawValue;
-use sluice_plugin_jq::{parse_json, Program, Val};
+use sluice_plugin_jq::{parse_json, JqError, Program, Val};
 use std::borrow::Cow;
 use std::collections::HashMap;
+
+/// Why a record's partition keys cannot be extracted (`partitioning-failed`), worded as
+/// Firehose words it where Firehose has words for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartitionError {
+    /// The record is not JSON.
+    #[error("Non JSON record provided")]
+    NotJson,
+    /// A field the query names is absent (the dotted path).
+    #[error("the field `.{0}` is missing")]
+    MissingField(String),
+    /// A field the query names is not a string.
+    #[error("the field `.{0}` is not a string")]
+    FieldNotString(String),
+    /// The jq query raised an error.
+    #[error("jq: {0}")]
+    Jq(JqError),
+    /// The jq query produced nothing.
+    #[error("the query produced no output")]
+    NoOutput,
+    /// The jq query produced several values.
+    #[error("the query produced more than one output")]
+    ManyOutputs,
+    /// The jq query produced something other than an object.
+    #[error("the query must produce an object of strings")]
+    NotObject,
+    /// A key of the query's object has a non-string value.
+    #[error("the partition key `{0}` is not a string")]
+    KeyNotString(String),
+}
 
 /// Extracts partition keys from records.
 pub enum Partitioner {
@@ -59,7 +89,7 @@ pub fn fast_path(query: &str) -> Option<Vec<(String, Vec<String>)>> {
 
 impl Partitioner {
     /// Compiles a query (fast path when possible).
-    pub fn new(query: &str) -> Result<Partitioner, String> {
+    pub fn new(query: &str) -> Result<Partitioner, JqError> {
         match fast_path(query) {
             Some(f) => Ok(Partitioner::Fields(f)),
             None => Program::compile(query).map(Partitioner::Jq),
@@ -75,41 +105,38 @@ impl Partitioner {
     }
 
     /// The partition keys of one record, or why they cannot be extracted.
-    pub fn extract(&self, data: &[u8]) -> Result<Vec<(String, String)>, String> {
+    pub fn extract(&self, data: &[u8]) -> Result<Vec<(String, String)>, PartitionError> {
         match self {
             Partitioner::Fields(fields) => {
-                let top: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_slice(data)
-                    .map_err(|_| "Non JSON record provided".to_string())?;
+                let top: HashMap<Cow<'_, str>, &RawValue> =
+                    serde_json::from_slice(data).map_err(|_| PartitionError::NotJson)?;
                 let mut out = Vec::with_capacity(fields.len());
                 for (key, path) in fields {
-                    let mut raw = *top
-                        .get(path[0].as_str())
-                        .ok_or_else(|| format!("the field `.{}` is missing", path.join(".")))?;
+                    let missing = || PartitionError::MissingField(path.join("."));
+                    let mut raw = *top.get(path[0].as_str()).ok_or_else(missing)?;
                     for seg in &path[1..] {
-                        let obj: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(raw.get())
-                            .map_err(|_| format!("the field `.{}` is missing", path.join(".")))?;
-                        raw = *obj
-                            .get(seg.as_str())
-                            .ok_or_else(|| format!("the field `.{}` is missing", path.join(".")))?;
+                        let obj: HashMap<Cow<'_, str>, &RawValue> =
+                            serde_json::from_str(raw.get()).map_err(|_| missing())?;
+                        raw = *obj.get(seg.as_str()).ok_or_else(missing)?;
                     }
                     let v: Cow<'_, str> = serde_json::from_str(raw.get())
-                        .map_err(|_| format!("the field `.{}` is not a string", path.join(".")))?;
+                        .map_err(|_| PartitionError::FieldNotString(path.join(".")))?;
                     out.push((key.clone(), v.into_owned()));
                 }
                 Ok(out)
             }
             Partitioner::Jq(p) => {
-                let v = parse_json(data).map_err(|_| "Non JSON record provided".to_string())?;
+                let v = parse_json(data).map_err(|_| PartitionError::NotJson)?;
                 let mut outs = p.run(v);
                 let first = outs
                     .next()
-                    .ok_or("the query produced no output")?
-                    .map_err(|e| format!("jq: {e}"))?;
+                    .ok_or(PartitionError::NoOutput)?
+                    .map_err(PartitionError::Jq)?;
                 if outs.next().is_some() {
-                    return Err("the query produced more than one output".into());
+                    return Err(PartitionError::ManyOutputs);
                 }
                 let Val::Obj(map) = first else {
-                    return Err("the query must produce an object of strings".into());
+                    return Err(PartitionError::NotObject);
                 };
                 let mut out = Vec::with_capacity(map.len());
                 for (k, v) in map.iter() {
@@ -121,7 +148,7 @@ impl Partitioner {
                         Val::TStr(s) | Val::BStr(s) => {
                             out.push((key, String::from_utf8_lossy(s).into_owned()))
                         }
-                        _ => return Err(format!("the partition key `{key}` is not a string")),
+                        _ => return Err(PartitionError::KeyNotString(key)),
                     }
                 }
                 Ok(out)
@@ -162,16 +189,22 @@ mod tests {
             assert_eq!(fast.extract(rec), jq.extract(rec), "{q}");
         }
         let p = Partitioner::new("{n}").unwrap();
-        assert!(p.extract(rec).unwrap_err().contains("not a string"));
+        assert!(p
+            .extract(rec)
+            .unwrap_err()
+            .to_string()
+            .contains("not a string"));
         assert!(Partitioner::new("{x}")
             .unwrap()
             .extract(rec)
             .unwrap_err()
+            .to_string()
             .contains("missing"));
         assert!(Partitioner::new("{x}")
             .unwrap()
             .extract(b"not json")
             .unwrap_err()
+            .to_string()
             .contains("Non JSON"));
         let p = Partitioner::new("{t: (.type | ascii_downcase)}").unwrap();
         assert!(matches!(p, Partitioner::Jq(_)));

@@ -30,13 +30,62 @@ enum TimePart {
     Second,
 }
 
+/// Why a prefix template does not parse (a config error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// A letter `!{timestamp:...}` does not know.
+    #[error("unsupported timestamp pattern letter `{letter}` in `{pattern}` (use yyyy, yy, MM, dd, HH, mm, ss)")]
+    TimeLetter {
+        /// The letter.
+        letter: char,
+        /// The whole pattern.
+        pattern: String,
+    },
+    /// `!{` without `}`.
+    #[error("unterminated `!{{` in `{0}`")]
+    Unterminated(String),
+    /// `!{...}` without a namespace.
+    #[error("invalid expression `!{{{0}}}`")]
+    Invalid(String),
+    /// The error type outside `error_prefix`.
+    #[error("`!{{firehose:error-output-type}}` is only allowed in error_prefix")]
+    ErrorTypeOutsideErrorPrefix,
+    /// An expression Firehose does not have.
+    #[error("unknown expression `!{{{0}}}` (use partitionKeyFromQuery, partitionKeyFromLambda, timestamp, firehose:random-string, firehose:error-output-type)")]
+    Unknown(String),
+}
+
+/// Why a template cannot be evaluated for a record (`partitioning-failed`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// A key the prefix names has an empty value.
+    #[error("the partition key `{key}` ({namespace}) is empty")]
+    Empty {
+        /// The key.
+        key: String,
+        /// `partitionKeyFromQuery` or `partitionKeyFromLambda`.
+        namespace: &'static str,
+    },
+    /// A key the prefix names is not among the record's keys.
+    #[error("the partition key `{key}` ({namespace}) is missing")]
+    Missing {
+        /// The key.
+        key: String,
+        /// `partitionKeyFromQuery` or `partitionKeyFromLambda`.
+        namespace: &'static str,
+    },
+    /// The evaluated prefix is longer than Firehose allows.
+    #[error("the evaluated prefix is {0} bytes, longer than {MAX_PREFIX}")]
+    TooLong(usize),
+}
+
 /// A parsed prefix template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
 }
 
-fn parse_time(p: &str) -> Result<Vec<TimePart>, String> {
+fn parse_time(p: &str) -> Result<Vec<TimePart>, TemplateError> {
     let mut out = Vec::new();
     let mut rest = p;
     while !rest.is_empty() {
@@ -57,7 +106,10 @@ fn parse_time(p: &str) -> Result<Vec<TimePart>, String> {
         } else {
             let c = rest.chars().next().unwrap_or(' ');
             if c.is_ascii_alphabetic() {
-                return Err(format!("unsupported timestamp pattern letter `{c}` in `{p}` (use yyyy, yy, MM, dd, HH, mm, ss)"));
+                return Err(TemplateError::TimeLetter {
+                    letter: c,
+                    pattern: p.to_string(),
+                });
             }
             match out.last_mut() {
                 Some(TimePart::Lit(s)) => s.push(c),
@@ -74,7 +126,7 @@ fn parse_time(p: &str) -> Result<Vec<TimePart>, String> {
 
 impl Template {
     /// Parses a prefix; `error_prefix` allows `!{firehose:error-output-type}`.
-    pub fn parse(s: &str, error_prefix: bool) -> Result<Template, String> {
+    pub fn parse(s: &str, error_prefix: bool) -> Result<Template, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = s;
         while let Some(i) = rest.find("!{") {
@@ -84,11 +136,11 @@ impl Template {
             let after = &rest[i + 2..];
             let end = after
                 .find('}')
-                .ok_or_else(|| format!("unterminated `!{{` in `{s}`"))?;
+                .ok_or_else(|| TemplateError::Unterminated(s.to_string()))?;
             let expr = &after[..end];
             let (ns, arg) = expr
                 .split_once(':')
-                .ok_or_else(|| format!("invalid expression `!{{{expr}}}`"))?;
+                .ok_or_else(|| TemplateError::Invalid(expr.to_string()))?;
             parts.push(match (ns, arg) {
                 ("partitionKeyFromQuery", k) if !k.is_empty() => Part::Query(k.to_string()),
                 ("partitionKeyFromLambda", k) if !k.is_empty() => Part::Lambda(k.to_string()),
@@ -96,9 +148,9 @@ impl Template {
                 ("firehose", "random-string") => Part::Random,
                 ("firehose", "error-output-type") if error_prefix => Part::ErrorType,
                 ("firehose", "error-output-type") => {
-                    return Err("`!{firehose:error-output-type}` is only allowed in error_prefix".into())
+                    return Err(TemplateError::ErrorTypeOutsideErrorPrefix)
                 }
-                _ => return Err(format!("unknown expression `!{{{expr}}}` (use partitionKeyFromQuery, partitionKeyFromLambda, timestamp, firehose:random-string, firehose:error-output-type)")),
+                _ => return Err(TemplateError::Unknown(expr.to_string())),
             });
             rest = &after[end + 1..];
         }
@@ -135,14 +187,22 @@ impl Template {
         ts_ms: i64,
         error_type: Option<&str>,
         random: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, RenderError> {
         let mut out = String::new();
-        let get = |kvs: &[(String, String)], k: &str, ns: &str| -> Result<String, String> {
-            match kvs.iter().rev().find(|(kk, _)| kk == k) {
-                Some((_, v)) if !v.is_empty() => Ok(hive_escape(v)),
-                Some(_) => Err(format!("the partition key `{k}` ({ns}) is empty")),
-                None => Err(format!("the partition key `{k}` ({ns}) is missing")),
-            }
+        let get = |kvs: &[(String, String)], k: &str, namespace: &'static str| match kvs
+            .iter()
+            .rev()
+            .find(|(kk, _)| kk == k)
+        {
+            Some((_, v)) if !v.is_empty() => Ok(hive_escape(v)),
+            Some(_) => Err(RenderError::Empty {
+                key: k.to_string(),
+                namespace,
+            }),
+            None => Err(RenderError::Missing {
+                key: k.to_string(),
+                namespace,
+            }),
         };
         for p in &self.parts {
             match p {
@@ -155,29 +215,31 @@ impl Template {
             }
         }
         if out.len() > MAX_PREFIX {
-            return Err(format!(
-                "the evaluated prefix is {} bytes, longer than {MAX_PREFIX}",
-                out.len()
-            ));
+            return Err(RenderError::TooLong(out.len()));
         }
         Ok(out)
     }
 }
 
 /// (year, month, day, hour, minute, second) of ms since the epoch, UTC.
+/// Times outside jiff's range (years -9999..=9999, only from a misbehaving source) are
+/// clamped to its ends.
 pub fn civil(ms: i64) -> (i64, i64, i64, i64, i64, i64) {
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, sod / 3600, sod % 3600 / 60, sod % 60)
+    use jiff::{tz::TimeZone, Timestamp};
+    let ts = Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    });
+    let t = TimeZone::UTC.to_datetime(ts);
+    (
+        i64::from(t.year()),
+        i64::from(t.month()),
+        i64::from(t.day()),
+        i64::from(t.hour()),
+        i64::from(t.minute()),
+        i64::from(t.second()),
+    )
 }
 
 fn format_time(out: &mut String, t: &[TimePart], ms: i64) {
@@ -274,14 +336,17 @@ mod tests {
         );
         assert!(Template::parse("!{firehose:error-output-type}/", false).is_err());
         assert!(Template::parse("!{nope:x}", false).is_err());
-        assert!(t
-            .render(&[], &[], ts, None, "r")
-            .unwrap_err()
-            .contains("missing"));
-        assert!(t
-            .render(&[], &[kv("k", "")], ts, None, "r")
-            .unwrap_err()
-            .contains("empty"));
+        assert_eq!(
+            t.render(&[], &[], ts, None, "r").unwrap_err().to_string(),
+            "the partition key `k` (partitionKeyFromLambda) is missing"
+        );
+        assert_eq!(
+            t.render(&[], &[kv("k", "")], ts, None, "r").unwrap_err(),
+            RenderError::Empty {
+                key: "k".into(),
+                namespace: "partitionKeyFromLambda"
+            }
+        );
     }
 
     #[test]

@@ -5,6 +5,26 @@ use serde::{de, Deserialize, Deserializer};
 use std::fmt;
 use std::time::Duration;
 
+/// Why a unit string does not parse (a config error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// A size with a unit not listed.
+    #[error("invalid size `{0}`: unknown unit `{1}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB)")]
+    SizeUnit(String, String),
+    /// A size without a number.
+    #[error("invalid size `{0}`: expected a number followed by a unit, like \"64MiB\"")]
+    SizeNumber(String),
+    /// A size past `u64`.
+    #[error("invalid size `{0}`: out of range")]
+    SizeRange(String),
+    /// `interval:<duration>` with a bad duration.
+    #[error("invalid fsync interval `{0}`: {1}")]
+    FsyncInterval(String, String),
+    /// Neither `batch`, `none` nor `interval:`.
+    #[error("invalid fsync `{0}`: use \"batch\", \"none\" or \"interval:<duration>\"")]
+    Fsync(String),
+}
+
 /// A size in bytes, written `"512"`, `"64KiB"`, `"64MiB"`, `"1GiB"` (also `KB`/`MB`/`GB`
 /// as decimal units, and a bare integer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -12,7 +32,7 @@ pub struct ByteSize(pub u64);
 
 impl ByteSize {
     /// Parses a size string.
-    pub fn parse(s: &str) -> Result<ByteSize, String> {
+    pub fn parse(s: &str) -> Result<ByteSize, UnitError> {
         let t = s.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -27,18 +47,14 @@ impl ByteSize {
             "KB" | "kB" => 1_000,
             "MB" => 1_000_000,
             "GB" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "invalid size `{s}`: unknown unit `{other}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB)"
-                ))
-            }
+            other => return Err(UnitError::SizeUnit(s.to_string(), other.to_string())),
         };
-        let n: f64 = num.parse().map_err(|_| {
-            format!("invalid size `{s}`: expected a number followed by a unit, like \"64MiB\"")
-        })?;
+        let n: f64 = num
+            .parse()
+            .map_err(|_| UnitError::SizeNumber(s.to_string()))?;
         let bytes = n * mult as f64;
         if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
-            return Err(format!("invalid size `{s}`: out of range"));
+            return Err(UnitError::SizeRange(s.to_string()));
         }
         Ok(ByteSize(bytes as u64))
     }
@@ -116,7 +132,8 @@ mod tests {
         assert_eq!(ByteSize::parse("5MB"), Ok(ByteSize(5_000_000)));
         assert!(ByteSize::parse("12 parsecs")
             .unwrap_err()
-            .contains("unknown unit"));
+            .to_string()
+            .contains("unknown unit `parsecs`"));
         assert!(ByteSize::parse("MiB").is_err());
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
     }

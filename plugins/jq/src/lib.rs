@@ -16,6 +16,20 @@ pub use jaq_json::Val;
 
 type Data = data::JustLut<Val>;
 
+/// What went wrong compiling or running jq, with jaq's own words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JqError {
+    /// The program does not parse or names undefined filters: every problem, with columns.
+    #[error("invalid jq program: {}", .0.join("; "))]
+    Compile(Vec<String>),
+    /// The program raised an error on an input.
+    #[error("{0}")]
+    Runtime(String),
+    /// The input is not one JSON value.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+}
+
 /// A compiled jq program.
 pub struct Program {
     filter: jaq_core::Filter<Data>,
@@ -47,7 +61,7 @@ fn describe_at(code: &str, part: &str) -> String {
 impl Program {
     /// Parses and compiles `code` with jq's standard library. The error is jaq's message
     /// with the column in the program.
-    pub fn compile(code: &str) -> Result<Program, String> {
+    pub fn compile(code: &str) -> Result<Program, JqError> {
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
@@ -86,7 +100,7 @@ impl Program {
                         }
                     }
                 }
-                format!("invalid jq program: {}", msgs.join("; "))
+                JqError::Compile(msgs)
             })?;
         let filter = Compiler::default()
             .with_funs(funs)
@@ -103,25 +117,25 @@ impl Program {
                         )
                     })
                     .collect();
-                format!("invalid jq program: {}", msgs.join("; "))
+                JqError::Compile(msgs)
             })?;
         Ok(Program { filter })
     }
 
     /// Runs the program on `input`; each output is a value or jaq's error message.
-    pub fn run(&self, input: Val) -> impl Iterator<Item = Result<Val, String>> + '_ {
+    pub fn run(&self, input: Val) -> impl Iterator<Item = Result<Val, JqError>> + '_ {
         let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
         self.filter
             .id
             .run((ctx, input))
             .map(unwrap_valr)
-            .map(|r| r.map_err(|e| e.to_string()))
+            .map(|r| r.map_err(|e| JqError::Runtime(e.to_string())))
     }
 }
 
 /// Parses one JSON value.
-pub fn parse_json(bytes: &[u8]) -> Result<Val, String> {
-    jaq_json::read::parse_single(bytes).map_err(|e| format!("invalid JSON: {e}"))
+pub fn parse_json(bytes: &[u8]) -> Result<Val, JqError> {
+    jaq_json::read::parse_single(bytes).map_err(|e| JqError::Json(e.to_string()))
 }
 
 /// `jq` transform options.
@@ -145,8 +159,8 @@ pub struct Jq {
 impl Plugin for Jq {
     type Config = JqConfig;
     fn create(cfg: JqConfig, _: &Context) -> Result<Self, Error> {
-        let program =
-            Program::compile(&cfg.filter).map_err(|e| Error::config_field("filter", e))?;
+        let program = Program::compile(&cfg.filter)
+            .map_err(|e| Error::config_field("filter", e.to_string()))?;
         Ok(Jq {
             program,
             raw_output: cfg.raw_output,
@@ -162,14 +176,14 @@ impl Transform for Jq {
             let v = match parse_json(r.data) {
                 Ok(v) => v,
                 Err(e) => {
-                    out.reject(i, &e);
+                    out.reject(i, &e.to_string());
                     continue;
                 }
             };
             // Outputs are collected first so that an error mid-stream rejects the record
             // as a whole instead of emitting a partial result.
             let input = v.clone();
-            let results: Result<Vec<Val>, String> = self.program.run(v).collect();
+            let results: Result<Vec<Val>, JqError> = self.program.run(v).collect();
             match results {
                 Err(e) => out.reject(i, &format!("jq: {e}")),
                 Ok(vals) => {
@@ -250,9 +264,9 @@ mod tests {
 
     #[test]
     fn compile_errors_carry_jaqs_message_and_column() {
-        let e = Program::compile("{type, ").err().unwrap();
+        let e = Program::compile("{type, ").err().unwrap().to_string();
         assert!(e.starts_with("invalid jq program: expected"), "{e}");
-        let e = Program::compile("nosuchfn(1)").err().unwrap();
+        let e = Program::compile("nosuchfn(1)").err().unwrap().to_string();
         assert!(
             e.contains("undefined filter `nosuchfn`") && e.contains("column 1"),
             "{e}"

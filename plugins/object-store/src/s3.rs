@@ -7,6 +7,15 @@ use object_store::ObjectStoreExt as _;
 use sluice_plugin_api::{Error, Object};
 use std::fs::File;
 
+/// Why a multipart upload failed.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+    #[error("reading the spool file: {0}")]
+    Spool(#[from] std::io::Error),
+}
+
 /// Objects larger than this are uploaded in parts.
 const MULTIPART_ABOVE: usize = 16 << 20;
 /// Size of one part of a multipart upload.
@@ -133,34 +142,31 @@ impl S3Target {
             Some(p) => Some(File::open(p).map_err(|e| spool_err(p, e))?),
             None => None,
         };
-        let res: Result<(), String> = rt.block_on(async {
-            let upload = store
-                .put_multipart(&path)
-                .await
-                .map_err(|e| e.to_string())?;
+        let res: Result<(), UploadError> = rt.block_on(async {
+            let upload = store.put_multipart(&path).await?;
             let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-            let sent: Result<(), String> = async {
+            let sent: Result<(), UploadError> = async {
                 match &mut file {
                     Some(f) => {
                         let mut chunk = vec![0u8; PART_SIZE];
                         loop {
-                            let n = read_full(f, &mut chunk).map_err(|e| e.to_string())?;
+                            let n = read_full(f, &mut chunk)?;
                             if n == 0 {
                                 break;
                             }
-                            w.wait_for_capacity(2).await.map_err(|e| e.to_string())?;
+                            w.wait_for_capacity(2).await?;
                             w.write(&chunk[..n]);
                         }
                     }
                     None => w.write(obj.body),
                 }
-                w.wait_for_capacity(0).await.map_err(|e| e.to_string())?;
+                w.wait_for_capacity(0).await?;
                 sluice_plugin_api::failpoint("object-store-mid-upload");
                 Ok(())
             }
             .await;
             match sent {
-                Ok(()) => w.finish().await.map(drop).map_err(|e| e.to_string()),
+                Ok(()) => w.finish().await.map(drop).map_err(UploadError::from),
                 Err(e) => {
                     // No orphaned parts left behind in the store.
                     let _ = w.abort().await;
