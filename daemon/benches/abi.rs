@@ -24,6 +24,7 @@ fn records() -> Vec<Record> {
             partition_key: Bytes::from(format!("key-{i}")),
             arrival_ms: 1_795_632_475_960,
             sequence: i as u64,
+            position: None,
             attrs: Vec::new(),
         })
         .collect()

@@ -177,6 +177,7 @@ mod tests {
             plugin: plugin.into(),
             kind,
             config_json: json.into(),
+            replayable: false,
         };
         PipelineSpec {
             name: name.into(),

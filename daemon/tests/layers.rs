@@ -144,7 +144,11 @@ fn library_code_has_typed_errors_and_no_hidden_services() {
     }
     for dir in dirs {
         for f in common::files_under(&dir) {
-            let rel = f.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            let rel = f
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if !rel.ends_with(".rs")
                 || rel.ends_with("daemon/src/main.rs")
                 || rel.ends_with("daemon/src/top.rs")
@@ -169,7 +173,11 @@ fn library_code_has_typed_errors_and_no_hidden_services() {
                     .or_else(|| l.strip_prefix("pub static "))
                     .or_else(|| l.strip_prefix("pub(crate) static "))
                 {
-                    let name = rest.trim_start_matches("mut ").split(':').next().unwrap_or("");
+                    let name = rest
+                        .trim_start_matches("mut ")
+                        .split(':')
+                        .next()
+                        .unwrap_or("");
                     let entry = format!("{rel}: {}", name.trim());
                     // The SDK's and plugins' static descriptors are immutable data.
                     let descriptor = rest.contains("Library") || rest.contains("PluginDef");

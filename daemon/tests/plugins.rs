@@ -94,7 +94,7 @@ fn rust_and_c_plugins_match_the_bundled_path() {
     assert_eq!(
         d.metric(
             "sluice_plugin_info",
-            &["plugin=\"c-passthrough\"", "abi=\"1.0\""]
+            &["plugin=\"c-passthrough\"", "abi=\"1.1\""]
         ),
         1.0
     );
@@ -104,9 +104,9 @@ fn rust_and_c_plugins_match_the_bundled_path() {
 
 const FIXTURES: &[(&str, &str)] = &[
     ("bad_magic.so", "not a sluice plugin library: bad magic 0x12345678 (expected 0x31504c53)"),
-    ("bad_major.so", "was built for plugin ABI 2.0, but this sluiced 0.1.0 provides ABI 1.0"),
+    ("bad_major.so", "was built for plugin ABI 2.1, but this sluiced 0.1.0 provides ABI 1.1"),
     ("too_small.so", "descriptor too small: 16 bytes"),
-    ("needs_newer_host.so", "requires sluiced plugin ABI >= 1.7, but this sluiced 0.1.0 provides ABI 1.0: upgrade sluiced"),
+    ("needs_newer_host.so", "requires sluiced plugin ABI >= 1.7, but this sluiced 0.1.0 provides ABI 1.1: upgrade sluiced"),
     ("abi_v2_symbol.so", "does not export `sl_plugin_library_v1` (it exports `sl_plugin_library_v2`: built for plugin ABI 2"),
     ("no_symbol.so", "not a sluice plugin: it does not export `sl_plugin_library_v1`"),
     ("writable.so", "the file is writable by group or others (mode 0666)"),

@@ -1,5 +1,5 @@
 /*
- * sluice_plugin.h — the sluice plugin ABI, version 1.0. This header is normative: the Rust
+ * sluice_plugin.h — the sluice plugin ABI, version 1.1. This header is normative: the Rust
  * mirror in plugin-api/src/ffi.rs is checked against it by plugin-api/tests/layout.rs.
  *
  * Rules (DESIGN.md "Plugin ABI"):
@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define SL_ABI_MAJOR 1
-#define SL_ABI_MINOR 0
+#define SL_ABI_MINOR 1
 #define SL_MAGIC 0x31504C53u /* "SLP1" little-endian */
 
 /* Status codes. Any unknown negative value is treated as SL_ERR_FATAL. */
@@ -48,6 +48,14 @@ typedef uint32_t sl_kind;
 
 /* sl_plugin_def.flags */
 #define SL_DEF_OBJECT_SINK 1u  /* a sink that takes flushed objects (submit_object), not batches */
+/* ABI 1.1: a replayable source. It sets a position (SL_RECORD_POSITIONED: `partition` and
+ * `sequence` as the offset) on every record it emits, offsets strictly increasing within a
+ * partition, and after a restart emits again, with the same positions and bytes, every
+ * record of a batch whose ack(token, delivered=true) it did not receive, in the same order
+ * per partition. The host then gives its pipeline the intent log: objects are written
+ * exactly once across crashes, as for the bundled stream source. Partitions < 65535,
+ * offsets < 2^48. */
+#define SL_DEF_REPLAYABLE 2u
 
 /* sl_library.flags */
 #define SL_LIB_PANICS_CAUGHT 1u /* built with panic=unwind: panics become SL_ERR_PANIC */
@@ -93,14 +101,21 @@ typedef struct sl_attr {
 
 #define SL_TIMESTAMP_UNSET INT64_MIN
 
+/* sl_record.flags (ABI 1.1) */
+#define SL_RECORD_POSITIONED 1u /* `partition` + `sequence` are the record's replay position */
+
 typedef struct sl_record {
   sl_bytes data;
   sl_str partition_key;
-    uint64_t sequence;     /* position in the source; sources may set a stable non-zero one, 0 = host numbers */
+  uint64_t sequence;     /* position in the source: the offset when SL_RECORD_POSITIONED;
+                            otherwise a stable non-zero id a source may set, 0 = host numbers */
   int64_t timestamp_ms;  /* arrival time, ms since the Unix epoch; SL_TIMESTAMP_UNSET = unset */
   const sl_attr *attrs;
   uint32_t attrs_len;
-  uint32_t flags;        /* reserved, 0 */
+  uint32_t flags;        /* SL_RECORD_* bits; 0 in ABI 1.0 */
+  /* ABI 1.1 (push() record_size and sl_batch.record_stride say whether present): */
+  uint32_t partition;    /* the partition of a SL_RECORD_POSITIONED record */
+  uint32_t reserved;     /* 0 */
 } sl_record;
 
 /* A host-owned, read-only view of records. Iterate with record_stride, not sizeof. */

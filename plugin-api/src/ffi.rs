@@ -9,7 +9,7 @@ use std::ffi::c_void;
 /// ABI major version: a different major is refused by the host.
 pub const SL_ABI_MAJOR: u16 = 1;
 /// ABI minor version this crate was built against.
-pub const SL_ABI_MINOR: u16 = 0;
+pub const SL_ABI_MINOR: u16 = 1;
 /// `"SLP1"` little-endian; catches random shared objects.
 pub const SL_MAGIC: u32 = 0x3150_4C53;
 
@@ -32,6 +32,10 @@ pub const SL_KIND_SINK: sl_kind = 3;
 
 /// `sl_plugin_def.flags`: the sink takes flushed objects.
 pub const SL_DEF_OBJECT_SINK: u32 = 1;
+/// A replayable source (ABI 1.1): positions on every record, replay after restart.
+pub const SL_DEF_REPLAYABLE: u32 = 2;
+/// `sl_record.flags`: `partition` + `sequence` are the record's replay position (ABI 1.1).
+pub const SL_RECORD_POSITIONED: u32 = 1;
 /// `sl_library.flags`: built with `panic = "unwind"`.
 pub const SL_LIB_PANICS_CAUGHT: u16 = 1;
 
@@ -137,6 +141,33 @@ pub struct sl_record {
     pub attrs: *const sl_attr,
     pub attrs_len: u32,
     pub flags: u32,
+    /// ABI 1.1.
+    pub partition: u32,
+    /// ABI 1.1, 0.
+    pub reserved: u32,
+}
+
+impl sl_record {
+    /// An empty record: null views, no attributes, no flags.
+    pub const fn zeroed() -> sl_record {
+        sl_record {
+            data: sl_bytes {
+                ptr: std::ptr::null(),
+                len: 0,
+            },
+            partition_key: sl_bytes {
+                ptr: std::ptr::null(),
+                len: 0,
+            },
+            sequence: 0,
+            timestamp_ms: 0,
+            attrs: std::ptr::null(),
+            attrs_len: 0,
+            flags: 0,
+            partition: 0,
+            reserved: 0,
+        }
+    }
 }
 
 #[repr(C)]
@@ -319,6 +350,8 @@ pub struct sl_library {
     pub init: Option<InitFn>,
 }
 
+/// Size of an ABI 1.0 `sl_record` (everything before `partition`).
+pub const SL_RECORD_V1_0_SIZE: usize = std::mem::offset_of!(sl_record, partition);
 /// Smallest `sl_library` the host accepts: everything up to and including `init`.
 pub const SL_LIBRARY_V1_MIN_SIZE: u32 = std::mem::size_of::<sl_library>() as u32;
 /// Smallest `sl_plugin_def` the host accepts.

@@ -45,7 +45,7 @@ pub use context::{Completion, Context, Level, Metric, MetricFamily, MetricKind, 
 pub use error::{read_error, Error, ErrorKind};
 pub use failpoint::failpoint;
 pub use library::{Library, PluginDef};
-pub use record::{Batch, NewRecord, Object, Output, Record};
+pub use record::{Batch, NewRecord, Object, Output, Position, Record};
 pub use serde;
 
 use std::time::Duration;

@@ -136,6 +136,23 @@ impl PluginDef {
             &VTables::<T>::SOURCE,
         )
     }
+    /// A replayable source definition (ABI 1.1): its records carry positions
+    /// ([`crate::Position`]) and it replays unacknowledged batches after a restart, so the
+    /// host gives its pipeline exactly-once object delivery.
+    pub const fn replayable_source<T: Source>(
+        name: &'static str,
+        version: &'static str,
+        description: &'static str,
+    ) -> Self {
+        def(
+            ffi::SL_KIND_SOURCE,
+            ffi::SL_DEF_REPLAYABLE,
+            name,
+            version,
+            description,
+            &VTables::<T>::SOURCE,
+        )
+    }
     /// A transform definition.
     pub const fn transform<T: Transform>(
         name: &'static str,

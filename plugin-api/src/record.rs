@@ -4,6 +4,18 @@ use crate::ffi;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+/// Where a record sits in a replayable source (ABI 1.1): a partition (a shard, a Kafka
+/// partition, ...) and an offset that strictly increases within it. After a restart a
+/// replayable source emits again, with the same positions and bytes, every record whose
+/// batch it did not see acknowledged as delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    /// Below 65,535.
+    pub partition: u32,
+    /// Below 2^48.
+    pub offset: u64,
+}
+
 /// One input record, borrowed from the host.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
@@ -11,8 +23,10 @@ pub struct Record<'a> {
     pub data: &'a [u8],
     /// The partition key (UTF-8 by contract; lossy views are the host's job).
     pub partition_key: &'a [u8],
-    /// Host-assigned position of the record in its source.
+    /// Host-assigned number of the record in its source.
     pub sequence: u64,
+    /// Its position in a replayable source, when it came from one (ABI 1.1 hosts).
+    pub position: Option<Position>,
     /// Arrival time in ms since the Unix epoch, if known.
     pub timestamp_ms: Option<i64>,
     attrs: &'a [ffi::sl_attr],
@@ -33,7 +47,7 @@ impl<'a> Record<'a> {
             data: self.data,
             partition_key: self.partition_key,
             timestamp_ms: self.timestamp_ms,
-            sequence: None,
+            position: None,
             attrs: &[],
         }
     }
@@ -68,20 +82,32 @@ impl<'a> Batch<'a> {
             return None;
         }
         let stride = self.raw.record_stride as usize;
-        // Reading a prefix of a possibly larger (newer) record struct is fine: fields only grow
-        // at the end. A stride smaller than ours would mean an older host: not supported in 1.0.
-        if stride < std::mem::size_of::<ffi::sl_record>() {
+        // Fields only grow at the end: a newer host's larger records are read by prefix, an
+        // ABI 1.0 host's smaller ones are copied into a zeroed record (no 1.1 fields).
+        if stride < ffi::SL_RECORD_V1_0_SIZE {
             return None;
         }
-        // SAFETY: guaranteed by from_raw's contract.
-        let r =
-            unsafe { &*((self.raw.records as *const u8).add(i * stride) as *const ffi::sl_record) };
+        // SAFETY: guaranteed by from_raw's contract: `stride` readable bytes per record.
+        let at = unsafe { (self.raw.records as *const u8).add(i * stride) };
+        let mut copy = ffi::sl_record::zeroed();
+        let r: &ffi::sl_record = if stride >= std::mem::size_of::<ffi::sl_record>() {
+            // SAFETY: a whole record at `at`, aligned as the host's array is.
+            unsafe { &*(at as *const ffi::sl_record) }
+        } else {
+            // SAFETY: `stride` bytes readable at `at`, fewer than a record's.
+            unsafe { std::ptr::copy_nonoverlapping(at, &mut copy as *mut _ as *mut u8, stride) };
+            &copy
+        };
         // SAFETY: views inside a valid record are valid for the batch's lifetime.
         unsafe {
             Some(Record {
                 data: r.data.as_slice(),
                 partition_key: r.partition_key.as_slice(),
                 sequence: r.sequence,
+                position: (r.flags & ffi::SL_RECORD_POSITIONED != 0).then_some(Position {
+                    partition: r.partition,
+                    offset: r.sequence,
+                }),
                 timestamp_ms: (r.timestamp_ms != ffi::SL_TIMESTAMP_UNSET).then_some(r.timestamp_ms),
                 attrs: if r.attrs.is_null() || r.attrs_len == 0 {
                     &[]
@@ -107,9 +133,10 @@ pub struct NewRecord<'a> {
     pub partition_key: &'a [u8],
     /// Arrival time override; `None` keeps the input's (transforms) or uses now (sources).
     pub timestamp_ms: Option<i64>,
-    /// A stable, non-zero position in the source (sources that can replay set it, so that
-    /// replays produce the same object names); `None` lets the host number records.
-    pub sequence: Option<u64>,
+    /// The record's position, for replayable sources (declared with
+    /// `replayable_source(...)`); `None` lets the host number records. Transforms leave it
+    /// `None`: outputs keep the position of the input they derive from.
+    pub position: Option<Position>,
     /// Key/value attributes, e.g. partition keys for `!{partitionKeyFromLambda:KEY}`.
     pub attrs: &'a [(&'a str, &'a str)],
 }
@@ -224,11 +251,17 @@ impl<'a> Output<'a> {
         let r = ffi::sl_record {
             data: ffi::sl_bytes::from_slice(rec.data),
             partition_key: ffi::sl_bytes::from_slice(rec.partition_key),
-            sequence: rec.sequence.unwrap_or(0),
+            sequence: rec.position.map_or(0, |p| p.offset),
             timestamp_ms: rec.timestamp_ms.unwrap_or(ffi::SL_TIMESTAMP_UNSET),
             attrs: attrs_ptr,
             attrs_len,
-            flags: 0,
+            flags: if rec.position.is_some() {
+                ffi::SL_RECORD_POSITIONED
+            } else {
+                0
+            },
+            partition: rec.position.map_or(0, |p| p.partition),
+            reserved: 0,
         };
         let raw = self.raw();
         match raw.push {
@@ -296,5 +329,75 @@ impl<'a> Object<'a> {
                 body_path: (raw.body_path.len > 0).then(|| s(&raw.body_path)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(data: &'static [u8], position: Option<Position>) -> ffi::sl_record {
+        ffi::sl_record {
+            data: ffi::sl_bytes::from_slice(data),
+            sequence: position.map_or(7, |p| p.offset),
+            flags: if position.is_some() {
+                ffi::SL_RECORD_POSITIONED
+            } else {
+                0
+            },
+            partition: position.map_or(0, |p| p.partition),
+            timestamp_ms: 5,
+            ..ffi::sl_record::zeroed()
+        }
+    }
+
+    /// An ABI 1.0 host lays records out at the 1.0 size: they are read without the 1.1
+    /// fields, never past their end.
+    #[test]
+    fn records_of_an_abi_1_0_host_are_read_by_prefix() {
+        let p = Position {
+            partition: 2,
+            offset: 9,
+        };
+        let recs = [raw(b"a", Some(p)), raw(b"bc", None)];
+        let stride = ffi::SL_RECORD_V1_0_SIZE;
+        // u64 backing keeps the 8-byte alignment a host's array has.
+        let mut buf = vec![0u64; recs.len() * stride / 8];
+        for (i, r) in recs.iter().enumerate() {
+            // SAFETY: copies the 1.0 prefix of a record into its slot of `buf`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    r as *const _ as *const u8,
+                    (buf.as_mut_ptr() as *mut u8).add(i * stride),
+                    stride,
+                )
+            };
+        }
+        let b = ffi::sl_batch {
+            struct_size: std::mem::size_of::<ffi::sl_batch>() as u32,
+            record_stride: stride as u32,
+            records: buf.as_ptr() as *const ffi::sl_record,
+            len: 2,
+        };
+        // SAFETY: two records at `stride` in `buf`, alive for the test.
+        let batch = unsafe { Batch::from_raw(&b) };
+        let got: Vec<_> = batch.iter().map(|r| (r.data, r.sequence, r.position)).collect();
+        // The 1.0 prefix carries the flag but not the partition: partition reads as 0.
+        assert_eq!(
+            got,
+            vec![
+                (&b"a"[..], 9, Some(Position { partition: 0, offset: 9 })),
+                (&b"bc"[..], 7, None)
+            ]
+        );
+        // At the 1.1 stride the partition is there.
+        let b11 = ffi::sl_batch {
+            record_stride: std::mem::size_of::<ffi::sl_record>() as u32,
+            records: recs.as_ptr(),
+            ..b
+        };
+        // SAFETY: two whole records.
+        let batch = unsafe { Batch::from_raw(&b11) };
+        assert_eq!(batch.get(0).unwrap().position, Some(p));
     }
 }

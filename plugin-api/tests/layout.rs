@@ -59,7 +59,9 @@ fn generated_c() -> String {
             timestamp_ms,
             attrs,
             attrs_len,
-            flags
+            flags,
+            partition,
+            reserved
         }
     );
     layout!(

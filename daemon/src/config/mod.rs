@@ -928,5 +928,6 @@ fn build_component(
         plugin: t.plugin,
         kind,
         config_json: json,
+        replayable: entry.replayable,
     })
 }

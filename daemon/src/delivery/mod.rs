@@ -612,8 +612,10 @@ impl Delivery {
     }
 
     fn error_doc(&self, rec: &Record, etype: ErrorType, message: &str) -> Vec<u8> {
-        let seq = match crate::plugins::stream_io::split_sequence(rec.sequence) {
-            Some((shard, seq)) => crate::stream::sequence_string(shard, seq),
+        // A position renders as a Kinesis sequence number of (partition, offset): for the
+        // stream sources exactly the record's sequence number in its stream.
+        let seq = match rec.position {
+            Some(p) => crate::stream::sequence_string(p.partition, p.offset),
             None => rec.sequence.to_string(),
         };
         let now = now_ms();
@@ -1244,6 +1246,7 @@ mod tests {
             data: bytes::Bytes::from(data.to_string()),
             arrival_ms: 1_795_632_475_960,
             sequence: seq,
+            position: crate::record::key_position(seq),
             ..Default::default()
         }
     }

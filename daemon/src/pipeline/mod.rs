@@ -620,7 +620,7 @@ fn deaggregate_kpl(records: Vec<Record>) -> Vec<Record> {
 /// The intent log of a pipeline whose source replays the same records with the same
 /// sequences after a crash (`stream`, `direct-put`); others get none.
 fn journal(spec: &PipelineSpec, data_dir: Option<&Path>) -> Option<crate::delivery::Journal> {
-    if !matches!(spec.source.plugin.as_str(), "stream" | "direct-put") {
+    if !spec.source.replayable {
         return None;
     }
     let dir = crate::names::child(&data_dir?.join("delivery"), &spec.name).ok()?;

@@ -5,7 +5,7 @@
 
 use super::host::{host_api, CompletionResult, InstanceShared};
 use super::PluginEntry;
-use crate::record::{now_ms, Record};
+use crate::record::{now_ms, position_key, Position, Record, MAX_OFFSET, MAX_PARTITIONS};
 use crate::spec::Kind;
 use bytes::Bytes;
 use sluice_plugin_api::ffi;
@@ -309,7 +309,13 @@ impl Views {
                     self.attrs[at..].as_ptr()
                 },
                 attrs_len: n as u32,
-                flags: 0,
+                flags: if r.position.is_some() {
+                    ffi::SL_RECORD_POSITIONED
+                } else {
+                    0
+                },
+                partition: r.position.map_or(0, |p| p.partition),
+                reserved: 0,
             });
             at += n;
         }
@@ -329,6 +335,8 @@ struct Collector<'a> {
     bytes: u64,
     now: i64,
     next_seq: u64,
+    /// A source record with a position outside [`MAX_PARTITIONS`]/[`MAX_OFFSET`].
+    bad_position: Option<Position>,
 }
 
 impl<'a> Collector<'a> {
@@ -343,6 +351,7 @@ impl<'a> Collector<'a> {
             bytes: 0,
             now: now_ms(),
             next_seq: 0,
+            bad_position: None,
         }
     }
 
@@ -366,6 +375,11 @@ impl<'a> Collector<'a> {
 /// `r` must be a valid record whose views are valid for the call.
 unsafe fn copy_record(c: &Collector<'_>, origin: usize, r: &ffi::sl_record) -> Record {
     let from = c.input.get(origin);
+    // Positions come from sources; a transform's outputs keep their input's.
+    let position = (r.flags & ffi::SL_RECORD_POSITIONED != 0).then_some(Position {
+        partition: r.partition,
+        offset: r.sequence,
+    });
     // SAFETY: caller's contract.
     let (data, key) = unsafe { (r.data.as_slice(), r.partition_key.as_slice()) };
     let mut attrs = from.map(|f| f.attrs.clone()).unwrap_or_default();
@@ -403,10 +417,15 @@ unsafe fn copy_record(c: &Collector<'_>, origin: usize, r: &ffi::sl_record) -> R
         } else {
             from.map(|f| f.arrival_ms).unwrap_or(c.now)
         },
-        sequence: match from {
-            Some(f) => f.sequence,
-            None if r.sequence != 0 => r.sequence,
-            None => c.next_seq,
+        sequence: match (from, position) {
+            (Some(f), _) => f.sequence,
+            (None, Some(p)) => position_key(p),
+            (None, None) if r.sequence != 0 => r.sequence,
+            (None, None) => c.next_seq,
+        },
+        position: match from {
+            Some(f) => f.position,
+            None => position,
         },
         attrs,
     }
@@ -423,11 +442,26 @@ unsafe extern "C" fn push_cb(
         let Some(c) = (unsafe { (host as *mut Collector<'_>).as_mut() }) else {
             return ffi::SL_ERR_FATAL;
         };
-        if rec.is_null() || (size as usize) < std::mem::size_of::<ffi::sl_record>() {
+        if rec.is_null() || (size as usize) < ffi::SL_RECORD_V1_0_SIZE {
             return ffi::SL_ERR_FATAL;
         }
-        // SAFETY: non-null, large enough.
-        let r = unsafe { &*rec };
+        // An ABI 1.0 plugin's record is shorter: read what it has, the rest stays zero.
+        let mut copy = ffi::sl_record::zeroed();
+        let n = (size as usize).min(std::mem::size_of::<ffi::sl_record>());
+        // SAFETY: `size` readable bytes at `rec` (ABI rule), of which we copy at most a record.
+        unsafe {
+            std::ptr::copy_nonoverlapping(rec as *const u8, &mut copy as *mut _ as *mut u8, n)
+        };
+        let r = &copy;
+        if r.flags & ffi::SL_RECORD_POSITIONED != 0
+            && (r.partition >= MAX_PARTITIONS || r.sequence > MAX_OFFSET)
+        {
+            c.bad_position = Some(Position {
+                partition: r.partition,
+                offset: r.sequence,
+            });
+            return ffi::SL_ERR_FATAL;
+        }
         if c.out.len() as u64 >= c.credit_records
             || c.bytes + r.data.len as u64 > c.credit_bytes && !c.out.is_empty()
         {
@@ -554,6 +588,7 @@ impl SourceInstance {
             bytes: 0,
             now: now_ms(),
             next_seq: self.next_seq,
+            bad_position: None,
         };
         let mut b = builder(&mut c);
         let mut token = 0u64;
@@ -562,6 +597,28 @@ impl SourceInstance {
             poll(this, &mut b, &mut token, err)
         })?;
         let delay = (b.poll_delay_ms > 0).then(|| Duration::from_millis(b.poll_delay_ms as u64));
+        // A replayable source's promise is what exactly-once rests on: a record without a
+        // usable position breaks it, so the source fails (and restarts) instead.
+        let broken = match c.bad_position {
+            Some(p) => Some(format!(
+                "record position {}:{} out of range (partitions < {MAX_PARTITIONS}, offsets <= {MAX_OFFSET})",
+                p.partition, p.offset
+            )),
+            None if self.inst.entry.replayable && c.out.iter().any(|r| r.position.is_none()) => {
+                Some("a replayable source emitted a record without a position".to_string())
+            }
+            None => None,
+        };
+        if let Some(message) = broken {
+            return Err(CallError {
+                plugin: self.inst.entry.name.clone(),
+                call: "poll_batch",
+                status: ffi::SL_ERR_FATAL,
+                message,
+                field: String::new(),
+                retry_after_ms: 0,
+            });
+        }
         self.next_seq = c.next_seq;
         Ok(PollOutcome {
             records: c.out,

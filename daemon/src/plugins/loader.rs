@@ -211,6 +211,12 @@ pub(super) fn validate_descriptor(
             )));
         }
         let object_sink = def.flags & ffi::SL_DEF_OBJECT_SINK != 0;
+        let replayable = def.flags & ffi::SL_DEF_REPLAYABLE != 0;
+        if replayable && (kind != Kind::Source || lib.abi_minor < 1) {
+            return Err(bad(format!(
+                "`{pname}` ({kind}): SL_DEF_REPLAYABLE is for sources of ABI 1.1 or later"
+            )));
+        }
         let missing = |what: &str| {
             bad(format!(
                 "`{pname}` ({kind}): required function `{what}` is null"
@@ -224,6 +230,7 @@ pub(super) fn validate_descriptor(
         }
         match kind {
             Kind::Source if vt.poll_batch.is_none() => return Err(missing("poll_batch")),
+            Kind::Source if replayable && vt.ack.is_none() => return Err(missing("ack")),
             Kind::Transform if vt.transform.is_none() => return Err(missing("transform")),
             Kind::Sink if object_sink && vt.submit_object.is_none() => {
                 return Err(missing("submit_object"))
@@ -235,6 +242,7 @@ pub(super) fn validate_descriptor(
             name: pname,
             kind,
             object_sink,
+            replayable,
             // SAFETY: static data of the library.
             version: unsafe { text(&def.version) }.unwrap_or_default(),
             // SAFETY: static data of the library.

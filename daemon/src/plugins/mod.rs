@@ -112,6 +112,8 @@ pub struct PluginEntry {
     pub kind: Kind,
     /// Object sink (vs record sink).
     pub object_sink: bool,
+    /// A replayable source (ABI 1.1 `SL_DEF_REPLAYABLE`): its pipeline gets the intent log.
+    pub replayable: bool,
     /// The plugin's version.
     pub version: String,
     /// One-line description.

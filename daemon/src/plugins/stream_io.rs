@@ -14,8 +14,8 @@
 use super::HostServices;
 use crate::stream::{hash_key, Stream};
 use sluice_plugin_api::{
-    declare_library, Batch, Completion, Context, Error, NewRecord, Output, Plugin, Poll, Sink,
-    Source, Submitted,
+    declare_library, Batch, Completion, Context, Error, NewRecord, Output, Plugin, Poll, Position,
+    Sink, Source, Submitted,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -222,7 +222,10 @@ impl Source for StreamSource {
                     data: &r.data,
                     partition_key: &r.key,
                     timestamp_ms: Some(r.arrival_ms),
-                    sequence: Some(stable_sequence(sh.index, r.seq)),
+                    position: Some(Position {
+                        partition: sh.index,
+                        offset: r.seq,
+                    }),
                     attrs: &[],
                 });
             }
@@ -273,18 +276,6 @@ impl Source for StreamSource {
             tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint");
         }
     }
-}
-
-/// The stable record position the `stream` source reports: shard index + 1 in the top 16
-/// bits, the shard-local sequence number below.
-pub fn stable_sequence(shard: u32, seq: u64) -> u64 {
-    (u64::from(shard) + 1) << 48 | (seq & ((1 << 48) - 1))
-}
-
-/// The (shard index, shard-local seq) of a [`stable_sequence`], if it is one.
-pub fn split_sequence(s: u64) -> Option<(u32, u64)> {
-    let shard = (s >> 48) as u32;
-    (shard > 0).then(|| (shard - 1, s & ((1 << 48) - 1)))
 }
 
 /// `stream` sink options.
@@ -397,8 +388,8 @@ impl Source for DirectPutSource {
 declare_library!(
     name: "stream",
     plugins: [
-        source("stream", StreamSource, "reads a stream from its checkpoint, shard by shard"),
+        replayable_source("stream", StreamSource, "reads a stream from its checkpoint, shard by shard"),
         sink("stream", StreamSink, "appends records to a stream"),
-        source("direct-put", DirectPutSource, "records put through the Firehose API (PutRecord, PutRecordBatch)"),
+        replayable_source("direct-put", DirectPutSource, "records put through the Firehose API (PutRecord, PutRecordBatch)"),
     ]
 );

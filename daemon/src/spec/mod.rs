@@ -234,6 +234,10 @@ pub struct ComponentSpec {
     pub kind: Kind,
     /// The plugin's own options, as JSON.
     pub config_json: String,
+    /// A replayable source (ABI 1.1): the pipeline keeps an intent log for exactly-once
+    /// objects. Not part of the persisted delivery identity (it follows from the plugin).
+    #[serde(skip)]
+    pub replayable: bool,
 }
 
 /// One validated pipeline.
@@ -296,6 +300,7 @@ mod tests {
             plugin: plugin.into(),
             kind,
             config_json: json.into(),
+            replayable: plugin == "stream",
         }
     }
 

@@ -285,7 +285,7 @@ impl Source for Generator {
                 data: self.data.as_bytes(),
                 partition_key: self.pk.as_bytes(),
                 timestamp_ms: None,
-                sequence: None,
+                position: None,
                 attrs: &[],
             };
             if !out.emit(&rec) {

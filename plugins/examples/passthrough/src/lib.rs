@@ -7,14 +7,20 @@
 //! - `flaky` (record sink): appends records to a file, but every `fail_every`-th batch it
 //!   stores only the even-indexed records and reports the others as a retryable partial
 //!   failure — to show that the host resubmits exactly the failed records.
+//! - `replay` (replayable source, ABI 1.1): numbered records over a few partitions, with a
+//!   checkpoint file written on every delivered ack, and each record's position — what a
+//!   Kafka or NATS source would do — so the host gives it exactly-once objects.
+//! - `late` (record sink): keeps completions past `destroy`, to show the host's handle checks.
 //!
 //! Build the `.so` with `cargo build -p sluice-example-passthrough --features dylib`.
 
 use sluice_plugin_api::{
-    declare_library, Batch, Completion, Context, Error, Metric, Output, Plugin, Sink, Submitted,
-    Transform,
+    declare_library, Batch, Completion, Context, Error, Metric, NewRecord, Output, Plugin, Poll,
+    Position, Sink, Source, Submitted, Transform,
 };
+use std::collections::VecDeque;
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 /// `passthrough` takes no options.
 #[derive(serde::Deserialize)]
@@ -191,6 +197,142 @@ impl Sink for Flaky {
     }
 }
 
+/// `replay` options.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Records per partition.
+    pub per_partition: u64,
+    /// Partitions.
+    #[serde(default = "three")]
+    pub partitions: u32,
+    /// Records per second at most (per run).
+    #[serde(default = "thousand")]
+    pub rate: u64,
+    /// The checkpoint file (relative paths against the config's folder).
+    pub state: std::path::PathBuf,
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn thousand() -> u64 {
+    1000
+}
+
+/// A replayable source: record `o` of partition `p` is `{"p":p,"o":o,"t":"t<o%3>"}` at
+/// position (p, o). Batches hold one partition's records; acks arrive in poll order, and a
+/// delivered one moves that partition's checkpoint (a JSON array of next offsets, replaced
+/// atomically). After a restart it resumes at the checkpoint, replaying what was not acked.
+pub struct Replay {
+    cfg: ReplayConfig,
+    state: std::path::PathBuf,
+    next: Vec<u64>,
+    committed: Vec<u64>,
+    in_flight: VecDeque<(u64, usize, u64)>,
+    token: u64,
+    turn: usize,
+    started: Option<Instant>,
+    emitted: u64,
+}
+
+impl Plugin for Replay {
+    type Config = ReplayConfig;
+    fn create(cfg: ReplayConfig, ctx: &Context) -> Result<Self, Error> {
+        if cfg.partitions == 0 || cfg.partitions > 64 {
+            return Err(Error::config_field(
+                "partitions",
+                "must be between 1 and 64",
+            ));
+        }
+        let state = ctx.resolve_path(&cfg.state);
+        let committed: Vec<u64> = match std::fs::read(&state) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::fatal(format_args!("{}: {e}", state.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                vec![0; cfg.partitions as usize]
+            }
+            Err(e) => return Err(Error::fatal(format_args!("{}: {e}", state.display()))),
+        };
+        if committed.len() != cfg.partitions as usize {
+            return Err(Error::fatal("checkpoint has another number of partitions"));
+        }
+        Ok(Replay {
+            next: committed.clone(),
+            committed,
+            state,
+            cfg,
+            in_flight: VecDeque::new(),
+            token: 0,
+            turn: 0,
+            started: None,
+            emitted: 0,
+        })
+    }
+}
+
+impl Source for Replay {
+    fn poll_batch(&mut self, out: &mut Output<'_>) -> Result<Poll, Error> {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        let allowed = (started.elapsed().as_secs_f64() * self.cfg.rate as f64) as u64;
+        let budget = allowed
+            .saturating_sub(self.emitted)
+            .min(out.credit_records())
+            .min(50);
+        let n = self.next.len();
+        let p = (0..n)
+            .map(|k| (self.turn + k) % n)
+            .find(|&p| self.next[p] < self.cfg.per_partition);
+        let (Some(p), true) = (p, budget > 0) else {
+            out.set_poll_delay(Duration::from_millis(20));
+            return Ok(Poll::Pending);
+        };
+        self.turn = (p + 1) % n;
+        let end = (self.next[p] + budget).min(self.cfg.per_partition);
+        let mut data = String::new();
+        for o in self.next[p]..end {
+            data.clear();
+            data.push_str(&format!(r#"{{"p":{p},"o":{o},"t":"t{}"}}"#, o % 3));
+            out.emit(&NewRecord {
+                data: data.as_bytes(),
+                partition_key: format!("{p}").as_bytes(),
+                timestamp_ms: None,
+                position: Some(Position {
+                    partition: p as u32,
+                    offset: o,
+                }),
+                attrs: &[],
+            });
+        }
+        self.emitted += end - self.next[p];
+        self.next[p] = end;
+        self.token += 1;
+        self.in_flight.push_back((self.token, p, end));
+        out.set_ack_token(self.token);
+        Ok(Poll::Ready)
+    }
+
+    fn ack(&mut self, token: u64, delivered: bool) {
+        while let Some(&(t, p, end)) = self.in_flight.front() {
+            if t > token {
+                break;
+            }
+            self.in_flight.pop_front();
+            if delivered && t == token {
+                self.committed[p] = self.committed[p].max(end);
+            }
+        }
+        if delivered {
+            let tmp = self.state.with_extension("tmp");
+            let text = serde_json::to_vec(&self.committed).unwrap_or_default();
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &self.state);
+            }
+        }
+    }
+}
+
 /// `late` takes `after_ms`: how long after `destroy` its thread completes the batches it held.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,5 +403,6 @@ declare_library!(
         transform("chaos", Chaos, "passes records through; panics or fails on marked records"),
         sink("flaky", Flaky, "appends records to a file, failing some of them on purpose"),
         sink("late", Late, "holds every batch and completes them after it was destroyed"),
+        replayable_source("replay", Replay, "numbered records with positions, replayed from a checkpoint file"),
     ]
 );
