@@ -381,12 +381,22 @@ mod tests {
         };
         // SAFETY: two records at `stride` in `buf`, alive for the test.
         let batch = unsafe { Batch::from_raw(&b) };
-        let got: Vec<_> = batch.iter().map(|r| (r.data, r.sequence, r.position)).collect();
+        let got: Vec<_> = batch
+            .iter()
+            .map(|r| (r.data, r.sequence, r.position))
+            .collect();
         // The 1.0 prefix carries the flag but not the partition: partition reads as 0.
         assert_eq!(
             got,
             vec![
-                (&b"a"[..], 9, Some(Position { partition: 0, offset: 9 })),
+                (
+                    &b"a"[..],
+                    9,
+                    Some(Position {
+                        partition: 0,
+                        offset: 9
+                    })
+                ),
                 (&b"bc"[..], 7, None)
             ]
         );

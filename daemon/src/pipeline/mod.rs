@@ -1,13 +1,18 @@
 //! A running pipeline: source → transforms → sink, as three stages joined by bounded
 //! channels, restarted with exponential backoff when a plugin fails.
 //!
-//! - The **source driver** (async task) polls the source only when the channel to the
-//!   transforms has room (credit-based backpressure), waits on the plugin's `notify` or its
-//!   requested poll delay otherwise, and passes delivery acks back to the source.
+//! - The **source driver** polls the source only when the channel to the transforms has
+//!   room (credit-based backpressure), waits on the plugin's `notify` or its requested poll
+//!   delay otherwise, and passes delivery acks back to the source.
 //! - The **transform worker** (a blocking thread: transforms are CPU-bound) runs the chain
 //!   on each batch; rejected records are counted as `processing-failed`.
-//! - The **sink driver** (async task) submits batches in order, one in flight, waits for
-//!   the completion, retries retryable errors with backoff and jitter, then acks.
+//! - The **sink driver** submits batches in order, one in flight, waits for the
+//!   completion, retries retryable errors with backoff and jitter, then acks; for object
+//!   sinks the **delivery driver** partitions, buffers and flushes objects instead.
+//!
+//! The source and sink/delivery drivers are async code run on threads of their own
+//! ([`own_thread`]): every plugin call and the delivery's disk work block there, never a
+//! tokio worker; channels and timers still go through the runtime.
 //!
 //! **Invariant:** a batch is acked to its source only after the sink completed it, so a
 //! replayable source never moves its checkpoint past undelivered records.
@@ -425,14 +430,24 @@ async fn run_once(
     let (ack_tx, ack_rx) = mpsc::channel::<Ack>(4 * CHANNEL_BATCHES + 8);
 
     let stop_deadline = ctx.stop_deadline;
-    let mut src = tokio::spawn(source_driver(
-        inst.source,
-        batch_tx,
-        ack_rx,
-        drain,
-        shared.clone(),
-        stop_deadline,
-    ));
+    // A pipeline aborted past its drain deadline drops this future: the stages must end
+    // with it, or the old source and sink would run on beside their replacement. Dropping
+    // `_stop` cancels them (their instances are destroyed on their own threads); the worker
+    // ends when its channels close.
+    let (cancel, _) = watch::channel(false);
+    let _stop = CancelOnDrop(cancel.clone());
+    let mut src = own_thread(
+        "source",
+        cancel.subscribe(),
+        source_driver(
+            inst.source,
+            batch_tx,
+            ack_rx,
+            drain,
+            shared.clone(),
+            stop_deadline,
+        ),
+    );
     let (name, sh, c3) = (spec.name.clone(), shared.clone(), ctx.clone());
     let deagg = spec.deaggregate;
     let links = inst.transforms;
@@ -440,60 +455,66 @@ async fn run_once(
         let chain = transform::Chain::new(&name, links, &c3);
         transform::worker(deagg, chain, batch_rx, out_tx, &sh, stop_deadline)
     });
+    let snk_cancel = cancel.subscribe();
     let mut snk = match &spec.delivery {
-        Some(d) => tokio::spawn(delivery_driver(
-            inst.sink,
-            out_rx,
-            ack_tx,
-            d.clone(),
-            journal(spec, ctx.data_dir.as_deref()),
-            shared.clone(),
-            ctx.clone(),
-        )),
-        None => tokio::spawn(sink_driver(
-            inst.sink,
-            out_rx,
-            ack_tx,
-            spec.batch.clone(),
-            shared.clone(),
-            stop_deadline,
-        )),
+        Some(d) => own_thread(
+            "delivery",
+            snk_cancel,
+            delivery_driver(
+                inst.sink,
+                out_rx,
+                ack_tx,
+                d.clone(),
+                journal(spec, ctx.data_dir.as_deref()),
+                shared.clone(),
+                ctx.clone(),
+            ),
+        ),
+        None => own_thread(
+            "sink",
+            snk_cancel,
+            sink_driver(
+                inst.sink,
+                out_rx,
+                ack_tx,
+                spec.batch.clone(),
+                shared.clone(),
+                stop_deadline,
+            ),
+        ),
     };
-    let (src_abort, snk_abort) = (src.abort_handle(), snk.abort_handle());
-    // A pipeline aborted past its drain deadline drops this future: the stage tasks must
-    // end with it (a dropped JoinHandle does not stop a task), or the old source and sink
-    // would run on beside their replacement. The worker ends when its channels close.
-    let _stages = AbortOnDrop([src_abort.clone(), snk_abort.clone()]);
 
     let mut end = None;
     let mut first_err: Option<PipelineError> = None;
     let (mut s_done, mut w_done, mut k_done) = (false, false, false);
-    let flatten = |r: Result<Result<(), PipelineError>, tokio::task::JoinError>| match r {
-        Ok(r) => r,
-        Err(e) if e.is_cancelled() => Ok(()),
-        Err(source) => Err(PipelineError::Task {
-            stage: "stage",
-            source,
-        }),
-    };
+    let flatten =
+        |stage: &'static str, r: Result<Result<(), PipelineError>, tokio::task::JoinError>| match r
+        {
+            Ok(r) => r,
+            Err(source) => Err(PipelineError::Task { stage, source }),
+        };
     while !(s_done && w_done && k_done) {
         let res = tokio::select! {
             r = &mut src, if !s_done => {
                 s_done = true;
                 match r {
-                    Ok(Ok(e)) => { end = Some(e); Ok(()) }
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => flatten(Err(e)),
+                    Ok(Some(Ok(e))) => { end = Some(e); Ok(()) }
+                    Ok(Some(Err(e))) => Err(e),
+                    // Cancelled after another stage failed.
+                    Ok(None) => Ok(()),
+                    Err(source) => Err(PipelineError::Task { stage: "source", source }),
                 }
             }
-            r = &mut work, if !w_done => { w_done = true; flatten(r) }
-            r = &mut snk, if !k_done => { k_done = true; flatten(r) }
+            r = &mut work, if !w_done => { w_done = true; flatten("transform", r) }
+            r = &mut snk, if !k_done => {
+                k_done = true;
+                flatten("sink", r.map(|r| r.unwrap_or(Ok(()))))
+            }
         };
         if let Err(e) = res {
             if first_err.is_none() {
                 // One stage failed: stop the others (the worker exits when its channels close).
-                src_abort.abort();
-                snk_abort.abort();
+                let _ = cancel.send(true);
                 first_err = Some(e);
             }
         }
@@ -504,15 +525,36 @@ async fn run_once(
     }
 }
 
-/// Aborts the tasks when dropped.
-struct AbortOnDrop<const N: usize>([tokio::task::AbortHandle; N]);
+/// Cancels the stages when dropped.
+struct CancelOnDrop(watch::Sender<bool>);
 
-impl<const N: usize> Drop for AbortOnDrop<N> {
+impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        for h in &self.0 {
-            h.abort();
-        }
+        let _ = self.0.send(true);
     }
+}
+
+/// Runs a stage on a thread of its own (from the blocking pool), not on a tokio worker:
+/// plugin calls (a source's ack writes and fsyncs its checkpoint, an S3 sink waits on its
+/// own runtime) and the delivery's disk work block there without stalling the API and the
+/// other pipelines on the two workers. The stage still awaits channels and timers through
+/// the runtime. `None` when `cancel` fired first; the stage's state (its plugin instances)
+/// is dropped on that thread.
+fn own_thread<T: Send + 'static>(
+    stage: &'static str,
+    mut cancel: watch::Receiver<bool>,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> JoinHandle<Option<T>> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _span = tracing::debug_span!("stage", stage).entered();
+        rt.block_on(async move {
+            tokio::select! {
+                r = fut => Some(r),
+                _ = cancel.wait_for(|c| *c) => None,
+            }
+        })
+    })
 }
 
 async fn source_driver(
@@ -583,7 +625,7 @@ async fn source_driver(
     while let Some(a) = acks.recv().await {
         src.ack(a.token, true);
     }
-    let res = tokio::task::block_in_place(|| src.instance().stop(stop_deadline));
+    let res = src.instance().stop(stop_deadline);
     if let Err(e) = res {
         tracing::warn!(pipeline = %shared.name, error = %e, "source stop failed");
     }
@@ -694,7 +736,7 @@ async fn sink_driver(
             break;
         }
     }
-    if let Err(e) = tokio::task::block_in_place(|| sink.instance().stop(stop_deadline)) {
+    if let Err(e) = sink.instance().stop(stop_deadline) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
     }
     Ok(())
@@ -720,7 +762,7 @@ async fn flush_one(
     acks: &mpsc::Sender<Ack>,
     shared: &PipelineShared,
 ) -> Result<(), PipelineError> {
-    let Some(f) = tokio::task::block_in_place(|| d.take(slot, reason)).map_err(disk_err)? else {
+    let Some(f) = d.take(slot, reason).map_err(disk_err)? else {
         return Ok(());
     };
     sluice_plugin_api::failpoint("delivery-before-upload");
@@ -739,7 +781,7 @@ async fn flush_one(
     };
     sluice_plugin_api::failpoint("delivery-after-upload");
     let before = d.delivered;
-    let tokens = tokio::task::block_in_place(|| d.stored(&f)).map_err(disk_err)?;
+    let tokens = d.stored(&f).map_err(disk_err)?;
     shared
         .records_out
         .fetch_add(d.delivered - before, Ordering::Relaxed);
@@ -769,10 +811,8 @@ async fn delivery_driver(
         .and_then(|d| crate::names::child(&d.join("spool"), &name).ok());
     let replayable = journal.is_some();
     let budget = ctx.memory.clone();
-    let mut d = tokio::task::block_in_place(|| {
-        Delivery::new(&name, spec, journal.as_ref(), spool_dir, budget)
-    })
-    .map_err(disk_err)?;
+    let mut d =
+        Delivery::new(&name, spec, journal.as_ref(), spool_dir, budget).map_err(disk_err)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut maintained = std::time::Instant::now();
     let mut open = true;
@@ -783,7 +823,7 @@ async fn delivery_driver(
         send_acks(&acks, d.ready().map_err(disk_err)?).await;
         if maintained.elapsed() >= Duration::from_secs(5) {
             maintained = std::time::Instant::now();
-            tokio::task::block_in_place(|| d.maintain()).map_err(disk_err)?;
+            d.maintain().map_err(disk_err)?;
         }
         let (records, bytes, parts) = d.stats();
         shared.buffered_records.store(records, Ordering::Relaxed);
@@ -796,7 +836,7 @@ async fn delivery_driver(
             b = rx.recv() => match b {
                 Some(batch) => {
                     // Rejected records were counted by the transform stage already.
-                    tokio::task::block_in_place(|| d.add(batch.token, &batch.records, &batch.rejected));
+                    d.add(batch.token, &batch.records, &batch.rejected);
                 }
                 None => open = false,
             },
@@ -817,7 +857,7 @@ async fn delivery_driver(
         flush_one(&mut d, &slot, FlushReason::Drain, &mut sink, &acks, &shared).await?;
     }
     send_acks(&acks, d.ready().map_err(disk_err)?).await;
-    if let Err(e) = tokio::task::block_in_place(|| sink.instance().stop(stop_deadline)) {
+    if let Err(e) = sink.instance().stop(stop_deadline) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
     }
     Ok(())
