@@ -20,7 +20,7 @@
 //! other pipelines never see it.
 
 use crate::plugins::{
-    CallError, Instance, Registry, SinkInstance, SourceInstance, TransformInstance,
+    outside_runtime, CallError, Instance, Registry, SinkInstance, SourceInstance, TransformInstance,
 };
 use crate::record::Record;
 use crate::spec::{BatchConfig, ComponentSpec, PipelineSpec};
@@ -576,15 +576,14 @@ async fn source_driver(
         let permit = tokio::select! {
             biased;
             _ = drain.changed() => continue,
-            Some(a) = acks.recv() => { src.ack(a.token, true); continue; }
+            Some(a) = acks.recv() => { outside_runtime(|| src.ack(a.token, true)); continue; }
             p = tx.reserve() => match p {
                 Ok(p) => p,
                 // The transform worker is gone: it reports its own error.
                 Err(_) => break,
             },
         };
-        let out = src
-            .poll(POLL_MAX_RECORDS, POLL_MAX_BYTES)
+        let out = outside_runtime(|| src.poll(POLL_MAX_RECORDS, POLL_MAX_BYTES))
             .map_err(plugin_err("source"))?;
         let n = out.records.len();
         let wait = match out.status {
@@ -611,7 +610,7 @@ async fn source_driver(
             tokio::select! {
                 biased;
                 _ = drain.changed() => {}
-                Some(a) = acks.recv() => src.ack(a.token, true),
+                Some(a) = acks.recv() => outside_runtime(|| src.ack(a.token, true)),
                 _ = notify.notify.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -623,9 +622,9 @@ async fn source_driver(
     // Let the rest flow through: closing our end ends the worker, then the sink.
     drop(tx);
     while let Some(a) = acks.recv().await {
-        src.ack(a.token, true);
+        outside_runtime(|| src.ack(a.token, true));
     }
-    let res = src.instance().stop(stop_deadline);
+    let res = outside_runtime(|| src.instance().stop(stop_deadline));
     if let Err(e) = res {
         tracing::warn!(pipeline = %shared.name, error = %e, "source stop failed");
     }
@@ -736,7 +735,7 @@ async fn sink_driver(
             break;
         }
     }
-    if let Err(e) = sink.instance().stop(stop_deadline) {
+    if let Err(e) = outside_runtime(|| sink.instance().stop(stop_deadline)) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
     }
     Ok(())
@@ -857,7 +856,7 @@ async fn delivery_driver(
         flush_one(&mut d, &slot, FlushReason::Drain, &mut sink, &acks, &shared).await?;
     }
     send_acks(&acks, d.ready().map_err(disk_err)?).await;
-    if let Err(e) = sink.instance().stop(stop_deadline) {
+    if let Err(e) = outside_runtime(|| sink.instance().stop(stop_deadline)) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
     }
     Ok(())

@@ -70,6 +70,14 @@ impl fmt::Display for Origin {
     }
 }
 
+/// Runs plugin code outside the tokio runtime's context. The pipeline stages are async
+/// code on threads of their own; a plugin called from there must not find itself inside
+/// a runtime, since it may block on a runtime of its own (the S3 sink does). On such a
+/// thread this only leaves the context; it never moves work between threads.
+pub fn outside_runtime<R>(f: impl FnOnce() -> R) -> R {
+    tokio::task::block_in_place(f)
+}
+
 /// No plugin of that kind and name.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(

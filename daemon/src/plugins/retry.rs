@@ -117,7 +117,7 @@ pub async fn until_stored(
     let mut failed: Vec<u32> = Vec::new();
     let started = std::time::Instant::now();
     loop {
-        let res = submit(sink, &failed);
+        let res = super::outside_runtime(|| submit(sink, &failed));
         let (message, retry_after_ms) = match res {
             Ok(Submit::Accepted(done)) => match done.await {
                 Ok(CompletionResult {
