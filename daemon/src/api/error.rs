@@ -23,17 +23,26 @@ impl ApiError {
         }
     }
 
-    /// The JSON body.
+    /// The JSON body. AWS's Java front end writes `SerializationException` with a capital
+    /// `Message`, and none at all for a body it could not parse; every other error has
+    /// `message`.
     pub fn body(&self) -> String {
-        serde_json::json!({ "__type": self.kind, "message": self.message }).to_string()
+        match (self.kind, self.message.is_empty()) {
+            ("SerializationException", true) => serde_json::json!({ "__type": self.kind }),
+            ("SerializationException", false) => {
+                serde_json::json!({ "__type": self.kind, "Message": self.message })
+            }
+            // AWS sends UnknownOperationException (and others it has nothing to say about)
+            // with the type alone.
+            (_, true) => serde_json::json!({ "__type": self.kind }),
+            _ => serde_json::json!({ "__type": self.kind, "message": self.message }),
+        }
+        .to_string()
     }
 
     /// `UnknownOperationException`.
-    pub fn unknown_operation(target: &str) -> Self {
-        Self::new(
-            "UnknownOperationException",
-            format!("Unknown operation {target}"),
-        )
+    pub fn unknown_operation(_target: &str) -> Self {
+        Self::new("UnknownOperationException", "")
     }
 
     /// `SerializationException`.

@@ -27,6 +27,16 @@ pub const OPERATIONS: &[&str] = &[
     "GetRecords",
 ];
 
+/// Whether `op` is a Kinesis operation sluice serves.
+pub fn is_operation(op: &str) -> bool {
+    OPERATIONS.contains(&op) || super::manage::OPERATIONS.contains(&op)
+}
+
+/// Every Kinesis operation sluice serves.
+pub fn all_operations() -> impl Iterator<Item = &'static str> {
+    OPERATIONS.iter().chain(super::manage::OPERATIONS).copied()
+}
+
 /// PutRecords limits, as Kinesis.
 pub const MAX_PUT_RECORDS: usize = 500;
 /// Total data of one PutRecords call.
@@ -40,12 +50,15 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 /// Runs one operation on a JSON body.
 pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, ApiError> {
-    if !OPERATIONS.contains(&op) {
+    if !is_operation(op) {
         return Err(ApiError::unknown_operation(&format!(
             "Kinesis_20131202.{op}"
         )));
     }
     let req = super::request::body(body)?;
+    if super::manage::OPERATIONS.contains(&op) {
+        return super::manage::dispatch(call, op, &req);
+    }
     match op {
         "CreateStream" => create_stream(call, &req),
         "DeleteStream" => delete_stream(call, &req),
@@ -63,7 +76,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
 
 /// The stream-name rules are the ones of `names` (a stream name is a folder), worded as
 /// AWS words them.
-fn check_stream_name(v: &mut Violations, name: &str) {
+pub(super) fn check_stream_name(v: &mut Violations, name: &str) {
     use crate::names::NameError;
     let constraint = match crate::names::check(name) {
         Ok(()) => return,
@@ -79,7 +92,7 @@ fn check_stream_name(v: &mut Violations, name: &str) {
 }
 
 /// The stream named by `StreamName` or `StreamARN`.
-fn stream_name(req: &Value, v: &mut Violations) -> Result<Option<String>, ApiError> {
+pub(super) fn stream_name(req: &Value, v: &mut Violations) -> Result<Option<String>, ApiError> {
     if let Some(n) = opt_str(req, "StreamName")? {
         check_stream_name(v, n);
         return Ok(Some(n.to_string()));
@@ -101,7 +114,7 @@ fn stream_name(req: &Value, v: &mut Violations) -> Result<Option<String>, ApiErr
 
 /// A stream the Kinesis API may see: internal streams (`__…`, the Direct PUT buffers of
 /// Firehose pipelines) are reachable only through their own API.
-fn lookup(call: &Call<'_>, name: &str) -> Result<Arc<Stream>, ApiError> {
+pub(super) fn lookup(call: &Call<'_>, name: &str) -> Result<Arc<Stream>, ApiError> {
     call.state
         .streams
         .get(name)
@@ -123,15 +136,23 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         None => v.null("streamName"),
         Some(n) => check_stream_name(&mut v, n),
     }
-    let shards = opt_int(req, "ShardCount")?.unwrap_or(4);
-    if shards < 1 {
+    let shards = opt_int(req, "ShardCount")?;
+    if let Some(n) = shards.filter(|n| *n < 1) {
         v.add(
-            &shards.to_string(),
+            &n.to_string(),
             "shardCount",
             "Member must have value greater than or equal to 1",
         );
     }
+    let on_demand = super::manage::stream_mode(req, &mut v, false)?.unwrap_or(false);
+    let tags = super::request::opt_str_map(req, "Tags")?;
+    if tags.is_some() {
+        super::manage::check_tags(&mut v, tags.as_deref(), "tags");
+    }
     v.finish()?;
+    // On-demand streams start with 4 shards, as Kinesis; a provisioned one needs a count
+    // (sluice defaults to 4 there too, as before).
+    let shards = shards.unwrap_or(4);
     if shards > i64::from(MAX_SHARDS) {
         return Err(ApiError::new(
             "LimitExceededException",
@@ -144,8 +165,29 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "Stream names starting with `__` are reserved: {name}"
         )));
     }
+    let tags = tags.unwrap_or_default();
+    if !tags.is_empty() {
+        let texts: Vec<&str> = tags.iter().flat_map(|(k, val)| [*k, *val]).collect();
+        super::manage::tag_semantics(call, &texts, "add", &format!("stream {name}"))?;
+        if tags.len() > crate::stream::MAX_TAGS {
+            return Err(ApiError::invalid_argument(format!(
+                "Failed to add tags to stream {name} under account {} because a given stream cannot have more than 10 tags associated with it.",
+                call.state.account
+            )));
+        }
+    }
     match call.state.streams.create(name, shards as u32) {
-        Ok(_) => Ok(json!({})),
+        Ok(st) => {
+            st.update_settings(|s| {
+                s.on_demand = on_demand;
+                for (k, val) in &tags {
+                    s.tags.insert((*k).to_string(), (*val).to_string());
+                }
+                Ok::<(), ApiError>(())
+            })
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+            Ok(json!({}))
+        }
         Err(StreamError::Exists(_)) => Err(ApiError::new(
             "ResourceInUseException",
             format!(
@@ -170,8 +212,18 @@ fn delete_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     }
 }
 
-fn mode() -> Value {
-    json!({ "StreamMode": "PROVISIONED" })
+fn mode(st: &Stream) -> Value {
+    json!({ "StreamMode": st.settings().mode() })
+}
+
+/// `EnhancedMonitoring`, `EncryptionType` and `KeyId` of a description.
+fn describe_settings(st: &Stream, out: &mut Value) {
+    let s = st.settings();
+    out["EnhancedMonitoring"] = json!([{ "ShardLevelMetrics": s.shard_level_metrics }]);
+    out["EncryptionType"] = json!(s.encryption_type());
+    if let Some(e) = &s.encryption {
+        out["KeyId"] = json!(e.key_id);
+    }
 }
 
 fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -195,7 +247,7 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "StreamName": s.name,
             "StreamARN": call.stream_arn(&s.name),
             "StreamStatus": "ACTIVE",
-            "StreamModeDetails": mode(),
+            "StreamModeDetails": mode(s),
             "StreamCreationTimestamp": s.created_ms as f64 / 1000.0,
         })).collect::<Vec<_>>(),
     }))
@@ -227,34 +279,34 @@ fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         .take(limit)
         .map(|&i| shard_json(&st, i))
         .collect();
-    Ok(json!({ "StreamDescription": {
+    let mut d = json!({
         "StreamName": st.name,
         "StreamARN": call.stream_arn(&st.name),
         "StreamStatus": "ACTIVE",
-        "StreamModeDetails": mode(),
+        "StreamModeDetails": mode(&st),
         "Shards": page,
         "HasMoreShards": idx.len() > limit,
         "RetentionPeriodHours": st.retention_hours(),
         "StreamCreationTimestamp": st.created_ms as f64 / 1000.0,
-        "EnhancedMonitoring": [{ "ShardLevelMetrics": [] }],
-        "EncryptionType": "NONE",
-    }}))
+    });
+    describe_settings(&st, &mut d);
+    Ok(json!({ "StreamDescription": d }))
 }
 
 fn describe_stream_summary(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let st = named_stream(call, req)?;
-    Ok(json!({ "StreamDescriptionSummary": {
+    let mut d = json!({
         "StreamName": st.name,
         "StreamARN": call.stream_arn(&st.name),
         "StreamStatus": "ACTIVE",
-        "StreamModeDetails": mode(),
+        "StreamModeDetails": mode(&st),
         "RetentionPeriodHours": st.retention_hours(),
         "StreamCreationTimestamp": st.created_ms as f64 / 1000.0,
-        "EnhancedMonitoring": [{ "ShardLevelMetrics": [] }],
-        "EncryptionType": "NONE",
         "OpenShardCount": st.shards.len(),
-        "ConsumerCount": 0,
-    }}))
+        "ConsumerCount": st.settings().consumers.len(),
+    });
+    describe_settings(&st, &mut d);
+    Ok(json!({ "StreamDescriptionSummary": d }))
 }
 
 fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -467,7 +519,7 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = append(st.clone(), vec![entry], &call.state.account).await?;
     match r[0] {
         Ok((s, seq)) => Ok(
-            json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": "NONE" }),
+            json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": st.settings().encryption_type() }),
         ),
         Err(s) => Err(ApiError::new(
             "ProvisionedThroughputExceededException",
@@ -511,7 +563,7 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             Ok((s, seq)) => json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq) }),
             Err(s) => json!({ "ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": throttled(&st, s, &call.state.account) }),
         }).collect::<Vec<_>>(),
-        "EncryptionType": "NONE",
+        "EncryptionType": st.settings().encryption_type(),
     }))
 }
 

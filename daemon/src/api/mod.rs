@@ -7,6 +7,7 @@ mod error;
 mod firehose;
 mod iterator;
 mod kinesis;
+mod manage;
 mod request;
 mod sigv4;
 
@@ -22,7 +23,6 @@ use axum::extract::{DefaultBodyLimit, State};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::Router;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<ApiState>) -> std::io::Result<So
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     // Every operation's series exist from the start (zeros, not gaps).
-    let ops = kinesis::OPERATIONS.iter().map(|op| op.to_string());
+    let ops = kinesis::all_operations().map(|op| op.to_string());
     let ops = ops.chain(
         firehose::OPERATIONS
             .iter()
@@ -59,9 +59,9 @@ pub async fn serve(addr: SocketAddr, state: Arc<ApiState>) -> std::io::Result<So
             .increment(0);
         let _ = metrics::histogram!("sluice_api_request_duration_seconds", "operation" => op);
     }
+    // AWS never looks at the path: every request goes through `entry`.
     let app = Router::new()
-        .route("/", post(handle).fallback(not_post))
-        .fallback(not_found)
+        .fallback(entry)
         .layer(DefaultBodyLimit::disable())
         .with_state(state);
     tokio::spawn(crate::http::serve(
@@ -100,25 +100,136 @@ fn refusal(status: StatusCode, kind: &'static str, message: String, close: bool)
     resp
 }
 
-async fn not_post(method: axum::http::Method) -> Response {
-    refusal(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "UnknownOperationException",
-        format!("Method {method} is not supported: the AWS JSON API takes POST /"),
-        false,
-    )
+/// A protocol-level answer outside any operation: `status`, an exact body and its content
+/// type (none for AWS's XML refusals), with a request id.
+fn protocol(
+    status: StatusCode,
+    body: &'static str,
+    content_type: Option<&'static str>,
+) -> Response {
+    metrics::counter!("sluice_api_requests_total", "operation" => "unknown", "code" => status.as_u16().to_string()).increment(1);
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.remove("content-type");
+    if let Some(ct) = content_type {
+        h.insert("content-type", HeaderValue::from_static(ct));
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id()) {
+        h.insert("x-amzn-requestid", v);
+    }
+    resp
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
-    refusal(
-        StatusCode::NOT_FOUND,
-        "UnknownOperationException",
-        format!(
-            "No such path: {}; the AWS JSON API takes POST /",
-            uri.path()
-        ),
-        false,
-    )
+/// What AWS answers any method but POST (GET, PUT, an OPTIONS without `Origin`...).
+const ACCESS_DENIED: &str = "<AccessDeniedException>\n  <Message>Unable to determine service/operation name to be authorized</Message>\n</AccessDeniedException>\n";
+
+/// Every request: a CORS preflight (OPTIONS with `Origin`) is answered for any target; any
+/// other method than POST gets AWS's AccessDenied document; POSTs go to [`handle`], with
+/// the CORS headers a browser needs when they carry `Origin`.
+async fn entry(
+    state: State<Arc<ApiState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let origin = headers.contains_key("origin");
+    if origin && method == axum::http::Method::OPTIONS {
+        let mut resp = protocol(StatusCode::OK, "", None);
+        let h = resp.headers_mut();
+        h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        h.insert("access-control-max-age", HeaderValue::from_static("172800"));
+        for (asked, allow) in [
+            (
+                "access-control-request-headers",
+                "access-control-allow-headers",
+            ),
+            (
+                "access-control-request-method",
+                "access-control-allow-methods",
+            ),
+        ] {
+            if let Some(v) = headers.get(asked) {
+                h.insert(allow, v.clone());
+            }
+        }
+        return resp;
+    }
+    if method != axum::http::Method::POST {
+        return protocol(StatusCode::FORBIDDEN, ACCESS_DENIED, None);
+    }
+    let mut resp = handle(state, uri, headers, body).await;
+    if origin {
+        let h = resp.headers_mut();
+        h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        h.insert(
+            "access-control-expose-headers",
+            HeaderValue::from_static("x-amzn-RequestId,x-amzn-ErrorType,x-amz-request-id,x-amz-id-2,x-amzn-ErrorMessage,Date"),
+        );
+    }
+    resp
+}
+
+/// The protocol checks AWS makes before an operation runs, in its order: an empty body,
+/// the content type, the JSON itself, the operation's name (all before authentication).
+fn precheck(headers: &HeaderMap, target: &str, body: &[u8]) -> Option<Response> {
+    let parts = target
+        .split_once('.')
+        .filter(|(s, o)| !s.is_empty() && !o.is_empty());
+    let known = match parts {
+        Some(("Kinesis_20131202", op)) => kinesis::is_operation(op),
+        Some(("Firehose_20150804", op)) => firehose::OPERATIONS.contains(&op),
+        _ => false,
+    };
+    let json = "application/x-amz-json-1.1";
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim());
+    if body.is_empty() {
+        return Some(protocol(
+            StatusCode::BAD_REQUEST,
+            if known {
+                r#"{"__type":"SerializationException"}"#
+            } else {
+                r#"{"__type":"UnknownOperationException"}"#
+            },
+            Some(json),
+        ));
+    }
+    match ct {
+        Some("application/x-amz-json-1.1") | Some("application/x-amz-cbor-1.1") => {}
+        Some("application/json") => {
+            return Some(protocol(
+                StatusCode::NOT_FOUND,
+                r#"{"Output":{"__type":"com.amazon.coral.service#UnknownOperationException"},"Version":"1.0"}"#,
+                Some("application/json"),
+            ))
+        }
+        _ if parts.is_none() => return Some(protocol(StatusCode::FORBIDDEN, ACCESS_DENIED, None)),
+        _ => {
+            return Some(protocol(
+                StatusCode::NOT_FOUND,
+                "<UnknownOperationException/>\n",
+                None,
+            ))
+        }
+    }
+    if request::body(body).is_err() {
+        return Some(protocol(
+            StatusCode::BAD_REQUEST,
+            r#"{"__type":"SerializationException"}"#,
+            Some(json),
+        ));
+    }
+    if !known {
+        return Some(protocol(
+            StatusCode::BAD_REQUEST,
+            r#"{"__type":"UnknownOperationException"}"#,
+            Some(json),
+        ));
+    }
+    None
 }
 
 fn too_large(n: Option<u64>) -> Response {
@@ -233,6 +344,9 @@ async fn handle(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    if let Some(resp) = precheck(&headers, target, &body) {
+        return resp;
+    }
     let call = Call {
         state: &state,
         region: region(&headers),
@@ -270,7 +384,7 @@ async fn handle(
             (e.status, e.body())
         }
     };
-    let known = kinesis::OPERATIONS.contains(&op.as_str())
+    let known = kinesis::is_operation(&op)
         || op
             .strip_prefix("Firehose.")
             .is_some_and(|o| firehose::OPERATIONS.contains(&o));

@@ -8,8 +8,10 @@
 //! CreateStream (they persist across restarts through `stream.json`).
 
 mod routing;
+mod settings;
 
 pub use routing::{hash_key, parse_sequence, sequence_string, shard_range};
+pub use settings::{Consumer, Encryption, StreamSettings, MAX_CONSUMERS, MAX_TAGS};
 
 use crate::record::now_ms;
 use crate::spec::{Fsync, StreamSpec, WriteLimit};
@@ -63,6 +65,9 @@ struct StreamMeta {
     created_ms: i64,
     origin: StreamOrigin,
     retention_hours: u64,
+    /// Absent in files written before the settings existed.
+    #[serde(default)]
+    settings: StreamSettings,
 }
 
 /// One shard.
@@ -107,6 +112,8 @@ pub struct Stream {
     /// The write limit and per-shard token buckets; changes apply live.
     limiter: std::sync::Mutex<Option<(WriteLimit, Vec<Bucket>)>>,
     dir: PathBuf,
+    /// Tags, monitoring, encryption, mode, policy, consumers (persisted on change).
+    settings: RwLock<StreamSettings>,
 }
 
 /// A token bucket holding up to one second of the allowed rate.
@@ -115,6 +122,24 @@ struct Bucket {
     records: f64,
     bytes: f64,
     at_ms: i64,
+}
+
+/// Writes `stream.json` in `dir`: temp file, fsync, rename, fsync of the folder, so a
+/// crash leaves the old or the new file, never a torn one.
+fn write_meta_file(dir: &Path, meta: &StreamMeta) -> Result<(), StreamError> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).map_err(|source| StreamError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join("stream.json");
+    let tmp = dir.join("stream.json.tmp");
+    let text = serde_json::to_vec_pretty(meta).unwrap_or_default();
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_data()))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|source| StreamError::Io { path, source })
 }
 
 /// Shard id for an index.
@@ -200,7 +225,60 @@ impl Stream {
             fsync,
             last_sync_ms: std::sync::atomic::AtomicI64::new(now_ms()),
             dir,
+            settings: RwLock::new(meta.settings.clone()),
         })
+    }
+
+    /// The API-managed settings, as they stand.
+    pub fn settings(&self) -> StreamSettings {
+        self.settings.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Changes the settings through `f`, then persists them; `f`'s error (a refusal)
+    /// changes nothing. One change at a time per stream.
+    pub fn update_settings<E>(
+        &self,
+        f: impl FnOnce(&mut StreamSettings) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StreamError> {
+        let mut guard = self
+            .settings
+            .write()
+            .map_err(|_| StreamError::NotFound(self.name.clone()))?;
+        let mut next = guard.clone();
+        if let Err(e) = f(&mut next) {
+            return Ok(Err(e));
+        }
+        if next != *guard {
+            self.save_meta(&next, self.retention_hours())?;
+            *guard = next;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Sets the retention period (an API stream's; a config stream's comes from its file)
+    /// and persists it; the next upkeep trims by it.
+    pub fn set_retention_hours(&self, hours: u64) -> Result<(), StreamError> {
+        let settings = self.settings();
+        self.save_meta(&settings, hours)?;
+        if let Ok(mut r) = self.retention.write() {
+            *r = Duration::from_secs(hours * 3600);
+        }
+        Ok(())
+    }
+
+    fn save_meta(
+        &self,
+        settings: &StreamSettings,
+        retention_hours: u64,
+    ) -> Result<(), StreamError> {
+        let meta = StreamMeta {
+            shards: self.shards.len() as u32,
+            created_ms: self.created_ms,
+            origin: self.origin,
+            retention_hours,
+            settings: settings.clone(),
+        };
+        write_meta_file(&self.dir, &meta)
     }
 
     /// Sets (or clears) the write limit; applies live.
@@ -447,17 +525,7 @@ impl Streams {
     }
 
     fn write_meta(&self, name: &str, meta: &StreamMeta) -> Result<(), StreamError> {
-        let dir = self.dir(name)?;
-        std::fs::create_dir_all(&dir).map_err(|source| StreamError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let path = dir.join("stream.json");
-        let tmp = dir.join("stream.json.tmp");
-        let text = serde_json::to_vec_pretty(meta).unwrap_or_default();
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|source| StreamError::Io { path, source })
+        write_meta_file(&self.dir(name)?, meta)
     }
 
     /// Makes the config streams exist with these settings (opening existing data);
@@ -511,14 +579,14 @@ impl Streams {
                     st.set_write_limit(spec.write_limit);
                 }
                 _ => {
-                    let created_ms = stored_meta(&self.dir(&spec.name)?)
-                        .map(|m| m.created_ms)
-                        .unwrap_or_else(now_ms);
+                    let stored = stored_meta(&self.dir(&spec.name)?);
                     let meta = StreamMeta {
                         shards: spec.shards,
-                        created_ms,
+                        created_ms: stored.as_ref().map_or_else(now_ms, |m| m.created_ms),
                         origin: StreamOrigin::Config,
                         retention_hours: (spec.retention.as_secs() / 3600).max(1),
+                        // Tags, consumers, ... set through the API survive restarts.
+                        settings: stored.map(|m| m.settings).unwrap_or_default(),
                     };
                     self.write_meta(&spec.name, &meta)?;
                     let mut st = Stream::open(
@@ -581,6 +649,7 @@ impl Streams {
             created_ms: now_ms(),
             origin: StreamOrigin::Api,
             retention_hours: 24,
+            settings: StreamSettings::default(),
         };
         self.write_meta(name, &meta)?;
         let st = Arc::new(Stream::open(
@@ -670,6 +739,7 @@ mod tests {
             created_ms: 0,
             origin: StreamOrigin::Config,
             retention_hours: 24,
+            settings: StreamSettings::default(),
         };
         Stream::open(dir.join("s"), "s", &meta, fsync, 1 << 20, None).unwrap()
     }

@@ -1,0 +1,974 @@
+//! The Kinesis operations that manage a stream rather than its records: tags, retention,
+//! shard-level monitoring, encryption settings, capacity mode, limits, resource policies
+//! and enhanced fan-out consumer registrations. Validated and worded as AWS does (member
+//! order, `ValidationException` items, then the semantic checks); the settings persist in
+//! the stream's `stream.json` (`stream::StreamSettings`).
+
+use super::error::{ApiError, Violations};
+use super::kinesis::{lookup, stream_name};
+use super::request::{
+    opt_int, opt_str, opt_str_list, opt_str_map, opt_struct, show_list, show_map,
+};
+use super::Call;
+use crate::stream::{
+    Consumer, Encryption, Stream, StreamOrigin, StreamSettings, MAX_CONSUMERS, MAX_TAGS,
+};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The operations of this module.
+pub const OPERATIONS: &[&str] = &[
+    "AddTagsToStream",
+    "RemoveTagsFromStream",
+    "ListTagsForStream",
+    "TagResource",
+    "UntagResource",
+    "ListTagsForResource",
+    "IncreaseStreamRetentionPeriod",
+    "DecreaseStreamRetentionPeriod",
+    "EnableEnhancedMonitoring",
+    "DisableEnhancedMonitoring",
+    "StartStreamEncryption",
+    "StopStreamEncryption",
+    "DescribeLimits",
+    "UpdateStreamMode",
+    "PutResourcePolicy",
+    "GetResourcePolicy",
+    "DeleteResourcePolicy",
+    "RegisterStreamConsumer",
+    "DescribeStreamConsumer",
+    "ListStreamConsumers",
+    "DeregisterStreamConsumer",
+];
+
+/// Runs one of [`OPERATIONS`].
+pub fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, ApiError> {
+    match op {
+        "AddTagsToStream" => add_tags(call, req),
+        "RemoveTagsFromStream" => remove_tags(call, req),
+        "ListTagsForStream" => list_tags(call, req),
+        "TagResource" => tag_resource(call, req),
+        "UntagResource" => untag_resource(call, req),
+        "ListTagsForResource" => list_tags_for_resource(call, req),
+        "IncreaseStreamRetentionPeriod" => retention(call, req, true),
+        "DecreaseStreamRetentionPeriod" => retention(call, req, false),
+        "EnableEnhancedMonitoring" => monitoring(call, req, true),
+        "DisableEnhancedMonitoring" => monitoring(call, req, false),
+        "StartStreamEncryption" => encryption(call, req, true),
+        "StopStreamEncryption" => encryption(call, req, false),
+        "DescribeLimits" => describe_limits(call),
+        "UpdateStreamMode" => update_mode(call, req),
+        "PutResourcePolicy" => put_policy(call, req),
+        "GetResourcePolicy" => get_policy(call, req),
+        "DeleteResourcePolicy" => delete_policy(call, req),
+        "RegisterStreamConsumer" => register_consumer(call, req),
+        "DescribeStreamConsumer" => describe_consumer(call, req),
+        "ListStreamConsumers" => list_consumers(call, req),
+        "DeregisterStreamConsumer" => deregister_consumer(call, req),
+        _ => Err(ApiError::unknown_operation(op)),
+    }
+}
+
+/// Shard-level metrics, in the order AWS lists them when `ALL` is enabled.
+const METRICS: [&str; 7] = [
+    "IncomingBytes",
+    "OutgoingRecords",
+    "IteratorAgeMilliseconds",
+    "IncomingRecords",
+    "ReadProvisionedThroughputExceeded",
+    "WriteProvisionedThroughputExceeded",
+    "OutgoingBytes",
+];
+
+/// Accounts may hold this many shards (what DescribeLimits reports, as AWS's default).
+const ACCOUNT_SHARD_LIMIT: u64 = 500;
+/// On-demand streams per account (AWS's default).
+const ON_DEMAND_STREAM_LIMIT: u64 = 50;
+
+const STREAM_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+";
+const RESOURCE_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:.*stream/\\S+";
+const NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
+
+fn empty() -> Value {
+    json!({})
+}
+
+fn save<E>(
+    r: Result<Result<(), E>, crate::stream::StreamError>,
+) -> Result<Result<(), E>, ApiError> {
+    r.map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Length checks of a string member, in AWS's order (pattern checked by the caller).
+fn check_len(v: &mut Violations, value: &str, field: &str, min: usize, max: usize) {
+    let n = value.chars().count();
+    if n < min {
+        v.add(
+            value,
+            field,
+            &format!("Member must have length greater than or equal to {min}"),
+        );
+    }
+    if n > max {
+        v.add(
+            value,
+            field,
+            &format!("Member must have length less than or equal to {max}"),
+        );
+    }
+}
+
+fn pattern_ok(value: &str, pattern: &str) -> bool {
+    match pattern {
+        NAME_PATTERN => {
+            !value.is_empty()
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        }
+        // `arn:aws…:kinesis:<region>:<12 digits>:[…]stream/<non-space>`
+        _ => {
+            let parts: Vec<&str> = value.splitn(6, ':').collect();
+            parts.len() == 6
+                && parts[0] == "arn"
+                && parts[1].starts_with("aws")
+                && parts[2] == "kinesis"
+                && parts[4].len() == 12
+                && parts[4].bytes().all(|b| b.is_ascii_digit())
+                && match pattern {
+                    STREAM_ARN_PATTERN => parts[5].starts_with("stream/"),
+                    _ => parts[5].contains("stream/"),
+                }
+                && !value.contains(char::is_whitespace)
+                && !parts[5].ends_with("stream/")
+        }
+    }
+}
+
+/// A required string member with a pattern and length bounds.
+fn required_str<'a>(
+    req: &'a Value,
+    v: &mut Violations,
+    member: &str,
+    field: &str,
+    pattern: Option<&str>,
+    (min, max): (usize, usize),
+) -> Result<Option<&'a str>, ApiError> {
+    let s = opt_str(req, member)?;
+    match s {
+        None => v.null(field),
+        Some(s) => {
+            if let Some(p) = pattern.filter(|p| !pattern_ok(s, p)) {
+                v.add(
+                    s,
+                    field,
+                    &format!("Member must satisfy regular expression pattern: {p}"),
+                );
+            }
+            check_len(v, s, field, min, max);
+        }
+    }
+    Ok(s)
+}
+
+/// What a `ResourceARN` names.
+enum Resource {
+    Stream(String),
+    Consumer { stream: String, name: String },
+}
+
+fn resource(arn: &str) -> Option<Resource> {
+    let (_, rest) = arn.split_once(":stream/")?;
+    match rest.split_once("/consumer/") {
+        None => Some(Resource::Stream(rest.to_string())),
+        Some((stream, c)) => {
+            let (name, _created) = c.rsplit_once(':')?;
+            Some(Resource::Consumer {
+                stream: stream.to_string(),
+                name: name.to_string(),
+            })
+        }
+    }
+}
+
+fn not_found_arn(call: &Call<'_>, arn: &str) -> ApiError {
+    match resource(arn) {
+        Some(Resource::Stream(s)) => ApiError::stream_not_found(&s, &call.state.account),
+        Some(Resource::Consumer { name, .. }) => consumer_not_found(call, &name),
+        None => ApiError::new(
+            "ResourceNotFoundException",
+            format!(
+                "Resource {arn} under account {} not found.",
+                call.state.account
+            ),
+        ),
+    }
+}
+
+fn consumer_not_found(call: &Call<'_>, name: &str) -> ApiError {
+    ApiError::new(
+        "ResourceNotFoundException",
+        format!("Consumer {name}, account {} not found.", call.state.account),
+    )
+}
+
+/// AWS's tag character rule: Unicode letters and digits, white space, `_ . / = + - % @`.
+fn tag_chars_ok(s: &str) -> bool {
+    s.chars().all(|c| {
+        c.is_alphanumeric() || matches!(c, ' ' | '_' | '.' | '/' | '=' | '+' | '-' | '%' | '@')
+    })
+}
+
+/// Validates a `Tags` map member (before the stream name, as AWS orders them).
+pub(super) fn check_tags(v: &mut Violations, tags: Option<&[(&str, &str)]>, field: &str) {
+    let Some(tags) = tags else {
+        v.null(field);
+        return;
+    };
+    let shown = show_map(tags);
+    if tags.is_empty() {
+        v.add(
+            &shown,
+            field,
+            "Member must have length greater than or equal to 1",
+        );
+    }
+    if tags.len() > 200 {
+        v.add(
+            &shown,
+            field,
+            "Member must have length less than or equal to 200",
+        );
+    }
+    if tags
+        .iter()
+        .any(|(k, _)| k.is_empty() || k.chars().count() > 128)
+    {
+        v.add(&shown, field, "Map keys must satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]");
+    }
+    if tags.iter().any(|(_, val)| val.chars().count() > 256) {
+        v.add(&shown, field, "Map value must satisfy constraint: [Member must have length less than or equal to 256, Member must have length greater than or equal to 0]");
+    }
+}
+
+fn check_tag_keys(v: &mut Violations, keys: Option<&[&str]>, field: &str) {
+    let Some(keys) = keys else {
+        v.null(field);
+        return;
+    };
+    let shown = show_list(keys);
+    if keys.is_empty() {
+        v.add(
+            &shown,
+            field,
+            "Member must have length greater than or equal to 1",
+        );
+    }
+    if keys.len() > 50 {
+        v.add(
+            &shown,
+            field,
+            "Member must have length less than or equal to 50",
+        );
+    }
+    if keys.iter().any(|k| k.is_empty() || k.chars().count() > 128) {
+        v.add(&shown, field, "Member must satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]");
+    }
+}
+
+/// The character checks AWS runs on tags once the stream exists: `verb` is `add` or
+/// `remove`, `what` names the resource (`stream NAME`).
+pub(super) fn tag_semantics(
+    call: &Call<'_>,
+    texts: &[&str],
+    verb: &str,
+    what: &str,
+) -> Result<(), ApiError> {
+    if texts.iter().any(|t| !tag_chars_ok(t)) {
+        return Err(ApiError::invalid_argument(
+            "Some tags contain invalid characters. Valid characters: Unicode letters, digits, white space, _ . / = + - % @.",
+        ));
+    }
+    if texts.iter().any(|t| t.contains('%')) {
+        return Err(ApiError::invalid_argument(format!(
+            "Failed to {verb} tags {} {what} under account {} because some tags contained illegal characters. The allowed characters are Unicode letters, white-spaces, '_',',','/','=','+','-','@'.",
+            if verb == "add" { "to" } else { "from" },
+            call.state.account
+        )));
+    }
+    Ok(())
+}
+
+fn merge_tags(
+    call: &Call<'_>,
+    current: &mut std::collections::BTreeMap<String, String>,
+    tags: &[(&str, &str)],
+    what: &str,
+) -> Result<(), ApiError> {
+    let mut next = current.clone();
+    for (k, val) in tags {
+        next.insert((*k).to_string(), (*val).to_string());
+    }
+    if next.len() > MAX_TAGS {
+        // AWS's words (its message says 10 while it enforces 50).
+        return Err(ApiError::invalid_argument(format!(
+            "Failed to add tags to {what} under account {} because a given stream cannot have more than 10 tags associated with it.",
+            call.state.account
+        )));
+    }
+    *current = next;
+    Ok(())
+}
+
+fn add_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let tags = opt_str_map(req, "Tags")?;
+    check_tags(&mut v, tags.as_deref(), "tags");
+    let name = stream_name(req, &mut v)?;
+    v.finish()?;
+    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let tags = tags.unwrap_or_default();
+    let texts: Vec<&str> = tags.iter().flat_map(|(k, val)| [*k, *val]).collect();
+    let what = format!("stream {}", st.name);
+    tag_semantics(call, &texts, "add", &what)?;
+    save(st.update_settings(|s| merge_tags(call, &mut s.tags, &tags, &what)))??;
+    Ok(empty())
+}
+
+fn remove_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let keys = opt_str_list(req, "TagKeys")?;
+    check_tag_keys(&mut v, keys.as_deref(), "tagKeys");
+    let name = stream_name(req, &mut v)?;
+    v.finish()?;
+    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let keys = keys.unwrap_or_default();
+    tag_semantics(call, &keys, "remove", &format!("stream {}", st.name))?;
+    save(st.update_settings(|s| {
+        for k in &keys {
+            s.tags.remove(*k);
+        }
+        Ok::<(), ApiError>(())
+    }))??;
+    Ok(empty())
+}
+
+fn list_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let limit = opt_int(req, "Limit")?;
+    if let Some(l) = limit {
+        if l < 1 {
+            v.add(
+                &l.to_string(),
+                "limit",
+                "Member must have value greater than or equal to 1",
+            );
+        }
+        if l > 50 {
+            v.add(
+                &l.to_string(),
+                "limit",
+                "Member must have value less than or equal to 50",
+            );
+        }
+    }
+    let start = opt_str(req, "ExclusiveStartTagKey")?;
+    if let Some(s) = start {
+        check_len(&mut v, s, "exclusiveStartTagKey", 1, 128);
+    }
+    let name = stream_name(req, &mut v)?;
+    v.finish()?;
+    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let tags = st.settings().tags;
+    let after: Vec<(&String, &String)> = tags
+        .iter()
+        .filter(|(k, _)| start.is_none_or(|s| k.as_str() > s))
+        .collect();
+    let limit = limit.unwrap_or(50) as usize;
+    Ok(json!({
+        "Tags": after.iter().take(limit).map(|(k, val)| json!({"Key": k, "Value": val})).collect::<Vec<_>>(),
+        "HasMoreTags": after.len() > limit,
+    }))
+}
+
+/// Validates `ResourceARN` (after the members AWS lists before it).
+fn resource_arn<'a>(req: &'a Value, v: &mut Violations) -> Result<Option<&'a str>, ApiError> {
+    required_str(
+        req,
+        v,
+        "ResourceARN",
+        "resourceARN",
+        Some(RESOURCE_ARN_PATTERN),
+        (1, 2048),
+    )
+}
+
+/// The stream a resource ARN names (for a consumer: its stream), and the consumer name.
+fn resource_stream(call: &Call<'_>, arn: &str) -> Result<(Arc<Stream>, Option<String>), ApiError> {
+    match resource(arn) {
+        Some(Resource::Stream(s)) => Ok((lookup(call, &s)?, None)),
+        Some(Resource::Consumer { stream, name }) => {
+            let st = lookup(call, &stream).map_err(|_| consumer_not_found(call, &name))?;
+            if !st.settings().consumers.iter().any(|c| c.arn == arn) {
+                return Err(consumer_not_found(call, &name));
+            }
+            Ok((st, Some(name)))
+        }
+        None => Err(not_found_arn(call, arn)),
+    }
+}
+
+fn tag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let tags = opt_str_map(req, "Tags")?;
+    check_tags(&mut v, tags.as_deref(), "tags");
+    let arn = resource_arn(req, &mut v)?;
+    v.finish()?;
+    let arn = arn.unwrap_or_default();
+    let (st, consumer) = resource_stream(call, arn)?;
+    let tags = tags.unwrap_or_default();
+    let texts: Vec<&str> = tags.iter().flat_map(|(k, val)| [*k, *val]).collect();
+    let what = match &consumer {
+        Some(c) => format!("consumer {c}"),
+        None => format!("stream {}", st.name),
+    };
+    tag_semantics(call, &texts, "add", &what)?;
+    save(st.update_settings(|s| match &consumer {
+        None => merge_tags(call, &mut s.tags, &tags, &what),
+        Some(c) => match s.consumers.iter_mut().find(|x| &x.name == c) {
+            Some(x) => merge_tags(call, &mut x.tags, &tags, &what),
+            None => Err(consumer_not_found(call, c)),
+        },
+    }))??;
+    Ok(empty())
+}
+
+fn untag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let keys = opt_str_list(req, "TagKeys")?;
+    check_tag_keys(&mut v, keys.as_deref(), "tagKeys");
+    let arn = resource_arn(req, &mut v)?;
+    v.finish()?;
+    let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
+    let keys = keys.unwrap_or_default();
+    save(st.update_settings(|s| {
+        let tags = match &consumer {
+            None => &mut s.tags,
+            Some(c) => match s.consumers.iter_mut().find(|x| &x.name == c) {
+                Some(x) => &mut x.tags,
+                None => return Err(consumer_not_found(call, c)),
+            },
+        };
+        for k in &keys {
+            tags.remove(*k);
+        }
+        Ok(())
+    }))??;
+    Ok(empty())
+}
+
+fn list_tags_for_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let arn = resource_arn(req, &mut v)?;
+    v.finish()?;
+    let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
+    let settings = st.settings();
+    let tags = match &consumer {
+        None => settings.tags,
+        Some(c) => settings
+            .consumers
+            .into_iter()
+            .find(|x| &x.name == c)
+            .map(|x| x.tags)
+            .unwrap_or_default(),
+    };
+    Ok(json!({
+        "Tags": tags.iter().map(|(k, val)| json!({"Key": k, "Value": val})).collect::<Vec<_>>(),
+    }))
+}
+
+fn retention(call: &Call<'_>, req: &Value, increase: bool) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let hours = opt_int(req, "RetentionPeriodHours")?;
+    if hours.is_none() {
+        v.null("retentionPeriodHours");
+    }
+    let name = stream_name(req, &mut v)?;
+    v.finish()?;
+    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let hours = hours.unwrap_or_default();
+    if hours < 24 {
+        return Err(ApiError::invalid_argument(format!(
+            "Minimum allowed retention period is 24 hours. Requested retention period ({hours} hours) is too short."
+        )));
+    }
+    if hours > 8760 {
+        return Err(ApiError::invalid_argument(format!(
+            "Maximum allowed retention period is 8760 hours. Requested retention period ({hours} hours) is too long."
+        )));
+    }
+    let current = st.retention_hours() as i64;
+    if increase && hours < current {
+        return Err(ApiError::invalid_argument(format!(
+            "Requested retention period ({hours} hours) for stream {} can not be shorter than existing retention period ({current} hours). Use DecreaseRetentionPeriod API.",
+            st.name
+        )));
+    }
+    if !increase && hours > current {
+        return Err(ApiError::invalid_argument(format!(
+            "Requested retention period ({hours} hours) for stream {} can not be longer than existing retention period ({current} hours). Use IncreaseRetentionPeriod API.",
+            st.name
+        )));
+    }
+    if st.origin == StreamOrigin::Config && hours != current {
+        return Err(ApiError::new(
+            "ResourceInUseException",
+            format!(
+                "Stream {} under account {} is defined in the sluiced configuration; change `retention` in its file.",
+                st.name, call.state.account
+            ),
+        ));
+    }
+    st.set_retention_hours(hours as u64)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(empty())
+}
+
+fn monitoring(call: &Call<'_>, req: &Value, enable: bool) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let metrics = opt_str_list(req, "ShardLevelMetrics")?;
+    match &metrics {
+        None => v.null("shardLevelMetrics"),
+        Some(m) => {
+            let shown = show_list(m);
+            if m.is_empty() {
+                v.add(
+                    &shown,
+                    "shardLevelMetrics",
+                    "Member must have length greater than or equal to 1",
+                );
+            }
+            if m.len() > 7 {
+                v.add(
+                    &shown,
+                    "shardLevelMetrics",
+                    "Member must have length less than or equal to 7",
+                );
+            }
+            if m.iter().any(|x| *x != "ALL" && !METRICS.contains(x)) {
+                v.add(&shown, "shardLevelMetrics", "Member must satisfy constraint: [Member must satisfy enum value set: [IncomingBytes, OutgoingRecords, IteratorAgeMilliseconds, IncomingRecords, ReadProvisionedThroughputExceeded, WriteProvisionedThroughputExceeded, ALL, OutgoingBytes]]");
+            }
+        }
+    }
+    let name = stream_name(req, &mut v)?;
+    v.finish()?;
+    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let asked: Vec<&str> = match metrics {
+        Some(m) if m.contains(&"ALL") => METRICS.to_vec(),
+        Some(m) => m,
+        None => Vec::new(),
+    };
+    let before = st.settings().shard_level_metrics;
+    let mut after = before.clone();
+    save(st.update_settings(|s| {
+        for m in &asked {
+            if enable {
+                s.shard_level_metrics.insert((*m).to_string());
+            } else {
+                s.shard_level_metrics.remove(*m);
+            }
+        }
+        after = s.shard_level_metrics.clone();
+        Ok::<(), ApiError>(())
+    }))??;
+    Ok(json!({
+        "StreamName": st.name,
+        "StreamARN": call.stream_arn(&st.name),
+        "CurrentShardLevelMetrics": before,
+        "DesiredShardLevelMetrics": after,
+    }))
+}
+
+fn encryption(call: &Call<'_>, req: &Value, start: bool) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let kind = opt_str(req, "EncryptionType")?;
+    match kind {
+        None => v.null("encryptionType"),
+        Some(k) if k != "NONE" && k != "KMS" => v.add(
+            k,
+            "encryptionType",
+            "Member must satisfy enum value set: [KMS, NONE]",
+        ),
+        Some(_) => {}
+    }
+    let key = required_str(req, &mut v, "KeyId", "keyId", None, (1, 2048))?;
+    let name = stream_name(req, &mut v)?;
+    v.finish()?;
+    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    if start && kind == Some("NONE") {
+        return Err(ApiError::invalid_argument(
+            "Encryption type NONE is not valid for StartStreamEncryption; use KMS.",
+        ));
+    }
+    let key = key.unwrap_or_default().to_string();
+    save(st.update_settings(|s| {
+        s.encryption = start.then(|| Encryption {
+            kind: "KMS".to_string(),
+            key_id: key.clone(),
+        });
+        Ok::<(), ApiError>(())
+    }))??;
+    Ok(empty())
+}
+
+fn describe_limits(call: &Call<'_>) -> Result<Value, ApiError> {
+    let streams: Vec<Arc<Stream>> = call
+        .state
+        .streams
+        .list()
+        .into_iter()
+        .filter(|s| !crate::spec::is_internal(&s.name))
+        .collect();
+    Ok(json!({
+        "ShardLimit": ACCOUNT_SHARD_LIMIT,
+        "OpenShardCount": streams.iter().map(|s| s.shards.len()).sum::<usize>(),
+        "OnDemandStreamCount": streams.iter().filter(|s| s.settings().on_demand).count(),
+        "OnDemandStreamCountLimit": ON_DEMAND_STREAM_LIMIT,
+    }))
+}
+
+/// `StreamModeDetails.StreamMode`, validated (`field` is where AWS reports it).
+pub fn stream_mode(
+    req: &Value,
+    v: &mut Violations,
+    required: bool,
+) -> Result<Option<bool>, ApiError> {
+    let Some(details) = opt_struct(req, "StreamModeDetails")? else {
+        if required {
+            v.null("streamModeDetails");
+        }
+        return Ok(None);
+    };
+    match opt_str(details, "StreamMode")? {
+        None => {
+            v.null("streamModeDetails.streamMode");
+            Ok(None)
+        }
+        Some("ON_DEMAND") => Ok(Some(true)),
+        Some("PROVISIONED") => Ok(Some(false)),
+        Some(other) => {
+            v.add(
+                other,
+                "streamModeDetails.streamMode",
+                "Member must satisfy enum value set: [PROVISIONED, ON_DEMAND]",
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn update_mode(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let arn = required_str(
+        req,
+        &mut v,
+        "StreamARN",
+        "streamARN",
+        Some(STREAM_ARN_PATTERN),
+        (1, 2048),
+    )?;
+    let on_demand = stream_mode(req, &mut v, true)?;
+    v.finish()?;
+    let arn = arn.unwrap_or_default();
+    let st = match resource(arn) {
+        Some(Resource::Stream(s)) => lookup(call, &s)?,
+        _ => return Err(not_found_arn(call, arn)),
+    };
+    let on_demand = on_demand.unwrap_or_default();
+    save(st.update_settings(|s| {
+        s.on_demand = on_demand;
+        Ok::<(), ApiError>(())
+    }))??;
+    Ok(empty())
+}
+
+fn put_policy(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let arn = resource_arn(req, &mut v)?;
+    let policy = opt_str(req, "Policy")?;
+    if policy.is_none() {
+        v.null("policy");
+    }
+    v.finish()?;
+    let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
+    let policy = policy.unwrap_or_default();
+    if !serde_json::from_str::<Value>(policy).is_ok_and(|p| p.is_object()) {
+        return Err(ApiError::invalid_argument(
+            "Policy is not a valid JSON policy document.",
+        ));
+    }
+    save(st.update_settings(|s| {
+        match &consumer {
+            None => s.policy = Some(policy.to_string()),
+            Some(c) => {
+                if let Some(x) = s.consumers.iter_mut().find(|x| &x.name == c) {
+                    x.policy = Some(policy.to_string());
+                }
+            }
+        }
+        Ok::<(), ApiError>(())
+    }))??;
+    Ok(empty())
+}
+
+fn policy_of(s: &StreamSettings, consumer: &Option<String>) -> Option<String> {
+    match consumer {
+        None => s.policy.clone(),
+        Some(c) => s
+            .consumers
+            .iter()
+            .find(|x| &x.name == c)
+            .and_then(|x| x.policy.clone()),
+    }
+}
+
+fn get_policy(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let arn = resource_arn(req, &mut v)?;
+    v.finish()?;
+    let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
+    // No policy is `"{}"`, not an error, as AWS answers.
+    Ok(
+        json!({ "Policy": policy_of(&st.settings(), &consumer).unwrap_or_else(|| "{}".to_string()) }),
+    )
+}
+
+fn delete_policy(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let arn = resource_arn(req, &mut v)?;
+    v.finish()?;
+    let arn = arn.unwrap_or_default();
+    let (st, consumer) = resource_stream(call, arn)?;
+    if policy_of(&st.settings(), &consumer).is_none() {
+        return Err(ApiError::new(
+            "ResourceNotFoundException",
+            format!("No resource policy found for resource ARN {arn}."),
+        ));
+    }
+    save(st.update_settings(|s| {
+        match &consumer {
+            None => s.policy = None,
+            Some(c) => {
+                if let Some(x) = s.consumers.iter_mut().find(|x| &x.name == c) {
+                    x.policy = None;
+                }
+            }
+        }
+        Ok::<(), ApiError>(())
+    }))??;
+    Ok(empty())
+}
+
+fn consumer_json(c: &Consumer, status: &str) -> Value {
+    json!({
+        "ConsumerName": c.name,
+        "ConsumerARN": c.arn,
+        "ConsumerStatus": status,
+        "ConsumerCreationTimestamp": c.created_ms as f64 / 1000.0,
+    })
+}
+
+fn register_consumer(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let mut v = Violations::default();
+    let arn = required_str(
+        req,
+        &mut v,
+        "StreamARN",
+        "streamARN",
+        Some(STREAM_ARN_PATTERN),
+        (1, 2048),
+    )?;
+    let name = required_str(
+        req,
+        &mut v,
+        "ConsumerName",
+        "consumerName",
+        Some(NAME_PATTERN),
+        (1, 128),
+    )?;
+    let tags = opt_str_map(req, "Tags")?;
+    if tags.is_some() {
+        check_tags(&mut v, tags.as_deref(), "tags");
+    }
+    v.finish()?;
+    let (arn, name) = (arn.unwrap_or_default(), name.unwrap_or_default());
+    let st = match resource(arn) {
+        Some(Resource::Stream(s)) => lookup(call, &s)?,
+        _ => return Err(not_found_arn(call, arn)),
+    };
+    let now = crate::record::now_ms();
+    let consumer = Consumer {
+        name: name.to_string(),
+        arn: format!(
+            "{}/consumer/{name}:{}",
+            call.stream_arn(&st.name),
+            now / 1000
+        ),
+        created_ms: now,
+        tags: tags
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, val)| (k.to_string(), val.to_string()))
+            .collect(),
+        policy: None,
+    };
+    save(st.update_settings(|s| {
+        if s.consumers.iter().any(|c| c.name == name) {
+            return Err(ApiError::new(
+                "ResourceInUseException",
+                format!(
+                    "Consumer {name} under stream {} already exists for account {}.",
+                    st.name, call.state.account
+                ),
+            ));
+        }
+        if s.consumers.len() >= MAX_CONSUMERS {
+            return Err(ApiError::new(
+                "LimitExceededException",
+                format!(
+                    "Stream {} under account {} already has {MAX_CONSUMERS} registered consumers.",
+                    st.name, call.state.account
+                ),
+            ));
+        }
+        s.consumers.push(consumer.clone());
+        Ok(())
+    }))??;
+    // Registration is immediate here; AWS answers CREATING and turns ACTIVE within
+    // seconds, which is what DescribeStreamConsumer shows from now on.
+    Ok(json!({ "Consumer": consumer_json(&consumer, "CREATING") }))
+}
+
+/// The consumer a Describe/Deregister request names: `ConsumerARN`, or `StreamARN` +
+/// `ConsumerName`.
+fn named_consumer(call: &Call<'_>, req: &Value) -> Result<(Arc<Stream>, Consumer), ApiError> {
+    let mut v = Violations::default();
+    let stream_arn = opt_str(req, "StreamARN")?;
+    if let Some(a) = stream_arn {
+        if !pattern_ok(a, STREAM_ARN_PATTERN) {
+            v.add(
+                a,
+                "streamARN",
+                &format!("Member must satisfy regular expression pattern: {STREAM_ARN_PATTERN}"),
+            );
+        }
+    }
+    let name = opt_str(req, "ConsumerName")?;
+    if let Some(n) = name {
+        if !pattern_ok(n, NAME_PATTERN) {
+            v.add(
+                n,
+                "consumerName",
+                &format!("Member must satisfy regular expression pattern: {NAME_PATTERN}"),
+            );
+        }
+        check_len(&mut v, n, "consumerName", 1, 128);
+    }
+    let consumer_arn = opt_str(req, "ConsumerARN")?;
+    v.finish()?;
+    let (stream, cname) = match (consumer_arn, stream_arn, name) {
+        (Some(arn), _, _) => match resource(arn) {
+            Some(Resource::Consumer { stream, name }) => (stream, name),
+            _ => return Err(consumer_not_found(call, arn)),
+        },
+        (None, Some(sa), Some(n)) => match resource(sa) {
+            Some(Resource::Stream(s)) => (s, n.to_string()),
+            _ => return Err(not_found_arn(call, sa)),
+        },
+        _ => {
+            return Err(ApiError::invalid_argument(
+                "ConsumerARN or both ConsumerName and StreamARN are required for this request.",
+            ))
+        }
+    };
+    let st = lookup(call, &stream)?;
+    let found = st
+        .settings()
+        .consumers
+        .into_iter()
+        .find(|c| c.name == cname && consumer_arn.is_none_or(|a| a == c.arn));
+    match found {
+        Some(c) => Ok((st, c)),
+        None => Err(consumer_not_found(call, consumer_arn.unwrap_or(&cname))),
+    }
+}
+
+fn describe_consumer(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let (st, c) = named_consumer(call, req)?;
+    let mut d = consumer_json(&c, "ACTIVE");
+    d["StreamARN"] = json!(call.stream_arn(&st.name));
+    Ok(json!({ "ConsumerDescription": d }))
+}
+
+fn deregister_consumer(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let (st, c) = named_consumer(call, req)?;
+    save(st.update_settings(|s| {
+        s.consumers.retain(|x| x.name != c.name);
+        Ok::<(), ApiError>(())
+    }))??;
+    Ok(empty())
+}
+
+fn list_consumers(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    use base64::Engine as _;
+    let mut v = Violations::default();
+    let arn = required_str(
+        req,
+        &mut v,
+        "StreamARN",
+        "streamARN",
+        Some(STREAM_ARN_PATTERN),
+        (1, 2048),
+    )?;
+    let max = opt_int(req, "MaxResults")?;
+    if let Some(m) = max {
+        v.range(m, "maxResults", 10_000);
+    }
+    let token = opt_str(req, "NextToken")?;
+    if let Some(t) = token {
+        check_len(&mut v, t, "nextToken", 1, 1_048_576);
+    }
+    v.finish()?;
+    let arn = arn.unwrap_or_default();
+    let st = match resource(arn) {
+        Some(Resource::Stream(s)) => lookup(call, &s)?,
+        _ => return Err(not_found_arn(call, arn)),
+    };
+    // The token is the last name listed, base64: opaque to clients, stable across calls.
+    let after = match token {
+        None => None,
+        Some(t) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::invalid_argument(format!("Invalid NextToken: {t}")))?,
+        ),
+    };
+    let mut consumers = st.settings().consumers;
+    consumers.sort_by(|a, b| a.name.cmp(&b.name));
+    let rest: Vec<&Consumer> = consumers
+        .iter()
+        .filter(|c| after.as_deref().is_none_or(|a| c.name.as_str() > a))
+        .collect();
+    let page = max.unwrap_or(100).min(100) as usize;
+    let mut out = json!({
+        "Consumers": rest.iter().take(page).map(|c| consumer_json(c, "ACTIVE")).collect::<Vec<_>>(),
+    });
+    if rest.len() > page {
+        if let Some(last) = rest.get(page - 1) {
+            out["NextToken"] = json!(base64::engine::general_purpose::STANDARD.encode(&last.name));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,251 @@
+//! Issue #10, first slice: the Kinesis stream-management operations (tags, retention,
+//! monitoring, encryption settings, mode, limits, resource policies, consumers) through
+//! boto3 and the AWS CLI, their persistence across restarts, and AWS's protocol-level
+//! answers (CORS preflight, non-POST, content types, empty and malformed bodies, unknown
+//! operations), byte for byte.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+
+/// One raw HTTP/1.1 exchange: (status, headers lowercased, body).
+fn raw(addr: std::net::SocketAddr, req: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), body.to_string())
+}
+
+fn post(
+    addr: std::net::SocketAddr,
+    content_type: Option<&str>,
+    target: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let mut req = "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_string();
+    if let Some(ct) = content_type {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    if let Some(t) = target {
+        req.push_str(&format!("X-Amz-Target: {t}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    raw(addr, &req)
+}
+
+const JSON: Option<&str> = Some("application/x-amz-json-1.1");
+const ACCESS_DENIED: &str = "<AccessDeniedException>\n  <Message>Unable to determine service/operation name to be authorized</Message>\n</AccessDeniedException>\n";
+
+#[test]
+fn management_operations_through_boto3_and_settings_survive_a_restart() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    let out = python(
+        &[
+            interop("kinesis_manage_boto3.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+        ],
+        &d,
+    );
+    assert!(out.contains("ok"), "{out}");
+    // The AWS CLI, on a few of them.
+    let ep = format!("http://{}", s.api);
+    aws_cli(
+        &ep,
+        &[
+            "kinesis",
+            "add-tags-to-stream",
+            "--stream-name",
+            "m",
+            "--tags",
+            "cli=yes",
+        ],
+    );
+    let tags: serde_json::Value = serde_json::from_str(&aws_cli(
+        &ep,
+        &[
+            "--output",
+            "json",
+            "kinesis",
+            "list-tags-for-stream",
+            "--stream-name",
+            "m",
+        ],
+    ))
+    .unwrap();
+    assert!(tags["Tags"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!({"Key": "cli", "Value": "yes"})));
+    let limits: serde_json::Value = serde_json::from_str(&aws_cli(
+        &ep,
+        &["--output", "json", "kinesis", "describe-limits"],
+    ))
+    .unwrap();
+    assert!(limits["ShardLimit"].as_u64().unwrap() > 0, "{limits}");
+    // Settings are in stream.json: a restart keeps them.
+    d.signal(libc::SIGTERM);
+    assert!(d
+        .wait_exit(std::time::Duration::from_secs(20))
+        .unwrap()
+        .success());
+    let mut d = s.start();
+    d.wait_ready();
+    let (code, body) = kinesis(s.api, "ListTagsForStream", r#"{"StreamName":"m"}"#);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(r#""Key":"cli""#) && body.contains(r#""Key":"env""#),
+        "{body}"
+    );
+    let (_, body) = kinesis(s.api, "DescribeStreamSummary", r#"{"StreamName":"m"}"#);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let d2 = &v["StreamDescriptionSummary"];
+    assert_eq!(d2["ConsumerCount"], 1, "{v}");
+    assert_eq!(d2["StreamModeDetails"]["StreamMode"], "ON_DEMAND", "{v}");
+    assert_eq!(d2["RetentionPeriodHours"], 24, "{v}");
+    d.signal(libc::SIGTERM);
+    assert!(d
+        .wait_exit(std::time::Duration::from_secs(20))
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn protocol_level_answers_are_aws_answers() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    let a = s.api;
+    // Anything but POST, whatever the path.
+    for req in [
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "PUT /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        "OPTIONS / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let (code, head, body) = raw(a, req);
+        assert_eq!((code, body.as_str()), (403, ACCESS_DENIED), "{req}");
+        assert!(head.contains("x-amzn-requestid"), "{head}");
+        assert!(!head.contains("content-type"), "{head}");
+    }
+    // A CORS preflight, for any target.
+    let (code, head, body) = raw(
+        a,
+        "OPTIONS / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: http://app\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type,x-amz-target\r\n\r\n",
+    );
+    assert_eq!((code, body.as_str()), (200, ""));
+    for h in [
+        "access-control-allow-origin: *",
+        "access-control-max-age: 172800",
+        "access-control-allow-methods: post",
+        "access-control-allow-headers: content-type,x-amz-target",
+    ] {
+        assert!(head.contains(h), "{h} in {head}");
+    }
+    // A POST with Origin gets the CORS headers a browser needs.
+    let (code, head, _) = raw(
+        a,
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: http://app\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: Kinesis_20131202.ListStreams\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(code, 200);
+    assert!(
+        head.contains("access-control-allow-origin: *")
+            && head.contains("access-control-expose-headers: x-amzn-requestid"),
+        "{head}"
+    );
+    let lst = Some("Kinesis_20131202.ListStreams");
+    // Empty bodies: by the target alone.
+    let (code, _, body) = post(a, JSON, lst, "");
+    assert_eq!(
+        (code, body.as_str()),
+        (400, r#"{"__type":"SerializationException"}"#)
+    );
+    assert_eq!(
+        post(a, JSON, Some("Kinesis_20131202.ListStream"), "").2,
+        r#"{"__type":"UnknownOperationException"}"#
+    );
+    // Content types.
+    let (code, _, body) = post(a, None, lst, "{}");
+    assert_eq!(
+        (code, body.as_str()),
+        (404, "<UnknownOperationException/>\n")
+    );
+    let (code, _, body) = post(a, Some("application/x-amz-json-1.0"), lst, "{}");
+    assert_eq!(
+        (code, body.as_str()),
+        (404, "<UnknownOperationException/>\n")
+    );
+    let (code, _, body) = post(a, None, None, "{}");
+    assert_eq!((code, body.as_str()), (403, ACCESS_DENIED));
+    let (code, _, body) = post(a, Some("application/json"), lst, "{}");
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            404,
+            r#"{"Output":{"__type":"com.amazon.coral.service#UnknownOperationException"},"Version":"1.0"}"#
+        )
+    );
+    let (code, _, body) = post(a, Some(" application/x-amz-json-1.1 ;charset=x"), lst, "{}");
+    assert_eq!(code, 200, "{body}");
+    // Bodies that are not a JSON object, and unknown operations: the type alone.
+    for bad in ["hello", "true", "[]", "{"] {
+        assert_eq!(
+            post(a, JSON, lst, bad).2,
+            r#"{"__type":"SerializationException"}"#,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        post(a, JSON, Some("Kinesis_20131202.Nope"), "{}").2,
+        r#"{"__type":"UnknownOperationException"}"#
+    );
+    assert_eq!(
+        post(a, JSON, Some("Whatever.ListStreams"), "{}").2,
+        r#"{"__type":"UnknownOperationException"}"#
+    );
+    // A member of the wrong type: AWS's Java words, capital `Message`.
+    for (body, msg) in [
+        (r#"{"StreamName":true}"#, "class java.lang.Boolean can not be converted to an String"),
+        (r#"{"StreamName":23}"#, "class com.amazon.coral.value.json.numbers.TruncatingBigNumber can not be converted to an String"),
+        (r#"{"StreamName":[]}"#, "Start of list found where not expected"),
+        (r#"{"StreamName":{}}"#, "Start of structure or map found where not expected."),
+    ] {
+        let (code, _, got) = post(a, JSON, Some("Kinesis_20131202.DescribeStream"), body);
+        assert_eq!(code, 400);
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v, serde_json::json!({"__type": "SerializationException", "Message": msg}), "{body}");
+    }
+    let (_, _, got) = post(
+        a,
+        JSON,
+        Some("Kinesis_20131202.ListStreams"),
+        r#"{"Limit":"23"}"#,
+    );
+    assert!(
+        got.contains("class java.lang.String can not be converted to an Integer"),
+        "{got}"
+    );
+    let (_, _, got) = post(
+        a,
+        JSON,
+        Some("Kinesis_20131202.PutRecord"),
+        r#"{"StreamName":"s","PartitionKey":"k","Data":"23456"}"#,
+    );
+    assert!(got.contains("'23456' can not be converted to a Blob: Base64 encoded length is expected a multiple of 4 bytes but found: 5"), "{got}");
+    d.signal(libc::SIGTERM);
+    assert!(d
+        .wait_exit(std::time::Duration::from_secs(20))
+        .unwrap()
+        .success());
+}
