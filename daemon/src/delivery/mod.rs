@@ -10,203 +10,35 @@
 //! `limits.buffer_memory`: past it, the pipeline adding records flushes its largest buffers
 //! (reason `memory`).
 
+mod budget;
+mod buffer;
 mod chunks;
+mod encode;
+mod errors;
 mod intent;
-mod kpl;
+mod naming;
+mod recovery;
 mod spool;
+mod watermark;
 
+pub use budget::MemoryBudget;
+pub use buffer::BufferKey;
+pub use encode::encode;
+pub use errors::ErrorType;
 pub use intent::{Intent, IntentError, IntentLog};
-pub use kpl::{deaggregate, UserRecord, MAGIC as KPL_MAGIC};
 pub use spool::{SpoolFile, SPILL_AT};
+
+use buffer::Buffer;
+use encode::encode_slices;
+use naming::unique_id;
+use recovery::{partition_id, Recovering, Recovery};
 
 use crate::plugins::{CallError, HostObject, SinkInstance};
 use crate::record::{now_ms, Record};
-use crate::spec::{civil, Compression, DeliverySpec};
-use base64::Engine as _;
-use md5::{Digest, Md5};
+use crate::spec::{Compression, DeliverySpec};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
-/// The buffer memory budget (`limits.buffer_memory`) that every pipeline's buffers share:
-/// one per daemon, handed to each `Delivery` (no process-wide state).
-#[derive(Debug)]
-pub struct MemoryBudget {
-    used: AtomicU64,
-    limit: AtomicU64,
-}
-
-impl MemoryBudget {
-    /// A budget of `limit` bytes, none used.
-    pub fn new(limit: u64) -> Self {
-        metrics::gauge!("sluice_buffer_memory_limit_bytes").set(limit as f64);
-        MemoryBudget {
-            used: AtomicU64::new(0),
-            limit: AtomicU64::new(limit),
-        }
-    }
-
-    /// Bytes counted now.
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-
-    /// The limit.
-    pub fn limit(&self) -> u64 {
-        self.limit.load(Ordering::Relaxed)
-    }
-
-    fn add(&self, n: u64) {
-        self.used.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn sub(&self, n: u64) {
-        self.used.fetch_sub(n, Ordering::Relaxed);
-    }
-}
-
-/// Firehose error output types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ErrorType {
-    /// A transform failed or rejected the record.
-    ProcessingFailed,
-    /// The partition keys could not be extracted or rendered.
-    PartitioningFailed,
-    /// Past `max_active_partitions`.
-    ActivePartitionExceeded,
-    /// The sink kept failing for longer than `retry_duration`: the whole object is written
-    /// under the error prefix instead (its body unchanged).
-    DeliveryFailed,
-}
-
-impl ErrorType {
-    /// The `error-output-type` (also the metric label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::ProcessingFailed => "processing-failed",
-            ErrorType::PartitioningFailed => "partitioning-failed",
-            ErrorType::ActivePartitionExceeded => "activePartitionExceeded",
-            ErrorType::DeliveryFailed => "delivery-failed",
-        }
-    }
-    fn code(self) -> &'static str {
-        match self {
-            ErrorType::ProcessingFailed => "Processing.Failed",
-            ErrorType::PartitioningFailed => "DynamicPartitioning.MetadataExtractionFailed",
-            ErrorType::ActivePartitionExceeded => {
-                "DynamicPartitioning.ActivePartitionsLimitExceeded"
-            }
-            ErrorType::DeliveryFailed => "Delivery.Failed",
-        }
-    }
-}
-
-/// What identifies a buffer: its partition keys, or the error type of an error buffer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum BufferKey {
-    /// Records of one partition.
-    Data {
-        /// `partitionKeyFromQuery` keys.
-        query: Vec<(String, String)>,
-        /// `partitionKeyFromLambda` keys (set by transforms).
-        lambda: Vec<(String, String)>,
-    },
-    /// Error documents of one type.
-    Error(ErrorType),
-}
-
-struct Buffer {
-    key: BufferKey,
-    data: chunks::Chunks,
-    records: u64,
-    oldest_ms: i64,
-    first_seq: u64,
-    created: Instant,
-    tokens: Vec<u64>,
-    /// Per shard tag: (tag, first sequence, last sequence) — kept with an intent log only.
-    ranges: Vec<(u64, u64, u64)>,
-    /// Set once the buffer outgrew [`SPILL_AT`]: records go through the compressor to disk.
-    /// Boxed: an encoder is hundreds of bytes, and there is one `Buffer` per partition.
-    spool: Option<Box<spool::Spool>>,
-    spool_error: Option<std::io::Error>,
-    /// Bytes spilled to disk under memory pressure (they come before `data`).
-    spill: Option<Box<spool::RawSpill>>,
-}
-
-impl Buffer {
-    fn new(key: BufferKey, rec: &Record) -> Buffer {
-        Buffer {
-            key,
-            data: chunks::Chunks::default(),
-            records: 0,
-            oldest_ms: rec.arrival_ms,
-            first_seq: rec.sequence,
-            created: Instant::now(),
-            tokens: Vec::new(),
-            ranges: Vec::new(),
-            spool: None,
-            spool_error: None,
-            spill: None,
-        }
-    }
-
-    /// Uncompressed bytes held (in RAM, spooled or spilled).
-    fn raw_len(&self) -> u64 {
-        self.data.len() as u64
-            + self.spool.as_ref().map_or(0, |s| s.raw())
-            + self.spill.as_ref().map_or(0, |s| s.len())
-    }
-
-    /// Moves the bytes in RAM to the spill file; returns the bytes of chunks freed.
-    fn spill_out(&mut self, dir: &Path) -> std::io::Result<u64> {
-        let sp = match &mut self.spill {
-            Some(sp) => sp,
-            None => self.spill.insert(Box::new(spool::RawSpill::create(dir)?)),
-        };
-        sp.append(self.data.slices())?;
-        let freed = self.data.capacity() as u64;
-        self.data.clear();
-        Ok(freed)
-    }
-
-    /// Appends a record; returns how much the allocation grew.
-    fn push(
-        &mut self,
-        payload: &[u8],
-        delim: &[u8],
-        rec: &Record,
-        token: u64,
-        touched: &mut usize,
-        ranges: bool,
-    ) -> u64 {
-        let mut grown = 0;
-        match &mut self.spool {
-            Some(sp) => {
-                if let Err(e) = sp.write(payload).and_then(|()| sp.write(delim)) {
-                    self.spool_error.get_or_insert(e);
-                }
-            }
-            None => grown = self.data.extend(payload) + self.data.extend(delim),
-        }
-        self.records += 1;
-        self.oldest_ms = self.oldest_ms.min(rec.arrival_ms);
-        if self.tokens.last() != Some(&token) {
-            self.tokens.push(token);
-            *touched += 1;
-        }
-        if ranges {
-            let (tag, seq) = (rec.sequence >> 48, rec.sequence);
-            match self.ranges.iter_mut().find(|r| r.0 == tag) {
-                Some(r) => r.2 = seq,
-                None => self.ranges.push((tag, seq, seq)),
-            }
-        }
-        // The budget counts whole chunks, not just length: that is what RSS sees.
-        grown as u64
-    }
-}
+use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// A buffer to flush: an open partition, or the replay of an object from the intent log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,85 +47,6 @@ pub enum Slot {
     Open(BufferKey),
     /// The records of an object that may have been stored before a crash, gathered again.
     Replay(u64),
-}
-
-/// Where a replayed record goes during crash recovery.
-enum Recovery {
-    /// Into a stored object already: skip it.
-    Skip,
-    /// Into the object with this intent id, rebuilt under the same key.
-    Replay(u64),
-}
-
-/// Crash recovery state: objects of the previous run the source may replay records of.
-#[derive(Default)]
-struct Recovering {
-    entries: HashMap<u64, intent::Recovered>,
-    by_partition: HashMap<String, Vec<u64>>,
-    /// Per shard tag, the lowest first and highest last sequence over all entries.
-    hull: HashMap<u64, (u64, u64)>,
-    /// Per shard tag, the highest sequence read in this run.
-    max_seen: HashMap<u64, u64>,
-}
-
-impl Recovering {
-    fn index(&mut self) {
-        self.by_partition.clear();
-        self.hull.clear();
-        for (id, r) in &self.entries {
-            self.by_partition
-                .entry(r.intent.partition.clone())
-                .or_default()
-                .push(*id);
-            for &(t, first, last) in &r.intent.ranges {
-                let h = self.hull.entry(t).or_insert((first, last));
-                *h = (h.0.min(first), h.1.max(last));
-            }
-        }
-    }
-
-    fn remove(&mut self, id: u64) -> Option<intent::Recovered> {
-        let r = self.entries.remove(&id);
-        self.index();
-        r
-    }
-
-    /// Where the record at `seq` of partition `key` belongs, if it was in an object of the
-    /// previous run. Outside the hull of those objects this costs one map update.
-    fn lookup(&mut self, key: &BufferKey, seq: u64) -> Option<Recovery> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        let tag = seq >> 48;
-        let m = self.max_seen.entry(tag).or_insert(seq);
-        *m = (*m).max(seq);
-        let (lo, hi) = *self.hull.get(&tag)?;
-        if seq < lo || seq > hi {
-            return None;
-        }
-        let ids = self.by_partition.get(&partition_id(key))?;
-        let r = ids
-            .iter()
-            .filter_map(|id| self.entries.get(id))
-            .find(|r| r.intent.covers(seq))?;
-        Some(if r.stored {
-            Recovery::Skip
-        } else {
-            Recovery::Replay(r.intent.id)
-        })
-    }
-}
-
-/// A partition's identity in the intent log and in object ids.
-/// A partition's persisted identity (intent log, object names): canonical JSON of its
-/// keys, stable across builds (never `Debug` output).
-fn partition_id(key: &BufferKey) -> String {
-    match key {
-        BufferKey::Data { query, lambda } => {
-            serde_json::json!({ "query": query, "lambda": lambda }).to_string()
-        }
-        BufferKey::Error(t) => serde_json::json!({ "error": t.as_str() }).to_string(),
-    }
 }
 
 /// Why a buffer was flushed (`sluice_buffer_flushes_total{reason}`).
@@ -355,9 +108,8 @@ pub struct Delivery {
     pipeline: String,
     spec: DeliverySpec,
     buffers: HashMap<BufferKey, Buffer>,
-    /// token → buffers still holding its records, in token order.
-    pending: BTreeMap<u64, usize>,
-    order: VecDeque<u64>,
+    /// Which batches may be acked.
+    acks: watermark::Watermark,
     bytes: u64,
     /// Allocated bytes of this pipeline's buffers (its share of the global budget).
     mem: u64,
@@ -393,30 +145,6 @@ pub struct Flushed {
     /// The body's file, when the object was spooled: held for its `Drop`, which removes
     /// the file once the object is stored or abandoned.
     _spool: Option<SpoolFile>,
-}
-
-fn unique_id(pipeline: &str, key: &str, first_seq: u64, records: u64) -> [u8; 16] {
-    let mut h = Md5::new();
-    h.update(pipeline.as_bytes());
-    h.update([0]);
-    h.update(key.as_bytes());
-    h.update(first_seq.to_le_bytes());
-    h.update(records.to_le_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&h.finalize()[..16]);
-    out
-}
-
-fn uuid(b: &[u8; 16]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 impl Delivery {
@@ -475,8 +203,7 @@ impl Delivery {
             pipeline: pipeline.to_string(),
             spec,
             buffers: HashMap::new(),
-            pending: BTreeMap::new(),
-            order: VecDeque::new(),
+            acks: watermark::Watermark::default(),
             bytes: 0,
             mem: 0,
             data_partitions: 0,
@@ -612,25 +339,7 @@ impl Delivery {
     }
 
     fn error_doc(&self, rec: &Record, etype: ErrorType, message: &str) -> Vec<u8> {
-        // A position renders as a Kinesis sequence number of (partition, offset): for the
-        // stream sources exactly the record's sequence number in its stream.
-        let seq = match rec.position {
-            Some(p) => crate::stream::sequence_string(p.partition, p.offset),
-            None => rec.sequence.to_string(),
-        };
-        let now = now_ms();
-        serde_json::json!({
-            "attemptsMade": 1,
-            "arrivalTimestamp": rec.arrival_ms,
-            "errorCode": etype.code(),
-            "errorMessage": message,
-            "attemptEndingTimestamp": now,
-            "rawData": base64::engine::general_purpose::STANDARD.encode(&rec.data),
-            "sequenceNumber": seq,
-            "pipeline": self.pipeline,
-        })
-        .to_string()
-        .into_bytes()
+        errors::error_doc(&self.pipeline, rec, etype, message)
     }
 
     fn fail(
@@ -714,8 +423,7 @@ impl Delivery {
             self.append_routed(key, &rec.data, rec, token, &mut touched, route);
         }
         self.recovery_passed(token);
-        self.pending.insert(token, touched);
-        self.order.push_back(token);
+        self.acks.arrived(token, touched);
         self.relieve();
         self.publish_gauges();
     }
@@ -891,13 +599,13 @@ impl Delivery {
                     error.map(ErrorType::as_str).unwrap_or("unpartitioned")
                 )
             });
-        let (y, mo, d, h, mi, s) = civil(b.oldest_ms);
-        let mut key = format!(
-            "{prefix}{}-{}-{y:04}-{mo:02}-{d:02}-{h:02}-{mi:02}-{s:02}-{}{}",
-            self.pipeline,
+        let mut key = naming::object_key(
+            &prefix,
+            &self.pipeline,
             self.version,
-            uuid(&id),
-            compression.extension()
+            b.oldest_ms,
+            &id,
+            compression.extension(),
         );
         let last_token = b.tokens.last().copied().unwrap_or(0);
         let intent = match (replay_of, &mut self.log) {
@@ -1033,11 +741,7 @@ impl Delivery {
         if f.error.is_none() {
             self.delivered += f.records;
         }
-        for t in &f.tokens {
-            if let Some(n) = self.pending.get_mut(t) {
-                *n = n.saturating_sub(1);
-            }
-        }
+        self.acks.stored(&f.tokens);
         let p = self.pipeline.clone();
         metrics::counter!("sluice_buffer_flushes_total", "pipeline" => p.clone(), "reason" => f.reason.as_str()).increment(1);
         metrics::counter!("sluice_sink_objects_total", "pipeline" => p.clone(), "result" => "success").increment(1);
@@ -1053,15 +757,7 @@ impl Delivery {
     }
 
     fn release(&mut self) -> Result<Vec<u64>, DeliveryError> {
-        let mut out = Vec::new();
-        while let Some(&t) = self.order.front() {
-            if self.pending.get(&t).copied().unwrap_or(0) > 0 {
-                break;
-            }
-            self.order.pop_front();
-            self.pending.remove(&t);
-            out.push(t);
-        }
+        let out = self.acks.release();
         if let (Some(&last), Some(log)) = (out.last(), &mut self.log) {
             // A `stored` mark must be durable before the acks it allows: otherwise a crash
             // could leave a checkpoint past an object the log calls unstored.
@@ -1114,54 +810,6 @@ impl Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         self.budget.sub(self.mem);
-    }
-}
-
-/// Compresses a whole buffer.
-pub fn encode(c: Compression, data: &[u8]) -> Vec<u8> {
-    encode_slices(c, std::iter::once(data), data.len())
-}
-
-/// Compresses a buffer held in pieces (`len` bytes in all). Writing into a `Vec` cannot
-/// fail, so the encoders' I/O errors cannot happen here.
-fn encode_slices<'a>(
-    c: Compression,
-    slices: impl Iterator<Item = &'a [u8]>,
-    len: usize,
-) -> Vec<u8> {
-    fn all<'a, W: std::io::Write>(w: &mut W, slices: impl Iterator<Item = &'a [u8]>) {
-        for s in slices {
-            let _ = w.write_all(s);
-        }
-    }
-    match c {
-        Compression::None => {
-            let mut out = Vec::with_capacity(len);
-            all(&mut out, slices);
-            out
-        }
-        Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(
-                Vec::with_capacity(len / 4),
-                flate2::Compression::fast(),
-            );
-            all(&mut e, slices);
-            e.finish().unwrap_or_default()
-        }
-        Compression::Zstd => {
-            match zstd::stream::write::Encoder::new(Vec::with_capacity(len / 4), 3) {
-                Ok(mut e) => {
-                    all(&mut e, slices);
-                    e.finish().unwrap_or_default()
-                }
-                Err(_) => Vec::new(),
-            }
-        }
-        Compression::Snappy => {
-            let mut e = snap::write::FrameEncoder::new(Vec::with_capacity(len / 2));
-            all(&mut e, slices);
-            e.into_inner().unwrap_or_default()
-        }
     }
 }
 

@@ -20,18 +20,21 @@
 //! other pipelines never see it.
 
 use crate::plugins::{
-    outside_runtime, CallError, Instance, Registry, SinkInstance, SourceInstance, TransformInstance,
+    CallError, Instance, Registry, SinkInstance, SourceInstance, TransformInstance,
 };
 use crate::record::Record;
-use crate::spec::{BatchConfig, ComponentSpec, PipelineSpec};
-use sluice_plugin_api::ffi;
-use std::path::{Path, PathBuf};
+use crate::spec::{ComponentSpec, PipelineSpec};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+mod deliver;
+mod kpl;
+mod sink;
+mod source;
 mod transform;
 
 /// Batches in each channel between stages: with one batch in each stage, at most
@@ -284,7 +287,7 @@ pub fn spawn(spec: Arc<PipelineSpec>, ctx: Arc<RuntimeCtx>) -> PipelineHandle {
 }
 
 /// How a run ended without error.
-enum End {
+pub(crate) enum End {
     Drained,
     Eof,
 }
@@ -334,7 +337,7 @@ async fn supervise(
     }
 }
 
-fn plugin_err(component: &str) -> impl FnOnce(CallError) -> PipelineError + '_ {
+pub(crate) fn plugin_err(component: &str) -> impl FnOnce(CallError) -> PipelineError + '_ {
     move |source| PipelineError::Plugin {
         component: component.to_string(),
         source,
@@ -397,14 +400,14 @@ fn build(spec: &PipelineSpec, ctx: &RuntimeCtx) -> Result<Instances, PipelineErr
 }
 
 /// A batch moving through the stages.
-struct Batch {
+pub(crate) struct Batch {
     records: Vec<Record>,
     /// Records transforms sent to the error output, with the reason.
     rejected: Vec<(Record, String)>,
     token: u64,
 }
 
-struct Ack {
+pub(crate) struct Ack {
     token: u64,
 }
 
@@ -439,7 +442,7 @@ async fn run_once(
     let mut src = own_thread(
         "source",
         cancel.subscribe(),
-        source_driver(
+        source::driver(
             inst.source,
             batch_tx,
             ack_rx,
@@ -460,12 +463,12 @@ async fn run_once(
         Some(d) => own_thread(
             "delivery",
             snk_cancel,
-            delivery_driver(
+            deliver::driver(
                 inst.sink,
                 out_rx,
                 ack_tx,
                 d.clone(),
-                journal(spec, ctx.data_dir.as_deref()),
+                deliver::journal(spec, ctx.data_dir.as_deref()),
                 shared.clone(),
                 ctx.clone(),
             ),
@@ -473,7 +476,7 @@ async fn run_once(
         None => own_thread(
             "sink",
             snk_cancel,
-            sink_driver(
+            sink::driver(
                 inst.sink,
                 out_rx,
                 ack_tx,
@@ -555,336 +558,4 @@ fn own_thread<T: Send + 'static>(
             }
         })
     })
-}
-
-async fn source_driver(
-    mut src: SourceInstance,
-    tx: mpsc::Sender<Batch>,
-    mut acks: mpsc::Receiver<Ack>,
-    mut drain: watch::Receiver<bool>,
-    shared: Arc<PipelineShared>,
-    stop_deadline: Duration,
-) -> Result<End, PipelineError> {
-    let notify = src.instance().shared().clone();
-    let records_in =
-        metrics::counter!("sluice_pipeline_records_in_total", "pipeline" => shared.name.clone());
-    let mut eof = false;
-    loop {
-        if *drain.borrow() || eof {
-            break;
-        }
-        let permit = tokio::select! {
-            biased;
-            _ = drain.changed() => continue,
-            Some(a) = acks.recv() => { outside_runtime(|| src.ack(a.token, true)); continue; }
-            p = tx.reserve() => match p {
-                Ok(p) => p,
-                // The transform worker is gone: it reports its own error.
-                Err(_) => break,
-            },
-        };
-        let out = outside_runtime(|| src.poll(POLL_MAX_RECORDS, POLL_MAX_BYTES))
-            .map_err(plugin_err("source"))?;
-        let n = out.records.len();
-        let wait = match out.status {
-            ffi::SL_EOF => {
-                eof = true;
-                None
-            }
-            ffi::SL_PENDING => Some(out.poll_delay.unwrap_or(DEFAULT_REPOLL)),
-            _ if n == 0 => Some(out.poll_delay.unwrap_or(Duration::from_millis(100))),
-            _ => out.poll_delay,
-        };
-        if n > 0 {
-            records_in.increment(n as u64);
-            shared.records_in.fetch_add(n as u64, Ordering::Relaxed);
-            permit.send(Batch {
-                records: out.records,
-                rejected: Vec::new(),
-                token: out.ack_token,
-            });
-        } else {
-            drop(permit);
-        }
-        if let Some(wait) = wait {
-            tokio::select! {
-                biased;
-                _ = drain.changed() => {}
-                Some(a) = acks.recv() => outside_runtime(|| src.ack(a.token, true)),
-                _ = notify.notify.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-    if !eof {
-        shared.set_state(State::Draining, None);
-    }
-    // Let the rest flow through: closing our end ends the worker, then the sink.
-    drop(tx);
-    while let Some(a) = acks.recv().await {
-        outside_runtime(|| src.ack(a.token, true));
-    }
-    let res = outside_runtime(|| src.instance().stop(stop_deadline));
-    if let Err(e) = res {
-        tracing::warn!(pipeline = %shared.name, error = %e, "source stop failed");
-    }
-    Ok(if eof { End::Eof } else { End::Drained })
-}
-
-/// Splits KPL aggregated records into their user records (each keeps the aggregate's
-/// arrival time and position; ordinary records pass unchanged).
-fn deaggregate_kpl(records: Vec<Record>) -> Vec<Record> {
-    if !records
-        .iter()
-        .any(|r| r.data.starts_with(&crate::delivery::KPL_MAGIC))
-    {
-        return records;
-    }
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        match crate::delivery::deaggregate(&r.data) {
-            None => out.push(r),
-            Some(users) => {
-                for u in users {
-                    out.push(Record {
-                        data: r.data.slice_ref(u.data),
-                        partition_key: bytes::Bytes::copy_from_slice(u.partition_key),
-                        ..r.clone()
-                    });
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The intent log of a pipeline whose source replays the same records with the same
-/// sequences after a crash (`stream`, `direct-put`); others get none.
-fn journal(spec: &PipelineSpec, data_dir: Option<&Path>) -> Option<crate::delivery::Journal> {
-    if !spec.source.replayable {
-        return None;
-    }
-    let dir = crate::names::child(&data_dir?.join("delivery"), &spec.name).ok()?;
-    Some(crate::delivery::Journal {
-        dir,
-        config_hash: spec.delivery_identity(),
-    })
-}
-
-/// Splits records into chunks of at most `max_records` and (unless one record is larger)
-/// `max_bytes`.
-fn chunks<'a>(records: &'a [Record], cfg: &BatchConfig) -> impl Iterator<Item = &'a [Record]> + 'a {
-    let (max_n, max_b) = (cfg.max_records.max(1) as usize, cfg.max_bytes.0.max(1));
-    let mut rest = records;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut n = 0;
-        let mut bytes = 0u64;
-        while n < rest.len() && n < max_n {
-            let b = rest[n].data.len() as u64;
-            if n > 0 && bytes + b > max_b {
-                break;
-            }
-            bytes += b;
-            n += 1;
-        }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Some(head)
-    })
-}
-
-async fn sink_driver(
-    mut sink: SinkInstance,
-    mut rx: mpsc::Receiver<Batch>,
-    acks: mpsc::Sender<Ack>,
-    cfg: BatchConfig,
-    shared: Arc<PipelineShared>,
-    stop_deadline: Duration,
-) -> Result<(), PipelineError> {
-    let name = shared.name.clone();
-    let sink_records = metrics::counter!("sluice_sink_records_total", "pipeline" => name.clone());
-    let sink_bytes = metrics::counter!("sluice_sink_bytes_total", "pipeline" => name.clone());
-    while let Some(batch) = rx.recv().await {
-        for chunk in chunks(&batch.records, &cfg) {
-            let mut pending: Vec<Record> = chunk.to_vec();
-            crate::plugins::until_stored(&mut sink, &shared.sink_health, None, |sink, failed| {
-                if !failed.is_empty() {
-                    // Partial failure: resubmit only the failed records, in order.
-                    let mut idx: Vec<usize> = failed
-                        .iter()
-                        .map(|&i| i as usize)
-                        .filter(|&i| i < pending.len())
-                        .collect();
-                    idx.sort_unstable();
-                    idx.dedup();
-                    pending = idx.into_iter().map(|i| pending[i].clone()).collect();
-                }
-                sink.submit(&pending)
-            })
-            .await
-            .map_err(plugin_err("sink"))?;
-        }
-        let n = batch.records.len() as u64;
-        sink_records.increment(n);
-        sink_bytes.increment(batch.records.iter().map(|r| r.data.len() as u64).sum());
-        shared.records_out.fetch_add(n, Ordering::Relaxed);
-        if acks.send(Ack { token: batch.token }).await.is_err() {
-            break;
-        }
-    }
-    if let Err(e) = outside_runtime(|| sink.instance().stop(stop_deadline)) {
-        tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
-    }
-    Ok(())
-}
-
-fn disk_err(e: crate::delivery::DeliveryError) -> PipelineError {
-    PipelineError::Delivery(e)
-}
-
-/// Sends the acks a flush released (the source checkpoints on them).
-async fn send_acks(acks: &mpsc::Sender<Ack>, tokens: Vec<u64>) {
-    for token in tokens {
-        let _ = acks.send(Ack { token }).await;
-    }
-}
-
-/// Takes one buffer out, encodes it, delivers it (retrying) and acks what that releases.
-async fn flush_one(
-    d: &mut crate::delivery::Delivery,
-    slot: &crate::delivery::Slot,
-    reason: crate::delivery::FlushReason,
-    sink: &mut SinkInstance,
-    acks: &mpsc::Sender<Ack>,
-    shared: &PipelineShared,
-) -> Result<(), PipelineError> {
-    let Some(f) = d.take(slot, reason).map_err(disk_err)? else {
-        return Ok(());
-    };
-    sluice_plugin_api::failpoint("delivery-before-upload");
-    let f = match crate::delivery::deliver(sink, &f, &shared.sink_health, d.retry_limit()).await {
-        Ok(()) => f,
-        // Only a bounded retry returns a retryable error: keep the records under the
-        // error prefix (retried without bound there: nothing acknowledged is dropped).
-        Err(e) if e.is_retryable() => {
-            let f = d.redirect(f, &e.message);
-            crate::delivery::deliver(sink, &f, &shared.sink_health, None)
-                .await
-                .map_err(plugin_err("sink"))?;
-            f
-        }
-        Err(e) => return Err(plugin_err("sink")(e)),
-    };
-    sluice_plugin_api::failpoint("delivery-after-upload");
-    let before = d.delivered;
-    let tokens = d.stored(&f).map_err(disk_err)?;
-    shared
-        .records_out
-        .fetch_add(d.delivered - before, Ordering::Relaxed);
-    shared
-        .last_flush_ms
-        .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
-    send_acks(acks, tokens).await;
-    Ok(())
-}
-
-/// The sink stage of a pipeline with an object sink: buffers, flushes and acks in order.
-async fn delivery_driver(
-    mut sink: SinkInstance,
-    mut rx: mpsc::Receiver<Batch>,
-    acks: mpsc::Sender<Ack>,
-    spec: crate::spec::DeliverySpec,
-    journal: Option<crate::delivery::Journal>,
-    shared: Arc<PipelineShared>,
-    ctx: Arc<RuntimeCtx>,
-) -> Result<(), PipelineError> {
-    use crate::delivery::{Delivery, FlushReason};
-    let stop_deadline = ctx.stop_deadline;
-    let name = shared.name.clone();
-    let spool_dir = ctx
-        .data_dir
-        .as_deref()
-        .and_then(|d| crate::names::child(&d.join("spool"), &name).ok());
-    let replayable = journal.is_some();
-    let budget = ctx.memory.clone();
-    let mut d =
-        Delivery::new(&name, spec, journal.as_ref(), spool_dir, budget).map_err(disk_err)?;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut maintained = std::time::Instant::now();
-    let mut open = true;
-    loop {
-        while let Some((slot, reason)) = d.next_due() {
-            flush_one(&mut d, &slot, reason, &mut sink, &acks, &shared).await?;
-        }
-        send_acks(&acks, d.ready().map_err(disk_err)?).await;
-        if maintained.elapsed() >= Duration::from_secs(5) {
-            maintained = std::time::Instant::now();
-            d.maintain().map_err(disk_err)?;
-        }
-        let (records, bytes, parts) = d.stats();
-        shared.buffered_records.store(records, Ordering::Relaxed);
-        shared.buffered_bytes.store(bytes, Ordering::Relaxed);
-        shared.partitions.store(parts, Ordering::Relaxed);
-        if !open {
-            break;
-        }
-        tokio::select! {
-            b = rx.recv() => match b {
-                Some(batch) => {
-                    // Rejected records were counted by the transform stage already.
-                    d.add(batch.token, &batch.records, &batch.rejected);
-                }
-                None => open = false,
-            },
-            _ = tick.tick() => {}
-        }
-    }
-    // Draining: what is buffered is flushed and delivered before stopping — for a source
-    // that replays (its records stay in the stream until acknowledged), only for
-    // DRAIN_FLUSH_BUDGET: the rest is delivered after the restart, so a stop never waits
-    // for thousands of uploads.
-    let budget_end = Instant::now() + DRAIN_FLUSH_BUDGET.min(stop_deadline / 4);
-    while let Some(slot) = d.any() {
-        if replayable && Instant::now() >= budget_end {
-            let (records, _, partitions) = d.stats();
-            tracing::info!(pipeline = %name, partitions, records, "stopping without flushing the rest: those records stay in the stream and are delivered after the restart");
-            break;
-        }
-        flush_one(&mut d, &slot, FlushReason::Drain, &mut sink, &acks, &shared).await?;
-    }
-    send_acks(&acks, d.ready().map_err(disk_err)?).await;
-    if let Err(e) = outside_runtime(|| sink.instance().stop(stop_deadline)) {
-        tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::ByteSize;
-
-    fn rec(n: usize) -> Record {
-        Record {
-            data: bytes::Bytes::from(vec![b'x'; n]),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn chunks_respect_records_and_bytes() {
-        let recs: Vec<Record> = (0..7).map(|_| rec(10)).collect();
-        let cfg = BatchConfig {
-            max_records: 3,
-            max_bytes: ByteSize(25),
-        };
-        let sizes: Vec<usize> = chunks(&recs, &cfg).map(|c| c.len()).collect();
-        assert_eq!(sizes, [2, 2, 2, 1]);
-        let big = vec![rec(100), rec(1)];
-        let sizes: Vec<usize> = chunks(&big, &cfg).map(|c| c.len()).collect();
-        assert_eq!(sizes, [1, 1], "an oversized record travels alone");
-    }
 }

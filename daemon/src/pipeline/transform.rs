@@ -433,7 +433,7 @@ pub(super) fn worker(
     let res = (|| {
         while let Some(mut batch) = rx.blocking_recv() {
             if deaggregate {
-                batch.records = super::deaggregate_kpl(batch.records);
+                batch.records = super::kpl::deaggregate_records(batch.records);
             }
             let before = batch.rejected.len();
             let records = std::mem::take(&mut batch.records);

@@ -1,4 +1,5 @@
-//! KPL de-aggregation: `F3 89 9A C2` ‖ protobuf `AggregatedRecord` ‖ MD5 of the protobuf.
+//! KPL de-aggregation, on the source side of a pipeline (stream records may be KPL
+//! aggregates): `F3 89 9A C2` ‖ protobuf `AggregatedRecord` ‖ MD5 of the protobuf.
 //! A blob that is too short, lacks the magic, fails the MD5 or does not decode is an
 //! ordinary record — as Kinesis consumers treat it.
 
@@ -109,6 +110,32 @@ pub fn deaggregate(blob: &[u8]) -> Option<Vec<UserRecord<'_>>> {
         });
     }
     Some(out)
+}
+
+/// Splits KPL aggregated records into their user records (each keeps the aggregate's
+/// arrival time and position; ordinary records pass unchanged).
+pub(super) fn deaggregate_records(
+    records: Vec<crate::record::Record>,
+) -> Vec<crate::record::Record> {
+    if !records.iter().any(|r| r.data.starts_with(&MAGIC)) {
+        return records;
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        match deaggregate(&r.data) {
+            None => out.push(r),
+            Some(users) => {
+                for u in users {
+                    out.push(crate::record::Record {
+                        data: r.data.slice_ref(u.data),
+                        partition_key: bytes::Bytes::copy_from_slice(u.partition_key),
+                        ..r.clone()
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

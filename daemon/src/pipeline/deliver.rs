@@ -1,0 +1,151 @@
+//! The object-sink stage (Firehose delivery): records go into per-partition buffers
+//! (`crate::delivery`), due buffers are encoded and delivered with retries, and what a
+//! stored object releases is acked in order. Runs on a thread of its own.
+
+use super::{
+    plugin_err, Ack, Batch, PipelineError, PipelineShared, RuntimeCtx, DRAIN_FLUSH_BUDGET,
+};
+use crate::plugins::{outside_runtime, SinkInstance};
+use crate::spec::PipelineSpec;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The intent log of a pipeline whose source replays the same records with the same
+/// sequences after a crash (`stream`, `direct-put`); others get none.
+pub(crate) fn journal(
+    spec: &PipelineSpec,
+    data_dir: Option<&Path>,
+) -> Option<crate::delivery::Journal> {
+    if !spec.source.replayable {
+        return None;
+    }
+    let dir = crate::names::child(&data_dir?.join("delivery"), &spec.name).ok()?;
+    Some(crate::delivery::Journal {
+        dir,
+        config_hash: spec.delivery_identity(),
+    })
+}
+
+fn disk_err(e: crate::delivery::DeliveryError) -> PipelineError {
+    PipelineError::Delivery(e)
+}
+
+/// Sends the acks a flush released (the source checkpoints on them).
+async fn send_acks(acks: &mpsc::Sender<Ack>, tokens: Vec<u64>) {
+    for token in tokens {
+        let _ = acks.send(Ack { token }).await;
+    }
+}
+
+/// Takes one buffer out, encodes it, delivers it (retrying) and acks what that releases.
+async fn flush_one(
+    d: &mut crate::delivery::Delivery,
+    slot: &crate::delivery::Slot,
+    reason: crate::delivery::FlushReason,
+    sink: &mut SinkInstance,
+    acks: &mpsc::Sender<Ack>,
+    shared: &PipelineShared,
+) -> Result<(), PipelineError> {
+    let Some(f) = d.take(slot, reason).map_err(disk_err)? else {
+        return Ok(());
+    };
+    sluice_plugin_api::failpoint("delivery-before-upload");
+    let f = match crate::delivery::deliver(sink, &f, &shared.sink_health, d.retry_limit()).await {
+        Ok(()) => f,
+        // Only a bounded retry returns a retryable error: keep the records under the
+        // error prefix (retried without bound there: nothing acknowledged is dropped).
+        Err(e) if e.is_retryable() => {
+            let f = d.redirect(f, &e.message);
+            crate::delivery::deliver(sink, &f, &shared.sink_health, None)
+                .await
+                .map_err(plugin_err("sink"))?;
+            f
+        }
+        Err(e) => return Err(plugin_err("sink")(e)),
+    };
+    sluice_plugin_api::failpoint("delivery-after-upload");
+    let before = d.delivered;
+    let tokens = d.stored(&f).map_err(disk_err)?;
+    shared
+        .records_out
+        .fetch_add(d.delivered - before, Ordering::Relaxed);
+    shared
+        .last_flush_ms
+        .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
+    send_acks(acks, tokens).await;
+    Ok(())
+}
+
+/// The sink stage of a pipeline with an object sink: buffers, flushes and acks in order.
+pub(crate) async fn driver(
+    mut sink: SinkInstance,
+    mut rx: mpsc::Receiver<Batch>,
+    acks: mpsc::Sender<Ack>,
+    spec: crate::spec::DeliverySpec,
+    journal: Option<crate::delivery::Journal>,
+    shared: Arc<PipelineShared>,
+    ctx: Arc<RuntimeCtx>,
+) -> Result<(), PipelineError> {
+    use crate::delivery::{Delivery, FlushReason};
+    let stop_deadline = ctx.stop_deadline;
+    let name = shared.name.clone();
+    let spool_dir = ctx
+        .data_dir
+        .as_deref()
+        .and_then(|d| crate::names::child(&d.join("spool"), &name).ok());
+    let replayable = journal.is_some();
+    let budget = ctx.memory.clone();
+    let mut d =
+        Delivery::new(&name, spec, journal.as_ref(), spool_dir, budget).map_err(disk_err)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut maintained = std::time::Instant::now();
+    let mut open = true;
+    loop {
+        while let Some((slot, reason)) = d.next_due() {
+            flush_one(&mut d, &slot, reason, &mut sink, &acks, &shared).await?;
+        }
+        send_acks(&acks, d.ready().map_err(disk_err)?).await;
+        if maintained.elapsed() >= Duration::from_secs(5) {
+            maintained = std::time::Instant::now();
+            d.maintain().map_err(disk_err)?;
+        }
+        let (records, bytes, parts) = d.stats();
+        shared.buffered_records.store(records, Ordering::Relaxed);
+        shared.buffered_bytes.store(bytes, Ordering::Relaxed);
+        shared.partitions.store(parts, Ordering::Relaxed);
+        if !open {
+            break;
+        }
+        tokio::select! {
+            b = rx.recv() => match b {
+                Some(batch) => {
+                    // Rejected records were counted by the transform stage already.
+                    d.add(batch.token, &batch.records, &batch.rejected);
+                }
+                None => open = false,
+            },
+            _ = tick.tick() => {}
+        }
+    }
+    // Draining: what is buffered is flushed and delivered before stopping — for a source
+    // that replays (its records stay in the stream until acknowledged), only for
+    // DRAIN_FLUSH_BUDGET: the rest is delivered after the restart, so a stop never waits
+    // for thousands of uploads.
+    let budget_end = Instant::now() + DRAIN_FLUSH_BUDGET.min(stop_deadline / 4);
+    while let Some(slot) = d.any() {
+        if replayable && Instant::now() >= budget_end {
+            let (records, _, partitions) = d.stats();
+            tracing::info!(pipeline = %name, partitions, records, "stopping without flushing the rest: those records stay in the stream and are delivered after the restart");
+            break;
+        }
+        flush_one(&mut d, &slot, FlushReason::Drain, &mut sink, &acks, &shared).await?;
+    }
+    send_acks(&acks, d.ready().map_err(disk_err)?).await;
+    if let Err(e) = outside_runtime(|| sink.instance().stop(stop_deadline)) {
+        tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
+    }
+    Ok(())
+}
