@@ -477,7 +477,7 @@ async fn append(
             .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
         let done = done.map_err(|e| match e {
             // Deleted while this call was on its way: as AWS answers for a missing stream.
-            crate::stream::StreamError::Log(sluice_shardlog::Error::Retired) => {
+            crate::stream::StreamError::Storage(crate::stream::StorageError::Retired) => {
                 ApiError::stream_not_found(&st.name, account)
             }
             e => {

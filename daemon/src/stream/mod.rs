@@ -9,13 +9,16 @@
 
 mod routing;
 mod settings;
+mod storage;
 
 pub use routing::{hash_key, parse_sequence, sequence_string, shard_range};
 pub use settings::{Consumer, Encryption, StreamSettings, MAX_CONSUMERS, MAX_TAGS};
+pub use storage::{ShardStorage, StorageError};
 
 use crate::record::now_ms;
 use crate::spec::{Fsync, StreamSpec, WriteLimit};
 use sluice_shardlog::{Entry, FsyncPolicy, Options, ShardLog, StoredRecord};
+// (`Entry` and `StoredRecord` are the seam's record types too: `storage` re-exports them.)
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -32,6 +35,8 @@ pub enum StreamError {
     FromConfig(String),
     #[error("{0}")]
     Log(#[from] sluice_shardlog::Error),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
     #[error("{0}")]
     Name(#[from] crate::names::NameError),
     #[error("stream {stream}: changing `{key}` of a running stream needs a restart of sluiced (it is {now}, the file says {wanted}); the running configuration is kept")]
@@ -80,8 +85,8 @@ pub struct Shard {
     pub start: u128,
     /// Last hash key owned.
     pub end: u128,
-    /// The log.
-    pub log: ShardLog,
+    /// Where its records live (the shard log; the storage seam).
+    pub log: Box<dyn ShardStorage>,
     incoming_records: metrics::Counter,
     incoming_bytes: metrics::Counter,
     /// Delivered position (next shard-local sequence to deliver) of each pipeline reading
@@ -209,7 +214,7 @@ impl Stream {
                 index: i,
                 start,
                 end,
-                log,
+                log: Box::new(log),
                 consumers: Default::default(),
             });
         }

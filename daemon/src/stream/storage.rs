@@ -1,0 +1,186 @@
+//! The stream-storage seam: where one shard's records live. The Kinesis API, the bundled
+//! `stream` plugins, retention and telemetry reach a shard's records only through
+//! [`ShardStorage`]; the local shard log (`sluice-shardlog`) is its first implementation,
+//! and a clustered engine (NATS JetStream, issue #12: one subject per shard) is meant to be
+//! the second. Everything else about a stream — routing by hash key, write limits, settings,
+//! consumer positions — stays above this seam and is shared by every storage.
+
+pub use sluice_shardlog::{Entry, StoredRecord};
+
+/// A storage failure, as the storage words it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The shard's stream was deleted while the call was on its way.
+    #[error("the stream was deleted")]
+    Retired,
+    /// The local shard log.
+    #[error(transparent)]
+    Log(sluice_shardlog::Error),
+}
+
+impl From<sluice_shardlog::Error> for StorageError {
+    fn from(e: sluice_shardlog::Error) -> Self {
+        match e {
+            sluice_shardlog::Error::Retired => StorageError::Retired,
+            e => StorageError::Log(e),
+        }
+    }
+}
+
+/// One shard's records: append-only, numbered by a shard-local sequence that never goes
+/// back and is never reused, readable from any sequence still held.
+pub trait ShardStorage: Send + Sync {
+    /// Appends records in order (durable on return, per the stream's fsync policy);
+    /// returns the first sequence number given and each record's arrival time.
+    fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StorageError>;
+    /// At most `max_records` records from sequence `from` on (or from the oldest one
+    /// still held), at most `max_bytes` of data unless the first record alone is larger.
+    fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError>;
+    /// The sequence of the first record that arrived at or after `ts_ms` (the next
+    /// sequence when none did).
+    fn seek_timestamp(&self, ts_ms: i64) -> Result<u64, StorageError>;
+    /// The oldest sequence still held (the trim horizon).
+    fn first_seq(&self) -> u64;
+    /// The sequence the next append gets.
+    fn next_seq(&self) -> u64;
+    /// The newest record's sequence, if any record was ever appended.
+    fn last_seq(&self) -> Option<u64>;
+    /// Records held.
+    fn records(&self) -> u64;
+    /// Bytes held.
+    fn total_bytes(&self) -> u64;
+    /// Arrival times of the oldest and newest records held.
+    fn arrival_range(&self) -> Option<(i64, i64)>;
+    /// Makes every append so far durable (interval fsync).
+    fn sync(&self) -> Result<(), StorageError>;
+    /// Drops what arrived before `cutoff_ms`, and the oldest records past `max_bytes`.
+    fn enforce_retention(
+        &self,
+        cutoff_ms: i64,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, StorageError>;
+    /// Refuses every later append (the stream is being deleted).
+    fn retire(&self);
+    /// A clean stop: durable, and numbering resumes exactly after a restart.
+    fn close(&self) -> Result<(), StorageError>;
+}
+
+impl ShardStorage for sluice_shardlog::ShardLog {
+    fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StorageError> {
+        Ok(sluice_shardlog::ShardLog::append(self, entries)?)
+    }
+    fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        Ok(sluice_shardlog::ShardLog::read(
+            self,
+            from,
+            max_records,
+            max_bytes,
+        )?)
+    }
+    fn seek_timestamp(&self, ts_ms: i64) -> Result<u64, StorageError> {
+        Ok(sluice_shardlog::ShardLog::seek_timestamp(self, ts_ms)?)
+    }
+    fn first_seq(&self) -> u64 {
+        sluice_shardlog::ShardLog::first_seq(self)
+    }
+    fn next_seq(&self) -> u64 {
+        sluice_shardlog::ShardLog::next_seq(self)
+    }
+    fn last_seq(&self) -> Option<u64> {
+        sluice_shardlog::ShardLog::last_seq(self)
+    }
+    fn records(&self) -> u64 {
+        sluice_shardlog::ShardLog::records(self)
+    }
+    fn total_bytes(&self) -> u64 {
+        sluice_shardlog::ShardLog::total_bytes(self)
+    }
+    fn arrival_range(&self) -> Option<(i64, i64)> {
+        sluice_shardlog::ShardLog::arrival_range(self)
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        Ok(sluice_shardlog::ShardLog::sync(self)?)
+    }
+    fn enforce_retention(
+        &self,
+        cutoff_ms: i64,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, StorageError> {
+        Ok(sluice_shardlog::ShardLog::enforce_retention(
+            self, cutoff_ms, max_bytes,
+        )?)
+    }
+    fn retire(&self) {
+        sluice_shardlog::ShardLog::retire(self)
+    }
+    fn close(&self) -> Result<(), StorageError> {
+        Ok(sluice_shardlog::ShardLog::close(self)?)
+    }
+}
+
+/// The behaviour every storage must have, as one function a second storage's tests can run
+/// too (issue #12: the same suite against JetStream).
+#[cfg(test)]
+pub(crate) fn conformance(s: &dyn ShardStorage) {
+    let e = |key: &'static [u8], data: &'static [u8], at: i64| Entry {
+        key,
+        data,
+        arrival_ms: at,
+    };
+    assert_eq!(
+        (s.first_seq(), s.next_seq(), s.last_seq(), s.records()),
+        (0, 0, None, 0)
+    );
+    let (first, arrivals) = s
+        .append(&[e(b"a", b"one", 1_000), e(b"b", b"two", 2_000)])
+        .unwrap();
+    assert_eq!((first, arrivals.len()), (0, 2));
+    let (first, _) = s.append(&[e(b"c", b"three", 3_000)]).unwrap();
+    assert_eq!(first, 2, "numbers continue, never reused");
+    assert_eq!((s.next_seq(), s.last_seq(), s.records()), (3, Some(2), 3));
+    let all = s.read(0, 10, 1 << 20).unwrap();
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [0, 1, 2]);
+    assert_eq!(&all[1].data[..], b"two");
+    assert_eq!(&all[1].key[..], b"b");
+    // Limits: records, and bytes (the first record always comes).
+    assert_eq!(s.read(1, 1, 1 << 20).unwrap().len(), 1);
+    assert_eq!(s.read(0, 10, 1).unwrap().len(), 1);
+    assert!(
+        s.read(3, 10, 1 << 20).unwrap().is_empty(),
+        "nothing past the end"
+    );
+    assert_eq!(s.seek_timestamp(1_500).unwrap(), 1);
+    assert_eq!(s.seek_timestamp(9_000).unwrap(), 3);
+    assert_eq!(s.arrival_range().map(|r| r.1), Some(3_000));
+    s.sync().unwrap();
+    s.retire();
+    assert!(matches!(
+        s.append(&[e(b"d", b"late", 4_000)]),
+        Err(StorageError::Retired)
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shard_log_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = sluice_shardlog::ShardLog::open(
+            &dir.path().join("shard"),
+            sluice_shardlog::Options::default(),
+        )
+        .unwrap();
+        super::conformance(&log);
+    }
+}
