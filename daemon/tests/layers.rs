@@ -192,3 +192,31 @@ fn library_code_has_typed_errors_and_no_hidden_services() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// API handlers read typed request shapes (`api/shapes.rs`), never JSON paths: the only
+/// code that looks into a request's JSON is the shapes' reader.
+#[test]
+fn api_handlers_read_typed_shapes() {
+    let root = common::root();
+    let mut bad = Vec::new();
+    for f in ["kinesis.rs", "manage.rs", "firehose.rs"] {
+        let path = root.join("daemon/src/api").join(f);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for needle in ["req.get(", "req[\"", ".as_object()", "opt_str(", "opt_int("] {
+                if line.contains(needle) {
+                    bad.push(format!("api/{f}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "handlers reading JSON paths:\n{}",
+        bad.join("\n")
+    );
+}

@@ -4,7 +4,8 @@
 //! internal stream before the call answers; the pipeline delivers them from there.
 
 use super::error::{ApiError, Violations};
-use super::request::{data as data_member, opt_str, records};
+use super::request::{check_data, check_records};
+use super::shapes::{FirehoseListInput, FirehosePutInput, Shape};
 use super::Call;
 use crate::record::now_ms;
 use crate::spec::direct_put_stream;
@@ -36,10 +37,10 @@ fn not_found(name: &str, account: &str) -> ApiError {
 
 fn delivery_stream(
     call: &Call<'_>,
-    req: &Value,
+    name: Option<&str>,
     v: &mut Violations,
 ) -> Result<(String, Option<Arc<Stream>>), ApiError> {
-    let name = match opt_str(req, "DeliveryStreamName")? {
+    let name = match name {
         None => {
             v.null("deliveryStreamName");
             String::new()
@@ -96,33 +97,37 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
     let account = &call.state.account;
     match op {
         "PutRecord" => {
+            let r = FirehosePutInput::read_shape(&req)?;
             let mut v = Violations::default();
-            let (name, st) = delivery_stream(call, &req, &mut v)?;
-            let rec = req.get("Record").cloned().unwrap_or(Value::Null);
-            if rec.is_null() {
-                v.null("record");
-            }
-            let data = data_member(&rec, "record.data", MAX_RECORD as u64, &mut v)?;
+            let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
+            let data = match &r.record {
+                None => {
+                    v.null("record");
+                    None
+                }
+                Some(rec) => {
+                    check_data(rec.data.as_ref(), "record.data", MAX_RECORD as u64, &mut v)
+                }
+            };
             v.finish()?;
             let st = st.ok_or_else(|| not_found(&name, account))?;
             let ids = append(st, vec![data.unwrap_or_default()]).await?;
             Ok(json!({ "RecordId": ids[0], "Encrypted": false }))
         }
         "PutRecordBatch" => {
+            let r = FirehosePutInput::read_shape(&req)?;
             let mut v = Violations::default();
-            let (name, st) = delivery_stream(call, &req, &mut v)?;
-            let recs = records(&req, MAX_BATCH_RECORDS, &mut v)?;
+            let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
+            let recs = check_records(r.records.as_deref(), MAX_BATCH_RECORDS, &mut v);
             let mut data = Vec::with_capacity(recs.len());
-            if recs.len() <= MAX_BATCH_RECORDS {
-                for (i, r) in recs.iter().enumerate() {
-                    if let Some(d) = data_member(
-                        r,
-                        &format!("records.{}.member.data", i + 1),
-                        MAX_RECORD as u64,
-                        &mut v,
-                    )? {
-                        data.push(d);
-                    }
+            for (i, rec) in recs.iter().enumerate() {
+                if let Some(d) = check_data(
+                    rec.data.as_ref(),
+                    &format!("records.{}.member.data", i + 1),
+                    MAX_RECORD as u64,
+                    &mut v,
+                ) {
+                    data.push(d);
                 }
             }
             v.finish()?;
@@ -141,11 +146,12 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
             }))
         }
         "ListDeliveryStreams" => {
-            let start = req
-                .get("ExclusiveStartDeliveryStreamName")
-                .and_then(Value::as_str)
+            let r = FirehoseListInput::read_shape(&req)?;
+            let start = r
+                .exclusive_start_delivery_stream_name
+                .as_deref()
                 .unwrap_or("");
-            let limit = super::request::opt_int(&req, "Limit")?.unwrap_or(10);
+            let limit = r.limit.unwrap_or(10);
             let mut v = Violations::default();
             v.range(limit, "limit", 10_000);
             v.finish()?;
@@ -164,8 +170,9 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
             }))
         }
         _ => {
+            let r = FirehoseListInput::read_shape(&req)?;
             let mut v = Violations::default();
-            let (name, st) = delivery_stream(call, &req, &mut v)?;
+            let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
             v.finish()?;
             let st = st.ok_or_else(|| not_found(&name, account))?;
             Ok(json!({ "DeliveryStreamDescription": {

@@ -3,7 +3,10 @@
 
 use super::error::{ApiError, Violations};
 use super::iterator::{IteratorError, Position};
-use super::request::{data as data_member, opt_int, opt_str, records as records_member};
+use super::shapes::{
+    CreateStreamInput, DescribeStreamInput, GetRecordsInput, GetShardIteratorInput,
+    ListShardsInput, ListStreamsInput, PutRecordInput, PutRecordsInput, Shape, StreamRef,
+};
 use super::Call;
 use crate::record::now_ms;
 use crate::spec::MAX_SHARDS;
@@ -92,12 +95,16 @@ pub(super) fn check_stream_name(v: &mut Violations, name: &str) {
 }
 
 /// The stream named by `StreamName` or `StreamARN`.
-pub(super) fn stream_name(req: &Value, v: &mut Violations) -> Result<Option<String>, ApiError> {
-    if let Some(n) = opt_str(req, "StreamName")? {
+pub(super) fn stream_name(
+    name: Option<&str>,
+    arn: Option<&str>,
+    v: &mut Violations,
+) -> Result<Option<String>, ApiError> {
+    if let Some(n) = name {
         check_stream_name(v, n);
         return Ok(Some(n.to_string()));
     }
-    if let Some(arn) = opt_str(req, "StreamARN")? {
+    if let Some(arn) = arn {
         return match arn.rsplit_once(":stream/") {
             Some((_, n)) if arn.starts_with("arn:") && crate::names::check(n).is_ok() => {
                 Ok(Some(n.to_string()))
@@ -122,21 +129,26 @@ pub(super) fn lookup(call: &Call<'_>, name: &str) -> Result<Arc<Stream>, ApiErro
         .ok_or_else(|| ApiError::stream_not_found(name, &call.state.account))
 }
 
-fn named_stream(call: &Call<'_>, req: &Value) -> Result<Arc<Stream>, ApiError> {
+fn named_stream(
+    call: &Call<'_>,
+    name: Option<&str>,
+    arn: Option<&str>,
+) -> Result<Arc<Stream>, ApiError> {
     let mut v = Violations::default();
-    let name = stream_name(req, &mut v)?;
+    let name = stream_name(name, arn, &mut v)?;
     v.finish()?;
     lookup(call, name.as_deref().unwrap_or(""))
 }
 
 fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = CreateStreamInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = opt_str(req, "StreamName")?;
+    let name = r.stream_name.as_deref();
     match name {
         None => v.null("streamName"),
         Some(n) => check_stream_name(&mut v, n),
     }
-    let shards = opt_int(req, "ShardCount")?;
+    let shards = r.shard_count;
     if let Some(n) = shards.filter(|n| *n < 1) {
         v.add(
             &n.to_string(),
@@ -144,8 +156,9 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "Member must have value greater than or equal to 1",
         );
     }
-    let on_demand = super::manage::stream_mode(req, &mut v, false)?.unwrap_or(false);
-    let tags = super::request::opt_str_map(req, "Tags")?;
+    let on_demand =
+        super::manage::stream_mode(r.stream_mode_details.as_ref(), &mut v, false).unwrap_or(false);
+    let tags = r.tags.as_ref().map(|t| t.pairs());
     if tags.is_some() {
         super::manage::check_tags(&mut v, tags.as_deref(), "tags");
     }
@@ -200,7 +213,8 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn delete_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
-    let st = named_stream(call, req)?;
+    let r = StreamRef::read_shape(req)?;
+    let st = named_stream(call, r.stream_name.as_deref(), r.stream_arn.as_deref())?;
     match call.state.streams.delete(&st.name) {
         Ok(()) => Ok(json!({})),
         Err(StreamError::NotFound(n)) => Err(ApiError::stream_not_found(&n, &call.state.account)),
@@ -227,11 +241,12 @@ fn describe_settings(st: &Stream, out: &mut Value) {
 }
 
 fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
-    let limit = opt_int(req, "Limit")?.unwrap_or(100);
+    let r = ListStreamsInput::read_shape(req)?;
+    let limit = r.limit.unwrap_or(100);
     let mut v = Violations::default();
     v.range(limit, "limit", 10_000);
     v.finish()?;
-    let start = opt_str(req, "ExclusiveStartStreamName")?.unwrap_or("");
+    let start = r.exclusive_start_stream_name.as_deref().unwrap_or("");
     let all: Vec<Arc<Stream>> = call
         .state
         .streams
@@ -263,14 +278,15 @@ fn shard_json(st: &Stream, i: usize) -> Value {
 }
 
 fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = DescribeStreamInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(req, &mut v)?;
-    let limit = opt_int(req, "Limit")?.unwrap_or(100);
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let limit = r.limit.unwrap_or(100);
     v.range(limit, "limit", 10_000);
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let limit = limit as usize;
-    let after = opt_str(req, "ExclusiveStartShardId")?.unwrap_or("");
+    let after = r.exclusive_start_shard_id.as_deref().unwrap_or("");
     let idx: Vec<usize> = (0..st.shards.len())
         .filter(|&i| st.shards[i].id.as_str() > after)
         .collect();
@@ -294,7 +310,8 @@ fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn describe_stream_summary(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
-    let st = named_stream(call, req)?;
+    let r = StreamRef::read_shape(req)?;
+    let st = named_stream(call, r.stream_name.as_deref(), r.stream_arn.as_deref())?;
     let mut d = json!({
         "StreamName": st.name,
         "StreamARN": call.stream_arn(&st.name),
@@ -311,7 +328,8 @@ fn describe_stream_summary(call: &Call<'_>, req: &Value) -> Result<Value, ApiErr
 
 fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     // NextToken (from a previous page) carries the stream name and the last shard id.
-    let (st, after) = match opt_str(req, "NextToken")? {
+    let r = ListShardsInput::read_shape(req)?;
+    let (st, after) = match r.next_token.as_deref() {
         Some(tok) => {
             let raw = B64
                 .decode(tok)
@@ -324,13 +342,11 @@ fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             (lookup(call, name)?, after.to_string())
         }
         None => (
-            named_stream(call, req)?,
-            opt_str(req, "ExclusiveStartShardId")?
-                .unwrap_or("")
-                .to_string(),
+            named_stream(call, r.stream_name.as_deref(), r.stream_arn.as_deref())?,
+            r.exclusive_start_shard_id.clone().unwrap_or_default(),
         ),
     };
-    let max = opt_int(req, "MaxResults")?.unwrap_or(1000);
+    let max = r.max_results.unwrap_or(1000);
     let mut v = Violations::default();
     v.range(max, "maxResults", 10_000);
     v.finish()?;
@@ -356,15 +372,15 @@ struct PutEntry {
 
 /// Validates one record's members; `prefix` is `` for PutRecord, `records.N.member.` for PutRecords.
 fn check_record(
-    rec: &Value,
+    rec: &PutRecordInput,
     prefix: &str,
     max_data: u64,
     v: &mut Violations,
 ) -> Result<Option<PutEntry>, ApiError> {
-    let key = opt_str(rec, "PartitionKey")?;
-    let explicit = opt_str(rec, "ExplicitHashKey")?;
+    let key = rec.partition_key.as_deref();
+    let explicit = rec.explicit_hash_key.as_deref();
     let field = |f: &str| format!("{prefix}{f}");
-    if let Some(o) = opt_str(rec, "SequenceNumberForOrdering")? {
+    if let Some(o) = rec.sequence_number_for_ordering.as_deref() {
         let ok = o == "0"
             || (o.len() <= 129
                 && o.starts_with(|c: char| ('1'..='9').contains(&c))
@@ -391,7 +407,7 @@ fn check_record(
         ),
         _ => {}
     }
-    let bytes = data_member(rec, &field("data"), max_data, v)?;
+    let bytes = super::request::check_data(rec.data.as_ref(), &field("data"), max_data, v);
     let mut hash = None;
     if let Some(h) = explicit {
         if h.is_empty()
@@ -501,14 +517,15 @@ fn throttled(st: &Stream, shard: u32, account: &str) -> String {
 }
 
 async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = PutRecordInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(req, &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
     let max = st_opt
         .as_ref()
         .map(|s| s.max_record_size)
         .unwrap_or(1 << 20);
-    let entry = check_record(req, "", max, &mut v)?;
+    let entry = check_record(&r, "", max, &mut v)?;
     v.finish()?;
     let st = st_opt.ok_or_else(|| {
         ApiError::stream_not_found(name.as_deref().unwrap_or(""), &call.state.account)
@@ -529,9 +546,10 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = PutRecordsInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(req, &mut v)?;
-    let records = records_member(req, MAX_PUT_RECORDS, &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let records = super::request::check_records(r.records.as_deref(), MAX_PUT_RECORDS, &mut v);
     let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
     let max = st_opt
         .as_ref()
@@ -568,13 +586,14 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = GetShardIteratorInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(req, &mut v)?;
-    let shard = opt_str(req, "ShardId")?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let shard = r.shard_id.as_deref();
     if shard.is_none() {
         v.null("shardId");
     }
-    let typ = opt_str(req, "ShardIteratorType")?;
+    let typ = r.shard_iterator_type.as_deref();
     const TYPES: [&str; 5] = [
         "AT_SEQUENCE_NUMBER",
         "AFTER_SEQUENCE_NUMBER",
@@ -615,7 +634,7 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             )
         })?;
     let seq_arg = |what: &str| -> Result<u64, ApiError> {
-        let s = opt_str(req, "StartingSequenceNumber")?.ok_or_else(|| {
+        let s = r.starting_sequence_number.as_deref().ok_or_else(|| {
             ApiError::invalid_argument(format!(
                 "StartingSequenceNumber must be provided for ShardIteratorType {what}"
             ))
@@ -634,16 +653,10 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         "AT_SEQUENCE_NUMBER" => seq_arg("AT_SEQUENCE_NUMBER")?,
         "AFTER_SEQUENCE_NUMBER" => seq_arg("AFTER_SEQUENCE_NUMBER")?.saturating_add(1),
         _ => {
-            let ts = match req.get("Timestamp") {
-                Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0),
-                Some(Value::String(s)) => s
-                    .parse::<f64>()
-                    .map_err(|_| ApiError::serialization("Invalid Timestamp"))?,
-                _ => {
-                    return Err(ApiError::invalid_argument(
-                        "Timestamp must be provided for ShardIteratorType AT_TIMESTAMP",
-                    ))
-                }
+            let Some(super::shapes::Timestamp(ts)) = r.timestamp else {
+                return Err(ApiError::invalid_argument(
+                    "Timestamp must be provided for ShardIteratorType AT_TIMESTAMP",
+                ));
             };
             // Seconds since the epoch; far outside what a date can be is not a timestamp.
             if !ts.is_finite() || ts.abs() > 1e13 {
@@ -673,8 +686,9 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = GetRecordsInput::read_shape(req)?;
     let mut v = Violations::default();
-    let token = opt_str(req, "ShardIterator")?;
+    let token = r.shard_iterator.as_deref();
     match token {
         None => v.null("shardIterator"),
         Some(t) if t.is_empty() || t.len() > 512 => v.add(
@@ -684,7 +698,7 @@ async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         ),
         _ => {}
     }
-    let limit = opt_int(req, "Limit")?.unwrap_or(MAX_GET_RECORDS as i64);
+    let limit = r.limit.unwrap_or(MAX_GET_RECORDS as i64);
     v.range(limit, "limit", MAX_GET_RECORDS as i64);
     v.finish()?;
     let now = now_ms();

@@ -6,8 +6,10 @@
 
 use super::error::{ApiError, Violations};
 use super::kinesis::{lookup, stream_name};
-use super::request::{
-    opt_int, opt_str, opt_str_list, opt_str_map, opt_struct, show_list, show_map,
+use super::request::{show_list, show_map};
+use super::shapes::{
+    ConsumerInput, EncryptionInput, ListTagsInput, MonitoringInput, ResourceInput, RetentionInput,
+    Shape, StreamModeDetails, TagKeysInput, TagsInput, UpdateStreamModeInput,
 };
 use super::Call;
 use crate::stream::{
@@ -145,16 +147,14 @@ fn pattern_ok(value: &str, pattern: &str) -> bool {
     }
 }
 
-/// A required string member with a pattern and length bounds.
+/// Validates a required string member: present, its pattern, its length bounds.
 fn required_str<'a>(
-    req: &'a Value,
+    s: Option<&'a str>,
     v: &mut Violations,
-    member: &str,
     field: &str,
     pattern: Option<&str>,
     (min, max): (usize, usize),
-) -> Result<Option<&'a str>, ApiError> {
-    let s = opt_str(req, member)?;
+) -> Option<&'a str> {
     match s {
         None => v.null(field),
         Some(s) => {
@@ -168,7 +168,7 @@ fn required_str<'a>(
             check_len(v, s, field, min, max);
         }
     }
-    Ok(s)
+    s
 }
 
 /// What a `ResourceARN` names.
@@ -321,10 +321,11 @@ fn merge_tags(
 }
 
 fn add_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = TagsInput::read_shape(req)?;
     let mut v = Violations::default();
-    let tags = opt_str_map(req, "Tags")?;
+    let tags = r.tags.as_ref().map(|t| t.pairs());
     check_tags(&mut v, tags.as_deref(), "tags");
-    let name = stream_name(req, &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let tags = tags.unwrap_or_default();
@@ -336,10 +337,14 @@ fn add_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn remove_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = TagKeysInput::read_shape(req)?;
     let mut v = Violations::default();
-    let keys = opt_str_list(req, "TagKeys")?;
+    let keys = r
+        .tag_keys
+        .as_ref()
+        .map(|k| k.iter().map(String::as_str).collect::<Vec<_>>());
     check_tag_keys(&mut v, keys.as_deref(), "tagKeys");
-    let name = stream_name(req, &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let keys = keys.unwrap_or_default();
@@ -354,8 +359,9 @@ fn remove_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn list_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = ListTagsInput::read_shape(req)?;
     let mut v = Violations::default();
-    let limit = opt_int(req, "Limit")?;
+    let limit = r.limit;
     if let Some(l) = limit {
         if l < 1 {
             v.add(
@@ -372,11 +378,11 @@ fn list_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             );
         }
     }
-    let start = opt_str(req, "ExclusiveStartTagKey")?;
+    let start = r.exclusive_start_tag_key.as_deref();
     if let Some(s) = start {
         check_len(&mut v, s, "exclusiveStartTagKey", 1, 128);
     }
-    let name = stream_name(req, &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let tags = st.settings().tags;
@@ -392,15 +398,8 @@ fn list_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 /// Validates `ResourceARN` (after the members AWS lists before it).
-fn resource_arn<'a>(req: &'a Value, v: &mut Violations) -> Result<Option<&'a str>, ApiError> {
-    required_str(
-        req,
-        v,
-        "ResourceARN",
-        "resourceARN",
-        Some(RESOURCE_ARN_PATTERN),
-        (1, 2048),
-    )
+fn resource_arn<'a>(arn: Option<&'a str>, v: &mut Violations) -> Option<&'a str> {
+    required_str(arn, v, "resourceARN", Some(RESOURCE_ARN_PATTERN), (1, 2048))
 }
 
 /// The stream a resource ARN names (for a consumer: its stream), and the consumer name.
@@ -419,10 +418,11 @@ fn resource_stream(call: &Call<'_>, arn: &str) -> Result<(Arc<Stream>, Option<St
 }
 
 fn tag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = TagsInput::read_shape(req)?;
     let mut v = Violations::default();
-    let tags = opt_str_map(req, "Tags")?;
+    let tags = r.tags.as_ref().map(|t| t.pairs());
     check_tags(&mut v, tags.as_deref(), "tags");
-    let arn = resource_arn(req, &mut v)?;
+    let arn = resource_arn(r.resource_arn.as_deref(), &mut v);
     v.finish()?;
     let arn = arn.unwrap_or_default();
     let (st, consumer) = resource_stream(call, arn)?;
@@ -444,10 +444,14 @@ fn tag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn untag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = TagKeysInput::read_shape(req)?;
     let mut v = Violations::default();
-    let keys = opt_str_list(req, "TagKeys")?;
+    let keys = r
+        .tag_keys
+        .as_ref()
+        .map(|k| k.iter().map(String::as_str).collect::<Vec<_>>());
     check_tag_keys(&mut v, keys.as_deref(), "tagKeys");
-    let arn = resource_arn(req, &mut v)?;
+    let arn = resource_arn(r.resource_arn.as_deref(), &mut v);
     v.finish()?;
     let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
     let keys = keys.unwrap_or_default();
@@ -468,8 +472,9 @@ fn untag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn list_tags_for_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = ResourceInput::read_shape(req)?;
     let mut v = Violations::default();
-    let arn = resource_arn(req, &mut v)?;
+    let arn = resource_arn(r.resource_arn.as_deref(), &mut v);
     v.finish()?;
     let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
     let settings = st.settings();
@@ -488,12 +493,13 @@ fn list_tags_for_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiErro
 }
 
 fn retention(call: &Call<'_>, req: &Value, increase: bool) -> Result<Value, ApiError> {
+    let r = RetentionInput::read_shape(req)?;
     let mut v = Violations::default();
-    let hours = opt_int(req, "RetentionPeriodHours")?;
+    let hours = r.retention_period_hours;
     if hours.is_none() {
         v.null("retentionPeriodHours");
     }
-    let name = stream_name(req, &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let hours = hours.unwrap_or_default();
@@ -535,8 +541,12 @@ fn retention(call: &Call<'_>, req: &Value, increase: bool) -> Result<Value, ApiE
 }
 
 fn monitoring(call: &Call<'_>, req: &Value, enable: bool) -> Result<Value, ApiError> {
+    let r = MonitoringInput::read_shape(req)?;
     let mut v = Violations::default();
-    let metrics = opt_str_list(req, "ShardLevelMetrics")?;
+    let metrics = r
+        .shard_level_metrics
+        .as_ref()
+        .map(|k| k.iter().map(String::as_str).collect::<Vec<_>>());
     match &metrics {
         None => v.null("shardLevelMetrics"),
         Some(m) => {
@@ -560,7 +570,7 @@ fn monitoring(call: &Call<'_>, req: &Value, enable: bool) -> Result<Value, ApiEr
             }
         }
     }
-    let name = stream_name(req, &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let asked: Vec<&str> = match metrics {
@@ -590,8 +600,9 @@ fn monitoring(call: &Call<'_>, req: &Value, enable: bool) -> Result<Value, ApiEr
 }
 
 fn encryption(call: &Call<'_>, req: &Value, start: bool) -> Result<Value, ApiError> {
+    let r = EncryptionInput::read_shape(req)?;
     let mut v = Violations::default();
-    let kind = opt_str(req, "EncryptionType")?;
+    let kind = r.encryption_type.as_deref();
     match kind {
         None => v.null("encryptionType"),
         Some(k) if k != "NONE" && k != "KMS" => v.add(
@@ -601,8 +612,8 @@ fn encryption(call: &Call<'_>, req: &Value, start: bool) -> Result<Value, ApiErr
         ),
         Some(_) => {}
     }
-    let key = required_str(req, &mut v, "KeyId", "keyId", None, (1, 2048))?;
-    let name = stream_name(req, &mut v)?;
+    let key = required_str(r.key_id.as_deref(), &mut v, "keyId", None, (1, 2048));
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     if start && kind == Some("NONE") {
@@ -637,47 +648,47 @@ fn describe_limits(call: &Call<'_>) -> Result<Value, ApiError> {
     }))
 }
 
-/// `StreamModeDetails.StreamMode`, validated (`field` is where AWS reports it).
+/// `StreamModeDetails.StreamMode`, validated (`ON_DEMAND` is `Some(true)`).
 pub fn stream_mode(
-    req: &Value,
+    details: Option<&StreamModeDetails>,
     v: &mut Violations,
     required: bool,
-) -> Result<Option<bool>, ApiError> {
-    let Some(details) = opt_struct(req, "StreamModeDetails")? else {
+) -> Option<bool> {
+    let Some(details) = details else {
         if required {
             v.null("streamModeDetails");
         }
-        return Ok(None);
+        return None;
     };
-    match opt_str(details, "StreamMode")? {
+    match details.stream_mode.as_deref() {
         None => {
             v.null("streamModeDetails.streamMode");
-            Ok(None)
+            None
         }
-        Some("ON_DEMAND") => Ok(Some(true)),
-        Some("PROVISIONED") => Ok(Some(false)),
+        Some("ON_DEMAND") => Some(true),
+        Some("PROVISIONED") => Some(false),
         Some(other) => {
             v.add(
                 other,
                 "streamModeDetails.streamMode",
                 "Member must satisfy enum value set: [PROVISIONED, ON_DEMAND]",
             );
-            Ok(None)
+            None
         }
     }
 }
 
 fn update_mode(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = UpdateStreamModeInput::read_shape(req)?;
     let mut v = Violations::default();
     let arn = required_str(
-        req,
+        r.stream_arn.as_deref(),
         &mut v,
-        "StreamARN",
         "streamARN",
         Some(STREAM_ARN_PATTERN),
         (1, 2048),
-    )?;
-    let on_demand = stream_mode(req, &mut v, true)?;
+    );
+    let on_demand = stream_mode(r.stream_mode_details.as_ref(), &mut v, true);
     v.finish()?;
     let arn = arn.unwrap_or_default();
     let st = match resource(arn) {
@@ -693,9 +704,10 @@ fn update_mode(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn put_policy(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = ResourceInput::read_shape(req)?;
     let mut v = Violations::default();
-    let arn = resource_arn(req, &mut v)?;
-    let policy = opt_str(req, "Policy")?;
+    let arn = resource_arn(r.resource_arn.as_deref(), &mut v);
+    let policy = r.policy.as_deref();
     if policy.is_none() {
         v.null("policy");
     }
@@ -733,8 +745,9 @@ fn policy_of(s: &StreamSettings, consumer: &Option<String>) -> Option<String> {
 }
 
 fn get_policy(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = ResourceInput::read_shape(req)?;
     let mut v = Violations::default();
-    let arn = resource_arn(req, &mut v)?;
+    let arn = resource_arn(r.resource_arn.as_deref(), &mut v);
     v.finish()?;
     let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
     // No policy is `"{}"`, not an error, as AWS answers.
@@ -744,8 +757,9 @@ fn get_policy(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn delete_policy(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = ResourceInput::read_shape(req)?;
     let mut v = Violations::default();
-    let arn = resource_arn(req, &mut v)?;
+    let arn = resource_arn(r.resource_arn.as_deref(), &mut v);
     v.finish()?;
     let arn = arn.unwrap_or_default();
     let (st, consumer) = resource_stream(call, arn)?;
@@ -779,24 +793,23 @@ fn consumer_json(c: &Consumer, status: &str) -> Value {
 }
 
 fn register_consumer(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = ConsumerInput::read_shape(req)?;
     let mut v = Violations::default();
     let arn = required_str(
-        req,
+        r.stream_arn.as_deref(),
         &mut v,
-        "StreamARN",
         "streamARN",
         Some(STREAM_ARN_PATTERN),
         (1, 2048),
-    )?;
+    );
     let name = required_str(
-        req,
+        r.consumer_name.as_deref(),
         &mut v,
-        "ConsumerName",
         "consumerName",
         Some(NAME_PATTERN),
         (1, 128),
-    )?;
-    let tags = opt_str_map(req, "Tags")?;
+    );
+    let tags = r.tags.as_ref().map(|t| t.pairs());
     if tags.is_some() {
         check_tags(&mut v, tags.as_deref(), "tags");
     }
@@ -852,8 +865,9 @@ fn register_consumer(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 /// The consumer a Describe/Deregister request names: `ConsumerARN`, or `StreamARN` +
 /// `ConsumerName`.
 fn named_consumer(call: &Call<'_>, req: &Value) -> Result<(Arc<Stream>, Consumer), ApiError> {
+    let r = ConsumerInput::read_shape(req)?;
     let mut v = Violations::default();
-    let stream_arn = opt_str(req, "StreamARN")?;
+    let stream_arn = r.stream_arn.as_deref();
     if let Some(a) = stream_arn {
         if !pattern_ok(a, STREAM_ARN_PATTERN) {
             v.add(
@@ -863,7 +877,7 @@ fn named_consumer(call: &Call<'_>, req: &Value) -> Result<(Arc<Stream>, Consumer
             );
         }
     }
-    let name = opt_str(req, "ConsumerName")?;
+    let name = r.consumer_name.as_deref();
     if let Some(n) = name {
         if !pattern_ok(n, NAME_PATTERN) {
             v.add(
@@ -874,7 +888,7 @@ fn named_consumer(call: &Call<'_>, req: &Value) -> Result<(Arc<Stream>, Consumer
         }
         check_len(&mut v, n, "consumerName", 1, 128);
     }
-    let consumer_arn = opt_str(req, "ConsumerARN")?;
+    let consumer_arn = r.consumer_arn.as_deref();
     v.finish()?;
     let (stream, cname) = match (consumer_arn, stream_arn, name) {
         (Some(arn), _, _) => match resource(arn) {
@@ -920,21 +934,21 @@ fn deregister_consumer(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> 
 }
 
 fn list_consumers(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
+    let r = ConsumerInput::read_shape(req)?;
     use base64::Engine as _;
     let mut v = Violations::default();
     let arn = required_str(
-        req,
+        r.stream_arn.as_deref(),
         &mut v,
-        "StreamARN",
         "streamARN",
         Some(STREAM_ARN_PATTERN),
         (1, 2048),
-    )?;
-    let max = opt_int(req, "MaxResults")?;
+    );
+    let max = r.max_results;
     if let Some(m) = max {
         v.range(m, "maxResults", 10_000);
     }
-    let token = opt_str(req, "NextToken")?;
+    let token = r.next_token.as_deref();
     if let Some(t) = token {
         check_len(&mut v, t, "nextToken", 1, 1_048_576);
     }

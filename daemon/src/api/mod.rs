@@ -9,6 +9,7 @@ mod iterator;
 mod kinesis;
 mod manage;
 mod request;
+mod shapes;
 mod sigv4;
 
 pub use error::ApiError;

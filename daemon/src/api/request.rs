@@ -1,9 +1,8 @@
-//! Reading request members the way AWS validates them, shared by the Kinesis and Firehose
+//! Reading request bodies the way AWS does, shared by the Kinesis and Firehose
 //! operations: a member of the wrong JSON type is a `SerializationException`; a missing or
 //! out-of-range one is a constraint violation collected in [`Violations`].
 
 use super::error::{ApiError, Violations};
-use base64::Engine as _;
 use serde_json::Value;
 
 /// The request body: a JSON object (an empty body counts as `{}`), else a
@@ -36,77 +35,8 @@ pub fn wrong_type(v: &Value, target: &str) -> ApiError {
     })
 }
 
-/// A string member, if present.
-pub fn opt_str<'a>(req: &'a Value, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(v) => Err(wrong_type(v, "an String")),
-    }
-}
-
-/// An integer member, if present (AWS clamps out-of-range numbers; so do we).
-pub fn opt_int(req: &Value, name: &str) -> Result<Option<i64>, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(Some(match n.as_i64() {
-            Some(i) => i.clamp(i64::from(i32::MIN), i64::from(i32::MAX)),
-            None if n.as_f64().is_some_and(|f| f > 0.0) => i64::from(i32::MAX),
-            None => i64::from(i32::MIN),
-        })),
-        Some(v) => Err(wrong_type(v, "an Integer")),
-    }
-}
-
-/// A list of strings, if present.
-pub fn opt_str_list<'a>(req: &'a Value, name: &str) -> Result<Option<Vec<&'a str>>, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s.as_str()),
-                other => Err(wrong_type(other, "an String")),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(ApiError::serialization("Expected list or null")),
-    }
-}
-
-/// A map of strings to strings, if present, in key order.
-pub fn opt_str_map<'a>(
-    req: &'a Value,
-    name: &str,
-) -> Result<Option<Vec<(&'a str, &'a str)>>, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => {
-            let mut out = m
-                .iter()
-                .map(|(k, v)| match v {
-                    Value::String(s) => Ok((k.as_str(), s.as_str())),
-                    other => Err(wrong_type(other, "an String")),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            out.sort_unstable();
-            Ok(Some(out))
-        }
-        Some(_) => Err(ApiError::serialization("Expected map or null")),
-    }
-}
-
-/// A structure member, if present.
-pub fn opt_struct<'a>(req: &'a Value, name: &str) -> Result<Option<&'a Value>, ApiError> {
-    match req.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v @ Value::Object(_)) => Ok(Some(v)),
-        Some(_) => Err(ApiError::serialization("Expected null")),
-    }
-}
-
 /// Why AWS's Java base64 decoder refuses `d`, in its words (typo included).
-fn blob_error(d: &str) -> String {
+pub fn blob_error(d: &str) -> String {
     if !d.len().is_multiple_of(4) {
         return format!(
             "'{d}' can not be converted to a Blob: Base64 encoded length is expected a multiple of 4 bytes but found: {}",
@@ -136,69 +66,51 @@ pub fn show_map(items: &[(&str, &str)]) -> String {
     format!("{{{}}}", parts.join(", "))
 }
 
-/// The `Records` list of a batch put: 1 to `max` objects.
-pub fn records<'a>(
-    req: &'a Value,
-    max: usize,
-    v: &mut Violations,
-) -> Result<&'a [Value], ApiError> {
-    let recs: &[Value] = match req.get("Records") {
-        None | Some(Value::Null) => {
+/// The `Records` list of a batch put, validated: 1 to `max` entries (the count items of
+/// a `ValidationException`); past `max`, no entry is looked at.
+pub fn check_records<'a, T>(records: Option<&'a [T]>, max: usize, v: &mut Violations) -> &'a [T] {
+    let recs = match records {
+        None => {
             v.null("records");
-            &[]
+            return &[];
         }
-        Some(Value::Array(a)) => {
-            if a.is_empty() {
-                v.add(
-                    "[]",
-                    "records",
-                    "Member must have length greater than or equal to 1",
-                );
-            }
-            a
-        }
-        Some(_) => return Err(ApiError::serialization("Expected list or null")),
+        Some(r) => r,
     };
+    if recs.is_empty() {
+        v.add(
+            "[]",
+            "records",
+            "Member must have length greater than or equal to 1",
+        );
+    }
     if recs.len() > max {
         v.add(
             &format!("[{} records]", recs.len()),
             "records",
             &format!("Member must have length less than or equal to {max}"),
         );
+        return &[];
     }
-    if let Some(bad) = recs.iter().find(|r| !r.is_object()) {
-        return Err(match bad {
-            Value::Array(_) => ApiError::serialization("Start of list found where not expected"),
-            _ => ApiError::serialization("Expected null"),
-        });
-    }
-    Ok(recs)
+    recs
 }
 
-/// The base64 `Data` member of a record, at most `max` bytes once decoded.
-pub fn data(
-    rec: &Value,
+/// A record's `Data`, validated: present, at most `max` bytes.
+pub fn check_data(
+    data: Option<&super::shapes::Blob>,
     field: &str,
     max: u64,
     v: &mut Violations,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    let d = match rec.get("Data") {
-        None | Some(Value::Null) => {
-            v.null(field);
-            return Ok(None);
-        }
-        Some(Value::String(s)) => s.as_str(),
-        Some(other) => return Err(wrong_type(other, "a Blob")),
+) -> Option<Vec<u8>> {
+    let Some(b) = data else {
+        v.null(field);
+        return None;
     };
-    let b = base64::engine::general_purpose::STANDARD
-        .decode(d)
-        .map_err(|_| ApiError::serialization(blob_error(d)))?;
-    if b.len() as u64 > max {
+    if b.0.len() as u64 > max {
         v.add(
-            &format!("java.nio.HeapByteBuffer[pos=0 lim={0} cap={0}]", b.len()),
+            &format!("java.nio.HeapByteBuffer[pos=0 lim={0} cap={0}]", b.0.len()),
             field,
             &format!("Member must have length less than or equal to {max}"),
         );
     }
-    Ok(Some(b))
+    Some(b.0.clone())
 }

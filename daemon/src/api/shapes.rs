@@ -1,0 +1,432 @@
+//! Typed request shapes of both APIs: one struct per operation input (and per nested
+//! structure), so a handler reads fields, not JSON paths. Reading a body into its shape is
+//! AWS's type check: members are read in the shape's order, a member of the wrong JSON
+//! type is the `SerializationException` AWS's Java front end answers (its words), `null`
+//! counts as absent, unknown members are ignored. Constraint validation (lengths,
+//! patterns, ranges: `ValidationException`) then reads the same typed fields.
+
+use super::error::ApiError;
+use super::request::{blob_error, wrong_type};
+use serde_json::Value;
+
+/// A member type: reads one JSON value, with AWS's type errors.
+pub trait Member: Sized {
+    /// The value, or AWS's `SerializationException` for a value of another type.
+    fn read(v: &Value) -> Result<Self, ApiError>;
+}
+
+impl Member for String {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(wrong_type(other, "an String")),
+        }
+    }
+}
+
+/// An `Integer` member; out-of-range numbers are clamped, as AWS clamps them.
+impl Member for i64 {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        match v {
+            Value::Number(n) => Ok(match n.as_i64() {
+                Some(i) => i.clamp(i64::from(i32::MIN), i64::from(i32::MAX)),
+                None if n.as_f64().is_some_and(|f| f > 0.0) => i64::from(i32::MAX),
+                None => i64::from(i32::MIN),
+            }),
+            other => Err(wrong_type(other, "an Integer")),
+        }
+    }
+}
+
+/// A list of strings.
+impl Member for Vec<String> {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        match v {
+            Value::Array(a) => a.iter().map(String::read).collect(),
+            _ => Err(ApiError::serialization("Expected list or null")),
+        }
+    }
+}
+
+/// A map of strings to strings, sorted by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StrMap(pub Vec<(String, String)>);
+
+impl Member for StrMap {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        match v {
+            Value::Object(m) => {
+                let mut out = m
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), String::read(v)?)))
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                out.sort_unstable();
+                Ok(StrMap(out))
+            }
+            _ => Err(ApiError::serialization("Expected map or null")),
+        }
+    }
+}
+
+impl StrMap {
+    /// The pairs as borrowed strings.
+    pub fn pairs(&self) -> Vec<(&str, &str)> {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+}
+
+/// A `Blob` member: base64 in JSON, decoded (AWS's decoder errors, typo included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl Member for Blob {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        use base64::Engine as _;
+        match v {
+            Value::String(s) => base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map(Blob)
+                .map_err(|_| ApiError::serialization(blob_error(s))),
+            other => Err(wrong_type(other, "a Blob")),
+        }
+    }
+}
+
+/// A `Timestamp` member: seconds since the epoch (a number, or a number in a string).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timestamp(pub f64);
+
+impl Member for Timestamp {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        match v {
+            Value::Number(n) => Ok(Timestamp(n.as_f64().unwrap_or(0.0))),
+            Value::String(s) => s.parse::<f64>().map(Timestamp).map_err(|_| {
+                ApiError::serialization(format!(
+                    "class java.lang.String can not be converted to milliseconds since epoch: {s}"
+                ))
+            }),
+            other => Err(wrong_type(other, "milliseconds since epoch")),
+        }
+    }
+}
+
+/// A list of structures, each read into its own shape.
+impl<T: Shape> Member for Vec<T> {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        match v {
+            Value::Array(a) => a.iter().map(T::read_shape).collect(),
+            _ => Err(ApiError::serialization("Expected list or null")),
+        }
+    }
+}
+
+/// A structure shape (a request, or a structure inside one).
+pub trait Shape: Sized {
+    /// Reads a JSON object into the shape (type checks only).
+    fn read_shape(v: &Value) -> Result<Self, ApiError>;
+}
+
+/// Declares a shape: a struct of optional members, each read from its AWS member name in
+/// declaration order (AWS's type-check order).
+macro_rules! shape {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty = $json:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Default)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: Option<$ty>,)*
+        }
+
+        impl Shape for $name {
+            fn read_shape(v: &Value) -> Result<Self, ApiError> {
+                let obj = match v {
+                    Value::Object(m) => m,
+                    Value::Array(_) => {
+                        return Err(ApiError::serialization("Start of list found where not expected"))
+                    }
+                    _ => return Err(ApiError::serialization("Expected null")),
+                };
+                #[allow(unused_mut)]
+                let mut out = $name::default();
+                $(
+                    if let Some(x) = obj.get($json).filter(|x| !x.is_null()) {
+                        out.$field = Some(<$ty as Member>::read(x)?);
+                    }
+                )*
+                let _ = obj;
+                Ok(out)
+            }
+        }
+
+        impl Member for $name {
+            fn read(v: &Value) -> Result<Self, ApiError> {
+                <$name as Shape>::read_shape(v)
+            }
+        }
+    };
+}
+
+// ---- Kinesis Data Streams ----
+
+shape!(
+    /// CreateStream.
+    CreateStreamInput {
+        stream_name: String = "StreamName",
+        shard_count: i64 = "ShardCount",
+        stream_mode_details: StreamModeDetails = "StreamModeDetails",
+        tags: StrMap = "Tags",
+    }
+);
+
+shape!(
+    /// `StreamModeDetails`.
+    StreamModeDetails {
+        stream_mode: String = "StreamMode",
+    }
+);
+
+shape!(
+    /// Every operation that names a stream and nothing else (DeleteStream,
+    /// DescribeStreamSummary).
+    StreamRef {
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// ListStreams.
+    ListStreamsInput {
+        limit: i64 = "Limit",
+        exclusive_start_stream_name: String = "ExclusiveStartStreamName",
+    }
+);
+
+shape!(
+    /// DescribeStream.
+    DescribeStreamInput {
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+        limit: i64 = "Limit",
+        exclusive_start_shard_id: String = "ExclusiveStartShardId",
+    }
+);
+
+shape!(
+    /// ListShards.
+    ListShardsInput {
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+        next_token: String = "NextToken",
+        exclusive_start_shard_id: String = "ExclusiveStartShardId",
+        max_results: i64 = "MaxResults",
+    }
+);
+
+shape!(
+    /// PutRecord, and one entry of PutRecords (which has no stream members).
+    PutRecordInput {
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+        data: Blob = "Data",
+        partition_key: String = "PartitionKey",
+        explicit_hash_key: String = "ExplicitHashKey",
+        sequence_number_for_ordering: String = "SequenceNumberForOrdering",
+    }
+);
+
+shape!(
+    /// PutRecords.
+    PutRecordsInput {
+        records: Vec<PutRecordInput> = "Records",
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// GetShardIterator.
+    GetShardIteratorInput {
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+        shard_id: String = "ShardId",
+        shard_iterator_type: String = "ShardIteratorType",
+        starting_sequence_number: String = "StartingSequenceNumber",
+        timestamp: Timestamp = "Timestamp",
+    }
+);
+
+shape!(
+    /// GetRecords.
+    GetRecordsInput {
+        shard_iterator: String = "ShardIterator",
+        limit: i64 = "Limit",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// AddTagsToStream, TagResource (with `ResourceARN`), RegisterStreamConsumer's tags.
+    TagsInput {
+        tags: StrMap = "Tags",
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+        resource_arn: String = "ResourceARN",
+    }
+);
+
+shape!(
+    /// RemoveTagsFromStream, UntagResource.
+    TagKeysInput {
+        tag_keys: Vec<String> = "TagKeys",
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+        resource_arn: String = "ResourceARN",
+    }
+);
+
+shape!(
+    /// ListTagsForStream.
+    ListTagsInput {
+        limit: i64 = "Limit",
+        exclusive_start_tag_key: String = "ExclusiveStartTagKey",
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// ListTagsForResource, Get/DeleteResourcePolicy, PutResourcePolicy (with `Policy`).
+    ResourceInput {
+        resource_arn: String = "ResourceARN",
+        policy: String = "Policy",
+    }
+);
+
+shape!(
+    /// Increase/DecreaseStreamRetentionPeriod.
+    RetentionInput {
+        retention_period_hours: i64 = "RetentionPeriodHours",
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// Enable/DisableEnhancedMonitoring.
+    MonitoringInput {
+        shard_level_metrics: Vec<String> = "ShardLevelMetrics",
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// Start/StopStreamEncryption.
+    EncryptionInput {
+        encryption_type: String = "EncryptionType",
+        key_id: String = "KeyId",
+        stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// UpdateStreamMode.
+    UpdateStreamModeInput {
+        stream_arn: String = "StreamARN",
+        stream_mode_details: StreamModeDetails = "StreamModeDetails",
+    }
+);
+
+shape!(
+    /// Register/Describe/Deregister/ListStreamConsumers.
+    ConsumerInput {
+        stream_arn: String = "StreamARN",
+        consumer_name: String = "ConsumerName",
+        consumer_arn: String = "ConsumerARN",
+        tags: StrMap = "Tags",
+        max_results: i64 = "MaxResults",
+        next_token: String = "NextToken",
+    }
+);
+
+// ---- Firehose ----
+
+shape!(
+    /// A Firehose `Record`.
+    FirehoseRecord {
+        data: Blob = "Data",
+    }
+);
+
+shape!(
+    /// PutRecord and PutRecordBatch.
+    FirehosePutInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        record: FirehoseRecord = "Record",
+        records: Vec<FirehoseRecord> = "Records",
+    }
+);
+
+shape!(
+    /// ListDeliveryStreams, DescribeDeliveryStream.
+    FirehoseListInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        limit: i64 = "Limit",
+        exclusive_start_delivery_stream_name: String = "ExclusiveStartDeliveryStreamName",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn members_are_typed_with_aws_type_errors() {
+        let r = PutRecordInput::read_shape(
+            &json!({"StreamName": "s", "Data": "aGk=", "PartitionKey": "k", "Other": 1}),
+        )
+        .unwrap();
+        assert_eq!(r.stream_name.as_deref(), Some("s"));
+        assert_eq!(r.data, Some(Blob(b"hi".to_vec())));
+        assert_eq!(r.explicit_hash_key, None);
+        let e = PutRecordInput::read_shape(&json!({"StreamName": true})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "class java.lang.Boolean can not be converted to an String"
+        );
+        let e = ListStreamsInput::read_shape(&json!({"Limit": "3"})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "class java.lang.String can not be converted to an Integer"
+        );
+        assert_eq!(
+            ListStreamsInput::read_shape(&json!({"Limit": 1e20}))
+                .unwrap()
+                .limit,
+            Some(i64::from(i32::MAX))
+        );
+        let e = PutRecordsInput::read_shape(&json!({"Records": [{"Data": 5}]})).unwrap_err();
+        assert!(
+            e.message.contains("can not be converted to a Blob"),
+            "{}",
+            e.message
+        );
+        let e = PutRecordsInput::read_shape(&json!({"Records": [[1]]})).unwrap_err();
+        assert_eq!(e.message, "Start of list found where not expected");
+        let t = TagsInput::read_shape(&json!({"Tags": {"b": "2", "a": "1"}})).unwrap();
+        assert_eq!(t.tags.unwrap().pairs(), [("a", "1"), ("b", "2")]);
+        assert!(TagsInput::read_shape(&json!({"Tags": {"a": 1}})).is_err());
+        // null is absent
+        assert_eq!(
+            StreamRef::read_shape(&json!({"StreamName": null}))
+                .unwrap()
+                .stream_name,
+            None
+        );
+    }
+}
