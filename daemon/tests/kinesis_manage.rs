@@ -249,3 +249,25 @@ fn protocol_level_answers_are_aws_answers() {
         .unwrap()
         .success());
 }
+
+/// The CBOR form of the API, as the AWS Java SDK, the KPL and the KCL speak it: requests
+/// and answers (errors too) in CBOR, blobs as byte strings, timestamps in milliseconds.
+#[test]
+fn cbor_requests_are_answered_in_cbor() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    let out = python(
+        &[
+            interop("kinesis_cbor.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+        ],
+        &d,
+    );
+    assert!(out.contains("ok"), "{out}");
+    d.signal(libc::SIGTERM);
+    assert!(d
+        .wait_exit(std::time::Duration::from_secs(20))
+        .unwrap()
+        .success());
+}

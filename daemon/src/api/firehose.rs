@@ -87,17 +87,16 @@ async fn append(st: Arc<Stream>, data: Vec<Vec<u8>>) -> Result<Vec<String>, ApiE
 }
 
 /// Runs one Firehose operation.
-pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, ApiError> {
+pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, ApiError> {
     if !OPERATIONS.contains(&op) {
         return Err(ApiError::unknown_operation(&format!(
             "Firehose_20150804.{op}"
         )));
     }
-    let req = super::request::body(body)?;
     let account = &call.state.account;
     match op {
         "PutRecord" => {
-            let r = FirehosePutInput::read_shape(&req)?;
+            let r = FirehosePutInput::read_shape(req)?;
             let mut v = Violations::default();
             let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
             let data = match &r.record {
@@ -115,7 +114,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
             Ok(json!({ "RecordId": ids[0], "Encrypted": false }))
         }
         "PutRecordBatch" => {
-            let r = FirehosePutInput::read_shape(&req)?;
+            let r = FirehosePutInput::read_shape(req)?;
             let mut v = Violations::default();
             let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
             let recs = check_records(r.records.as_deref(), MAX_BATCH_RECORDS, &mut v);
@@ -146,7 +145,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
             }))
         }
         "ListDeliveryStreams" => {
-            let r = FirehoseListInput::read_shape(&req)?;
+            let r = FirehoseListInput::read_shape(req)?;
             let start = r
                 .exclusive_start_delivery_stream_name
                 .as_deref()
@@ -170,7 +169,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, A
             }))
         }
         _ => {
-            let r = FirehoseListInput::read_shape(&req)?;
+            let r = FirehoseListInput::read_shape(req)?;
             let mut v = Violations::default();
             let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
             v.finish()?;

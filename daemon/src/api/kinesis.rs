@@ -51,28 +51,27 @@ pub const MAX_GET_BYTES: usize = 10 << 20;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// Runs one operation on a JSON body.
-pub async fn dispatch(call: &Call<'_>, op: &str, body: &[u8]) -> Result<Value, ApiError> {
+/// Runs one operation on its request (parsed once, by the protocol checks).
+pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, ApiError> {
     if !is_operation(op) {
         return Err(ApiError::unknown_operation(&format!(
             "Kinesis_20131202.{op}"
         )));
     }
-    let req = super::request::body(body)?;
     if super::manage::OPERATIONS.contains(&op) {
-        return super::manage::dispatch(call, op, &req);
+        return super::manage::dispatch(call, op, req);
     }
     match op {
-        "CreateStream" => create_stream(call, &req),
-        "DeleteStream" => delete_stream(call, &req),
-        "ListStreams" => list_streams(call, &req),
-        "DescribeStream" => describe_stream(call, &req),
-        "DescribeStreamSummary" => describe_stream_summary(call, &req),
-        "ListShards" => list_shards(call, &req),
-        "PutRecord" => put_record(call, &req).await,
-        "PutRecords" => put_records(call, &req).await,
-        "GetShardIterator" => get_shard_iterator(call, &req),
-        "GetRecords" => get_records(call, &req).await,
+        "CreateStream" => create_stream(call, req),
+        "DeleteStream" => delete_stream(call, req),
+        "ListStreams" => list_streams(call, req),
+        "DescribeStream" => describe_stream(call, req),
+        "DescribeStreamSummary" => describe_stream_summary(call, req),
+        "ListShards" => list_shards(call, req),
+        "PutRecord" => put_record(call, req).await,
+        "PutRecords" => put_records(call, req).await,
+        "GetShardIterator" => get_shard_iterator(call, req),
+        "GetRecords" => get_records(call, req).await,
         _ => Err(ApiError::unknown_operation(op)),
     }
 }

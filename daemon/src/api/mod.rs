@@ -3,6 +3,7 @@
 //! (`{"__type": ..., "message": ...}`, HTTP 400), every response carries
 //! `x-amzn-RequestId`, and nothing a client sends yields a 500.
 
+mod cbor;
 mod error;
 mod firehose;
 mod iterator;
@@ -171,9 +172,64 @@ async fn entry(
     resp
 }
 
+/// Whether the request is in the CBOR form (answered in CBOR).
+fn is_cbor(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim() == cbor::MEDIA_TYPE)
+}
+
+/// A JSON answer of a CBOR request, re-encoded in CBOR.
+fn as_cbor(resp: Response, text: &str) -> Response {
+    let (mut parts, _) = resp.into_parts();
+    parts
+        .headers
+        .insert("content-type", HeaderValue::from_static(cbor::MEDIA_TYPE));
+    parts.headers.remove("content-length");
+    Response::from_parts(
+        parts,
+        axum::body::Body::from(cbor::response_from_json(text)),
+    )
+}
+
+/// [`precheck_json`], answered in CBOR for a CBOR request.
+fn precheck(
+    headers: &HeaderMap,
+    target: &str,
+    body: &[u8],
+    json: &[u8],
+) -> Result<serde_json::Value, Box<Response>> {
+    let resp = match precheck_json(headers, target, body, json) {
+        Ok(req) => return Ok(req),
+        Err(resp) => resp,
+    };
+    let is_json_answer = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/x-amz-json-1.1");
+    if is_cbor(headers) && is_json_answer {
+        // The protocol answers are `{"__type": ...}` documents.
+        let kind = if body.is_empty() || request::body(json).is_err() {
+            r#"{"__type":"SerializationException"}"#
+        } else {
+            r#"{"__type":"UnknownOperationException"}"#
+        };
+        return Err(Box::new(as_cbor(*resp, kind)));
+    }
+    Err(resp)
+}
+
 /// The protocol checks AWS makes before an operation runs, in its order: an empty body,
 /// the content type, the JSON itself, the operation's name (all before authentication).
-fn precheck(headers: &HeaderMap, target: &str, body: &[u8]) -> Option<Response> {
+/// `body` as received; `json` its JSON form (the same bytes unless it came as CBOR). The
+/// request, parsed once, when it passes.
+fn precheck_json(
+    headers: &HeaderMap,
+    target: &str,
+    body: &[u8],
+    json_body: &[u8],
+) -> Result<serde_json::Value, Box<Response>> {
     let parts = target
         .split_once('.')
         .filter(|(s, o)| !s.is_empty() && !o.is_empty());
@@ -188,7 +244,7 @@ fn precheck(headers: &HeaderMap, target: &str, body: &[u8]) -> Option<Response> 
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim());
     if body.is_empty() {
-        return Some(protocol(
+        return Err(Box::new(protocol(
             StatusCode::BAD_REQUEST,
             if known {
                 r#"{"__type":"SerializationException"}"#
@@ -196,41 +252,47 @@ fn precheck(headers: &HeaderMap, target: &str, body: &[u8]) -> Option<Response> 
                 r#"{"__type":"UnknownOperationException"}"#
             },
             Some(json),
-        ));
+        )));
     }
     match ct {
         Some("application/x-amz-json-1.1") | Some("application/x-amz-cbor-1.1") => {}
         Some("application/json") => {
-            return Some(protocol(
+            return Err(Box::new(protocol(
                 StatusCode::NOT_FOUND,
                 r#"{"Output":{"__type":"com.amazon.coral.service#UnknownOperationException"},"Version":"1.0"}"#,
                 Some("application/json"),
-            ))
+            )))
         }
-        _ if parts.is_none() => return Some(protocol(StatusCode::FORBIDDEN, ACCESS_DENIED, None)),
+        _ if parts.is_none() => {
+            return Err(Box::new(protocol(
+                StatusCode::FORBIDDEN,
+                ACCESS_DENIED,
+                None,
+            )))
+        }
         _ => {
-            return Some(protocol(
+            return Err(Box::new(protocol(
                 StatusCode::NOT_FOUND,
                 "<UnknownOperationException/>\n",
                 None,
-            ))
+            )))
         }
     }
-    if request::body(body).is_err() {
-        return Some(protocol(
+    let Ok(req) = request::body(json_body) else {
+        return Err(Box::new(protocol(
             StatusCode::BAD_REQUEST,
             r#"{"__type":"SerializationException"}"#,
             Some(json),
-        ));
-    }
+        )));
+    };
     if !known {
-        return Some(protocol(
+        return Err(Box::new(protocol(
             StatusCode::BAD_REQUEST,
             r#"{"__type":"UnknownOperationException"}"#,
             Some(json),
-        ));
+        )));
     }
-    None
+    Ok(req)
 }
 
 fn too_large(n: Option<u64>) -> Response {
@@ -345,9 +407,19 @@ async fn handle(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if let Some(resp) = precheck(&headers, target, &body) {
-        return resp;
-    }
+    // The CBOR form is read as its JSON form; a body that is not CBOR stays as it is and
+    // fails the JSON check like any unreadable body.
+    let cbor = is_cbor(&headers);
+    let json_body = match cbor {
+        true => cbor::request_to_json(&body)
+            .map(Bytes::from)
+            .unwrap_or_else(|| Bytes::from_static(b"not CBOR")),
+        false => body.clone(),
+    };
+    let req = match precheck(&headers, target, &body, &json_body) {
+        Ok(req) => req,
+        Err(resp) => return *resp,
+    };
     let call = Call {
         state: &state,
         region: region(&headers),
@@ -366,11 +438,11 @@ async fn handle(
     let (op, result) = match (auth, target.split_once('.')) {
         (Err(e), _) => ("unauthenticated".to_string(), Err(e)),
         (Ok(()), Some(("Kinesis_20131202", op))) => {
-            (op.to_string(), kinesis::dispatch(&call, op, &body).await)
+            (op.to_string(), kinesis::dispatch(&call, op, &req).await)
         }
         (Ok(()), Some(("Firehose_20150804", op))) => (
             format!("Firehose.{op}"),
-            firehose::dispatch(&call, op, &body).await,
+            firehose::dispatch(&call, op, &req).await,
         ),
         (Ok(()), _) => (
             "unknown".to_string(),
@@ -393,7 +465,7 @@ async fn handle(
     metrics::counter!("sluice_api_requests_total", "operation" => op_label.clone(), "code" => status.as_u16().to_string()).increment(1);
     metrics::histogram!("sluice_api_request_duration_seconds", "operation" => op_label)
         .record(started.elapsed().as_secs_f64());
-    let mut resp = (status, text).into_response();
+    let mut resp = (status, text.clone()).into_response();
     let h = resp.headers_mut();
     h.insert(
         "content-type",
@@ -401,6 +473,9 @@ async fn handle(
     );
     if let Ok(v) = HeaderValue::from_str(&rid) {
         h.insert("x-amzn-requestid", v);
+    }
+    if cbor {
+        return as_cbor(resp, &text);
     }
     resp
 }
@@ -490,11 +565,15 @@ pub mod fuzzing {
             state: &env.state,
             region: "us-east-1".into(),
         };
+        // Bytes the protocol checks would refuse never reach an operation.
+        let Ok(req) = request::body(body) else {
+            return;
+        };
         let res = env.rt.block_on(async {
             if firehose {
-                firehose::dispatch(&call, op, body).await
+                firehose::dispatch(&call, op, &req).await
             } else {
-                kinesis::dispatch(&call, op, body).await
+                kinesis::dispatch(&call, op, &req).await
             }
         });
         if let Err(e) = res {
