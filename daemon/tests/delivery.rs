@@ -159,9 +159,28 @@ fn a_budget_below_the_partition_floor_flushes_early() {
     .unwrap();
     let mut d = s.start();
     d.wait_ready();
-    wait_until(Duration::from_secs(30), "memory flushes", || {
-        flush_count(&d, "memory") >= 5.0
-    });
+    // (Not `wait_until`: when this times out, the state says why.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while flush_count(&d, "memory") < 5.0 {
+        if std::time::Instant::now() > deadline {
+            let m = d.metrics_text();
+            let lines: Vec<&str> = m
+                .lines()
+                .filter(|l| {
+                    l.starts_with("sluice_buffer_")
+                        || l.starts_with("sluice_pipeline_records_in_total")
+                        || l.starts_with("sluice_pipeline_up")
+                        || l.starts_with("sluice_shard_incoming_records_total")
+                })
+                .collect();
+            panic!(
+                "no 5 memory flushes in 60 s:\n{}\n{}",
+                lines.join("\n"),
+                d.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Every record read before the SIGTERM: the drain flushes what the buffers hold, and
     // what a replayable source had not read yet would stay in the stream, by design.
     wait_until(Duration::from_secs(60), "all 2000 records read", || {

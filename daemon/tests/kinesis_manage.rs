@@ -271,3 +271,88 @@ fn cbor_requests_are_answered_in_cbor() {
         .unwrap()
         .success());
 }
+
+/// GetShardIterator checks in AWS's order and words: the shard id is resolved first (the
+/// number after the first `-`), then the stream, then the iterator type's arguments.
+#[test]
+fn get_shard_iterator_answers_in_aws_order() {
+    let s = Setup::new("", &[("p", "[streams.two]\nshards = 2\n")]);
+    let mut d = s.start();
+    d.wait_ready();
+    let gsi = |body: &str| {
+        let (code, out) = kinesis(s.api, "GetShardIterator", body);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (
+            code,
+            v["__type"].as_str().unwrap_or("").to_string(),
+            v["message"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    // Any spelling with the number after the first dash.
+    for id in ["shard-1", "shardId-1", "1", "x-000001"] {
+        let (code, _, msg) = gsi(&format!(
+            r#"{{"StreamName":"two","ShardId":"{id}","ShardIteratorType":"LATEST"}}"#
+        ));
+        assert_eq!(code, 200, "{id}: {msg}");
+    }
+    let acct = "000000000000";
+    assert_eq!(
+        gsi(r#"{"StreamName":"nope","ShardId":"ABC","ShardIteratorType":"LATEST"}"#),
+        (
+            400,
+            "ResourceNotFoundException".into(),
+            format!("Could not find shard ABC in stream nope under account {acct}.")
+        )
+    );
+    assert_eq!(
+        gsi(r#"{"StreamName":"nope","ShardId":"shardId-5","ShardIteratorType":"LATEST"}"#),
+        (
+            400,
+            "ResourceNotFoundException".into(),
+            format!(
+                "Shard shardId-000000000005 in stream nope under account {acct} does not exist"
+            )
+        )
+    );
+    assert_eq!(
+        gsi(r#"{"StreamName":"two","ShardId":"shardId-7","ShardIteratorType":"LATEST"}"#).2,
+        format!("Shard shardId-000000000007 in stream two under account {acct} does not exist")
+    );
+    let either = "Must either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber. Request specified";
+    assert_eq!(
+        gsi(r#"{"StreamName":"two","ShardId":"0","ShardIteratorType":"LATEST","StartingSequenceNumber":"1"}"#).2,
+        format!("{either} LATEST and also a StartingSequenceNumber.")
+    );
+    assert_eq!(
+        gsi(r#"{"StreamName":"two","ShardId":"0","ShardIteratorType":"AT_SEQUENCE_NUMBER"}"#).2,
+        format!("{either} AT_SEQUENCE_NUMBER and no StartingSequenceNumber.")
+    );
+    assert_eq!(
+        gsi(r#"{"StreamName":"two","ShardId":"0","ShardIteratorType":"AT_TIMESTAMP"}"#).2,
+        "Must specify timestampInMillis parameter for iterator of type AT_TIMESTAMP. Current request has no timestamp parameter."
+    );
+    // A sequence number of another shard.
+    let (_, out) = kinesis(
+        s.api,
+        "PutRecord",
+        r#"{"StreamName":"two","Data":"eA==","PartitionKey":"k","ExplicitHashKey":"0"}"#,
+    );
+    let seq = serde_json::from_str::<serde_json::Value>(&out).unwrap()["SequenceNumber"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        gsi(&format!(r#"{{"StreamName":"two","ShardId":"1","ShardIteratorType":"AT_SEQUENCE_NUMBER","StartingSequenceNumber":"{seq}"}}"#)).2,
+        "Invalid StartingSequenceNumber. It encodes shardId-000000000000, while it was used in a call to a shard with shardId-000000000001"
+    );
+    let (code, ty, msg) = gsi(
+        r#"{"StreamName":"two","ShardId":"0","ShardIteratorType":"AT_SEQUENCE_NUMBER","StartingSequenceNumber":"x1"}"#,
+    );
+    assert_eq!((code, ty.as_str()), (400, "ValidationException"), "{msg}");
+    assert!(msg.contains("at 'startingSequenceNumber' failed to satisfy constraint: Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})"), "{msg}");
+    d.signal(libc::SIGTERM);
+    assert!(d
+        .wait_exit(std::time::Duration::from_secs(20))
+        .unwrap()
+        .success());
+}

@@ -40,6 +40,28 @@ pub fn all_operations() -> impl Iterator<Item = &'static str> {
     OPERATIONS.iter().chain(super::manage::OPERATIONS).copied()
 }
 
+/// The shard index a `ShardId` names, as AWS reads it: the digits after the first `-`
+/// (or the whole value), at most 2147483647.
+fn shard_index(raw: &str) -> Option<u32> {
+    let digits = raw.split_once('-').map_or(raw, |(_, d)| d);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= i32::MAX as u64)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+/// `0|([1-9]\d{0,128})`.
+fn is_sequence_pattern(s: &str) -> bool {
+    s == "0"
+        || (s.len() <= 129
+            && s.starts_with(|c: char| ('1'..='9').contains(&c))
+            && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// PutRecords limits, as Kinesis.
 pub const MAX_PUT_RECORDS: usize = 500;
 /// Total data of one PutRecords call.
@@ -609,52 +631,74 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         ),
         _ => {}
     }
+    if let Some(s) = r.starting_sequence_number.as_deref() {
+        if !is_sequence_pattern(s) {
+            v.add(
+                s,
+                "startingSequenceNumber",
+                "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
+            );
+        }
+    }
     v.finish()?;
     let name = name.unwrap_or_default();
-    let st = lookup(call, &name)?;
-    let shard_id_s = shard.unwrap_or_default();
-    // Kinesis accepts "shardId-000000000001" and the bare "000000000001" / "1".
-    let sh = st
-        .shard(shard_id_s)
-        .or_else(|| {
-            shard_id_s
-                .trim_start_matches("shardId-")
-                .parse::<u32>()
-                .ok()
-                .and_then(|i| st.shards.get(i as usize))
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                "ResourceNotFoundException",
-                format!(
-                    "Shard {shard_id_s} in stream {name} under account {} does not exist",
-                    call.state.account
-                ),
-            )
-        })?;
-    let seq_arg = |what: &str| -> Result<u64, ApiError> {
-        let s = r.starting_sequence_number.as_deref().ok_or_else(|| {
-            ApiError::invalid_argument(format!(
-                "StartingSequenceNumber must be provided for ShardIteratorType {what}"
-            ))
-        })?;
+    let account = &call.state.account;
+    // AWS resolves the shard id before it looks the stream up: the number after the first
+    // `-` (or the whole id), so `shardId-1`, `shard-0` and `7` all name a shard.
+    let raw = shard.unwrap_or_default();
+    let Some(index) = shard_index(raw) else {
+        return Err(ApiError::new(
+            "ResourceNotFoundException",
+            format!("Could not find shard {raw} in stream {name} under account {account}."),
+        ));
+    };
+    let no_shard = || {
+        ApiError::new(
+            "ResourceNotFoundException",
+            format!(
+                "Shard {} in stream {name} under account {account} does not exist",
+                shard_id(index)
+            ),
+        )
+    };
+    let st = lookup(call, &name).map_err(|_| no_shard())?;
+    let sh = st.shards.get(index as usize).ok_or_else(no_shard)?;
+    let typ = typ.unwrap_or_default();
+    let either = |what: &str| {
+        ApiError::invalid_argument(format!(
+            "Must either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber. Request specified {typ} and {what} StartingSequenceNumber."
+        ))
+    };
+    if matches!(typ, "TRIM_HORIZON" | "LATEST") && r.starting_sequence_number.is_some() {
+        return Err(either("also a"));
+    }
+    let seq_arg = || -> Result<u64, ApiError> {
+        let s = r
+            .starting_sequence_number
+            .as_deref()
+            .ok_or_else(|| either("no"))?;
         match parse_sequence(s) {
             Some((i, seq)) if i == sh.index => Ok(seq),
-            _ => Err(ApiError::invalid_argument(format!(
-                "StartingSequenceNumber {s} used in GetShardIterator on shard {} in stream {name} under account {} is invalid.",
-                sh.id, call.state.account
+            Some((i, _)) => Err(ApiError::invalid_argument(format!(
+                "Invalid StartingSequenceNumber. It encodes {}, while it was used in a call to a shard with {}",
+                shard_id(i),
+                sh.id
+            ))),
+            None => Err(ApiError::invalid_argument(format!(
+                "StartingSequenceNumber {s} used in GetShardIterator on shard {} in stream {name} under account {account} is invalid.",
+                sh.id
             ))),
         }
     };
-    let seq = match typ.unwrap_or_default() {
+    let seq = match typ {
         "TRIM_HORIZON" => sh.log.first_seq(),
         "LATEST" => sh.log.next_seq(),
-        "AT_SEQUENCE_NUMBER" => seq_arg("AT_SEQUENCE_NUMBER")?,
-        "AFTER_SEQUENCE_NUMBER" => seq_arg("AFTER_SEQUENCE_NUMBER")?.saturating_add(1),
+        "AT_SEQUENCE_NUMBER" => seq_arg()?,
+        "AFTER_SEQUENCE_NUMBER" => seq_arg()?.saturating_add(1),
         _ => {
             let Some(super::shapes::Timestamp(ts)) = r.timestamp else {
                 return Err(ApiError::invalid_argument(
-                    "Timestamp must be provided for ShardIteratorType AT_TIMESTAMP",
+                    "Must specify timestampInMillis parameter for iterator of type AT_TIMESTAMP. Current request has no timestamp parameter.",
                 ));
             };
             // Seconds since the epoch; far outside what a date can be is not a timestamp.

@@ -465,17 +465,17 @@ async fn handle(
     metrics::counter!("sluice_api_requests_total", "operation" => op_label.clone(), "code" => status.as_u16().to_string()).increment(1);
     metrics::histogram!("sluice_api_request_duration_seconds", "operation" => op_label)
         .record(started.elapsed().as_secs_f64());
-    let mut resp = (status, text.clone()).into_response();
+    // (No copy of the answer for JSON: a GetRecords answer can be 10 MiB.)
+    let (body, content_type) = if cbor {
+        (cbor::response_from_json(&text), cbor::MEDIA_TYPE)
+    } else {
+        (text.into_bytes(), "application/x-amz-json-1.1")
+    };
+    let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
-    h.insert(
-        "content-type",
-        HeaderValue::from_static("application/x-amz-json-1.1"),
-    );
+    h.insert("content-type", HeaderValue::from_static(content_type));
     if let Ok(v) = HeaderValue::from_str(&rid) {
         h.insert("x-amzn-requestid", v);
-    }
-    if cbor {
-        return as_cbor(resp, &text);
     }
     resp
 }
