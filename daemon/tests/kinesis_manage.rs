@@ -356,3 +356,67 @@ fn get_shard_iterator_answers_in_aws_order() {
         .unwrap()
         .success());
 }
+
+/// PutRecords validation as AWS words it: `records` and its entries before the stream name,
+/// at most 10 violations listed (the count says 10), the entry list printed as Java prints
+/// it, and the plain 5 MB message.
+#[test]
+fn put_records_validation_lists_like_aws() {
+    let s = Setup::new("", &[("p", "[streams.s]\nshards = 1\n")]);
+    let mut d = s.start();
+    d.wait_ready();
+    let entry = r#"{"Data":"","PartitionKey":""}"#;
+    let body = format!(
+        r#"{{"StreamName":"","Records":[{}]}}"#,
+        vec![entry; 501].join(",")
+    );
+    let (code, out) = kinesis(s.api, "PutRecords", &body);
+    assert_eq!(code, 400, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.starts_with("10 validation errors detected: Value '[com.amazonaws.kinesis.v20131202.PutRecordsRequestEntry@c965e310, com.amazonaws.kinesis.v20131202.PutRecordsRequestEntry@c965e310,"), "{msg}");
+    assert!(msg.contains("at 'records' failed to satisfy constraint: Member must have length less than or equal to 500; Value '' at 'records.1.member.partitionKey' failed to satisfy constraint: Member must have length greater than or equal to 1"), "{msg}");
+    assert!(
+        msg.contains("'records.9.member.partitionKey'") && !msg.contains("records.10.member"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("streamName"),
+        "the stream name comes after the cap: {msg}"
+    );
+    // With fewer entries the stream name's items follow the records'.
+    let (_, out) = kinesis(
+        s.api,
+        "PutRecords",
+        &format!(r#"{{"StreamName":"","Records":[{entry}]}}"#),
+    );
+    let msg = serde_json::from_str::<serde_json::Value>(&out).unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (rec, name) = (
+        msg.find("records.1.member.partitionKey").unwrap(),
+        msg.find("'streamName'").unwrap(),
+    );
+    assert!(rec < name, "{msg}");
+    // 5 MB of data and keys: AWS's words only.
+    let big = "A".repeat(1_000_000);
+    let recs: Vec<String> = (0..7)
+        .map(|i| format!(r#"{{"Data":"{big}","PartitionKey":"k{i}"}}"#))
+        .collect();
+    let (code, out) = kinesis(
+        s.api,
+        "PutRecords",
+        &format!(r#"{{"StreamName":"s","Records":[{}]}}"#, recs.join(",")),
+    );
+    assert_eq!(code, 400, "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!({"__type": "InvalidArgumentException", "message": "Records size exceeds 5 MB limit"})
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d
+        .wait_exit(std::time::Duration::from_secs(20))
+        .unwrap()
+        .success());
+}

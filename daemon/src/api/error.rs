@@ -104,8 +104,15 @@ impl Violations {
         ));
     }
 
-    /// Ok if none, else the `ValidationException`.
-    pub fn finish(self) -> Result<(), ApiError> {
+    /// Moves `other`'s violations after these (AWS lists members in its shape's order).
+    pub fn append(&mut self, other: Violations) {
+        self.0.extend(other.0);
+    }
+
+    /// Ok if none, else the `ValidationException`: AWS lists at most 10 violations, and
+    /// its count says how many it listed.
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        self.0.truncate(10);
         match self.0.len() {
             0 => Ok(()),
             1 => Err(ApiError::new(

@@ -117,7 +117,12 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
             let r = FirehosePutInput::read_shape(req)?;
             let mut v = Violations::default();
             let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
-            let recs = check_records(r.records.as_deref(), MAX_BATCH_RECORDS, &mut v);
+            let recs = check_records(
+                r.records.as_deref(),
+                MAX_BATCH_RECORDS,
+                "com.amazonaws.firehose.v20150804.Record",
+                &mut v,
+            );
             let mut data = Vec::with_capacity(recs.len());
             for (i, rec) in recs.iter().enumerate() {
                 if let Some(d) = check_data(

@@ -569,30 +569,40 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = PutRecordsInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
-    let records = super::request::check_records(r.records.as_deref(), MAX_PUT_RECORDS, &mut v);
+    // AWS lists `records` and its entries first, then the stream name.
+    let mut stream_v = Violations::default();
+    let name = stream_name(
+        r.stream_name.as_deref(),
+        r.stream_arn.as_deref(),
+        &mut stream_v,
+    )?;
+    let records = super::request::check_records(
+        r.records.as_deref(),
+        MAX_PUT_RECORDS,
+        "com.amazonaws.kinesis.v20131202.PutRecordsRequestEntry",
+        &mut v,
+    );
     let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
     let max = st_opt
         .as_ref()
         .map(|s| s.max_record_size)
         .unwrap_or(1 << 20);
     let mut entries = Vec::with_capacity(records.len());
-    if records.len() <= MAX_PUT_RECORDS {
-        for (i, r) in records.iter().enumerate() {
-            if let Some(e) = check_record(r, &format!("records.{}.member.", i + 1), max, &mut v)? {
-                entries.push(e);
-            }
+    for (i, r) in records.iter().enumerate() {
+        if let Some(e) = check_record(r, &format!("records.{}.member.", i + 1), max, &mut v)? {
+            entries.push(e);
         }
     }
+    v.append(stream_v);
     v.finish()?;
     let st = st_opt.ok_or_else(|| {
         ApiError::stream_not_found(name.as_deref().unwrap_or(""), &call.state.account)
     })?;
     let total: usize = entries.iter().map(|e| e.data.len() + e.key.len()).sum();
     if total > MAX_PUT_BYTES {
-        return Err(ApiError::invalid_argument(format!(
-            "Records size exceeds 5 MB limit: the request carries {total} bytes of data and partition keys"
-        )));
+        return Err(ApiError::invalid_argument(
+            "Records size exceeds 5 MB limit",
+        ));
     }
     let r = append(st.clone(), entries, &call.state.account).await?;
     let failed = r.iter().filter(|x| x.is_err()).count();

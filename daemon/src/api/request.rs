@@ -67,8 +67,14 @@ pub fn show_map(items: &[(&str, &str)]) -> String {
 }
 
 /// The `Records` list of a batch put, validated: 1 to `max` entries (the count items of
-/// a `ValidationException`); past `max`, no entry is looked at.
-pub fn check_records<'a, T>(records: Option<&'a [T]>, max: usize, v: &mut Violations) -> &'a [T] {
+/// a `ValidationException`, the list printed as AWS's Java front end prints it: `class`
+/// names the entry shape, e.g. `com.amazonaws.kinesis.v20131202.PutRecordsRequestEntry`).
+pub fn check_records<'a, T>(
+    records: Option<&'a [T]>,
+    max: usize,
+    class: &str,
+    v: &mut Violations,
+) -> &'a [T] {
     let recs = match records {
         None => {
             v.null("records");
@@ -84,12 +90,14 @@ pub fn check_records<'a, T>(records: Option<&'a [T]>, max: usize, v: &mut Violat
         );
     }
     if recs.len() > max {
+        // Java's `toString` of each entry (the identity hash as AWS printed it).
+        let item = format!("{class}@c965e310");
+        let shown = format!("[{}]", vec![item.as_str(); recs.len()].join(", "));
         v.add(
-            &format!("[{} records]", recs.len()),
+            &shown,
             "records",
             &format!("Member must have length less than or equal to {max}"),
         );
-        return &[];
     }
     recs
 }
