@@ -219,6 +219,25 @@ fn tag_chars_ok(s: &str) -> bool {
     })
 }
 
+/// A list's or map's count outside `1..=max`, worded as AWS words it (value: the whole
+/// list or map as AWS prints it).
+fn count_bounds(v: &mut Violations, shown: &str, field: &str, n: usize, max: usize) {
+    if n == 0 {
+        v.add(
+            shown,
+            field,
+            "Member must have length greater than or equal to 1",
+        );
+    }
+    if n > max {
+        v.add(
+            shown,
+            field,
+            &format!("Member must have length less than or equal to {max}"),
+        );
+    }
+}
+
 /// Validates a `Tags` map member (before the stream name, as AWS orders them).
 pub(super) fn check_tags(v: &mut Violations, tags: Option<&[(&str, &str)]>, field: &str) {
     let Some(tags) = tags else {
@@ -226,20 +245,7 @@ pub(super) fn check_tags(v: &mut Violations, tags: Option<&[(&str, &str)]>, fiel
         return;
     };
     let shown = show_map(tags);
-    if tags.is_empty() {
-        v.add(
-            &shown,
-            field,
-            "Member must have length greater than or equal to 1",
-        );
-    }
-    if tags.len() > 200 {
-        v.add(
-            &shown,
-            field,
-            "Member must have length less than or equal to 200",
-        );
-    }
+    count_bounds(v, &shown, field, tags.len(), 200);
     if tags
         .iter()
         .any(|(k, _)| k.is_empty() || k.chars().count() > 128)
@@ -257,20 +263,7 @@ fn check_tag_keys(v: &mut Violations, keys: Option<&[&str]>, field: &str) {
         return;
     };
     let shown = show_list(keys);
-    if keys.is_empty() {
-        v.add(
-            &shown,
-            field,
-            "Member must have length greater than or equal to 1",
-        );
-    }
-    if keys.len() > 50 {
-        v.add(
-            &shown,
-            field,
-            "Member must have length less than or equal to 50",
-        );
-    }
+    count_bounds(v, &shown, field, keys.len(), 50);
     if keys.iter().any(|k| k.is_empty() || k.chars().count() > 128) {
         v.add(&shown, field, "Member must satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]");
     }
@@ -551,20 +544,7 @@ fn monitoring(call: &Call<'_>, req: &Value, enable: bool) -> Result<Value, ApiEr
         None => v.null("shardLevelMetrics"),
         Some(m) => {
             let shown = show_list(m);
-            if m.is_empty() {
-                v.add(
-                    &shown,
-                    "shardLevelMetrics",
-                    "Member must have length greater than or equal to 1",
-                );
-            }
-            if m.len() > 7 {
-                v.add(
-                    &shown,
-                    "shardLevelMetrics",
-                    "Member must have length less than or equal to 7",
-                );
-            }
+            count_bounds(&mut v, &shown, "shardLevelMetrics", m.len(), 7);
             if m.iter().any(|x| *x != "ALL" && !METRICS.contains(x)) {
                 v.add(&shown, "shardLevelMetrics", "Member must satisfy constraint: [Member must satisfy enum value set: [IncomingBytes, OutgoingRecords, IteratorAgeMilliseconds, IncomingRecords, ReadProvisionedThroughputExceeded, WriteProvisionedThroughputExceeded, ALL, OutgoingBytes]]");
             }
