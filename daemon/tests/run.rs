@@ -369,8 +369,7 @@ fn series_exist_at_zero_before_the_first_event() {
     wait_until(Duration::from_secs(20), "pipeline idle running", || {
         d.metric("sluice_pipeline_up", &["pipeline=\"idle\""]) == 1.0
     });
-    let text = d.metrics_text();
-    for (series, labels) in [
+    let wanted = [
         (
             "sluice_delivery_latency_seconds_count",
             &["pipeline=\"idle\""][..],
@@ -401,11 +400,26 @@ fn series_exist_at_zero_before_the_first_event() {
             "sluice_api_requests_total",
             &["operation=\"GetRecords\"", "code=\"200\""],
         ),
-    ] {
-        let found = text.lines().find(|l| {
-            l.starts_with(&format!("{series}{{")) && labels.iter().all(|want| l.contains(want))
-        });
-        let line = found.unwrap_or_else(|| panic!("{series}{labels:?} missing:\n{text}"));
+    ];
+    let find = |text: &str, series: &str, labels: &[&str]| -> Option<String> {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("{series}{{")) && labels.iter().all(|want| l.contains(want))
+            })
+            .map(str::to_string)
+    };
+    // The delivery stage registers its series on its own thread just after the pipeline
+    // reports up: wait for them (no record is ever put, so every value stays 0).
+    wait_until(Duration::from_secs(20), "every series exported", || {
+        let text = d.metrics_text();
+        wanted
+            .iter()
+            .all(|(series, labels)| find(&text, series, labels).is_some())
+    });
+    let text = d.metrics_text();
+    for (series, labels) in wanted {
+        let line = find(&text, series, labels)
+            .unwrap_or_else(|| panic!("{series}{labels:?} missing:\n{text}"));
         if !series.starts_with("sluice_plugin_call") {
             assert!(line.ends_with(" 0"), "{line}");
         }
