@@ -99,14 +99,12 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
             let r = FirehosePutInput::read_shape(req)?;
             let mut v = Violations::default();
             let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
-            let data = match &r.record {
+            let data = match r.record {
                 None => {
                     v.null("record");
                     None
                 }
-                Some(rec) => {
-                    check_data(rec.data.as_ref(), "record.data", MAX_RECORD as u64, &mut v)
-                }
+                Some(rec) => check_data(rec.data, "record.data", MAX_RECORD as u64, &mut v),
             };
             v.finish()?;
             let st = st.ok_or_else(|| not_found(&name, account))?;
@@ -117,16 +115,17 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
             let r = FirehosePutInput::read_shape(req)?;
             let mut v = Violations::default();
             let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
-            let recs = check_records(
+            check_records(
                 r.records.as_deref(),
                 MAX_BATCH_RECORDS,
                 "com.amazonaws.firehose.v20150804.Record",
                 &mut v,
             );
+            let recs = r.records.unwrap_or_default();
             let mut data = Vec::with_capacity(recs.len());
-            for (i, rec) in recs.iter().enumerate() {
+            for (i, rec) in recs.into_iter().enumerate() {
                 if let Some(d) = check_data(
-                    rec.data.as_ref(),
+                    rec.data,
                     &format!("records.{}.member.data", i + 1),
                     MAX_RECORD as u64,
                     &mut v,

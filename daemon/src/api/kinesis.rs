@@ -10,7 +10,9 @@ use super::shapes::{
 use super::Call;
 use crate::record::now_ms;
 use crate::spec::MAX_SHARDS;
-use crate::stream::{hash_key, parse_sequence, sequence_string, shard_id, Stream, StreamError};
+use crate::stream::{
+    hash_key, parse_sequence, sequence_string, shard_id, Stream, StreamError, StreamSettings,
+};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sluice_shardlog::Entry;
@@ -248,7 +250,7 @@ fn delete_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn mode(st: &Stream) -> Value {
-    json!({ "StreamMode": st.settings().mode() })
+    json!({ "StreamMode": st.with_settings(StreamSettings::mode) })
 }
 
 /// `EnhancedMonitoring`, `EncryptionType` and `KeyId` of a description.
@@ -341,7 +343,7 @@ fn describe_stream_summary(call: &Call<'_>, req: &Value) -> Result<Value, ApiErr
         "RetentionPeriodHours": st.retention_hours(),
         "StreamCreationTimestamp": st.created_ms as f64 / 1000.0,
         "OpenShardCount": st.shards.len(),
-        "ConsumerCount": st.settings().consumers.len(),
+        "ConsumerCount": st.with_settings(|s| s.consumers.len()),
     });
     describe_settings(&st, &mut d);
     Ok(json!({ "StreamDescriptionSummary": d }))
@@ -393,7 +395,7 @@ struct PutEntry {
 
 /// Validates one record's members; `prefix` is `` for PutRecord, `records.N.member.` for PutRecords.
 fn check_record(
-    rec: &PutRecordInput,
+    rec: &mut PutRecordInput,
     prefix: &str,
     max_data: u64,
     v: &mut Violations,
@@ -428,7 +430,7 @@ fn check_record(
         ),
         _ => {}
     }
-    let bytes = super::request::check_data(rec.data.as_ref(), &field("data"), max_data, v);
+    let bytes = super::request::check_data(rec.data.take(), &field("data"), max_data, v);
     let mut hash = None;
     if let Some(h) = explicit {
         if h.is_empty()
@@ -538,7 +540,7 @@ fn throttled(st: &Stream, shard: u32, account: &str) -> String {
 }
 
 async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
-    let r = PutRecordInput::read_shape(req)?;
+    let mut r = PutRecordInput::read_shape(req)?;
     let mut v = Violations::default();
     let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
@@ -546,7 +548,7 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         .as_ref()
         .map(|s| s.max_record_size)
         .unwrap_or(1 << 20);
-    let entry = check_record(&r, "", max, &mut v)?;
+    let entry = check_record(&mut r, "", max, &mut v)?;
     v.finish()?;
     let st = st_opt.ok_or_else(|| {
         ApiError::stream_not_found(name.as_deref().unwrap_or(""), &call.state.account)
@@ -557,7 +559,7 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = append(st.clone(), vec![entry], &call.state.account).await?;
     match r[0] {
         Ok((s, seq)) => Ok(
-            json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": st.settings().encryption_type() }),
+            json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": st.with_settings(StreamSettings::encryption_type) }),
         ),
         Err(s) => Err(ApiError::new(
             "ProvisionedThroughputExceededException",
@@ -576,7 +578,7 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         r.stream_arn.as_deref(),
         &mut stream_v,
     )?;
-    let records = super::request::check_records(
+    super::request::check_records(
         r.records.as_deref(),
         MAX_PUT_RECORDS,
         "com.amazonaws.kinesis.v20131202.PutRecordsRequestEntry",
@@ -587,9 +589,11 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         .as_ref()
         .map(|s| s.max_record_size)
         .unwrap_or(1 << 20);
+    let records = r.records.unwrap_or_default();
     let mut entries = Vec::with_capacity(records.len());
-    for (i, r) in records.iter().enumerate() {
-        if let Some(e) = check_record(r, &format!("records.{}.member.", i + 1), max, &mut v)? {
+    for (i, mut rec) in records.into_iter().enumerate() {
+        if let Some(e) = check_record(&mut rec, &format!("records.{}.member.", i + 1), max, &mut v)?
+        {
             entries.push(e);
         }
     }
@@ -612,7 +616,7 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             Ok((s, seq)) => json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq) }),
             Err(s) => json!({ "ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": throttled(&st, s, &call.state.account) }),
         }).collect::<Vec<_>>(),
-        "EncryptionType": st.settings().encryption_type(),
+        "EncryptionType": st.with_settings(StreamSettings::encryption_type),
     }))
 }
 

@@ -69,16 +69,11 @@ pub fn show_map(items: &[(&str, &str)]) -> String {
 /// The `Records` list of a batch put, validated: 1 to `max` entries (the count items of
 /// a `ValidationException`, the list printed as AWS's Java front end prints it: `class`
 /// names the entry shape, e.g. `com.amazonaws.kinesis.v20131202.PutRecordsRequestEntry`).
-pub fn check_records<'a, T>(
-    records: Option<&'a [T]>,
-    max: usize,
-    class: &str,
-    v: &mut Violations,
-) -> &'a [T] {
+pub fn check_records<T>(records: Option<&[T]>, max: usize, class: &str, v: &mut Violations) {
     let recs = match records {
         None => {
             v.null("records");
-            return &[];
+            return;
         }
         Some(r) => r,
     };
@@ -99,12 +94,11 @@ pub fn check_records<'a, T>(
             &format!("Member must have length less than or equal to {max}"),
         );
     }
-    recs
 }
 
-/// A record's `Data`, validated: present, at most `max` bytes.
+/// A record's `Data`, validated: present, at most `max` bytes (handed on, not copied).
 pub fn check_data(
-    data: Option<&super::shapes::Blob>,
+    data: Option<super::shapes::Blob>,
     field: &str,
     max: u64,
     v: &mut Violations,
@@ -120,5 +114,5 @@ pub fn check_data(
             &format!("Member must have length less than or equal to {max}"),
         );
     }
-    Some(b.0.clone())
+    Some(b.0)
 }

@@ -234,7 +234,15 @@ impl Stream {
         })
     }
 
-    /// The API-managed settings, as they stand.
+    /// Reads the settings in place (no copy: PutRecord reads the encryption type).
+    pub fn with_settings<R>(&self, f: impl FnOnce(&StreamSettings) -> R) -> R {
+        match self.settings.read() {
+            Ok(s) => f(&s),
+            Err(_) => f(&StreamSettings::default()),
+        }
+    }
+
+    /// The API-managed settings, as they stand (a copy).
     pub fn settings(&self) -> StreamSettings {
         self.settings.read().map(|s| s.clone()).unwrap_or_default()
     }
