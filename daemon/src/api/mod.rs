@@ -193,31 +193,27 @@ fn as_cbor(resp: Response, text: &str) -> Response {
     )
 }
 
-/// [`precheck_json`], answered in CBOR for a CBOR request.
+/// A protocol-level answer: status, exact body, content type (none for AWS's XML
+/// documents).
+struct Answer(StatusCode, &'static str, Option<&'static str>);
+
+/// [`precheck_json`]'s answer as a response: its JSON documents in CBOR for a CBOR request.
 fn precheck(
     headers: &HeaderMap,
     target: &str,
     body: &[u8],
     json: &[u8],
 ) -> Result<serde_json::Value, Box<Response>> {
-    let resp = match precheck_json(headers, target, body, json) {
-        Ok(req) => return Ok(req),
-        Err(resp) => resp,
-    };
-    let is_json_answer = resp
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v == "application/x-amz-json-1.1");
-    if is_cbor(headers) && is_json_answer {
-        // The protocol answers are `{"__type": ...}` documents.
-        let kind = if body.is_empty() || request::body(json).is_err() {
-            r#"{"__type":"SerializationException"}"#
-        } else {
-            r#"{"__type":"UnknownOperationException"}"#
-        };
-        return Err(Box::new(as_cbor(*resp, kind)));
-    }
-    Err(resp)
+    precheck_json(headers, target, body, json).map_err(|Answer(status, text, ct)| {
+        let resp = protocol(status, text, ct);
+        Box::new(
+            if is_cbor(headers) && ct == Some("application/x-amz-json-1.1") {
+                as_cbor(resp, text)
+            } else {
+                resp
+            },
+        )
+    })
 }
 
 /// The protocol checks AWS makes before an operation runs, in its order: an empty body,
@@ -229,7 +225,7 @@ fn precheck_json(
     target: &str,
     body: &[u8],
     json_body: &[u8],
-) -> Result<serde_json::Value, Box<Response>> {
+) -> Result<serde_json::Value, Answer> {
     let parts = target
         .split_once('.')
         .filter(|(s, o)| !s.is_empty() && !o.is_empty());
@@ -244,7 +240,7 @@ fn precheck_json(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim());
     if body.is_empty() {
-        return Err(Box::new(protocol(
+        return Err(Answer(
             StatusCode::BAD_REQUEST,
             if known {
                 r#"{"__type":"SerializationException"}"#
@@ -252,45 +248,39 @@ fn precheck_json(
                 r#"{"__type":"UnknownOperationException"}"#
             },
             Some(json),
-        )));
+        ));
     }
     match ct {
         Some("application/x-amz-json-1.1") | Some("application/x-amz-cbor-1.1") => {}
         Some("application/json") => {
-            return Err(Box::new(protocol(
+            return Err(Answer(
                 StatusCode::NOT_FOUND,
                 r#"{"Output":{"__type":"com.amazon.coral.service#UnknownOperationException"},"Version":"1.0"}"#,
                 Some("application/json"),
-            )))
+            ))
         }
-        _ if parts.is_none() => {
-            return Err(Box::new(protocol(
-                StatusCode::FORBIDDEN,
-                ACCESS_DENIED,
-                None,
-            )))
-        }
+        _ if parts.is_none() => return Err(Answer(StatusCode::FORBIDDEN, ACCESS_DENIED, None)),
         _ => {
-            return Err(Box::new(protocol(
+            return Err(Answer(
                 StatusCode::NOT_FOUND,
                 "<UnknownOperationException/>\n",
                 None,
-            )))
+            ))
         }
     }
     let Ok(req) = request::body(json_body) else {
-        return Err(Box::new(protocol(
+        return Err(Answer(
             StatusCode::BAD_REQUEST,
             r#"{"__type":"SerializationException"}"#,
             Some(json),
-        )));
+        ));
     };
     if !known {
-        return Err(Box::new(protocol(
+        return Err(Answer(
             StatusCode::BAD_REQUEST,
             r#"{"__type":"UnknownOperationException"}"#,
             Some(json),
-        )));
+        ));
     }
     Ok(req)
 }

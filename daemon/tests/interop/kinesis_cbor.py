@@ -84,4 +84,20 @@ try:
 except urllib.error.HTTPError as e:
     assert e.code == 400 and cbor2.loads(e.read()) == {"__type": "SerializationException"}
 
+# Protocol answers come in CBOR too, each with its own type: an empty body is a
+# SerializationException for a known operation, an UnknownOperationException otherwise.
+for target, want in [("ListStreams", "SerializationException"), ("Nope", "UnknownOperationException")]:
+    req = urllib.request.Request(
+        endpoint,
+        data=b"",
+        headers={"Content-Type": "application/x-amz-cbor-1.1", "X-Amz-Target": f"Kinesis_20131202.{target}"},
+        method="POST",
+    )
+    try:
+        urllib.request.urlopen(req)
+        raise AssertionError("empty body accepted")
+    except urllib.error.HTTPError as e:
+        assert e.headers["Content-Type"] == "application/x-amz-cbor-1.1", e.headers
+        assert e.code == 400 and cbor2.loads(e.read()) == {"__type": want}, target
+
 print("ok")
