@@ -69,7 +69,6 @@ impl Supervisor {
     ) -> Self {
         Supervisor {
             ctx: Arc::new(RuntimeCtx {
-                data_dir: services.as_ref().map(|s| s.data_dir.clone()),
                 services,
                 memory,
                 crash_markers_read: Default::default(),

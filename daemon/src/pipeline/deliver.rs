@@ -93,8 +93,7 @@ pub(crate) async fn driver(
     let stop_deadline = ctx.stop_deadline;
     let name = shared.name.clone();
     let spool_dir = ctx
-        .data_dir
-        .as_deref()
+        .data_dir()
         .and_then(|d| crate::names::child(&d.join("spool"), &name).ok());
     let replayable = journal.is_some();
     let budget = ctx.memory.clone();

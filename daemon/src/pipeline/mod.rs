@@ -24,7 +24,7 @@ use crate::plugins::{
 };
 use crate::record::Record;
 use crate::spec::{ComponentSpec, PipelineSpec};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -229,8 +229,6 @@ impl PipelineShared {
 
 /// What every pipeline needs from the daemon.
 pub struct RuntimeCtx {
-    /// Where pipelines keep their state (intent logs, spool and quarantine files).
-    pub data_dir: Option<PathBuf>,
     /// Streams and data directory for the bundled `stream` plugins.
     pub services: Option<Arc<crate::plugins::HostServices>>,
     /// The buffer memory budget all pipelines share.
@@ -244,6 +242,14 @@ pub struct RuntimeCtx {
     pub base_dir: PathBuf,
     /// Deadline for plugin `stop` calls.
     pub stop_deadline: Duration,
+}
+
+impl RuntimeCtx {
+    /// Where pipelines keep their state (intent logs, spool and quarantine files): the
+    /// services' data directory.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.services.as_deref().map(|s| s.data_dir.as_path())
+    }
 }
 
 /// A spawned pipeline.
@@ -468,7 +474,7 @@ async fn run_once(
                 out_rx,
                 ack_tx,
                 d.clone(),
-                deliver::journal(spec, ctx.data_dir.as_deref()),
+                deliver::journal(spec, ctx.data_dir()),
                 shared.clone(),
                 ctx.clone(),
             ),

@@ -251,7 +251,7 @@ impl<'a> Chain<'a> {
             guard: if dynamic {
                 CrashGuard::open(
                     pipeline,
-                    ctx.data_dir.as_deref(),
+                    ctx.data_dir(),
                     ctx.crash_markers_read
                         .lock()
                         .map(|mut seen| seen.insert(pipeline.to_string()))
