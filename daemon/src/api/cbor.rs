@@ -163,6 +163,13 @@ mod tests {
             Cbor::Integer(1250i64.into())
         );
         assert_eq!(get("SequenceNumber"), Cbor::Text("49".into()));
+        // An epoch tag 1 carries seconds, as in JSON.
+        let tagged = Cbor::Map(vec![(
+            Cbor::Text("Timestamp".into()),
+            Cbor::Tag(1, Box::new(Cbor::Float(2.5))),
+        )]);
+        let json: Json = serde_json::from_slice(&request_to_json(&cbor(&tagged)).unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!({"Timestamp": 2.5}));
         assert!(request_to_json(b"\xff\x00").is_none());
         assert!(request_to_json(&cbor(&Cbor::Array(vec![]))).is_none());
     }
