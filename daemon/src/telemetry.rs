@@ -440,10 +440,11 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
             "name": st.name,
             "origin": st.origin,
             "retention_hours": st.retention_hours(),
-            "shards": st.shards.iter().map(|sh| {
+            "shards": st.shards().all.iter().map(|sh| {
                 let age = sh.log.arrival_range().map(|(o, _)| (crate::record::now_ms() - o).max(0) as f64 / 1000.0);
                 serde_json::json!({
                     "id": sh.id,
+                    "open": sh.closed().is_none(),
                     "records": sh.log.records(),
                     "bytes": sh.log.total_bytes(),
                     "last_sequence_number": sh.log.last_seq().map(|n| crate::stream::sequence_string(sh.index, n)),

@@ -186,24 +186,6 @@ fn run_refuses_an_invalid_config_with_the_same_message() {
 }
 
 #[test]
-fn changing_a_streams_shard_count_is_refused() {
-    let body = "[streams.events]\nshards = 2\n";
-    let s = Setup::new("", &[("s", body)]);
-    let dir = s.path("var/streams/events");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("stream.json"),
-        r#"{"shards":4,"created_ms":0,"origin":"config","retention_hours":24}"#,
-    )
-    .unwrap();
-    let (code, _, err) = s.cli(&["check"]);
-    assert_eq!(code, 1);
-    let file = s.path("pipelines").join("s.toml");
-    assert!(err.contains(&at(&file, body, "shards")), "{err}");
-    assert!(err.contains("stream `events` has 4 shards on disk; changing the shard count (resharding) is not supported yet"), "{err}");
-}
-
-#[test]
 fn stream_settings_are_validated() {
     assert_error(
         "[streams.e]\nshards = 0\n",

@@ -76,7 +76,12 @@ async fn append(st: Arc<Stream>, data: Vec<Vec<u8>>) -> Result<Vec<String>, ApiE
                 arrival_ms: now,
             })
             .collect();
-        st.shards[0].append(&entries)
+        // The internal stream has one shard and is never resharded.
+        let set = st.shards();
+        let shard = set.open().first().cloned();
+        shard.map_or(Err(crate::stream::StreamError::ShardClosed(0)), |sh| {
+            sh.append(&entries)
+        })
     })
     .await
     .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?

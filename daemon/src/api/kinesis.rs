@@ -5,13 +5,13 @@ use super::error::{ApiError, Violations};
 use super::iterator::{IteratorError, Position};
 use super::shapes::{
     CreateStreamInput, DescribeStreamInput, GetRecordsInput, GetShardIteratorInput,
-    ListShardsInput, ListStreamsInput, PutRecordInput, PutRecordsInput, Shape, StreamRef,
+    ListStreamsInput, PutRecordInput, PutRecordsInput, Shape, StreamRef,
 };
 use super::Call;
 use crate::record::now_ms;
 use crate::spec::MAX_SHARDS;
 use crate::stream::{
-    hash_key, parse_sequence, sequence_string, shard_id, Stream, StreamError, StreamSettings,
+    hash_key, parse_sequence, sequence_string, shard_id, Shard, Stream, StreamError, StreamSettings,
 };
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -26,6 +26,9 @@ pub const OPERATIONS: &[&str] = &[
     "DescribeStream",
     "DescribeStreamSummary",
     "ListShards",
+    "SplitShard",
+    "MergeShards",
+    "UpdateShardCount",
     "PutRecord",
     "PutRecords",
     "GetShardIterator",
@@ -44,7 +47,7 @@ pub fn all_operations() -> impl Iterator<Item = &'static str> {
 
 /// The shard index a `ShardId` names, as AWS reads it: the digits after the first `-`
 /// (or the whole value), at most 2147483647.
-fn shard_index(raw: &str) -> Option<u32> {
+pub(super) fn shard_index(raw: &str) -> Option<u32> {
     let digits = raw.split_once('-').map_or(raw, |(_, d)| d);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -91,7 +94,10 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
         "ListStreams" => list_streams(call, req),
         "DescribeStream" => describe_stream(call, req),
         "DescribeStreamSummary" => describe_stream_summary(call, req),
-        "ListShards" => list_shards(call, req),
+        "ListShards" => super::reshard::list_shards(call, req),
+        "SplitShard" => super::reshard::split_shard(call, req),
+        "MergeShards" => super::reshard::merge_shards(call, req),
+        "UpdateShardCount" => super::reshard::update_shard_count(call, req),
         "PutRecord" => put_record(call, req).await,
         "PutRecords" => put_records(call, req).await,
         "GetShardIterator" => get_shard_iterator(call, req),
@@ -284,20 +290,31 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         "StreamSummaries": page.iter().map(|s| json!({
             "StreamName": s.name,
             "StreamARN": call.stream_arn(&s.name),
-            "StreamStatus": "ACTIVE",
+            "StreamStatus": s.status(),
             "StreamModeDetails": mode(s),
             "StreamCreationTimestamp": s.created_ms as f64 / 1000.0,
         })).collect::<Vec<_>>(),
     }))
 }
 
-fn shard_json(st: &Stream, i: usize) -> Value {
-    let s = &st.shards[i];
-    json!({
+/// A shard as DescribeStream and ListShards show it.
+pub(super) fn shard_json(s: &Shard) -> Value {
+    let mut range = json!({ "StartingSequenceNumber": sequence_string(s.index, 0) });
+    if let Some(c) = s.closed() {
+        range["EndingSequenceNumber"] = json!(sequence_string(s.index, c.at_seq.saturating_sub(1)));
+    }
+    let mut out = json!({
         "ShardId": s.id,
         "HashKeyRange": { "StartingHashKey": s.start.to_string(), "EndingHashKey": s.end.to_string() },
-        "SequenceNumberRange": { "StartingSequenceNumber": sequence_string(s.index, 0) },
-    })
+        "SequenceNumberRange": range,
+    });
+    if let Some(p) = s.parent {
+        out["ParentShardId"] = json!(shard_id(p));
+    }
+    if let Some(p) = s.adjacent_parent {
+        out["AdjacentParentShardId"] = json!(shard_id(p));
+    }
+    out
 }
 
 fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -310,21 +327,16 @@ fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let limit = limit as usize;
     let after = r.exclusive_start_shard_id.as_deref().unwrap_or("");
-    let idx: Vec<usize> = (0..st.shards.len())
-        .filter(|&i| st.shards[i].id.as_str() > after)
-        .collect();
-    let page: Vec<Value> = idx
-        .iter()
-        .take(limit)
-        .map(|&i| shard_json(&st, i))
-        .collect();
+    let set = st.shards();
+    let after: Vec<&Arc<Shard>> = set.all.iter().filter(|s| s.id.as_str() > after).collect();
+    let page: Vec<Value> = after.iter().take(limit).map(|s| shard_json(s)).collect();
     let mut d = json!({
         "StreamName": st.name,
         "StreamARN": call.stream_arn(&st.name),
-        "StreamStatus": "ACTIVE",
+        "StreamStatus": st.status(),
         "StreamModeDetails": mode(&st),
         "Shards": page,
-        "HasMoreShards": idx.len() > limit,
+        "HasMoreShards": after.len() > limit,
         "RetentionPeriodHours": st.retention_hours(),
         "StreamCreationTimestamp": st.created_ms as f64 / 1000.0,
     });
@@ -338,52 +350,15 @@ fn describe_stream_summary(call: &Call<'_>, req: &Value) -> Result<Value, ApiErr
     let mut d = json!({
         "StreamName": st.name,
         "StreamARN": call.stream_arn(&st.name),
-        "StreamStatus": "ACTIVE",
+        "StreamStatus": st.status(),
         "StreamModeDetails": mode(&st),
         "RetentionPeriodHours": st.retention_hours(),
         "StreamCreationTimestamp": st.created_ms as f64 / 1000.0,
-        "OpenShardCount": st.shards.len(),
+        "OpenShardCount": st.shards().open().len(),
         "ConsumerCount": st.with_settings(|s| s.consumers.len()),
     });
     describe_settings(&st, &mut d);
     Ok(json!({ "StreamDescriptionSummary": d }))
-}
-
-fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
-    // NextToken (from a previous page) carries the stream name and the last shard id.
-    let r = ListShardsInput::read_shape(req)?;
-    let (st, after) = match r.next_token.as_deref() {
-        Some(tok) => {
-            let raw = B64
-                .decode(tok)
-                .map_err(|_| ApiError::invalid_argument("Invalid NextToken."))?;
-            let text = String::from_utf8(raw)
-                .map_err(|_| ApiError::invalid_argument("Invalid NextToken."))?;
-            let (name, after) = text
-                .split_once('\n')
-                .ok_or_else(|| ApiError::invalid_argument("Invalid NextToken."))?;
-            (lookup(call, name)?, after.to_string())
-        }
-        None => (
-            named_stream(call, r.stream_name.as_deref(), r.stream_arn.as_deref())?,
-            r.exclusive_start_shard_id.clone().unwrap_or_default(),
-        ),
-    };
-    let max = r.max_results.unwrap_or(1000);
-    let mut v = Violations::default();
-    v.range(max, "maxResults", 10_000);
-    v.finish()?;
-    let idx: Vec<usize> = (0..st.shards.len())
-        .filter(|&i| st.shards[i].id > after)
-        .collect();
-    let page: Vec<usize> = idx.iter().copied().take(max as usize).collect();
-    let mut out = json!({ "Shards": page.iter().map(|&i| shard_json(&st, i)).collect::<Vec<_>>() });
-    if idx.len() > page.len() {
-        if let Some(&last) = page.last() {
-            out["NextToken"] = json!(B64.encode(format!("{}\n{}", st.name, st.shards[last].id)));
-        }
-    }
-    Ok(out)
 }
 
 /// One validated record of a put.
@@ -466,7 +441,9 @@ fn check_record(
 
 /// Appends entries (grouped per shard, shards in parallel, each a single group commit);
 /// returns per entry, in request order, (shard index, shard-local seq) or, when the
-/// shard's write limit refused it, `Err(shard index)`.
+/// shard's write limit refused it, `Err(shard index)`. Entries that reach a shard a
+/// resharding closed meanwhile are routed again, to its children (at most a few rounds:
+/// a resharding settles before the next one).
 async fn append(
     st: Arc<Stream>,
     entries: Vec<PutEntry>,
@@ -475,60 +452,73 @@ async fn append(
     let now = now_ms();
     let n = entries.len();
     let mut out: Vec<Result<(u32, u64), u32>> = vec![Err(0); n];
-    let mut per_shard: Vec<Vec<(usize, PutEntry)>> =
-        (0..st.shards.len()).map(|_| Vec::new()).collect();
-    for (i, e) in entries.into_iter().enumerate() {
-        let s = st.route(e.hash).index as usize;
-        if st.admit(s, e.data.len()) {
-            per_shard[s].push((i, e));
-        } else {
-            out[i] = Err(s as u32);
+    let mut pending: Vec<(usize, PutEntry)> = entries.into_iter().enumerate().collect();
+    let mut admitted = vec![false; n];
+    for _round in 0..8 {
+        if pending.is_empty() {
+            return Ok(out);
         }
-    }
-    let mut tasks = Vec::new();
-    for (s, group) in per_shard.into_iter().enumerate() {
-        if group.is_empty() {
-            continue;
+        let set = st.shards();
+        let mut per_shard: std::collections::BTreeMap<u32, Vec<(usize, PutEntry)>> =
+            Default::default();
+        for (i, e) in pending.drain(..) {
+            let s = set.route(e.hash).index;
+            // The write limit is charged once per record, not again when it is rerouted.
+            if admitted[i] || st.admit(s, e.data.len()) {
+                admitted[i] = true;
+                per_shard.entry(s).or_default().push((i, e));
+            } else {
+                out[i] = Err(s);
+            }
         }
-        let st = st.clone();
-        tasks.push(tokio::task::spawn_blocking(move || {
-            let batch: Vec<Entry<'_>> = group
-                .iter()
-                .map(|(_, e)| Entry {
-                    key: e.key.as_bytes(),
-                    data: &e.data,
-                    arrival_ms: now,
-                })
-                .collect();
-            let r = st.shards[s].append(&batch);
-            r.map(|(first, _)| {
-                group
+        let mut tasks = Vec::new();
+        for (s, group) in per_shard {
+            let Some(sh) = set.get(s).cloned() else {
+                continue;
+            };
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let batch: Vec<Entry<'_>> = group
                     .iter()
-                    .enumerate()
-                    .map(|(k, (i, _))| (*i, s as u32, first + k as u64))
-                    .collect::<Vec<_>>()
-            })
-        }));
-    }
-    for t in tasks {
-        let done = t
-            .await
-            .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
-        let done = done.map_err(|e| match e {
-            // Deleted while this call was on its way: as AWS answers for a missing stream.
-            crate::stream::StreamError::Storage(crate::stream::StorageError::Retired) => {
-                ApiError::stream_not_found(&st.name, account)
+                    .map(|(_, e)| Entry {
+                        key: e.key.as_bytes(),
+                        data: &e.data,
+                        arrival_ms: now,
+                    })
+                    .collect();
+                let r = sh.append(&batch).map(|(first, _)| first);
+                (s, group, r)
+            }));
+        }
+        for t in tasks {
+            let (s, group, r) = t
+                .await
+                .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
+            match r {
+                Ok(first) => {
+                    for (k, (i, _)) in group.iter().enumerate() {
+                        out[*i] = Ok((s, first + k as u64));
+                    }
+                }
+                Err(StreamError::ShardClosed(_)) => pending.extend(group),
+                // Deleted while this call was on its way: as AWS answers for a missing stream.
+                Err(StreamError::Storage(crate::stream::StorageError::Retired)) => {
+                    return Err(ApiError::stream_not_found(&st.name, account))
+                }
+                Err(e) => {
+                    tracing::error!(stream = %st.name, error = %e, "append failed");
+                    return Err(ApiError::internal(format!("append failed: {e}")));
+                }
             }
-            e => {
-                tracing::error!(stream = %st.name, error = %e, "append failed");
-                ApiError::internal(format!("append failed: {e}"))
-            }
-        })?;
-        for (i, s, seq) in done {
-            out[i] = Ok((s, seq));
         }
     }
-    Ok(out)
+    if pending.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::internal(format!(
+            "stream {} kept being resharded while records were appended; try again",
+            st.name
+        )))
+    }
 }
 
 fn throttled(st: &Stream, shard: u32, account: &str) -> String {
@@ -676,7 +666,8 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         )
     };
     let st = lookup(call, &name).map_err(|_| no_shard())?;
-    let sh = st.shards.get(index as usize).ok_or_else(no_shard)?;
+    let set = st.shards();
+    let sh = set.get(index).ok_or_else(no_shard)?;
     let typ = typ.unwrap_or_default();
     let either = |what: &str| {
         ApiError::invalid_argument(format!(
@@ -706,7 +697,8 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     };
     let seq = match typ {
         "TRIM_HORIZON" => sh.log.first_seq(),
-        "LATEST" => sh.log.next_seq(),
+        // On a closed shard: its end, where GetRecords answers with the children.
+        "LATEST" => sh.closed().map_or_else(|| sh.log.next_seq(), |c| c.at_seq),
         "AT_SEQUENCE_NUMBER" => seq_arg()?,
         "AFTER_SEQUENCE_NUMBER" => seq_arg()?.saturating_add(1),
         _ => {
@@ -773,18 +765,19 @@ async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         }
     };
     let st = lookup(call, &pos.stream)?;
-    let Some(sh_index) = st.shards.get(pos.shard as usize).map(|s| s.index) else {
+    let Some(sh) = st.shards().get(pos.shard).cloned() else {
         return Err(ApiError::invalid_argument("Invalid ShardIterator."));
     };
-    let st2 = st.clone();
+    // Read before the closed mark: a shard closed meanwhile still counts as open for
+    // this answer, whose records then end before its end.
+    let closed = sh.closed();
     let from = pos.seq;
-    let recs = tokio::task::spawn_blocking(move || {
-        st2.shards[sh_index as usize].read(from, limit as usize, MAX_GET_BYTES)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("read task failed: {e}")))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    let sh = &st.shards[sh_index as usize];
+    let reader = sh.clone();
+    let recs =
+        tokio::task::spawn_blocking(move || reader.read(from, limit as usize, MAX_GET_BYTES))
+            .await
+            .map_err(|e| ApiError::internal(format!("read task failed: {e}")))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
     let next = recs
         .last()
         .map(|r| r.seq + 1)
@@ -796,6 +789,9 @@ async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         Some(r) if newest.is_some_and(|n| r.seq < n) => (now - r.arrival_ms).max(0),
         _ => 0,
     };
+    // The end of a closed shard: no record at or after `next` (every record is below
+    // the closing number, and none comes any more).
+    let at_end = closed.is_some_and(|c| next >= c.at_seq || newest.is_none_or(|n| n < next));
     let consumer = "get-records";
     metrics::counter!("sluice_shard_outgoing_records_total", "stream" => st.name.clone(), "shard" => sh.id.clone(), "consumer" => consumer)
         .increment(recs.len() as u64);
@@ -812,6 +808,14 @@ async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             })
         })
         .collect();
+    if at_end {
+        // As Kinesis: no next iterator, and the shards to read next.
+        return Ok(json!({
+            "Records": records,
+            "MillisBehindLatest": 0,
+            "ChildShards": child_shards(&st, sh.index),
+        }));
+    }
     let next_token = call.state.iterators.encode(&Position {
         stream: st.name.clone(),
         shard: sh.index,
@@ -819,4 +823,27 @@ async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         issued_ms: now,
     });
     Ok(json!({ "Records": records, "NextShardIterator": next_token, "MillisBehindLatest": behind }))
+}
+
+/// `ChildShards` of shard `index`: each child with its parents and range.
+pub(super) fn child_shards(st: &Stream, index: u32) -> Value {
+    let set = st.shards();
+    Value::Array(
+        set.children(index)
+            .into_iter()
+            .map(|c| {
+                let parents: Vec<String> = c
+                    .parent
+                    .into_iter()
+                    .chain(c.adjacent_parent)
+                    .map(shard_id)
+                    .collect();
+                json!({
+                    "ShardId": c.id,
+                    "ParentShards": parents,
+                    "HashKeyRange": { "StartingHashKey": c.start.to_string(), "EndingHashKey": c.end.to_string() },
+                })
+            })
+            .collect(),
+    )
 }

@@ -622,7 +622,7 @@ fn describe_limits(call: &Call<'_>) -> Result<Value, ApiError> {
         .collect();
     Ok(json!({
         "ShardLimit": ACCOUNT_SHARD_LIMIT,
-        "OpenShardCount": streams.iter().map(|s| s.shards.len()).sum::<usize>(),
+        "OpenShardCount": streams.iter().map(|s| s.shards().open().len()).sum::<usize>(),
         "OnDemandStreamCount": streams.iter().filter(|s| s.settings().on_demand).count(),
         "OnDemandStreamCountLimit": ON_DEMAND_STREAM_LIMIT,
     }))

@@ -10,6 +10,7 @@ mod iterator;
 mod kinesis;
 mod manage;
 mod request;
+mod reshard;
 mod shapes;
 mod sigv4;
 

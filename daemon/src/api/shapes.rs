@@ -222,6 +222,47 @@ shape!(
         next_token: String = "NextToken",
         exclusive_start_shard_id: String = "ExclusiveStartShardId",
         max_results: i64 = "MaxResults",
+        stream_creation_timestamp: Timestamp = "StreamCreationTimestamp",
+        shard_filter: ShardFilter = "ShardFilter",
+    }
+);
+
+shape!(
+    /// `ShardFilter` of ListShards.
+    ShardFilter {
+        kind: String = "Type",
+        shard_id: String = "ShardId",
+        timestamp: Timestamp = "Timestamp",
+    }
+);
+
+shape!(
+    /// SplitShard.
+    SplitShardInput {
+        stream_name: String = "StreamName",
+        shard_to_split: String = "ShardToSplit",
+        new_starting_hash_key: String = "NewStartingHashKey",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// MergeShards.
+    MergeShardsInput {
+        stream_name: String = "StreamName",
+        shard_to_merge: String = "ShardToMerge",
+        adjacent_shard_to_merge: String = "AdjacentShardToMerge",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// UpdateShardCount.
+    UpdateShardCountInput {
+        stream_name: String = "StreamName",
+        target_shard_count: i64 = "TargetShardCount",
+        scaling_type: String = "ScalingType",
+        stream_arn: String = "StreamARN",
     }
 );
 

@@ -423,7 +423,7 @@ pub fn load_with(
                 ));
                 continue;
             }
-            match build_stream(&src, &name, st, &daemon.data_dir) {
+            match build_stream(&src, &name, st) {
                 Ok(spec) => {
                     streams.insert(name, spec);
                 }
@@ -486,12 +486,7 @@ pub fn load_with(
     })
 }
 
-fn build_stream(
-    src: &SourceFile,
-    name: &str,
-    st: StreamToml,
-    data_dir: &Path,
-) -> Result<StreamSpec, ConfigError> {
+fn build_stream(src: &SourceFile, name: &str, st: StreamToml) -> Result<StreamSpec, ConfigError> {
     let at = |k: &str| [key("streams"), key(name), key(k)];
     if st.shards == 0 || st.shards > MAX_SHARDS {
         return Err(src.error_at_path(
@@ -510,17 +505,6 @@ fn build_stream(
     }
     let fsync =
         Fsync::parse(&st.fsync).map_err(|m| src.error_at_path(&at("fsync"), m.to_string()))?;
-    // Resharding is not built yet: a changed shard count is refused, not applied.
-    if let Some(existing) = crate::stream::stored_shard_count(data_dir, name) {
-        if existing != st.shards {
-            return Err(src.error_at_path(
-                &at("shards"),
-                format!(
-                    "stream `{name}` has {existing} shards on disk; changing the shard count (resharding) is not supported yet"
-                ),
-            ));
-        }
-    }
     let write_limit = match st.write_limit {
         None => None,
         Some(w) => {

@@ -12,7 +12,7 @@
 #![allow(unexpected_cfgs)] // `declare_library!` checks a `dylib` feature this crate does not have
 
 use super::HostServices;
-use crate::stream::{hash_key, Stream};
+use crate::stream::{hash_key, Shard, ShardSet, Stream, StreamError};
 use sluice_plugin_api::{
     declare_library, Batch, Completion, Context, Error, NewRecord, Output, Plugin, Poll, Position,
     Sink, Source, Submitted,
@@ -66,19 +66,33 @@ fn default_batch() -> u32 {
     500
 }
 
-/// Reads a stream shard by shard, round-robin, checkpointing on ack.
+/// Reads a stream shard by shard, round-robin, checkpointing on ack. Follows resharding
+/// as the KCL does: a shard is read only once its parents (split or merged from) have
+/// been read to their end, so records of one partition key come out in order.
 pub struct StreamSource {
     cfg: SourceConfig,
     services: Option<Arc<HostServices>>,
     pipeline: String,
     st: Option<Arc<Stream>>,
-    /// Next sequence to read, per shard (read position, ahead of the checkpoint).
-    read_pos: Vec<u64>,
-    /// Next sequence to read, per shard, as delivered (the checkpoint).
-    committed: Vec<u64>,
+    /// The shard set positions were last matched against.
+    set: Option<Arc<ShardSet>>,
+    /// The checkpoint as loaded (by shard id), for shards not met yet.
+    loaded: BTreeMap<String, u64>,
+    /// Whether `start = latest` applies to shards met for the first time: only on a first
+    /// start (no checkpoint at all), and only to the shards of that first set.
+    latest_for_new: bool,
+    /// Next sequence to read, per shard index (read position, ahead of the checkpoint).
+    read_pos: BTreeMap<u32, u64>,
+    /// Next sequence to read, per shard index, as delivered (the checkpoint).
+    committed: BTreeMap<u32, u64>,
+    /// Closed shards read to their end after their own parents were: a shard's children
+    /// may be read once it is here. (Not persisted: after a restart each closed shard
+    /// is confirmed again by one empty read, in lineage order.)
+    done: std::collections::BTreeSet<u32>,
     /// Positions reached by each polled batch, in poll order.
-    in_flight: VecDeque<(u64, usize, u64)>,
-    next_shard: usize,
+    in_flight: VecDeque<(u64, u32, u64)>,
+    /// Round-robin cursor: the shard index to try first.
+    next_shard: u32,
     next_token: u64,
 }
 
@@ -142,8 +156,12 @@ impl Plugin for StreamSource {
             pipeline: ctx.pipeline().to_string(),
             services: services(ctx),
             st: None,
-            read_pos: Vec::new(),
-            committed: Vec::new(),
+            set: None,
+            loaded: BTreeMap::new(),
+            latest_for_new: false,
+            read_pos: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            done: Default::default(),
             in_flight: VecDeque::new(),
             next_shard: 0,
             next_token: 1,
@@ -165,22 +183,73 @@ impl Plugin for StreamSource {
                 (BTreeMap::new(), true)
             }
         };
-        self.read_pos = st
-            .shards
-            .iter()
-            .map(|s| match cp.get(&s.id) {
+        self.loaded = cp;
+        self.latest_for_new = self.cfg.start == Start::Latest
+            && !damaged
+            && matches!(
+                path.as_deref().map(load_checkpoint),
+                None | Some(Checkpoint::Missing)
+            );
+        self.read_pos.clear();
+        self.committed.clear();
+        self.done.clear();
+        self.set = None;
+        self.st = Some(st);
+        self.meet_shards();
+        // Shards of later sets (children made from now on) start at their beginning.
+        self.latest_for_new = false;
+        Ok(())
+    }
+}
+
+impl StreamSource {
+    /// Gives every shard of the current set a position (checkpoint, `start`, or its
+    /// beginning) the first time it is met.
+    fn meet_shards(&mut self) -> Option<Arc<ShardSet>> {
+        let st = self.st.clone()?;
+        let set = st.shards();
+        if self.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, &set)) {
+            return Some(set);
+        }
+        for sh in &set.all {
+            if self.read_pos.contains_key(&sh.index) {
+                continue;
+            }
+            let p = match self.loaded.get(&sh.id) {
                 // Never before the trim horizon: records past retention are gone.
-                Some(&n) => n.max(s.log.first_seq()),
-                None if self.cfg.start == Start::Latest && !damaged => s.log.next_seq(),
-                None => s.log.first_seq(),
-            })
-            .collect();
-        self.committed = self.read_pos.clone();
-        for (sh, &p) in st.shards.iter().zip(&self.committed) {
+                Some(&n) => n.max(sh.log.first_seq()),
+                None if self.latest_for_new => {
+                    sh.closed().map_or_else(|| sh.log.next_seq(), |c| c.at_seq)
+                }
+                None => sh.log.first_seq(),
+            };
+            self.read_pos.insert(sh.index, p);
+            self.committed.insert(sh.index, p);
             sh.set_delivered(&self.pipeline, p);
         }
-        self.st = Some(st);
-        Ok(())
+        // Shards that expired are forgotten.
+        self.read_pos.retain(|i, _| set.get(*i).is_some());
+        self.committed.retain(|i, _| set.get(*i).is_some());
+        self.done.retain(|i| set.get(*i).is_some());
+        self.set = Some(set.clone());
+        Some(set)
+    }
+
+    /// Read to its end, after its parents were (an intermediate shard with no records
+    /// of its own must not let its children pass before its parents are done).
+    fn finished(&self, set: &ShardSet, index: u32) -> bool {
+        // A shard that expired with its records has nothing left to read first.
+        set.get(index).is_none() || self.done.contains(&index)
+    }
+
+    /// Whether shard `sh` may be read now: not finished, and its parents are.
+    fn readable(&self, set: &ShardSet, sh: &Shard) -> bool {
+        !self.finished(set, sh.index)
+            && sh
+                .parent
+                .into_iter()
+                .chain(sh.adjacent_parent)
+                .all(|p| self.finished(set, p))
     }
 }
 
@@ -189,16 +258,37 @@ impl Source for StreamSource {
         let Some(st) = self.st.clone() else {
             return Err(Error::fatal("not started"));
         };
-        let n = st.shards.len();
+        let Some(set) = self.meet_shards() else {
+            return Err(Error::fatal("not started"));
+        };
         let budget = out.credit_records().min(u64::from(self.cfg.batch_size)) as usize;
-        // One shard per poll keeps each batch within a shard, so acks map to one position.
+        // Round-robin from the cursor; one shard per poll keeps each batch within a shard,
+        // so acks map to one position.
+        let n = set.all.len();
+        let first = set.all.partition_point(|s| s.index < self.next_shard);
         for k in 0..n {
-            let i = (self.next_shard + k) % n;
-            let sh = &st.shards[i];
+            let sh = set.all[(first + k) % n].clone();
+            if !self.readable(&set, &sh) {
+                continue;
+            }
+            let i = sh.index;
+            let from = self.read_pos.get(&i).copied().unwrap_or(0);
+            // Observed before reading: an empty read of a shard already closed is its end.
+            let closed = sh.closed();
             let recs = sh
-                .read(self.read_pos[i], budget, out.credit_bytes() as usize)
+                .read(from, budget, out.credit_bytes() as usize)
                 .map_err(|e| Error::retryable(format_args!("reading {}: {e}", sh.id)))?;
             if recs.is_empty() {
+                if let Some(c) = closed {
+                    // Its children become readable; nothing to deliver, so the
+                    // checkpoint moves too.
+                    self.read_pos.insert(i, from.max(c.at_seq));
+                    if self.in_flight.iter().all(|f| f.1 != i) {
+                        self.committed.insert(i, from.max(c.at_seq));
+                    }
+                    self.done.insert(i);
+                    tracing::debug!(pipeline = %self.pipeline, stream = %st.name, shard = %sh.id, "read a closed shard to its end");
+                }
                 continue;
             }
             let labels = [
@@ -223,19 +313,19 @@ impl Source for StreamSource {
                     partition_key: &r.key,
                     timestamp_ms: Some(r.arrival_ms),
                     position: Some(Position {
-                        partition: sh.index,
+                        partition: i,
                         offset: r.seq,
                     }),
                     attrs: &[],
                 });
             }
-            let last = recs.last().map(|r| r.seq + 1).unwrap_or(self.read_pos[i]);
-            self.read_pos[i] = last;
+            let last = recs.last().map(|r| r.seq + 1).unwrap_or(from);
+            self.read_pos.insert(i, last);
             let token = self.next_token;
             self.next_token += 1;
             self.in_flight.push_back((token, i, last));
             out.set_ack_token(token);
-            self.next_shard = (i + 1) % n;
+            self.next_shard = i.wrapping_add(1);
             return Ok(Poll::Ready);
         }
         out.set_poll_delay(Duration::from_millis(100));
@@ -251,26 +341,26 @@ impl Source for StreamSource {
             }
             self.in_flight.pop_front();
             if delivered && t == token {
-                self.committed[shard] = self.committed[shard].max(pos);
-                if let Some(sh) = self.st.as_ref().and_then(|st| st.shards.get(shard)) {
-                    sh.set_delivered(&self.pipeline, self.committed[shard]);
+                let c = self.committed.entry(shard).or_insert(0);
+                *c = (*c).max(pos);
+                let c = *c;
+                if let Some(sh) = self.set.as_ref().and_then(|set| set.get(shard)) {
+                    sh.set_delivered(&self.pipeline, c);
                 }
             }
         }
         if !delivered {
             return;
         }
-        let (Some(st), Some(path)) = (
-            self.st.as_ref(),
-            checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream),
-        ) else {
+        let Some(path) =
+            checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream)
+        else {
             return;
         };
-        let cp: BTreeMap<String, u64> = st
-            .shards
+        let cp: BTreeMap<String, u64> = self
+            .committed
             .iter()
-            .map(|s| s.id.clone())
-            .zip(self.committed.iter().copied())
+            .map(|(&i, &p)| (crate::stream::shard_id(i), p))
             .collect();
         if let Err(e) = store_checkpoint(&path, &cp) {
             tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint");
@@ -315,37 +405,58 @@ impl Sink for StreamSink {
             }
         };
         let now = crate::record::now_ms();
-        let mut groups: Vec<Vec<sluice_shardlog::Entry<'_>>> =
-            (0..st.shards.len()).map(|_| Vec::new()).collect();
-        for r in batch.iter() {
-            // Records without a key get one from their bytes, so routing stays deterministic.
-            let h = if r.partition_key.is_empty() {
-                hash_key(r.data)
-            } else {
-                hash_key(r.partition_key)
-            };
-            let key: &[u8] = if r.partition_key.is_empty() {
-                b"-"
-            } else {
-                r.partition_key
-            };
-            groups[st.route(h).index as usize].push(sluice_shardlog::Entry {
-                key,
-                data: r.data,
-                arrival_ms: r.timestamp_ms.unwrap_or(now),
-            });
+        let mut pending: Vec<(u128, sluice_shardlog::Entry<'_>)> = batch
+            .iter()
+            .map(|r| {
+                // Records without a key get one from their bytes, so routing stays
+                // deterministic.
+                let (h, key): (u128, &[u8]) = if r.partition_key.is_empty() {
+                    (hash_key(r.data), b"-")
+                } else {
+                    (hash_key(r.partition_key), r.partition_key)
+                };
+                let e = sluice_shardlog::Entry {
+                    key,
+                    data: r.data,
+                    arrival_ms: r.timestamp_ms.unwrap_or(now),
+                };
+                (h, e)
+            })
+            .collect();
+        // A shard closed by a resharding meanwhile refuses: its records go to the
+        // children on the next round.
+        for _round in 0..8 {
+            if pending.is_empty() {
+                break;
+            }
+            let set = st.shards();
+            let mut groups: BTreeMap<u32, Vec<(u128, sluice_shardlog::Entry<'_>)>> =
+                BTreeMap::new();
+            for (h, e) in pending.drain(..) {
+                groups.entry(set.route(h).index).or_default().push((h, e));
+            }
+            for (i, g) in groups {
+                let Some(sh) = set.get(i) else {
+                    pending.extend(g);
+                    continue;
+                };
+                let entries: Vec<sluice_shardlog::Entry<'_>> = g.iter().map(|(_, e)| *e).collect();
+                match sh.append(&entries) {
+                    Ok(_) => {}
+                    Err(StreamError::ShardClosed(_)) => pending.extend(g),
+                    Err(e) => {
+                        done.fail(&Error::retryable(format_args!(
+                            "appending to {}: {e}",
+                            sh.id
+                        )));
+                        return Ok(Submitted::Accepted);
+                    }
+                }
+            }
         }
-        for (i, g) in groups.iter().enumerate() {
-            if g.is_empty() {
-                continue;
-            }
-            if let Err(e) = st.shards[i].append(g) {
-                done.fail(&Error::retryable(format_args!(
-                    "appending to {}: {e}",
-                    st.shards[i].id
-                )));
-                return Ok(Submitted::Accepted);
-            }
+        if !pending.is_empty() {
+            done.fail(&Error::retryable("the stream kept being resharded"));
+            return Ok(Submitted::Accepted);
         }
         done.success();
         Ok(Submitted::Accepted)

@@ -4,16 +4,25 @@
 //! decimal strings, retention, and the on-disk layout:
 //! `data_dir/streams/<name>/stream.json` + `data_dir/streams/<name>/shardId-…/*.seg`.
 //!
-//! Streams come from config (they cannot be deleted through the API) or from the API's
-//! CreateStream (they persist across restarts through `stream.json`).
+//! Streams come from config (they cannot be deleted or resharded through the API) or from
+//! the API's CreateStream (they persist across restarts through `stream.json`).
+//!
+//! **Resharding** (`topology.rs` decides, this module applies): children's logs are made
+//! first; then every open shard's *gate* is taken for writing, which waits for appends in
+//! flight, so each closing parent's last sequence number is exact; the new topology is
+//! persisted, the parents are marked closed and the new shard set replaces the old one;
+//! only then are the gates released. An append that waited on a gate finds its shard
+//! closed and is routed again, to a child.
 
 mod routing;
 mod settings;
 mod storage;
+mod topology;
 
 pub use routing::{hash_key, parse_sequence, sequence_string, shard_range};
 pub use settings::{Consumer, Encryption, StreamSettings, MAX_CONSUMERS, MAX_TAGS};
 pub use storage::{ShardStorage, StorageError};
+pub use topology::{Closed, ShardDef, Topology, TopologyError, MAX_RETAINED_SHARDS};
 
 use crate::record::now_ms;
 use crate::spec::{Fsync, StreamSpec, WriteLimit};
@@ -39,6 +48,15 @@ pub enum StreamError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     Name(#[from] crate::names::NameError),
+    /// A resharding the topology refused.
+    #[error("{0}")]
+    Topology(#[from] TopologyError),
+    /// An append reached a shard that a resharding closed meanwhile: route it again.
+    #[error("shard {0} is closed")]
+    ShardClosed(u32),
+    /// Another resharding of the stream is still settling (status UPDATING).
+    #[error("stream {0} is being resharded")]
+    Updating(String),
     #[error("stream {stream}: changing `{key}` of a running stream needs a restart of sluiced (it is {now}, the file says {wanted}); the running configuration is kept")]
     NeedsRestart {
         stream: String,
@@ -66,7 +84,12 @@ pub enum StreamOrigin {
 /// Persisted per-stream metadata.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct StreamMeta {
+    /// Open shards (what a reader of an older `stream.json` understands).
     shards: u32,
+    /// Every retained shard and its lineage; absent in files written before resharding,
+    /// which read as `shards` uniform shards.
+    #[serde(default)]
+    topology: Option<Topology>,
     created_ms: i64,
     origin: StreamOrigin,
     retention_hours: u64,
@@ -79,20 +102,80 @@ struct StreamMeta {
 pub struct Shard {
     /// `shardId-000000000000`.
     pub id: String,
-    /// Index in the stream.
+    /// Index in the stream (never reused).
     pub index: u32,
     /// First hash key owned.
     pub start: u128,
     /// Last hash key owned.
     pub end: u128,
+    /// The shard it was split from, or the first of two merged.
+    pub parent: Option<u32>,
+    /// The second shard of a merge.
+    pub adjacent_parent: Option<u32>,
+    /// Creation time, ms.
+    pub created_ms: i64,
     /// Where its records live (the shard log; the storage seam).
     pub log: Box<dyn ShardStorage>,
+    /// Appends hold it for reading; a resharding closing the shard holds it for writing
+    /// and leaves `Some` behind.
+    gate: RwLock<Option<Closed>>,
     incoming_records: metrics::Counter,
     incoming_bytes: metrics::Counter,
     /// Delivered position (next shard-local sequence to deliver) of each pipeline reading
     /// the shard, for lag in `/admin/status`. One entry per reading pipeline: bounded by
     /// the pipelines in the config.
     consumers: std::sync::Mutex<BTreeMap<String, u64>>,
+}
+
+/// The shards of a stream at one moment: replaced whole by a resharding, so a reader
+/// holding one sees a consistent set.
+pub struct ShardSet {
+    /// Every retained shard (open and closed), by index.
+    pub all: Vec<Arc<Shard>>,
+    /// The open shards, by starting hash key.
+    open: Vec<Arc<Shard>>,
+    /// The lineage the set was built from.
+    topology: Topology,
+}
+
+impl ShardSet {
+    /// The open shard owning `hash`.
+    pub fn route(&self, hash: u128) -> &Arc<Shard> {
+        let i = self.open.partition_point(|s| s.end < hash);
+        &self.open[i.min(self.open.len() - 1)]
+    }
+
+    /// A shard by index.
+    pub fn get(&self, index: u32) -> Option<&Arc<Shard>> {
+        self.all
+            .binary_search_by_key(&index, |s| s.index)
+            .ok()
+            .map(|i| &self.all[i])
+    }
+
+    /// A shard by id (`shardId-000000000003`).
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Shard>> {
+        self.all.iter().find(|s| s.id == id)
+    }
+
+    /// The open shards, by starting hash key.
+    pub fn open(&self) -> &[Arc<Shard>] {
+        &self.open
+    }
+
+    /// The lineage.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The shards made from shard `index` (empty while it is open).
+    pub fn children(&self, index: u32) -> Vec<&Arc<Shard>> {
+        self.topology
+            .children(index)
+            .into_iter()
+            .filter_map(|d| self.get(d.index))
+            .collect()
+    }
 }
 
 /// A stream.
@@ -103,8 +186,12 @@ pub struct Stream {
     pub origin: StreamOrigin,
     /// Creation time, ms.
     pub created_ms: i64,
-    /// Shards in index order.
-    pub shards: Vec<Shard>,
+    /// The current shard set (see [`Stream::shards`]).
+    shards: RwLock<Arc<ShardSet>>,
+    /// One resharding at a time.
+    reshard: std::sync::Mutex<()>,
+    /// Status is UPDATING until then (ms): a resharding settles, as on Kinesis.
+    updating_until_ms: std::sync::atomic::AtomicI64,
     /// Retention.
     pub retention: RwLock<Duration>,
     /// Largest record data accepted.
@@ -114,8 +201,8 @@ pub struct Stream {
     /// Durability policy of the shard logs.
     pub fsync: Fsync,
     last_sync_ms: std::sync::atomic::AtomicI64,
-    /// The write limit and per-shard token buckets; changes apply live.
-    limiter: std::sync::Mutex<Option<(WriteLimit, Vec<Bucket>)>>,
+    /// The write limit and per-shard token buckets (by shard index); changes apply live.
+    limiter: std::sync::Mutex<Option<(WriteLimit, BTreeMap<u32, Bucket>)>>,
     dir: PathBuf,
     /// Tags, monitoring, encryption, mode, policy, consumers (persisted on change).
     settings: RwLock<StreamSettings>,
@@ -152,16 +239,6 @@ pub fn shard_id(index: u32) -> String {
     format!("shardId-{index:012}")
 }
 
-/// The shard count stored on disk for `name`, if the stream exists there.
-pub fn stored_shard_count(data_dir: &Path, name: &str) -> Option<u32> {
-    crate::names::check(name).ok()?;
-    let text =
-        std::fs::read_to_string(data_dir.join("streams").join(name).join("stream.json")).ok()?;
-    serde_json::from_str::<StreamMeta>(&text)
-        .ok()
-        .map(|m| m.shards)
-}
-
 fn policy(f: Fsync) -> FsyncPolicy {
     match f {
         Fsync::Batch => FsyncPolicy::Batch,
@@ -169,6 +246,76 @@ fn policy(f: Fsync) -> FsyncPolicy {
         Fsync::Interval(d) => FsyncPolicy::Interval(d),
     }
 }
+
+/// Opens shard `def`'s log in the stream folder `dir`, reporting what recovery found.
+fn open_shard(dir: &Path, name: &str, def: &ShardDef, fsync: Fsync) -> Result<Shard, StreamError> {
+    let id = shard_id(def.index);
+    let (log, report) = ShardLog::open(
+        &dir.join(&id),
+        Options {
+            fsync: policy(fsync),
+            ..Options::default()
+        },
+    )?;
+    for d in &report.damage {
+        if d.truncated {
+            tracing::warn!(stream = name, shard = %id, segment = %d.segment.display(), offset = d.offset, bytes = d.len, "torn tail truncated to the last good record");
+            metrics::counter!("sluice_shard_recovered_truncations_total", "stream" => name.to_string(), "shard" => id.clone()).increment(1);
+        } else {
+            tracing::error!(stream = name, shard = %id, segment = %d.segment.display(), offset = d.offset, bytes = d.len, "corrupt records in the middle of a segment; skipped");
+            metrics::counter!("sluice_shard_corrupt_bytes_total", "stream" => name.to_string(), "shard" => id.clone()).increment(d.len);
+        }
+    }
+    if report.mark_damaged {
+        tracing::error!(stream = name, shard = %id, skipped = report.seq_skipped, "sequence mark damaged; sequence numbers skip ahead blindly so none is issued twice");
+    } else if report.seq_skipped > 0 {
+        tracing::info!(stream = name, shard = %id, skipped = report.seq_skipped, "not stopped cleanly; sequence numbers resume past every number that may have been issued");
+    }
+    let labels = [("stream", name.to_string()), ("shard", id.clone())];
+    // Zeros from the start: dashboards and alerts see 0, not a gap.
+    metrics::counter!("sluice_shard_write_throttled_total", &labels).increment(0);
+    Ok(Shard {
+        incoming_records: metrics::counter!("sluice_shard_incoming_records_total", &labels),
+        incoming_bytes: metrics::counter!("sluice_shard_incoming_bytes_total", &labels),
+        id,
+        index: def.index,
+        start: def.start,
+        end: def.end,
+        parent: def.parent,
+        adjacent_parent: def.adjacent_parent,
+        created_ms: def.created_ms,
+        log: Box::new(log),
+        gate: RwLock::new(def.closed),
+        consumers: Default::default(),
+    })
+}
+
+/// Builds the shard set of `topology`, reusing the shards of `old` that are still there.
+fn shard_set(
+    topology: Topology,
+    mut make: impl FnMut(&ShardDef) -> Result<Arc<Shard>, StreamError>,
+) -> Result<ShardSet, StreamError> {
+    let all = topology
+        .shards
+        .iter()
+        .map(&mut make)
+        .collect::<Result<Vec<_>, _>>()?;
+    let open_idx: Vec<u32> = topology.open().iter().map(|d| d.index).collect();
+    let mut open: Vec<Arc<Shard>> = all
+        .iter()
+        .filter(|s| open_idx.contains(&s.index))
+        .cloned()
+        .collect();
+    open.sort_by_key(|s| s.start);
+    Ok(ShardSet {
+        all,
+        open,
+        topology,
+    })
+}
+
+/// How long a resharded stream reports UPDATING (and refuses the next resharding).
+pub const UPDATING_MS: i64 = 500;
 
 impl Stream {
     fn open(
@@ -179,50 +326,23 @@ impl Stream {
         max_record_size: u64,
         max_bytes: Option<u64>,
     ) -> Result<Stream, StreamError> {
-        let mut shards = Vec::new();
-        for i in 0..meta.shards {
-            let id = shard_id(i);
-            let (start, end) = shard_range(i, meta.shards);
-            let (log, report) = ShardLog::open(
-                &dir.join(&id),
-                Options {
-                    fsync: policy(fsync),
-                    ..Options::default()
-                },
-            )?;
-            for d in &report.damage {
-                if d.truncated {
-                    tracing::warn!(stream = name, shard = %id, segment = %d.segment.display(), offset = d.offset, bytes = d.len, "torn tail truncated to the last good record");
-                    metrics::counter!("sluice_shard_recovered_truncations_total", "stream" => name.to_string(), "shard" => id.clone()).increment(1);
-                } else {
-                    tracing::error!(stream = name, shard = %id, segment = %d.segment.display(), offset = d.offset, bytes = d.len, "corrupt records in the middle of a segment; skipped");
-                    metrics::counter!("sluice_shard_corrupt_bytes_total", "stream" => name.to_string(), "shard" => id.clone()).increment(d.len);
-                }
+        let topology = match &meta.topology {
+            Some(t) => {
+                t.check()?;
+                t.clone()
             }
-            if report.mark_damaged {
-                tracing::error!(stream = name, shard = %id, skipped = report.seq_skipped, "sequence mark damaged; sequence numbers skip ahead blindly so none is issued twice");
-            } else if report.seq_skipped > 0 {
-                tracing::info!(stream = name, shard = %id, skipped = report.seq_skipped, "not stopped cleanly; sequence numbers resume past every number that may have been issued");
-            }
-            let labels = [("stream", name.to_string()), ("shard", id.clone())];
-            // Zeros from the start: dashboards and alerts see 0, not a gap.
-            metrics::counter!("sluice_shard_write_throttled_total", &labels).increment(0);
-            shards.push(Shard {
-                incoming_records: metrics::counter!("sluice_shard_incoming_records_total", &labels),
-                incoming_bytes: metrics::counter!("sluice_shard_incoming_bytes_total", &labels),
-                id,
-                index: i,
-                start,
-                end,
-                log: Box::new(log),
-                consumers: Default::default(),
-            });
-        }
+            None => Topology::uniform(meta.shards.max(1), meta.created_ms),
+        };
+        let set = shard_set(topology, |d| {
+            Ok(Arc::new(open_shard(&dir, name, d, fsync)?))
+        })?;
         Ok(Stream {
             name: name.to_string(),
             origin: meta.origin,
             created_ms: meta.created_ms,
-            shards,
+            shards: RwLock::new(Arc::new(set)),
+            reshard: std::sync::Mutex::new(()),
+            updating_until_ms: std::sync::atomic::AtomicI64::new(0),
             retention: RwLock::new(Duration::from_secs(meta.retention_hours * 3600)),
             max_record_size,
             max_bytes,
@@ -232,6 +352,141 @@ impl Stream {
             dir,
             settings: RwLock::new(meta.settings.clone()),
         })
+    }
+
+    /// The current shard set (a resharding replaces it; hold it for one consistent view).
+    pub fn shards(&self) -> Arc<ShardSet> {
+        match self.shards.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// `UPDATING` for a moment after a resharding, else `ACTIVE`.
+    pub fn status(&self) -> &'static str {
+        if now_ms()
+            < self
+                .updating_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            "UPDATING"
+        } else {
+            "ACTIVE"
+        }
+    }
+
+    /// SplitShard: returns the children's indices.
+    pub fn split_shard(&self, index: u32, key: u128) -> Result<(u32, u32), StreamError> {
+        let mut out = (0, 0);
+        self.reshard(true, |t, now, seal| {
+            out = t.split(index, key, now, seal)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// MergeShards: returns the child's index.
+    pub fn merge_shards(&self, a: u32, b: u32) -> Result<u32, StreamError> {
+        let mut out = 0;
+        self.reshard(true, |t, now, seal| {
+            out = t.merge(a, b, now, seal)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// UpdateShardCount (UNIFORM_SCALING). `settle` makes the stream report UPDATING for
+    /// a moment and refuse another resharding meanwhile, as the API does; a config reload
+    /// does not wait.
+    pub fn scale_to(&self, n: u32, settle: bool) -> Result<(), StreamError> {
+        if self.shards().open.len() == n as usize
+            && self
+                .shards()
+                .open
+                .iter()
+                .enumerate()
+                .all(|(i, s)| (s.start, s.end) == shard_range(i as u32, n))
+        {
+            return Ok(());
+        }
+        self.reshard(settle, |t, now, seal| Ok(t.scale_to(n, now, seal)?))
+    }
+
+    /// Applies a resharding (see the module doc for the order of steps).
+    fn reshard(
+        &self,
+        settle: bool,
+        mut op: impl FnMut(&mut Topology, i64, topology::Seal<'_>) -> Result<(), StreamError>,
+    ) -> Result<(), StreamError> {
+        use std::sync::atomic::Ordering;
+        let _one = self
+            .reshard
+            .lock()
+            .map_err(|_| StreamError::Updating(self.name.clone()))?;
+        let now = now_ms();
+        if settle && now < self.updating_until_ms.load(Ordering::Relaxed) {
+            return Err(StreamError::Updating(self.name.clone()));
+        }
+        let old = self.shards();
+        // A dry run names the new shards, whose logs are made before any append waits.
+        let mut plan = old.topology.clone();
+        op(&mut plan, now, &mut |_| 0)?;
+        let mut made: BTreeMap<u32, Arc<Shard>> = BTreeMap::new();
+        for d in plan.shards.iter().filter(|d| old.get(d.index).is_none()) {
+            let mut fresh = d.clone();
+            fresh.closed = None;
+            made.insert(
+                d.index,
+                Arc::new(open_shard(&self.dir, &self.name, &fresh, self.fsync)?),
+            );
+        }
+        // Gates of every open shard, in index order (appends hold one at a time).
+        let mut gates = Vec::new();
+        for s in &old.open {
+            gates.push((
+                s.index,
+                s.gate
+                    .write()
+                    .map_err(|_| StreamError::Updating(self.name.clone()))?,
+            ));
+        }
+        let mut next = old.topology.clone();
+        op(&mut next, now, &mut |i| {
+            old.get(i).map_or(0, |s| s.log.next_seq())
+        })?;
+        let settings = self.settings();
+        self.save_meta_with(&settings, self.retention_hours(), &next)?;
+        for (index, g) in gates.iter_mut() {
+            if let Some(d) = next.get(*index) {
+                **g = d.closed;
+            }
+        }
+        // Shards made and closed within this step (UpdateShardCount's intermediates).
+        for (index, s) in &made {
+            if let (Some(d), Ok(mut g)) = (next.get(*index), s.gate.write()) {
+                *g = d.closed;
+            }
+        }
+        let set = shard_set(next, |d| {
+            old.get(d.index)
+                .or_else(|| made.get(&d.index))
+                .cloned()
+                .ok_or(StreamError::Topology(TopologyError::NotFound(d.index)))
+        })?;
+        let opened = set.open.len();
+        match self.shards.write() {
+            Ok(mut s) => *s = Arc::new(set),
+            Err(p) => *p.into_inner() = Arc::new(set),
+        }
+        drop(gates);
+        if settle {
+            self.updating_until_ms
+                .store(now + UPDATING_MS, Ordering::Relaxed);
+        }
+        metrics::counter!("sluice_stream_reshards_total", "stream" => self.name.clone())
+            .increment(1);
+        tracing::info!(stream = %self.name, open_shards = opened, "resharded");
+        Ok(())
     }
 
     /// Reads the settings in place (no copy: PutRecord reads the encryption type).
@@ -253,6 +508,11 @@ impl Stream {
         &self,
         f: impl FnOnce(&mut StreamSettings) -> Result<(), E>,
     ) -> Result<Result<(), E>, StreamError> {
+        // Lock order everywhere: the resharding lock, then the settings.
+        let _one = self
+            .reshard
+            .lock()
+            .map_err(|_| StreamError::Updating(self.name.clone()))?;
         let mut guard = self
             .settings
             .write()
@@ -271,6 +531,10 @@ impl Stream {
     /// Sets the retention period (an API stream's; a config stream's comes from its file)
     /// and persists it; the next upkeep trims by it.
     pub fn set_retention_hours(&self, hours: u64) -> Result<(), StreamError> {
+        let _one = self
+            .reshard
+            .lock()
+            .map_err(|_| StreamError::Updating(self.name.clone()))?;
         let settings = self.settings();
         self.save_meta(&settings, hours)?;
         if let Ok(mut r) = self.retention.write() {
@@ -284,8 +548,19 @@ impl Stream {
         settings: &StreamSettings,
         retention_hours: u64,
     ) -> Result<(), StreamError> {
+        // Callers hold the resharding lock: a resharding persisting meanwhile is not undone.
+        self.save_meta_with(settings, retention_hours, &self.shards().topology)
+    }
+
+    fn save_meta_with(
+        &self,
+        settings: &StreamSettings,
+        retention_hours: u64,
+        topology: &Topology,
+    ) -> Result<(), StreamError> {
         let meta = StreamMeta {
-            shards: self.shards.len() as u32,
+            shards: topology.open().len() as u32,
+            topology: Some(topology.clone()),
             created_ms: self.created_ms,
             origin: self.origin,
             retention_hours,
@@ -302,28 +577,26 @@ impl Stream {
         if g.as_ref().map(|l| l.0) == limit {
             return;
         }
-        *g = limit.map(|l| {
-            let full = Bucket {
-                records: l.records_per_sec.unwrap_or(0) as f64,
-                bytes: l.bytes_per_sec.unwrap_or(0) as f64,
-                at_ms: now_ms(),
-            };
-            (l, vec![full; self.shards.len()])
-        });
+        *g = limit.map(|l| (l, BTreeMap::new()));
     }
 
-    /// Takes one record of `bytes` from shard `i`'s budget; false when throttled (counted).
-    pub fn admit(&self, i: usize, bytes: usize) -> bool {
+    /// Takes one record of `bytes` from shard `index`'s budget; false when throttled
+    /// (counted).
+    pub fn admit(&self, index: u32, bytes: usize) -> bool {
         let Ok(mut g) = self.limiter.lock() else {
             return true;
         };
         let Some((limit, buckets)) = g.as_mut() else {
             return true;
         };
-        let Some(bk) = buckets.get_mut(i) else {
-            return true;
-        };
         let now = now_ms();
+        // A shard's budget starts full; buckets of shards no longer open are dropped
+        // below, so there is at most one per retained shard.
+        let bk = buckets.entry(index).or_insert(Bucket {
+            records: limit.records_per_sec.unwrap_or(0) as f64,
+            bytes: limit.bytes_per_sec.unwrap_or(0) as f64,
+            at_ms: now,
+        });
         let dt = (now - bk.at_ms).max(0) as f64 / 1000.0;
         bk.at_ms = now;
         let ok_records = limit.records_per_sec.is_none_or(|r| {
@@ -343,20 +616,13 @@ impl Stream {
             }
             true
         } else {
-            metrics::counter!("sluice_shard_write_throttled_total", "stream" => self.name.clone(), "shard" => self.shards[i].id.clone()).increment(1);
+            if buckets.len() > MAX_RETAINED_SHARDS {
+                let set = self.shards();
+                buckets.retain(|i, _| set.get(*i).is_some_and(|s| s.closed().is_none()));
+            }
+            metrics::counter!("sluice_shard_write_throttled_total", "stream" => self.name.clone(), "shard" => shard_id(index)).increment(1);
             false
         }
-    }
-
-    /// The shard owning `hash`.
-    pub fn route(&self, hash: u128) -> &Shard {
-        let i = self.shards.partition_point(|s| s.end < hash);
-        &self.shards[i.min(self.shards.len() - 1)]
-    }
-
-    /// The shard with this id.
-    pub fn shard(&self, id: &str) -> Option<&Shard> {
-        self.shards.iter().find(|s| s.id == id)
     }
 
     /// Retention in hours, as Kinesis reports it.
@@ -368,7 +634,8 @@ impl Stream {
             .max(1)
     }
 
-    /// Drops segments past retention (and the size cap) on every shard.
+    /// Drops segments past retention (and the size cap) on every shard, and forgets
+    /// closed shards whose every record is past retention (their folders are removed).
     pub fn enforce_retention(&self) {
         let keep = self
             .retention
@@ -376,11 +643,54 @@ impl Stream {
             .map(|r| *r)
             .unwrap_or(Duration::from_secs(86_400));
         let cutoff = now_ms() - keep.as_millis() as i64;
-        for s in &self.shards {
+        let set = self.shards();
+        let mut expired = Vec::new();
+        for s in &set.all {
+            if s.closed().is_some_and(|c| c.ms < cutoff) {
+                expired.push(s.index);
+                continue;
+            }
             if let Err(e) = s.log.enforce_retention(cutoff, self.max_bytes) {
                 tracing::warn!(stream = %self.name, shard = %s.id, error = %e, "retention failed");
             }
         }
+        if !expired.is_empty() {
+            if let Err(e) = self.expire(&expired) {
+                tracing::warn!(stream = %self.name, error = %e, "forgetting expired closed shards failed");
+            }
+        }
+    }
+
+    fn expire(&self, indices: &[u32]) -> Result<(), StreamError> {
+        let _one = self
+            .reshard
+            .lock()
+            .map_err(|_| StreamError::Updating(self.name.clone()))?;
+        let old = self.shards();
+        let mut next = old.topology.clone();
+        for &i in indices {
+            next.expire(i);
+        }
+        self.save_meta_with(&self.settings(), self.retention_hours(), &next)?;
+        let set = shard_set(next, |d| {
+            old.get(d.index)
+                .cloned()
+                .ok_or(StreamError::Topology(TopologyError::NotFound(d.index)))
+        })?;
+        if let Ok(mut s) = self.shards.write() {
+            *s = Arc::new(set);
+        }
+        for &i in indices {
+            if let Some(sh) = old.get(i) {
+                sh.log.retire();
+                let dir = self.dir.join(&sh.id);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(stream = %self.name, shard = %sh.id, error = %e, "removing an expired shard's folder failed");
+                }
+                tracing::info!(stream = %self.name, shard = %sh.id, "closed shard expired with its records");
+            }
+        }
+        Ok(())
     }
 
     /// With `fsync = "interval:<d>"`, syncs every shard once `d` has passed since the last
@@ -396,7 +706,7 @@ impl Stream {
         }
         self.last_sync_ms
             .store(now, std::sync::atomic::Ordering::Relaxed);
-        for s in &self.shards {
+        for s in self.shards().open() {
             if let Err(e) = s.log.sync() {
                 tracing::error!(stream = %self.name, shard = %s.id, error = %e, "interval fsync failed");
             }
@@ -406,7 +716,7 @@ impl Stream {
     /// Publishes shard gauges.
     pub fn record_gauges(&self) {
         let now = now_ms();
-        for s in &self.shards {
+        for s in &self.shards().all {
             let labels = [("stream", self.name.clone()), ("shard", s.id.clone())];
             metrics::gauge!("sluice_shard_log_bytes", &labels).set(s.log.total_bytes() as f64);
             if let Some(last) = s.log.last_seq() {
@@ -459,10 +769,27 @@ impl Shard {
             .unwrap_or_default()
     }
 
+    /// When and at which sequence number a resharding closed it.
+    pub fn closed(&self) -> Option<Closed> {
+        match self.gate.read() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
     /// Appends records (durable on return under `fsync = "batch"`); returns the first
-    /// shard-local sequence number and each record's arrival time.
+    /// shard-local sequence number and each record's arrival time. A closed shard refuses
+    /// with [`StreamError::ShardClosed`]: route the records again.
     pub fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StreamError> {
+        let gate = self
+            .gate
+            .read()
+            .map_err(|_| StreamError::ShardClosed(self.index))?;
+        if gate.is_some() {
+            return Err(StreamError::ShardClosed(self.index));
+        }
         let r = self.log.append(entries)?;
+        drop(gate);
         self.incoming_records.increment(entries.len() as u64);
         self.incoming_bytes
             .increment(entries.iter().map(|e| e.data.len() as u64).sum());
@@ -581,20 +908,35 @@ impl Streams {
                 return refuse("max_bytes", format!("{a:?}"), format!("{b:?}"));
             }
         }
+        // A resharding that could not be done is refused before anything changes, too.
         for spec in specs.values() {
-            let existing = self.get(&spec.name);
-            match existing {
-                Some(st) if st.shards.len() as u32 == spec.shards => {
+            let mut trial = match self.get(&spec.name) {
+                Some(st) if st.origin == StreamOrigin::Config => st.shards().topology.clone(),
+                _ => match stored_meta(&self.dir(&spec.name)?).and_then(|m| m.topology) {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
+            if let Err(e) = trial.scale_to(spec.shards, now_ms(), &mut |_| 0) {
+                return Err(StreamError::Topology(e));
+            }
+        }
+        for spec in specs.values() {
+            let st = match self.get(&spec.name) {
+                Some(st) if st.origin == StreamOrigin::Config => {
                     // Retention applies live; the rest needs no change.
                     if let Ok(mut r) = st.retention.write() {
                         *r = spec.retention;
                     }
                     st.set_write_limit(spec.write_limit);
+                    st
                 }
                 _ => {
                     let stored = stored_meta(&self.dir(&spec.name)?);
                     let meta = StreamMeta {
-                        shards: spec.shards,
+                        // What is on disk opens as it is; the count is reached below.
+                        shards: stored.as_ref().map_or(spec.shards, |m| m.shards),
+                        topology: stored.as_ref().and_then(|m| m.topology.clone()),
                         created_ms: stored.as_ref().map_or_else(now_ms, |m| m.created_ms),
                         origin: StreamOrigin::Config,
                         retention_hours: (spec.retention.as_secs() / 3600).max(1),
@@ -613,8 +955,12 @@ impl Streams {
                     st.retention = RwLock::new(spec.retention);
                     st.set_write_limit(spec.write_limit);
                     self.insert(st);
+                    self.get(&spec.name)
+                        .ok_or_else(|| StreamError::NotFound(spec.name.clone()))?
                 }
-            }
+            };
+            // A changed `shards` reshards (UpdateShardCount, uniform scaling).
+            st.scale_to(spec.shards, false)?;
         }
         let gone: Vec<String> = self
             .streams
@@ -659,6 +1005,7 @@ impl Streams {
         }
         let meta = StreamMeta {
             shards,
+            topology: None,
             created_ms: now_ms(),
             origin: StreamOrigin::Api,
             retention_hours: 24,
@@ -703,7 +1050,7 @@ impl Streams {
         drop(m);
         // Writers that still hold the stream fail from now on (as if it were not found):
         // none may write into a folder a CreateStream of the same name makes next.
-        for sh in &st.shards {
+        for sh in &st.shards().all {
             sh.log.retire();
         }
         std::fs::remove_dir_all(&dir).map_err(|source| StreamError::Io { path: dir, source })
@@ -713,7 +1060,7 @@ impl Streams {
     /// start resumes its numbering without a skip.
     pub fn close(&self) {
         for st in self.list() {
-            for sh in &st.shards {
+            for sh in &st.shards().all {
                 if let Err(e) = sh.log.close() {
                     tracing::warn!(stream = %st.name, shard = %sh.id, error = %e, "closing the shard log failed");
                 }
@@ -749,6 +1096,7 @@ mod tests {
     fn open(dir: &Path, fsync: Fsync) -> Stream {
         let meta = StreamMeta {
             shards: 2,
+            topology: None,
             created_ms: 0,
             origin: StreamOrigin::Config,
             retention_hours: 24,
