@@ -188,8 +188,10 @@ pub struct Stream {
     pub created_ms: i64,
     /// The current shard set (see [`Stream::shards`]).
     shards: RwLock<Arc<ShardSet>>,
-    /// One resharding at a time.
-    reshard: std::sync::Mutex<()>,
+    /// One change of `stream.json` at a time (resharding, settings, retention, expiry,
+    /// deletion); holds whether the stream was deleted, so that nothing waiting for it
+    /// writes the folder back.
+    reshard: std::sync::Mutex<bool>,
     /// Status is UPDATING until then (ms): a resharding settles, as on Kinesis.
     updating_until_ms: std::sync::atomic::AtomicI64,
     /// Retention.
@@ -341,7 +343,7 @@ impl Stream {
             origin: meta.origin,
             created_ms: meta.created_ms,
             shards: RwLock::new(Arc::new(set)),
-            reshard: std::sync::Mutex::new(()),
+            reshard: std::sync::Mutex::new(false),
             updating_until_ms: std::sync::atomic::AtomicI64::new(0),
             retention: RwLock::new(Duration::from_secs(meta.retention_hours * 3600)),
             max_record_size,
@@ -412,6 +414,18 @@ impl Stream {
         self.reshard(settle, |t, now, seal| Ok(t.scale_to(n, now, seal)?))
     }
 
+    /// The `stream.json` lock; refused once the stream was deleted.
+    fn lock_meta(&self) -> Result<std::sync::MutexGuard<'_, bool>, StreamError> {
+        let g = self
+            .reshard
+            .lock()
+            .map_err(|_| StreamError::Updating(self.name.clone()))?;
+        if *g {
+            return Err(StreamError::NotFound(self.name.clone()));
+        }
+        Ok(g)
+    }
+
     /// Applies a resharding (see the module doc for the order of steps).
     fn reshard(
         &self,
@@ -419,10 +433,7 @@ impl Stream {
         mut op: impl FnMut(&mut Topology, i64, topology::Seal<'_>) -> Result<(), StreamError>,
     ) -> Result<(), StreamError> {
         use std::sync::atomic::Ordering;
-        let _one = self
-            .reshard
-            .lock()
-            .map_err(|_| StreamError::Updating(self.name.clone()))?;
+        let _one = self.lock_meta()?;
         let now = now_ms();
         if settle && now < self.updating_until_ms.load(Ordering::Relaxed) {
             return Err(StreamError::Updating(self.name.clone()));
@@ -509,10 +520,7 @@ impl Stream {
         f: impl FnOnce(&mut StreamSettings) -> Result<(), E>,
     ) -> Result<Result<(), E>, StreamError> {
         // Lock order everywhere: the resharding lock, then the settings.
-        let _one = self
-            .reshard
-            .lock()
-            .map_err(|_| StreamError::Updating(self.name.clone()))?;
+        let _one = self.lock_meta()?;
         let mut guard = self
             .settings
             .write()
@@ -531,10 +539,7 @@ impl Stream {
     /// Sets the retention period (an API stream's; a config stream's comes from its file)
     /// and persists it; the next upkeep trims by it.
     pub fn set_retention_hours(&self, hours: u64) -> Result<(), StreamError> {
-        let _one = self
-            .reshard
-            .lock()
-            .map_err(|_| StreamError::Updating(self.name.clone()))?;
+        let _one = self.lock_meta()?;
         let settings = self.settings();
         self.save_meta(&settings, hours)?;
         if let Ok(mut r) = self.retention.write() {
@@ -662,10 +667,7 @@ impl Stream {
     }
 
     fn expire(&self, indices: &[u32]) -> Result<(), StreamError> {
-        let _one = self
-            .reshard
-            .lock()
-            .map_err(|_| StreamError::Updating(self.name.clone()))?;
+        let _one = self.lock_meta()?;
         let old = self.shards();
         let mut next = old.topology.clone();
         for &i in indices {
@@ -1048,6 +1050,9 @@ impl Streams {
         }
         m.remove(name);
         drop(m);
+        // Nothing waiting to change `stream.json` may write the folder back afterwards.
+        let mut deleted = st.lock_meta()?;
+        *deleted = true;
         // Writers that still hold the stream fail from now on (as if it were not found):
         // none may write into a folder a CreateStream of the same name makes next.
         for sh in &st.shards().all {
