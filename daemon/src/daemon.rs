@@ -52,7 +52,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let memory = Arc::new(crate::delivery::MemoryBudget::new(
         set.daemon.limits.buffer_memory.0,
     ));
+    // The Firehose control plane applies delivery streams through the same reload as
+    // SIGHUP, and reads the running pipelines.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Arc::new(set.pipelines.clone()));
     let api_state = Arc::new(ApiState {
+        firehose: Some(api::FirehoseControl {
+            data_dir: set.daemon.data_dir.clone(),
+            config: set.daemon.firehose.clone(),
+            reload: reload_tx.clone(),
+            pipelines: pipelines_rx,
+            lock: tokio::sync::Mutex::new(()),
+        }),
         streams: streams.clone(),
         account: set.daemon.api.account_id.clone(),
         iterators: IteratorCodec::with_ttl(set.daemon.api.iterator_ttl.0),
@@ -90,7 +101,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         memory,
     );
     let loaded = Arc::new(AtomicBool::new(false));
-    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let admin = AdminState {
         prom,
         board: sup.board(),
@@ -143,7 +153,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 tracing::info!("SIGHUP: reloading configuration");
                 last_seen = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
                 sd.reloading();
-                let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
+                let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
                 sd.ready(&summary(&current));
             }
             Some(()) = file_events.recv() => {
@@ -158,14 +168,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 last_seen = now;
                 tracing::info!("configuration files changed: reloading configuration");
                 sd.reloading();
-                let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
+                let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
                 sd.ready(&summary(&current));
             }
             Some(reply) = reload_rx.recv() => {
                 tracing::info!("reload requested over HTTP");
                 last_seen = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
                 sd.reloading();
-                let r = reload(&config_path, &registry, &streams, &mut sup, &mut current).await;
+                let r = reload(&config_path, &registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
                 sd.ready(&summary(&current));
                 let _ = reply.send(r);
             }
@@ -229,6 +239,9 @@ async fn reload(
     streams: &Arc<Streams>,
     sup: &mut Supervisor,
     current: &mut ConfigSet,
+    published: &tokio::sync::watch::Sender<
+        Arc<std::collections::BTreeMap<String, crate::spec::PipelineSpec>>,
+    >,
 ) -> Result<serde_json::Value, ReloadError> {
     // Reading, parsing and validating (plugins compile their programs) is blocking work:
     // on the blocking pool it cannot stall the API's tasks on the two runtime workers.
@@ -269,6 +282,7 @@ async fn reload(
             }
             let report = sup.apply(&set.pipelines).await;
             record_reload(true);
+            published.send_replace(Arc::new(set.pipelines.clone()));
             *current = set;
             Ok(serde_json::json!({
                 "added": report.added,

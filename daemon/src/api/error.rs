@@ -86,6 +86,14 @@ impl Violations {
         ));
     }
 
+    /// A violation at `field`, in the form Firehose answers today (the value is not
+    /// repeated).
+    pub fn add_at(&mut self, field: &str, constraint: &str) {
+        self.0.push(format!(
+            "Value at '{field}' failed to satisfy constraint: {constraint}"
+        ));
+    }
+
     /// A `Limit`-style member outside `1..=max`, worded as AWS words it.
     pub fn range(&mut self, value: i64, field: &str, max: i64) {
         if !(1..=max).contains(&value) {

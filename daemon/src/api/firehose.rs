@@ -5,7 +5,7 @@
 
 use super::error::{ApiError, Violations};
 use super::request::{check_data, check_records};
-use super::shapes::{FirehoseListInput, FirehosePutInput, Shape};
+use super::shapes::{FirehosePutInput, Shape};
 use super::Call;
 use crate::record::now_ms;
 use crate::spec::direct_put_stream;
@@ -14,12 +14,20 @@ use serde_json::{json, Value};
 use sluice_shardlog::Entry;
 use std::sync::Arc;
 
-/// The operations served.
+/// The operations served (the control plane's are in `firehose_control`).
 pub const OPERATIONS: &[&str] = &[
     "PutRecord",
     "PutRecordBatch",
     "ListDeliveryStreams",
     "DescribeDeliveryStream",
+    "CreateDeliveryStream",
+    "DeleteDeliveryStream",
+    "UpdateDestination",
+    "TagDeliveryStream",
+    "UntagDeliveryStream",
+    "ListTagsForDeliveryStream",
+    "StartDeliveryStreamEncryption",
+    "StopDeliveryStreamEncryption",
 ];
 /// PutRecordBatch limits, as Firehose.
 pub const MAX_BATCH_RECORDS: usize = 500;
@@ -153,46 +161,8 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
                 "RequestResponses": ids.iter().map(|id| json!({ "RecordId": id })).collect::<Vec<_>>(),
             }))
         }
-        "ListDeliveryStreams" => {
-            let r = FirehoseListInput::read_shape(req)?;
-            let start = r
-                .exclusive_start_delivery_stream_name
-                .as_deref()
-                .unwrap_or("");
-            let limit = r.limit.unwrap_or(10);
-            let mut v = Violations::default();
-            v.range(limit, "limit", 10_000);
-            v.finish()?;
-            let limit = limit as usize;
-            let names: Vec<String> = call
-                .state
-                .streams
-                .list()
-                .iter()
-                .filter_map(|s| s.name.strip_prefix("__firehose-").map(str::to_string))
-                .filter(|n| n.as_str() > start)
-                .collect();
-            Ok(json!({
-                "DeliveryStreamNames": names.iter().take(limit).collect::<Vec<_>>(),
-                "HasMoreDeliveryStreams": names.len() > limit,
-            }))
-        }
-        _ => {
-            let r = FirehoseListInput::read_shape(req)?;
-            let mut v = Violations::default();
-            let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
-            v.finish()?;
-            let st = st.ok_or_else(|| not_found(&name, account))?;
-            Ok(json!({ "DeliveryStreamDescription": {
-                "DeliveryStreamName": name,
-                "DeliveryStreamARN": format!("arn:aws:firehose:{}:{account}:deliverystream/{name}", call.region),
-                "DeliveryStreamStatus": "ACTIVE",
-                "DeliveryStreamType": "DirectPut",
-                "VersionId": "1",
-                "CreateTimestamp": st.created_ms as f64 / 1000.0,
-                "Destinations": [],
-                "HasMoreDestinations": false,
-            }}))
-        }
+        "ListDeliveryStreams" => super::firehose_control::list_hoses(call, req),
+        "DescribeDeliveryStream" => super::firehose_control::describe(call, req),
+        _ => super::firehose_control::dispatch(call, op, req).await,
     }
 }

@@ -4,8 +4,10 @@
 //! `x-amzn-RequestId`, and nothing a client sends yields a 500.
 
 mod cbor;
+mod delivery_streams;
 mod error;
 mod firehose;
+mod firehose_control;
 mod iterator;
 mod kinesis;
 mod manage;
@@ -16,6 +18,7 @@ mod sigv4;
 
 pub use error::ApiError;
 pub use firehose::OPERATIONS as FIREHOSE_OPERATIONS;
+pub use firehose_control::FirehoseControl;
 pub use iterator::IteratorCodec;
 pub use kinesis::OPERATIONS as KINESIS_OPERATIONS;
 pub use sigv4::{sign, Verifier};
@@ -44,6 +47,8 @@ pub struct ApiState {
     pub iterators: IteratorCodec,
     /// Verifies SigV4 signatures when credentials are configured.
     pub verifier: Option<Verifier>,
+    /// The Firehose control plane's link to the daemon (reloads, running pipelines).
+    pub firehose: Option<FirehoseControl>,
 }
 
 /// Binds the API listener and serves it in the background.
@@ -504,6 +509,25 @@ pub mod fuzzing {
         }
     }
 
+    /// A control plane whose reloads always succeed (no daemon behind it).
+    fn fuzz_control(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> FirehoseControl {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::telemetry::ReloadRequest>(1);
+        rt.spawn(async move {
+            while let Some(reply) = rx.recv().await {
+                let _ = reply.send(Ok(serde_json::json!({})));
+            }
+        });
+        let (_keep, pipelines) = tokio::sync::watch::channel(Arc::new(Default::default()));
+        std::mem::forget(_keep);
+        FirehoseControl {
+            data_dir: dir.to_path_buf(),
+            config: Default::default(),
+            reload: tx,
+            pipelines,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     fn env() -> Option<&'static Env> {
         static ENV: OnceLock<Option<Env>> = OnceLock::new();
         ENV.get_or_init(|| {
@@ -520,6 +544,7 @@ pub mod fuzzing {
                 .enable_all()
                 .build()
                 .ok()?;
+            let control = fuzz_control(&rt, &dir);
             Some(Env {
                 rt,
                 state: ApiState {
@@ -527,6 +552,7 @@ pub mod fuzzing {
                     account: "000000000000".into(),
                     iterators: IteratorCodec::new(),
                     verifier: None,
+                    firehose: Some(control),
                 },
                 _dir: dir,
             })

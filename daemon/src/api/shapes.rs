@@ -113,6 +113,29 @@ impl Member for Timestamp {
     }
 }
 
+/// A structure kept as JSON: the Firehose destination and source configurations, which
+/// DescribeDeliveryStream echoes back; the handler checks the members it reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Doc(pub Value);
+
+impl Member for Doc {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        match v {
+            Value::Object(_) => Ok(Doc(v.clone())),
+            other => Err(wrong_type(other, "a structure")),
+        }
+    }
+}
+
+impl Member for bool {
+    fn read(v: &Value) -> Result<Self, ApiError> {
+        match v {
+            Value::Bool(b) => Ok(*b),
+            other => Err(wrong_type(other, "Boolean")),
+        }
+    }
+}
+
 /// A list of structures, each read into its own shape.
 impl<T: Shape> Member for Vec<T> {
     fn read(v: &Value) -> Result<Self, ApiError> {
@@ -413,11 +436,109 @@ shape!(
 );
 
 shape!(
-    /// ListDeliveryStreams, DescribeDeliveryStream.
-    FirehoseListInput {
+    /// A Firehose `Tag`.
+    FirehoseTag {
+        key: String = "Key",
+        value: String = "Value",
+    }
+);
+
+shape!(
+    /// CreateDeliveryStream.
+    CreateDeliveryStreamInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        delivery_stream_type: String = "DeliveryStreamType",
+        kinesis_stream_source_configuration: Doc = "KinesisStreamSourceConfiguration",
+        encryption: Doc = "DeliveryStreamEncryptionConfigurationInput",
+        s3_destination_configuration: Doc = "S3DestinationConfiguration",
+        extended_s3_destination_configuration: Doc = "ExtendedS3DestinationConfiguration",
+        redshift: Doc = "RedshiftDestinationConfiguration",
+        elasticsearch: Doc = "ElasticsearchDestinationConfiguration",
+        opensearch: Doc = "AmazonopensearchserviceDestinationConfiguration",
+        splunk: Doc = "SplunkDestinationConfiguration",
+        http_endpoint: Doc = "HttpEndpointDestinationConfiguration",
+        opensearch_serverless: Doc = "AmazonOpenSearchServerlessDestinationConfiguration",
+        snowflake: Doc = "SnowflakeDestinationConfiguration",
+        iceberg: Doc = "IcebergDestinationConfiguration",
+        tags: Vec<FirehoseTag> = "Tags",
+    }
+);
+
+shape!(
+    /// DescribeDeliveryStream.
+    DescribeDeliveryStreamInput {
         delivery_stream_name: String = "DeliveryStreamName",
         limit: i64 = "Limit",
+        exclusive_start_destination_id: String = "ExclusiveStartDestinationId",
+    }
+);
+
+shape!(
+    /// ListDeliveryStreams.
+    ListDeliveryStreamsInput {
+        limit: i64 = "Limit",
+        delivery_stream_type: String = "DeliveryStreamType",
         exclusive_start_delivery_stream_name: String = "ExclusiveStartDeliveryStreamName",
+    }
+);
+
+shape!(
+    /// DeleteDeliveryStream.
+    DeleteDeliveryStreamInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        allow_force_delete: bool = "AllowForceDelete",
+    }
+);
+
+shape!(
+    /// UpdateDestination.
+    UpdateDestinationInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        current_delivery_stream_version_id: String = "CurrentDeliveryStreamVersionId",
+        destination_id: String = "DestinationId",
+        s3_destination_update: Doc = "S3DestinationUpdate",
+        extended_s3_destination_update: Doc = "ExtendedS3DestinationUpdate",
+        redshift: Doc = "RedshiftDestinationUpdate",
+        elasticsearch: Doc = "ElasticsearchDestinationUpdate",
+        opensearch: Doc = "AmazonopensearchserviceDestinationUpdate",
+        splunk: Doc = "SplunkDestinationUpdate",
+        http_endpoint: Doc = "HttpEndpointDestinationUpdate",
+        opensearch_serverless: Doc = "AmazonOpenSearchServerlessDestinationUpdate",
+        snowflake: Doc = "SnowflakeDestinationUpdate",
+        iceberg: Doc = "IcebergDestinationUpdate",
+    }
+);
+
+shape!(
+    /// TagDeliveryStream.
+    TagDeliveryStreamInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        tags: Vec<FirehoseTag> = "Tags",
+    }
+);
+
+shape!(
+    /// UntagDeliveryStream.
+    UntagDeliveryStreamInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        tag_keys: Vec<String> = "TagKeys",
+    }
+);
+
+shape!(
+    /// ListTagsForDeliveryStream.
+    ListTagsForDeliveryStreamInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        exclusive_start_tag_key: String = "ExclusiveStartTagKey",
+        limit: i64 = "Limit",
+    }
+);
+
+shape!(
+    /// StartDeliveryStreamEncryption, StopDeliveryStreamEncryption.
+    DeliveryStreamEncryptionInput {
+        delivery_stream_name: String = "DeliveryStreamName",
+        encryption: Doc = "DeliveryStreamEncryptionConfigurationInput",
     }
 );
 

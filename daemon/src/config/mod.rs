@@ -75,6 +75,29 @@ pub struct DaemonConfig {
     /// Global limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where the Firehose API's delivery streams deliver.
+    #[serde(default)]
+    pub firehose: FirehoseConfig,
+}
+
+/// `[firehose]`: how an S3 bucket ARN of CreateDeliveryStream becomes an object store.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FirehoseConfig {
+    /// `arn:aws:s3:::NAME` not listed in `buckets` is the directory `<buckets_dir>/NAME`
+    /// (default `<data_dir>/buckets`).
+    #[serde(default)]
+    pub buckets_dir: Option<PathBuf>,
+    /// `[firehose.buckets.NAME]`: the `object-store` sink options (`url`, `endpoint`,
+    /// `region`, credentials, ...) a bucket name stands for.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, toml::Table>,
+}
+
+/// The folder of the delivery streams created through the Firehose API (one generated
+/// pipeline file each, loaded like the files of `pipelines_dir`).
+pub fn delivery_streams_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("delivery-streams")
 }
 
 fn yes() -> bool {
@@ -355,6 +378,10 @@ pub fn load_daemon(path: &Path) -> Result<(DaemonConfig, PathBuf), ConfigErrors>
     cfg.data_dir = resolve(&cfg.data_dir);
     cfg.pipelines_dir = resolve(&cfg.pipelines_dir);
     cfg.plugin_dirs = cfg.plugin_dirs.iter().map(|p| resolve(p)).collect();
+    cfg.firehose.buckets_dir = Some(match &cfg.firehose.buckets_dir {
+        Some(d) => resolve(d),
+        None => cfg.data_dir.join("buckets"),
+    });
     Ok((cfg, base))
 }
 
@@ -375,12 +402,22 @@ pub fn load_with(
     let mut errors = Vec::new();
     let mut pipelines: BTreeMap<String, PipelineSpec> = BTreeMap::new();
     let mut streams: BTreeMap<String, StreamSpec> = BTreeMap::new();
-    for file in pipeline_files(&daemon.pipelines_dir).map_err(|e| ConfigError {
+    let mut files = pipeline_files(&daemon.pipelines_dir).map_err(|e| ConfigError {
         file: daemon.pipelines_dir.clone(),
         line: 0,
         column: 0,
         message: format!("cannot list pipelines_dir: {e}"),
-    })? {
+    })?;
+    // Delivery streams created through the Firehose API: generated pipeline files in
+    // `data_dir`, loaded (and validated) exactly like the operator's own.
+    let api_dir = delivery_streams_dir(&daemon.data_dir);
+    files.extend(pipeline_files(&api_dir).map_err(|e| ConfigError {
+        file: api_dir.clone(),
+        line: 0,
+        column: 0,
+        message: format!("cannot list the delivery streams created through the API: {e}"),
+    })?);
+    for file in files {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) => {
