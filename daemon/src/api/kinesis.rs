@@ -299,9 +299,10 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 
 /// A shard as DescribeStream and ListShards show it.
 pub(super) fn shard_json(s: &Shard) -> Value {
-    let mut range = json!({ "StartingSequenceNumber": sequence_string(s.index, 0) });
+    let mut range =
+        json!({ "StartingSequenceNumber": crate::stream::shard_start_sequence(s.index) });
     if let Some(c) = s.closed() {
-        range["EndingSequenceNumber"] = json!(sequence_string(s.index, c.at_seq.saturating_sub(1)));
+        range["EndingSequenceNumber"] = json!(crate::stream::shard_end_sequence(s.index, c.at_seq));
     }
     let mut out = json!({
         "ShardId": s.id,
@@ -699,8 +700,9 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         "TRIM_HORIZON" => sh.log.first_seq(),
         // On a closed shard: its end, where GetRecords answers with the children.
         "LATEST" => sh.closed().map_or_else(|| sh.log.next_seq(), |c| c.at_seq),
-        "AT_SEQUENCE_NUMBER" => seq_arg()?,
-        "AFTER_SEQUENCE_NUMBER" => seq_arg()?.saturating_add(1),
+        // A number is one above its record's shard-local position.
+        "AT_SEQUENCE_NUMBER" => seq_arg()?.saturating_sub(1),
+        "AFTER_SEQUENCE_NUMBER" => seq_arg()?,
         _ => {
             let Some(super::shapes::Timestamp(ts)) = r.timestamp else {
                 return Err(ApiError::invalid_argument(

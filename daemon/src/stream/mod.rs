@@ -19,7 +19,10 @@ mod settings;
 mod storage;
 mod topology;
 
-pub use routing::{hash_key, parse_sequence, sequence_string, shard_range};
+pub use routing::{
+    hash_key, parse_sequence, sequence_string, shard_end_sequence, shard_range,
+    shard_start_sequence,
+};
 pub use settings::{Consumer, Encryption, StreamSettings, MAX_CONSUMERS, MAX_TAGS};
 pub use storage::{ShardStorage, StorageError};
 pub use topology::{Closed, ShardDef, Topology, TopologyError, MAX_RETAINED_SHARDS};

@@ -36,13 +36,33 @@ pub fn hash_key(partition_key: &[u8]) -> u128 {
     u128::from_be_bytes(b)
 }
 
-/// The Kinesis-style sequence number of shard-local `seq` in shard `index`: 56 decimal
-/// digits, increasing with `seq` within a shard and distinct across shards.
-pub fn sequence_string(index: u32, seq: u64) -> String {
-    format!("49{:054}", (u128::from(index) << 64) | u128::from(seq))
+/// `49` + 54 digits of `index << 64 | low`.
+fn external(index: u32, low: u64) -> String {
+    format!("49{:054}", (u128::from(index) << 64) | u128::from(low))
 }
 
-/// The (shard index, shard-local seq) of a sequence number string.
+/// The Kinesis-style sequence number of the record at shard-local `seq` in shard
+/// `index`: 56 decimal digits, increasing with `seq` within a shard and distinct across
+/// shards. It is one above the shard-local number, so that the shard's starting number
+/// ([`shard_start_sequence`]) sorts before its first record, as on Kinesis: a consumer
+/// that read nothing yet continues AFTER_SEQUENCE_NUMBER of it and misses nothing.
+pub fn sequence_string(index: u32, seq: u64) -> String {
+    external(index, seq.saturating_add(1))
+}
+
+/// `StartingSequenceNumber` of shard `index` (below every record of it).
+pub fn shard_start_sequence(index: u32) -> String {
+    external(index, 0)
+}
+
+/// `EndingSequenceNumber` of shard `index` closed at shard-local `at_seq` (the number of
+/// its last possible record; its starting number when it never had one).
+pub fn shard_end_sequence(index: u32, at_seq: u64) -> String {
+    external(index, at_seq)
+}
+
+/// The (shard index, low part) of a sequence number string: the record at shard-local
+/// `low - 1` (AT_SEQUENCE_NUMBER reads from `low - 1`, AFTER_SEQUENCE_NUMBER from `low`).
 pub fn parse_sequence(s: &str) -> Option<(u32, u64)> {
     if s.len() != 56 || !s.starts_with("49") || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -90,10 +110,11 @@ mod tests {
         }
 
         #[test]
-        fn sequence_numbers_round_trip_and_order(i in 0u32..100_000, a: u64, b: u64) {
+        fn sequence_numbers_round_trip_and_order(i in 0u32..100_000, a in 0u64..u64::MAX, b in 0u64..u64::MAX) {
             let (sa, sb) = (sequence_string(i, a), sequence_string(i, b));
             prop_assert_eq!(sa.len(), 56);
-            prop_assert_eq!(parse_sequence(&sa), Some((i, a)));
+            prop_assert_eq!(parse_sequence(&sa), Some((i, a.saturating_add(1))));
+            prop_assert!(shard_start_sequence(i) < sa);
             prop_assert_eq!(a.cmp(&b), sa.cmp(&sb));
         }
     }

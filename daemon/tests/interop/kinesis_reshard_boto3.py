@@ -102,6 +102,11 @@ put("r")
 before = shards("r")
 assert [s["ShardId"] for s in before] == ["shardId-000000000000", "shardId-000000000001"]
 mid = int(before[0]["HashKeyRange"]["EndingHashKey"]) // 2
+# A shard's starting number sorts before its first record: AFTER it reads that record.
+start = before[0]["SequenceNumberRange"]["StartingSequenceNumber"]
+th = k.get_records(ShardIterator=k.get_shard_iterator(StreamName="r", ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON")["ShardIterator"])["Records"]
+after_start = k.get_records(ShardIterator=k.get_shard_iterator(StreamName="r", ShardId="shardId-000000000000", ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=start)["ShardIterator"])["Records"]
+assert th and after_start[0]["SequenceNumber"] == th[0]["SequenceNumber"] > start, (start, th[0])
 
 # SplitShard: the parent closes, two children share its range (the upper one starts at
 # the new key), the stream is UPDATING for a moment and refuses another resharding.
