@@ -57,6 +57,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Arc::new(set.pipelines.clone()));
     let api_state = Arc::new(ApiState {
+        subscriptions: Default::default(),
         firehose: Some(api::FirehoseControl {
             data_dir: set.daemon.data_dir.clone(),
             config: set.daemon.firehose.clone(),

@@ -1,7 +1,10 @@
-//! Serving HTTP/1.1 with limits, for the data API and the operator endpoints: a cap on
-//! open connections (past it new ones are closed at once and counted), and a header-read
-//! timeout that also ends idle keep-alive connections (hyper starts it whenever it waits
-//! for a request head). Bodies are bounded by the handlers (size and read timeout).
+//! Serving HTTP/1.1 and cleartext HTTP/2 (prior knowledge: what the AWS SDKs use for
+//! SubscribeToShard against an `http://` endpoint) with limits, for the data API and the
+//! operator endpoints: a cap on open connections (past it new ones are closed at once and
+//! counted); for HTTP/1.1 a header-read timeout that also ends idle keep-alive
+//! connections (hyper starts it whenever it waits for a request head); for HTTP/2 at most
+//! 100 concurrent streams per connection and keep-alive pings that end dead peers.
+//! Bodies are bounded by the handlers (size and read timeout).
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -53,10 +56,17 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, nam
         let open = open.clone();
         tokio::spawn(async move {
             open.increment(1.0);
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
+            let mut b =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .keep_alive(true);
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(100)
+                .keep_alive_interval(Some(limits.header_timeout))
+                .keep_alive_timeout(limits.header_timeout);
             let _ = b.serve_connection(TokioIo::new(sock), svc).await;
             open.decrement(1.0);
             drop(permit);

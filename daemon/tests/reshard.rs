@@ -432,3 +432,128 @@ fn random_resharding_with_puts_restarts_and_a_reading_pipeline() {
         );
     }
 }
+
+#[test]
+fn subscribe_to_shard_pushes_every_record_through_boto3_across_a_split() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    let out = python(
+        &[
+            interop("kinesis_subscribe_boto3.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+        ],
+        &d,
+    );
+    assert!(out.contains("ok"), "{out}");
+}
+
+/// (headers, payload) of each AWS event-stream frame in `bytes`, both CRCs checked.
+fn frames(mut bytes: &[u8]) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 16 {
+        let total = u32::from_be_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        let hlen = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        if bytes.len() < total {
+            break; // cut by the client's timeout
+        }
+        assert_eq!(
+            u32::from_be_bytes(bytes[8..12].try_into().unwrap()),
+            crc32fast::hash(&bytes[..8])
+        );
+        assert_eq!(
+            u32::from_be_bytes(bytes[total - 4..total].try_into().unwrap()),
+            crc32fast::hash(&bytes[..total - 4])
+        );
+        let mut h = &bytes[12..12 + hlen];
+        let mut headers = BTreeMap::new();
+        while !h.is_empty() {
+            let n = h[0] as usize;
+            let name = String::from_utf8(h[1..1 + n].to_vec()).unwrap();
+            assert_eq!(h[1 + n], 7, "string headers");
+            let l = u16::from_be_bytes([h[2 + n], h[3 + n]]) as usize;
+            headers.insert(
+                name,
+                String::from_utf8(h[4 + n..4 + n + l].to_vec()).unwrap(),
+            );
+            h = &h[4 + n + l..];
+        }
+        out.push((headers, bytes[12 + hlen..total - 4].to_vec()));
+        bytes = &bytes[total..];
+    }
+    out
+}
+
+#[test]
+fn subscribe_to_shard_over_cleartext_http2() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    call(
+        &d,
+        s.api,
+        "CreateStream",
+        json!({ "StreamName": "h2", "ShardCount": 1 }),
+    );
+    let arn = call(
+        &d,
+        s.api,
+        "DescribeStreamSummary",
+        json!({ "StreamName": "h2" }),
+    )["StreamDescriptionSummary"]["StreamARN"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let consumer = call(
+        &d,
+        s.api,
+        "RegisterStreamConsumer",
+        json!({ "StreamARN": arn, "ConsumerName": "java" }),
+    )["Consumer"]["ConsumerARN"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let recs: Vec<Value> = (0..3)
+        .map(|i| json!({ "Data": b64(&format!("h2-{i}")), "PartitionKey": "k" }))
+        .collect();
+    call(
+        &d,
+        s.api,
+        "PutRecords",
+        json!({ "StreamName": "h2", "Records": recs }),
+    );
+    let out = s.path("events.bin");
+    let body = json!({ "ConsumerARN": consumer, "ShardId": "shardId-000000000000", "StartingPosition": { "Type": "TRIM_HORIZON" } });
+    // The stream lasts five minutes; curl stops reading after two seconds.
+    let o = std::process::Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "--max-time", "2", "-o"])
+        .arg(&out)
+        .args(["-w", "%{http_version} %{http_code}"])
+        .args(["-H", "X-Amz-Target: Kinesis_20131202.SubscribeToShard"])
+        .args(["-H", "Content-Type: application/x-amz-json-1.1"])
+        .args(["--data", &body.to_string()])
+        .arg(format!("http://{}/", s.api))
+        .output()
+        .expect("curl runs (scripts/install-test-deps installs it)");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "2 200", "{o:?}");
+    let f = frames(&std::fs::read(&out).unwrap());
+    assert_eq!(f[0].0[":event-type"], "initial-response", "{f:?}");
+    let ev: Value = serde_json::from_slice(&f[1].1).unwrap();
+    assert_eq!(f[1].0[":event-type"], "SubscribeToShardEvent");
+    let data: Vec<String> = ev["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            use base64::Engine as _;
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(r["Data"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(data, ["h2-0", "h2-1", "h2-2"], "{ev}");
+    assert!(ev["ContinuationSequenceNumber"].is_string(), "{ev}");
+}

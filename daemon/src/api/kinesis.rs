@@ -33,6 +33,7 @@ pub const OPERATIONS: &[&str] = &[
     "PutRecords",
     "GetShardIterator",
     "GetRecords",
+    "SubscribeToShard",
 ];
 
 /// Whether `op` is a Kinesis operation sluice serves.
@@ -102,6 +103,10 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
         "PutRecords" => put_records(call, req).await,
         "GetShardIterator" => get_shard_iterator(call, req),
         "GetRecords" => get_records(call, req).await,
+        // Served as an event stream by the listener; here (fuzzing) only its checks.
+        "SubscribeToShard" => super::subscribe::subscribe(call, req)
+            .await
+            .map(|_| json!({})),
         _ => Err(ApiError::unknown_operation(op)),
     }
 }

@@ -172,12 +172,12 @@ fn required_str<'a>(
 }
 
 /// What a `ResourceARN` names.
-enum Resource {
+pub(super) enum Resource {
     Stream(String),
     Consumer { stream: String, name: String },
 }
 
-fn resource(arn: &str) -> Option<Resource> {
+pub(super) fn resource(arn: &str) -> Option<Resource> {
     let (_, rest) = arn.split_once(":stream/")?;
     match rest.split_once("/consumer/") {
         None => Some(Resource::Stream(rest.to_string())),
@@ -205,7 +205,7 @@ fn not_found_arn(call: &Call<'_>, arn: &str) -> ApiError {
     }
 }
 
-fn consumer_not_found(call: &Call<'_>, name: &str) -> ApiError {
+pub(super) fn consumer_not_found(call: &Call<'_>, name: &str) -> ApiError {
     ApiError::new(
         "ResourceNotFoundException",
         format!("Consumer {name}, account {} not found.", call.state.account),

@@ -15,6 +15,7 @@ mod request;
 mod reshard;
 mod shapes;
 mod sigv4;
+mod subscribe;
 
 pub use error::ApiError;
 pub use firehose::OPERATIONS as FIREHOSE_OPERATIONS;
@@ -49,6 +50,8 @@ pub struct ApiState {
     pub verifier: Option<Verifier>,
     /// The Firehose control plane's link to the daemon (reloads, running pipelines).
     pub firehose: Option<FirehoseControl>,
+    /// Live SubscribeToShard subscriptions.
+    pub subscriptions: Arc<subscribe::Registry>,
 }
 
 /// Binds the API listener and serves it in the background.
@@ -431,6 +434,44 @@ async fn handle(
         ),
         None => Ok(()),
     };
+    // SubscribeToShard answers with a stream of events, not one document.
+    if auth.is_ok() && target == "Kinesis_20131202.SubscribeToShard" {
+        let rid = request_id();
+        let (status, resp) = match subscribe::subscribe(&call, &req).await {
+            Ok(events) => {
+                let mut resp = Response::new(axum::body::Body::new(events));
+                resp.headers_mut().insert(
+                    "content-type",
+                    HeaderValue::from_static("application/vnd.amazon.eventstream"),
+                );
+                (StatusCode::OK, resp)
+            }
+            Err(e) => {
+                let body = if cbor {
+                    cbor::response_from_json(&e.body())
+                } else {
+                    e.body().into_bytes()
+                };
+                let ct = if cbor {
+                    cbor::MEDIA_TYPE
+                } else {
+                    "application/x-amz-json-1.1"
+                };
+                let mut resp = (e.status, body).into_response();
+                resp.headers_mut()
+                    .insert("content-type", HeaderValue::from_static(ct));
+                (e.status, resp)
+            }
+        };
+        metrics::counter!("sluice_api_requests_total", "operation" => "SubscribeToShard", "code" => status.as_u16().to_string()).increment(1);
+        metrics::histogram!("sluice_api_request_duration_seconds", "operation" => "SubscribeToShard")
+            .record(started.elapsed().as_secs_f64());
+        let mut resp = resp;
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert("x-amzn-requestid", v);
+        }
+        return resp;
+    }
     let (op, result) = match (auth, target.split_once('.')) {
         (Err(e), _) => ("unauthenticated".to_string(), Err(e)),
         (Ok(()), Some(("Kinesis_20131202", op))) => {
@@ -553,6 +594,7 @@ pub mod fuzzing {
                     iterators: IteratorCodec::new(),
                     verifier: None,
                     firehose: Some(control),
+                    subscriptions: Default::default(),
                 },
                 _dir: dir,
             })

@@ -417,6 +417,24 @@ shape!(
     }
 );
 
+shape!(
+    /// `StartingPosition` of SubscribeToShard.
+    StartingPosition {
+        kind: String = "Type",
+        sequence_number: String = "SequenceNumber",
+        timestamp: Timestamp = "Timestamp",
+    }
+);
+
+shape!(
+    /// SubscribeToShard.
+    SubscribeToShardInput {
+        consumer_arn: String = "ConsumerARN",
+        shard_id: String = "ShardId",
+        starting_position: StartingPosition = "StartingPosition",
+    }
+);
+
 // ---- Firehose ----
 
 shape!(
