@@ -55,13 +55,33 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // The Firehose control plane applies delivery streams through the same reload as
     // SIGHUP, and reads the running pipelines.
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let (apply_tx, mut apply_rx) = mpsc::channel::<api::ReloadReply>(8);
+    {
+        // The API's reload requests join the operator's, answered in the API's terms.
+        let reload_tx = reload_tx.clone();
+        tokio::spawn(async move {
+            while let Some(reply) = apply_rx.recv().await {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if reload_tx.send(tx).await.is_err() {
+                    let _ = reply.send(Err(api::ApplyError::ShuttingDown));
+                    continue;
+                }
+                let r = match rx.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(api::ApplyError::Refused(e.to_string())),
+                    Err(_) => Err(api::ApplyError::ShuttingDown),
+                };
+                let _ = reply.send(r);
+            }
+        });
+    }
     let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Arc::new(set.pipelines.clone()));
     let api_state = Arc::new(ApiState {
         subscriptions: Default::default(),
         firehose: Some(api::FirehoseControl {
             data_dir: set.daemon.data_dir.clone(),
             config: set.daemon.firehose.clone(),
-            reload: reload_tx.clone(),
+            reload: apply_tx,
             pipelines: pipelines_rx,
             lock: tokio::sync::Mutex::new(()),
         }),

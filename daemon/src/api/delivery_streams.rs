@@ -7,7 +7,7 @@
 //! restarts. Both files are replaced atomically; the record is written last, so a
 //! pipeline file without a record is never described as the API's.
 
-use crate::config::FirehoseConfig;
+use crate::spec::FirehoseConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -48,7 +48,7 @@ pub struct Unsupported(pub String);
 
 /// The folder.
 pub fn dir(data_dir: &Path) -> PathBuf {
-    crate::config::delivery_streams_dir(data_dir)
+    crate::spec::delivery_streams_dir(data_dir)
 }
 
 /// The record of `name`, if the API made it.

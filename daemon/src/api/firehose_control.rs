@@ -18,8 +18,8 @@ use super::shapes::{
     UpdateDestinationInput,
 };
 use super::Call;
-use crate::config::FirehoseConfig;
 use crate::record::now_ms;
+use crate::spec::FirehoseConfig;
 use crate::spec::{Compression, PipelineSpec};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -38,12 +38,26 @@ pub struct FirehoseControl {
     /// How bucket ARNs map to object stores.
     pub config: FirehoseConfig,
     /// Asks the daemon to reload; answers with the reload's outcome.
-    pub reload: tokio::sync::mpsc::Sender<crate::telemetry::ReloadRequest>,
+    pub reload: tokio::sync::mpsc::Sender<ReloadReply>,
     /// The pipelines running now (replaced after every successful reload).
     pub pipelines: tokio::sync::watch::Receiver<Arc<BTreeMap<String, PipelineSpec>>>,
     /// One control-plane change at a time.
     pub lock: tokio::sync::Mutex<()>,
 }
+
+/// Why a reload the control plane asked for did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The configuration with the change does not validate, or cannot be applied.
+    #[error("{0}")]
+    Refused(String),
+    /// The daemon is stopping.
+    #[error("sluiced is shutting down")]
+    ShuttingDown,
+}
+
+/// Where the daemon answers one reload request.
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), ApplyError>>;
 
 fn not_found(name: &str, account: &str) -> ApiError {
     ApiError::new(
@@ -603,7 +617,7 @@ async fn apply(
             }
         }
         let _ = reload(c).await;
-        return Err(ApiError::invalid_argument(msg));
+        return Err(ApiError::invalid_argument(msg.to_string()));
     }
     Ok(())
 }
@@ -618,17 +632,13 @@ async fn blocking(
 }
 
 /// Reloads the daemon's configuration; the error is the refusal, worded for a user.
-async fn reload(c: &FirehoseControl) -> Result<(), String> {
+async fn reload(c: &FirehoseControl) -> Result<(), ApplyError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     c.reload
         .send(tx)
         .await
-        .map_err(|_| "sluiced is shutting down".to_string())?;
-    match rx.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("sluiced is shutting down".to_string()),
-    }
+        .map_err(|_| ApplyError::ShuttingDown)?;
+    rx.await.map_err(|_| ApplyError::ShuttingDown)?
 }
 
 // ---- operations ----
@@ -809,7 +819,9 @@ async fn delete(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             let n = name.clone();
             blocking(move || store::remove(&dir, &n)).await?;
             // The reload drains the pipeline (buffers flushed and delivered) and stops it.
-            reload(c).await.map_err(ApiError::internal)?;
+            reload(c)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             // A delivery stream made again under this name starts afresh.
             if let Ok(cp) = crate::names::child(&c.data_dir.join("checkpoints"), &name) {
                 let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(cp)).await;

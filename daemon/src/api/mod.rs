@@ -19,7 +19,7 @@ mod subscribe;
 
 pub use error::ApiError;
 pub use firehose::OPERATIONS as FIREHOSE_OPERATIONS;
-pub use firehose_control::FirehoseControl;
+pub use firehose_control::{ApplyError, FirehoseControl, ReloadReply};
 pub use iterator::IteratorCodec;
 pub use kinesis::OPERATIONS as KINESIS_OPERATIONS;
 pub use sigv4::{sign, Verifier};
@@ -552,10 +552,10 @@ pub mod fuzzing {
 
     /// A control plane whose reloads always succeed (no daemon behind it).
     fn fuzz_control(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> FirehoseControl {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::telemetry::ReloadRequest>(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ReloadReply>(1);
         rt.spawn(async move {
             while let Some(reply) = rx.recv().await {
-                let _ = reply.send(Ok(serde_json::json!({})));
+                let _ = reply.send(Ok(()));
             }
         });
         let (_keep, pipelines) = tokio::sync::watch::channel(Arc::new(Default::default()));

@@ -80,25 +80,7 @@ pub struct DaemonConfig {
     pub firehose: FirehoseConfig,
 }
 
-/// `[firehose]`: how an S3 bucket ARN of CreateDeliveryStream becomes an object store.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FirehoseConfig {
-    /// `arn:aws:s3:::NAME` not listed in `buckets` is the directory `<buckets_dir>/NAME`
-    /// (default `<data_dir>/buckets`).
-    #[serde(default)]
-    pub buckets_dir: Option<PathBuf>,
-    /// `[firehose.buckets.NAME]`: the `object-store` sink options (`url`, `endpoint`,
-    /// `region`, credentials, ...) a bucket name stands for.
-    #[serde(default)]
-    pub buckets: BTreeMap<String, toml::Table>,
-}
-
-/// The folder of the delivery streams created through the Firehose API (one generated
-/// pipeline file each, loaded like the files of `pipelines_dir`).
-pub fn delivery_streams_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("delivery-streams")
-}
+pub use crate::spec::{delivery_streams_dir, FirehoseConfig};
 
 fn yes() -> bool {
     true

@@ -12,6 +12,26 @@ pub use partition::{fast_path, PartitionError, Partitioner};
 pub use template::{civil, hive_escape, RenderError, Template, TemplateError, MAX_PREFIX};
 pub use units::{ByteSize, HumanDuration, UnitError};
 
+/// `[firehose]`: how an S3 bucket ARN of CreateDeliveryStream becomes an object store.
+#[derive(Debug, Clone, Default, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FirehoseConfig {
+    /// `arn:aws:s3:::NAME` not listed in `buckets` is the directory `<buckets_dir>/NAME`
+    /// (default `<data_dir>/buckets`).
+    #[serde(default)]
+    pub buckets_dir: Option<PathBuf>,
+    /// `[firehose.buckets.NAME]`: the `object-store` sink options (`url`, `endpoint`,
+    /// `region`, credentials, ...) a bucket name stands for.
+    #[serde(default)]
+    pub buckets: std::collections::BTreeMap<String, toml::Table>,
+}
+
+/// The folder of the delivery streams created through the Firehose API (one generated
+/// pipeline file each, loaded like the files of `pipelines_dir`).
+pub fn delivery_streams_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("delivery-streams")
+}
+
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::Arc;
