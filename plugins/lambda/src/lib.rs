@@ -100,7 +100,7 @@ impl From<&str> for InvokeError {
 
 type Answer = Result<Vec<u8>, InvokeError>;
 /// Each chunk's outcome, filled by the worker that ran it.
-type Slots = Vec<std::sync::Mutex<Option<Result<Vec<Outcome>, InvokeError>>>>;
+type Slots = Vec<std::sync::Mutex<Option<Called>>>;
 type LogFn = Box<dyn Fn(Level, &str) + Send>;
 
 /// One way to call the function.
@@ -271,6 +271,8 @@ pub struct Lambda {
     workers: Vec<Box<dyn Invoke>>,
     ctx_log: LogFn,
     invocation: u64,
+    /// `sluice_plugin_lambda_invocations_total` and `..._invocation_failures_total`.
+    metrics: (sluice_plugin_api::Metric, sluice_plugin_api::Metric),
 }
 
 impl Plugin for Lambda {
@@ -346,7 +348,18 @@ impl Plugin for Lambda {
             )
         });
         let log_ctx = ctx.clone();
+        let metrics = (
+            ctx.counter(
+                "lambda_invocations_total",
+                "Invocations of the function, retries included",
+            )?,
+            ctx.counter(
+                "lambda_invocation_failures_total",
+                "Invocations that timed out, failed or answered an invalid document",
+            )?,
+        );
         Ok(Lambda {
+            metrics,
             cfg,
             arn,
             workers,
@@ -519,6 +532,13 @@ impl Lambda {
     }
 }
 
+/// What one chunk's invocation came to: the outcomes (or the last failure) and every
+/// failed attempt on the way.
+struct Called {
+    result: Result<Vec<Outcome>, InvokeError>,
+    failures: Vec<InvokeError>,
+}
+
 /// Calls the function until it answers a valid document or the retries are spent.
 fn call(
     w: &mut dyn Invoke,
@@ -526,18 +546,30 @@ fn call(
     ids: &[String],
     timeout: Duration,
     retries: u32,
-) -> Result<Vec<Outcome>, InvokeError> {
-    let mut last = InvokeError::from("not invoked");
+) -> Called {
+    let mut failures = Vec::new();
     for attempt in 0..=retries {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis((100u64 << attempt.min(6)).min(5_000)));
         }
         match w.invoke(event, timeout).and_then(|a| outcomes(&a, ids)) {
-            Ok(o) => return Ok(o),
-            Err(e) => last = e,
+            Ok(o) => {
+                return Called {
+                    result: Ok(o),
+                    failures,
+                }
+            }
+            Err(e) => failures.push(e),
         }
     }
-    Err(last)
+    let last = failures
+        .last()
+        .cloned()
+        .unwrap_or_else(|| InvokeError::from("not invoked"));
+    Called {
+        result: Err(last),
+        failures,
+    }
 }
 
 impl Transform for Lambda {
@@ -574,12 +606,16 @@ impl Transform for Lambda {
             }
         });
         for (&(start, n), slot) in parts.iter().zip(results) {
-            let r = slot
-                .into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Err(InvokeError::from("the invocation did not run")));
-            match r {
+            let called = slot.into_inner().ok().flatten().unwrap_or(Called {
+                result: Err(InvokeError::from("the invocation did not run")),
+                failures: Vec::new(),
+            });
+            for e in &called.failures {
+                (self.ctx_log)(Level::Warn, &format!("invocation failed: {e}"));
+            }
+            self.metrics.0.record(1.0 + called.failures.len() as f64);
+            self.metrics.1.record(called.failures.len() as f64);
+            match called.result {
                 Err(e) => {
                     (self.ctx_log)(
                         Level::Warn,
