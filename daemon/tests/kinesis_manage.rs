@@ -420,3 +420,33 @@ fn put_records_validation_lists_like_aws() {
         .unwrap()
         .success());
 }
+
+#[test]
+fn account_settings_record_size_and_warm_throughput_through_boto3() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    let out = python(
+        &[
+            interop("kinesis_account_boto3.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+        ],
+        &d,
+    );
+    assert!(out.contains("ok"), "{out}");
+    // The commitment and the record size survive a restart.
+    d.signal(libc::SIGTERM);
+    assert!(d
+        .wait_exit(std::time::Duration::from_secs(20))
+        .unwrap()
+        .success());
+    let mut d = s.start();
+    d.wait_ready();
+    let (_, body) = kinesis(s.api, "DescribeAccountSettings", "{}");
+    assert!(
+        body.contains("ENABLED_UNTIL_EARLIEST_ALLOWED_END"),
+        "{body}"
+    );
+    let (_, body) = kinesis(s.api, "DescribeStreamSummary", r#"{"StreamName":"prov"}"#);
+    assert!(body.contains("\"MaxRecordSizeInKiB\":2048"), "{body}");
+}

@@ -38,12 +38,18 @@ pub const OPERATIONS: &[&str] = &[
 
 /// Whether `op` is a Kinesis operation sluice serves.
 pub fn is_operation(op: &str) -> bool {
-    OPERATIONS.contains(&op) || super::manage::OPERATIONS.contains(&op)
+    OPERATIONS.contains(&op)
+        || super::manage::OPERATIONS.contains(&op)
+        || super::account::OPERATIONS.contains(&op)
 }
 
 /// Every Kinesis operation sluice serves.
 pub fn all_operations() -> impl Iterator<Item = &'static str> {
-    OPERATIONS.iter().chain(super::manage::OPERATIONS).copied()
+    OPERATIONS
+        .iter()
+        .chain(super::manage::OPERATIONS)
+        .chain(super::account::OPERATIONS)
+        .copied()
 }
 
 /// The shard index a `ShardId` names, as AWS reads it: the digits after the first `-`
@@ -88,6 +94,9 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
     }
     if super::manage::OPERATIONS.contains(&op) {
         return super::manage::dispatch(call, op, req);
+    }
+    if super::account::OPERATIONS.contains(&op) {
+        return super::account::dispatch(call, op, req);
     }
     match op {
         "CreateStream" => create_stream(call, req),
@@ -196,7 +205,30 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     if tags.is_some() {
         super::manage::check_tags(&mut v, tags.as_deref(), "tags");
     }
+    if let Some(m) = r.warm_throughput_mibps.filter(|m| *m < 0) {
+        v.add(
+            &m.to_string(),
+            "warmThroughputMiBps",
+            "Member must have value greater than or equal to 0",
+        );
+    }
+    match r.max_record_size_kib {
+        Some(k) if k < 1024 => v.add(
+            &k.to_string(),
+            "maxRecordSizeInKiB",
+            "Member must have value greater than or equal to 1024",
+        ),
+        Some(k) if k > 10_240 => v.add(
+            &k.to_string(),
+            "maxRecordSizeInKiB",
+            "Member must have value less than or equal to 10240",
+        ),
+        _ => {}
+    }
     v.finish()?;
+    if r.warm_throughput_mibps.is_some() {
+        super::account::check_warm(call, on_demand, r.warm_throughput_mibps.unwrap_or(0))?;
+    }
     // On-demand streams start with 4 shards, as Kinesis; a provisioned one needs a count
     // (sluice defaults to 4 there too, as before).
     let shards = shards.unwrap_or(4);
@@ -227,6 +259,8 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         Ok(st) => {
             st.update_settings(|s| {
                 s.on_demand = on_demand;
+                s.max_record_kib = r.max_record_size_kib.map(|k| k as u32);
+                s.warm_throughput_mibps = r.warm_throughput_mibps.map(|m| m as u32);
                 for (k, val) in &tags {
                     s.tags.insert((*k).to_string(), (*val).to_string());
                 }
@@ -364,6 +398,7 @@ fn describe_stream_summary(call: &Call<'_>, req: &Value) -> Result<Value, ApiErr
         "ConsumerCount": st.with_settings(|s| s.consumers.len()),
     });
     describe_settings(&st, &mut d);
+    super::account::describe_summary_extras(&st, &mut d);
     Ok(json!({ "StreamDescriptionSummary": d }))
 }
 
@@ -412,6 +447,15 @@ fn check_record(
         _ => {}
     }
     let bytes = super::request::check_data(rec.data.take(), &field("data"), max_data, v);
+    // The limit counts data and partition key together, as AWS counts them.
+    if let (Some(d), Some(k)) = (bytes.as_ref(), key) {
+        let size = d.len() as u64 + k.len() as u64;
+        if d.len() as u64 <= max_data && size > max_data {
+            return Err(ApiError::invalid_argument(format!(
+                "Record size {size} bytes (data and partition key) exceeds the stream's maximum record size of {max_data} bytes."
+            )));
+        }
+    }
     let mut hash = None;
     if let Some(h) = explicit {
         if h.is_empty()
@@ -542,7 +586,7 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
     let max = st_opt
         .as_ref()
-        .map(|s| s.max_record_size)
+        .map(|s| s.max_record_bytes())
         .unwrap_or(1 << 20);
     let entry = check_record(&mut r, "", max, &mut v)?;
     v.finish()?;
@@ -583,7 +627,7 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
     let max = st_opt
         .as_ref()
-        .map(|s| s.max_record_size)
+        .map(|s| s.max_record_bytes())
         .unwrap_or(1 << 20);
     let records = r.records.unwrap_or_default();
     let mut entries = Vec::with_capacity(records.len());

@@ -3,6 +3,7 @@
 //! (`{"__type": ..., "message": ...}`, HTTP 400), every response carries
 //! `x-amzn-RequestId`, and nothing a client sends yields a 500.
 
+mod account;
 mod cbor;
 mod delivery_streams;
 mod error;

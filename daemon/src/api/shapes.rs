@@ -200,6 +200,8 @@ shape!(
         shard_count: i64 = "ShardCount",
         stream_mode_details: StreamModeDetails = "StreamModeDetails",
         tags: StrMap = "Tags",
+        warm_throughput_mibps: i64 = "WarmThroughputMiBps",
+        max_record_size_kib: i64 = "MaxRecordSizeInKiB",
     }
 );
 
@@ -414,6 +416,37 @@ shape!(
         tags: StrMap = "Tags",
         max_results: i64 = "MaxResults",
         next_token: String = "NextToken",
+    }
+);
+
+shape!(
+    /// `MinimumThroughputBillingCommitment` of UpdateAccountSettings.
+    Commitment {
+        status: String = "Status",
+    }
+);
+
+shape!(
+    /// UpdateAccountSettings.
+    UpdateAccountSettingsInput {
+        commitment: Commitment = "MinimumThroughputBillingCommitment",
+    }
+);
+
+shape!(
+    /// UpdateMaxRecordSize.
+    UpdateMaxRecordSizeInput {
+        stream_arn: String = "StreamARN",
+        max_record_size_kib: i64 = "MaxRecordSizeInKiB",
+    }
+);
+
+shape!(
+    /// UpdateStreamWarmThroughput.
+    UpdateWarmThroughputInput {
+        stream_arn: String = "StreamARN",
+        stream_name: String = "StreamName",
+        warm_throughput_mibps: i64 = "WarmThroughputMiBps",
     }
 );
 

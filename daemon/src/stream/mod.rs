@@ -503,6 +503,13 @@ impl Stream {
         Ok(())
     }
 
+    /// The largest record (data and partition key) a put may carry: UpdateMaxRecordSize's,
+    /// else the configured `max_record_size`.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.with_settings(|s| s.max_record_kib)
+            .map_or(self.max_record_size, |k| u64::from(k) * 1024)
+    }
+
     /// Reads the settings in place (no copy: PutRecord reads the encryption type).
     pub fn with_settings<R>(&self, f: impl FnOnce(&StreamSettings) -> R) -> R {
         match self.settings.read() {
@@ -983,6 +990,11 @@ impl Streams {
             }
         }
         Ok(gone)
+    }
+
+    /// The data directory the streams live in (account-wide API settings live there too).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// A stream by name.

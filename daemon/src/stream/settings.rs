@@ -59,6 +59,12 @@ pub struct StreamSettings {
     /// Registered consumers, in registration order.
     #[serde(default)]
     pub consumers: Vec<Consumer>,
+    /// UpdateMaxRecordSize (KiB, 1024..=10240); absent: the stream's configured size.
+    #[serde(default)]
+    pub max_record_kib: Option<u32>,
+    /// UpdateStreamWarmThroughput (MiB/s) of an on-demand stream.
+    #[serde(default)]
+    pub warm_throughput_mibps: Option<u32>,
 }
 
 impl StreamSettings {
