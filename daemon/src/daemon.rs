@@ -34,7 +34,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         pipelines_dir = %daemon_cfg.pipelines_dir.display(),
         "sluiced starting"
     );
-    let registry = Arc::new(Registry::discover(&daemon_cfg.plugin_dirs));
+    let mut registry = Arc::new(Registry::discover(&daemon_cfg.plugin_dirs));
     let set = match config::load_with(&config_path, daemon_cfg, base, &registry) {
         Ok(s) => s,
         Err(e) => {
@@ -174,7 +174,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 tracing::info!("SIGHUP: reloading configuration");
                 last_seen = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
                 sd.reloading();
-                let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
+                let _ = reload(&config_path, &mut registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
                 sd.ready(&summary(&current));
             }
             Some(()) = file_events.recv() => {
@@ -189,14 +189,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 last_seen = now;
                 tracing::info!("configuration files changed: reloading configuration");
                 sd.reloading();
-                let _ = reload(&config_path, &registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
+                let _ = reload(&config_path, &mut registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
                 sd.ready(&summary(&current));
             }
             Some(reply) = reload_rx.recv() => {
                 tracing::info!("reload requested over HTTP");
                 last_seen = fingerprint(&config_path, &current.daemon.pipelines_dir).await;
                 sd.reloading();
-                let r = reload(&config_path, &registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
+                let r = reload(&config_path, &mut registry, &streams, &mut sup, &mut current, &pipelines_tx).await;
                 sd.ready(&summary(&current));
                 let _ = reply.send(r);
             }
@@ -256,7 +256,7 @@ fn record_reload(ok: bool) {
 /// otherwise. Daemon-level settings (listeners, folders) need a restart.
 async fn reload(
     path: &Path,
-    registry: &Arc<Registry>,
+    registry: &mut Arc<Registry>,
     streams: &Arc<Streams>,
     sup: &mut Supervisor,
     current: &mut ConfigSet,
@@ -266,15 +266,29 @@ async fn reload(
 ) -> Result<serde_json::Value, ReloadError> {
     // Reading, parsing and validating (plugins compile their programs) is blocking work:
     // on the blocking pool it cannot stall the API's tasks on the two runtime workers.
-    let (p, reg) = (path.to_path_buf(), registry.clone());
-    let new = tokio::task::spawn_blocking(move || {
-        config::load_daemon(&p).and_then(|(d, base)| config::load_with(&p, d, base, &reg))
+    // `plugin_dirs` are scanned again first: a library dropped in since loads now (the
+    // folders themselves are the running daemon file's; changing them needs a restart).
+    let (p, old, dirs) = (
+        path.to_path_buf(),
+        registry.clone(),
+        current.daemon.plugin_dirs.clone(),
+    );
+    let scanned = tokio::task::spawn_blocking(move || {
+        let reg = Arc::new(old.rescan(&dirs));
+        let set =
+            config::load_daemon(&p).and_then(|(d, base)| config::load_with(&p, d, base, &reg));
+        (reg, set)
     })
     .await
     .map_err(|e| {
         record_reload(false);
         ReloadError::Task(e)
     })?;
+    let (reg, new) = scanned;
+    // Libraries that loaded stay loaded whatever the configuration says: the registry is
+    // the new one either way.
+    sup.set_registry(reg.clone());
+    *registry = reg;
     match new {
         Err(e) => {
             record_reload(false);

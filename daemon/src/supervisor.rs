@@ -57,6 +57,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Uses `registry` for the pipelines started from now on (a reload rescanned
+    /// `plugin_dirs`); running ones keep their instances.
+    pub fn set_registry(&self, registry: Arc<Registry>) {
+        if let Ok(mut r) = self.ctx.registry.write() {
+            *r = registry;
+        }
+    }
+
     /// A supervisor running nothing yet; relative plugin paths resolve against
     /// `base_dir`, a stopping pipeline gets `drain_timeout`, pipelines keep their state in
     /// the services' data directory and share the buffer `memory` budget.
@@ -72,7 +80,7 @@ impl Supervisor {
                 services,
                 memory,
                 crash_markers_read: Default::default(),
-                registry,
+                registry: std::sync::RwLock::new(registry),
                 base_dir,
                 stop_deadline: drain_timeout,
             }),

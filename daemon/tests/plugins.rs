@@ -481,3 +481,59 @@ fn host_calls_after_destroy_are_refused_not_a_use_after_free() {
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
 }
+
+/// `plugin_dirs` are scanned again on every reload (issue #15): a library dropped in after
+/// the start loads and its plugin can be used at once; a loaded library whose file changes
+/// is refused with the reason (it cannot be unloaded) while its pipeline keeps running;
+/// "unknown plugin" says where sluice looked.
+#[test]
+fn a_library_dropped_into_plugin_dirs_loads_on_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let plugins = plugin_dir(&[]);
+    let s = Setup::new(
+        &format!(
+            "plugin_dirs = [\"{}\"]\nwatch = false",
+            plugins.path().display()
+        ),
+        &[],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    s.write_pipeline("c", &pipeline("c", &[C], "out/c.jsonl"));
+    let (code, body) = d.post("/admin/reload").unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("unknown transform plugin `c-passthrough`")
+            && body.contains(&format!(
+                "looked in: (bundled), {}",
+                plugins.path().display()
+            )),
+        "{body}"
+    );
+    let lib = plugins.path().join("libc_passthrough.so");
+    std::fs::copy(example_plugins().join("libc_passthrough.so"), &lib).unwrap();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, body) = d.post("/admin/reload").unwrap();
+    assert_eq!(code, 200, "{body}\n{}", d.stderr());
+    wait_until(Duration::from_secs(20), "the new plugin's output", || {
+        !lines(&s.path("out/c.jsonl")).is_empty()
+    });
+    // A changed file of a loaded library — overwritten in place, as `cp` does: the daemon
+    // runs a private copy, so it neither crashes nor changes; the change is refused with
+    // its reason and the pipeline runs on.
+    std::fs::copy(example_plugins().join("bad_major.so"), &lib).unwrap();
+    let (code, body) = d.post("/admin/reload").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        d.stderr()
+            .contains("the file changed since sluiced loaded it"),
+        "{}",
+        d.stderr()
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "every record through the old build",
+        || lines(&s.path("out/c.jsonl")).len() >= 2000,
+    );
+    assert_eq!(d.get("/healthz").map(|r| r.0), Some(200), "still alive");
+}

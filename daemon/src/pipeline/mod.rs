@@ -236,8 +236,9 @@ pub struct RuntimeCtx {
     /// Pipelines whose crash marker this process has read (only a pipeline's first run
     /// after the process started may blame a crash).
     pub crash_markers_read: Mutex<std::collections::HashSet<String>>,
-    /// The plugin registry.
-    pub registry: Arc<Registry>,
+    /// The plugin registry (replaced when a reload rescans `plugin_dirs`; pipelines
+    /// started later see the new one).
+    pub registry: std::sync::RwLock<Arc<Registry>>,
     /// Folder relative config paths resolve against.
     pub base_dir: PathBuf,
     /// Deadline for plugin `stop` calls.
@@ -245,6 +246,14 @@ pub struct RuntimeCtx {
 }
 
 impl RuntimeCtx {
+    /// The plugin registry as it stands.
+    pub fn registry(&self) -> Arc<Registry> {
+        match self.registry.read() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     /// Where pipelines keep their state (intent logs, spool and quarantine files): the
     /// services' data directory.
     pub fn data_dir(&self) -> Option<&Path> {
@@ -363,7 +372,7 @@ fn make_instance(
     ctx: &RuntimeCtx,
 ) -> Result<Instance, PipelineError> {
     let entry =
-        ctx.registry
+        ctx.registry()
             .lookup(c.kind, &c.plugin)
             .map_err(|source| PipelineError::Unknown {
                 component: c.id.clone(),

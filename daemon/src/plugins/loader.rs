@@ -320,6 +320,29 @@ fn check_permissions(path: &Path) -> Result<std::path::PathBuf, Unsafe> {
     Ok(real)
 }
 
+/// An in-memory copy of the library (a `memfd`), to be mapped instead of the file: a
+/// file overwritten in place (a `cp` over a loaded plugin) would otherwise change the
+/// pages of code the daemon is running and crash it. The descriptor stays open for the
+/// life of the process (libraries are never unloaded), which also keeps every copy's
+/// `/proc/self/fd/N` name distinct for the dynamic loader. `None` when memfds are not
+/// available: the file itself is loaded then.
+fn private_copy(real: &Path) -> Option<std::path::PathBuf> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: a valid NUL-terminated name; the flags are constants.
+    let fd = unsafe { libc::memfd_create(c"sluice-plugin".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just created and is owned here.
+    let mut mem = unsafe { std::fs::File::from_raw_fd(fd) };
+    let copied = std::fs::File::open(real).and_then(|mut src| std::io::copy(&mut src, &mut mem));
+    if copied.is_err() {
+        return None;
+    }
+    std::mem::forget(mem);
+    Some(std::path::PathBuf::from(format!("/proc/self/fd/{fd}")))
+}
+
 /// Opens one library and registers its plugins.
 pub fn load_file(reg: &mut Registry, path: &Path) -> Result<usize, LoadError> {
     let shown = path.display().to_string();
@@ -330,7 +353,8 @@ pub fn load_file(reg: &mut Registry, path: &Path) -> Result<usize, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     // SAFETY: loading a library runs its initialisers: plugins are trusted code (checked
     // for permissions above). RTLD_NODELETE: libraries are never unloaded.
-    let lib = unsafe { Library::open(Some(&real), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NODELETE) }
+    let mapped = private_copy(&real).unwrap_or_else(|| real.clone());
+    let lib = unsafe { Library::open(Some(&mapped), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NODELETE) }
         .map_err(|e| LoadError::Open {
             path: shown.clone(),
             // libloading's message is only "dlopen failed": the loader's own reason
@@ -379,7 +403,28 @@ pub fn load_file(reg: &mut Registry, path: &Path) -> Result<usize, LoadError> {
     reg.register(desc, Origin::Dylib(path.to_path_buf()))
 }
 
-/// Loads every `*.so` in `dir`, recording refusals in the registry.
+/// What a library file was when it was loaded: identity, size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        }
+    }
+}
+
+/// Loads every `*.so` in `dir` not loaded yet, recording refusals in the registry; a
+/// library file that changed since it was loaded is refused (once per change).
 pub fn load_dir(reg: &mut Registry, dir: &Path) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -401,16 +446,38 @@ pub fn load_dir(reg: &mut Registry, dir: &Path) {
         .collect();
     files.sort();
     for path in files {
+        let stamp = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+        if let Some((_, was)) = reg.loaded.iter().find(|(p, _)| *p == path) {
+            if stamp.is_some_and(|s| s != *was) {
+                let reason = format!(
+                    "{}: the file changed since sluiced loaded it; a loaded library is never unloaded, so its plugins keep running the old build: restart sluiced to use the new one",
+                    path.display()
+                );
+                if !reg
+                    .refused
+                    .iter()
+                    .any(|r| r.path == path && r.reason == reason)
+                {
+                    reg.refuse(&path, reason);
+                }
+            }
+            continue;
+        }
         // The same file twice (symlinks, overlapping folders) is loaded once.
-        if let Ok(m) = std::fs::metadata(&path) {
-            let id = (m.dev(), m.ino());
+        if let Some(s) = stamp {
+            let id = (s.dev, s.ino);
             if reg.seen.contains(&id) {
                 continue;
             }
             reg.seen.push(id);
         }
         match load_file(reg, &path) {
-            Ok(n) => tracing::info!(path = %path.display(), plugins = n, "plugin library loaded"),
+            Ok(n) => {
+                tracing::info!(path = %path.display(), plugins = n, "plugin library loaded");
+                if let Some(s) = stamp {
+                    reg.loaded.push((path.clone(), s));
+                }
+            }
             Err(e) => reg.refuse(&path, e.to_string()),
         }
     }

@@ -81,7 +81,7 @@ pub fn outside_runtime<R>(f: impl FnOnce() -> R) -> R {
 /// No plugin of that kind and name.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "unknown {kind} plugin `{name}` (available: {available}){}{}",
+    "unknown {kind} plugin `{name}` (available: {available}){}{}; looked in: {looked_in}",
     other_kind.map(|k| format!("; `{name}` is a {k} plugin")).unwrap_or_default(),
     match refused {
         0 => String::new(),
@@ -100,6 +100,8 @@ pub struct UnknownPlugin {
     pub other_kind: Option<Kind>,
     /// How many libraries were refused (one of them may have had it).
     pub refused: usize,
+    /// Where plugins come from: the bundled set and each folder of `plugin_dirs`.
+    pub looked_in: String,
 }
 
 /// What the daemon offers its bundled plugins beyond the ABI's host table, handed down
@@ -163,12 +165,17 @@ pub struct Refusal {
 }
 
 /// Every plugin the daemon knows, bundled and loaded.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Registry {
     entries: Vec<Arc<PluginEntry>>,
     refused: Vec<Refusal>,
     /// (device, inode) of every library file seen, to load each file once.
     seen: Vec<(u64, u64)>,
+    /// Each loaded library file and what it was when loaded: a file changed since then
+    /// cannot take effect (libraries are never unloaded) and is reported on a rescan.
+    loaded: Vec<(PathBuf, loader::Stamp)>,
+    /// The `plugin_dirs` scanned.
+    dirs: Vec<PathBuf>,
 }
 
 /// The libraries compiled into the daemon.
@@ -198,10 +205,27 @@ impl Registry {
                 });
             }
         }
+        reg.dirs = plugin_dirs.to_vec();
         for dir in plugin_dirs {
             load_dir(&mut reg, dir);
         }
         for r in &reg.refused {
+            tracing::warn!(path = %r.path.display(), reason = %r.reason, "plugin library refused");
+        }
+        reg
+    }
+
+    /// The registry after scanning `plugin_dirs` again (every reload does): new library
+    /// files load, loaded ones stay; a loaded file that changed since is refused with the
+    /// reason (a library cannot be replaced in a running process: restart sluiced).
+    pub fn rescan(&self, plugin_dirs: &[PathBuf]) -> Registry {
+        let mut reg = self.clone();
+        reg.dirs = plugin_dirs.to_vec();
+        let before = reg.refused.len();
+        for dir in plugin_dirs {
+            load_dir(&mut reg, dir);
+        }
+        for r in &reg.refused[before..] {
             tracing::warn!(path = %r.path.display(), reason = %r.reason, "plugin library refused");
         }
         reg
@@ -279,6 +303,10 @@ impl Registry {
             available: available.join(", "),
             other_kind: self.entries.iter().find(|e| e.name == name).map(|e| e.kind),
             refused: self.refused.len(),
+            looked_in: std::iter::once("(bundled)".to_string())
+                .chain(self.dirs.iter().map(|d| d.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 }
