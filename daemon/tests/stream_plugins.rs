@@ -31,11 +31,27 @@ fn clean_restart_resumes_from_the_checkpoint() {
         ],
     );
     let out = s.path("out/lake.jsonl");
+    let started = std::time::Instant::now();
     let mut d = s.start();
     d.wait_ready();
     wait_until(Duration::from_secs(30), "3000 records delivered", || {
         lines(&out).len() >= 3000
     });
+    // Checkpoints are coalesced: at most one write a second (30 acknowledged batches
+    // here), never one per batch; an idle pipeline writes its last positions too.
+    let writes = || {
+        d.metric(
+            "sluice_checkpoint_writes_total",
+            &["pipeline=\"deliver\"", "stream=\"events\""],
+        )
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the idle pipeline's checkpoint",
+        || writes() >= 1.0,
+    );
+    let (n, bound) = (writes(), started.elapsed().as_secs_f64().ceil() + 1.0);
+    assert!(n <= bound, "{n} checkpoint writes in {bound} s");
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
     let cp = std::fs::read_to_string(s.path("var/checkpoints/deliver/events.json")).unwrap();

@@ -60,6 +60,15 @@ pub struct SourceConfig {
     /// Most records per poll.
     #[serde(default = "default_batch")]
     pub batch_size: u32,
+    /// At most one durable checkpoint write per this interval (and one at stop); `0s`
+    /// writes one per acknowledged batch. A later checkpoint only means more replay after
+    /// a crash, which object sinks rewrite under the same names (the intent log).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: crate::spec::HumanDuration,
+}
+
+fn default_checkpoint_interval() -> crate::spec::HumanDuration {
+    crate::spec::HumanDuration(Duration::from_secs(1))
 }
 
 fn default_batch() -> u32 {
@@ -94,6 +103,12 @@ pub struct StreamSource {
     /// Round-robin cursor: the shard index to try first.
     next_shard: u32,
     next_token: u64,
+    /// Delivered positions not yet written to the checkpoint file.
+    dirty: bool,
+    /// When the checkpoint was last written.
+    saved_at: std::time::Instant,
+    /// `sluice_checkpoint_writes_total{pipeline,stream}`.
+    writes: Option<metrics::Counter>,
 }
 
 fn checkpoint_path(
@@ -165,6 +180,9 @@ impl Plugin for StreamSource {
             in_flight: VecDeque::new(),
             next_shard: 0,
             next_token: 1,
+            dirty: false,
+            saved_at: std::time::Instant::now(),
+            writes: None,
         })
     }
 
@@ -184,6 +202,9 @@ impl Plugin for StreamSource {
             }
         };
         self.loaded = cp;
+        let writes = metrics::counter!("sluice_checkpoint_writes_total", "pipeline" => self.pipeline.clone(), "stream" => self.cfg.stream.clone());
+        writes.increment(0);
+        self.writes = Some(writes);
         self.latest_for_new = self.cfg.start == Start::Latest
             && !damaged
             && matches!(
@@ -200,9 +221,45 @@ impl Plugin for StreamSource {
         self.latest_for_new = false;
         Ok(())
     }
+
+    fn stop(&mut self, _deadline: Duration) -> Result<(), Error> {
+        // Every delivered position is in the file when the pipeline stops.
+        self.save_if_due(true);
+        Ok(())
+    }
 }
 
 impl StreamSource {
+    /// Writes the checkpoint if delivered positions are waiting and `force` or the
+    /// interval has passed since the last write.
+    fn save_if_due(&mut self, force: bool) {
+        if !self.dirty || (!force && self.saved_at.elapsed() < self.cfg.checkpoint_interval.0) {
+            return;
+        }
+        let Some(path) =
+            checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream)
+        else {
+            return;
+        };
+        let cp: BTreeMap<String, u64> = self
+            .committed
+            .iter()
+            .map(|(&i, &p)| (crate::stream::shard_id(i), p))
+            .collect();
+        match store_checkpoint(&path, &cp) {
+            Ok(()) => {
+                self.dirty = false;
+                self.saved_at = std::time::Instant::now();
+                if let Some(w) = &self.writes {
+                    w.increment(1);
+                }
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint");
+            }
+        }
+    }
+
     /// Gives every shard of the current set a position (checkpoint, `start`, or its
     /// beginning) the first time it is met.
     fn meet_shards(&mut self) -> Option<Arc<ShardSet>> {
@@ -261,6 +318,8 @@ impl Source for StreamSource {
         let Some(set) = self.meet_shards() else {
             return Err(Error::fatal("not started"));
         };
+        // An idle pipeline's last positions reach the file within the interval too.
+        self.save_if_due(false);
         let budget = out.credit_records().min(u64::from(self.cfg.batch_size)) as usize;
         // Round-robin from the cursor; one shard per poll keeps each batch within a shard,
         // so acks map to one position.
@@ -285,6 +344,7 @@ impl Source for StreamSource {
                     self.read_pos.insert(i, from.max(c.at_seq));
                     if self.in_flight.iter().all(|f| f.1 != i) {
                         self.committed.insert(i, from.max(c.at_seq));
+                        self.dirty = true;
                     }
                     self.done.insert(i);
                     tracing::debug!(pipeline = %self.pipeline, stream = %st.name, shard = %sh.id, "read a closed shard to its end");
@@ -352,19 +412,8 @@ impl Source for StreamSource {
         if !delivered {
             return;
         }
-        let Some(path) =
-            checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream)
-        else {
-            return;
-        };
-        let cp: BTreeMap<String, u64> = self
-            .committed
-            .iter()
-            .map(|(&i, &p)| (crate::stream::shard_id(i), p))
-            .collect();
-        if let Err(e) = store_checkpoint(&path, &cp) {
-            tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint");
-        }
+        self.dirty = true;
+        self.save_if_due(false);
     }
 }
 
@@ -479,11 +528,15 @@ impl Plugin for DirectPutSource {
             stream: crate::spec::direct_put_stream(ctx.pipeline()),
             start: Start::TrimHorizon,
             batch_size: default_batch(),
+            checkpoint_interval: default_checkpoint_interval(),
         };
         StreamSource::create(cfg, ctx).map(DirectPutSource)
     }
     fn start(&mut self) -> Result<(), Error> {
         self.0.start()
+    }
+    fn stop(&mut self, deadline: Duration) -> Result<(), Error> {
+        self.0.stop(deadline)
     }
 }
 
