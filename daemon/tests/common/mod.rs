@@ -562,7 +562,7 @@ pub fn exposure_score(output: &str, unit: &str) -> f64 {
 }
 
 /// Lines of every delivered object under `dir` (a directory lake, uncompressed), read while
-/// the daemon may be writing: its temp files (`.name.tmp-…`, renamed into place when
+/// the daemon may be writing: its temp files (`.name.tmp`, renamed into place when
 /// complete) are not objects, and one may be renamed between listing and reading. Objects
 /// under `kdferror` (error documents) are left out.
 pub fn object_lines(dir: &Path) -> Vec<String> {

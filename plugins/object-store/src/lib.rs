@@ -59,8 +59,13 @@ enum Target {
 /// The sink.
 pub struct ObjectStore {
     target: Target,
-    seq: u64,
+    /// Folders known to exist (created or seen by this instance), so that an object
+    /// costs no `mkdir -p`; bounded, and forgotten when a write finds one gone.
+    known_dirs: std::collections::HashSet<PathBuf>,
 }
+
+/// Most folders remembered; past it the set starts over (a cache, not a record).
+const MAX_KNOWN_DIRS: usize = 65_536;
 
 fn safe_key(key: &str) -> Option<PathBuf> {
     let p = Path::new(key);
@@ -125,7 +130,10 @@ impl Plugin for ObjectStore {
     type Config = ObjectStoreConfig;
     fn create(cfg: ObjectStoreConfig, ctx: &Context) -> Result<Self, Error> {
         let target = target(&cfg, |p| ctx.resolve_path(p))?;
-        Ok(ObjectStore { target, seq: 0 })
+        Ok(ObjectStore {
+            target,
+            known_dirs: Default::default(),
+        })
     }
 
     fn start(&mut self) -> Result<(), Error> {
@@ -157,10 +165,18 @@ impl ObjectStore {
         let io = |what: &str, e: std::io::Error| {
             Error::retryable(format_args!("{what} {}: {e}", path.display()))
         };
-        std::fs::create_dir_all(&dir).map_err(|e| io("cannot create the folder of", e))?;
-        self.seq += 1;
+        if !self.known_dirs.contains(&dir) {
+            std::fs::create_dir_all(&dir).map_err(|e| io("cannot create the folder of", e))?;
+            if self.known_dirs.len() >= MAX_KNOWN_DIRS {
+                self.known_dirs.clear();
+            }
+            self.known_dirs.insert(dir.clone());
+        }
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("object");
-        let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), self.seq));
+        // One temp name per object: a crash mid-write leaves `.<name>.tmp`, and the replay,
+        // which writes the same object into the same folder, overwrites and renames it —
+        // no leftovers and no folder scan per object.
+        let tmp = dir.join(format!(".{name}.tmp"));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             match obj.body_path {
@@ -172,22 +188,14 @@ impl ObjectStore {
             f.sync_all()?;
             sluice_plugin_api::failpoint("object-store-mid-upload");
             std::fs::rename(&tmp, &path)?;
-            sync_dir(&dir)?;
-            // A crash mid-write leaves `.<name>.tmp-<pid>-<n>` behind; the replay writes the
-            // same name into the same folder, so that is where its leftovers are found.
-            let stale = format!(".{name}.tmp-");
-            for e in std::fs::read_dir(&dir)?.flatten() {
-                if e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(&stale))
-                {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-            Ok(())
+            sync_dir(&dir)
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // The folder went away under us: make it again on the retry.
+                self.known_dirs.remove(&dir);
+            }
             io("cannot write", e)
         })
     }
