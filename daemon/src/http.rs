@@ -30,6 +30,32 @@ pub const LIMITS: Limits = Limits {
     header_timeout: Duration::from_secs(20),
 };
 
+/// Waits, at most `limit`, until the first bytes tell HTTP/1 from HTTP/2 (the client
+/// preface). hyper's automatic detection has no timeout of its own: without this, a
+/// connection that sends nothing (or a few bytes) would hold its slot forever.
+async fn protocol_known(sock: &tokio::net::TcpStream, limit: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, sock.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
+            return true;
+        }
+        // Part of the HTTP/2 preface so far: wait for the rest.
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Serves `app` on `listener` until the process ends. `name` labels the metrics.
 pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, name: &'static str) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -56,6 +82,11 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, nam
         let open = open.clone();
         tokio::spawn(async move {
             open.increment(1.0);
+            if !protocol_known(&sock, limits.header_timeout).await {
+                open.decrement(1.0);
+                drop(permit);
+                return;
+            }
             let mut b =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             b.http1()
@@ -78,6 +109,39 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: Limits, nam
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// A connection that never sends a request (not even enough to tell HTTP/1 from
+    /// HTTP/2) is closed after the header timeout, so it cannot hold its slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silent_connections_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let limits = Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(300),
+        };
+        tokio::spawn(serve(listener, app, limits, "test-silent"));
+        let closed = tokio::task::spawn_blocking(move || {
+            let mut silent = std::net::TcpStream::connect(addr).unwrap();
+            let mut partial = std::net::TcpStream::connect(addr).unwrap();
+            partial.write_all(b"PRI * HTTP").unwrap();
+            let ends = |s: &mut std::net::TcpStream| {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = [0u8; 16];
+                // Closed: end of stream, or a reset (unread bytes were left behind).
+                match s.read(&mut buf) {
+                    Ok(0) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                    Ok(_) => false,
+                }
+            };
+            (ends(&mut silent), ends(&mut partial))
+        })
+        .await
+        .unwrap();
+        assert_eq!(closed, (true, true));
+    }
 
     /// Past `max_connections` a new connection is closed at once; the open ones are served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,6 +198,14 @@ fn describe() {
         "Connections closed at once because the listener had its maximum open"
     );
     describe_counter!(
+        "sluice_checkpoint_writes_total",
+        "Durable checkpoint writes of a stream source (at most one per checkpoint_interval, and one at stop)"
+    );
+    describe_counter!(
+        "sluice_stream_reshards_total",
+        "Reshardings of a stream (SplitShard, MergeShards, UpdateShardCount, a changed `shards`)"
+    );
+    describe_counter!(
         "sluice_checkpoint_damaged_total",
         "Checkpoint files found damaged at start (the pipeline resumed from the oldest record)"
     );

@@ -191,3 +191,28 @@ fn a_function_that_always_dies_sends_its_records_to_the_error_output() {
         d.stderr()
     );
 }
+
+/// A function that prints a line of its own before each answer: every answer read is the
+/// wrong line, the command is restarted each time (never wedged on a full pipe), and after
+/// the retries the records are in the error output.
+#[test]
+fn a_function_that_talks_on_stdout_is_restarted_and_reported() {
+    let script = "import sys\nfor line in sys.stdin:\n    print('debug: got an event', flush=True)\n    print('{\"records\": []}', flush=True)\n";
+    let s = Setup::new("", &[]);
+    std::fs::write(s.path("talker.py"), script).unwrap();
+    s.write_pipeline(
+        "talk",
+        "[pipelines.talk]\nsource = { plugin = \"generator\", count = 30, batch_size = 10, template = '{\"n\":${seq}}' }\n\n[[pipelines.talk.transforms]]\nplugin = \"lambda\"\ncommand = [\"python3\", \"talker.py\"]\nretries = 1\ntimeout_secs = 5\n\n[pipelines.talk.buffer]\ninterval = \"1s\"\n\n[pipelines.talk.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"p/\"\n",
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    wait_until(Duration::from_secs(60), "30 error documents", || {
+        failed(&s.path("lake")).len() >= 30
+    });
+    let f = failed(&s.path("lake"));
+    assert!(
+        f.iter()
+            .all(|x| x.1.starts_with("Lambda.JsonProcessingException")),
+        "{f:?}"
+    );
+}

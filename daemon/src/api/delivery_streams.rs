@@ -51,12 +51,10 @@ pub fn dir(data_dir: &Path) -> PathBuf {
     crate::spec::delivery_streams_dir(data_dir)
 }
 
-/// The record of `name`, if the API made it.
-pub fn load(data_dir: &Path, name: &str) -> Option<Record> {
-    let path = crate::names::child(&dir(data_dir), name)
-        .ok()?
-        .with_extension("json");
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+/// `<folder>/<name>.<ext>` (not `with_extension`: a name may hold dots of its own).
+fn file(data_dir: &Path, name: &str, ext: &str) -> std::io::Result<PathBuf> {
+    crate::names::check(name).map_err(std::io::Error::other)?;
+    Ok(dir(data_dir).join(format!("{name}.{ext}")))
 }
 
 /// Every record, by name.
@@ -83,7 +81,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_data()?;
@@ -91,27 +92,28 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(parent)?.sync_all()
 }
 
-/// Writes the pipeline file, then the record.
+/// Writes the record, then the pipeline file: a crash in between leaves a record that
+/// describes nothing (only pipeline files run, and a record without a running pipeline
+/// is overwritten by the next CreateDeliveryStream of that name).
 pub fn save(data_dir: &Path, rec: &Record, pipeline_toml: &str) -> std::io::Result<()> {
-    let base = crate::names::child(&dir(data_dir), &rec.name).map_err(std::io::Error::other)?;
-    write_atomic(&base.with_extension("toml"), pipeline_toml.as_bytes())?;
-    let json = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
-    write_atomic(&base.with_extension("json"), &json)
+    save_record(data_dir, rec)?;
+    write_atomic(
+        &file(data_dir, &rec.name, "toml")?,
+        pipeline_toml.as_bytes(),
+    )
 }
 
 /// Rewrites only the record (tags, encryption: nothing the pipeline reads).
 pub fn save_record(data_dir: &Path, rec: &Record) -> std::io::Result<()> {
-    let base = crate::names::child(&dir(data_dir), &rec.name).map_err(std::io::Error::other)?;
     let json = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
-    write_atomic(&base.with_extension("json"), &json)
+    write_atomic(&file(data_dir, &rec.name, "json")?, &json)
 }
 
 /// Removes the pipeline file and the record (the pipeline file first: a record left
 /// behind by a crash describes nothing, since only generated files run).
 pub fn remove(data_dir: &Path, name: &str) -> std::io::Result<()> {
-    let base = crate::names::child(&dir(data_dir), name).map_err(std::io::Error::other)?;
     for ext in ["toml", "json"] {
-        match std::fs::remove_file(base.with_extension(ext)) {
+        match std::fs::remove_file(file(data_dir, name, ext)?) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }

@@ -704,9 +704,8 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let account = &call.state.account;
     let name = r.delivery_stream_name.clone().unwrap_or_default();
     let _one = c.lock.lock().await;
-    let exists = hoses(c).contains_key(&name)
-        || c.pipelines.borrow().contains_key(&name)
-        || store::load(&c.data_dir, &name).is_some();
+    // A record without a running pipeline (a crash between the two files) is stale.
+    let exists = hoses(c).contains_key(&name) || c.pipelines.borrow().contains_key(&name);
     if exists {
         return Err(ApiError::new(
             "ResourceInUseException",
@@ -814,18 +813,40 @@ async fn delete(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let _one = c.lock.lock().await;
     match hose(c, &name, account)? {
         Hose::File(_) => Err(read_only(&name, account)),
-        Hose::Api(_) => {
+        Hose::Api(rec) => {
             let dir = c.data_dir.clone();
             let n = name.clone();
             blocking(move || store::remove(&dir, &n)).await?;
             // The reload drains the pipeline (buffers flushed and delivered) and stops it.
-            reload(c)
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            // A delivery stream made again under this name starts afresh.
-            if let Ok(cp) = crate::names::child(&c.data_dir.join("checkpoints"), &name) {
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(cp)).await;
+            if let Err(e) = reload(c).await {
+                // Refused (an unrelated file that does not validate): the pipeline still
+                // runs, so its files come back and the answer says why.
+                let (dir, toml) = (c.data_dir.clone(), store::pipeline_toml(&rec, &c.config));
+                if let Ok(toml) = toml {
+                    blocking(move || store::save(&dir, &rec, &toml)).await?;
+                }
+                return Err(ApiError::internal(format!(
+                    "Firehose {name} could not be removed: {e}"
+                )));
             }
+            // A delivery stream made again under this name starts afresh: no checkpoint,
+            // and no Direct PUT records of the old one waiting in its internal stream.
+            let mut gone = Vec::new();
+            if let Ok(cp) = crate::names::child(&c.data_dir.join("checkpoints"), &name) {
+                gone.push(cp);
+            }
+            if let Ok(st) = crate::names::child(
+                &c.data_dir.join("streams"),
+                &crate::spec::direct_put_stream(&name),
+            ) {
+                gone.push(st);
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                for g in gone {
+                    let _ = std::fs::remove_dir_all(g);
+                }
+            })
+            .await;
             Ok(json!({}))
         }
     }

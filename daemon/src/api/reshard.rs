@@ -131,6 +131,15 @@ fn shard_limit(st: &Stream, call: &Call<'_>, more: usize) -> ApiError {
     )
 }
 
+/// Runs a resharding, which waits for the appends in flight (their fsyncs) and writes
+/// files, without stalling the runtime's other tasks (the API has two workers).
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// The failures a resharding can meet after the checks passed.
 fn reshard_error(e: StreamError, st: &Stream, call: &Call<'_>) -> ApiError {
     match e {
@@ -195,8 +204,7 @@ pub fn split_shard(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     if sh.closed().is_some() {
         return Err(already_resharded(index, &st, account));
     }
-    st.split_shard(index, k)
-        .map_err(|e| reshard_error(e, &st, call))?;
+    off_the_runtime(|| st.split_shard(index, k)).map_err(|e| reshard_error(e, &st, call))?;
     Ok(json!({}))
 }
 
@@ -246,8 +254,7 @@ pub fn merge_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             return Err(already_resharded(s.index, &st, account));
         }
     }
-    st.merge_shards(a, b)
-        .map_err(|e| reshard_error(e, &st, call))?;
+    off_the_runtime(|| st.merge_shards(a, b)).map_err(|e| reshard_error(e, &st, call))?;
     Ok(json!({}))
 }
 
@@ -297,7 +304,7 @@ pub fn update_shard_count(call: &Call<'_>, req: &Value) -> Result<Value, ApiErro
     if target > i64::from(MAX_SHARDS) {
         return Err(shard_limit(&st, call, (target - current).max(0) as usize));
     }
-    st.scale_to(target as u32, true)
+    off_the_runtime(|| st.scale_to(target as u32, true))
         .map_err(|e| reshard_error(e, &st, call))?;
     Ok(json!({
         "StreamName": st.name,

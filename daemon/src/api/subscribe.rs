@@ -249,6 +249,42 @@ fn start(
     .max(sh.log.first_seq()))
 }
 
+/// What became of one frame handed to the reader.
+enum Sent {
+    Yes,
+    /// The reader left, the lifetime ended or another subscription took over: stop.
+    Stop,
+}
+
+/// Hands `frame` to the reader, waiting while it reads slowly — but never past the
+/// subscription's end or a takeover (checked each second), so a client that stops reading
+/// cannot keep the task alive.
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    frame: Bytes,
+    ends: tokio::time::Instant,
+    registry: &Registry,
+    key: &(String, u32),
+    generation: u64,
+) -> Sent {
+    loop {
+        let tick = (tokio::time::Instant::now() + Duration::from_secs(1)).min(ends);
+        match tokio::time::timeout_at(tick, tx.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(frame);
+                return Sent::Yes;
+            }
+            Ok(Err(_)) => return Sent::Stop,
+            Err(_) => {
+                if tokio::time::Instant::now() >= ends || registry.current(key) != Some(generation)
+                {
+                    return Sent::Stop;
+                }
+            }
+        }
+    }
+}
+
 /// Pushes events until the shard's end, the lifetime, a takeover or the reader leaving.
 async fn push(
     st: Arc<Stream>,
@@ -260,11 +296,9 @@ async fn push(
     generation: u64,
 ) {
     const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-    if tx
-        .send(event("initial-response", &json!({})))
-        .await
-        .is_err()
-    {
+    let ends = tokio::time::Instant::now() + LIFETIME;
+    let first = event("initial-response", &json!({}));
+    if let Sent::Stop = send(&tx, first, ends, registry, key, generation).await {
         return;
     }
     let began = std::time::Instant::now();
@@ -273,12 +307,11 @@ async fn push(
     let consumer = format!("efo:{}", key.0.rsplit('/').next().unwrap_or(""));
     while began.elapsed() < LIFETIME {
         if registry.current(key) != Some(generation) {
-            let _ = tx
-                .send(exception(
-                    "ResourceInUseException",
-                    "Another subscription took over this consumer's shard.",
-                ))
-                .await;
+            // Best effort: a reader that is not reading does not get it.
+            let _ = tx.try_send(exception(
+                "ResourceInUseException",
+                "Another subscription took over this consumer's shard.",
+            ));
             return;
         }
         // Observed before reading: an empty read of a closed shard is its end.
@@ -292,7 +325,7 @@ async fn push(
         {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                let _ = tx.send(exception("InternalFailure", &e.to_string())).await;
+                let _ = tx.try_send(exception("InternalFailure", &e.to_string()));
                 return;
             }
             Err(_) => return,
@@ -327,11 +360,8 @@ async fn push(
         if at_end {
             payload["ChildShards"] = super::kinesis::child_shards(&st, sh.index);
         }
-        if tx
-            .send(event("SubscribeToShardEvent", &payload))
-            .await
-            .is_err()
-        {
+        let frame = event("SubscribeToShardEvent", &payload);
+        if let Sent::Stop = send(&tx, frame, ends, registry, key, generation).await {
             return;
         }
         last_event = std::time::Instant::now();

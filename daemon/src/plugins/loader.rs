@@ -326,7 +326,7 @@ fn check_permissions(path: &Path) -> Result<std::path::PathBuf, Unsafe> {
 /// life of the process (libraries are never unloaded), which also keeps every copy's
 /// `/proc/self/fd/N` name distinct for the dynamic loader. `None` when memfds are not
 /// available: the file itself is loaded then.
-fn private_copy(real: &Path) -> Option<std::path::PathBuf> {
+fn private_copy(real: &Path) -> Option<(std::fs::File, std::path::PathBuf)> {
     use std::os::fd::FromRawFd as _;
     // SAFETY: a valid NUL-terminated name; the flags are constants.
     let fd = unsafe { libc::memfd_create(c"sluice-plugin".as_ptr(), libc::MFD_CLOEXEC) };
@@ -336,11 +336,9 @@ fn private_copy(real: &Path) -> Option<std::path::PathBuf> {
     // SAFETY: `fd` was just created and is owned here.
     let mut mem = unsafe { std::fs::File::from_raw_fd(fd) };
     let copied = std::fs::File::open(real).and_then(|mut src| std::io::copy(&mut src, &mut mem));
-    if copied.is_err() {
-        return None;
-    }
-    std::mem::forget(mem);
-    Some(std::path::PathBuf::from(format!("/proc/self/fd/{fd}")))
+    copied
+        .ok()
+        .map(|_| (mem, std::path::PathBuf::from(format!("/proc/self/fd/{fd}"))))
 }
 
 /// Opens one library and registers its plugins.
@@ -353,17 +351,30 @@ pub fn load_file(reg: &mut Registry, path: &Path) -> Result<usize, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     // SAFETY: loading a library runs its initialisers: plugins are trusted code (checked
     // for permissions above). RTLD_NODELETE: libraries are never unloaded.
-    let mapped = private_copy(&real).unwrap_or_else(|| real.clone());
-    let lib = unsafe { Library::open(Some(&mapped), RTLD_NOW | RTLD_LOCAL | libc::RTLD_NODELETE) }
-        .map_err(|e| LoadError::Open {
-            path: shown.clone(),
-            // libloading's message is only "dlopen failed": the loader's own reason
-            // (dlerror: missing symbols, wrong ELF class, not an ELF file) is its source.
-            error: match std::error::Error::source(&e) {
-                Some(why) => format!("{e}: {why}"),
-                None => e.to_string(),
-            },
-        })?;
+    let flags = RTLD_NOW | RTLD_LOCAL | libc::RTLD_NODELETE;
+    // The private copy first; when it cannot be mapped (memfds without exec rights, a
+    // library that finds its siblings through `$ORIGIN`), the file itself.
+    let from_copy = private_copy(&real).and_then(|(mem, mapped)| {
+        // SAFETY: as below, on the same bytes.
+        let lib = unsafe { Library::open(Some(&mapped), flags) }.ok()?;
+        // The copy stays open for the life of the process, like the library.
+        std::mem::forget(mem);
+        Some(lib)
+    });
+    let lib = match from_copy {
+        Some(lib) => Ok(lib),
+        // SAFETY: see above.
+        None => unsafe { Library::open(Some(&real), flags) },
+    }
+    .map_err(|e| LoadError::Open {
+        path: shown.clone(),
+        // libloading's message is only "dlopen failed": the loader's own reason
+        // (dlerror: missing symbols, wrong ELF class, not an ELF file) is its source.
+        error: match std::error::Error::source(&e) {
+            Some(why) => format!("{e}: {why}"),
+            None => e.to_string(),
+        },
+    })?;
     type Entry = unsafe extern "C" fn() -> *const ffi::sl_library;
     // SAFETY: the symbol, when present, has the documented signature.
     let entry = match unsafe { lib.get::<Entry>(ffi::ENTRY_SYMBOL) } {

@@ -264,6 +264,14 @@ impl Registry {
     }
 
     pub(crate) fn refuse(&mut self, path: &Path, reason: String) {
+        // A rescan meets the same refusals again: each is kept once.
+        if self
+            .refused
+            .iter()
+            .any(|r| r.path == path && r.reason == reason)
+        {
+            return;
+        }
         self.refused.push(Refusal {
             path: path.to_path_buf(),
             reason,

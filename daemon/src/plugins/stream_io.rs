@@ -217,6 +217,12 @@ impl Plugin for StreamSource {
         self.set = None;
         self.st = Some(st);
         self.meet_shards();
+        if self.latest_for_new {
+            // "Latest" is resolved once: the positions it gave are the checkpoint now,
+            // so a restart before the first delivery does not skip what arrived meanwhile.
+            self.dirty = true;
+            self.save_if_due(true);
+        }
         // Shards of later sets (children made from now on) start at their beginning.
         self.latest_for_new = false;
         Ok(())
@@ -226,6 +232,14 @@ impl Plugin for StreamSource {
         // Every delivered position is in the file when the pipeline stops.
         self.save_if_due(true);
         Ok(())
+    }
+}
+
+impl Drop for StreamSource {
+    fn drop(&mut self) {
+        // Every exit path (an error, an aborted drain) keeps the delivered positions, not
+        // only a clean stop.
+        self.save_if_due(true);
     }
 }
 

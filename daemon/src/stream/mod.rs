@@ -305,7 +305,8 @@ fn shard_set(
         .iter()
         .map(&mut make)
         .collect::<Result<Vec<_>, _>>()?;
-    let open_idx: Vec<u32> = topology.open().iter().map(|d| d.index).collect();
+    let open_idx: std::collections::HashSet<u32> =
+        topology.open().iter().map(|d| d.index).collect();
     let mut open: Vec<Arc<Shard>> = all
         .iter()
         .filter(|s| open_idx.contains(&s.index))
@@ -1063,11 +1064,12 @@ impl Streams {
                 source: std::io::Error::other("not the stream's own folder; not removed"),
             });
         }
-        m.remove(name);
-        drop(m);
-        // Nothing waiting to change `stream.json` may write the folder back afterwards.
+        // Nothing waiting to change `stream.json` may write the folder back afterwards;
+        // taken before the name is free, so a CreateStream of it cannot start meanwhile.
         let mut deleted = st.lock_meta()?;
         *deleted = true;
+        m.remove(name);
+        drop(m);
         // Writers that still hold the stream fail from now on (as if it were not found):
         // none may write into a folder a CreateStream of the same name makes next.
         for sh in &st.shards().all {

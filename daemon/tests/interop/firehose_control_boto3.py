@@ -184,6 +184,12 @@ elif phase == "after-restart":
     assert d["VersionId"] == "2", d
     f.delete_delivery_stream(DeliveryStreamName="direct-api")
     assert f.list_delivery_streams()["DeliveryStreamNames"] == ["api-lake", "file-lake"]
+    # Names with dots are names of their own (not file extensions).
+    for n in ["logs.v1", "logs.v2"]:
+        f.create_delivery_stream(DeliveryStreamName=n, ExtendedS3DestinationConfiguration={"RoleARN": ROLE, "BucketARN": "arn:aws:s3:::dots"})
+    assert f.list_delivery_streams()["DeliveryStreamNames"] == ["api-lake", "file-lake", "logs.v1", "logs.v2"]
+    for n in ["logs.v1", "logs.v2"]:
+        f.delete_delivery_stream(DeliveryStreamName=n)
     expect(f.delete_delivery_stream, "ResourceNotFoundException", f"Firehose direct-api under account {A} not found.",
            DeliveryStreamName="direct-api")
     print("ok")

@@ -107,6 +107,9 @@ type LogFn = Box<dyn Fn(Level, &str) + Send>;
 trait Invoke: Send {
     /// The function's answer to `event`, or why there is none.
     fn invoke(&mut self, event: &[u8], timeout: Duration) -> Answer;
+    /// Forgets the function's state after an answer that was not a valid response (a
+    /// command is restarted: the next line it prints may belong to the bad one).
+    fn reset(&mut self) {}
 }
 
 /// A command kept running, one line per event and per answer.
@@ -119,7 +122,9 @@ struct Process {
 
 struct Live {
     child: Child,
-    stdin: ChildStdin,
+    /// To the thread writing the command's stdin: a write that blocks (the command stopped
+    /// reading) never blocks the pipeline, whose deadline kills the command instead.
+    events: mpsc::SyncSender<Vec<u8>>,
     lines: mpsc::Receiver<Answer>,
 }
 
@@ -142,6 +147,11 @@ impl Process {
                 let _ = child.kill();
                 return Err("the command's pipes are missing".into());
             };
+            let (etx, erx) = mpsc::sync_channel::<Vec<u8>>(1);
+            std::thread::Builder::new()
+                .name("sluice-lambda-in".into())
+                .spawn(move || write_events(stdin, erx))
+                .map_err(|e| InvokeError(e.to_string()))?;
             let (tx, rx) = mpsc::sync_channel(1);
             let max = self.max_line;
             std::thread::Builder::new()
@@ -177,7 +187,7 @@ impl Process {
                 .map_err(|e| InvokeError(e.to_string()))?;
             self.live = Some(Live {
                 child,
-                stdin,
+                events: etx,
                 lines: rx,
             });
         }
@@ -193,15 +203,19 @@ impl Process {
 }
 
 impl Invoke for Process {
+    fn reset(&mut self) {
+        self.stop();
+    }
+
     fn invoke(&mut self, event: &[u8], timeout: Duration) -> Answer {
         let live = self.start()?;
-        let sent = live
-            .stdin
-            .write_all(event)
-            .and_then(|()| live.stdin.write_all(b"\n"))
-            .and_then(|()| live.stdin.flush());
-        let answer = match sent {
-            Err(e) => Err(InvokeError(format!("writing to the command: {e}"))),
+        let mut line = Vec::with_capacity(event.len() + 1);
+        line.extend_from_slice(event);
+        line.push(b'\n');
+        let answer = match live.events.try_send(line) {
+            Err(_) => Err(InvokeError::from(
+                "the command is not reading its input (or exited)",
+            )),
             Ok(()) => match live.lines.recv_timeout(timeout) {
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => Err(InvokeError(format!(
@@ -216,6 +230,15 @@ impl Invoke for Process {
             self.stop();
         }
         answer
+    }
+}
+
+/// Writes each event line to the command's stdin until the command or the sender goes.
+fn write_events(mut stdin: ChildStdin, events: mpsc::Receiver<Vec<u8>>) {
+    for line in events {
+        if stdin.write_all(&line).and_then(|()| stdin.flush()).is_err() {
+            return;
+        }
     }
 }
 
@@ -552,14 +575,20 @@ fn call(
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis((100u64 << attempt.min(6)).min(5_000)));
         }
-        match w.invoke(event, timeout).and_then(|a| outcomes(&a, ids)) {
-            Ok(o) => {
-                return Called {
-                    result: Ok(o),
-                    failures,
-                }
-            }
+        match w.invoke(event, timeout) {
             Err(e) => failures.push(e),
+            Ok(answer) => match outcomes(&answer, ids) {
+                Ok(o) => {
+                    return Called {
+                        result: Ok(o),
+                        failures,
+                    }
+                }
+                Err(e) => {
+                    w.reset();
+                    failures.push(e);
+                }
+            },
         }
     }
     let last = failures
