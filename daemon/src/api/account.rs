@@ -192,6 +192,23 @@ fn stream_of_arn(call: &Call<'_>, arn: Option<&str>, v: &mut Violations) -> Opti
     }
 }
 
+/// `MaxRecordSizeInKiB` (UpdateMaxRecordSize, CreateStream): 1024..=10240.
+pub(super) fn check_max_record_kib(v: &mut Violations, k: i64) {
+    if k < 1024 {
+        v.add(
+            &k.to_string(),
+            "maxRecordSizeInKiB",
+            "Member must have value greater than or equal to 1024",
+        );
+    } else if k > 10_240 {
+        v.add(
+            &k.to_string(),
+            "maxRecordSizeInKiB",
+            "Member must have value less than or equal to 10240",
+        );
+    }
+}
+
 fn from_config(st: &Stream, call: &Call<'_>, key: &str) -> ApiError {
     ApiError::new(
         "ResourceInUseException",
@@ -208,17 +225,7 @@ fn max_record_size(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let name = stream_of_arn(call, r.stream_arn.as_deref(), &mut v);
     match r.max_record_size_kib {
         None => v.null("maxRecordSizeInKiB"),
-        Some(k) if k < 1024 => v.add(
-            &k.to_string(),
-            "maxRecordSizeInKiB",
-            "Member must have value greater than or equal to 1024",
-        ),
-        Some(k) if k > 10_240 => v.add(
-            &k.to_string(),
-            "maxRecordSizeInKiB",
-            "Member must have value less than or equal to 10240",
-        ),
-        _ => {}
+        Some(k) => check_max_record_kib(&mut v, k),
     }
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;

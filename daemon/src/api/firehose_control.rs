@@ -712,7 +712,7 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             format!("Firehose {name} under accountId {account} already exists"),
         ));
     }
-    let others = [
+    let others = count_given(&[
         &r.redshift,
         &r.elasticsearch,
         &r.opensearch,
@@ -721,10 +721,7 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         &r.opensearch_serverless,
         &r.snowflake,
         &r.iceberg,
-    ]
-    .iter()
-    .filter(|d| d.is_some())
-    .count();
+    ]);
     let s3 = usize::from(r.extended_s3_destination_configuration.is_some())
         + usize::from(r.s3_destination_configuration.is_some());
     if s3 + others != 1 {
@@ -793,6 +790,11 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     };
     apply(c, &rec, None).await?;
     Ok(json!({ "DeliveryStreamARN": hose_arn(call, &name) }))
+}
+
+/// How many of these destination members a request gave (Firehose takes exactly one).
+fn count_given(destinations: &[&Option<Doc>]) -> usize {
+    destinations.iter().filter(|d| d.is_some()).count()
 }
 
 fn hose_arn(call: &Call<'_>, name: &str) -> String {
@@ -926,7 +928,7 @@ async fn update(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "Destination Id {id} not found"
         )));
     }
-    let others = [
+    let others = count_given(&[
         &r.redshift,
         &r.elasticsearch,
         &r.opensearch,
@@ -935,10 +937,7 @@ async fn update(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         &r.opensearch_serverless,
         &r.snowflake,
         &r.iceberg,
-    ]
-    .iter()
-    .filter(|d| d.is_some())
-    .count();
+    ]);
     let s3 = usize::from(r.extended_s3_destination_update.is_some())
         + usize::from(r.s3_destination_update.is_some());
     if s3 + others > 1 {

@@ -212,18 +212,8 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "Member must have value greater than or equal to 0",
         );
     }
-    match r.max_record_size_kib {
-        Some(k) if k < 1024 => v.add(
-            &k.to_string(),
-            "maxRecordSizeInKiB",
-            "Member must have value greater than or equal to 1024",
-        ),
-        Some(k) if k > 10_240 => v.add(
-            &k.to_string(),
-            "maxRecordSizeInKiB",
-            "Member must have value less than or equal to 10240",
-        ),
-        _ => {}
+    if let Some(k) = r.max_record_size_kib {
+        super::account::check_max_record_kib(&mut v, k);
     }
     v.finish()?;
     if r.warm_throughput_mibps.is_some() {
