@@ -128,10 +128,75 @@ fn a_delivery_stream_made_through_boto3_delivers_like_a_file_pipeline_and_surviv
     );
     let out = python(&[script, ep.into(), "after-restart".into()], &d);
     assert!(out.contains("ok"), "{out}");
-    assert!(!s.path("var/delivery-streams/direct-api.toml").exists());
-    let (_, status) = d.get("/admin/status").unwrap();
+    // Made again under the same name: a new pipeline that holds only the new record (the
+    // deleted one's Direct PUT records and checkpoint went with it).
+    wait_until(Duration::from_secs(30), "the new record read", || {
+        read(&d, "__firehose-direct-api", "direct-api") >= 1.0
+    });
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).unwrap().success());
+    let again = lake(&s.path("var/buckets/direct2"));
+    let records: Vec<&String> = again.values().flatten().collect();
+    assert_eq!(records, [&"{\"n\": \"new\"}".to_string()], "{again:?}");
+}
+
+/// `start = "latest"` is resolved once: the positions it gave are the checkpoint from the
+/// start, so a restart before the first delivery does not resolve "latest" again (and skip
+/// what arrived in between).
+#[test]
+fn latest_positions_are_checkpointed_at_start() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    let (code, body) = kinesis(
+        s.api,
+        "CreateStream",
+        r#"{"StreamName":"late","ShardCount":2}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = kinesis(
+        s.api,
+        "PutRecord",
+        r#"{"StreamName":"late","Data":"eyJuIjoib2xkIn0=","PartitionKey":"a"}"#,
+    );
+    assert_eq!(code, 200);
+    s.write_pipeline(
+        "tail",
+        "[pipelines.tail]\nsource = { plugin = \"stream\", stream = \"late\", start = \"latest\" }\n\n[pipelines.tail.sink]\nplugin = \"file\"\npath = \"out/tail.jsonl\"\n",
+    );
+    let (code, text) = d.post("/admin/reload").unwrap();
+    assert_eq!(code, 200, "{text}");
+    d.wait_ready();
+    let cp = s.path("var/checkpoints/tail/late.json");
+    wait_until(
+        Duration::from_secs(10),
+        "the checkpoint written at start",
+        || cp.exists(),
+    );
+    let positions: BTreeMap<String, u64> =
+        serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    assert_eq!(
+        positions.values().sum::<u64>(),
+        1,
+        "past the old record: {positions:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
+    let mut d = s.start();
+    d.wait_ready();
+    let (code, _) = kinesis(
+        s.api,
+        "PutRecord",
+        r#"{"StreamName":"late","Data":"eyJuIjoibmV3In0=","PartitionKey":"b"}"#,
+    );
+    assert_eq!(code, 200);
+    let out = s.path("out/tail.jsonl");
+    wait_until(Duration::from_secs(20), "the new record delivered", || {
+        lines(&out).iter().any(|l| l.contains("new"))
+    });
     assert!(
-        !status.contains("direct-api"),
-        "the pipeline stopped: {status}"
+        lines(&out).iter().all(|l| !l.contains("old")),
+        "{:?}",
+        lines(&out)
     );
 }

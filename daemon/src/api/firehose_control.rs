@@ -832,10 +832,14 @@ async fn delete(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
                 )));
             }
             // A delivery stream made again under this name starts afresh: no checkpoint,
-            // and no Direct PUT records of the old one waiting in its internal stream.
+            // no intent log or spool files (the new internal stream numbers its records
+            // from 0 again: old intents would skip them as already stored), and no Direct
+            // PUT records of the old one waiting in its internal stream.
             let mut gone = Vec::new();
-            if let Ok(cp) = crate::names::child(&c.data_dir.join("checkpoints"), &name) {
-                gone.push(cp);
+            for state in ["checkpoints", "delivery", "spool"] {
+                if let Ok(d) = crate::names::child(&c.data_dir.join(state), &name) {
+                    gone.push(d);
+                }
             }
             if let Ok(st) = crate::names::child(
                 &c.data_dir.join("streams"),

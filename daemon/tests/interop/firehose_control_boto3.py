@@ -6,7 +6,8 @@ the seed's settings (dynamic partitioning by type and source with a jq query, 64
 60 s, error output prefix `kdferror/`, GZIP) and a Direct PUT delivery stream `direct-api`;
 Describe/List shapes, UpdateDestination, tags, encryption and each error with AWS's
 wording; then 300 CloudEvents put on `events` and 40 records put on `direct-api`.
-phase `after-restart`: both still described; delete `direct-api` (drains it).
+phase `after-restart`: both still described; delete `direct-api` (drains it), make it again
+(to bucket `direct2`) and put one record.
 """
 
 import json
@@ -192,4 +193,9 @@ elif phase == "after-restart":
         f.delete_delivery_stream(DeliveryStreamName=n)
     expect(f.delete_delivery_stream, "ResourceNotFoundException", f"Firehose direct-api under account {A} not found.",
            DeliveryStreamName="direct-api")
+    # The same name again starts afresh: only the new record, none of the old stream's.
+    f.create_delivery_stream(DeliveryStreamName="direct-api",
+                             ExtendedS3DestinationConfiguration={"RoleARN": ROLE, "BucketARN": "arn:aws:s3:::direct2",
+                                                                 "ProcessingConfiguration": {"Enabled": True, "Processors": [{"Type": "AppendDelimiterToRecord"}]}})
+    f.put_record(DeliveryStreamName="direct-api", Record={"Data": json.dumps({"n": "new"}).encode()})
     print("ok")
