@@ -8,6 +8,7 @@
 
 use super::error::{ApiError, Violations};
 use super::kinesis::{lookup, stream_name};
+use super::manage::{not_found_arn, required_str, resource, Resource, STREAM_ARN_PATTERN};
 use super::shapes::{
     Shape, UpdateAccountSettingsInput, UpdateMaxRecordSizeInput, UpdateWarmThroughputInput,
 };
@@ -166,32 +167,6 @@ fn update_account(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     Ok(json!({ "MinimumThroughputBillingCommitment": c.json() }))
 }
 
-/// The stream an ARN names, with AWS's pattern check.
-fn stream_of_arn(call: &Call<'_>, arn: Option<&str>, v: &mut Violations) -> Option<String> {
-    match arn {
-        None => {
-            v.null("streamARN");
-            None
-        }
-        Some(a) => {
-            let name = a
-                .strip_prefix("arn:aws")
-                .and_then(|_| a.rsplit_once(":stream/"))
-                .map(|(_, n)| n.to_string())
-                .filter(|n| crate::names::check(n).is_ok());
-            if name.is_none() {
-                v.add(
-                    a,
-                    "streamARN",
-                    "Member must satisfy regular expression pattern: arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+",
-                );
-            }
-            let _ = call;
-            name
-        }
-    }
-}
-
 /// `MaxRecordSizeInKiB` (UpdateMaxRecordSize, CreateStream): 1024..=10240.
 pub(super) fn check_max_record_kib(v: &mut Violations, k: i64) {
     if k < 1024 {
@@ -209,39 +184,36 @@ pub(super) fn check_max_record_kib(v: &mut Violations, k: i64) {
     }
 }
 
-fn from_config(st: &Stream, call: &Call<'_>, key: &str) -> ApiError {
-    ApiError::new(
-        "ResourceInUseException",
-        format!(
-            "Stream {} under account {} is defined in the sluiced configuration; change `{key}` in its file.",
-            st.name, call.state.account
-        ),
-    )
-}
-
 fn max_record_size(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = UpdateMaxRecordSizeInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_of_arn(call, r.stream_arn.as_deref(), &mut v);
+    // UpdateMaxRecordSize names its stream by ARN only (the model has no StreamName).
+    let arn = required_str(
+        r.stream_arn.as_deref(),
+        &mut v,
+        "streamARN",
+        Some(STREAM_ARN_PATTERN),
+        (1, 2048),
+    );
     match r.max_record_size_kib {
         None => v.null("maxRecordSizeInKiB"),
         Some(k) => check_max_record_kib(&mut v, k),
     }
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let arn = arn.unwrap_or_default();
+    let st = match resource(arn) {
+        Some(Resource::Stream(s)) => lookup(call, &s)?,
+        _ => return Err(not_found_arn(call, arn)),
+    };
     if st.origin == StreamOrigin::Config {
-        return Err(from_config(&st, call, "max_record_size"));
+        return Err(super::kinesis::defined_in_config(
+            call,
+            &st,
+            "change `max_record_size` in its file",
+        ));
     }
     if st.status() != "ACTIVE" {
-        return Err(ApiError::new(
-            "ResourceInUseException",
-            format!(
-                "Stream {} under account {} not ACTIVE, instead in state {}",
-                st.name,
-                call.state.account,
-                st.status()
-            ),
-        ));
+        return Err(super::reshard::not_active(&st, &call.state.account));
     }
     let kib = r.max_record_size_kib.unwrap_or(1024) as u32;
     st.update_settings(|s| {

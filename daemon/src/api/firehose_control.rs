@@ -724,16 +724,7 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     ]);
     let s3 = usize::from(r.extended_s3_destination_configuration.is_some())
         + usize::from(r.s3_destination_configuration.is_some());
-    if s3 + others != 1 {
-        return Err(ApiError::invalid_argument(
-            "Exactly one destination configuration is supported for a Firehose",
-        ));
-    }
-    if others > 0 {
-        return Err(ApiError::invalid_argument(
-            "sluice delivers to S3 destinations only (ExtendedS3DestinationConfiguration or S3DestinationConfiguration).",
-        ));
-    }
+    one_destination(s3, others, true, "Configuration")?;
     let kind = r
         .delivery_stream_type
         .clone()
@@ -790,6 +781,24 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     };
     apply(c, &rec, None).await?;
     Ok(json!({ "DeliveryStreamARN": hose_arn(call, &name) }))
+}
+
+/// Firehose's one-destination rule (a create needs exactly one, an update at most one),
+/// then sluice's own: S3 destinations only. `form` names the members: `Configuration`
+/// or `Update`.
+fn one_destination(s3: usize, others: usize, create: bool, form: &str) -> Result<(), ApiError> {
+    let n = s3 + others;
+    if n > 1 || (create && n == 0) {
+        return Err(ApiError::invalid_argument(
+            "Exactly one destination configuration is supported for a Firehose",
+        ));
+    }
+    if others > 0 {
+        return Err(ApiError::invalid_argument(format!(
+            "sluice delivers to S3 destinations only (ExtendedS3Destination{form} or S3Destination{form})."
+        )));
+    }
+    Ok(())
 }
 
 /// How many of these destination members a request gave (Firehose takes exactly one).
@@ -944,16 +953,7 @@ async fn update(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     ]);
     let s3 = usize::from(r.extended_s3_destination_update.is_some())
         + usize::from(r.s3_destination_update.is_some());
-    if s3 + others > 1 {
-        return Err(ApiError::invalid_argument(
-            "Exactly one destination configuration is supported for a Firehose",
-        ));
-    }
-    if others > 0 {
-        return Err(ApiError::invalid_argument(
-            "sluice delivers to S3 destinations only (ExtendedS3DestinationUpdate or S3DestinationUpdate).",
-        ));
-    }
+    one_destination(s3, others, false, "Update")?;
     let mut next = rec.clone();
     if let Some(Doc(u)) = r
         .extended_s3_destination_update

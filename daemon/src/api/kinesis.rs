@@ -137,6 +137,18 @@ pub(super) fn check_stream_name(v: &mut Violations, name: &str) {
     v.add(name, "streamName", constraint);
 }
 
+/// A change the API may not make to a stream declared in the configuration: the
+/// refusal, and `then`, what to do instead.
+pub(super) fn defined_in_config(call: &Call<'_>, st: &Stream, then: &str) -> ApiError {
+    ApiError::new(
+        "ResourceInUseException",
+        format!(
+            "Stream {} under account {} is defined in the sluiced configuration; {then}.",
+            st.name, call.state.account
+        ),
+    )
+}
+
 /// The stream named by `StreamName` or `StreamARN`.
 pub(super) fn stream_name(
     name: Option<&str>,

@@ -87,7 +87,7 @@ const ACCOUNT_SHARD_LIMIT: u64 = 500;
 /// On-demand streams per account (AWS's default).
 const ON_DEMAND_STREAM_LIMIT: u64 = 50;
 
-const STREAM_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+";
+pub(super) const STREAM_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+";
 const RESOURCE_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:.*stream/\\S+";
 const NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
 
@@ -148,7 +148,7 @@ fn pattern_ok(value: &str, pattern: &str) -> bool {
 }
 
 /// Validates a required string member: present, its pattern, its length bounds.
-fn required_str<'a>(
+pub(super) fn required_str<'a>(
     s: Option<&'a str>,
     v: &mut Violations,
     field: &str,
@@ -191,7 +191,7 @@ pub(super) fn resource(arn: &str) -> Option<Resource> {
     }
 }
 
-fn not_found_arn(call: &Call<'_>, arn: &str) -> ApiError {
+pub(super) fn not_found_arn(call: &Call<'_>, arn: &str) -> ApiError {
     match resource(arn) {
         Some(Resource::Stream(s)) => ApiError::stream_not_found(&s, &call.state.account),
         Some(Resource::Consumer { name, .. }) => consumer_not_found(call, &name),
@@ -313,6 +313,62 @@ fn merge_tags(
     Ok(())
 }
 
+/// Key → value tags of a stream or a consumer.
+type Tags = std::collections::BTreeMap<String, String>;
+
+/// The tags a request changes: the stream's, or those of one of its consumers.
+fn tags_of<'a>(
+    call: &Call<'_>,
+    s: &'a mut StreamSettings,
+    consumer: Option<&str>,
+) -> Result<&'a mut Tags, ApiError> {
+    match consumer {
+        None => Ok(&mut s.tags),
+        Some(c) => match s.consumers.iter_mut().find(|x| x.name == c) {
+            Some(x) => Ok(&mut x.tags),
+            None => Err(consumer_not_found(call, c)),
+        },
+    }
+}
+
+/// AddTagsToStream and TagResource after their own checks: AWS's character and count
+/// rules, then the merge, persisted.
+fn add_tags_to(
+    call: &Call<'_>,
+    st: &Stream,
+    consumer: Option<&str>,
+    tags: &[(&str, &str)],
+) -> Result<Value, ApiError> {
+    let texts: Vec<&str> = tags.iter().flat_map(|(k, val)| [*k, *val]).collect();
+    let what = match consumer {
+        Some(c) => format!("consumer {c}"),
+        None => format!("stream {}", st.name),
+    };
+    tag_semantics(call, &texts, "add", &what)?;
+    save(st.update_settings(|s| {
+        let current = tags_of(call, s, consumer)?;
+        merge_tags(call, current, tags, &what)
+    }))??;
+    Ok(empty())
+}
+
+/// RemoveTagsFromStream and UntagResource after their own checks.
+fn remove_tags_from(
+    call: &Call<'_>,
+    st: &Stream,
+    consumer: Option<&str>,
+    keys: &[&str],
+) -> Result<Value, ApiError> {
+    save(st.update_settings(|s| {
+        let tags = tags_of(call, s, consumer)?;
+        for k in keys {
+            tags.remove(*k);
+        }
+        Ok::<(), ApiError>(())
+    }))??;
+    Ok(empty())
+}
+
 fn add_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = TagsInput::read_shape(req)?;
     let mut v = Violations::default();
@@ -321,12 +377,7 @@ fn add_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
     v.finish()?;
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
-    let tags = tags.unwrap_or_default();
-    let texts: Vec<&str> = tags.iter().flat_map(|(k, val)| [*k, *val]).collect();
-    let what = format!("stream {}", st.name);
-    tag_semantics(call, &texts, "add", &what)?;
-    save(st.update_settings(|s| merge_tags(call, &mut s.tags, &tags, &what)))??;
-    Ok(empty())
+    add_tags_to(call, &st, None, &tags.unwrap_or_default())
 }
 
 fn remove_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -342,13 +393,7 @@ fn remove_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let st = lookup(call, name.as_deref().unwrap_or(""))?;
     let keys = keys.unwrap_or_default();
     tag_semantics(call, &keys, "remove", &format!("stream {}", st.name))?;
-    save(st.update_settings(|s| {
-        for k in &keys {
-            s.tags.remove(*k);
-        }
-        Ok::<(), ApiError>(())
-    }))??;
-    Ok(empty())
+    remove_tags_from(call, &st, None, &keys)
 }
 
 fn list_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -419,21 +464,7 @@ fn tag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     v.finish()?;
     let arn = arn.unwrap_or_default();
     let (st, consumer) = resource_stream(call, arn)?;
-    let tags = tags.unwrap_or_default();
-    let texts: Vec<&str> = tags.iter().flat_map(|(k, val)| [*k, *val]).collect();
-    let what = match &consumer {
-        Some(c) => format!("consumer {c}"),
-        None => format!("stream {}", st.name),
-    };
-    tag_semantics(call, &texts, "add", &what)?;
-    save(st.update_settings(|s| match &consumer {
-        None => merge_tags(call, &mut s.tags, &tags, &what),
-        Some(c) => match s.consumers.iter_mut().find(|x| &x.name == c) {
-            Some(x) => merge_tags(call, &mut x.tags, &tags, &what),
-            None => Err(consumer_not_found(call, c)),
-        },
-    }))??;
-    Ok(empty())
+    add_tags_to(call, &st, consumer.as_deref(), &tags.unwrap_or_default())
 }
 
 fn untag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -447,21 +478,7 @@ fn untag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let arn = resource_arn(r.resource_arn.as_deref(), &mut v);
     v.finish()?;
     let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
-    let keys = keys.unwrap_or_default();
-    save(st.update_settings(|s| {
-        let tags = match &consumer {
-            None => &mut s.tags,
-            Some(c) => match s.consumers.iter_mut().find(|x| &x.name == c) {
-                Some(x) => &mut x.tags,
-                None => return Err(consumer_not_found(call, c)),
-            },
-        };
-        for k in &keys {
-            tags.remove(*k);
-        }
-        Ok(())
-    }))??;
-    Ok(empty())
+    remove_tags_from(call, &st, consumer.as_deref(), &keys.unwrap_or_default())
 }
 
 fn list_tags_for_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -520,12 +537,10 @@ fn retention(call: &Call<'_>, req: &Value, increase: bool) -> Result<Value, ApiE
         )));
     }
     if st.origin == StreamOrigin::Config && hours != current {
-        return Err(ApiError::new(
-            "ResourceInUseException",
-            format!(
-                "Stream {} under account {} is defined in the sluiced configuration; change `retention` in its file.",
-                st.name, call.state.account
-            ),
+        return Err(super::kinesis::defined_in_config(
+            call,
+            &st,
+            "change `retention` in its file",
         ));
     }
     st.set_retention_hours(hours as u64)

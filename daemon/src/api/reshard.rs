@@ -22,7 +22,12 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 const SHARD_ID_PATTERN: &str = "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+";
 
 /// The shard-id member rules (`[a-zA-Z0-9_.-]+`, 1..128), pattern before length as AWS.
-fn check_shard_member(v: &mut Violations, value: Option<&str>, field: &str, required: bool) {
+pub(super) fn check_shard_member(
+    v: &mut Violations,
+    value: Option<&str>,
+    field: &str,
+    required: bool,
+) {
     match value {
         None if required => v.null(field),
         None => {}
@@ -89,18 +94,16 @@ fn reshardable(call: &Call<'_>, st: &Stream, what: &str) -> Result<(), ApiError>
         return Err(not_active(st, account));
     }
     if st.origin == StreamOrigin::Config {
-        return Err(ApiError::new(
-            "ResourceInUseException",
-            format!(
-                "Stream {} under account {account} is defined in the sluiced configuration; {what} by changing `shards` in its file.",
-                st.name
-            ),
+        return Err(super::kinesis::defined_in_config(
+            call,
+            st,
+            &format!("{what} by changing `shards` in its file"),
         ));
     }
     Ok(())
 }
 
-fn not_active(st: &Stream, account: &str) -> ApiError {
+pub(super) fn not_active(st: &Stream, account: &str) -> ApiError {
     ApiError::new(
         "ResourceInUseException",
         format!(

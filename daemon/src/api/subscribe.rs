@@ -148,15 +148,7 @@ pub async fn subscribe(call: &Call<'_>, req: &Value) -> Result<EventBody, ApiErr
         ),
         _ => {}
     }
-    match r.shard_id.as_deref() {
-        None => v.null("shardId"),
-        Some(s) if s.is_empty() || s.len() > 128 => v.add(
-            s,
-            "shardId",
-            "Member must have length less than or equal to 128",
-        ),
-        _ => {}
-    }
+    super::reshard::check_shard_member(&mut v, r.shard_id.as_deref(), "shardId", true);
     match r.starting_position.as_ref().map(|p| p.kind.as_deref()) {
         None => v.null("startingPosition"),
         Some(None) => v.null("startingPosition.type"),

@@ -156,19 +156,9 @@ impl ShardSet {
             .map(|i| &self.all[i])
     }
 
-    /// A shard by id (`shardId-000000000003`).
-    pub fn by_id(&self, id: &str) -> Option<&Arc<Shard>> {
-        self.all.iter().find(|s| s.id == id)
-    }
-
     /// The open shards, by starting hash key.
     pub fn open(&self) -> &[Arc<Shard>] {
         &self.open
-    }
-
-    /// The lineage.
-    pub fn topology(&self) -> &Topology {
-        &self.topology
     }
 
     /// The shards made from shard `index` (empty while it is open).
