@@ -415,8 +415,7 @@ fn crash_and_recover_with(buffer: &str, generator: &str, failpoint: Option<&str>
     let skipped = d.metric("sluice_delivery_replay_skipped_records_total", &pl);
     let dup_counted = d.metric("sluice_delivery_duplicate_records_total", &pl);
     // SIGTERM drains: everything buffered is delivered before exit.
-    d.signal(libc::SIGTERM);
-    assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
+    d.stop_cleanly();
     let lines = lake_lines(s.dir.path());
     let total: usize = lines.values().sum();
     eprintln!(

@@ -54,9 +54,7 @@ fn a_delivery_stream_made_through_boto3_delivers_like_a_file_pipeline_and_surviv
     assert_eq!(code, 200, "{text}");
     d.wait_ready();
     let ep = format!("http://{}", s.api);
-    let script = interop("firehose_control_boto3.py").into_os_string();
-    let out = python(&[script.clone(), ep.clone().into(), "create".into()], &d);
-    assert!(out.contains("ok"), "{out}");
+    run_interop(&d, s.api, "firehose_control_boto3.py", &["create"]);
     // The generated pipeline file is there for the operator to read.
     let generated = std::fs::read_to_string(s.path("var/delivery-streams/api-lake.toml")).unwrap();
     assert!(
@@ -126,8 +124,7 @@ fn a_delivery_stream_made_through_boto3_delivers_like_a_file_pipeline_and_surviv
         desc["DeliveryStreamDescription"]["VersionId"], "2",
         "{desc}"
     );
-    let out = python(&[script, ep.into(), "after-restart".into()], &d);
-    assert!(out.contains("ok"), "{out}");
+    run_interop(&d, s.api, "firehose_control_boto3.py", &["after-restart"]);
     // Made again under the same name: a new pipeline that holds only the new record (the
     // deleted one's Direct PUT records and checkpoint went with it).
     wait_until(Duration::from_secs(30), "the new record read", || {
@@ -180,8 +177,7 @@ fn latest_positions_are_checkpointed_at_start() {
         1,
         "past the old record: {positions:?}"
     );
-    d.signal(libc::SIGTERM);
-    assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
+    d.stop_cleanly();
     let mut d = s.start();
     d.wait_ready();
     let (code, _) = kinesis(

@@ -52,14 +52,7 @@ fn management_operations_through_boto3_and_settings_survive_a_restart() {
     let s = Setup::new("", &[]);
     let mut d = s.start();
     d.wait_ready();
-    let out = python(
-        &[
-            interop("kinesis_manage_boto3.py").into_os_string(),
-            format!("http://{}", s.api).into(),
-        ],
-        &d,
-    );
-    assert!(out.contains("ok"), "{out}");
+    run_interop(&d, s.api, "kinesis_manage_boto3.py", &[]);
     // The AWS CLI, on a few of them.
     let ep = format!("http://{}", s.api);
     aws_cli(
@@ -96,11 +89,7 @@ fn management_operations_through_boto3_and_settings_survive_a_restart() {
     .unwrap();
     assert!(limits["ShardLimit"].as_u64().unwrap() > 0, "{limits}");
     // Settings are in stream.json: a restart keeps them.
-    d.signal(libc::SIGTERM);
-    assert!(d
-        .wait_exit(std::time::Duration::from_secs(20))
-        .unwrap()
-        .success());
+    d.stop_cleanly();
     let mut d = s.start();
     d.wait_ready();
     let (code, body) = kinesis(s.api, "ListTagsForStream", r#"{"StreamName":"m"}"#);
@@ -115,11 +104,7 @@ fn management_operations_through_boto3_and_settings_survive_a_restart() {
     assert_eq!(d2["ConsumerCount"], 1, "{v}");
     assert_eq!(d2["StreamModeDetails"]["StreamMode"], "ON_DEMAND", "{v}");
     assert_eq!(d2["RetentionPeriodHours"], 24, "{v}");
-    d.signal(libc::SIGTERM);
-    assert!(d
-        .wait_exit(std::time::Duration::from_secs(20))
-        .unwrap()
-        .success());
+    d.stop_cleanly();
 }
 
 #[test]
@@ -243,11 +228,7 @@ fn protocol_level_answers_are_aws_answers() {
         r#"{"StreamName":"s","PartitionKey":"k","Data":"23456"}"#,
     );
     assert!(got.contains("'23456' can not be converted to a Blob: Base64 encoded length is expected a multiple of 4 bytes but found: 5"), "{got}");
-    d.signal(libc::SIGTERM);
-    assert!(d
-        .wait_exit(std::time::Duration::from_secs(20))
-        .unwrap()
-        .success());
+    d.stop_cleanly();
 }
 
 /// The CBOR form of the API, as the AWS Java SDK, the KPL and the KCL speak it: requests
@@ -257,19 +238,8 @@ fn cbor_requests_are_answered_in_cbor() {
     let s = Setup::new("", &[]);
     let mut d = s.start();
     d.wait_ready();
-    let out = python(
-        &[
-            interop("kinesis_cbor.py").into_os_string(),
-            format!("http://{}", s.api).into(),
-        ],
-        &d,
-    );
-    assert!(out.contains("ok"), "{out}");
-    d.signal(libc::SIGTERM);
-    assert!(d
-        .wait_exit(std::time::Duration::from_secs(20))
-        .unwrap()
-        .success());
+    run_interop(&d, s.api, "kinesis_cbor.py", &[]);
+    d.stop_cleanly();
 }
 
 /// GetShardIterator checks in AWS's order and words: the shard id is resolved first (the
@@ -350,11 +320,7 @@ fn get_shard_iterator_answers_in_aws_order() {
     );
     assert_eq!((code, ty.as_str()), (400, "ValidationException"), "{msg}");
     assert!(msg.contains("at 'startingSequenceNumber' failed to satisfy constraint: Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})"), "{msg}");
-    d.signal(libc::SIGTERM);
-    assert!(d
-        .wait_exit(std::time::Duration::from_secs(20))
-        .unwrap()
-        .success());
+    d.stop_cleanly();
 }
 
 /// PutRecords validation as AWS words it: `records` and its entries before the stream name,
@@ -414,11 +380,7 @@ fn put_records_validation_lists_like_aws() {
         serde_json::from_str::<serde_json::Value>(&out).unwrap(),
         serde_json::json!({"__type": "InvalidArgumentException", "message": "Records size exceeds 5 MB limit"})
     );
-    d.signal(libc::SIGTERM);
-    assert!(d
-        .wait_exit(std::time::Duration::from_secs(20))
-        .unwrap()
-        .success());
+    d.stop_cleanly();
 }
 
 #[test]
@@ -426,20 +388,9 @@ fn account_settings_record_size_and_warm_throughput_through_boto3() {
     let s = Setup::new("", &[]);
     let mut d = s.start();
     d.wait_ready();
-    let out = python(
-        &[
-            interop("kinesis_account_boto3.py").into_os_string(),
-            format!("http://{}", s.api).into(),
-        ],
-        &d,
-    );
-    assert!(out.contains("ok"), "{out}");
+    run_interop(&d, s.api, "kinesis_account_boto3.py", &[]);
     // The commitment and the record size survive a restart.
-    d.signal(libc::SIGTERM);
-    assert!(d
-        .wait_exit(std::time::Duration::from_secs(20))
-        .unwrap()
-        .success());
+    d.stop_cleanly();
     let mut d = s.start();
     d.wait_ready();
     let (_, body) = kinesis(s.api, "DescribeAccountSettings", "{}");

@@ -73,14 +73,7 @@ fn resharding_through_boto3_and_the_aws_cli_survives_a_restart() {
     let s = Setup::new("", &[]);
     let mut d = s.start();
     d.wait_ready();
-    let out = python(
-        &[
-            interop("kinesis_reshard_boto3.py").into_os_string(),
-            format!("http://{}", s.api).into(),
-        ],
-        &d,
-    );
-    assert!(out.contains("ok"), "{out}");
+    run_interop(&d, s.api, "kinesis_reshard_boto3.py", &[]);
     // The AWS CLI: split the newest open shard, then the lineage as it lists it.
     let ep = format!("http://{}", s.api);
     let before = list_shards(s.api, "r");
@@ -116,8 +109,7 @@ fn resharding_through_boto3_and_the_aws_cli_survives_a_restart() {
     assert_eq!(shards.len(), before.len() + 2, "{listed}");
     assert_eq!(shards[shards.len() - 1]["ParentShardId"], json!(id));
     // Lineage, closing numbers and routing survive a restart.
-    d.signal(libc::SIGTERM);
-    assert!(d.wait_exit(Duration::from_secs(20)).unwrap().success());
+    d.stop_cleanly();
     let mut d = s.start();
     d.wait_ready();
     assert_eq!(list_shards(s.api, "r"), shards);
@@ -191,6 +183,11 @@ fn a_config_stream_reshards_when_its_file_changes_and_its_pipeline_reads_parents
     let (code, text) = d.post("/admin/reload").unwrap();
     assert_eq!(code, 200, "{text}");
     assert_eq!(open_ranges(&list_shards(s.api, "events")).len(), 1);
+    assert_eq!(
+        d.metric("sluice_stream_reshards_total", &["stream=\"events\""]),
+        2.0,
+        "one resharding per changed `shards`"
+    );
     put(&d, 120);
     let out = s.path("out/events.jsonl");
     wait_until(Duration::from_secs(30), "every record delivered", || {
@@ -438,14 +435,7 @@ fn subscribe_to_shard_pushes_every_record_through_boto3_across_a_split() {
     let s = Setup::new("", &[]);
     let mut d = s.start();
     d.wait_ready();
-    let out = python(
-        &[
-            interop("kinesis_subscribe_boto3.py").into_os_string(),
-            format!("http://{}", s.api).into(),
-        ],
-        &d,
-    );
-    assert!(out.contains("ok"), "{out}");
+    run_interop(&d, s.api, "kinesis_subscribe_boto3.py", &[]);
 }
 
 /// (headers, payload) of each AWS event-stream frame in `bytes`, both CRCs checked.

@@ -1150,6 +1150,34 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A closed shard leaves with its records: once its closing time is past retention it
+    /// is forgotten (lineage persisted) and its folder removed; its children stay.
+    #[test]
+    fn closed_shards_expire_with_their_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = open(tmp.path(), Fsync::None);
+        let mid = st.shards().get(0).unwrap().end / 2;
+        let (a, b) = st.split_shard(0, mid).unwrap();
+        let parent_dir = tmp.path().join("s").join(shard_id(0));
+        assert!(parent_dir.exists());
+        st.enforce_retention();
+        assert!(st.shards().get(0).is_some(), "kept while within retention");
+        *st.retention.write().unwrap() = Duration::ZERO;
+        let closed_ms = st.shards().get(0).unwrap().closed().unwrap().ms;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while now_ms() <= closed_ms && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        st.enforce_retention();
+        let set = st.shards();
+        assert!(set.get(0).is_none(), "the expired parent is forgotten");
+        assert!(set.get(a).is_some() && set.get(b).is_some() && set.get(1).is_some());
+        assert!(!parent_dir.exists(), "and its folder removed");
+        let meta = stored_meta(&tmp.path().join("s")).unwrap();
+        let topo = meta.topology.unwrap();
+        assert!(topo.get(0).is_none() && topo.get(a).is_some(), "persisted");
+    }
+
     #[test]
     fn write_limits_refill_over_time() {
         let dir = std::env::temp_dir().join(format!("sluice-stream-limit-{}", std::process::id()));

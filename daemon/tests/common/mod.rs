@@ -247,6 +247,17 @@ impl Daemon {
         metric_sum(&self.metrics_text(), name, labels)
     }
 
+    /// SIGTERM, and a clean exit (status 0) within 20 s.
+    pub fn stop_cleanly(&mut self) {
+        self.signal(libc::SIGTERM);
+        let st = self.wait_exit(Duration::from_secs(20));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "no clean exit after SIGTERM ({st:?}):\n{}",
+            self.stderr()
+        );
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: sending a signal to our own child.
         unsafe { libc::kill(self.child.id() as i32, sig) };
@@ -511,6 +522,19 @@ pub fn python<S: AsRef<std::ffi::OsStr>>(args: &[S], d: &Daemon) -> String {
         d.stderr()
     );
     stdout
+}
+
+/// Runs interop script `script` with the API's endpoint URL and `args`; it must succeed
+/// and print `ok`. Returns what it printed.
+pub fn run_interop(d: &Daemon, api: SocketAddr, script: &str, args: &[&str]) -> String {
+    let mut all: Vec<std::ffi::OsString> = vec![
+        interop(script).into_os_string(),
+        format!("http://{api}").into(),
+    ];
+    all.extend(args.iter().map(|a| a.into()));
+    let out = python(&all, d);
+    assert!(out.contains("ok"), "{script} did not finish: {out}");
+    out
 }
 
 /// An interop script's path.

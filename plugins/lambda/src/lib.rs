@@ -499,21 +499,22 @@ fn outcomes(answer: &[u8], ids: &[String]) -> Result<Vec<Outcome>, InvokeError> 
 }
 
 /// One invocation's records: (first input index, count).
-fn chunks(batch: &Batch<'_>, max_payload: usize) -> Vec<(usize, usize)> {
+fn chunks(data_lens: impl Iterator<Item = usize>, max_payload: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
-    let (mut start, mut size) = (0usize, 256usize);
-    for (i, r) in batch.iter().enumerate() {
+    let (mut start, mut size, mut count) = (0usize, 256usize, 0usize);
+    for (i, len) in data_lens.enumerate() {
         // Base64 plus the record's JSON around it.
-        let n = r.data.len().div_ceil(3) * 4 + 96;
+        let n = len.div_ceil(3) * 4 + 96;
         if i > start && size + n > max_payload {
             out.push((start, i - start));
             start = i;
             size = 256;
         }
         size += n;
+        count = i + 1;
     }
-    if batch.len() > start {
-        out.push((start, batch.len() - start));
+    if count > start {
+        out.push((start, count - start));
     }
     out
 }
@@ -606,7 +607,10 @@ impl Transform for Lambda {
         if input.is_empty() {
             return Ok(());
         }
-        let parts = chunks(input, self.cfg.max_payload_bytes);
+        let parts = chunks(
+            input.iter().map(|r| r.data.len()),
+            self.cfg.max_payload_bytes,
+        );
         let first = self.invocation;
         self.invocation += parts.len() as u64;
         let events: Vec<(Vec<u8>, Vec<String>)> = parts
@@ -693,6 +697,22 @@ mod tests {
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("r{i}")).collect()
+    }
+
+    #[test]
+    fn batches_are_split_to_fit_the_payload_limit() {
+        // 1,000 bytes of data are 1,432 bytes of event with their JSON.
+        assert_eq!(
+            chunks([1000; 5].into_iter(), 3_200),
+            [(0, 2), (2, 2), (4, 1)]
+        );
+        assert_eq!(chunks([1000; 5].into_iter(), 1 << 20), [(0, 5)]);
+        // A record larger than the limit still goes, alone.
+        assert_eq!(
+            chunks([10, 9_000, 10].into_iter(), 4_096),
+            [(0, 1), (1, 1), (2, 1)]
+        );
+        assert!(chunks(std::iter::empty(), 4_096).is_empty());
     }
 
     #[test]
