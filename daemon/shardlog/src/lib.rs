@@ -70,6 +70,10 @@ pub struct Options {
     pub fsync: FsyncPolicy,
     /// One index entry every this many records.
     pub index_every: u32,
+    /// No sequence number below it is ever issued: a log made again under a name whose
+    /// earlier log was deleted starts above every number that one issued, so positions
+    /// remembered by readers (checkpoints, object names) never meet a new record.
+    pub floor: u64,
 }
 
 impl Default for Options {
@@ -78,6 +82,7 @@ impl Default for Options {
             segment_bytes: 64 << 20,
             fsync: FsyncPolicy::Batch,
             index_every: 64,
+            floor: 0,
         }
     }
 }
@@ -407,7 +412,7 @@ impl ShardLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(&mark_path)(e)),
         };
-        let scanned = next_seq;
+        let scanned = next_seq.max(opts.floor);
         let reserved = match mark_bytes.as_deref().map(decode_mark) {
             Some(Some(r)) => r,
             // A log written before marks existed (or a new one): what is there is all
@@ -421,7 +426,7 @@ impl ShardLog {
                 scanned + 2 * RESERVE + lost / frame::HEADER_V1 as u64
             }
         };
-        next_seq = next_seq.max(reserved);
+        next_seq = scanned.max(reserved);
         report.seq_skipped = next_seq - scanned;
         let mark = OpenOptions::new()
             .read(true)

@@ -37,6 +37,7 @@ fn opts() -> Options {
         segment_bytes: 2048,
         fsync: FsyncPolicy::None,
         index_every: 3,
+        floor: 0,
     }
 }
 
@@ -106,6 +107,7 @@ fn fill(dir: &std::path::Path, n: usize) -> ShardLog {
             segment_bytes: 1 << 20,
             fsync: FsyncPolicy::Batch,
             index_every: 4,
+            floor: 0,
         },
     )
     .unwrap();
@@ -136,6 +138,36 @@ fn segment(dir: &std::path::Path) -> std::path::PathBuf {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "seg"))
         .unwrap()
+}
+
+#[test]
+fn a_floor_starts_a_new_log_above_it_and_never_lowers_an_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let floor = |floor| Options {
+        floor,
+        ..Options::default()
+    };
+    let (log, report) = ShardLog::open(dir.path(), floor(1_000)).unwrap();
+    assert_eq!(report.seq_skipped, 0, "a floor is not a skip");
+    assert_eq!((log.first_seq(), log.next_seq()), (1_000, 1_000));
+    let (first, _) = log
+        .append(&[Entry {
+            key: b"k",
+            data: b"one",
+            arrival_ms: 1,
+        }])
+        .unwrap();
+    assert_eq!(first, 1_000);
+    log.close().unwrap();
+    drop(log);
+    // Reopened (with or without the floor): numbering goes on above it.
+    let (log, _) = ShardLog::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(log.next_seq(), 1_001);
+    assert_eq!(all_seqs(&log), [1_000]);
+    drop(log);
+    // A floor below what the log issued changes nothing.
+    let (log, _) = ShardLog::open(dir.path(), floor(5)).unwrap();
+    assert_eq!(log.next_seq(), 1_001);
 }
 
 #[test]
@@ -201,6 +233,7 @@ fn sequence_numbers_survive_restarts_and_segments_roll() {
         segment_bytes: 200,
         fsync: FsyncPolicy::Batch,
         index_every: 2,
+        floor: 0,
     };
     let (log, _) = ShardLog::open(dir.path(), opts.clone()).unwrap();
     for i in 0..50u64 {

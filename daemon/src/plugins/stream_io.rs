@@ -329,6 +329,14 @@ impl Source for StreamSource {
         let Some(st) = self.st.clone() else {
             return Err(Error::fatal("not started"));
         };
+        if st.is_deleted() {
+            // A stream made again under the name is another stream (numbered above this
+            // one): the restart looks the name up again.
+            return Err(Error::retryable(format_args!(
+                "stream `{}` was deleted",
+                st.name
+            )));
+        }
         let Some(set) = self.meet_shards() else {
             return Err(Error::fatal("not started"));
         };

@@ -99,6 +99,19 @@ struct StreamMeta {
     /// Absent in files written before the settings existed.
     #[serde(default)]
     settings: StreamSettings,
+    /// Every shard log of this stream numbers its records from at least here: above every
+    /// number a deleted stream issued before (see [`SeqFloor`]). 0 (absent) for streams
+    /// made before floors existed or when none was deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    seq_floor: u64,
+    /// Above every number issued by shards that expired (they leave the topology, but
+    /// readers' checkpoints may still name them): part of the floor a deletion leaves.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    expired_issued: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One shard.
@@ -195,6 +208,12 @@ pub struct Stream {
     pub max_bytes: Option<u64>,
     /// Durability policy of the shard logs.
     pub fsync: Fsync,
+    /// No shard log of this stream issues a number below it (see [`StreamMeta`]).
+    seq_floor: u64,
+    /// See [`StreamMeta`]'s field of that name.
+    expired_issued: std::sync::atomic::AtomicU64,
+    /// Set by DeleteStream.
+    deleted: std::sync::atomic::AtomicBool,
     last_sync_ms: std::sync::atomic::AtomicI64,
     /// The write limit and per-shard token buckets (by shard index); changes apply live.
     limiter: std::sync::Mutex<Option<(WriteLimit, BTreeMap<u32, Bucket>)>>,
@@ -243,12 +262,19 @@ fn policy(f: Fsync) -> FsyncPolicy {
 }
 
 /// Opens shard `def`'s log in the stream folder `dir`, reporting what recovery found.
-fn open_shard(dir: &Path, name: &str, def: &ShardDef, fsync: Fsync) -> Result<Shard, StreamError> {
+fn open_shard(
+    dir: &Path,
+    name: &str,
+    def: &ShardDef,
+    fsync: Fsync,
+    floor: u64,
+) -> Result<Shard, StreamError> {
     let id = shard_id(def.index);
     let (log, report) = ShardLog::open(
         &dir.join(&id),
         Options {
             fsync: policy(fsync),
+            floor,
             ..Options::default()
         },
     )?;
@@ -330,7 +356,7 @@ impl Stream {
             None => Topology::uniform(meta.shards.max(1), meta.created_ms),
         };
         let set = shard_set(topology, |d| {
-            Ok(Arc::new(open_shard(&dir, name, d, fsync)?))
+            Ok(Arc::new(open_shard(&dir, name, d, fsync, meta.seq_floor)?))
         })?;
         Ok(Stream {
             name: name.to_string(),
@@ -347,7 +373,16 @@ impl Stream {
             last_sync_ms: std::sync::atomic::AtomicI64::new(now_ms()),
             dir,
             settings: RwLock::new(meta.settings.clone()),
+            seq_floor: meta.seq_floor,
+            expired_issued: std::sync::atomic::AtomicU64::new(meta.expired_issued),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether DeleteStream removed it: readers holding it must look the name up again
+    /// (a stream made under the same name is another stream).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The current shard set (a resharding replaces it; hold it for one consistent view).
@@ -442,7 +477,13 @@ impl Stream {
             fresh.closed = None;
             made.insert(
                 d.index,
-                Arc::new(open_shard(&self.dir, &self.name, &fresh, self.fsync)?),
+                Arc::new(open_shard(
+                    &self.dir,
+                    &self.name,
+                    &fresh,
+                    self.fsync,
+                    self.seq_floor,
+                )?),
             );
         }
         // Gates of every open shard, in index order (appends hold one at a time).
@@ -571,6 +612,10 @@ impl Stream {
             origin: self.origin,
             retention_hours,
             settings: settings.clone(),
+            seq_floor: self.seq_floor,
+            expired_issued: self
+                .expired_issued
+                .load(std::sync::atomic::Ordering::Acquire),
         };
         write_meta_file(&self.dir, &meta)
     }
@@ -673,6 +718,10 @@ impl Stream {
         let mut next = old.topology.clone();
         for &i in indices {
             next.expire(i);
+            if let Some(sh) = old.get(i) {
+                self.expired_issued
+                    .fetch_max(sh.log.next_seq(), std::sync::atomic::Ordering::AcqRel);
+            }
         }
         self.save_meta_with(&self.settings(), self.retention_hours(), &next)?;
         let set = shard_set(next, |d| {
@@ -814,6 +863,64 @@ impl Shard {
 pub struct Streams {
     data_dir: PathBuf,
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
+    floor: SeqFloor,
+}
+
+/// `data_dir/seq-floor.json`: one number above every sequence number a deleted stream
+/// issued. New streams number from there, whatever their name: positions remembered by
+/// readers of an earlier stream of the same name (checkpoints by shard id, intent-log
+/// ranges, object names) then never match a new record. One number, not one per name, so
+/// it stays one small file however many streams come and go.
+struct SeqFloor {
+    path: PathBuf,
+    lock: std::sync::Mutex<()>,
+}
+
+impl SeqFloor {
+    fn get(&self) -> Result<u64, StreamError> {
+        let io = |source| StreamError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        match std::fs::read_to_string(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io(e)),
+            Ok(t) => serde_json::from_str::<FloorFile>(&t)
+                .map(|f| f.floor)
+                .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        }
+    }
+
+    /// Raises the floor to at least `to`, durably.
+    fn raise(&self, to: u64) -> Result<(), StreamError> {
+        use std::io::Write as _;
+        let _one = self.lock.lock().map_err(|_| StreamError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other("lock poisoned"),
+        })?;
+        // A damaged file must not lower the floor: refuse (the delete fails, data stays).
+        let now = self.get()?;
+        if to <= now {
+            return Ok(());
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_vec(&FloorFile { floor: to }).unwrap_or_default();
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_data()))
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+            .and_then(|()| std::fs::File::open(dir)?.sync_all())
+            .map_err(|source| StreamError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FloorFile {
+    floor: u64,
 }
 
 impl Streams {
@@ -827,6 +934,10 @@ impl Streams {
         let s = Streams {
             data_dir: data_dir.to_path_buf(),
             streams: RwLock::new(BTreeMap::new()),
+            floor: SeqFloor {
+                path: data_dir.join("seq-floor.json"),
+                lock: std::sync::Mutex::new(()),
+            },
         };
         let entries = std::fs::read_dir(&root).map_err(|source| StreamError::Io {
             path: root.clone(),
@@ -943,6 +1054,11 @@ impl Streams {
                         created_ms: stored.as_ref().map_or_else(now_ms, |m| m.created_ms),
                         origin: StreamOrigin::Config,
                         retention_hours: (spec.retention.as_secs() / 3600).max(1),
+                        seq_floor: match &stored {
+                            Some(m) => m.seq_floor,
+                            None => self.floor.get()?,
+                        },
+                        expired_issued: stored.as_ref().map_or(0, |m| m.expired_issued),
                         // Tags, consumers, ... set through the API survive restarts.
                         settings: stored.map(|m| m.settings).unwrap_or_default(),
                     };
@@ -1008,7 +1124,9 @@ impl Streams {
             .streams
             .write()
             .map_err(|_| StreamError::Exists(name.to_string()))?;
-        if m.contains_key(name) {
+        // A config stream no longer configured keeps its folder (and records): taken
+        // over by a new API stream, its old shard logs would be read as the new stream's.
+        if m.contains_key(name) || self.dir(name)?.join("stream.json").exists() {
             return Err(StreamError::Exists(name.to_string()));
         }
         let meta = StreamMeta {
@@ -1018,6 +1136,8 @@ impl Streams {
             origin: StreamOrigin::Api,
             retention_hours: 24,
             settings: StreamSettings::default(),
+            seq_floor: self.floor.get()?,
+            expired_issued: 0,
         };
         self.write_meta(name, &meta)?;
         let st = Arc::new(Stream::open(
@@ -1065,6 +1185,14 @@ impl Streams {
         for sh in &st.shards().all {
             sh.log.retire();
         }
+        st.deleted.store(true, std::sync::atomic::Ordering::Release);
+        // Durable before the records go: a stream made again under this name numbers
+        // above everything this one issued, so readers' checkpoints and intent logs (which
+        // remember positions by name) cannot skip its records, and object names that
+        // carry positions cannot collide with this one's.
+        let issued = st.shards().all.iter().map(|sh| sh.log.next_seq()).max();
+        let expired = st.expired_issued.load(std::sync::atomic::Ordering::Acquire);
+        self.floor.raise(issued.unwrap_or(0).max(expired))?;
         std::fs::remove_dir_all(&dir).map_err(|source| StreamError::Io { path: dir, source })
     }
 
@@ -1113,6 +1241,8 @@ mod tests {
             origin: StreamOrigin::Config,
             retention_hours: 24,
             settings: StreamSettings::default(),
+            seq_floor: 0,
+            expired_issued: 0,
         };
         Stream::open(dir.join("s"), "s", &meta, fsync, 1 << 20, None).unwrap()
     }
@@ -1152,6 +1282,86 @@ mod tests {
 
     /// A closed shard leaves with its records: once its closing time is past retention it
     /// is forgotten (lineage persisted) and its folder removed; its children stay.
+    #[test]
+    fn a_stream_made_again_under_a_deleted_name_numbers_above_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let streams = Streams::open(tmp.path()).unwrap();
+        let put = |st: &Stream, n: usize| {
+            let sh = st.shards();
+            let e = Entry {
+                key: b"k",
+                data: b"d",
+                arrival_ms: 1,
+            };
+            for _ in 0..n {
+                sh.all[0].append(&[e]).unwrap();
+            }
+        };
+        let old = streams.create("s", 1).unwrap();
+        put(&old, 5);
+        // A split shard that expires still counts: checkpoints may name it.
+        let mid = old.shards().get(0).unwrap().end / 2;
+        let (a, _) = old.split_shard(0, mid).unwrap();
+        *old.retention.write().unwrap() = Duration::ZERO;
+        let closed_ms = old.shards().get(0).unwrap().closed().unwrap().ms;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while now_ms() <= closed_ms && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        old.enforce_retention();
+        assert!(old.shards().get(0).is_none(), "shard 0 expired");
+        assert!(old.shards().get(a).unwrap().log.next_seq() < 5);
+        streams.delete("s").unwrap();
+        assert!(old.is_deleted());
+        let new = streams.create("s", 1).unwrap();
+        assert!(!new.is_deleted());
+        let sh = new.shards();
+        assert!(
+            sh.all[0].log.first_seq() >= 5,
+            "above shard 0's old records"
+        );
+        put(&new, 1);
+        assert!(new.shards().all[0].read(0, 10, usize::MAX).unwrap()[0].seq >= 5);
+        // Its children too, and after a restart.
+        let mid = sh.all[0].end / 2;
+        let (c, _) = new.split_shard(0, mid).unwrap();
+        assert!(new.shards().get(c).unwrap().log.next_seq() >= 5);
+        drop((sh, new, old));
+        streams.close();
+        drop(streams);
+        let streams = Streams::open(tmp.path()).unwrap();
+        let st = streams.get("s").unwrap();
+        assert!(st.shards().all.iter().all(|s| s.log.first_seq() >= 5));
+        // A damaged floor file refuses the next creation rather than starting below it.
+        std::fs::write(tmp.path().join("seq-floor.json"), b"{not json").unwrap();
+        assert!(streams.create("t", 1).is_err());
+    }
+
+    #[test]
+    fn a_config_stream_left_on_disk_is_not_taken_over_by_create_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let streams = Streams::open(tmp.path()).unwrap();
+        let spec = StreamSpec {
+            name: "c".into(),
+            file: "x.toml".into(),
+            shards: 1,
+            retention: Duration::from_secs(3600),
+            max_record_size: 1 << 20,
+            max_bytes: None,
+            fsync: Fsync::None,
+            write_limit: None,
+        };
+        streams
+            .apply_config(&BTreeMap::from([("c".to_string(), spec)]))
+            .unwrap();
+        let gone = streams.apply_config(&BTreeMap::new()).unwrap();
+        assert_eq!(gone, ["c"]);
+        assert!(matches!(
+            streams.create("c", 1),
+            Err(StreamError::Exists(_))
+        ));
+    }
+
     #[test]
     fn closed_shards_expire_with_their_records() {
         let tmp = tempfile::tempdir().unwrap();
