@@ -476,8 +476,16 @@ pub fn load_with(
     // Firehose Direct PUT: each `direct-put` pipeline reads its own internal stream, where
     // PutRecord(Batch) makes records durable before answering.
     for p in pipelines.values() {
-        if p.source.plugin == "direct-put" {
-            let name = direct_put_stream(&p.name);
+        // An `http` source without `stream` writes to an internal stream of its own.
+        let http_internal = p.source.plugin == "http"
+            && serde_json::from_str::<serde_json::Value>(&p.source.config_json)
+                .is_ok_and(|v| v.get("stream").is_none());
+        if p.source.plugin == "direct-put" || http_internal {
+            let name = if http_internal {
+                crate::spec::http_stream(&p.name)
+            } else {
+                direct_put_stream(&p.name)
+            };
             streams.insert(
                 name.clone(),
                 StreamSpec {

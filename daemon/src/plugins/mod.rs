@@ -6,6 +6,7 @@
 //! `dlopen` differs.
 
 mod host;
+pub mod http_source;
 mod instance;
 mod loader;
 mod retry;
@@ -179,9 +180,10 @@ pub struct Registry {
 }
 
 /// The libraries compiled into the daemon.
-pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 7] {
+pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 8] {
     [
         &stream_io::LIBRARY,
+        &http_source::LIBRARY,
         &sluice_plugin_generator::LIBRARY,
         &sluice_plugin_jq::LIBRARY,
         &sluice_plugin_lambda::LIBRARY,

@@ -12,7 +12,7 @@
 #![allow(unexpected_cfgs)] // `declare_library!` checks a `dylib` feature this crate does not have
 
 use super::HostServices;
-use crate::stream::{hash_key, Shard, ShardSet, Stream, StreamError};
+use crate::stream::{Shard, ShardSet, Stream};
 use sluice_plugin_api::{
     declare_library, Batch, Completion, Context, Error, NewRecord, Output, Plugin, Poll, Position,
     Sink, Source, Submitted,
@@ -476,57 +476,19 @@ impl Sink for StreamSink {
             }
         };
         let now = crate::record::now_ms();
-        let mut pending: Vec<(u128, sluice_shardlog::Entry<'_>)> = batch
+        let entries: Vec<sluice_shardlog::Entry<'_>> = batch
             .iter()
-            .map(|r| {
-                // Records without a key get one from their bytes, so routing stays
-                // deterministic.
-                let (h, key): (u128, &[u8]) = if r.partition_key.is_empty() {
-                    (hash_key(r.data), b"-")
-                } else {
-                    (hash_key(r.partition_key), r.partition_key)
-                };
-                let e = sluice_shardlog::Entry {
-                    key,
-                    data: r.data,
-                    arrival_ms: r.timestamp_ms.unwrap_or(now),
-                };
-                (h, e)
+            .map(|r| sluice_shardlog::Entry {
+                key: r.partition_key,
+                data: r.data,
+                arrival_ms: r.timestamp_ms.unwrap_or(now),
             })
             .collect();
-        // A shard closed by a resharding meanwhile refuses: its records go to the
-        // children on the next round.
-        for _round in 0..8 {
-            if pending.is_empty() {
-                break;
-            }
-            let set = st.shards();
-            let mut groups: BTreeMap<u32, Vec<(u128, sluice_shardlog::Entry<'_>)>> =
-                BTreeMap::new();
-            for (h, e) in pending.drain(..) {
-                groups.entry(set.route(h).index).or_default().push((h, e));
-            }
-            for (i, g) in groups {
-                let Some(sh) = set.get(i) else {
-                    pending.extend(g);
-                    continue;
-                };
-                let entries: Vec<sluice_shardlog::Entry<'_>> = g.iter().map(|(_, e)| *e).collect();
-                match sh.append(&entries) {
-                    Ok(_) => {}
-                    Err(StreamError::ShardClosed(_)) => pending.extend(g),
-                    Err(e) => {
-                        done.fail(&Error::retryable(format_args!(
-                            "appending to {}: {e}",
-                            sh.id
-                        )));
-                        return Ok(Submitted::Accepted);
-                    }
-                }
-            }
-        }
-        if !pending.is_empty() {
-            done.fail(&Error::retryable("the stream kept being resharded"));
+        if let Err(e) = st.append_routed(&entries) {
+            done.fail(&Error::retryable(format_args!(
+                "appending to {}: {e}",
+                st.name
+            )));
             return Ok(Submitted::Accepted);
         }
         done.success();

@@ -305,6 +305,11 @@ pub fn is_internal(name: &str) -> bool {
     name.starts_with("__")
 }
 
+/// The internal stream an `http` source writes to when it names no `stream`.
+pub fn http_stream(pipeline: &str) -> String {
+    format!("__http-{pipeline}")
+}
+
 /// The internal stream behind a `direct-put` pipeline.
 pub fn direct_put_stream(pipeline: &str) -> String {
     format!("__firehose-{pipeline}")

@@ -535,6 +535,71 @@ impl Stream {
         Ok(())
     }
 
+    /// Appends records routed by the MD5 of their partition key, as PutRecords does
+    /// (records without a key are routed by their bytes and stored with key `-`), each
+    /// shard's group in one durable append. A shard closed by a resharding meanwhile
+    /// refuses: its records go to the children on the next round.
+    pub fn append_routed(&self, records: &[Entry<'_>]) -> Result<(), StreamError> {
+        let mut pending: Vec<(u128, Entry<'_>)> = records
+            .iter()
+            .map(|e| {
+                if e.key.is_empty() {
+                    (hash_key(e.data), Entry { key: b"-", ..*e })
+                } else {
+                    (hash_key(e.key), *e)
+                }
+            })
+            .collect();
+        for _round in 0..8 {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if self.is_deleted() {
+                return Err(StreamError::NotFound(self.name.clone()));
+            }
+            let set = self.shards();
+            let mut groups: BTreeMap<u32, Vec<(u128, Entry<'_>)>> = BTreeMap::new();
+            for (h, e) in pending.drain(..) {
+                groups.entry(set.route(h).index).or_default().push((h, e));
+            }
+            for (i, g) in groups {
+                let Some(sh) = set.get(i) else {
+                    pending.extend(g);
+                    continue;
+                };
+                let entries: Vec<Entry<'_>> = g.iter().map(|(_, e)| *e).collect();
+                match sh.append(&entries) {
+                    Ok(_) => {}
+                    Err(StreamError::ShardClosed(_)) => pending.extend(g),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(StreamError::Updating(self.name.clone()))
+        }
+    }
+
+    /// Records appended but not yet delivered by `consumer`, over every shard.
+    pub fn backlog(&self, consumer: &str) -> u64 {
+        self.shards()
+            .all
+            .iter()
+            .map(|sh| {
+                let (first, next) = (sh.log.first_seq(), sh.log.next_seq());
+                let at = sh
+                    .consumers
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.get(consumer).copied())
+                    .unwrap_or(first);
+                next.saturating_sub(at.max(first))
+            })
+            .sum()
+    }
+
     /// The largest record (data and partition key) a put may carry: UpdateMaxRecordSize's,
     /// else the configured `max_record_size`.
     pub fn max_record_bytes(&self) -> u64 {
