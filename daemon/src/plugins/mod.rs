@@ -180,13 +180,14 @@ pub struct Registry {
 }
 
 /// The libraries compiled into the daemon.
-pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 8] {
+pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 9] {
     [
         &stream_io::LIBRARY,
         &http_source::LIBRARY,
         &sluice_plugin_generator::LIBRARY,
         &sluice_plugin_jq::LIBRARY,
         &sluice_plugin_lambda::LIBRARY,
+        &sluice_plugin_http::LIBRARY,
         &sluice_plugin_stdout::LIBRARY,
         &sluice_plugin_file::LIBRARY,
         &sluice_plugin_object_store::LIBRARY,
