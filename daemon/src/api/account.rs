@@ -7,7 +7,7 @@
 //! on-demand stream; sluice has no capacity to warm, so the current figure is the target).
 
 use super::error::{ApiError, Violations};
-use super::kinesis::{lookup, stream_name};
+use super::kinesis::{lookup, require_stream, stream_name};
 use super::manage::{not_found_arn, required_str, resource, Resource, STREAM_ARN_PATTERN};
 use super::shapes::{
     Shape, UpdateAccountSettingsInput, UpdateMaxRecordSizeInput, UpdateWarmThroughputInput,
@@ -227,7 +227,7 @@ fn max_record_size(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 fn warm_throughput(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = UpdateWarmThroughputInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     let mibps = r.warm_throughput_mibps;
     match mibps {
         None => v.null("warmThroughputMiBps"),
@@ -239,7 +239,7 @@ fn warm_throughput(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         _ => {}
     }
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let st = lookup(call, &require_stream(name)?)?;
     let m = mibps.unwrap_or(0);
     check_warm(call, st.with_settings(|s| s.on_demand), m)?;
     st.update_settings(|s| {

@@ -94,13 +94,20 @@ impl Violations {
         ));
     }
 
-    /// A `Limit`-style member outside `1..=max`, worded as AWS words it.
+    /// A `Limit`-style member outside `1..=max`, worded as AWS words it: the bound it
+    /// breaks, not the range.
     pub fn range(&mut self, value: i64, field: &str, max: i64) {
-        if !(1..=max).contains(&value) {
+        if value < 1 {
             self.add(
                 &value.to_string(),
                 field,
-                &format!("Member must have value between 1 and {max}"),
+                "Member must have value greater than or equal to 1",
+            );
+        } else if value > max {
+            self.add(
+                &value.to_string(),
+                field,
+                &format!("Member must have value less than or equal to {max}"),
             );
         }
     }

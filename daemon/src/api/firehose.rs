@@ -4,7 +4,7 @@
 //! internal stream before the call answers; the pipeline delivers them from there.
 
 use super::error::{ApiError, Violations};
-use super::request::{check_data, check_records};
+use super::request::check_data;
 use super::shapes::{FirehosePutInput, Shape};
 use super::Call;
 use crate::record::now_ms;
@@ -43,32 +43,34 @@ fn not_found(name: &str, account: &str) -> ApiError {
     )
 }
 
+/// The delivery stream a put names, its name validated as the control plane validates it
+/// (Firehose's redacted form), and its internal stream if it has one.
 fn delivery_stream(
     call: &Call<'_>,
     name: Option<&str>,
     v: &mut Violations,
-) -> Result<(String, Option<Arc<Stream>>), ApiError> {
-    let name = match name {
-        None => {
-            v.null("deliveryStreamName");
-            String::new()
-        }
-        Some(s) => s.to_string(),
-    };
-    if !name.is_empty()
-        && (name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
-    {
-        v.add(
-            &name,
-            "deliveryStreamName",
-            "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
-        );
-    }
+) -> (String, Option<Arc<Stream>>) {
+    super::firehose_control::check_name(v, name);
+    let name = name.unwrap_or_default().to_string();
     let st = call.state.streams.get(&direct_put_stream(&name));
-    Ok((name, st))
+    (name, st)
+}
+
+/// The `Records` count of PutRecordBatch: 1 to [`MAX_BATCH_RECORDS`], in Firehose's
+/// redacted form (the list is not printed).
+fn check_batch_count(records: Option<usize>, v: &mut Violations) {
+    match records {
+        None => v.null("records"),
+        Some(0) => v.add_at(
+            "records",
+            "Member must have length greater than or equal to 1",
+        ),
+        Some(n) if n > MAX_BATCH_RECORDS => v.add_at(
+            "records",
+            &format!("Member must have length less than or equal to {MAX_BATCH_RECORDS}"),
+        ),
+        Some(_) => {}
+    }
 }
 
 /// Appends records; returns their record ids (the internal sequence numbers).
@@ -111,7 +113,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
         "PutRecord" => {
             let r = FirehosePutInput::read_shape(req)?;
             let mut v = Violations::default();
-            let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
+            let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v);
             let data = match r.record {
                 None => {
                     v.null("record");
@@ -127,13 +129,8 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
         "PutRecordBatch" => {
             let r = FirehosePutInput::read_shape(req)?;
             let mut v = Violations::default();
-            let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v)?;
-            check_records(
-                r.records.as_deref(),
-                MAX_BATCH_RECORDS,
-                "com.amazonaws.firehose.v20150804.Record",
-                &mut v,
-            );
+            let (name, st) = delivery_stream(call, r.delivery_stream_name.as_deref(), &mut v);
+            check_batch_count(r.records.as_ref().map(Vec::len), &mut v);
             let recs = r.records.unwrap_or_default();
             let mut data = Vec::with_capacity(recs.len());
             for (i, rec) in recs.into_iter().enumerate() {

@@ -140,19 +140,19 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
 
 /// `deliveryStreamName`: required, 1..64, `[a-zA-Z0-9_.-]+`.
 pub(super) fn check_name(v: &mut Violations, name: Option<&str>) {
+    check_name_at(v, name, "deliveryStreamName");
+}
+
+/// A delivery stream name at `field` (`None` is a missing required member): 1..64,
+/// `[a-zA-Z0-9_.-]+`, the length item first as Firehose lists them.
+fn check_name_at(v: &mut Violations, name: Option<&str>, field: &str) {
     match name {
-        None => v.null("deliveryStreamName"),
+        None => v.null(field),
         Some(n) => {
             if n.is_empty() {
-                v.add_at(
-                    "deliveryStreamName",
-                    "Member must have length greater than or equal to 1",
-                );
+                v.add_at(field, "Member must have length greater than or equal to 1");
             } else if n.len() > 64 {
-                v.add_at(
-                    "deliveryStreamName",
-                    "Member must have length less than or equal to 64",
-                );
+                v.add_at(field, "Member must have length less than or equal to 64");
             }
             if n.is_empty()
                 || !n
@@ -160,10 +160,66 @@ pub(super) fn check_name(v: &mut Violations, name: Option<&str>) {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
             {
                 v.add_at(
-                    "deliveryStreamName",
+                    field,
                     "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+",
                 );
             }
+        }
+    }
+}
+
+/// A destination id at `field` (`DestinationId`, `ExclusiveStartDestinationId`): 1..100,
+/// `[a-zA-Z0-9-]+`.
+fn check_destination_id(v: &mut Violations, id: &str, field: &str) {
+    length(v, Some(id), field, 1, 100);
+    if !id.is_empty() && !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        v.add_at(
+            field,
+            "Member must satisfy regular expression pattern: [a-zA-Z0-9-]+",
+        );
+    }
+}
+
+/// `arn:.*:<service>:<region>:<account>:<kind>/<id>`, read from the right (the region,
+/// account and id hold no `:`, what `arn:.*` covers may): `(region, account, id)` when
+/// the service and the kind are these.
+fn arn_tail<'a>(arn: &'a str, service: &str, kind: &str) -> Option<(&'a str, &'a str, &'a str)> {
+    let rest = arn.strip_prefix("arn:")?;
+    let mut parts = rest.rsplitn(4, ':');
+    let id = parts.next()?.strip_prefix(kind)?.strip_prefix('/')?;
+    let account = parts.next()?;
+    let region = parts.next()?;
+    let head = parts.next()?;
+    head.strip_suffix(service)?
+        .ends_with(':')
+        .then_some((region, account, id))
+}
+
+/// The characters of an IAM role or KMS key id in Firehose's patterns: `[a-zA-Z_0-9+=,.@\-_/]`.
+fn iam_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-/".contains(&b))
+}
+
+fn twelve_digits(account: &str) -> bool {
+    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+}
+
+const ROLE_ARN_PATTERN: &str =
+    "Member must satisfy regular expression pattern: arn:.*:iam::\\d{12}:role/[a-zA-Z_0-9+=,.@\\-_/]+";
+
+/// A role ARN member at `path`: 1..512, `arn:.*:iam::\d{12}:role/[a-zA-Z_0-9+=,.@\-_/]+`
+/// (the pattern checked on a non-empty value, as the bucket's).
+fn check_role_arn(v: &mut Violations, role: Option<&str>, path: &str) {
+    length(v, role, path, 1, 512);
+    if let Some(r) = role.filter(|r| !r.is_empty()) {
+        let ok = arn_tail(r, "iam", "role").is_some_and(|(region, account, id)| {
+            region.is_empty() && twelve_digits(account) && iam_id_ok(id)
+        });
+        if !ok {
+            v.add_at(path, ROLE_ARN_PATTERN);
         }
     }
 }
@@ -194,7 +250,7 @@ fn boolean(d: &Value, key: &str) -> Result<Option<bool>, ApiError> {
     match member(d, key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(super::request::wrong_type(other, "Boolean")),
+        Some(other) => Err(super::request::wrong_type(other, "an Boolean")),
     }
 }
 
@@ -202,7 +258,7 @@ fn structure<'a>(d: &'a Value, key: &str) -> Result<Option<&'a Value>, ApiError>
     match member(d, key) {
         None => Ok(None),
         Some(x @ Value::Object(_)) => Ok(Some(x)),
-        Some(other) => Err(super::request::wrong_type(other, "a structure")),
+        Some(other) => Err(super::request::not_a_structure(other)),
     }
 }
 
@@ -210,7 +266,7 @@ fn list<'a>(d: &'a Value, key: &str) -> Result<&'a [Value], ApiError> {
     match member(d, key) {
         None => Ok(&[]),
         Some(Value::Array(a)) => Ok(a),
-        Some(_) => Err(ApiError::serialization("Expected list or null")),
+        Some(other) => Err(super::request::not_a_list(other)),
     }
 }
 
@@ -297,7 +353,7 @@ fn check_destination(
             v.null(&at("bucketARN"));
         }
     }
-    length(v, role, &at("roleARN"), 1, 512);
+    check_role_arn(v, role, &at("roleARN"));
     length(v, bucket, &at("bucketARN"), 1, 2048);
     if bucket.is_some_and(|b| !b.is_empty() && store::bucket_name(b).is_none()) {
         v.add_at(
@@ -408,7 +464,11 @@ fn check_destination(
     Ok(())
 }
 
+/// A `Tags` list that was given: 1..50 tags, each key and value.
 fn check_tags(v: &mut Violations, tags: &[FirehoseTag], path: &str) {
+    if tags.is_empty() {
+        v.add_at(path, "Member must have length greater than or equal to 1");
+    }
     if tags.len() > MAX_TAGS {
         v.add_at(path, "Member must have length less than or equal to 50");
     }
@@ -569,6 +629,22 @@ fn check_encryption(v: &mut Violations, e: &Value) -> Result<(), ApiError> {
         1,
         512,
     );
+    if let Some(k) = key.filter(|k| !k.is_empty()) {
+        let ok = arn_tail(k, "kms", "key").is_some_and(|(region, account, id)| {
+            !region.is_empty()
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && twelve_digits(account)
+                && iam_id_ok(id)
+        });
+        if !ok {
+            v.add_at(
+                "deliveryStreamEncryptionConfigurationInput.keyARN",
+                "Member must satisfy regular expression pattern: arn:.*:kms:[a-zA-Z0-9\\-]+:\\d{12}:key/[a-zA-Z_0-9+=,.@\\-_/]+",
+            );
+        }
+    }
     Ok(())
 }
 
@@ -679,13 +755,7 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         }
         match role {
             None => v.null("kinesisStreamSourceConfiguration.roleARN"),
-            Some(a) => length(
-                &mut v,
-                Some(a),
-                "kinesisStreamSourceConfiguration.roleARN",
-                1,
-                512,
-            ),
+            Some(_) => check_role_arn(&mut v, role, "kinesisStreamSourceConfiguration.roleARN"),
         }
     }
     if let Some(Doc(e)) = &r.encryption {
@@ -698,7 +768,9 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         check_destination(&mut v, d, "s3DestinationConfiguration", false)?;
     }
     let tags = r.tags.clone().unwrap_or_default();
-    check_tags(&mut v, &tags, "tags");
+    if let Some(t) = &r.tags {
+        check_tags(&mut v, t, "tags");
+    }
     v.finish()?;
     let c = control(call)?;
     let account = &call.state.account;
@@ -905,7 +977,7 @@ async fn update(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     }
     match r.destination_id.as_deref() {
         None => v.null("destinationId"),
-        Some(id) => length(&mut v, Some(id), "destinationId", 1, 100),
+        Some(id) => check_destination_id(&mut v, id, "destinationId"),
     }
     if let Some(Doc(d)) = &r.extended_s3_destination_update {
         check_destination(&mut v, d, "extendedS3DestinationUpdate", true)?;
@@ -999,12 +1071,8 @@ async fn tag(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let tags = r.tags.clone().unwrap_or_default();
     match &r.tags {
         None => v.null("tags"),
-        Some(t) if t.is_empty() => {
-            v.add_at("tags", "Member must have length greater than or equal to 1")
-        }
-        Some(_) => {}
+        Some(t) => check_tags(&mut v, t, "tags"),
     }
-    check_tags(&mut v, &tags, "tags");
     v.finish()?;
     let c = control(call)?;
     let account = &call.state.account;
@@ -1063,6 +1131,16 @@ fn list_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let mut v = Violations::default();
     check_name(&mut v, r.delivery_stream_name.as_deref());
     range(&mut v, r.limit, "limit", 1, 50);
+    if let Some(k) = r.exclusive_start_tag_key.as_deref() {
+        // A tag key's rules.
+        length(&mut v, Some(k), "exclusiveStartTagKey", 1, 128);
+        if k.starts_with("aws:") || !k.chars().all(tag_char) {
+            v.add_at(
+                "exclusiveStartTagKey",
+                "Member must satisfy regular expression pattern: ^(?!aws:)[\\p{L}\\p{Z}\\p{N}_.:\\/=+\\-@%]*$",
+            );
+        }
+    }
     v.finish()?;
     let c = control(call)?;
     let account = &call.state.account;
@@ -1120,7 +1198,7 @@ pub fn describe(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     check_name(&mut v, r.delivery_stream_name.as_deref());
     range(&mut v, r.limit, "limit", 1, 10_000);
     if let Some(id) = r.exclusive_start_destination_id.as_deref() {
-        length(&mut v, Some(id), "exclusiveStartDestinationId", 1, 100);
+        check_destination_id(&mut v, id, "exclusiveStartDestinationId");
     }
     v.finish()?;
     let c = control(call)?;
@@ -1152,6 +1230,9 @@ pub fn list_hoses(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         ],
         "[DirectPut, KinesisStreamAsSource, MSKAsSource, DatabaseAsSource]",
     );
+    if let Some(n) = r.exclusive_start_delivery_stream_name.as_deref() {
+        check_name_at(&mut v, Some(n), "exclusiveStartDeliveryStreamName");
+    }
     v.finish()?;
     let c = control(call)?;
     let start = r.exclusive_start_delivery_stream_name.unwrap_or_default();

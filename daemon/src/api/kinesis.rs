@@ -4,8 +4,8 @@
 use super::error::{ApiError, Violations};
 use super::iterator::{IteratorError, Position};
 use super::shapes::{
-    CreateStreamInput, DescribeStreamInput, GetRecordsInput, GetShardIteratorInput,
-    ListStreamsInput, PutRecordInput, PutRecordsInput, Shape, StreamRef,
+    CreateStreamInput, DeleteStreamInput, DescribeStreamInput, GetRecordsInput,
+    GetShardIteratorInput, ListStreamsInput, PutRecordInput, PutRecordsInput, Shape, StreamRef,
 };
 use super::Call;
 use crate::record::now_ms;
@@ -67,7 +67,7 @@ pub(super) fn shard_index(raw: &str) -> Option<u32> {
 }
 
 /// `0|([1-9]\d{0,128})`.
-fn is_sequence_pattern(s: &str) -> bool {
+pub(super) fn is_sequence_pattern(s: &str) -> bool {
     s == "0"
         || (s.len() <= 129
             && s.starts_with(|c: char| ('1'..='9').contains(&c))
@@ -120,21 +120,26 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
     }
 }
 
-/// The stream-name rules are the ones of `names` (a stream name is a folder), worded as
-/// AWS words them.
+/// The stream-name rules: AWS's, which are a shard id's (`[a-zA-Z0-9_.-]+`, 1 to 128
+/// characters; every item listed, the pattern's first), and the one of `names` that AWS
+/// lacks. Together they refuse every name `names::check` refuses.
 pub(super) fn check_stream_name(v: &mut Violations, name: &str) {
-    use crate::names::NameError;
-    let constraint = match crate::names::check(name) {
-        Ok(()) => return,
-        Err(NameError::Empty) => "Member must have length greater than or equal to 1",
-        Err(NameError::TooLong(_)) => "Member must have length less than or equal to 128",
-        Err(NameError::Charset(_)) => {
-            "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
-        }
-        // AWS's pattern admits them; here a stream name is a folder, and these two are not.
-        Err(NameError::Dots(_)) => "Member must not be '.' or '..'",
-    };
-    v.add(name, "streamName", constraint);
+    super::reshard::check_shard_member(v, Some(name), "streamName", false);
+    // AWS's pattern admits them; here a stream name is a folder, and these two are not.
+    if name == "." || name == ".." {
+        v.add(name, "streamName", "Member must not be '.' or '..'");
+    }
+}
+
+/// A `StreamARN` member's rules (1 to 2048 characters, AWS's pattern).
+pub(super) fn check_stream_arn(v: &mut Violations, arn: &str) {
+    super::manage::required_str(
+        Some(arn),
+        v,
+        "streamARN",
+        Some(super::manage::STREAM_ARN_PATTERN),
+        (1, 2048),
+    );
 }
 
 /// A change the API may not make to a stream declared in the configuration: the
@@ -149,29 +154,36 @@ pub(super) fn defined_in_config(call: &Call<'_>, st: &Stream, then: &str) -> Api
     )
 }
 
-/// The stream named by `StreamName` or `StreamARN`.
+/// The stream a request names by `StreamName` or `StreamARN` (the name when both are
+/// given), each member given validated into `v` (`streamName`, then `streamARN`). `None`
+/// when it names none: AWS lists every member's violations first, and refuses a request
+/// without a stream only once they all pass ([`require_stream`], after
+/// `Violations::finish`).
 pub(super) fn stream_name(
     name: Option<&str>,
     arn: Option<&str>,
     v: &mut Violations,
-) -> Result<Option<String>, ApiError> {
+) -> Option<String> {
     if let Some(n) = name {
         check_stream_name(v, n);
-        return Ok(Some(n.to_string()));
     }
-    if let Some(arn) = arn {
-        return match arn.rsplit_once(":stream/") {
-            Some((_, n)) if arn.starts_with("arn:") && crate::names::check(n).is_ok() => {
-                Ok(Some(n.to_string()))
-            }
-            _ => Err(ApiError::invalid_argument(format!(
-                "Invalid StreamARN {arn}"
-            ))),
-        };
+    if let Some(a) = arn {
+        check_stream_arn(v, a);
     }
-    Err(ApiError::invalid_argument(
-        "Either StreamName or StreamARN should be provided.",
-    ))
+    match (name, arn) {
+        (Some(n), _) => Some(n.to_string()),
+        // What follows `:stream/` (a valid ARN has it right after its account). A name
+        // sluice could not hold is looked up all the same, and not found, as AWS answers.
+        (None, Some(a)) => a.split_once(":stream/").map(|(_, n)| n.to_string()),
+        (None, None) => None,
+    }
+}
+
+/// The stream [`stream_name`] found, or AWS's refusal of a request that names none.
+pub(super) fn require_stream(name: Option<String>) -> Result<String, ApiError> {
+    name.ok_or_else(|| {
+        ApiError::invalid_argument("Either StreamName or StreamARN should be provided.")
+    })
 }
 
 /// A stream the Kinesis API may see: internal streams (`__…`, the Direct PUT buffers of
@@ -190,19 +202,16 @@ fn named_stream(
     arn: Option<&str>,
 ) -> Result<Arc<Stream>, ApiError> {
     let mut v = Violations::default();
-    let name = stream_name(name, arn, &mut v)?;
+    let name = stream_name(name, arn, &mut v);
     v.finish()?;
-    lookup(call, name.as_deref().unwrap_or(""))
+    lookup(call, &require_stream(name)?)
 }
 
 fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = CreateStreamInput::read_shape(req)?;
     let mut v = Violations::default();
     let name = r.stream_name.as_deref();
-    match name {
-        None => v.null("streamName"),
-        Some(n) => check_stream_name(&mut v, n),
-    }
+    // AWS lists `shardCount` before `streamName`.
     let shards = r.shard_count;
     if let Some(n) = shards.filter(|n| *n < 1) {
         v.add(
@@ -210,6 +219,10 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "shardCount",
             "Member must have value greater than or equal to 1",
         );
+    }
+    match name {
+        None => v.null("streamName"),
+        Some(n) => check_stream_name(&mut v, n),
     }
     let on_demand =
         super::manage::stream_mode(r.stream_mode_details.as_ref(), &mut v, false).unwrap_or(false);
@@ -283,7 +296,8 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn delete_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
-    let r = StreamRef::read_shape(req)?;
+    // `EnforceConsumerDeletion` is type-checked only: a stream's consumers go with it.
+    let r = DeleteStreamInput::read_shape(req)?;
     let st = named_stream(call, r.stream_name.as_deref(), r.stream_arn.as_deref())?;
     match call.state.streams.delete(&st.name) {
         Ok(()) => Ok(json!({})),
@@ -315,6 +329,16 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let limit = r.limit.unwrap_or(100);
     let mut v = Violations::default();
     v.range(limit, "limit", 10_000);
+    // A stream name's rules.
+    super::reshard::check_shard_member(
+        &mut v,
+        r.exclusive_start_stream_name.as_deref(),
+        "exclusiveStartStreamName",
+        false,
+    );
+    if let Some(t) = r.next_token.as_deref() {
+        super::manage::check_len(&mut v, t, "nextToken", 1, 1_048_576);
+    }
     v.finish()?;
     let start = r.exclusive_start_stream_name.as_deref().unwrap_or("");
     let all: Vec<Arc<Stream>> = call
@@ -362,11 +386,18 @@ pub(super) fn shard_json(s: &Shard) -> Value {
 fn describe_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = DescribeStreamInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    // AWS's order: `limit`, `exclusiveStartShardId`, the stream.
     let limit = r.limit.unwrap_or(100);
     v.range(limit, "limit", 10_000);
+    super::reshard::check_shard_member(
+        &mut v,
+        r.exclusive_start_shard_id.as_deref(),
+        "exclusiveStartShardId",
+        false,
+    );
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let st = lookup(call, &require_stream(name)?)?;
     let limit = limit as usize;
     let after = r.exclusive_start_shard_id.as_deref().unwrap_or("");
     let set = st.shards();
@@ -584,17 +615,23 @@ fn throttled(st: &Stream, shard: u32, account: &str) -> String {
 async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let mut r = PutRecordInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    // AWS lists the record's members first, then the stream's.
+    let mut stream_v = Violations::default();
+    let name = stream_name(
+        r.stream_name.as_deref(),
+        r.stream_arn.as_deref(),
+        &mut stream_v,
+    );
     let st_opt = name.as_deref().and_then(|n| lookup(call, n).ok());
     let max = st_opt
         .as_ref()
         .map(|s| s.max_record_bytes())
         .unwrap_or(1 << 20);
     let entry = check_record(&mut r, "", max, &mut v)?;
+    v.append(stream_v);
     v.finish()?;
-    let st = st_opt.ok_or_else(|| {
-        ApiError::stream_not_found(name.as_deref().unwrap_or(""), &call.state.account)
-    })?;
+    let name = require_stream(name)?;
+    let st = st_opt.ok_or_else(|| ApiError::stream_not_found(&name, &call.state.account))?;
     let Some(entry) = entry else {
         return Err(ApiError::serialization("missing record"));
     };
@@ -619,7 +656,7 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         r.stream_name.as_deref(),
         r.stream_arn.as_deref(),
         &mut stream_v,
-    )?;
+    );
     super::request::check_records(
         r.records.as_deref(),
         MAX_PUT_RECORDS,
@@ -641,9 +678,8 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     }
     v.append(stream_v);
     v.finish()?;
-    let st = st_opt.ok_or_else(|| {
-        ApiError::stream_not_found(name.as_deref().unwrap_or(""), &call.state.account)
-    })?;
+    let name = require_stream(name)?;
+    let st = st_opt.ok_or_else(|| ApiError::stream_not_found(&name, &call.state.account))?;
     let total: usize = entries.iter().map(|e| e.data.len() + e.key.len()).sum();
     if total > MAX_PUT_BYTES {
         return Err(ApiError::invalid_argument(
@@ -665,11 +701,9 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = GetShardIteratorInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    // AWS's order: `shardId`, `shardIteratorType`, `startingSequenceNumber`, the stream.
     let shard = r.shard_id.as_deref();
-    if shard.is_none() {
-        v.null("shardId");
-    }
+    super::reshard::check_shard_member(&mut v, shard, "shardId", true);
     let typ = r.shard_iterator_type.as_deref();
     const TYPES: [&str; 5] = [
         "AT_SEQUENCE_NUMBER",
@@ -683,7 +717,7 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         Some(t) if !TYPES.contains(&t) => v.add(
             t,
             "shardIteratorType",
-            "Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, AT_TIMESTAMP, TRIM_HORIZON, LATEST]",
+            "Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, LATEST, AT_TIMESTAMP, AT_SEQUENCE_NUMBER, TRIM_HORIZON]",
         ),
         _ => {}
     }
@@ -696,8 +730,9 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             );
         }
     }
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let name = name.unwrap_or_default();
+    let name = require_stream(name)?;
     let account = &call.state.account;
     // AWS resolves the shard id before it looks the stream up: the number after the first
     // `-` (or the whole id), so `shardId-1`, `shard-0` and `7` all name a shard.
@@ -790,18 +825,28 @@ fn get_shard_iterator(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 async fn get_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = GetRecordsInput::read_shape(req)?;
     let mut v = Violations::default();
+    // AWS's order: `limit`, `shardIterator`, `streamARN` (checked, not used: the iterator
+    // names the stream).
+    let limit = r.limit.unwrap_or(MAX_GET_RECORDS as i64);
+    v.range(limit, "limit", MAX_GET_RECORDS as i64);
     let token = r.shard_iterator.as_deref();
     match token {
         None => v.null("shardIterator"),
-        Some(t) if t.is_empty() || t.len() > 512 => v.add(
+        Some("") => v.add(
+            "",
+            "shardIterator",
+            "Member must have length greater than or equal to 1",
+        ),
+        Some(t) if t.len() > 512 => v.add(
             t,
             "shardIterator",
             "Member must have length less than or equal to 512",
         ),
         _ => {}
     }
-    let limit = r.limit.unwrap_or(MAX_GET_RECORDS as i64);
-    v.range(limit, "limit", MAX_GET_RECORDS as i64);
+    if let Some(a) = r.stream_arn.as_deref() {
+        check_stream_arn(&mut v, a);
+    }
     v.finish()?;
     let now = now_ms();
     let pos = match call.state.iterators.decode(token.unwrap_or_default(), now) {

@@ -5,7 +5,7 @@
 //! the stream's `stream.json` (`stream::StreamSettings`).
 
 use super::error::{ApiError, Violations};
-use super::kinesis::{lookup, stream_name};
+use super::kinesis::{lookup, require_stream, stream_name};
 use super::request::{show_list, show_map};
 use super::shapes::{
     ConsumerInput, EncryptionInput, ListTagsInput, MonitoringInput, ResourceInput, RetentionInput,
@@ -90,6 +90,7 @@ const ON_DEMAND_STREAM_LIMIT: u64 = 50;
 pub(super) const STREAM_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+";
 const RESOURCE_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:.*stream/\\S+";
 const NAME_PATTERN: &str = "[a-zA-Z0-9_.-]+";
+const CONSUMER_ARN_PATTERN: &str = "^(arn):aws.*:kinesis:.*:\\d{12}:.*stream\\/[a-zA-Z0-9_.-]+\\/consumer\\/[a-zA-Z0-9_.-]+:[0-9]+";
 
 fn empty() -> Value {
     json!({})
@@ -102,7 +103,7 @@ fn save<E>(
 }
 
 /// Length checks of a string member, in AWS's order (pattern checked by the caller).
-fn check_len(v: &mut Violations, value: &str, field: &str, min: usize, max: usize) {
+pub(super) fn check_len(v: &mut Violations, value: &str, field: &str, min: usize, max: usize) {
     let n = value.chars().count();
     if n < min {
         v.add(
@@ -145,6 +146,48 @@ fn pattern_ok(value: &str, pattern: &str) -> bool {
                 && !parts[5].ends_with("stream/")
         }
     }
+}
+
+/// `^(arn):aws.*:kinesis:.*:\d{12}:.*stream\/NAME\/consumer\/NAME:[0-9]+`: what
+/// follows the account ends with `stream/<name>/consumer/<name>:<digits>` (neither name
+/// holds a `/` or a `:`, so the last `stream/` and `/consumer/` are the ones).
+fn consumer_arn_ok(value: &str) -> bool {
+    let name_ok = |n: &str| pattern_ok(n, NAME_PATTERN);
+    let parts: Vec<&str> = value.splitn(6, ':').collect();
+    if parts.len() != 6
+        || parts[0] != "arn"
+        || !parts[1].starts_with("aws")
+        || parts[2] != "kinesis"
+        || parts[4].len() != 12
+        || !parts[4].bytes().all(|b| b.is_ascii_digit())
+    {
+        return false;
+    }
+    let Some((head, created)) = parts[5].rsplit_once(':') else {
+        return false;
+    };
+    let Some((stream_part, consumer)) = head.rsplit_once("/consumer/") else {
+        return false;
+    };
+    let Some((_, stream)) = stream_part.rsplit_once("stream/") else {
+        return false;
+    };
+    !created.is_empty()
+        && created.bytes().all(|b| b.is_ascii_digit())
+        && name_ok(stream)
+        && name_ok(consumer)
+}
+
+/// A `ConsumerARN` member's rules (AWS's pattern, 1 to 2048 characters).
+pub(super) fn check_consumer_arn(v: &mut Violations, value: &str) {
+    if !consumer_arn_ok(value) {
+        v.add(
+            value,
+            "consumerARN",
+            &format!("Member must satisfy regular expression pattern: {CONSUMER_ARN_PATTERN}"),
+        );
+    }
+    check_len(v, value, "consumerARN", 1, 2048);
 }
 
 /// Validates a required string member: present, its pattern, its length bounds.
@@ -374,9 +417,9 @@ fn add_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let mut v = Violations::default();
     let tags = r.tags.as_ref().map(|t| t.pairs());
     check_tags(&mut v, tags.as_deref(), "tags");
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let st = lookup(call, &require_stream(name)?)?;
     add_tags_to(call, &st, None, &tags.unwrap_or_default())
 }
 
@@ -388,9 +431,9 @@ fn remove_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         .as_ref()
         .map(|k| k.iter().map(String::as_str).collect::<Vec<_>>());
     check_tag_keys(&mut v, keys.as_deref(), "tagKeys");
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let st = lookup(call, &require_stream(name)?)?;
     let keys = keys.unwrap_or_default();
     tag_semantics(call, &keys, "remove", &format!("stream {}", st.name))?;
     remove_tags_from(call, &st, None, &keys)
@@ -420,9 +463,9 @@ fn list_tags(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     if let Some(s) = start {
         check_len(&mut v, s, "exclusiveStartTagKey", 1, 128);
     }
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let st = lookup(call, &require_stream(name)?)?;
     let tags = st.settings().tags;
     let after: Vec<(&String, &String)> = tags
         .iter()
@@ -509,9 +552,9 @@ fn retention(call: &Call<'_>, req: &Value, increase: bool) -> Result<Value, ApiE
     if hours.is_none() {
         v.null("retentionPeriodHours");
     }
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let st = lookup(call, &require_stream(name)?)?;
     let hours = hours.unwrap_or_default();
     if hours < 24 {
         return Err(ApiError::invalid_argument(format!(
@@ -565,9 +608,9 @@ fn monitoring(call: &Call<'_>, req: &Value, enable: bool) -> Result<Value, ApiEr
             }
         }
     }
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let st = lookup(call, &require_stream(name)?)?;
     let asked: Vec<&str> = match metrics {
         Some(m) if m.contains(&"ALL") => METRICS.to_vec(),
         Some(m) => m,
@@ -608,9 +651,9 @@ fn encryption(call: &Call<'_>, req: &Value, start: bool) -> Result<Value, ApiErr
         Some(_) => {}
     }
     let key = required_str(r.key_id.as_deref(), &mut v, "keyId", None, (1, 2048));
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let st = lookup(call, name.as_deref().unwrap_or(""))?;
+    let st = lookup(call, &require_stream(name)?)?;
     if start && kind == Some("NONE") {
         return Err(ApiError::invalid_argument(
             "Encryption type NONE is not valid for StartStreamEncryption; use KMS.",
@@ -684,6 +727,14 @@ fn update_mode(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         (1, 2048),
     );
     let on_demand = stream_mode(r.stream_mode_details.as_ref(), &mut v, true);
+    let warm = r.warm_throughput_mibps;
+    if let Some(m) = warm.filter(|m| *m < 0) {
+        v.add(
+            &m.to_string(),
+            "warmThroughputMiBps",
+            "Member must have value greater than or equal to 0",
+        );
+    }
     v.finish()?;
     let arn = arn.unwrap_or_default();
     let st = match resource(arn) {
@@ -691,8 +742,15 @@ fn update_mode(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         _ => return Err(not_found_arn(call, arn)),
     };
     let on_demand = on_demand.unwrap_or_default();
+    // Warm throughput comes with the mode, under UpdateStreamWarmThroughput's rules.
+    if let Some(m) = warm {
+        super::account::check_warm(call, on_demand, m)?;
+    }
     save(st.update_settings(|s| {
         s.on_demand = on_demand;
+        if let Some(m) = warm {
+            s.warm_throughput_mibps = Some(m as u32);
+        }
         Ok::<(), ApiError>(())
     }))??;
     Ok(empty())
@@ -884,6 +942,9 @@ fn named_consumer(call: &Call<'_>, req: &Value) -> Result<(Arc<Stream>, Consumer
         check_len(&mut v, n, "consumerName", 1, 128);
     }
     let consumer_arn = r.consumer_arn.as_deref();
+    if let Some(a) = consumer_arn {
+        check_consumer_arn(&mut v, a);
+    }
     v.finish()?;
     let (stream, cname) = match (consumer_arn, stream_arn, name) {
         (Some(arn), _, _) => match resource(arn) {

@@ -35,6 +35,26 @@ pub fn wrong_type(v: &Value, target: &str) -> ApiError {
     })
 }
 
+/// The `SerializationException` for a structure member that holds another JSON value than
+/// an object (AWS's parser expected the structure or `null`).
+pub fn not_a_structure(v: &Value) -> ApiError {
+    match v {
+        Value::Array(_) => ApiError::serialization("Start of list found where not expected"),
+        _ => ApiError::serialization("Expected null"),
+    }
+}
+
+/// The `SerializationException` for a list member that holds another JSON value than an
+/// array.
+pub fn not_a_list(v: &Value) -> ApiError {
+    match v {
+        Value::Object(_) => {
+            ApiError::serialization("Start of structure or map found where not expected.")
+        }
+        _ => ApiError::serialization("Expected list or null"),
+    }
+}
+
 /// Why AWS's Java base64 decoder refuses `d`, in its words (typo included).
 pub fn blob_error(d: &str) -> String {
     if !d.len().is_multiple_of(4) {

@@ -6,7 +6,7 @@
 //! status returns to `ACTIVE`.
 
 use super::error::{ApiError, Violations};
-use super::kinesis::{lookup, shard_index, shard_json, stream_name};
+use super::kinesis::{lookup, require_stream, shard_index, shard_json, stream_name};
 use super::shapes::{
     ListShardsInput, MergeShardsInput, Shape, SplitShardInput, UpdateShardCountInput,
 };
@@ -21,7 +21,8 @@ use std::sync::Arc;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const SHARD_ID_PATTERN: &str = "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+";
 
-/// The shard-id member rules (`[a-zA-Z0-9_.-]+`, 1..128), pattern before length as AWS.
+/// The shard-id member rules (`[a-zA-Z0-9_.-]+`, 1..128), pattern before length as AWS;
+/// also a stream name's.
 pub(super) fn check_shard_member(
     v: &mut Violations,
     value: Option<&str>,
@@ -177,10 +178,10 @@ pub fn split_shard(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         ),
         _ => {}
     }
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     check_shard_member(&mut v, r.shard_to_split.as_deref(), "shardToSplit", true);
     v.finish()?;
-    let name = name.unwrap_or_default();
+    let name = require_stream(name)?;
     let account = &call.state.account;
     let index = parse_shard(r.shard_to_split.as_deref().unwrap_or(""), &name, account)?;
     let st = lookup(call, &name)?;
@@ -230,9 +231,9 @@ pub fn merge_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         "adjacentShardToMerge",
         true,
     );
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
-    let name = name.unwrap_or_default();
+    let name = require_stream(name)?;
     let account = &call.state.account;
     let a = parse_shard(r.shard_to_merge.as_deref().unwrap_or(""), &name, account)?;
     let b = parse_shard(
@@ -267,7 +268,7 @@ pub fn merge_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 pub fn update_shard_count(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = UpdateShardCountInput::read_shape(req)?;
     let mut v = Violations::default();
-    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v)?;
+    let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     match r.target_shard_count {
         None => v.null("targetShardCount"),
         Some(n) if n < 1 => v.add(
@@ -287,8 +288,7 @@ pub fn update_shard_count(call: &Call<'_>, req: &Value) -> Result<Value, ApiErro
         ),
     }
     v.finish()?;
-    let name = name.unwrap_or_default();
-    let st = lookup(call, &name)?;
+    let st = lookup(call, &require_stream(name)?)?;
     reshardable(call, &st, "change its shard count")?;
     let target = r.target_shard_count.unwrap_or(1);
     let current = st.shards().open().len() as i64;
@@ -350,26 +350,17 @@ const FILTER_TYPES: [&str; 6] = [
 pub fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = ListShardsInput::read_shape(req)?;
     let mut v = Violations::default();
+    // AWS's order: `maxResults`, `exclusiveStartShardId`, the stream, `nextToken`,
+    // `shardFilter`.
+    let max = r.max_results.unwrap_or(1000);
+    v.range(max, "maxResults", 10_000);
     check_shard_member(
         &mut v,
         r.exclusive_start_shard_id.as_deref(),
         "exclusiveStartShardId",
         false,
     );
-    let max = r.max_results.unwrap_or(1000);
-    if max < 1 {
-        v.add(
-            &max.to_string(),
-            "maxResults",
-            "Member must have value greater than or equal to 1",
-        );
-    } else if max > 10_000 {
-        v.add(
-            &max.to_string(),
-            "maxResults",
-            "Member must have value less than or equal to 10000",
-        );
-    }
+    let named = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     if let Some(t) = r.next_token.as_deref() {
         if t.is_empty() {
             v.add(
@@ -384,9 +375,6 @@ pub fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
                 "Member must have length less than or equal to 1048576",
             );
         }
-    }
-    if let Some(n) = r.stream_name.as_deref() {
-        super::kinesis::check_stream_name(&mut v, n);
     }
     if let Some(f) = &r.shard_filter {
         match f.kind.as_deref() {
@@ -429,14 +417,11 @@ pub fn list_shards(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
                     "Either NextToken or StreamName should be provided.",
                 ));
             }
-            let mut sv = Violations::default();
-            let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut sv)?;
-            sv.finish()?;
             let filter = match &r.shard_filter {
                 None => None,
                 Some(f) => Some(filter(f)?),
             };
-            let st = lookup(call, name.as_deref().unwrap_or(""))?;
+            let st = lookup(call, &require_stream(named)?)?;
             (
                 st,
                 r.exclusive_start_shard_id.clone().unwrap_or_default(),

@@ -6,7 +6,7 @@
 //! patterns, ranges: `ValidationException`) then reads the same typed fields.
 
 use super::error::ApiError;
-use super::request::{blob_error, wrong_type};
+use super::request::{blob_error, not_a_list, not_a_structure, wrong_type};
 use serde_json::Value;
 
 /// A member type: reads one JSON value, with AWS's type errors.
@@ -43,7 +43,7 @@ impl Member for Vec<String> {
     fn read(v: &Value) -> Result<Self, ApiError> {
         match v {
             Value::Array(a) => a.iter().map(String::read).collect(),
-            _ => Err(ApiError::serialization("Expected list or null")),
+            other => Err(not_a_list(other)),
         }
     }
 }
@@ -103,10 +103,11 @@ impl Member for Timestamp {
     fn read(v: &Value) -> Result<Self, ApiError> {
         match v {
             Value::Number(n) => Ok(Timestamp(n.as_f64().unwrap_or(0.0))),
+            // AWS's words do not repeat the value.
             Value::String(s) => s.parse::<f64>().map(Timestamp).map_err(|_| {
-                ApiError::serialization(format!(
-                    "class java.lang.String can not be converted to milliseconds since epoch: {s}"
-                ))
+                ApiError::serialization(
+                    "class java.lang.String can not be converted to milliseconds since epoch",
+                )
             }),
             other => Err(wrong_type(other, "milliseconds since epoch")),
         }
@@ -122,7 +123,7 @@ impl Member for Doc {
     fn read(v: &Value) -> Result<Self, ApiError> {
         match v {
             Value::Object(_) => Ok(Doc(v.clone())),
-            other => Err(wrong_type(other, "a structure")),
+            other => Err(not_a_structure(other)),
         }
     }
 }
@@ -131,7 +132,7 @@ impl Member for bool {
     fn read(v: &Value) -> Result<Self, ApiError> {
         match v {
             Value::Bool(b) => Ok(*b),
-            other => Err(wrong_type(other, "Boolean")),
+            other => Err(wrong_type(other, "an Boolean")),
         }
     }
 }
@@ -141,7 +142,7 @@ impl<T: Shape> Member for Vec<T> {
     fn read(v: &Value) -> Result<Self, ApiError> {
         match v {
             Value::Array(a) => a.iter().map(T::read_shape).collect(),
-            _ => Err(ApiError::serialization("Expected list or null")),
+            other => Err(not_a_list(other)),
         }
     }
 }
@@ -166,10 +167,7 @@ macro_rules! shape {
             fn read_shape(v: &Value) -> Result<Self, ApiError> {
                 let obj = match v {
                     Value::Object(m) => m,
-                    Value::Array(_) => {
-                        return Err(ApiError::serialization("Start of list found where not expected"))
-                    }
-                    _ => return Err(ApiError::serialization("Expected null")),
+                    other => return Err(not_a_structure(other)),
                 };
                 #[allow(unused_mut)]
                 let mut out = $name::default();
@@ -213,10 +211,18 @@ shape!(
 );
 
 shape!(
-    /// Every operation that names a stream and nothing else (DeleteStream,
-    /// DescribeStreamSummary).
+    /// Every operation that names a stream and nothing else (DescribeStreamSummary).
     StreamRef {
         stream_name: String = "StreamName",
+        stream_arn: String = "StreamARN",
+    }
+);
+
+shape!(
+    /// DeleteStream.
+    DeleteStreamInput {
+        stream_name: String = "StreamName",
+        enforce_consumer_deletion: bool = "EnforceConsumerDeletion",
         stream_arn: String = "StreamARN",
     }
 );
@@ -226,6 +232,7 @@ shape!(
     ListStreamsInput {
         limit: i64 = "Limit",
         exclusive_start_stream_name: String = "ExclusiveStartStreamName",
+        next_token: String = "NextToken",
     }
 );
 
@@ -404,6 +411,7 @@ shape!(
     UpdateStreamModeInput {
         stream_arn: String = "StreamARN",
         stream_mode_details: StreamModeDetails = "StreamModeDetails",
+        warm_throughput_mibps: i64 = "WarmThroughputMiBps",
     }
 );
 
@@ -416,6 +424,8 @@ shape!(
         tags: StrMap = "Tags",
         max_results: i64 = "MaxResults",
         next_token: String = "NextToken",
+        /// ListStreamConsumers' (type-checked only).
+        stream_creation_timestamp: Timestamp = "StreamCreationTimestamp",
     }
 );
 

@@ -141,12 +141,7 @@ pub async fn subscribe(call: &Call<'_>, req: &Value) -> Result<EventBody, ApiErr
     let mut v = Violations::default();
     match r.consumer_arn.as_deref() {
         None => v.null("consumerARN"),
-        Some(a) if !a.starts_with("arn:") || !a.contains("/consumer/") => v.add(
-            a,
-            "consumerARN",
-            "Member must satisfy regular expression pattern: ^(arn):aws.*:kinesis:.*:\\d{12}:.*stream\\/[a-zA-Z0-9_.-]+\\/consumer\\/[a-zA-Z0-9_.-]+:[0-9]+",
-        ),
-        _ => {}
+        Some(a) => super::manage::check_consumer_arn(&mut v, a),
     }
     super::reshard::check_shard_member(&mut v, r.shard_id.as_deref(), "shardId", true);
     match r.starting_position.as_ref().map(|p| p.kind.as_deref()) {
@@ -158,6 +153,20 @@ pub async fn subscribe(call: &Call<'_>, req: &Value) -> Result<EventBody, ApiErr
             "Member must satisfy enum value set: [AFTER_SEQUENCE_NUMBER, AT_SEQUENCE_NUMBER, AT_TIMESTAMP, TRIM_HORIZON, LATEST]",
         ),
         _ => {}
+    }
+    // A constraint of the request, so checked before the consumer is looked up.
+    if let Some(s) = r
+        .starting_position
+        .as_ref()
+        .and_then(|p| p.sequence_number.as_deref())
+    {
+        if !super::kinesis::is_sequence_pattern(s) {
+            v.add(
+                s,
+                "startingPosition.sequenceNumber",
+                "Member must satisfy regular expression pattern: 0|([1-9]\\d{0,128})",
+            );
+        }
     }
     v.finish()?;
     let account = &call.state.account;
