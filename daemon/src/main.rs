@@ -1,5 +1,6 @@
 //! The `sluiced` binary: command-line parsing, logging setup, and the commands.
 
+mod scaffold;
 mod top;
 
 use anyhow::Context as _;
@@ -73,6 +74,11 @@ enum Command {
     },
     /// Print the man page (roff) to stdout, e.g. `sluiced man | man -l -`.
     Man,
+    /// Plugin author tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Put records read from stdin, one per line, into a stream.
     Put {
         /// The stream.
@@ -80,6 +86,25 @@ enum Command {
         /// Partition key for every record (default: a different key per line).
         #[arg(long)]
         partition_key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a buildable plugin project (Rust or C) of KIND into DIR (default ./NAME):
+    /// the code, its build file, and the SDK (Rust) or the ABI header and JSON helper (C).
+    New {
+        /// The plugin's name (`plugin = "NAME"` in pipeline files).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: scaffold::Lang,
+        /// The kind.
+        #[arg(long, value_enum)]
+        kind: scaffold::Kind,
+        /// Where to write it (must not exist or be empty).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -177,6 +202,21 @@ fn main() -> ExitCode {
             stream,
             partition_key,
         } => put(&cli.config, &stream, partition_key.as_deref()),
+        Command::Plugin {
+            command:
+                PluginCommand::New {
+                    name,
+                    lang,
+                    kind,
+                    dir,
+                },
+        } => scaffold::new_project(&name, lang, kind, dir.as_deref()).map(|(dir, build)| {
+            println!(
+                "wrote {} — build it with `cd {} && {build}`, then copy the .so into a folder of plugin_dirs and reload",
+                dir.display(),
+                dir.display()
+            );
+        }),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(
