@@ -104,7 +104,7 @@ fn unknown_plugin_lists_available_ones() {
         body,
         "plugin = \"jq\"",
         &[
-            "unknown sink plugin `jq` (available: file, object-store, stdout, stream)",
+            "unknown sink plugin `jq` (available: file, http, object-store, stdout, stream)",
             "`jq` is a transform plugin",
         ],
     );

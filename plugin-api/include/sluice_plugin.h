@@ -128,7 +128,9 @@ typedef struct sl_batch {
 
 /* Host-implemented output. push() copies the record before it returns.
  * `origin` is the index of the input record the output derives from (transforms),
- * or SIZE_MAX for sources. push returns SL_PENDING when credit is exhausted. */
+ * or SIZE_MAX for sources. push returns SL_PENDING when a source's credit is exhausted:
+ * that record was NOT taken (push it again on the next poll). Transforms have no credit
+ * limit; a negative status means the host refused the record (return SL_ERR_FATAL). */
 typedef struct sl_batch_builder {
   uint32_t struct_size;
   uint32_t poll_delay_ms; /* out (sources): re-poll after at most this long; 0 = host default */
@@ -200,9 +202,14 @@ typedef struct sl_plugin_vtable {
   void (*ack)(void *self, uint64_t ack_token, sl_status outcome);
   /* transforms */
   sl_status (*transform)(void *self, const sl_batch *in, sl_batch_builder *out, sl_error *err);
-  /* record sinks: the batch stays valid until complete(ticket) */
+  /* record sinks: the batch stays valid until complete(ticket). Returning SL_OK accepts it:
+   * the plugin then calls host->complete(inst, ticket, ...) exactly once, during this call
+   * or later from any thread, with SL_OK, SL_ERR_RETRYABLE (failed_idx naming the records
+   * to resubmit, or none for all) or SL_ERR_FATAL. Returning SL_PENDING (full: call notify
+   * when there is room) or an error means not accepted: never complete that ticket. */
   sl_status (*submit)(void *self, const sl_batch *batch, uint64_t ticket, sl_error *err);
-  /* object sinks: the object stays valid until complete(ticket) */
+  /* object sinks: the object stays valid until complete(ticket); SL_OK, SL_PENDING and
+   * errors mean what they mean for submit. */
   sl_status (*submit_object)(void *self, const sl_object *object, uint64_t ticket, sl_error *err);
 } sl_plugin_vtable;
 
