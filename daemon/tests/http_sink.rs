@@ -22,9 +22,20 @@ impl Drop for Endpoint {
 }
 
 fn endpoint(port: u16, mode: &str, log: &std::path::Path) -> Endpoint {
+    endpoint_tls(port, mode, log, None)
+}
+
+/// The endpoint over https when `tls` names a folder (its certificate goes there).
+fn endpoint_tls(
+    port: u16,
+    mode: &str,
+    log: &std::path::Path,
+    tls: Option<&std::path::Path>,
+) -> Endpoint {
     let mut child = Command::new(venv_bin("python"))
         .arg(root().join("daemon/tests/fixtures/firehose_endpoint.py"))
         .args([&port.to_string(), mode, log.to_str().unwrap()])
+        .args(tls.map(|t| t.as_os_str().to_owned()))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -155,12 +166,71 @@ fn batches_reach_the_endpoint_in_firehose_format_and_failures_reach_the_error_ou
     d.stop_cleanly();
 }
 
+/// https: a certificate trusted through `ca_file` delivers; without it the certificate is
+/// refused, the attempts fail, and the records reach the error output naming why.
+#[test]
+fn https_endpoints_are_verified() {
+    let s = Setup::new("", &[]);
+    let port = free_port();
+    let log = s.path("tls.jsonl");
+    let _ep = endpoint_tls(port, "flaky", &log, Some(&s.path("tls")));
+    let cfg = format!(
+        "[pipelines.trusted]\nsource = {{ plugin = \"generator\", count = 4, seed = 1 }}\n\n[pipelines.trusted.sink]\nplugin = \"http\"\nurl = \"https://127.0.0.1:{port}/\"\nca_file = \"tls/cert.pem\"\nerror_output = \"failed\"\n\n[pipelines.untrusted]\nsource = {{ plugin = \"generator\", count = 3, seed = 2 }}\n\n[pipelines.untrusted.sink]\nplugin = \"http\"\nurl = \"https://127.0.0.1:{port}/\"\nretry_duration_secs = 1\nerror_output = \"failed\"\n"
+    );
+    s.write_pipeline("p", &cfg);
+    let mut d = s.start();
+    d.wait_ready();
+    wait_until(
+        Duration::from_secs(60),
+        "4 records accepted over https",
+        || {
+            log_entries(&log)
+                .iter()
+                .filter(|e| e["status"] == 200)
+                .map(|e| e["records"].as_array().unwrap().len())
+                .sum::<usize>()
+                == 4
+        },
+    );
+    let failed = s.path("failed/http-endpoint-failed");
+    let docs = || -> Vec<serde_json::Value> {
+        files_under(&failed)
+            .iter()
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .flat_map(|p| lines(p))
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the untrusted pipeline's records in the error output",
+        || docs().len() == 3,
+    );
+    for doc in docs() {
+        assert_eq!(doc["pipeline"], "untrusted");
+        assert_eq!(doc["errorCode"], "HttpEndpoint.ConnectionFailed", "{doc}");
+        assert!(
+            doc["errorMessage"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("certificate"),
+            "{doc}"
+        );
+    }
+    d.stop_cleanly();
+}
+
 #[test]
 fn bad_http_sink_options_are_refused_at_check() {
     for (opt, needle) in [
         (
-            "url = \"https://example.com/\"\nerror_output = \"f\"",
-            "https is not supported",
+            "url = \"ftp://example.com/\"\nerror_output = \"f\"",
+            "http:// or https://",
+        ),
+        (
+            "url = \"https://example.com/\"\nerror_output = \"f\"\nca_file = \"missing.pem\"",
+            "cannot read",
         ),
         ("url = \"http://127.0.0.1:1/\"", "error_output"),
         (

@@ -36,8 +36,12 @@ const MAX_RESPONSE: u64 = 1 << 20;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
-    /// The endpoint, `http://host:port/path` (no TLS in this build).
+    /// The endpoint, `https://host/path` or `http://host:port/path`.
     pub url: String,
+    /// PEM file of the certificates to trust for `https://` instead of the system's roots
+    /// (a private CA, a self-signed endpoint).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Sent verbatim as `X-Amz-Firehose-Access-Key`.
     #[serde(default)]
     pub access_key: Option<String>,
@@ -109,14 +113,22 @@ struct Failure {
 impl Plugin for HttpSink {
     type Config = HttpSinkConfig;
     fn create(mut cfg: HttpSinkConfig, ctx: &Context) -> Result<Self, Error> {
-        let rest = cfg.url.strip_prefix("http://").ok_or_else(|| {
-            let why = if cfg.url.starts_with("https://") {
-                "https is not supported by this build (use http://, or a TLS-terminating proxy)"
-            } else {
-                "must be an http:// URL"
-            };
-            Error::config_field("url", why)
-        })?;
+        let rest = match cfg.url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some(("https", rest)) if cfg!(feature = "tls") => rest,
+            Some(("https", _)) => {
+                return Err(Error::config_field(
+                    "url",
+                    "https is not supported by this build (built without the `tls` feature)",
+                ))
+            }
+            _ => {
+                return Err(Error::config_field(
+                    "url",
+                    "must be an http:// or https:// URL",
+                ))
+            }
+        };
         if rest.is_empty() || rest.starts_with('/') {
             return Err(Error::config_field("url", "must name a host"));
         }
@@ -163,11 +175,10 @@ impl Plugin for HttpSink {
                 ctx.pipeline()
             )
         });
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(cfg.timeout_secs)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        if let Some(ca) = &mut cfg.ca_file {
+            *ca = ctx.resolve_path(ca);
+        }
+        let agent = agent(&cfg)?;
         let metrics = (
             ctx.counter(
                 "http_requests_total",
@@ -307,6 +318,58 @@ impl HttpSink {
             })?;
         check_response(status, &text, request_id)
     }
+}
+
+/// The HTTP client: the request timeout, statuses as answers (the contract is checked
+/// here), and for `https://` the platform's trust roots or `ca_file`'s certificates.
+fn agent(cfg: &HttpSinkConfig) -> Result<ureq::Agent, Error> {
+    let builder = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(cfg.timeout_secs)))
+        .http_status_as_error(false);
+    #[cfg(feature = "tls")]
+    let builder = {
+        use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
+        let roots = match &cfg.ca_file {
+            None => RootCerts::PlatformVerifier,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::config_field(
+                        "ca_file",
+                        format_args!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                if certs.is_empty() {
+                    return Err(Error::config_field(
+                        "ca_file",
+                        format_args!("{} holds no PEM certificate", path.display()),
+                    ));
+                }
+                RootCerts::new_with_certs(&certs)
+            }
+        };
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(roots)
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .build();
+        builder.tls_config(tls)
+    };
+    #[cfg(not(feature = "tls"))]
+    if cfg.ca_file.is_some() {
+        return Err(Error::config_field(
+            "ca_file",
+            "this build has no TLS (built without the `tls` feature)",
+        ));
+    }
+    Ok(builder.build().into())
 }
 
 /// Firehose's contract: a 200 with a JSON body naming the same request id.
