@@ -19,3 +19,17 @@ fn every_operation_validates_as_aws_does() {
     assert!(out.contains("cases match AWS"), "{out}");
     d.stop_cleanly();
 }
+
+/// Every operation of both APIs through the real AWS CLI (its happy path, outputs checked),
+/// and every error type each operation documents that can be provoked locally, through
+/// boto3 (`interop/every_operation.py`; what cannot be reached here is listed there per
+/// operation).
+#[test]
+fn every_operation_through_the_aws_cli_and_each_error_through_boto3() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    let out = run_interop(&d, s.api, "every_operation.py", &[]);
+    assert!(out.contains("CLI calls"), "{out}");
+    d.stop_cleanly();
+}

@@ -39,6 +39,10 @@ pub struct Record {
     /// `KeyARN`); recorded and reported, there is no key service.
     #[serde(default)]
     pub encryption: Option<Value>,
+    /// When Start/StopDeliveryStreamEncryption were called (ms), the last 24 hours' worth:
+    /// Firehose allows 25 such calls per delivery stream in 24 hours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encryption_calls: Vec<i64>,
 }
 
 /// Why a destination cannot become a pipeline (worded for the API's answer).
@@ -55,6 +59,12 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 fn file(data_dir: &Path, name: &str, ext: &str) -> std::io::Result<PathBuf> {
     crate::names::check(name).map_err(std::io::Error::other)?;
     Ok(dir(data_dir).join(format!("{name}.{ext}")))
+}
+
+/// One record, if the API made a delivery stream of this name.
+pub fn load(data_dir: &Path, name: &str) -> Option<Record> {
+    let text = std::fs::read(file(data_dir, name, "json").ok()?).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// Every record, by name.

@@ -101,6 +101,23 @@ async fn append(st: Arc<Stream>, data: Vec<Vec<u8>>) -> Result<Vec<String>, ApiE
         .collect())
 }
 
+/// The internal stream a put goes to and whether the delivery stream encrypts; a
+/// delivery stream that reads a Kinesis stream refuses puts, as Firehose does.
+fn target(
+    call: &Call<'_>,
+    name: &str,
+    st: Option<Arc<Stream>>,
+) -> Result<(Arc<Stream>, bool), ApiError> {
+    use super::firehose_control::{put_target, PutTarget};
+    match (put_target(call, name, st.is_some()), st) {
+        (PutTarget::DirectPut { encrypted }, Some(st)) => Ok((st, encrypted)),
+        (PutTarget::KinesisSource, _) => Err(ApiError::invalid_argument(
+            "This operation is not permitted on KinesisStreamAsSource delivery stream type.",
+        )),
+        _ => Err(not_found(name, &call.state.account)),
+    }
+}
+
 /// Runs one Firehose operation.
 pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, ApiError> {
     if !OPERATIONS.contains(&op) {
@@ -108,7 +125,6 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
             "Firehose_20150804.{op}"
         )));
     }
-    let account = &call.state.account;
     match op {
         "PutRecord" => {
             let r = FirehosePutInput::read_shape(req)?;
@@ -122,9 +138,9 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
                 Some(rec) => check_data(rec.data, "record.data", MAX_RECORD as u64, &mut v),
             };
             v.finish()?;
-            let st = st.ok_or_else(|| not_found(&name, account))?;
+            let (st, encrypted) = target(call, &name, st)?;
             let ids = append(st, vec![data.unwrap_or_default()]).await?;
-            Ok(json!({ "RecordId": ids[0], "Encrypted": false }))
+            Ok(json!({ "RecordId": ids[0], "Encrypted": encrypted }))
         }
         "PutRecordBatch" => {
             let r = FirehosePutInput::read_shape(req)?;
@@ -144,7 +160,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
                 }
             }
             v.finish()?;
-            let st = st.ok_or_else(|| not_found(&name, account))?;
+            let (st, encrypted) = target(call, &name, st)?;
             let total: usize = data.iter().map(Vec::len).sum();
             if total > MAX_BATCH_BYTES {
                 return Err(ApiError::invalid_argument(format!(
@@ -154,7 +170,7 @@ pub async fn dispatch(call: &Call<'_>, op: &str, req: &Value) -> Result<Value, A
             let ids = append(st, data).await?;
             Ok(json!({
                 "FailedPutCount": 0,
-                "Encrypted": false,
+                "Encrypted": encrypted,
                 "RequestResponses": ids.iter().map(|id| json!({ "RecordId": id })).collect::<Vec<_>>(),
             }))
         }

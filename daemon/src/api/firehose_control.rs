@@ -108,6 +108,38 @@ fn hoses(c: &FirehoseControl) -> BTreeMap<String, Hose> {
     out
 }
 
+/// What a PutRecord(Batch) to `name` meets.
+pub(super) enum PutTarget {
+    /// A Direct PUT delivery stream, with server-side encryption on or not.
+    DirectPut { encrypted: bool },
+    /// A delivery stream reading a Kinesis stream: puts are refused, as Firehose does.
+    KinesisSource,
+    /// No delivery stream of that name.
+    Missing,
+}
+
+/// The delivery stream a put names. A Direct PUT one is known by its internal stream
+/// (`has_stream`); the rest is read only when needed (the record of an API-made one for
+/// its encryption, the list of delivery streams on the error path).
+pub(super) fn put_target(call: &Call<'_>, name: &str, has_stream: bool) -> PutTarget {
+    let Ok(c) = control(call) else {
+        return if has_stream {
+            PutTarget::DirectPut { encrypted: false }
+        } else {
+            PutTarget::Missing
+        };
+    };
+    if has_stream {
+        let encrypted = store::load(&c.data_dir, name).is_some_and(|r| r.encryption.is_some());
+        return PutTarget::DirectPut { encrypted };
+    }
+    match hoses(c).remove(name) {
+        Some(Hose::Api(r)) if r.kind == "KinesisStreamAsSource" => PutTarget::KinesisSource,
+        Some(Hose::File(p)) if p.source.plugin == "stream" => PutTarget::KinesisSource,
+        _ => PutTarget::Missing,
+    }
+}
+
 fn hose(c: &FirehoseControl, name: &str, account: &str) -> Result<Hose, ApiError> {
     hoses(c)
         .remove(name)
@@ -850,6 +882,7 @@ async fn create(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             })
             .collect(),
         encryption: r.encryption.map(|e| e.0),
+        encryption_calls: Vec::new(),
     };
     apply(c, &rec, None).await?;
     Ok(json!({ "DeliveryStreamARN": hose_arn(call, &name) }))
@@ -1174,6 +1207,16 @@ async fn encryption(call: &Call<'_>, req: &Value, start: bool) -> Result<Value, 
     if rec.kind != "DirectPut" {
         return Err(ApiError::invalid_argument(SSE_ONLY_DIRECT_PUT));
     }
+    // Start and Stop together: 25 calls per delivery stream in 24 hours, as Firehose.
+    let now = now_ms();
+    rec.encryption_calls.retain(|t| now - t < 86_400_000);
+    if rec.encryption_calls.len() >= 25 {
+        return Err(ApiError::new(
+            "LimitExceededException",
+            format!("Firehose {name} under account {account} has had 25 StartDeliveryStreamEncryption and StopDeliveryStreamEncryption calls in the last 24 hours, the most allowed."),
+        ));
+    }
+    rec.encryption_calls.push(now);
     if start {
         let e = r
             .encryption

@@ -253,6 +253,7 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             format!("This request would exceed the shard limit for the account {}. Current limit on shards per stream is {MAX_SHARDS}.", call.state.account),
         ));
     }
+    super::manage::within_account_shards(call, shards as u64)?;
     let name = name.unwrap_or_default();
     if crate::spec::is_internal(name) {
         return Err(ApiError::invalid_argument(format!(
@@ -296,9 +297,19 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 }
 
 fn delete_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
-    // `EnforceConsumerDeletion` is type-checked only: a stream's consumers go with it.
     let r = DeleteStreamInput::read_shape(req)?;
     let st = named_stream(call, r.stream_name.as_deref(), r.stream_arn.as_deref())?;
+    // As Kinesis: a stream with registered consumers goes only when asked to take them.
+    let consumers = st.settings().consumers.len();
+    if consumers > 0 && r.enforce_consumer_deletion != Some(true) {
+        return Err(ApiError::new(
+            "ResourceInUseException",
+            format!(
+                "Stream {} under account {} has {consumers} registered consumer(s): deregister them, or set EnforceConsumerDeletion to delete them with the stream.",
+                st.name, call.state.account
+            ),
+        ));
+    }
     match call.state.streams.delete(&st.name) {
         Ok(()) => Ok(json!({})),
         Err(StreamError::NotFound(n)) => Err(ApiError::stream_not_found(&n, &call.state.account)),
@@ -340,7 +351,21 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         super::manage::check_len(&mut v, t, "nextToken", 1, 1_048_576);
     }
     v.finish()?;
-    let start = r.exclusive_start_stream_name.as_deref().unwrap_or("");
+    // A page token names the last stream listed (opaque: base64 of a small JSON document).
+    let after = match r.next_token.as_deref() {
+        None => None,
+        Some(t) => Some(
+            B64.decode(t)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<StreamsToken>(&b).ok())
+                .map(|t| t.after)
+                .ok_or_else(|| ApiError::invalid_argument(format!("Invalid NextToken: {t}")))?,
+        ),
+    };
+    let start = after
+        .as_deref()
+        .or(r.exclusive_start_stream_name.as_deref())
+        .unwrap_or("");
     let all: Vec<Arc<Stream>> = call
         .state
         .streams
@@ -349,9 +374,10 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         .filter(|s| s.name.as_str() > start && !crate::spec::is_internal(&s.name))
         .collect();
     let page: Vec<&Arc<Stream>> = all.iter().take(limit as usize).collect();
-    Ok(json!({
+    let more = all.len() > page.len();
+    let mut out = json!({
         "StreamNames": page.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-        "HasMoreStreams": all.len() > page.len(),
+        "HasMoreStreams": more,
         "StreamSummaries": page.iter().map(|s| json!({
             "StreamName": s.name,
             "StreamARN": call.stream_arn(&s.name),
@@ -359,7 +385,21 @@ fn list_streams(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             "StreamModeDetails": mode(s),
             "StreamCreationTimestamp": s.created_ms as f64 / 1000.0,
         })).collect::<Vec<_>>(),
-    }))
+    });
+    if let (true, Some(last)) = (more, page.last()) {
+        let t = serde_json::to_vec(&StreamsToken {
+            after: last.name.clone(),
+        })
+        .unwrap_or_default();
+        out["NextToken"] = json!(B64.encode(t));
+    }
+    Ok(out)
+}
+
+/// What a ListStreams page token carries.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StreamsToken {
+    after: String,
 }
 
 /// A shard as DescribeStream and ListShards show it.

@@ -521,7 +521,9 @@ fn untag_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let arn = resource_arn(r.resource_arn.as_deref(), &mut v);
     v.finish()?;
     let (st, consumer) = resource_stream(call, arn.unwrap_or_default())?;
-    remove_tags_from(call, &st, consumer.as_deref(), &keys.unwrap_or_default())
+    let keys = keys.unwrap_or_default();
+    tag_semantics(call, &keys, "remove", &format!("resource {}", st.name))?;
+    remove_tags_from(call, &st, consumer.as_deref(), &keys)
 }
 
 fn list_tags_for_resource(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
@@ -555,6 +557,7 @@ fn retention(call: &Call<'_>, req: &Value, increase: bool) -> Result<Value, ApiE
     let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
     let st = lookup(call, &require_stream(name)?)?;
+    active(call, &st)?;
     let hours = hours.unwrap_or_default();
     if hours < 24 {
         return Err(ApiError::invalid_argument(format!(
@@ -654,6 +657,7 @@ fn encryption(call: &Call<'_>, req: &Value, start: bool) -> Result<Value, ApiErr
     let name = stream_name(r.stream_name.as_deref(), r.stream_arn.as_deref(), &mut v);
     v.finish()?;
     let st = lookup(call, &require_stream(name)?)?;
+    active(call, &st)?;
     if start && kind == Some("NONE") {
         return Err(ApiError::invalid_argument(
             "Encryption type NONE is not valid for StartStreamEncryption; use KMS.",
@@ -668,6 +672,42 @@ fn encryption(call: &Call<'_>, req: &Value, start: bool) -> Result<Value, ApiErr
         Ok::<(), ApiError>(())
     }))??;
     Ok(empty())
+}
+
+/// Open shards of every stream the API shows.
+fn open_shards(call: &Call<'_>) -> u64 {
+    call.state
+        .streams
+        .list()
+        .iter()
+        .filter(|s| !crate::spec::is_internal(&s.name))
+        .map(|s| s.shards().open().len() as u64)
+        .sum()
+}
+
+/// Refuses a request that would take the account's open shards past the limit
+/// DescribeLimits reports, as Kinesis does (LimitExceededException).
+pub(super) fn within_account_shards(call: &Call<'_>, more: u64) -> Result<(), ApiError> {
+    let now = open_shards(call);
+    if now + more <= ACCOUNT_SHARD_LIMIT {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        "LimitExceededException",
+        format!(
+            "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {now}. Limit: {ACCOUNT_SHARD_LIMIT}. Number of additional shards that would have resulted from this request: {more}. Refer to the AWS Service Limits page (http://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) for current limits and how to request higher limits.",
+            call.state.account, call.region
+        ),
+    ))
+}
+
+/// Stream changes wait while a resharding settles (status UPDATING), as on Kinesis.
+fn active(call: &Call<'_>, st: &Stream) -> Result<(), ApiError> {
+    if st.status() == "ACTIVE" {
+        Ok(())
+    } else {
+        Err(super::reshard::not_active(st, &call.state.account))
+    }
 }
 
 fn describe_limits(call: &Call<'_>) -> Result<Value, ApiError> {
@@ -741,12 +781,28 @@ fn update_mode(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         Some(Resource::Stream(s)) => lookup(call, &s)?,
         _ => return Err(not_found_arn(call, arn)),
     };
+    active(call, &st)?;
     let on_demand = on_demand.unwrap_or_default();
     // Warm throughput comes with the mode, under UpdateStreamWarmThroughput's rules.
     if let Some(m) = warm {
         super::account::check_warm(call, on_demand, m)?;
     }
+    let now = crate::record::now_ms();
     save(st.update_settings(|s| {
+        if s.on_demand != on_demand {
+            // Two switches per stream in 24 hours, as Kinesis.
+            s.mode_switches.retain(|t| now - t < 86_400_000);
+            if s.mode_switches.len() >= 2 {
+                return Err(ApiError::new(
+                    "LimitExceededException",
+                    format!(
+                        "Stream {} under account {} has switched its capacity mode twice in the last 24 hours; it can switch again 24 hours after the first of them.",
+                        st.name, call.state.account
+                    ),
+                ));
+            }
+            s.mode_switches.push(now);
+        }
         s.on_demand = on_demand;
         if let Some(m) = warm {
             s.warm_throughput_mibps = Some(m as u32);

@@ -193,6 +193,7 @@ pub fn split_shard(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     if set.open().len() + 1 > MAX_SHARDS as usize {
         return Err(shard_limit(&st, call, 1));
     }
+    super::manage::within_account_shards(call, 1)?;
     let key_text = key.unwrap_or_default();
     // AWS's range: greater than one plus the start, less than the end.
     let in_range = key_text
@@ -292,17 +293,21 @@ pub fn update_shard_count(call: &Call<'_>, req: &Value) -> Result<Value, ApiErro
     reshardable(call, &st, "change its shard count")?;
     let target = r.target_shard_count.unwrap_or(1);
     let current = st.shards().open().len() as i64;
-    // Kinesis's documented limits; its exact words are not published, these are the
-    // ones kinesis-mock (and so LocalStack) answer with.
+    // Kinesis's documented limits, refused as Kinesis refuses them (LimitExceededException).
     if target > current * 2 {
-        return Err(ApiError::invalid_argument(
-            "Cannot update shard count beyond 2x current shard count",
+        return Err(ApiError::new(
+            "LimitExceededException",
+            format!("UpdateShardCount cannot scale up over double your current open shard count. Current open shard count: {current} Target shard count: {target}"),
         ));
     }
     if target * 2 < current {
-        return Err(ApiError::invalid_argument(
-            "Cannot update shard count below 50% of the current shard count",
+        return Err(ApiError::new(
+            "LimitExceededException",
+            format!("UpdateShardCount cannot scale down below half your current open shard count. Current open shard count: {current} Target shard count: {target}"),
         ));
+    }
+    if target > current {
+        super::manage::within_account_shards(call, (target - current) as u64)?;
     }
     if target > i64::from(MAX_SHARDS) {
         return Err(shard_limit(&st, call, (target - current).max(0) as usize));

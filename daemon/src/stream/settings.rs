@@ -65,6 +65,10 @@ pub struct StreamSettings {
     /// UpdateStreamWarmThroughput (MiB/s) of an on-demand stream.
     #[serde(default)]
     pub warm_throughput_mibps: Option<u32>,
+    /// When UpdateStreamMode changed the capacity mode (ms), the last 24 hours' worth:
+    /// Kinesis allows two switches per stream in 24 hours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mode_switches: Vec<i64>,
 }
 
 impl StreamSettings {

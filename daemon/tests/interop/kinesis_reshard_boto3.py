@@ -206,9 +206,9 @@ assert [(int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["Endin
     (bounds[i], bounds[i + 1] - 1) for i in range(3)
 ], opened
 put("r")
-expect(k.update_shard_count, "InvalidArgumentException", "Cannot update shard count beyond 2x current shard count",
+expect(k.update_shard_count, "LimitExceededException", "UpdateShardCount cannot scale up over double your current open shard count. Current open shard count: 3 Target shard count: 7",
        StreamName="r", TargetShardCount=7, ScalingType="UNIFORM_SCALING")
-expect(k.update_shard_count, "InvalidArgumentException", "Cannot update shard count below 50% of the current shard count",
+expect(k.update_shard_count, "LimitExceededException", "UpdateShardCount cannot scale down below half your current open shard count. Current open shard count: 3 Target shard count: 1",
        StreamName="r", TargetShardCount=1, ScalingType="UNIFORM_SCALING")
 expect(k.update_shard_count, "ValidationException",
        "2 validation errors detected: Value '0' at 'targetShardCount' failed to satisfy constraint: Member must have value greater than or equal to 1; "
