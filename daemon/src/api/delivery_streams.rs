@@ -396,6 +396,7 @@ mod tests {
             }),
             tags: BTreeMap::new(),
             encryption: None,
+            encryption_calls: Vec::new(),
         };
         let fh = FirehoseConfig {
             buckets_dir: Some(PathBuf::from("/data/buckets")),

@@ -76,7 +76,7 @@ fn control<'a>(call: &'a Call<'_>) -> Result<&'a FirehoseControl, ApiError> {
 /// A delivery stream as the API sees it.
 enum Hose {
     /// Created through this API.
-    Api(Record),
+    Api(Box<Record>),
     /// A pipeline from a file (read-only here).
     File(Box<PipelineSpec>),
 }
@@ -99,7 +99,7 @@ fn hoses(c: &FirehoseControl) -> BTreeMap<String, Hose> {
         }
         if p.file.parent() == Some(api_dir.as_path()) {
             if let Some(r) = records.get(name) {
-                out.insert(name.clone(), Hose::Api(r.clone()));
+                out.insert(name.clone(), Hose::Api(Box::new(r.clone())));
             }
         } else {
             out.insert(name.clone(), Hose::File(Box::new(p.clone())));
@@ -1088,7 +1088,7 @@ async fn update(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 fn api_record(c: &FirehoseControl, name: &str, account: &str) -> Result<Record, ApiError> {
     match hose(c, name, account)? {
         Hose::File(_) => Err(read_only(name, account)),
-        Hose::Api(rec) => Ok(rec),
+        Hose::Api(rec) => Ok(*rec),
     }
 }
 
