@@ -208,3 +208,27 @@ fn stream_settings_are_validated() {
         &["must be a rate like \"1MiB/s\""],
     );
 }
+
+#[test]
+fn compression_levels_are_checked_per_format() {
+    let sink = |extra: &str| {
+        format!("[pipelines.p]\nsource = {{ plugin = \"generator\" }}\n\n[pipelines.p.sink]\nplugin = \"object-store\"\nurl = \"lake\"\n{extra}\n")
+    };
+    assert_error(
+        &sink("compression = \"gzip\"\ncompression_level = 12"),
+        "compression_level",
+        &["compression_level: gzip takes 0-9, not 12"],
+    );
+    assert_error(
+        &sink("compression = \"snappy\"\ncompression_level = 3"),
+        "compression_level",
+        &["`snappy` has no levels"],
+    );
+    assert_error(
+        &sink("compression_level = 3"),
+        "compression_level",
+        &["`none` has no levels"],
+    );
+    let (code, err, _) = check_one(&sink("compression = \"zstd\"\ncompression_level = 19"));
+    assert_eq!(code, 0, "{err}");
+}

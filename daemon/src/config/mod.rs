@@ -296,6 +296,8 @@ struct ObjectSinkHostToml {
     error_prefix: String,
     #[serde(default = "default_compression")]
     compression: Compression,
+    #[serde(default)]
+    compression_level: Option<u32>,
     #[serde(default = "default_delimiter")]
     delimiter: String,
     #[serde(default)]
@@ -777,6 +779,7 @@ fn build_delivery(
         "prefix",
         "error_prefix",
         "compression",
+        "compression_level",
         "delimiter",
         "retry_duration",
     ] {
@@ -793,6 +796,34 @@ fn build_delivery(
                     format!("sink: {}", e.message().trim_end()),
                 )
             })?;
+    if let Some(level) = h.compression_level {
+        let c = h.compression;
+        let name = serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        match c.levels() {
+            None => {
+                return Err(src.error_at_path(
+                    &at(&[key("sink"), key("compression_level")]),
+                    format!(
+                        "compression_level: `{name}` has no levels (gzip takes 0-9, zstd 1-19)"
+                    ),
+                ))
+            }
+            Some(r) if !r.contains(&level) => {
+                return Err(src.error_at_path(
+                    &at(&[key("sink"), key("compression_level")]),
+                    format!(
+                        "compression_level: {name} takes {}-{}, not {level}",
+                        r.start(),
+                        r.end()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     let prefix = crate::spec::Template::parse(&h.prefix, false).map_err(|m| {
         src.error_at_path(&at(&[key("sink"), key("prefix")]), format!("prefix: {m}"))
     })?;
@@ -873,6 +904,7 @@ fn build_delivery(
         prefix: h.prefix,
         error_prefix: h.error_prefix,
         compression: h.compression,
+        compression_level: h.compression_level,
         delimiter: h.delimiter,
         retry_duration: h.retry_duration.map(|d| d.0),
         partitioner,

@@ -242,8 +242,8 @@ impl Delivery {
         };
         let ranges = self.log.is_some();
         let compression = match key {
-            BufferKey::Data { .. } => self.spec.compression,
-            BufferKey::Error(_) => Compression::None,
+            BufferKey::Data { .. } => self.spec.codec(),
+            BufferKey::Error(_) => Compression::None.codec(),
         };
         let spill = self.spools < spool::MAX_OPEN;
         let b = match route {
@@ -573,9 +573,9 @@ impl Delivery {
             BufferKey::Error(t) => (&self.spec.error_template, &[][..], &[][..], Some(*t)),
         };
         let compression = if error.is_some() {
-            Compression::None
+            Compression::None.codec()
         } else {
-            self.spec.compression
+            self.spec.codec()
         };
         let partition = partition_id(&b.key);
         let id = unique_id(&self.pipeline, &partition, b.first_seq, b.records);
@@ -605,7 +605,7 @@ impl Delivery {
             self.version,
             b.oldest_ms,
             &id,
-            compression.extension(),
+            compression.compression.extension(),
         );
         let last_token = b.tokens.last().copied().unwrap_or(0);
         let intent = match (replay_of, &mut self.log) {
@@ -677,7 +677,7 @@ impl Delivery {
                 } else {
                     "application/octet-stream"
                 },
-                content_encoding: match compression {
+                content_encoding: match compression.compression {
                     Compression::None => "",
                     Compression::Gzip => "gzip",
                     Compression::Zstd => "zstd",
@@ -834,7 +834,7 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Compiled, Partitioner, Template};
+    use crate::spec::{Codec, Compiled, Partitioner, Template};
 
     fn budget() -> std::sync::Arc<MemoryBudget> {
         std::sync::Arc::new(MemoryBudget::new(512 << 20))
@@ -878,10 +878,54 @@ mod tests {
     }
 
     #[test]
+    fn compression_levels_apply_and_round_trip() {
+        // Less regular than `json_lines`, so that higher levels have something to find.
+        let data: Vec<u8> = (0..20_000u64)
+            .flat_map(|i| {
+                format!(
+                    "{{\"n\":{i},\"h\":{}}}\n",
+                    i.wrapping_mul(2_654_435_761) % 1_000_003
+                )
+                .into_bytes()
+            })
+            .collect();
+        for (c, lo, hi) in [(Compression::Gzip, 1, 9), (Compression::Zstd, 1, 19)] {
+            let fast = encode(
+                Codec {
+                    compression: c,
+                    level: lo,
+                },
+                &data,
+            );
+            let small = encode(
+                Codec {
+                    compression: c,
+                    level: hi,
+                },
+                &data,
+            );
+            assert_eq!(decode(c, &small), data, "{c:?}");
+            assert!(
+                small.len() < fast.len(),
+                "{c:?}: level {hi} is smaller than {lo}"
+            );
+        }
+        let stored = encode(
+            Codec {
+                compression: Compression::Gzip,
+                level: 0,
+            },
+            &data,
+        );
+        assert_eq!(decode(Compression::Gzip, &stored), data);
+        assert!(stored.len() > data.len(), "gzip level 0 stores");
+    }
+
+    #[test]
     fn every_compression_round_trips() {
         let data = json_lines(50_000);
         for c in ALL {
-            let enc = encode(c, &data);
+            let enc = encode(c.codec(), &data);
             assert_eq!(decode(c, &enc), data, "{c:?}");
             if c != Compression::None {
                 assert!(enc.len() < data.len() / 2, "{c:?} compresses");
@@ -930,6 +974,7 @@ mod tests {
             prefix: prefix.into(),
             error_prefix: error_prefix.into(),
             compression,
+            compression_level: None,
             delimiter: "\n".into(),
             retry_duration: None,
             partitioner: Some(Compiled::new(Partitioner::new(query).unwrap())),

@@ -5,7 +5,7 @@
 //! object is dropped — stored, or abandoned (a replay from the checkpoint rebuilds it).
 //! Spool files are scratch: leftovers of a crash are deleted when the pipeline starts.
 
-use crate::spec::Compression;
+use crate::spec::{Codec, Compression};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -53,30 +53,36 @@ pub struct Spool {
 
 impl Spool {
     /// A new spool file in `dir`, compressing like [`super::encode`].
-    pub fn create(dir: &Path, c: Compression) -> std::io::Result<Spool> {
+    pub fn create(dir: &Path, c: Codec) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{:016x}.spool", fastrand::u64(..)));
         let out = BufWriter::with_capacity(WRITE_BUFFER, File::create(&path)?);
         let file = SpoolFile(path);
-        let enc = match c {
+        let enc = match c.compression {
             Compression::None => Encoder::None(out),
             Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
                 out,
-                flate2::Compression::fast(),
+                flate2::Compression::new(c.level.min(9)),
             )),
-            Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
+            Compression::Zstd => {
+                Encoder::Zstd(zstd::stream::write::Encoder::new(out, c.level as i32)?)
+            }
             Compression::Snappy => Encoder::Snappy(snap::write::FrameEncoder::new(out)),
         };
         Ok(Spool { enc, raw: 0, file })
     }
 
     /// RAM an open spool holds (encoder state and write buffer), for the memory budget.
-    pub fn memory(c: Compression) -> u64 {
+    pub fn memory(c: Codec) -> u64 {
         WRITE_BUFFER as u64
-            + match c {
+            + match c.compression {
                 Compression::None => 0,
                 Compression::Gzip => 320 << 10,
-                Compression::Zstd => 1400 << 10,
+                // zstd's context grows with its window: measured upper bounds per level band
+                // (levels 1-3, 4-9, 10-19).
+                Compression::Zstd if c.level <= 3 => 1400 << 10,
+                Compression::Zstd if c.level <= 9 => 12 << 20,
+                Compression::Zstd => 96 << 20,
                 Compression::Snappy => 140 << 10,
             }
     }
@@ -207,7 +213,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = json_lines(200_000);
         for c in ALL {
-            let mut s = Spool::create(dir.path(), c).unwrap();
+            let mut s = Spool::create(dir.path(), c.codec()).unwrap();
             for chunk in data.chunks(777) {
                 s.write(chunk).unwrap();
             }
@@ -219,7 +225,7 @@ mod tests {
             drop(f);
             assert!(!p.exists());
         }
-        let s = Spool::create(dir.path(), Compression::Gzip).unwrap();
+        let s = Spool::create(dir.path(), Compression::Gzip.codec()).unwrap();
         drop(s);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
