@@ -8,7 +8,6 @@
 use serde_json::value::RawValue;
 use sluice_plugin_jq::{parse_json, JqError, Program, Val};
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 /// Why a record's partition keys cannot be extracted (`partitioning-failed`), worded as
 /// Firehose words it where Firehose has words for it.
@@ -87,6 +86,54 @@ pub fn fast_path(query: &str) -> Option<Vec<(String, Vec<String>)>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// The values of the members `names` of the JSON object `data` (the last one when a name
+/// repeats, as a map would keep it), in `names`' order, borrowed from `data`. Every byte is
+/// still parsed (a record that is not JSON is refused), but members nobody asked for are
+/// skipped without being built, and no map is made: the fast path's cost per record.
+fn pick<'a>(
+    data: &'a [u8],
+    names: &[&str],
+) -> Result<Vec<Option<&'a RawValue>>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    struct Pick<'n>(&'n [&'n str]);
+    impl<'de> DeserializeSeed<'de> for Pick<'_> {
+        type Value = Vec<Option<&'de RawValue>>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Pick<'_> {
+        type Value = Vec<Option<&'de RawValue>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = vec![None; self.0.len()];
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                match self.0.iter().position(|n| *n == k) {
+                    Some(_) => {
+                        let v: &'de RawValue = map.next_value()?;
+                        // Every field asking for this name gets it.
+                        for (slot, n) in out.iter_mut().zip(self.0) {
+                            if *n == k {
+                                *slot = Some(v);
+                            }
+                        }
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let out = Pick(names).deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
+}
+
 impl Partitioner {
     /// Compiles a query (fast path when possible).
     pub fn new(query: &str) -> Result<Partitioner, JqError> {
@@ -108,16 +155,17 @@ impl Partitioner {
     pub fn extract(&self, data: &[u8]) -> Result<Vec<(String, String)>, PartitionError> {
         match self {
             Partitioner::Fields(fields) => {
-                let top: HashMap<Cow<'_, str>, &RawValue> =
-                    serde_json::from_slice(data).map_err(|_| PartitionError::NotJson)?;
+                let firsts: Vec<&str> = fields.iter().map(|(_, p)| p[0].as_str()).collect();
+                let top = pick(data, &firsts).map_err(|_| PartitionError::NotJson)?;
                 let mut out = Vec::with_capacity(fields.len());
-                for (key, path) in fields {
+                for ((key, path), found) in fields.iter().zip(top) {
                     let missing = || PartitionError::MissingField(path.join("."));
-                    let mut raw = *top.get(path[0].as_str()).ok_or_else(missing)?;
+                    let mut raw = found.ok_or_else(missing)?;
                     for seg in &path[1..] {
-                        let obj: HashMap<Cow<'_, str>, &RawValue> =
-                            serde_json::from_str(raw.get()).map_err(|_| missing())?;
-                        raw = *obj.get(seg.as_str()).ok_or_else(missing)?;
+                        raw = pick(raw.get().as_bytes(), &[seg.as_str()])
+                            .ok()
+                            .and_then(|mut v| v.pop().flatten())
+                            .ok_or_else(missing)?;
                     }
                     let v: Cow<'_, str> = serde_json::from_str(raw.get())
                         .map_err(|_| PartitionError::FieldNotString(path.join(".")))?;
@@ -177,6 +225,42 @@ mod tests {
         );
         assert!(fast_path("{t: .a | ascii_downcase}").is_none());
         assert!(fast_path(".type").is_none());
+    }
+
+    #[test]
+    fn picking_fields_parses_the_whole_record() {
+        let p = Partitioner::new("{type, s: .a.b}").unwrap();
+        let got = p.extract(br#"{"type":"x","a":{"b":"y","c":[1,{"d":2}]},"type":"z"}"#);
+        assert_eq!(
+            got.unwrap(),
+            [("type".into(), "z".into()), ("s".into(), "y".into())],
+            "the last of a repeated name, as a map keeps it"
+        );
+        for bad in [
+            &br#"{"type":"x"} trailing"#[..],
+            b"[1]",
+            br#"{"type":"x","#,
+            b"",
+        ] {
+            assert_eq!(
+                p.extract(bad),
+                Err(PartitionError::NotJson),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            p.extract(br#"{"type":"x","a":{"c":1}}"#),
+            Err(PartitionError::MissingField("a.b".into()))
+        );
+        assert_eq!(
+            p.extract(br#"{"type":"x","a":"flat"}"#),
+            Err(PartitionError::MissingField("a.b".into()))
+        );
+        assert_eq!(
+            p.extract(br#"{"type":1,"a":{"b":"y"}}"#),
+            Err(PartitionError::FieldNotString("type".into()))
+        );
     }
 
     #[test]
