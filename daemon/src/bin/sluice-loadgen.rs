@@ -19,6 +19,8 @@ struct Args {
     records: usize,
     size: usize,
     seconds: f64,
+    /// Stop once this many records were sent in all (each connection sends its share).
+    total: Option<u64>,
     read: bool,
     shards: usize,
 }
@@ -31,6 +33,7 @@ fn parse_args() -> Result<Args, String> {
         records: 500,
         size: 333,
         seconds: 10.0,
+        total: None,
         read: false,
         shards: 4,
     };
@@ -44,10 +47,11 @@ fn parse_args() -> Result<Args, String> {
             "--records" => a.records = val()?.parse().map_err(|e| format!("--records: {e}"))?,
             "--size" => a.size = val()?.parse().map_err(|e| format!("--size: {e}"))?,
                         "--seconds" => a.seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--total" => a.total = Some(val()?.parse().map_err(|e| format!("--total: {e}"))?),
             "--read" => a.read = true,
             "--shards" => a.shards = val()?.parse().map_err(|e| format!("--shards: {e}"))?,
             "-h" | "--help" => {
-                return Err("usage: sluice-loadgen [--endpoint HOST:PORT] [--stream NAME] [--connections N] [--records N] [--size BYTES] [--seconds S]".into())
+                return Err("usage: sluice-loadgen [--endpoint HOST:PORT] [--stream NAME] [--connections N] [--records N] [--size BYTES] [--seconds S] [--total RECORDS]".into())
             }
             other => return Err(format!("unknown flag {other}")),
         }
@@ -216,6 +220,11 @@ fn main() {
             let req = request(&a, c);
             let endpoint = a.endpoint.clone();
             let records = a.records;
+            // An equal share per connection, whole calls: the same records for every run.
+            let calls = a.total.map(|t| {
+                t.div_ceil(a.connections as u64)
+                    .div_ceil(records.max(1) as u64)
+            });
             std::thread::spawn(move || -> Result<(u64, u64, Vec<Duration>), String> {
                 let s = TcpStream::connect(&endpoint)
                     .map_err(|e| format!("connect {endpoint}: {e}"))?;
@@ -223,7 +232,9 @@ fn main() {
                 let mut w = s.try_clone().map_err(|e| e.to_string())?;
                 let mut r = BufReader::new(s);
                 let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
-                while Instant::now() < deadline {
+                let mut made = 0u64;
+                while Instant::now() < deadline && calls.is_none_or(|c| made < c) {
+                    made += 1;
                     let t = Instant::now();
                     w.write_all(&req).map_err(|e| e.to_string())?;
                     let (status, body) = response(&mut r).map_err(|e| e.to_string())?;
