@@ -797,6 +797,12 @@ impl ShardLog {
         self.retired.store(true, Ordering::Release);
     }
 
+    /// Takes appends again (a deletion that could not complete).
+    pub fn unretire(&self) {
+        let _g = self.inner.write();
+        self.retired.store(false, Ordering::Release);
+    }
+
     /// Deletes the whole log (stream deletion).
     pub fn destroy(self) -> Result<(), Error> {
         std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))

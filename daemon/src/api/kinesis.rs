@@ -11,7 +11,8 @@ use super::Call;
 use crate::record::now_ms;
 use crate::spec::MAX_SHARDS;
 use crate::stream::{
-    hash_key, parse_sequence, sequence_string, shard_id, Shard, Stream, StreamError, StreamSettings,
+    hash_key, parse_sequence, sequence_string, shard_id, Shard, Stream, StreamError, StreamOrigin,
+    StreamSettings,
 };
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -292,6 +293,13 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
                 call.state.account
             ),
         )),
+        Err(StreamError::LeftOnDisk(_)) => Err(ApiError::new(
+            "ResourceInUseException",
+            format!(
+                "Stream {name} under account {} was removed from the sluiced configuration and its records are still in the data directory: declare it again, or remove its folder.",
+                call.state.account
+            ),
+        )),
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
 }
@@ -299,9 +307,13 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 fn delete_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = DeleteStreamInput::read_shape(req)?;
     let st = named_stream(call, r.stream_name.as_deref(), r.stream_arn.as_deref())?;
-    // As Kinesis: a stream with registered consumers goes only when asked to take them.
+    // As Kinesis: a stream with registered consumers goes only when asked to take them
+    // (a config stream is refused below whatever it has).
     let consumers = st.settings().consumers.len();
-    if consumers > 0 && r.enforce_consumer_deletion != Some(true) {
+    if consumers > 0
+        && r.enforce_consumer_deletion != Some(true)
+        && st.origin != StreamOrigin::Config
+    {
         return Err(ApiError::new(
             "ResourceInUseException",
             format!(

@@ -43,6 +43,10 @@ pub enum StreamError {
     NotFound(String),
     #[error("stream {0} already exists")]
     Exists(String),
+    /// The folder of a stream removed from the configuration (its records kept) holds
+    /// the name.
+    #[error("stream {0} was removed from the configuration and its records are still in the data directory")]
+    LeftOnDisk(String),
     #[error("stream {0} is defined in the configuration and cannot be deleted through the API")]
     FromConfig(String),
     #[error("{0}")]
@@ -1004,6 +1008,12 @@ impl Streams {
                 lock: std::sync::Mutex::new(()),
             },
         };
+        // What a deletion moved out and a crash kept it from removing.
+        if let Err(e) = std::fs::remove_dir_all(s.trash_dir()) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %s.trash_dir().display(), error = %e, "removing deleted streams' folders failed");
+            }
+        }
         let entries = std::fs::read_dir(&root).map_err(|source| StreamError::Io {
             path: root.clone(),
             source,
@@ -1189,10 +1199,28 @@ impl Streams {
             .streams
             .write()
             .map_err(|_| StreamError::Exists(name.to_string()))?;
+        if m.contains_key(name) {
+            return Err(StreamError::Exists(name.to_string()));
+        }
         // A config stream no longer configured keeps its folder (and records): taken
         // over by a new API stream, its old shard logs would be read as the new stream's.
-        if m.contains_key(name) || self.dir(name)?.join("stream.json").exists() {
-            return Err(StreamError::Exists(name.to_string()));
+        let dir = self.dir(name)?;
+        if dir.join("stream.json").exists() {
+            return Err(StreamError::LeftOnDisk(name.to_string()));
+        }
+        // A folder without `stream.json` is no stream (what an interrupted deletion of an
+        // older version left): its shard logs must not become the new stream's.
+        if dir.exists() {
+            let gone = self
+                .trash_dir()
+                .join(format!("{name}.{:016x}", fastrand::u64(..)));
+            std::fs::create_dir_all(self.trash_dir())
+                .and_then(|()| std::fs::rename(&dir, &gone))
+                .and_then(|()| std::fs::remove_dir_all(&gone))
+                .map_err(|source| StreamError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
         }
         let meta = StreamMeta {
             shards,
@@ -1239,26 +1267,54 @@ impl Streams {
                 source: std::io::Error::other("not the stream's own folder; not removed"),
             });
         }
-        // Nothing waiting to change `stream.json` may write the folder back afterwards;
-        // taken before the name is free, so a CreateStream of it cannot start meanwhile.
+        // Nothing waiting to change `stream.json` may write the folder back afterwards.
         let mut deleted = st.lock_meta()?;
-        *deleted = true;
-        m.remove(name);
-        drop(m);
         // Writers that still hold the stream fail from now on (as if it were not found):
         // none may write into a folder a CreateStream of the same name makes next.
         for sh in &st.shards().all {
             sh.log.retire();
         }
-        st.deleted.store(true, std::sync::atomic::Ordering::Release);
-        // Durable before the records go: a stream made again under this name numbers
-        // above everything this one issued, so readers' checkpoints and intent logs (which
-        // remember positions by name) cannot skip its records, and object names that
-        // carry positions cannot collide with this one's.
+        // Durable before the records go, and while the name is still taken: a stream made
+        // again under this name numbers above everything this one issued, so readers'
+        // checkpoints and intent logs (which remember positions by name) cannot skip its
+        // records, and object names that carry positions cannot collide with this one's.
         let issued = st.shards().all.iter().map(|sh| sh.log.next_seq()).max();
         let expired = st.expired_issued.load(std::sync::atomic::Ordering::Acquire);
-        self.floor.raise(issued.unwrap_or(0).max(expired))?;
-        std::fs::remove_dir_all(&dir).map_err(|source| StreamError::Io { path: dir, source })
+        if let Err(e) = self.floor.raise(issued.unwrap_or(0).max(expired)) {
+            // Nothing happened: the stream takes appends again.
+            for sh in &st.shards().all {
+                sh.log.unretire();
+            }
+            return Err(e);
+        }
+        *deleted = true;
+        st.deleted.store(true, std::sync::atomic::Ordering::Release);
+        // Out of `streams/` in one rename (durable), then removed: a crash part-way through
+        // the removal can leave neither a stream folder without its `stream.json` nor one
+        // missing some shards for the next start or CreateStream to adopt.
+        let trash = self.trash_dir();
+        let gone = trash.join(format!("{name}.{:016x}", fastrand::u64(..)));
+        let moved = std::fs::create_dir_all(&trash)
+            .and_then(|()| std::fs::rename(&dir, &gone))
+            .and_then(|()| std::fs::File::open(self.data_dir.join("streams"))?.sync_all());
+        m.remove(name);
+        drop(m);
+        drop(deleted);
+        match moved {
+            Ok(()) => {
+                if let Err(e) = std::fs::remove_dir_all(&gone) {
+                    tracing::warn!(stream = %name, dir = %gone.display(), error = %e, "removing a deleted stream's records failed; the next start removes them");
+                }
+                Ok(())
+            }
+            Err(source) => Err(StreamError::Io { path: dir, source }),
+        }
+    }
+
+    /// Where deleted streams' folders go before they are removed (`data_dir/streams.deleted`,
+    /// outside `streams/`, emptied at every start).
+    fn trash_dir(&self) -> PathBuf {
+        self.data_dir.join("streams.deleted")
     }
 
     /// A clean stop: every shard log synced and its sequence mark set exactly, so the next
@@ -1423,8 +1479,22 @@ mod tests {
         assert_eq!(gone, ["c"]);
         assert!(matches!(
             streams.create("c", 1),
-            Err(StreamError::Exists(_))
+            Err(StreamError::LeftOnDisk(_))
         ));
+        // A folder without `stream.json` (an interrupted deletion) is not adopted.
+        let stale = tmp.path().join("streams").join("stale").join(shard_id(0));
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("00000000000000000000.seg"), b"old records").unwrap();
+        let st = streams.create("stale", 1).unwrap();
+        assert!(st.shards().all[0]
+            .read(0, 10, usize::MAX)
+            .unwrap()
+            .is_empty());
+        // And what a deletion moved out is gone at the next start.
+        std::fs::create_dir_all(tmp.path().join("streams.deleted").join("x.1")).unwrap();
+        drop((st, streams));
+        let _ = Streams::open(tmp.path()).unwrap();
+        assert!(!tmp.path().join("streams.deleted").exists());
     }
 
     #[test]

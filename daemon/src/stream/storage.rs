@@ -66,6 +66,8 @@ pub trait ShardStorage: Send + Sync {
     ) -> Result<usize, StorageError>;
     /// Refuses every later append (the stream is being deleted).
     fn retire(&self);
+    /// Takes appends again after [`ShardStorage::retire`] (a deletion that failed).
+    fn unretire(&self);
     /// A clean stop: durable, and numbering resumes exactly after a restart.
     fn close(&self) -> Result<(), StorageError>;
 }
@@ -122,6 +124,9 @@ impl ShardStorage for sluice_shardlog::ShardLog {
     }
     fn retire(&self) {
         sluice_shardlog::ShardLog::retire(self)
+    }
+    fn unretire(&self) {
+        sluice_shardlog::ShardLog::unretire(self)
     }
     fn close(&self) -> Result<(), StorageError> {
         Ok(sluice_shardlog::ShardLog::close(self)?)
