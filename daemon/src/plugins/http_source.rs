@@ -13,7 +13,9 @@
 //!   `text/plain` (one record per line).
 //!
 //! Every record of a request is validated before any is written; the answer is 200 only
-//! after the append returned (durable under the stream's fsync policy). Bounds: a body
+//! after the append returned (durable under the stream's fsync policy). A storage failure
+//! part-way through an append can leave part of a request stored (503: the producer's
+//! retry repeats it — at least once). Bounds: a body
 //! size limit (413), body bytes in flight across requests (503 + `Retry-After`), records
 //! written but not yet delivered by this pipeline (`max_backlog`, 503 + `Retry-After`),
 //! connections (`max_connections`), and the header/idle timeouts of [`crate::http`].
@@ -32,6 +34,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use sluice_plugin_api::{declare_library, Context, Error, Output, Plugin, Poll, Source};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -70,6 +73,9 @@ pub struct HttpSourceConfig {
     /// Open connections at most.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Records one request may hold (a larger one is refused with 413).
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
     /// As the `stream` source's.
     #[serde(default = "default_batch")]
     pub batch_size: u32,
@@ -89,6 +95,9 @@ fn default_max_in_flight() -> ByteSize {
 }
 fn default_max_backlog() -> u64 {
     1_000_000
+}
+fn default_max_records() -> usize {
+    100_000
 }
 fn default_max_connections() -> usize {
     256
@@ -170,6 +179,12 @@ impl Plugin for HttpSource {
         if cfg.max_backlog == 0 {
             return Err(Error::config_field("max_backlog", "must be at least 1"));
         }
+        if cfg.max_records == 0 || cfg.max_records > 1_000_000 {
+            return Err(Error::config_field(
+                "max_records",
+                "must be between 1 and 1000000",
+            ));
+        }
         if cfg.max_connections == 0 || cfg.max_connections > 65_536 {
             return Err(Error::config_field(
                 "max_connections",
@@ -226,6 +241,7 @@ impl Plugin for HttpSource {
             access_key: self.cfg.access_key.clone(),
             partition_key: self.cfg.partition_key.clone(),
             max_body: self.cfg.max_body.0 as usize,
+            max_records: self.cfg.max_records,
             max_backlog: self.cfg.max_backlog,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
                 self.cfg.max_in_flight.0 as usize,
@@ -255,8 +271,10 @@ impl Plugin for HttpSource {
     }
 
     fn stop(&mut self, deadline: Duration) -> Result<(), Error> {
-        // No new request is taken; the ones being handled finish (their records are in
-        // the stream and will be read by the next run), then the reader checkpoints.
+        // The listener closes; requests being handled (and ones arriving on connections
+        // already open) get up to 5 s, then the runtime is dropped with its connections
+        // (a request cut then may have been stored: its producer's retry repeats it, at
+        // least once). Stored records are read by the next run; the reader checkpoints.
         self.server = None;
         self.reader.stop(deadline)
     }
@@ -286,6 +304,7 @@ struct Shared {
     access_key: Option<String>,
     partition_key: String,
     max_body: usize,
+    max_records: usize,
     max_backlog: u64,
     /// Body bytes being handled (permits are bytes).
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -438,7 +457,13 @@ async fn answer(
     if let Some(key) = &sh.access_key {
         let given = header(headers, "x-amz-firehose-access-key")
             .or_else(|| header(headers, "x-api-key"))
-            .or_else(|| header(headers, "authorization").and_then(|a| a.strip_prefix("Bearer ")));
+            .or_else(|| {
+                header(headers, "authorization").and_then(|a| {
+                    a.get(..7)
+                        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                        .map(|_| &a[7..])
+                })
+            });
         let ok = given.is_some_and(|g| {
             use subtle_eq::ConstantTimeEq as _;
             g.as_bytes().ct_eq(key.as_bytes())
@@ -447,7 +472,8 @@ async fn answer(
             return reply.err(StatusCode::UNAUTHORIZED, "missing or wrong access key");
         }
     }
-    // Bytes in flight, reserved before reading: the declared size, or the limit.
+    // Bytes in flight, reserved before reading: the declared size, or the limit — and the
+    // limit for an encoded body, which may inflate up to it.
     let declared = header(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > sh.max_body as u64) {
         return reply.err(
@@ -455,7 +481,13 @@ async fn answer(
             format_args!("the body is larger than {} bytes", sh.max_body),
         );
     }
-    let reserve = declared.map_or(sh.max_body, |n| n as usize).max(1);
+    let encoded = header(headers, "content-encoding")
+        .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
+    let reserve = match declared {
+        Some(n) if !encoded => n as usize,
+        _ => sh.max_body,
+    }
+    .max(1);
     let Ok(permit) = sh.in_flight.clone().try_acquire_many_owned(reserve as u32) else {
         return reply.err(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -467,73 +499,90 @@ async fn answer(
     if sh.stream.is_deleted() {
         return reply.err(StatusCode::SERVICE_UNAVAILABLE, "the stream was deleted");
     }
-    if sh.stream.backlog(&sh.pipeline) >= sh.max_backlog {
-        return reply.err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the pipeline is behind; retry later",
-        );
-    }
     let raw = match read_limited(body, sh.max_body).await {
         Ok(b) => b,
         Err(e) => return reply.err(e.status(), e),
     };
-    let raw = match decode_content(headers, raw, sh.max_body) {
-        Ok(b) => b,
-        Err(e) => return reply.err(e.status(), e),
-    };
-    let records = match parse(reply, headers, &raw, &sh.partition_key) {
-        Ok(r) if r.is_empty() => {
-            return reply.err(StatusCode::BAD_REQUEST, "the request holds no records")
-        }
-        Ok(r) => r,
-        Err(e) => return reply.err(e.status(), e),
-    };
-    let limit = sh.stream.max_record_bytes();
-    if let Some((i, r)) = records
-        .iter()
-        .enumerate()
-        .find(|(_, r)| (r.data.len() + r.key.len()) as u64 > limit)
-    {
-        return reply.err(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format_args!(
-                "record {i} is {} bytes with its key; the stream takes at most {limit}",
-                r.data.len() + r.key.len()
-            ),
-        );
-    }
-    let n = records.len();
-    let stream = sh.stream.clone();
-    let appended = tokio::task::spawn_blocking(move || {
-        let now = crate::record::now_ms();
-        let entries: Vec<sluice_shardlog::Entry<'_>> = records
-            .iter()
-            .map(|r| sluice_shardlog::Entry {
-                key: &r.key,
-                data: &r.data,
-                arrival_ms: now,
-            })
-            .collect();
-        stream.append_routed(&entries)
-    })
-    .await;
-    match appended {
-        Ok(Ok(())) => {
+    // The rest blocks (the backlog reads shard logs under their locks, decoding and parsing
+    // are CPU work, the append syncs): off this listener's only runtime thread.
+    let (shb, replyb, headersb) = (sh.clone(), reply.clone(), headers.clone());
+    match tokio::task::spawn_blocking(move || store(&shb, &replyb, &headersb, raw)).await {
+        Ok(Ok(n)) => {
             sh.records.increment(n as u64);
             reply.ok(n)
         }
-        Ok(Err(e)) => {
-            tracing::warn!(pipeline = %sh.pipeline, error = %e, "http source: append failed");
-            reply.err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format_args!("not stored: {e}"),
-            )
-        }
+        Ok(Err((code, message))) => reply.err(code, message),
         Err(e) => reply.err(
             StatusCode::INTERNAL_SERVER_ERROR,
             format_args!("not stored: {e}"),
         ),
     }
+}
+
+/// Memory a parsed record costs beyond its bytes (its entries on the way to the shard
+/// logs), charged to `max_in_flight` too.
+const RECORD_OVERHEAD: usize = 192;
+
+/// Decodes, parses and checks a request, then appends its records; the number stored, or
+/// the refusal. Nothing is written unless every record is valid; a storage failure
+/// part-way through may leave part of the request stored (the producer's retry then
+/// repeats it: at least once).
+fn store(
+    sh: &Shared,
+    reply: &Reply,
+    headers: &HeaderMap,
+    raw: Bytes,
+) -> Result<usize, (StatusCode, String)> {
+    let refuse = |e: RequestError| (e.status(), e.to_string());
+    if sh.stream.backlog(&sh.pipeline) >= sh.max_backlog {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline is behind; retry later".into(),
+        ));
+    }
+    let raw = decode_content(headers, raw, sh.max_body).map_err(refuse)?;
+    let records = parse(reply, headers, &raw, &sh.partition_key, sh.max_records).map_err(refuse)?;
+    drop(raw);
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let extra = records.len().saturating_mul(RECORD_OVERHEAD);
+    let Ok(_records_permit) = u32::try_from(extra)
+        .ok()
+        .and_then(|n| sh.in_flight.clone().try_acquire_many_owned(n).ok())
+        .ok_or(())
+    else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many records in flight; retry later".into(),
+        ));
+    };
+    let limit = sh.stream.max_record_bytes();
+    // A record without a key is stored with the key `-`.
+    let size = |r: &NewRec| (r.data.len() + r.key.len().max(1)) as u64;
+    if let Some((i, r)) = records.iter().enumerate().find(|(_, r)| size(r) > limit) {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "record {i} is {} bytes with its key; the stream takes at most {limit}",
+                size(r)
+            ),
+        ));
+    }
+    let now = crate::record::now_ms();
+    let entries: Vec<sluice_shardlog::Entry<'_>> = records
+        .iter()
+        .map(|r| sluice_shardlog::Entry {
+            key: &r.key,
+            data: &r.data,
+            arrival_ms: now,
+        })
+        .collect();
+    sh.stream.append_routed(&entries).map_err(|e| {
+        tracing::warn!(pipeline = %sh.pipeline, error = %e, "http source: append failed");
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
+    })?;
+    Ok(records.len())
 }
 
 /// Gives the reserved in-flight bytes back.
@@ -565,12 +614,14 @@ enum RequestError {
     ContentType(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the request holds more than {0} records (max_records)")]
+    TooMany(usize),
 }
 
 impl RequestError {
     fn status(&self) -> StatusCode {
         match self {
-            RequestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::TooLarge(_) | RequestError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::Timeout => StatusCode::REQUEST_TIMEOUT,
             RequestError::Encoding(_) | RequestError::ContentType(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -633,9 +684,10 @@ fn parse(
     headers: &HeaderMap,
     body: &[u8],
     key_attr: &str,
+    max_records: usize,
 ) -> Result<Vec<NewRec>, RequestError> {
     if let Reply::Firehose(id) = reply {
-        return firehose(body, id);
+        return firehose(body, id, max_records);
     }
     let ctype = header(headers, "content-type")
         .unwrap_or("")
@@ -644,82 +696,130 @@ fn parse(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if headers.contains_key("ce-specversion") {
-        return binary_event(headers, &ctype, body, key_attr).map(|r| vec![r]);
-    }
+    // The content type says structured or batch mode; `ce-*` headers mean binary mode
+    // only otherwise (as the binding tells them apart).
     match ctype.as_str() {
         "application/cloudevents+json" => {
             let ev = event(body, "the event")?;
-            Ok(vec![ev_record(&ev, compact(body), key_attr)])
+            return Ok(vec![ev_record(&ev, compact(body), key_attr)]);
         }
         "application/cloudevents-batch+json" => {
-            let items: Vec<&serde_json::value::RawValue> =
-                serde_json::from_slice(body).map_err(|e| {
-                    RequestError::Invalid(format!("a batch must be a JSON array of events: {e}"))
-                })?;
-            items
+            return array_items(body, max_records)?
                 .iter()
                 .enumerate()
                 .map(|(i, raw)| {
                     let ev = event(raw.get().as_bytes(), &format!("event {i}"))?;
                     Ok(ev_record(&ev, compact(raw.get().as_bytes()), key_attr))
                 })
-                .collect()
+                .collect();
         }
+        _ if headers.contains_key("ce-specversion") => {
+            return binary_event(headers, &ctype, body, key_attr).map(|r| vec![r]);
+        }
+        _ => {}
+    }
+    let plain = |data: Vec<u8>| NewRec {
+        key: Vec::new(),
+        data,
+    };
+    match ctype.as_str() {
         "application/json" => {
-            let v: &serde_json::value::RawValue = serde_json::from_slice(body)
+            let v: &RawValue = serde_json::from_slice(body)
                 .map_err(|e| RequestError::Invalid(format!("the body is not JSON: {e}")))?;
             if v.get().starts_with('[') {
-                let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(v.get())
-                    .map_err(|e| RequestError::Invalid(e.to_string()))?;
-                Ok(items
+                Ok(array_items(v.get().as_bytes(), max_records)?
                     .iter()
-                    .map(|r| NewRec {
-                        key: Vec::new(),
-                        data: compact(r.get().as_bytes()),
-                    })
+                    .map(|r| plain(compact(r.get().as_bytes())))
                     .collect())
             } else {
-                Ok(vec![NewRec {
-                    key: Vec::new(),
-                    data: compact(v.get().as_bytes()),
-                }])
+                Ok(vec![plain(compact(v.get().as_bytes()))])
             }
         }
         "application/x-ndjson"
         | "application/jsonl"
         | "application/json-lines"
         | "application/x-jsonlines"
-        | "text/plain" => Ok(body
-            .split(|&b| b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .map(|l| NewRec {
-                key: Vec::new(),
-                data: l.to_vec(),
-            })
-            .collect()),
+        | "text/plain" => {
+            let lines: Vec<NewRec> = body
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .take(max_records.saturating_add(1))
+                .map(|l| plain(l.to_vec()))
+                .collect();
+            if lines.len() > max_records {
+                return Err(RequestError::TooMany(max_records));
+            }
+            Ok(lines)
+        }
         other => Err(RequestError::ContentType(other.to_string())),
     }
 }
 
+/// Marks the error of an array with too many items.
+const TOO_MANY: &str = "sluice: too many items";
+
+/// The items of a JSON array, refused past `max` while they are read (no list of
+/// millions is built first).
+fn array_items(json: &[u8], max: usize) -> Result<Vec<&RawValue>, RequestError> {
+    use serde::de::{Error as _, SeqAccess, Visitor};
+    struct Items(usize);
+    impl<'de> Visitor<'de> for Items {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<&'de RawValue>()? {
+                if out.len() == self.0 {
+                    return Err(A::Error::custom(TOO_MANY));
+                }
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let fail = |e: serde_json::Error| {
+        if e.to_string().contains(TOO_MANY) {
+            RequestError::TooMany(max)
+        } else {
+            RequestError::Invalid(format!("expected a JSON array: {e}"))
+        }
+    };
+    let items = serde::Deserializer::deserialize_seq(&mut de, Items(max)).map_err(fail)?;
+    de.end().map_err(fail)?;
+    Ok(items)
+}
+
 /// Firehose's HTTP-endpoint request: `{requestId, timestamp, records: [{data}]}`.
-fn firehose(body: &[u8], id: &str) -> Result<Vec<NewRec>, RequestError> {
+fn firehose(body: &[u8], id: &str, max_records: usize) -> Result<Vec<NewRec>, RequestError> {
     use base64::Engine as _;
     #[derive(serde::Deserialize)]
-    struct Req {
-        records: Vec<Rec>,
+    struct Req<'a> {
+        #[serde(borrow)]
+        records: &'a RawValue,
     }
     #[derive(serde::Deserialize)]
     struct Rec {
         data: String,
     }
-    let req: Req = serde_json::from_slice(body)
-        .map_err(|e| RequestError::Invalid(format!("not a Firehose HTTP-endpoint request: {e}")))?;
-    req.records
-        .into_iter()
+    // Firehose's ids are 36-character UUIDs; the id is every record's key.
+    if id.len() > 256 {
+        return Err(RequestError::Invalid(
+            "X-Amz-Firehose-Request-Id is longer than 256 bytes".into(),
+        ));
+    }
+    let bad = |e: serde_json::Error| {
+        RequestError::Invalid(format!("not a Firehose HTTP-endpoint request: {e}"))
+    };
+    let req: Req<'_> = serde_json::from_slice(body).map_err(bad)?;
+    array_items(req.records.get().as_bytes(), max_records)?
+        .iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, raw)| {
+            let r: Rec = serde_json::from_str(raw.get()).map_err(bad)?;
             let data = base64::engine::general_purpose::STANDARD
                 .decode(r.data.as_bytes())
                 .map_err(|e| {
@@ -764,7 +864,14 @@ fn required(
             }
         }
     }
-    Ok(())
+    // The versions of the CloudEvents spec (the attributes above are required by both).
+    match m.get("specversion").and_then(|v| v.as_str()) {
+        Some("1.0" | "0.3") => Ok(()),
+        other => Err(RequestError::Invalid(format!(
+            "{what} has specversion {}; CloudEvents 1.0 (or 0.3) is accepted",
+            other.unwrap_or("?")
+        ))),
+    }
 }
 
 fn ev_record(
@@ -810,14 +917,20 @@ fn binary_event(
         m.insert("datacontenttype".into(), ct.into());
     }
     required(&m, "the event (ce-* headers)")?;
-    if !body.is_empty() {
-        let json_data = ctype == "application/json" || ctype.ends_with("+json") || ctype.is_empty();
-        if json_data {
-            let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-                RequestError::Invalid(format!("the data is declared JSON but is not: {e}"))
-            })?;
-            m.insert("data".into(), v);
-        } else if let (true, Ok(text)) = (ctype.starts_with("text/"), std::str::from_utf8(body)) {
+    // JSON data is kept byte for byte (compacted), not rebuilt: numbers keep their
+    // precision. Without a content type, data that parses as JSON is JSON (what SDKs send
+    // for objects), anything else is opaque.
+    let declared_json = ctype == "application/json" || ctype.ends_with("+json");
+    let json_data = !body.is_empty()
+        && (declared_json
+            || (ctype.is_empty() && serde_json::from_slice::<&RawValue>(body).is_ok()));
+    if declared_json && !json_data && !body.is_empty() {
+        return Err(RequestError::Invalid(
+            "the data is declared JSON but is not".into(),
+        ));
+    }
+    if !body.is_empty() && !json_data {
+        if let (true, Ok(text)) = (ctype.starts_with("text/"), std::str::from_utf8(body)) {
             m.insert("data".into(), text.into());
         } else {
             m.insert(
@@ -828,7 +941,17 @@ fn binary_event(
             );
         }
     }
-    let data = serde_json::to_vec(&m).map_err(|e| RequestError::Invalid(e.to_string()))?;
+    let mut data = serde_json::to_vec(&m).map_err(|e| RequestError::Invalid(e.to_string()))?;
+    if json_data {
+        let raw: &RawValue = serde_json::from_slice(body).map_err(|e| {
+            RequestError::Invalid(format!("the data is declared JSON but is not: {e}"))
+        })?;
+        // `m` holds the required attributes, so it ends `...}`: the data goes before it.
+        data.pop();
+        data.extend_from_slice(b",\"data\":");
+        data.extend_from_slice(&compact(raw.get().as_bytes()));
+        data.push(b'}');
+    }
     Ok(ev_record(&m, data, key_attr))
 }
 
@@ -838,7 +961,11 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && b[i + 1].is_ascii_hexdigit()
+            && b[i + 2].is_ascii_hexdigit()
+        {
             let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
@@ -914,7 +1041,7 @@ mod tests {
             "content-type",
             "application/cloudevents+json; charset=utf-8",
         )]);
-        let r = parse(&Reply::Plain, &h, ev, "id").unwrap();
+        let r = parse(&Reply::Plain, &h, ev, "id", 1000).unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].key, b"a1");
         assert_eq!(
@@ -928,7 +1055,7 @@ mod tests {
         );
         let h = hm(&[("content-type", "application/cloudevents-batch+json")]);
         assert_eq!(
-            parse(&Reply::Plain, &h, batch.as_bytes(), "source")
+            parse(&Reply::Plain, &h, batch.as_bytes(), "source", 1000)
                 .unwrap()
                 .len(),
             2
@@ -940,7 +1067,7 @@ mod tests {
             ("ce-type", "t"),
             ("content-type", "application/json"),
         ]);
-        let r = parse(&Reply::Plain, &h, br#"{"n": 1}"#, "source").unwrap();
+        let r = parse(&Reply::Plain, &h, br#"{"n": 1}"#, "source", 1000).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&r[0].data).unwrap();
         assert_eq!(v["source"], "https://example.com");
         assert_eq!(v["data"]["n"], 1);
@@ -953,7 +1080,7 @@ mod tests {
             ("ce-type", "t"),
             ("content-type", "application/octet-stream"),
         ]);
-        let r = parse(&Reply::Plain, &h, &[0, 159, 146, 150], "id").unwrap();
+        let r = parse(&Reply::Plain, &h, &[0, 159, 146, 150], "id", 1000).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&r[0].data).unwrap();
         assert_eq!(v["data_base64"], "AJ+Slg==");
     }
@@ -966,6 +1093,7 @@ mod tests {
             &h,
             br#"{"specversion":"1.0","id":"1","source":"s"}"#,
             "id",
+            1000,
         )
         .unwrap_err();
         assert!(e.to_string().contains("`type`"), "{e}");
@@ -975,12 +1103,13 @@ mod tests {
             &h,
             br#"[{"specversion":"1.0","id":"1","source":"s","type":"t"}, 5]"#,
             "id",
+            1000,
         )
         .unwrap_err();
         assert!(e.to_string().contains("event 1"), "{e}");
         let h = hm(&[("content-type", "application/xml")]);
         assert_eq!(
-            parse(&Reply::Plain, &h, b"<a/>", "id")
+            parse(&Reply::Plain, &h, b"<a/>", "id", 1000)
                 .unwrap_err()
                 .status(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE
@@ -991,30 +1120,44 @@ mod tests {
     fn firehose_requests_decode_every_record_or_none() {
         let body =
             br#"{"requestId":"r1","timestamp":1,"records":[{"data":"aGk="},{"data":"eW8="}]}"#;
-        let r = parse(&Reply::Firehose("r1".into()), &HeaderMap::new(), body, "id").unwrap();
+        let r = parse(
+            &Reply::Firehose("r1".into()),
+            &HeaderMap::new(),
+            body,
+            "id",
+            1000,
+        )
+        .unwrap();
         assert_eq!(
             r.iter().map(|r| &r.data[..]).collect::<Vec<_>>(),
             [&b"hi"[..], b"yo"]
         );
         let bad = br#"{"requestId":"r1","timestamp":1,"records":[{"data":"aGk="},{"data":"!!"}]}"#;
-        let e = parse(&Reply::Firehose("r1".into()), &HeaderMap::new(), bad, "id").unwrap_err();
+        let e = parse(
+            &Reply::Firehose("r1".into()),
+            &HeaderMap::new(),
+            bad,
+            "id",
+            1000,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("records[1]"), "{e}");
     }
 
     #[test]
     fn lines_and_json_arrays_split_into_records() {
         let h = hm(&[("content-type", "application/x-ndjson")]);
-        let r = parse(&Reply::Plain, &h, b"{\"a\":1}\r\n\n{\"a\":2}\n", "id").unwrap();
+        let r = parse(&Reply::Plain, &h, b"{\"a\":1}\r\n\n{\"a\":2}\n", "id", 1000).unwrap();
         assert_eq!(r.len(), 2);
         let h = hm(&[("content-type", "application/json")]);
         assert_eq!(
-            parse(&Reply::Plain, &h, b"[1, {\"b\": 2}]", "id")
+            parse(&Reply::Plain, &h, b"[1, {\"b\": 2}]", "id", 1000)
                 .unwrap()
                 .len(),
             2
         );
         assert_eq!(
-            parse(&Reply::Plain, &h, b" {\"b\":\n 2} ", "id").unwrap()[0].data,
+            parse(&Reply::Plain, &h, b" {\"b\":\n 2} ", "id", 1000).unwrap()[0].data,
             b"{\"b\":2}"
         );
     }
@@ -1045,9 +1188,89 @@ mod tests {
     fn percent_decoding_follows_the_binding() {
         assert_eq!(percent_decode("a%20b%22").as_deref(), Some("a b\""));
         assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("bad%zz").as_deref(), Some("bad%zz"), "not an escape: kept");
         assert_eq!(percent_decode("%FF"), None);
         assert_eq!(percent_decode("end%2").as_deref(), Some("end%2"));
+    }
+
+    #[test]
+    fn requests_are_bounded_and_modes_told_apart_as_the_binding_says() {
+        // Too many records: refused while parsing, for every format.
+        let h = hm(&[("content-type", "application/x-ndjson")]);
+        let e = parse(&Reply::Plain, &h, b"1\n2\n3\n", "id", 2).unwrap_err();
+        assert!(matches!(e, RequestError::TooMany(2)), "{e}");
+        let h = hm(&[("content-type", "application/json")]);
+        assert!(matches!(
+            parse(&Reply::Plain, &h, b"[1,2,3]", "id", 2),
+            Err(RequestError::TooMany(2))
+        ));
+        let fh =
+            br#"{"requestId":"r","timestamp":1,"records":[{"data":""},{"data":""},{"data":""}]}"#;
+        assert!(matches!(
+            parse(&Reply::Firehose("r".into()), &HeaderMap::new(), fh, "id", 2),
+            Err(RequestError::TooMany(2))
+        ));
+        let long = "r".repeat(300);
+        assert!(
+            parse(&Reply::Firehose(long), &HeaderMap::new(), fh, "id", 10).is_err(),
+            "a huge request id is refused"
+        );
+        // Structured mode wins over stray ce-* headers.
+        let h = hm(&[
+            ("content-type", "application/cloudevents+json"),
+            ("ce-specversion", "1.0"),
+        ]);
+        let ev = br#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#;
+        assert_eq!(
+            parse(&Reply::Plain, &h, ev, "id", 10).unwrap()[0].data,
+            ev.to_vec()
+        );
+        // Binary mode keeps JSON data byte for byte (precision), opaque data without a type.
+        let base = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "b"),
+            ("ce-source", "s"),
+            ("ce-type", "t"),
+        ];
+        let h = hm(&base);
+        let r = parse(
+            &Reply::Plain,
+            &h,
+            b"{\"big\": 123456789012345678901234567890}",
+            "id",
+            10,
+        )
+        .unwrap();
+        assert!(
+            String::from_utf8_lossy(&r[0].data)
+                .ends_with(r#","data":{"big":123456789012345678901234567890}}"#),
+            "{}",
+            String::from_utf8_lossy(&r[0].data)
+        );
+        let r = parse(&Reply::Plain, &h, b"not json", "id", 10).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r[0].data).unwrap();
+        assert_eq!(v["data_base64"], "bm90IGpzb24=");
+        // Only CloudEvents 1.0 and 0.3.
+        let h = hm(&[("content-type", "application/cloudevents+json")]);
+        let e = parse(
+            &Reply::Plain,
+            &h,
+            br#"{"specversion":"2.0","id":"1","source":"s","type":"t"}"#,
+            "id",
+            10,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("specversion 2.0"), "{e}");
+        // An empty batch is no error.
+        let h = hm(&[("content-type", "application/cloudevents-batch+json")]);
+        assert!(parse(&Reply::Plain, &h, b"[]", "id", 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            percent_decode("%+5"),
+            Some("%+5".into()),
+            "a sign is no hex digit"
+        );
     }
 
     proptest! {
