@@ -85,9 +85,22 @@ fn default_retry_duration() -> u64 {
 
 /// A batch whose attempts failed so far: the host submits it again until it is stored.
 struct Retrying {
+    /// Which batch: its length and first and last record numbers. A different batch (a
+    /// new instance never sees an old one, but nothing here should rely on that) starts
+    /// afresh with its own request id and retry clock.
+    batch: (usize, u64, u64),
     request_id: String,
     since: Instant,
     attempts: u32,
+}
+
+fn fingerprint(batch: &Batch<'_>) -> (usize, u64, u64) {
+    let seq = |r: Option<sluice_plugin_api::Record<'_>>| r.map_or(0, |r| r.sequence);
+    (
+        batch.len(),
+        seq(batch.get(0)),
+        seq(batch.get(batch.len().saturating_sub(1))),
+    )
 }
 
 /// The sink.
@@ -212,11 +225,16 @@ impl Sink for HttpSink {
             done.success();
             return Ok(Submitted::Accepted);
         }
-        let mut r = self.retrying.take().unwrap_or_else(|| Retrying {
-            request_id: request_id(),
-            since: Instant::now(),
-            attempts: 0,
-        });
+        let batch_id = fingerprint(batch);
+        let mut r = match self.retrying.take() {
+            Some(r) if r.batch == batch_id => r,
+            _ => Retrying {
+                batch: batch_id,
+                request_id: request_id(),
+                since: Instant::now(),
+                attempts: 0,
+            },
+        };
         r.attempts += 1;
         self.metrics.0.record(1.0);
         let outcome = body(&r.request_id, batch, self.cfg.content_encoding)
@@ -313,7 +331,11 @@ impl HttpSink {
             .limit(MAX_RESPONSE)
             .read_to_vec()
             .map_err(|e| Failure {
-                code: "HttpEndpoint.ResponseTooLarge",
+                code: match e {
+                    ureq::Error::BodyExceedsLimit(_) => "HttpEndpoint.ResponseTooLarge",
+                    ureq::Error::Timeout(_) => "HttpEndpoint.RequestTimeout",
+                    _ => "HttpEndpoint.ConnectionFailed",
+                },
                 message: format!("reading the response: {e}"),
             })?;
         check_response(status, &text, request_id)
@@ -325,7 +347,11 @@ impl HttpSink {
 fn agent(cfg: &HttpSinkConfig) -> Result<ureq::Agent, Error> {
     let builder = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(cfg.timeout_secs)))
-        .http_status_as_error(false);
+        .http_status_as_error(false)
+        // As Firehose: a redirect is a failed attempt (following one would send the
+        // access key and the records to wherever it points).
+        .max_redirects(0)
+        .max_redirects_will_error(false);
     #[cfg(feature = "tls")]
     let builder = {
         use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
@@ -475,7 +501,7 @@ fn write_errors(
     let folder = dir
         .join("http-endpoint-failed")
         .join(now.strftime("%Y/%m/%d/%H").to_string());
-    std::fs::create_dir_all(&folder)?;
+    create_durably(&folder)?;
     let name = format!("{pipeline}-{}", r.request_id);
     let path = folder.join(&name);
     let tmp = folder.join(format!(".{name}.tmp"));
@@ -500,6 +526,24 @@ fn write_errors(
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(&folder)?.sync_all()?;
     Ok(path)
+}
+
+/// `mkdir -p` whose new folders survive a power loss: each one made is synced into its
+/// parent.
+fn create_durably(folder: &Path) -> std::io::Result<()> {
+    if folder.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = folder.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_durably(parent)?;
+        match std::fs::create_dir(folder) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        std::fs::File::open(parent)?.sync_all()
+    } else {
+        std::fs::create_dir_all(folder)
+    }
 }
 
 declare_library!(
