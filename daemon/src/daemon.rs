@@ -84,6 +84,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             reload: apply_tx,
             pipelines: pipelines_rx,
             lock: tokio::sync::Mutex::new(()),
+            encrypted: Default::default(),
         }),
         streams: streams.clone(),
         account: set.daemon.api.account_id.clone(),

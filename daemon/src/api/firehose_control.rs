@@ -43,6 +43,18 @@ pub struct FirehoseControl {
     pub pipelines: tokio::sync::watch::Receiver<Arc<BTreeMap<String, PipelineSpec>>>,
     /// One control-plane change at a time.
     pub lock: tokio::sync::Mutex<()>,
+    /// Whether each API-made Direct PUT delivery stream encrypts, as puts report it
+    /// (`Encrypted`): read from its record once, forgotten on every control-plane write.
+    pub encrypted: std::sync::Mutex<BTreeMap<String, bool>>,
+}
+
+impl FirehoseControl {
+    /// Drops what [`FirehoseControl::encrypted`] remembers (a record changed).
+    fn forget(&self) {
+        if let Ok(mut m) = self.encrypted.lock() {
+            m.clear();
+        }
+    }
 }
 
 /// Why a reload the control plane asked for did not happen.
@@ -130,7 +142,14 @@ pub(super) fn put_target(call: &Call<'_>, name: &str, has_stream: bool) -> PutTa
         };
     };
     if has_stream {
-        let encrypted = store::load(&c.data_dir, name).is_some_and(|r| r.encryption.is_some());
+        let known = c.encrypted.lock().ok().and_then(|m| m.get(name).copied());
+        let encrypted = known.unwrap_or_else(|| {
+            let e = store::load(&c.data_dir, name).is_some_and(|r| r.encryption.is_some());
+            if let Ok(mut m) = c.encrypted.lock() {
+                m.insert(name.to_string(), e);
+            }
+            e
+        });
         return PutTarget::DirectPut { encrypted };
     }
     match hoses(c).remove(name) {
@@ -709,6 +728,7 @@ async fn apply(
 ) -> Result<(), ApiError> {
     let toml = store::pipeline_toml(rec, &c.config)
         .map_err(|e| ApiError::invalid_argument(e.to_string()))?;
+    c.forget();
     let (dir, r) = (c.data_dir.clone(), rec.clone());
     blocking(move || store::save(&dir, &r, &toml)).await?;
     if let Err(msg) = reload(c).await {
@@ -930,6 +950,7 @@ async fn delete(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     match hose(c, &name, account)? {
         Hose::File(_) => Err(read_only(&name, account)),
         Hose::Api(rec) => {
+            c.forget();
             let dir = c.data_dir.clone();
             let n = name.clone();
             blocking(move || store::remove(&dir, &n)).await?;
@@ -1093,6 +1114,7 @@ fn api_record(c: &FirehoseControl, name: &str, account: &str) -> Result<Record, 
 }
 
 async fn save_record(c: &FirehoseControl, rec: Record) -> Result<(), ApiError> {
+    c.forget();
     let dir = c.data_dir.clone();
     blocking(move || store::save_record(&dir, &rec)).await
 }

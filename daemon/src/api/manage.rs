@@ -82,7 +82,7 @@ const METRICS: [&str; 7] = [
     "OutgoingBytes",
 ];
 
-/// Accounts may hold this many shards (what DescribeLimits reports, as AWS's default).
+/// Shards the API's streams may hold in all (AWS's default account limit).
 const ACCOUNT_SHARD_LIMIT: u64 = 500;
 /// On-demand streams per account (AWS's default).
 const ON_DEMAND_STREAM_LIMIT: u64 = 50;
@@ -674,28 +674,42 @@ fn encryption(call: &Call<'_>, req: &Value, start: bool) -> Result<Value, ApiErr
     Ok(empty())
 }
 
-/// Open shards of every stream the API shows.
-fn open_shards(call: &Call<'_>) -> u64 {
-    call.state
-        .streams
-        .list()
-        .iter()
-        .filter(|s| !crate::spec::is_internal(&s.name))
-        .map(|s| s.shards().open().len() as u64)
-        .sum()
+/// Open shards of the streams the API shows: (all, those of config streams).
+fn open_shards(call: &Call<'_>) -> (u64, u64) {
+    let mut all = 0;
+    let mut config = 0;
+    for s in call.state.streams.list() {
+        if crate::spec::is_internal(&s.name) {
+            continue;
+        }
+        let n = s.shards().open().len() as u64;
+        all += n;
+        if s.origin == StreamOrigin::Config {
+            config += n;
+        }
+    }
+    (all, config)
+}
+
+/// The account's shard limit, as DescribeLimits reports it: AWS's default of 500 for the
+/// API's streams, on top of what the configuration declares (config streams are the
+/// operator's and never use up the API's allowance).
+fn shard_limit(config_shards: u64) -> u64 {
+    ACCOUNT_SHARD_LIMIT + config_shards
 }
 
 /// Refuses a request that would take the account's open shards past the limit
 /// DescribeLimits reports, as Kinesis does (LimitExceededException).
 pub(super) fn within_account_shards(call: &Call<'_>, more: u64) -> Result<(), ApiError> {
-    let now = open_shards(call);
-    if now + more <= ACCOUNT_SHARD_LIMIT {
+    let (now, config) = open_shards(call);
+    let limit = shard_limit(config);
+    if now + more <= limit {
         return Ok(());
     }
     Err(ApiError::new(
         "LimitExceededException",
         format!(
-            "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {now}. Limit: {ACCOUNT_SHARD_LIMIT}. Number of additional shards that would have resulted from this request: {more}. Refer to the AWS Service Limits page (http://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) for current limits and how to request higher limits.",
+            "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {now}. Limit: {limit}. Number of additional shards that would have resulted from this request: {more}. Refer to the AWS Service Limits page (http://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) for current limits and how to request higher limits.",
             call.state.account, call.region
         ),
     ))
@@ -718,9 +732,10 @@ fn describe_limits(call: &Call<'_>) -> Result<Value, ApiError> {
         .into_iter()
         .filter(|s| !crate::spec::is_internal(&s.name))
         .collect();
+    let (open, config) = open_shards(call);
     Ok(json!({
-        "ShardLimit": ACCOUNT_SHARD_LIMIT,
-        "OpenShardCount": streams.iter().map(|s| s.shards().open().len()).sum::<usize>(),
+        "ShardLimit": shard_limit(config),
+        "OpenShardCount": open,
         "OnDemandStreamCount": streams.iter().filter(|s| s.settings().on_demand).count(),
         "OnDemandStreamCountLimit": ON_DEMAND_STREAM_LIMIT,
     }))

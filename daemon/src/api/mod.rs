@@ -567,6 +567,7 @@ pub mod fuzzing {
             reload: tx,
             pipelines,
             lock: tokio::sync::Mutex::new(()),
+            encrypted: Default::default(),
         }
     }
 

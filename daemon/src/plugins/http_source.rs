@@ -1188,7 +1188,11 @@ mod tests {
     fn percent_decoding_follows_the_binding() {
         assert_eq!(percent_decode("a%20b%22").as_deref(), Some("a b\""));
         assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("bad%zz").as_deref(), Some("bad%zz"), "not an escape: kept");
+        assert_eq!(
+            percent_decode("bad%zz").as_deref(),
+            Some("bad%zz"),
+            "not an escape: kept"
+        );
         assert_eq!(percent_decode("%FF"), None);
         assert_eq!(percent_decode("end%2").as_deref(), Some("end%2"));
     }
