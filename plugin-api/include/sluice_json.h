@@ -206,12 +206,15 @@ static inline int sl_json_find(sl_str json, const char *key, sl_json_cursor *val
   }
 }
 
-/* A string member, unescaped and NUL-terminated into buf (cap bytes). */
+/* A string member, unescaped and NUL-terminated into buf (cap bytes). A string holding
+ * \u0000 is refused (-1): C would silently cut it there. */
 static inline int sl_json_string(sl_str json, const char *key, char *buf, size_t cap) {
   sl_json_cursor v;
   int f = sl_json_find(json, key, &v);
   if (f <= 0) return f;
-  return sl_json_str(&v, buf, cap) < 0 ? -1 : 1;
+  long n = sl_json_str(&v, buf, cap);
+  if (n < 0 || strlen(buf) != (size_t)n) return -1;
+  return 1;
 }
 
 /* An integer member (no fraction, no exponent, within long long). */

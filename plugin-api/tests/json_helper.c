@@ -30,6 +30,7 @@ int main(void) {
   char buf[64];
   CHECK(sl_json_string(cfg, "msg", buf, sizeof buf) == 1);
   CHECK(strcmp(buf, "a\"b\\c\n\xc3\xa9\xf0\x9f\x98\x80") == 0);
+  CHECK(sl_json_string(S("{\"z\": \"a\\u0000b\"}"), "z", buf, sizeof buf) == -1); /* embedded NUL */
   char tiny[4];
   CHECK(sl_json_string(cfg, "s", tiny, sizeof tiny) == -1); /* does not fit */
   CHECK(sl_json_string(cfg, "count", buf, sizeof buf) == -1);

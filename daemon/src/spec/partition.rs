@@ -109,13 +109,13 @@ fn pick<'a>(
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = vec![None; self.0.len()];
-            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                match self.0.iter().position(|n| *n == k) {
-                    Some(_) => {
+            while let Some(found) = map.next_key_seed(Key(self.0))? {
+                match found {
+                    Some(i) => {
                         let v: &'de RawValue = map.next_value()?;
                         // Every field asking for this name gets it.
                         for (slot, n) in out.iter_mut().zip(self.0) {
-                            if *n == k {
+                            if *n == self.0[i] {
                                 *slot = Some(v);
                             }
                         }
@@ -126,6 +126,24 @@ fn pick<'a>(
                 }
             }
             Ok(out)
+        }
+    }
+    /// A member name compared where it lies (borrowed, or in the parser's scratch buffer
+    /// when escaped): the index of the first wanted name it equals, without a `String`.
+    struct Key<'n>(&'n [&'n str]);
+    impl<'de> DeserializeSeed<'de> for Key<'_> {
+        type Value = Option<usize>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Key<'_> {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a member name")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(self.0.iter().position(|n| *n == v))
         }
     }
     let mut de = serde_json::Deserializer::from_slice(data);

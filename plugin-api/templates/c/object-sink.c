@@ -39,11 +39,16 @@ static sl_status create(const sl_instance_ctx *ctx, sl_str config, void **self, 
   dir_writer *w = calloc(1, sizeof *w);
   if (!w) return sl_fail(err, SL_ERR_FATAL, NULL, "out of memory");
   w->ctx = ctx;
+  int n;
   if (dir[0] == '/' || ctx->config_dir.len == 0)
-    snprintf(w->dir, sizeof w->dir, "%s", dir);
+    n = snprintf(w->dir, sizeof w->dir, "%s", dir);
   else
-    snprintf(w->dir, sizeof w->dir, "%.*s/%s", (int)ctx->config_dir.len,
-             (const char *)ctx->config_dir.ptr, dir);
+    n = snprintf(w->dir, sizeof w->dir, "%.*s/%s", (int)ctx->config_dir.len,
+                 (const char *)ctx->config_dir.ptr, dir);
+  if (n < 0 || (size_t)n >= sizeof w->dir) {
+    free(w);
+    return sl_fail(err, SL_ERR_CONFIG, "dir", "is too long");
+  }
   *self = w;
   return SL_OK;
 }
@@ -74,7 +79,7 @@ static int make_parents(char *path) {
 
 /* Keys come from the host's prefixes (values Hive-escaped); refuse any that would leave dir. */
 static int safe_key(const char *key, size_t n) {
-  if (n == 0 || key[0] == '/') return 0;
+  if (n == 0 || key[0] == '/' || key[n - 1] == '/') return 0;
   for (size_t i = 0; i < n; i++) {
     size_t seg = i;
     while (i < n && key[i] != '/') i++;
@@ -113,8 +118,13 @@ static int store(dir_writer *w, const sl_object *o) {
   if (o->body_path.len > 0) {
     /* A large object is spooled to a file by the host: copy it from there. */
     char spool[4096];
-    snprintf(spool, sizeof spool, "%.*s", (int)o->body_path.len, (const char *)o->body_path.ptr);
-    int in = open(spool, O_RDONLY | O_CLOEXEC);
+    int in = -1;
+    if (o->body_path.len < sizeof spool) {
+      snprintf(spool, sizeof spool, "%.*s", (int)o->body_path.len, (const char *)o->body_path.ptr);
+      in = open(spool, O_RDONLY | O_CLOEXEC);
+    } else {
+      errno = ENAMETOOLONG;
+    }
     if (in < 0) ok = -1;
     uint8_t buf[65536];
     ssize_t n;

@@ -39,11 +39,16 @@ static sl_status create(const sl_instance_ctx *ctx, sl_str config, void **self, 
   if (!a) return sl_fail(err, SL_ERR_FATAL, NULL, "out of memory");
   a->ctx = ctx;
   /* Relative paths are taken against the folder of the daemon's config file. */
+  int n;
   if (path[0] == '/' || ctx->config_dir.len == 0)
-    snprintf(a->path, sizeof a->path, "%s", path);
+    n = snprintf(a->path, sizeof a->path, "%s", path);
   else
-    snprintf(a->path, sizeof a->path, "%.*s/%s", (int)ctx->config_dir.len,
-             (const char *)ctx->config_dir.ptr, path);
+    n = snprintf(a->path, sizeof a->path, "%.*s/%s", (int)ctx->config_dir.len,
+                 (const char *)ctx->config_dir.ptr, path);
+  if (n < 0 || (size_t)n >= sizeof a->path) {
+    free(a);
+    return sl_fail(err, SL_ERR_CONFIG, "path", "is too long");
+  }
   *self = a;
   return SL_OK;
 }

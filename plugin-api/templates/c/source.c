@@ -70,7 +70,8 @@ static void destroy(void *self) { free(self); }
 static sl_status poll_batch(void *self, sl_batch_builder *out, uint64_t *ack_token, sl_error *err) {
   counter *c = self;
   *ack_token = 0; /* no checkpointing here: ack() is not needed */
-  char msg[600], data[700], key[32];
+  /* The message quoted: at most 6 bytes per byte of its 255 (\u00XX), plus the quotes. */
+  char msg[6 * 255 + 3], data[6 * 255 + 64], key[32];
   if (sl_json_quote(c->message, strlen(c->message), msg, sizeof msg) < 0)
     return sl_fail(err, SL_ERR_FATAL, NULL, "message too long");
   while (c->next < c->count) {
