@@ -78,6 +78,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Arc::new(set.pipelines.clone()));
     let api_state = Arc::new(ApiState {
         subscriptions: Default::default(),
+        bodies: Default::default(),
         firehose: Some(api::FirehoseControl {
             data_dir: set.daemon.data_dir.clone(),
             config: set.daemon.firehose.clone(),

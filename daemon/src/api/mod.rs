@@ -53,6 +53,61 @@ pub struct ApiState {
     pub firehose: Option<FirehoseControl>,
     /// Live SubscribeToShard subscriptions.
     pub subscriptions: Arc<subscribe::Registry>,
+    /// Request body bytes being handled, across every connection (permits are bytes).
+    pub bodies: BodyBudget,
+}
+
+/// Request bytes the API handles at once: each request holds its declared size (or
+/// [`MAX_BODY`] when it declares none) from before its body is read until it is answered.
+/// Past it, requests are answered 503 at once (SDKs retry those with backoff) instead of
+/// letting 1,024 connections × 100 HTTP/2 streams × 8 MiB pile up in memory.
+pub struct BodyBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    gauge: metrics::Gauge,
+}
+
+/// [`BodyBudget`]'s size: 256 MiB.
+pub const MAX_BODIES_IN_FLIGHT: usize = 256 << 20;
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        BodyBudget::new(MAX_BODIES_IN_FLIGHT)
+    }
+}
+
+/// Bytes of one request, given back when it is answered.
+struct BodyPermit(
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+    metrics::Gauge,
+    f64,
+);
+
+impl Drop for BodyPermit {
+    fn drop(&mut self) {
+        self.1.decrement(self.2);
+    }
+}
+
+impl BodyBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        BodyBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(bytes)),
+            gauge: metrics::gauge!("sluice_api_in_flight_bytes"),
+        }
+    }
+
+    fn reserve(&self, headers: &HeaderMap) -> Option<BodyPermit> {
+        let declared = headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        // Over MAX_BODY is refused by the read itself; reserve no more than that.
+        let n = declared.unwrap_or(MAX_BODY).clamp(1, MAX_BODY);
+        let permit = self.bytes.clone().try_acquire_many_owned(n as u32).ok()?;
+        self.gauge.increment(n as f64);
+        Some(BodyPermit(permit, self.gauge.clone(), n as f64))
+    }
 }
 
 /// Binds the API listener and serves it in the background.
@@ -399,6 +454,14 @@ async fn handle(
     body: axum::body::Body,
 ) -> Response {
     let started = Instant::now();
+    let Some(_bytes) = state.bodies.reserve(&headers) else {
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+            "sluiced is handling too many request bytes at once; retry with backoff.".into(),
+            false,
+        );
+    };
     let body = match read_body(&headers, body).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -597,6 +660,7 @@ pub mod fuzzing {
                     verifier: None,
                     firehose: Some(control),
                     subscriptions: Default::default(),
+                    bodies: Default::default(),
                 },
                 _dir: dir,
             })
@@ -652,6 +716,29 @@ pub mod fuzzing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_bytes_in_flight_are_bounded() {
+        let budget = BodyBudget::new(3 * MAX_BODY);
+        let with_length = |n: usize| {
+            let mut h = HeaderMap::new();
+            h.insert("content-length", HeaderValue::from(n));
+            h
+        };
+        let held: Vec<BodyPermit> = (0..3)
+            .map(|_| budget.reserve(&with_length(MAX_BODY)).unwrap())
+            .collect();
+        assert!(budget.reserve(&with_length(1)).is_none(), "full");
+        drop(held);
+        // No declared length: the most a body may be is held.
+        let unknown = budget.reserve(&HeaderMap::new()).unwrap();
+        assert_eq!(budget.bytes.available_permits(), 2 * MAX_BODY);
+        // A declared length above the limit holds no more than the limit (the read refuses it).
+        let big = budget.reserve(&with_length(usize::MAX)).unwrap();
+        assert_eq!(budget.bytes.available_permits(), MAX_BODY);
+        drop((unknown, big));
+        assert_eq!(budget.bytes.available_permits(), 3 * MAX_BODY);
+    }
 
     /// A body that never sends anything (a client that announced one and went quiet).
     struct Silent;
