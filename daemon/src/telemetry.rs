@@ -197,6 +197,22 @@ fn describe() {
         "sluice_http_connections_refused_total",
         "Connections closed at once because the listener had its maximum open"
     );
+    describe_gauge!(
+        "sluice_api_in_flight_bytes",
+        "Request bytes the Kinesis/Firehose API is handling (a 256 MiB budget; past it, 503)"
+    );
+    describe_counter!(
+        "sluice_http_source_requests_total",
+        "Requests to an http source, by pipeline and status code"
+    );
+    describe_counter!(
+        "sluice_http_source_records_total",
+        "Records an http source stored in its stream"
+    );
+    describe_gauge!(
+        "sluice_http_source_in_flight_bytes",
+        "Body and record bytes an http source is handling (max_in_flight)"
+    );
     describe_counter!(
         "sluice_checkpoint_writes_total",
         "Durable checkpoint writes of a stream source (at most one per checkpoint_interval, and one at stop)"

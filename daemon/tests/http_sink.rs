@@ -47,6 +47,16 @@ fn endpoint_tls(
     Endpoint(child)
 }
 
+/// The Firehose error documents written below `dir` (temporary files left out).
+fn error_docs(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    files_under(dir)
+        .iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .flat_map(|p| lines(p))
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect()
+}
+
 fn log_entries(log: &std::path::Path) -> Vec<serde_json::Value> {
     lines(log)
         .iter()
@@ -115,14 +125,7 @@ fn batches_reach_the_endpoint_in_firehose_format_and_failures_reach_the_error_ou
     // The broken endpoint never accepts: after 2 s of retries every record of `doomed`
     // is in the error output, in Firehose's error format.
     let failed_dir = s.path("failed/http-endpoint-failed");
-    let docs = || -> Vec<serde_json::Value> {
-        files_under(&failed_dir)
-            .iter()
-            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-            .flat_map(|p| lines(p))
-            .map(|l| serde_json::from_str(&l).unwrap())
-            .collect()
-    };
+    let docs = || error_docs(&failed_dir);
     wait_until(
         Duration::from_secs(60),
         "12 records in the error output",
@@ -163,6 +166,7 @@ fn batches_reach_the_endpoint_in_firehose_format_and_failures_reach_the_error_ou
             &["pipeline=\"deliver\""]
         ) >= 2.0
     );
+    assert_promtool_accepts(&d.metrics_text());
     d.stop_cleanly();
 }
 
@@ -193,14 +197,7 @@ fn https_endpoints_are_verified() {
         },
     );
     let failed = s.path("failed/http-endpoint-failed");
-    let docs = || -> Vec<serde_json::Value> {
-        files_under(&failed)
-            .iter()
-            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-            .flat_map(|p| lines(p))
-            .map(|l| serde_json::from_str(&l).unwrap())
-            .collect()
-    };
+    let docs = || error_docs(&failed);
     wait_until(
         Duration::from_secs(60),
         "the untrusted pipeline's records in the error output",
@@ -231,6 +228,10 @@ fn bad_http_sink_options_are_refused_at_check() {
         (
             "url = \"https://example.com/\"\nerror_output = \"f\"\nca_file = \"missing.pem\"",
             "cannot read",
+        ),
+        (
+            "url = \"http://example.com/\"\nerror_output = \"f\"\nca_file = \"ca.pem\"",
+            "is for https://",
         ),
         ("url = \"http://127.0.0.1:1/\"", "error_output"),
         (

@@ -292,6 +292,7 @@ fn producers_post_cloudevents_and_firehose_requests_into_a_stream() {
         want.len() as f64
     );
     assert!(d.metric("sluice_http_source_requests_total", &["code=\"401\""]) >= 2.0);
+    assert_promtool_accepts(&d.metrics_text());
     d.stop_cleanly();
 }
 

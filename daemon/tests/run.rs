@@ -207,29 +207,7 @@ fn metrics_pass_promtool() {
             "{name} missing from /metrics:\n{text}"
         );
     }
-    let promtool = which("promtool")
-        .expect("promtool not found: run scripts/install-test-deps (Debian package `prometheus`)");
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_promtool_accepts(&text);
 }
 
 /// Logs: timestamps on plain stderr, none but a `<N>` priority under journald

@@ -606,3 +606,35 @@ pub fn object_lines(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// `promtool check metrics` accepts `text` (a /metrics page): help text, types, names.
+pub fn assert_promtool_accepts(text: &str) {
+    let promtool = std::env::var_os("PATH")
+        .and_then(|p| {
+            p.to_str()?
+                .split(':')
+                .map(|d| Path::new(d).join("promtool"))
+                .find(|p| p.is_file())
+        })
+        .expect("promtool not found: run scripts/install-test-deps (Debian package `prometheus`)");
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

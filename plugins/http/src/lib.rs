@@ -189,6 +189,12 @@ impl Plugin for HttpSink {
             )
         });
         if let Some(ca) = &mut cfg.ca_file {
+            if !cfg.url.starts_with("https://") {
+                return Err(Error::config_field(
+                    "ca_file",
+                    "is for https:// endpoints; this url is plain http",
+                ));
+            }
             *ca = ctx.resolve_path(ca);
         }
         let agent = agent(&cfg)?;
