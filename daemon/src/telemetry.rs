@@ -209,6 +209,10 @@ fn describe() {
         "sluice_http_source_records_total",
         "Records an http source stored in its stream"
     );
+    describe_counter!(
+        "sluice_http_source_repeats_total",
+        "Firehose requests an http source had stored already (same request id), answered without storing them twice"
+    );
     describe_gauge!(
         "sluice_http_source_in_flight_bytes",
         "Body and record bytes an http source is handling (max_in_flight)"

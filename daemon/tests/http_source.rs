@@ -217,6 +217,20 @@ fn producers_post_cloudevents_and_firehose_requests_into_a_stream() {
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["requestId"], "req-1", "{body}");
+    // Firehose sends a request again (same id) when it missed the 200: stored once.
+    let (code, _, body) = post(web, "/events", &fh_headers("k3y"), &fh_body);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        stream_data(s.api, "ingest")
+            .iter()
+            .filter(|r| r.contains("\"fh-0\""))
+            .count(),
+        1
+    );
+    assert_eq!(
+        d.metric("sluice_http_source_repeats_total", &["pipeline=\"web\""]),
+        1.0
+    );
     assert!(
         v["timestamp"].as_i64().unwrap() > 1_700_000_000_000 && v.get("errorMessage").is_none(),
         "{body}"

@@ -249,6 +249,8 @@ impl Plugin for HttpSource {
             active: AtomicUsize::new(0),
             records: metrics::counter!("sluice_http_source_records_total", &labels),
             in_flight_bytes: metrics::gauge!("sluice_http_source_in_flight_bytes", &labels),
+            stored_ids: Default::default(),
+            repeats: metrics::counter!("sluice_http_source_repeats_total", &labels),
         });
         shared.records.increment(0);
         let limits = crate::http::Limits {
@@ -312,6 +314,38 @@ struct Shared {
     active: AtomicUsize,
     records: metrics::Counter,
     in_flight_bytes: metrics::Gauge,
+    /// Firehose request ids stored lately: Firehose sends a request again, same id and
+    /// records, when it did not see the 200 (a cut connection, its 3-minute timeout).
+    stored_ids: std::sync::Mutex<RecentIds>,
+    repeats: metrics::Counter,
+}
+
+/// The last [`RecentIds::CAP`] ids, for answering a repeated request without storing it
+/// twice (per run of the pipeline: a restart forgets them, and a repeat is then stored
+/// again — at least once).
+#[derive(Default)]
+struct RecentIds {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RecentIds {
+    const CAP: usize = 10_000;
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+            if self.order.len() > Self::CAP {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 /// The listener thread: a current-thread runtime serving until told to stop, then at most
@@ -534,6 +568,16 @@ fn store(
     raw: Bytes,
 ) -> Result<usize, (StatusCode, String)> {
     let refuse = |e: RequestError| (e.status(), e.to_string());
+    let firehose_id = match reply {
+        Reply::Firehose(id) => Some(id.as_str()),
+        Reply::Plain => None,
+    };
+    let seen = |id: &str| sh.stored_ids.lock().is_ok_and(|r| r.contains(id));
+    if let Some(id) = firehose_id.filter(|id| seen(id)) {
+        tracing::debug!(pipeline = %sh.pipeline, request = %id, "a Firehose request stored before came again; answered without storing it twice");
+        sh.repeats.increment(1);
+        return Ok(0);
+    }
     if sh.stream.backlog(&sh.pipeline) >= sh.max_backlog {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -582,6 +626,9 @@ fn store(
         tracing::warn!(pipeline = %sh.pipeline, error = %e, "http source: append failed");
         (StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
     })?;
+    if let (Some(id), Ok(mut recent)) = (firehose_id, sh.stored_ids.lock()) {
+        recent.insert(id);
+    }
     Ok(records.len())
 }
 
@@ -1275,6 +1322,22 @@ mod tests {
             Some("%+5".into()),
             "a sign is no hex digit"
         );
+    }
+
+    #[test]
+    fn recent_request_ids_are_bounded() {
+        let mut r = RecentIds::default();
+        for i in 0..RecentIds::CAP + 5 {
+            r.insert(&format!("id-{i}"));
+        }
+        r.insert("id-9"); // still held: inserting it again adds nothing
+        assert!(
+            !r.contains("id-0") && !r.contains("id-4"),
+            "the oldest are forgotten"
+        );
+        assert!(r.contains("id-5") && r.contains(&format!("id-{}", RecentIds::CAP + 4)));
+        assert_eq!(r.set.len(), RecentIds::CAP);
+        assert_eq!(r.order.len(), RecentIds::CAP);
     }
 
     proptest! {
