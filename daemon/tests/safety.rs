@@ -528,3 +528,44 @@ fn a_stream_made_again_under_its_old_name_is_read_from_its_start() {
     assert_eq!(count("old-"), 5, "old objects intact: {all:?}");
     assert_eq!(count("new-"), 4, "each new record once: {all:?}");
 }
+
+/// 13. A stream source that ends on an error (not a clean stop) still writes the positions
+///     it delivered: its checkpoint is saved when the instance is dropped. Here the interval
+///     is an hour, so nothing was written before; deleting the stream fails the source.
+#[test]
+fn a_source_ended_by_an_error_keeps_its_delivered_positions() {
+    let s = Setup::new("", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    let call = |op: &str, body: &str| {
+        let (code, text) = kinesis(s.api, op, body);
+        assert_eq!(code, 200, "{op}: {text}");
+    };
+    call("CreateStream", r#"{"StreamName":"d","ShardCount":1}"#);
+    s.write_pipeline(
+        "p",
+        "[pipelines.copy]\nsource = { plugin = \"stream\", stream = \"d\", checkpoint_interval = \"1h\" }\nsink = { plugin = \"file\", path = \"out/copy.jsonl\" }\n",
+    );
+    assert_eq!(d.post("/admin/reload").map(|r| r.0), Some(200));
+    for i in 0..3 {
+        call(
+            "PutRecord",
+            &format!(
+                r#"{{"StreamName":"d","Data":"{}","PartitionKey":"k"}}"#,
+                b64(&format!("r{i}"))
+            ),
+        );
+    }
+    let cp = s.path("var/checkpoints/copy/d.json");
+    wait_until(Duration::from_secs(20), "3 records delivered", || {
+        lines(&s.path("out/copy.jsonl")).len() == 3
+    });
+    assert!(!cp.exists(), "not written yet: the interval is an hour");
+    call("DeleteStream", r#"{"StreamName":"d"}"#);
+    wait_until(
+        Duration::from_secs(20),
+        "the failed source's positions in its checkpoint",
+        || std::fs::read_to_string(&cp).is_ok_and(|t| t.contains("\"shardId-000000000000\":3")),
+    );
+    d.stop_cleanly();
+}

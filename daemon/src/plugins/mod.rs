@@ -359,3 +359,26 @@ pub fn validate_config(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused library stays one refusal however many reloads rescan its folder (each
+    /// reload clones the registry and scans again).
+    #[test]
+    fn a_refused_library_is_reported_once_across_rescans() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bad = dir.path().join("libnot_a_plugin.so");
+        std::fs::write(&bad, b"not an ELF file").unwrap();
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let dirs = [dir.path().to_path_buf()];
+        let reg = Registry::discover(&dirs);
+        let mine = |r: &Registry| r.refused().iter().filter(|x| x.path == bad).count();
+        assert_eq!(mine(&reg), 1, "{:?}", reg.refused());
+        let again = reg.rescan(&dirs).rescan(&dirs);
+        assert_eq!(mine(&again), 1, "{:?}", again.refused());
+    }
+}
