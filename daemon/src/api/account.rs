@@ -8,7 +8,7 @@
 
 use super::error::{ApiError, Violations};
 use super::kinesis::{lookup, require_stream, stream_name};
-use super::manage::{not_found_arn, required_str, resource, Resource, STREAM_ARN_PATTERN};
+use super::manage::{stream_arn_member, stream_by_arn};
 use super::shapes::{
     Shape, UpdateAccountSettingsInput, UpdateMaxRecordSizeInput, UpdateWarmThroughputInput,
 };
@@ -188,23 +188,14 @@ fn max_record_size(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = UpdateMaxRecordSizeInput::read_shape(req)?;
     let mut v = Violations::default();
     // UpdateMaxRecordSize names its stream by ARN only (the model has no StreamName).
-    let arn = required_str(
-        r.stream_arn.as_deref(),
-        &mut v,
-        "streamARN",
-        Some(STREAM_ARN_PATTERN),
-        (1, 2048),
-    );
+    let arn = stream_arn_member(r.stream_arn.as_deref(), &mut v);
     match r.max_record_size_kib {
         None => v.null("maxRecordSizeInKiB"),
         Some(k) => check_max_record_kib(&mut v, k),
     }
     v.finish()?;
     let arn = arn.unwrap_or_default();
-    let st = match resource(arn) {
-        Some(Resource::Stream(s)) => lookup(call, &s)?,
-        _ => return Err(not_found_arn(call, arn)),
-    };
+    let st = stream_by_arn(call, arn)?;
     if st.origin == StreamOrigin::Config {
         return Err(super::kinesis::defined_in_config(
             call,

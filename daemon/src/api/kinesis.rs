@@ -11,8 +11,7 @@ use super::Call;
 use crate::record::now_ms;
 use crate::spec::MAX_SHARDS;
 use crate::stream::{
-    hash_key, parse_sequence, sequence_string, shard_id, Shard, Stream, StreamError, StreamOrigin,
-    StreamSettings,
+    hash_key, parse_sequence, sequence_string, shard_id, Shard, Stream, StreamError, StreamSettings,
 };
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -134,13 +133,7 @@ pub(super) fn check_stream_name(v: &mut Violations, name: &str) {
 
 /// A `StreamARN` member's rules (1 to 2048 characters, AWS's pattern).
 pub(super) fn check_stream_arn(v: &mut Violations, arn: &str) {
-    super::manage::required_str(
-        Some(arn),
-        v,
-        "streamARN",
-        Some(super::manage::STREAM_ARN_PATTERN),
-        (1, 2048),
-    );
+    super::manage::stream_arn_member(Some(arn), v);
 }
 
 /// A change the API may not make to a stream declared in the configuration: the
@@ -307,23 +300,16 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
 fn delete_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = DeleteStreamInput::read_shape(req)?;
     let st = named_stream(call, r.stream_name.as_deref(), r.stream_arn.as_deref())?;
-    // As Kinesis: a stream with registered consumers goes only when asked to take them
-    // (a config stream is refused below whatever it has).
-    let consumers = st.settings().consumers.len();
-    if consumers > 0
-        && r.enforce_consumer_deletion != Some(true)
-        && st.origin != StreamOrigin::Config
-    {
-        return Err(ApiError::new(
+    let with_consumers = r.enforce_consumer_deletion == Some(true);
+    match call.state.streams.delete(&st.name, with_consumers) {
+        Ok(()) => Ok(json!({})),
+        Err(StreamError::HasConsumers(n, consumers)) => Err(ApiError::new(
             "ResourceInUseException",
             format!(
-                "Stream {} under account {} has {consumers} registered consumer(s): deregister them, or set EnforceConsumerDeletion to delete them with the stream.",
-                st.name, call.state.account
+                "Stream {n} under account {} has {consumers} registered consumer(s): deregister them, or set EnforceConsumerDeletion to delete them with the stream.",
+                call.state.account
             ),
-        ));
-    }
-    match call.state.streams.delete(&st.name) {
-        Ok(()) => Ok(json!({})),
+        )),
         Err(StreamError::NotFound(n)) => Err(ApiError::stream_not_found(&n, &call.state.account)),
         Err(StreamError::FromConfig(n)) => Err(ApiError::new(
             "ResourceInUseException",

@@ -234,6 +234,19 @@ pub(super) fn resource(arn: &str) -> Option<Resource> {
     }
 }
 
+/// A `StreamARN` member the operation requires: 1 to 2048 characters, AWS's pattern.
+pub(super) fn stream_arn_member<'a>(arn: Option<&'a str>, v: &mut Violations) -> Option<&'a str> {
+    required_str(arn, v, "streamARN", Some(STREAM_ARN_PATTERN), (1, 2048))
+}
+
+/// The stream a valid `StreamARN` names, or AWS's not-found answer for that ARN.
+pub(super) fn stream_by_arn(call: &Call<'_>, arn: &str) -> Result<Arc<Stream>, ApiError> {
+    match resource(arn) {
+        Some(Resource::Stream(s)) => lookup(call, &s),
+        _ => Err(not_found_arn(call, arn)),
+    }
+}
+
 pub(super) fn not_found_arn(call: &Call<'_>, arn: &str) -> ApiError {
     match resource(arn) {
         Some(Resource::Stream(s)) => ApiError::stream_not_found(&s, &call.state.account),
@@ -774,13 +787,7 @@ pub fn stream_mode(
 fn update_mode(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = UpdateStreamModeInput::read_shape(req)?;
     let mut v = Violations::default();
-    let arn = required_str(
-        r.stream_arn.as_deref(),
-        &mut v,
-        "streamARN",
-        Some(STREAM_ARN_PATTERN),
-        (1, 2048),
-    );
+    let arn = stream_arn_member(r.stream_arn.as_deref(), &mut v);
     let on_demand = stream_mode(r.stream_mode_details.as_ref(), &mut v, true);
     let warm = r.warm_throughput_mibps;
     if let Some(m) = warm.filter(|m| *m < 0) {
@@ -792,10 +799,7 @@ fn update_mode(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     }
     v.finish()?;
     let arn = arn.unwrap_or_default();
-    let st = match resource(arn) {
-        Some(Resource::Stream(s)) => lookup(call, &s)?,
-        _ => return Err(not_found_arn(call, arn)),
-    };
+    let st = stream_by_arn(call, arn)?;
     active(call, &st)?;
     let on_demand = on_demand.unwrap_or_default();
     // Warm throughput comes with the mode, under UpdateStreamWarmThroughput's rules.
@@ -919,13 +923,7 @@ fn consumer_json(c: &Consumer, status: &str) -> Value {
 fn register_consumer(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = ConsumerInput::read_shape(req)?;
     let mut v = Violations::default();
-    let arn = required_str(
-        r.stream_arn.as_deref(),
-        &mut v,
-        "streamARN",
-        Some(STREAM_ARN_PATTERN),
-        (1, 2048),
-    );
+    let arn = stream_arn_member(r.stream_arn.as_deref(), &mut v);
     let name = required_str(
         r.consumer_name.as_deref(),
         &mut v,
@@ -939,10 +937,7 @@ fn register_consumer(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     }
     v.finish()?;
     let (arn, name) = (arn.unwrap_or_default(), name.unwrap_or_default());
-    let st = match resource(arn) {
-        Some(Resource::Stream(s)) => lookup(call, &s)?,
-        _ => return Err(not_found_arn(call, arn)),
-    };
+    let st = stream_by_arn(call, arn)?;
     let now = crate::record::now_ms();
     let consumer = Consumer {
         name: name.to_string(),
@@ -1064,13 +1059,7 @@ fn list_consumers(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     let r = ConsumerInput::read_shape(req)?;
     use base64::Engine as _;
     let mut v = Violations::default();
-    let arn = required_str(
-        r.stream_arn.as_deref(),
-        &mut v,
-        "streamARN",
-        Some(STREAM_ARN_PATTERN),
-        (1, 2048),
-    );
+    let arn = stream_arn_member(r.stream_arn.as_deref(), &mut v);
     let max = r.max_results;
     if let Some(m) = max {
         v.range(m, "maxResults", 10_000);
@@ -1081,10 +1070,7 @@ fn list_consumers(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
     }
     v.finish()?;
     let arn = arn.unwrap_or_default();
-    let st = match resource(arn) {
-        Some(Resource::Stream(s)) => lookup(call, &s)?,
-        _ => return Err(not_found_arn(call, arn)),
-    };
+    let st = stream_by_arn(call, arn)?;
     // The token is the last name listed, base64: opaque to clients, stable across calls.
     let after = match token {
         None => None,

@@ -49,6 +49,9 @@ pub enum StreamError {
     LeftOnDisk(String),
     #[error("stream {0} is defined in the configuration and cannot be deleted through the API")]
     FromConfig(String),
+    /// DeleteStream of a stream with registered consumers, without taking them too.
+    #[error("stream {0} has {1} registered consumer(s)")]
+    HasConsumers(String, usize),
     #[error("{0}")]
     Log(#[from] sluice_shardlog::Error),
     #[error("{0}")]
@@ -199,9 +202,9 @@ pub struct Stream {
     /// The current shard set (see [`Stream::shards`]).
     shards: RwLock<Arc<ShardSet>>,
     /// One change of `stream.json` at a time (resharding, settings, retention, expiry,
-    /// deletion); holds whether the stream was deleted, so that nothing waiting for it
+    /// deletion); refused once `deleted` is set (under it), so that nothing waiting for it
     /// writes the folder back.
-    reshard: std::sync::Mutex<bool>,
+    reshard: std::sync::Mutex<()>,
     /// Status is UPDATING until then (ms): a resharding settles, as on Kinesis.
     updating_until_ms: std::sync::atomic::AtomicI64,
     /// Retention.
@@ -216,7 +219,7 @@ pub struct Stream {
     seq_floor: u64,
     /// See [`StreamMeta`]'s field of that name.
     expired_issued: std::sync::atomic::AtomicU64,
-    /// Set by DeleteStream.
+    /// Set by DeleteStream (while it holds `reshard`); read without a lock by readers.
     deleted: std::sync::atomic::AtomicBool,
     last_sync_ms: std::sync::atomic::AtomicI64,
     /// The write limit and per-shard token buckets (by shard index); changes apply live.
@@ -367,7 +370,7 @@ impl Stream {
             origin: meta.origin,
             created_ms: meta.created_ms,
             shards: RwLock::new(Arc::new(set)),
-            reshard: std::sync::Mutex::new(false),
+            reshard: std::sync::Mutex::new(()),
             updating_until_ms: std::sync::atomic::AtomicI64::new(0),
             retention: RwLock::new(Duration::from_secs(meta.retention_hours * 3600)),
             max_record_size,
@@ -448,12 +451,12 @@ impl Stream {
     }
 
     /// The `stream.json` lock; refused once the stream was deleted.
-    fn lock_meta(&self) -> Result<std::sync::MutexGuard<'_, bool>, StreamError> {
+    fn lock_meta(&self) -> Result<std::sync::MutexGuard<'_, ()>, StreamError> {
         let g = self
             .reshard
             .lock()
             .map_err(|_| StreamError::Updating(self.name.clone()))?;
-        if *g {
+        if self.is_deleted() {
             return Err(StreamError::NotFound(self.name.clone()));
         }
         Ok(g)
@@ -1211,16 +1214,7 @@ impl Streams {
         // A folder without `stream.json` is no stream (what an interrupted deletion of an
         // older version left): its shard logs must not become the new stream's.
         if dir.exists() {
-            let gone = self
-                .trash_dir()
-                .join(format!("{name}.{:016x}", fastrand::u64(..)));
-            std::fs::create_dir_all(self.trash_dir())
-                .and_then(|()| std::fs::rename(&dir, &gone))
-                .and_then(|()| std::fs::remove_dir_all(&gone))
-                .map_err(|source| StreamError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
+            remove_trashed(name, &self.to_trash(name, &dir)?);
         }
         let meta = StreamMeta {
             shards,
@@ -1245,8 +1239,9 @@ impl Streams {
         Ok(st)
     }
 
-    /// DeleteStream (API streams only): removes it and its data.
-    pub fn delete(&self, name: &str) -> Result<(), StreamError> {
+    /// DeleteStream (API streams only): removes it and its data — and its registered
+    /// consumers, only with `with_consumers` (Kinesis's `EnforceConsumerDeletion`).
+    pub fn delete(&self, name: &str, with_consumers: bool) -> Result<(), StreamError> {
         let mut m = self
             .streams
             .write()
@@ -1258,6 +1253,10 @@ impl Streams {
         if st.origin == StreamOrigin::Config {
             return Err(StreamError::FromConfig(name.to_string()));
         }
+        let consumers = st.settings().consumers.len();
+        if consumers > 0 && !with_consumers {
+            return Err(StreamError::HasConsumers(name.to_string(), consumers));
+        }
         let dir = st.dir.clone();
         // Exactly the stream's own folder, whatever went before.
         let expected = self.dir(name)?;
@@ -1268,7 +1267,7 @@ impl Streams {
             });
         }
         // Nothing waiting to change `stream.json` may write the folder back afterwards.
-        let mut deleted = st.lock_meta()?;
+        let meta_lock = st.lock_meta()?;
         // Writers that still hold the stream fail from now on (as if it were not found):
         // none may write into a folder a CreateStream of the same name makes next.
         for sh in &st.shards().all {
@@ -1287,34 +1286,37 @@ impl Streams {
             }
             return Err(e);
         }
-        *deleted = true;
         st.deleted.store(true, std::sync::atomic::Ordering::Release);
-        // Out of `streams/` in one rename (durable), then removed: a crash part-way through
-        // the removal can leave neither a stream folder without its `stream.json` nor one
-        // missing some shards for the next start or CreateStream to adopt.
-        let trash = self.trash_dir();
-        let gone = trash.join(format!("{name}.{:016x}", fastrand::u64(..)));
-        let moved = std::fs::create_dir_all(&trash)
-            .and_then(|()| std::fs::rename(&dir, &gone))
-            .and_then(|()| std::fs::File::open(self.data_dir.join("streams"))?.sync_all());
+        // Moved while the name is still taken: a CreateStream of it finds no folder.
+        let moved = self.to_trash(name, &dir);
         m.remove(name);
         drop(m);
-        drop(deleted);
-        match moved {
-            Ok(()) => {
-                if let Err(e) = std::fs::remove_dir_all(&gone) {
-                    tracing::warn!(stream = %name, dir = %gone.display(), error = %e, "removing a deleted stream's records failed; the next start removes them");
-                }
-                Ok(())
-            }
-            Err(source) => Err(StreamError::Io { path: dir, source }),
-        }
+        drop(meta_lock);
+        remove_trashed(name, &moved?);
+        Ok(())
     }
 
     /// Where deleted streams' folders go before they are removed (`data_dir/streams.deleted`,
     /// outside `streams/`, emptied at every start).
     fn trash_dir(&self) -> PathBuf {
         self.data_dir.join("streams.deleted")
+    }
+
+    /// Moves a stream folder out of `streams/` in one durable rename (then
+    /// [`remove_trashed`]), so a crash part-way through its removal can leave neither a
+    /// folder without its `stream.json` nor one missing some shards for the next start or
+    /// CreateStream to adopt (what is left in the trash goes at the next start).
+    fn to_trash(&self, name: &str, dir: &Path) -> Result<PathBuf, StreamError> {
+        let trash = self.trash_dir();
+        let gone = trash.join(format!("{name}.{:016x}", fastrand::u64(..)));
+        std::fs::create_dir_all(&trash)
+            .and_then(|()| std::fs::rename(dir, &gone))
+            .and_then(|()| std::fs::File::open(self.data_dir.join("streams"))?.sync_all())
+            .map_err(|source| StreamError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        Ok(gone)
     }
 
     /// A clean stop: every shard log synced and its sequence mark set exactly, so the next
@@ -1342,6 +1344,13 @@ impl Streams {
             s.enforce_retention();
             s.record_gauges();
         }
+    }
+}
+
+/// Deletes a folder [`Streams::to_trash`] moved out (a failure is left to the next start).
+fn remove_trashed(name: &str, gone: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(gone) {
+        tracing::warn!(stream = %name, dir = %gone.display(), error = %e, "removing a deleted stream's records failed; the next start removes them");
     }
 }
 
@@ -1432,7 +1441,7 @@ mod tests {
         old.enforce_retention();
         assert!(old.shards().get(0).is_none(), "shard 0 expired");
         assert!(old.shards().get(a).unwrap().log.next_seq() < 5);
-        streams.delete("s").unwrap();
+        streams.delete("s", false).unwrap();
         assert!(old.is_deleted());
         let new = streams.create("s", 1).unwrap();
         assert!(!new.is_deleted());
@@ -1456,6 +1465,33 @@ mod tests {
         // A damaged floor file refuses the next creation rather than starting below it.
         std::fs::write(tmp.path().join("seq-floor.json"), b"{not json").unwrap();
         assert!(streams.create("t", 1).is_err());
+    }
+
+    #[test]
+    fn a_deletion_that_cannot_raise_the_floor_leaves_the_stream_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let streams = Streams::open(tmp.path()).unwrap();
+        let st = streams.create("s", 1).unwrap();
+        let put = |st: &Stream| {
+            st.shards().all[0].append(&[Entry {
+                key: b"k",
+                data: b"d",
+                arrival_ms: 1,
+            }])
+        };
+        put(&st).unwrap();
+        std::fs::write(tmp.path().join("seq-floor.json"), b"{damaged").unwrap();
+        assert!(streams.delete("s", false).is_err());
+        assert!(
+            !st.is_deleted() && streams.get("s").is_some(),
+            "still there"
+        );
+        put(&st).expect("takes appends again");
+        assert!(tmp.path().join("streams/s/stream.json").exists());
+        std::fs::remove_file(tmp.path().join("seq-floor.json")).unwrap();
+        streams.delete("s", false).unwrap();
+        assert!(st.is_deleted() && put(&st).is_err());
+        assert!(!tmp.path().join("streams/s").exists());
     }
 
     #[test]

@@ -442,6 +442,8 @@ with step("CLI StartDeliveryStreamEncryption / StopDeliveryStreamEncryption"):
     cli("firehose", "stop-delivery-stream-encryption", "--delivery-stream-name", D)
     e = f.describe_delivery_stream(DeliveryStreamName=D)["DeliveryStreamDescription"]["DeliveryStreamEncryptionConfiguration"]
     check(e["Status"] in ("DISABLING", "DISABLED"), e)
+    d = cli("firehose", "put-record", "--delivery-stream-name", D, "--record", "Data=six")
+    check(d["Encrypted"] is False, f"CLI firehose put-record after SSE stopped: Encrypted is not false: {d}")
 
 with step("CLI UpdateDestination"):
     d = cli("firehose", "update-destination", "--delivery-stream-name", D, "--current-delivery-stream-version-id", "1",
