@@ -174,8 +174,13 @@ static inline int sl_json_skip(sl_json_cursor *c, int depth) {
   return c->p > start ? 0 : -1;
 }
 
-/* Finds top-level member `key`: 1 with *value at its first byte, 0 absent, -1 malformed. */
-static inline int sl_json_find(sl_str json, const char *key, sl_json_cursor *value) {
+/* Calls `visit` for each top-level member of the object `json`, with its name (unescaped,
+ * NUL-terminated; `n` its length, or -2 if longer than 255 bytes) and a cursor at its value.
+ * A non-zero return of `visit` stops the walk and is returned; otherwise 0 at the end, or
+ * -1 if the object is malformed. */
+typedef int (*sl_json_visit)(void *state, const char *name, long n, const sl_json_cursor *value);
+
+static inline int sl_json_members(sl_str json, sl_json_visit visit, void *state) {
   sl_json_cursor c = {json.ptr, json.ptr + json.len};
   sl_json_ws(&c);
   if (c.p >= c.end || *c.p != '{') return -1;
@@ -191,10 +196,8 @@ static inline int sl_json_find(sl_str json, const char *key, sl_json_cursor *val
     if (c.p >= c.end || *c.p != ':') return -1;
     c.p++;
     sl_json_ws(&c);
-    if (n >= 0 && strcmp(name, key) == 0 && strlen(key) == (size_t)n) {
-      *value = c;
-      return 1;
-    }
+    int r = visit(state, name, n, &c);
+    if (r != 0) return r;
     if (sl_json_skip(&c, 1) < 0) return -1;
     sl_json_ws(&c);
     if (c.p < c.end && *c.p == ',') {
@@ -204,6 +207,26 @@ static inline int sl_json_find(sl_str json, const char *key, sl_json_cursor *val
     if (c.p < c.end && *c.p == '}') return 0;
     return -1;
   }
+}
+
+typedef struct {
+  const char *key;
+  sl_json_cursor *value;
+} sl_json_find_state;
+
+static inline int sl_json_find_visit(void *state, const char *name, long n, const sl_json_cursor *value) {
+  sl_json_find_state *f = state;
+  if (n >= 0 && strlen(f->key) == (size_t)n && strcmp(name, f->key) == 0) {
+    *f->value = *value;
+    return 1;
+  }
+  return 0;
+}
+
+/* Finds top-level member `key`: 1 with *value at its first byte, 0 absent, -1 malformed. */
+static inline int sl_json_find(sl_str json, const char *key, sl_json_cursor *value) {
+  sl_json_find_state f = {key, value};
+  return sl_json_members(json, sl_json_find_visit, &f);
 }
 
 /* A string member, unescaped and NUL-terminated into buf (cap bytes). A string holding
@@ -253,35 +276,31 @@ static inline int sl_json_bool(sl_str json, const char *key, bool *out) {
   return -1;
 }
 
+typedef struct {
+  const char *const *known;
+  char *buf;
+  size_t cap;
+} sl_json_unknown_state;
+
+static inline int sl_json_unknown_visit(void *state, const char *name, long n, const sl_json_cursor *value) {
+  (void)value;
+  sl_json_unknown_state *u = state;
+  for (const char *const *k = u->known; n >= 0 && *k; k++)
+    if (strlen(*k) == (size_t)n && strcmp(*k, name) == 0) return 0;
+  if (u->cap > 0) {
+    size_t l = strlen(name);
+    if (l >= u->cap) l = u->cap - 1;
+    memcpy(u->buf, name, l);
+    u->buf[l] = '\0';
+  }
+  return 1;
+}
+
 /* The first top-level member whose name is not in `known` (a NULL-terminated list): 1 with
  * its name in buf, 0 when every member is known, -1 if the config is malformed. */
 static inline int sl_json_unknown_key(sl_str json, const char *const *known, char *buf, size_t cap) {
-  sl_json_cursor c = {json.ptr, json.ptr + json.len};
-  sl_json_ws(&c);
-  if (c.p >= c.end || *c.p != '{') return -1;
-  c.p++;
-  sl_json_ws(&c);
-  if (c.p < c.end && *c.p == '}') return 0;
-  for (;;) {
-    sl_json_ws(&c);
-    long n = sl_json_str(&c, buf, cap);
-    if (n == -1) return -1;
-    int found = 0;
-    for (const char *const *k = known; n >= 0 && *k; k++)
-      if (strlen(*k) == (size_t)n && strcmp(*k, buf) == 0) found = 1;
-    if (!found) return 1;
-    sl_json_ws(&c);
-    if (c.p >= c.end || *c.p != ':') return -1;
-    c.p++;
-    if (sl_json_skip(&c, 1) < 0) return -1;
-    sl_json_ws(&c);
-    if (c.p < c.end && *c.p == ',') {
-      c.p++;
-      continue;
-    }
-    if (c.p < c.end && *c.p == '}') return 0;
-    return -1;
-  }
+  sl_json_unknown_state u = {known, buf, cap};
+  return sl_json_members(json, sl_json_unknown_visit, &u);
 }
 
 /* Writes `s` (n bytes) as a JSON string literal, quotes included, into buf. Returns the
