@@ -7,7 +7,6 @@
 
 mod common;
 use common::*;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -80,22 +79,14 @@ fn pipeline(name: &str, lang: &str, kind: &str) -> String {
 fn generated_plugins_of_every_kind_build_load_and_work() {
     let work = tempfile::tempdir().unwrap();
     let plugins = plugin_dir(&[]);
-    let s = Setup::new(
-        &format!(
-            "plugin_dirs = [\"{}\"]\nwatch = false",
-            plugins.path().display()
-        ),
-        &[],
-    );
+    let s = Setup::with_plugin_dir(plugins.path());
     let mut d = s.start();
     d.wait_ready();
     std::fs::create_dir_all(s.path("out")).unwrap();
     for lang in ["rust", "c"] {
         for kind in KINDS {
             let lib = generate_and_build(work.path(), lang, kind);
-            let to = plugins.path().join(lib.file_name().unwrap());
-            std::fs::copy(&lib, &to).unwrap();
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+            install_library(plugins.path(), &lib);
             let name = format!("my-{lang}-{kind}");
             s.write_pipeline(&name, &pipeline(&name, lang, kind));
         }

@@ -488,15 +488,8 @@ fn host_calls_after_destroy_are_refused_not_a_use_after_free() {
 /// "unknown plugin" says where sluice looked.
 #[test]
 fn a_library_dropped_into_plugin_dirs_loads_on_reload() {
-    use std::os::unix::fs::PermissionsExt;
     let plugins = plugin_dir(&[]);
-    let s = Setup::new(
-        &format!(
-            "plugin_dirs = [\"{}\"]\nwatch = false",
-            plugins.path().display()
-        ),
-        &[],
-    );
+    let s = Setup::with_plugin_dir(plugins.path());
     let mut d = s.start();
     d.wait_ready();
     s.write_pipeline("c", &pipeline("c", &[C], "out/c.jsonl"));
@@ -510,9 +503,10 @@ fn a_library_dropped_into_plugin_dirs_loads_on_reload() {
             )),
         "{body}"
     );
-    let lib = plugins.path().join("libc_passthrough.so");
-    std::fs::copy(example_plugins().join("libc_passthrough.so"), &lib).unwrap();
-    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let lib = install_library(
+        plugins.path(),
+        &example_plugins().join("libc_passthrough.so"),
+    );
     let (code, body) = d.post("/admin/reload").unwrap();
     assert_eq!(code, 200, "{body}\n{}", d.stderr());
     wait_until(Duration::from_secs(20), "the new plugin's output", || {

@@ -391,11 +391,36 @@ pub fn plugin_dir(files: &[&str]) -> tempfile::TempDir {
         .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     for f in files {
-        let to = dir.path().join(f);
-        std::fs::copy(src.join(f), &to).unwrap();
-        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+        install_library(dir.path(), &src.join(f));
     }
     dir
+}
+
+/// Copies library `lib` into plugin folder `dir` with mode 0644 (what the loader's
+/// ownership and permission checks accept); returns the copy.
+pub fn install_library(dir: &Path, lib: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let to = dir.join(lib.file_name().unwrap());
+    std::fs::copy(lib, &to).unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    to
+}
+
+impl Setup {
+    /// A daemon file loading plugins from `dir`, reloading only when asked.
+    pub fn with_plugin_dir(dir: &Path) -> Setup {
+        Setup::new(
+            &format!("plugin_dirs = [\"{}\"]\nwatch = false", dir.display()),
+            &[],
+        )
+    }
+}
+
+/// One Kinesis call that must succeed; returns the answer's body.
+pub fn kinesis_ok(addr: SocketAddr, op: &str, body: &str) -> String {
+    let (code, text) = kinesis(addr, op, body);
+    assert_eq!(code, 200, "{op}: {text}");
+    text
 }
 
 /// Reads a file's lines (empty if missing).
