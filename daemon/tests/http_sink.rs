@@ -218,6 +218,47 @@ fn https_endpoints_are_verified() {
     d.stop_cleanly();
 }
 
+/// A redirect is a failed attempt, never followed (following one would send the access
+/// key and the records wherever it points): the records reach the error output.
+#[test]
+fn redirects_are_failed_attempts() {
+    let s = Setup::new("", &[]);
+    let port = free_port();
+    let log = s.path("redirect.jsonl");
+    let _ep = endpoint(port, "redirect", &log);
+    s.write_pipeline(
+        "p",
+        &format!("[pipelines.moved]\nsource = {{ plugin = \"generator\", count = 3, seed = 3 }}\n\n[pipelines.moved.sink]\nplugin = \"http\"\nurl = \"http://127.0.0.1:{port}/in\"\naccess_key = \"s3cret\"\nretry_duration_secs = 1\nerror_output = \"failed\"\n"),
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    let failed = s.path("failed/http-endpoint-failed");
+    wait_until(
+        Duration::from_secs(60),
+        "3 records in the error output",
+        || error_docs(&failed).len() == 3,
+    );
+    for doc in error_docs(&failed) {
+        assert_eq!(
+            doc["errorCode"], "HttpEndpoint.DestinationException",
+            "{doc}"
+        );
+        assert!(
+            doc["errorMessage"].as_str().unwrap().contains("302"),
+            "{doc}"
+        );
+    }
+    let entries = log_entries(&log);
+    assert!(!entries.is_empty());
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["method"] == "POST" && e["path"] == "/in"),
+        "a redirect was followed: {entries:?}"
+    );
+    d.stop_cleanly();
+}
+
 #[test]
 fn bad_http_sink_options_are_refused_at_check() {
     for (opt, needle) in [
