@@ -401,3 +401,42 @@ fn account_settings_record_size_and_warm_throughput_through_boto3() {
     let (_, body) = kinesis(s.api, "DescribeStreamSummary", r#"{"StreamName":"prov"}"#);
     assert!(body.contains("\"MaxRecordSizeInKiB\":2048"), "{body}");
 }
+
+/// The account's shard limit as DescribeLimits reports it: AWS's 500 for the API's
+/// streams, plus what config streams declare (the operator's, never using up the API's
+/// allowance); CreateStream past it is LimitExceededException.
+#[test]
+fn config_streams_never_use_up_the_api_shard_allowance() {
+    let s = Setup::new(
+        "",
+        &[("cfg", "[streams.big]\nshards = 10\nfsync = \"none\"\n")],
+    );
+    let mut d = s.start();
+    d.wait_ready();
+    let limits = || -> serde_json::Value {
+        serde_json::from_str(&kinesis_ok(s.api, "DescribeLimits", "{}")).unwrap()
+    };
+    let l = limits();
+    assert_eq!(
+        (l["ShardLimit"].as_u64(), l["OpenShardCount"].as_u64()),
+        (Some(510), Some(10))
+    );
+    kinesis_ok(
+        s.api,
+        "CreateStream",
+        r#"{"StreamName":"all","ShardCount":500}"#,
+    );
+    let l = limits();
+    assert_eq!(l["OpenShardCount"].as_u64(), Some(510));
+    let (code, body) = kinesis(
+        s.api,
+        "CreateStream",
+        r#"{"StreamName":"one","ShardCount":1}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("LimitExceededException") && body.contains("Limit: 510"),
+        "{body}"
+    );
+    d.stop_cleanly();
+}
