@@ -1,5 +1,6 @@
 //! The `sluiced` binary: command-line parsing, logging setup, and the commands.
 
+mod query;
 mod scaffold;
 mod top;
 
@@ -79,6 +80,10 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// SQL over the lake: each pipeline with an object-store sink is a table named after
+    /// it, with its partition keys and time folders as columns; `--object` runs S3
+    /// Select's dialect on one object. What was read goes to stderr.
+    Query(query::QueryArgs),
     /// Put records read from stdin, one per line, into a stream.
     Put {
         /// The stream.
@@ -198,6 +203,7 @@ fn main() -> ExitCode {
             from_start,
             limit,
         } => tail(&cli.config, &stream, from_start, limit),
+        Command::Query(args) => query::run(&cli.config, args),
         Command::Put {
             stream,
             partition_key,

@@ -61,9 +61,9 @@ fn imports_only_go_down_the_layers() {
             continue;
         }
         let module = module_of(rel);
-        // The crate roots and the binary's own modules (`top.rs`, `scaffold.rs` belong to main.rs)
-        // are not layers.
-        if ["lib", "main", "bin", "top", "scaffold"].contains(&module.as_str()) {
+        // The crate roots and the binary's own modules (`top.rs`, `scaffold.rs`, `query.rs`
+        // belong to main.rs) are not layers.
+        if ["lib", "main", "bin", "top", "scaffold", "query"].contains(&module.as_str()) {
             continue;
         }
         let Some(&mine) = rank.get(module.as_str()) else {
@@ -135,7 +135,11 @@ fn library_code_has_typed_errors_and_no_hidden_services() {
         "plugin-api/src/failpoint.rs: POINTS",
     ];
     let mut bad = Vec::new();
-    let mut dirs = vec![root.join("daemon/src"), root.join("plugin-api/src")];
+    let mut dirs = vec![
+        root.join("daemon/src"),
+        root.join("plugin-api/src"),
+        root.join("query/src"),
+    ];
     for e in std::fs::read_dir(root.join("plugins")).unwrap() {
         let p = e.unwrap().path().join("src");
         if p.is_dir() {
@@ -219,4 +223,22 @@ fn api_handlers_read_typed_shapes() {
         "handlers reading JSON paths:\n{}",
         bad.join("\n")
     );
+}
+
+/// The query engine (DataFusion) is the `sluiced` binary's `query` command only: no module
+/// of the daemon's library names it, so the daemon's code never depends on it.
+#[test]
+fn only_the_query_command_uses_the_query_engine() {
+    let src = common::root().join("daemon/src");
+    let mut users = Vec::new();
+    for f in common::files_under(&src) {
+        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+        if rel.ends_with(".rs") && rel != "query.rs" {
+            let text = std::fs::read_to_string(&f).unwrap();
+            if text.contains("sluice_query") || text.contains("datafusion") {
+                users.push(rel);
+            }
+        }
+    }
+    assert!(users.is_empty(), "the query engine used outside query.rs: {users:?}");
 }

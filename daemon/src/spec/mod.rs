@@ -9,7 +9,9 @@ mod template;
 mod units;
 
 pub use partition::{fast_path, PartitionError, Partitioner};
-pub use template::{civil, hive_escape, RenderError, Template, TemplateError, MAX_PREFIX};
+pub use template::{
+    civil, hive_escape, Part, RenderError, Template, TemplateError, TimePart, MAX_PREFIX,
+};
 pub use units::{ByteSize, HumanDuration, UnitError};
 
 /// `[firehose]`: how an S3 bucket ARN of CreateDeliveryStream becomes an object store.

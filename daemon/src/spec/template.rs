@@ -8,25 +8,42 @@
 /// Longest evaluated prefix, as Firehose.
 pub const MAX_PREFIX: usize = 512;
 
+/// A piece of a template (readers of the output, like `sluiced query`, walk them to
+/// read partition values back out of object keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub enum Part {
+    /// Literal text.
     Lit(String),
+    /// `!{partitionKeyFromQuery:KEY}`.
     Query(String),
+    /// `!{partitionKeyFromLambda:KEY}`.
     Lambda(String),
+    /// `!{timestamp:PATTERN}`.
     Time(Vec<TimePart>),
+    /// `!{firehose:random-string}`.
     Random,
+    /// `!{firehose:error-output-type}`.
     ErrorType,
 }
 
+/// A piece of a timestamp pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum TimePart {
+pub enum TimePart {
+    /// Literal text.
     Lit(String),
+    /// `yyyy`
     Year4,
+    /// `yy`
     Year2,
+    /// `MM`
     Month,
+    /// `dd`
     Day,
+    /// `HH`
     Hour,
+    /// `mm`
     Minute,
+    /// `ss`
     Second,
 }
 
@@ -161,6 +178,11 @@ impl Template {
             parts.push(Part::Time(parse_time("yyyy/MM/dd/HH/")?));
         }
         Ok(Template { parts })
+    }
+
+    /// The parsed pieces, in order (a default timestamp already appended).
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
     }
 
     /// Query keys the template uses.

@@ -1,0 +1,248 @@
+//! An object store that hands out objects decompressed (by their extension: `.gz`,
+//! `.zst`, `.snappy`) and counts the objects a query opened.
+//!
+//! DataFusion's own decompression needs its `compression` feature (liblzma, bzip2) and
+//! has no snappy; sluice's objects only ever use gzip, zstd or snappy (framed), which the
+//! codecs already in the build read. Decoding runs on a blocking thread and streams in
+//! bounded chunks, so an object is never held whole in memory and a query that stops
+//! early (LIMIT) stops the decoder.
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// How an object's bytes are compressed, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Plain bytes.
+    None,
+    /// gzip (members concatenated are read as one stream).
+    Gzip,
+    /// zstd (frames concatenated are read as one stream).
+    Zstd,
+    /// snappy, framed format.
+    Snappy,
+}
+
+impl Codec {
+    /// The codec an object name's extension says.
+    pub fn of(name: &str) -> Codec {
+        if name.ends_with(".gz") {
+            Codec::Gzip
+        } else if name.ends_with(".zst") {
+            Codec::Zstd
+        } else if name.ends_with(".snappy") {
+            Codec::Snappy
+        } else {
+            Codec::None
+        }
+    }
+
+    /// A reader of `inner`'s decompressed bytes.
+    pub fn reader<'a>(
+        self,
+        inner: Box<dyn Read + Send + 'a>,
+    ) -> std::io::Result<Box<dyn Read + Send + 'a>> {
+        Ok(match self {
+            Codec::None => inner,
+            Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
+            Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
+            Codec::Snappy => Box::new(snap::read::FrameDecoder::new(inner)),
+        })
+    }
+}
+
+/// Decompressed chunks handed over at a time (bounded: this many in flight per object).
+const CHUNK: usize = 256 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The wrapper.
+#[derive(Debug)]
+pub struct Decompressing {
+    inner: Arc<dyn ObjectStore>,
+    opened: Arc<AtomicUsize>,
+    codec: Option<Codec>,
+}
+
+impl Decompressing {
+    /// Wraps `inner`; every object opened for reading adds one to `opened`. `codec`, when
+    /// given, applies to every object whatever its name.
+    pub fn new(
+        inner: Arc<dyn ObjectStore>,
+        opened: Arc<AtomicUsize>,
+        codec: Option<Codec>,
+    ) -> Decompressing {
+        Decompressing {
+            inner,
+            opened,
+            codec,
+        }
+    }
+}
+
+impl std::fmt::Display for Decompressing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Decompressing({})", self.inner)
+    }
+}
+
+/// A blocking `Read` over an object's byte stream (used on a blocking thread only).
+struct StreamReader {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    handle: tokio::runtime::Handle,
+    current: Bytes,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.handle.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+fn generic(e: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "sluice-query",
+        source: Box::new(e),
+    }
+}
+
+/// Streams `payload` decompressed with `codec`, decoding on a blocking thread.
+fn decompressed(
+    payload: GetResultPayload,
+    codec: Codec,
+    location: &Path,
+) -> BoxStream<'static, object_store::Result<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<object_store::Result<Bytes>>(CHUNKS_IN_FLIGHT);
+    let handle = tokio::runtime::Handle::current();
+    let what = location.to_string();
+    tokio::task::spawn_blocking(move || {
+        let raw: Box<dyn Read + Send> = match payload {
+            GetResultPayload::File(f, _) => Box::new(f),
+            GetResultPayload::Stream(stream) => Box::new(StreamReader {
+                stream,
+                handle,
+                current: Bytes::new(),
+            }),
+        };
+        let mut reader = match codec.reader(raw) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ =
+                    tx.blocking_send(Err(generic(std::io::Error::other(format!("{what}: {e}")))));
+                return;
+            }
+        };
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let mut filled = 0;
+            // Fill whole chunks: decoders hand out small pieces.
+            let eof = loop {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        filled += n;
+                        if filled == CHUNK {
+                            break false;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let msg = format!("cannot decompress {what}: {e}");
+                        let _ = tx.blocking_send(Err(generic(std::io::Error::other(msg))));
+                        return;
+                    }
+                }
+            };
+            buf.truncate(filled);
+            if filled > 0 && tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                return; // the reader stopped (LIMIT, error elsewhere)
+            }
+            if eof {
+                return;
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed()
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Decompressing {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let codec = self.codec.unwrap_or_else(|| Codec::of(location.as_ref()));
+        let whole = options.range.is_none() && !options.head;
+        if whole {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut result = self.inner.get_opts(location, options).await?;
+        if codec == Codec::None || !whole {
+            return Ok(result);
+        }
+        let payload = std::mem::replace(
+            &mut result.payload,
+            GetResultPayload::Stream(futures::stream::empty().boxed()),
+        );
+        result.payload = GetResultPayload::Stream(decompressed(payload, codec, location));
+        Ok(result)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}

@@ -1,0 +1,194 @@
+//! Where a pipeline's objects sit: its prefix template turned into a matcher that reads
+//! partition keys and time folders back out of an object's key.
+
+use regex::Regex;
+
+/// A part of a prefix template, as the daemon's `spec::template` parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Literal text.
+    Lit(String),
+    /// A partition key (`partitionKeyFromQuery`/`partitionKeyFromLambda`): a column.
+    Key(String),
+    /// A field of `!{timestamp:...}`: a column.
+    Time(TimeField),
+    /// `!{firehose:random-string}`.
+    Random,
+}
+
+/// A field of a timestamp pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeField {
+    /// `yyyy`
+    Year4,
+    /// `yy`
+    Year2,
+    /// `MM`
+    Month,
+    /// `dd`
+    Day,
+    /// `HH`
+    Hour,
+    /// `mm`
+    Minute,
+    /// `ss`
+    Second,
+}
+
+impl TimeField {
+    /// The column a time folder becomes.
+    pub fn column(self) -> &'static str {
+        match self {
+            TimeField::Year4 | TimeField::Year2 => "year",
+            TimeField::Month => "month",
+            TimeField::Day => "day",
+            TimeField::Hour => "hour",
+            TimeField::Minute => "minute",
+            TimeField::Second => "second",
+        }
+    }
+    fn pattern(self) -> &'static str {
+        match self {
+            TimeField::Year4 => "[0-9]{4}",
+            _ => "[0-9]{2}",
+        }
+    }
+}
+
+/// What a column of the layout holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// A partition key: text, Hive-unescaped.
+    Key,
+    /// A time folder: a number.
+    Time(TimeField),
+}
+
+/// A prefix template compiled into a matcher for object keys.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The literal start of every key (listing starts there).
+    pub fixed: String,
+    /// Columns, in template order, each named once.
+    pub columns: Vec<(String, ColumnKind)>,
+    /// Capture group of each column.
+    groups: Vec<usize>,
+    re: Regex,
+}
+
+/// A key's values, one per column.
+pub type Values = Vec<PartValue>;
+
+/// One column's value for an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartValue {
+    /// A partition key's value.
+    Text(String),
+    /// A time folder's number.
+    Number(i32),
+}
+
+impl Layout {
+    /// Compiles `segments` for objects named `<pipeline>-...` under them.
+    pub fn new(segments: &[Segment], pipeline: &str) -> Result<Layout, regex::Error> {
+        let mut fixed = String::new();
+        let mut dynamic = false;
+        let mut re = String::from("^");
+        let mut columns: Vec<(String, ColumnKind)> = Vec::new();
+        let mut groups = Vec::new();
+        let mut group = 0;
+        for s in segments {
+            match s {
+                Segment::Lit(l) => {
+                    if !dynamic {
+                        fixed.push_str(l);
+                    }
+                    re.push_str(&regex::escape(l));
+                    continue;
+                }
+                Segment::Random => re.push_str("[0-9A-Za-z]+"),
+                Segment::Key(k) => {
+                    group += 1;
+                    re.push_str("([^/]+)");
+                    // A key used twice names one column (the first folder's value).
+                    if !columns.iter().any(|(c, _)| c == k) {
+                        columns.push((k.clone(), ColumnKind::Key));
+                        groups.push(group);
+                    }
+                }
+                Segment::Time(t) => {
+                    group += 1;
+                    re.push('(');
+                    re.push_str(t.pattern());
+                    re.push(')');
+                    // A partition key of the same name wins over a time folder.
+                    if !columns.iter().any(|(c, _)| c == t.column()) {
+                        columns.push((t.column().to_string(), ColumnKind::Time(*t)));
+                        groups.push(group);
+                    }
+                }
+            }
+            dynamic = true;
+        }
+        // The object's own name: `<pipeline>-<version>-<time>-<id><extension>`.
+        re.push_str(&regex::escape(pipeline));
+        re.push_str("-[^/]+$");
+        // Every piece is escaped or a fixed class; only a size limit can refuse it.
+        let re = Regex::new(&re)?;
+        Ok(Layout {
+            fixed,
+            columns,
+            groups,
+            re,
+        })
+    }
+
+    /// The column values of the object at `key` (relative to the lake's root), or `None`
+    /// when the key is not one of this pipeline's objects (error output, other pipelines,
+    /// temp files).
+    pub fn parse(&self, key: &str) -> Option<Values> {
+        let caps = self.re.captures(key)?;
+        self.columns
+            .iter()
+            .zip(&self.groups)
+            .map(|((_, kind), g)| {
+                let raw = caps.get(*g)?.as_str();
+                match kind {
+                    // A value that does not unescape to UTF-8 is kept as written.
+                    ColumnKind::Key => Some(PartValue::Text(
+                        hive_unescape(raw).unwrap_or_else(|| raw.to_string()),
+                    )),
+                    ColumnKind::Time(t) => {
+                        let n: i32 = raw.parse().ok()?;
+                        Some(PartValue::Number(if *t == TimeField::Year2 {
+                            2000 + n
+                        } else {
+                            n
+                        }))
+                    }
+                }
+            })
+            .collect::<Option<Vec<_>>>()
+    }
+}
+
+/// Reverses Hive's escaping of a partition value (`%XX`); `None` when the result is
+/// not UTF-8.
+pub fn hive_unescape(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
