@@ -240,5 +240,8 @@ fn only_the_query_command_uses_the_query_engine() {
             }
         }
     }
-    assert!(users.is_empty(), "the query engine used outside query.rs: {users:?}");
+    assert!(
+        users.is_empty(),
+        "the query engine used outside query.rs: {users:?}"
+    );
 }

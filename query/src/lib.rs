@@ -189,7 +189,12 @@ fn open_s3(s3: &S3Location) -> Result<(Arc<dyn ObjectStore>, Path), QueryError> 
         .with_virtual_hosted_style_request(!s3.path_style.unwrap_or(s3.endpoint.is_some()))
         .with_allow_http(allow_http);
     let store = b.build()?;
-    Ok((Arc::new(store), Path::from(s3.prefix.as_str())))
+    Ok((Arc::new(store), key_path(&s3.prefix)?))
+}
+
+/// A key as the store names it: taken as written (`%2F` in a Hive folder stays `%2F`).
+fn key_path(key: &str) -> Result<Path, QueryError> {
+    Path::parse(key.trim_matches('/')).map_err(|e| QueryError::Input(format!("`{key}`: {e}")))
 }
 
 #[cfg(not(feature = "s3"))]
@@ -413,7 +418,7 @@ pub fn select_object(
                 let mut whole = s3.clone();
                 whole.prefix = String::new();
                 let (store, _) = open_s3(&whole)?;
-                (store, Path::from(s3.prefix.as_str()))
+                (store, key_path(&s3.prefix)?)
             }
         };
         let meta = store.head(&key).await?;

@@ -663,3 +663,48 @@ pub fn assert_promtool_accepts(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// moto's S3-compatible server from the repo's venv, on a free port; killed on drop.
+pub struct Moto {
+    pub child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let bin = root().join("target/pyenv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "run scripts/install-test-deps (installs moto's server)"
+        );
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_until(Duration::from_secs(30), "moto listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Moto { child, endpoint }
+    }
+
+    pub fn aws(&self, args: &[&str]) -> String {
+        aws_cli(&self.endpoint, args)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,444 @@
+//! `sluiced query`: SQL over the lake the pipelines wrote (same answers as DuckDB on the
+//! same files, folders pruned before objects are opened, `LIMIT` stopping early, local and
+//! S3 lakes) and S3 Select's dialect on one object (JSON lines, JSON document, CSV, gzip).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LAKE: &str = "[streams.events]\nshards = 4\n\n[pipelines.events-to-lake]\nsource = { plugin = \"stream\", stream = \"events\" }\n\n[pipelines.events-to-lake.partitioning]\nquery = '{type: .type, source: .source}'\n\n[pipelines.events-to-lake.buffer]\nsize = \"64MiB\"\ninterval = \"1s\"\n\n[pipelines.events-to-lake.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"type=!{partitionKeyFromQuery:type}/source=!{partitionKeyFromQuery:source}/\"\nerror_prefix = \"kdferror/!{firehose:error-output-type}/\"\ncompression = \"gzip\"\n";
+
+/// What `sluiced query` printed on stderr: (listed, after pruning, read) of one table.
+fn objects_read(stderr: &str, table: &str) -> (usize, usize, usize) {
+    let part = stderr
+        .split("; ")
+        .find(|p| p.starts_with(&format!("{table}: ")))
+        .unwrap_or_else(|| panic!("no report for {table} in {stderr}"));
+    let n: Vec<usize> = part
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (n[0], n[1], n[2])
+}
+
+/// Runs `sluiced query ARGS` for `s`; it must succeed. Returns (stdout, stderr).
+fn query(s: &Setup, args: &[&str]) -> (String, String) {
+    let mut all = vec!["query"];
+    all.extend_from_slice(args);
+    let (code, out, err) = s.cli(&all);
+    assert_eq!(code, 0, "sluiced query {args:?} failed: {err}");
+    (out, err)
+}
+
+fn json_rows(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Data objects (not error output) under `dir`.
+fn data_objects(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            !rel.starts_with("kdferror") && p.extension().is_some_and(|x| x == "gz")
+        })
+        .collect()
+}
+
+#[test]
+fn lake_queries_answer_as_duckdb_and_prune_folders() {
+    let s = Setup::new("", &[("lake", LAKE)]);
+    let mut d = s.start();
+    d.wait_ready();
+    // boto3 puts CloudEvents of several types and sources (escaped folder names among
+    // them), a KPL aggregate and malformed records, and waits until DuckDB sees them all.
+    python(
+        &[
+            interop("lake_boto3.py").into_os_string(),
+            format!("http://{}", s.api).into(),
+            s.path("lake").into_os_string(),
+        ],
+        &d,
+    );
+    let sql =
+        "SELECT type, source, count(*) AS n FROM \"events-to-lake\" GROUP BY ALL ORDER BY type, source";
+    let (out, err) = query(&s, &["--format", "json", sql]);
+    let ours: Vec<(String, String, u64)> = json_rows(&out)
+        .iter()
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap().to_string(),
+                r["source"].as_str().unwrap().to_string(),
+                r["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let duck = python(
+        &[
+            "-c".into(),
+            "import duckdb,json,sys; rows = duckdb.sql(\"select type, source, count(*) from read_json_auto('\" + sys.argv[1] + \"/type=*/source=*/*/*/*/*/*.gz', hive_partitioning=true) group by all order by all\").fetchall(); print(json.dumps(rows))".into(),
+            s.path("lake").into_os_string(),
+        ],
+        &d,
+    );
+    let duck: Vec<(String, String, u64)> = serde_json::from_str(&duck).unwrap();
+    assert_eq!(ours, duck);
+    assert!(ours.len() >= 7, "{ours:?}");
+    assert!(
+        ours.iter()
+            .any(|(_, s, _)| s == "https://github.com/JoseLuisSR/awsmeter"),
+        "escaped folder values are read back: {ours:?}"
+    );
+    let all_objects = data_objects(&s.path("lake")).len();
+    let (listed, scanned, read) = objects_read(&err, "events-to-lake");
+    assert_eq!(
+        (listed, scanned, read),
+        (all_objects, all_objects, all_objects),
+        "{err}"
+    );
+
+    // A filter on partition columns opens only that partition's objects.
+    let kpl_objects = data_objects(&s.path("lake/type=order.kpl")).len();
+    assert!(kpl_objects >= 1);
+    let (out, err) = query(
+        &s,
+        &[
+            "--format",
+            "csv",
+            "SELECT id FROM \"events-to-lake\" WHERE type = 'order.kpl' AND source = '/kpl' ORDER BY id",
+        ],
+    );
+    assert_eq!(out, "id\nevt-1000\nevt-1001\nevt-1002\n");
+    assert_eq!(
+        objects_read(&err, "events-to-lake"),
+        (all_objects, kpl_objects, kpl_objects)
+    );
+
+    // Time folders are columns too, and prune like partition keys.
+    let (out, err) = query(
+        &s,
+        &[
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM \"events-to-lake\" WHERE year < 2000",
+        ],
+    );
+    assert_eq!(out, "n\n0\n");
+    assert_eq!(objects_read(&err, "events-to-lake").1, 0);
+    let (out, _) = query(
+        &s,
+        &[
+            "--format",
+            "json",
+            "SELECT min(year) AS y, min(month) AS m, count(*) AS n FROM \"events-to-lake\" WHERE day BETWEEN 1 AND 31 AND hour < 24",
+        ],
+    );
+    let row = &json_rows(&out)[0];
+    assert!(row["y"].as_i64().unwrap() >= 2026 && (1..=12).contains(&row["m"].as_i64().unwrap()));
+    assert_eq!(row["n"].as_u64().unwrap(), duck_total(&ours));
+
+    // LIMIT stops reading early.
+    let (out, err) = query(
+        &s,
+        &[
+            "--format",
+            "json",
+            "SELECT id, data.n FROM \"events-to-lake\" LIMIT 1",
+        ],
+    );
+    assert_eq!(json_rows(&out).len(), 1);
+    let (_, _, read) = objects_read(&err, "events-to-lake");
+    assert!(
+        read < all_objects,
+        "LIMIT 1 read {read} of {all_objects} objects: {err}"
+    );
+    d.stop_cleanly();
+}
+
+fn duck_total(rows: &[(String, String, u64)]) -> u64 {
+    rows.iter().map(|r| r.2).sum()
+}
+
+/// The lake on S3 (moto's server), written by the pipeline and queried in place; one of
+/// its objects read with `--object s3://...`.
+#[test]
+fn s3_lakes_are_queried_in_place() {
+    let m = Moto::start();
+    m.aws(&["s3", "mb", "s3://lake"]);
+    let sink = format!(
+        "url = \"s3://lake/events\"\nendpoint = \"{}\"\naccess_key_id = \"x\"\nsecret_access_key = \"x\"\n",
+        m.endpoint
+    );
+    let pipeline = LAKE.replace("url = \"lake\"\n", &sink);
+    let gen = "[pipelines.produce]\nsource = { plugin = \"generator\", count = 2000, batch_size = 100 }\nsink = { plugin = \"stream\", stream = \"events\" }\n";
+    let s = Setup::new("", &[("lake", &pipeline), ("gen", gen)]);
+    let mut d = s.start();
+    d.wait_ready();
+    let count = || {
+        let (code, out, _) = s.cli(&[
+            "query",
+            "-q",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM \"events-to-lake\"",
+        ]);
+        (code == 0).then(|| out.lines().nth(1).unwrap_or("").parse::<u64>().unwrap_or(0))
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "2000 records in the S3 lake",
+        || count() == Some(2000),
+    );
+    let (out, err) = query(
+        &s,
+        &[
+            "--format",
+            "json",
+            "SELECT type, count(*) AS n FROM \"events-to-lake\" GROUP BY type ORDER BY type",
+        ],
+    );
+    let rows = json_rows(&out);
+    assert!(rows.len() > 1, "{out}");
+    assert_eq!(
+        rows.iter().map(|r| r["n"].as_u64().unwrap()).sum::<u64>(),
+        2000
+    );
+    let one_type = rows[0]["type"].as_str().unwrap().to_string();
+    let (_, err2) = query(
+        &s,
+        &[
+            "--format",
+            "csv",
+            &format!("SELECT count(*) FROM \"events-to-lake\" WHERE type = '{one_type}'"),
+        ],
+    );
+    let (listed, _, _) = objects_read(&err, "events-to-lake");
+    let (listed2, scanned2, _) = objects_read(&err2, "events-to-lake");
+    assert_eq!(listed2, listed);
+    assert!(scanned2 < listed, "{err2}");
+
+    let listing: serde_json::Value = serde_json::from_str(&m.aws(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "lake",
+        "--prefix",
+        "events/type=",
+    ]))
+    .unwrap();
+    let key = listing["Contents"][0]["Key"].as_str().unwrap().to_string();
+    let out = std::process::Command::new(bin())
+        .args(["query", "--format", "json", "--endpoint", &m.endpoint])
+        .args(["--object", &format!("s3://lake/{key}")])
+        .arg("SELECT count(*) FROM s3object s")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = json_rows(&String::from_utf8_lossy(&out.stdout))[0]["_1"]
+        .as_u64()
+        .unwrap();
+    assert!(n >= 1);
+    d.stop_cleanly();
+}
+
+/// Writes `text` gzip-compressed to `path`.
+fn gzip(path: &Path, text: &str) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+    e.write_all(text.as_bytes()).unwrap();
+    e.finish().unwrap();
+}
+
+/// Runs S3 Select mode on `object`; it must succeed. Returns stdout.
+fn select(object: &Path, args: &[&str], sql: &str) -> String {
+    let out = std::process::Command::new(bin())
+        .arg("query")
+        .arg("--object")
+        .arg(object)
+        .args(args)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn s3_select_on_one_object_answers_as_s3_select() {
+    let dir = tempfile::tempdir().unwrap();
+    // JSON LINES, gzip: the seed's example.
+    let mut lines = String::new();
+    for i in 0..50 {
+        let src = if i % 2 == 0 {
+            "/shop/eu-west"
+        } else {
+            "/shop/us-east"
+        };
+        lines.push_str(&format!(
+            "{{\"specversion\":\"1.0\",\"type\":\"order.created\",\"source\":\"{src}\",\"id\":\"evt-{i}\",\"data\":{{\"n\":{i},\"total\":\"{i}.50\"}}}}\n"
+        ));
+    }
+    let jl = dir.path().join("events-1-2026-11-30-00-00-00-x.gz");
+    gzip(&jl, &lines);
+    let out = select(
+        &jl,
+        &["--format", "json"],
+        "SELECT s.type, s.id FROM s3object s WHERE s.source = '/shop/eu-west' LIMIT 10",
+    );
+    let want: Vec<String> = (0..20)
+        .step_by(2)
+        .map(|i| format!("{{\"type\":\"order.created\",\"id\":\"evt-{i}\"}}"))
+        .collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
+    // A path's last name names its column; other expressions are _N, as S3 Select does.
+    let out = select(
+        &jl,
+        &["--format", "json"],
+        "SELECT s.data.n, CAST(s.data.total AS DOUBLE) * 2, count(*) OVER () FROM S3Object s WHERE s.id = 'evt-3'",
+    );
+    assert_eq!(out, "{\"n\":3,\"_2\":7.0,\"_3\":1}\n");
+    // SELECT * gives the record's fields in their order.
+    let out = select(&jl, &["--format", "json"], "SELECT * FROM s3object LIMIT 1");
+    assert_eq!(out, lines.lines().next().unwrap().to_string() + "\n");
+
+    // JSON DOCUMENT: an array's elements are the records.
+    let doc = dir.path().join("doc.json");
+    std::fs::write(
+        &doc,
+        "[\n {\"a\": 1, \"b\": \"x\"},\n {\"a\": 2, \"b\": \"y\"}\n]\n",
+    )
+    .unwrap();
+    let out = select(
+        &doc,
+        &["--input", "json-document", "--format", "csv"],
+        "SELECT s.b FROM s3object s WHERE s.a > 1",
+    );
+    assert_eq!(out, "b\ny\n");
+
+    // CSV with a header line: values are text until CAST.
+    let csv = "id,region,amount\n1,eu,10\n2,us,25\n3,eu,7\n";
+    let c = dir.path().join("sales.csv");
+    std::fs::write(&c, csv).unwrap();
+    let out = select(
+        &c,
+        &["--format", "csv"],
+        "SELECT s.region, SUM(CAST(s.amount AS INT)) FROM s3object s GROUP BY s.region ORDER BY s.region",
+    );
+    assert_eq!(out, "region,_2\neu,17\nus,25\n");
+    // ... gzip-compressed, header IGNOREd: columns by position.
+    let cgz = dir.path().join("sales.csv.gz");
+    gzip(&cgz, csv);
+    let out = select(
+        &cgz,
+        &["--csv-header", "ignore", "--format", "csv"],
+        "SELECT s._1, s._3 FROM s3object s WHERE CAST(s._3 AS INT) > 8",
+    );
+    assert_eq!(out, "_1,_3\n1,10\n2,25\n");
+    // ... no header at all, another delimiter.
+    let semi = dir.path().join("plain.txt");
+    std::fs::write(&semi, "a;1\nb;2\n").unwrap();
+    let out = select(
+        &semi,
+        &[
+            "--input",
+            "csv",
+            "--csv-header",
+            "none",
+            "--field-delimiter",
+            ";",
+            "--format",
+            "csv",
+        ],
+        "SELECT s._1 FROM s3object s WHERE s._2 = '2'",
+    );
+    assert_eq!(out, "_1\nb\n");
+    // A compression the name does not say.
+    let hidden = dir.path().join("events.data");
+    std::fs::copy(&jl, &hidden).unwrap();
+    let out = select(
+        &hidden,
+        &["--compression", "gzip", "--format", "csv"],
+        "SELECT count(*) AS n FROM s3object",
+    );
+    assert_eq!(out, "n\n50\n");
+}
+
+/// Bad SQL, a missing object, a damaged object and a lake not written yet each give a
+/// clear answer and an exit code, never a panic.
+#[test]
+fn bad_queries_and_damaged_objects_get_clear_errors() {
+    let s = Setup::new("", &[("lake", LAKE)]);
+    // No lake yet: the table exists, with only its folder columns, and is empty.
+    let (out, err) = query(
+        &s,
+        &[
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM \"events-to-lake\" WHERE type = 'x'",
+        ],
+    );
+    assert_eq!(out, "n\n0\n", "{err}");
+    let fails = |args: &[&str], want: &str| {
+        let mut all = vec!["query"];
+        all.extend_from_slice(args);
+        let (code, _, err) = s.cli(&all);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: `{want}` not in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    fails(&["SELEC 1"], "error: SQL error");
+    fails(&["SELECT * FROM nope"], "nope' not found");
+    let missing = s.path("missing.json");
+    fails(
+        &[
+            "--object",
+            missing.to_str().unwrap(),
+            "SELECT * FROM s3object",
+        ],
+        "missing.json",
+    );
+    // A damaged object in the lake: the error names it.
+    let dir = s.path("lake/type=a/source=b/2026/11/30/10");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("events-to-lake-1-2026-11-30-10-00-00-x.gz"),
+        b"\x1f\x8bnot gzip at all",
+    )
+    .unwrap();
+    fails(
+        &["SELECT * FROM \"events-to-lake\""],
+        "events-to-lake-1-2026-11-30-10-00-00-x.gz",
+    );
+    // An invalid configuration is reported like `sluiced check` does.
+    s.write_pipeline(
+        "bad",
+        "[pipelines.bad]\nsource = { plugin = \"nope\" }\nsink = { plugin = \"stdout\" }\n",
+    );
+    fails(&["SELECT 1"], "bad.toml:2:");
+}
+
+/// What the sink escapes into a folder name, the query side reads back exactly.
+#[test]
+fn folder_values_escaped_by_the_sink_are_read_back() {
+    use proptest::prelude::*;
+    proptest!(|(v in "\\PC{1,64}")| {
+        let folder = sluiced::spec::hive_escape(&v);
+        prop_assert_eq!(sluice_query::layout::hive_unescape(&folder), Some(v));
+    });
+}
