@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 fn lake_pipeline(buffer: &str, extra_partitioning: &str) -> String {
