@@ -48,15 +48,6 @@ fn endpoint_tls(
 }
 
 /// The Firehose error documents written below `dir` (temporary files left out).
-fn error_docs(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    files_under(dir)
-        .iter()
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .flat_map(|p| lines(p))
-        .map(|l| serde_json::from_str(&l).unwrap())
-        .collect()
-}
-
 fn log_entries(log: &std::path::Path) -> Vec<serde_json::Value> {
     lines(log)
         .iter()

@@ -442,3 +442,236 @@ fn folder_values_escaped_by_the_sink_are_read_back() {
         prop_assert_eq!(sluice_query::layout::hive_unescape(&folder), Some(v));
     });
 }
+
+fn parquet_lake(schema: &str, compression: &str) -> String {
+    format!("[streams.events]\nshards = 2\n\n[pipelines.events-to-lake]\nsource = {{ plugin = \"stream\", stream = \"events\" }}\n\n[pipelines.events-to-lake.partitioning]\nquery = '{{type: .type}}'\n\n[pipelines.events-to-lake.buffer]\nsize = \"64MiB\"\ninterval = \"1s\"\n\n[pipelines.events-to-lake.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"type=!{{partitionKeyFromQuery:type}}/\"\ncompression = \"{compression}\"\nformat = \"parquet\"\nschema = {schema}\n")
+}
+
+const DECLARED: &str = "[\n  { name = \"id\", type = \"string\", nullable = false },\n  { name = \"type\", type = \"string\" },\n  { name = \"time\", type = \"timestamp\" },\n  { name = \"data\", type = \"struct\", fields = [ { name = \"n\", type = \"int64\" }, { name = \"price\", type = \"double\" } ] },\n  { name = \"tags\", type = \"list\", item = { type = \"string\" } },\n]";
+
+/// Puts `lines` into stream `events` with `sluiced put`.
+fn put_lines(s: &Setup, lines: &str) {
+    let mut child = std::process::Command::new(bin())
+        .args(["put", "events", "--config"])
+        .arg(&s.config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn events(n: usize) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        let t = if i % 2 == 0 {
+            "order.created"
+        } else {
+            "order.paid"
+        };
+        s.push_str(&format!(
+            "{{\"id\":\"evt-{i}\",\"type\":\"{t}\",\"time\":\"2026-11-30T10:00:{:02}Z\",\"data\":{{\"n\":{i},\"price\":{i}.25}},\"tags\":[\"a\",\"b{i}\"],\"extra\":\"dropped\"}}\n",
+            i % 60
+        ));
+    }
+    s
+}
+
+/// Records become Parquet objects with the declared types, read by DuckDB and by `sluiced
+/// query`; a record that does not fit is a `format-conversion-failed` error document
+/// holding its original bytes.
+#[test]
+fn parquet_objects_have_the_declared_types_and_misfits_go_to_the_error_output() {
+    let s = Setup::new("", &[("lake", &parquet_lake(DECLARED, "snappy"))]);
+    let mut d = s.start();
+    d.wait_ready();
+    let misfit = "{\"id\":\"bad-1\",\"type\":\"order.created\",\"data\":{\"n\":\"not a number\"}}";
+    put_lines(
+        &s,
+        &(events(200) + misfit + "\n" + "{\"type\":\"order.paid\"}\n"),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "200 rows in Parquet objects",
+        || {
+            let (code, out, _) = s.cli(&[
+                "query",
+                "-q",
+                "--format",
+                "csv",
+                "SELECT count(*) AS n FROM \"events-to-lake\"",
+            ]);
+            code == 0 && out == "n\n200\n"
+        },
+    );
+    let objects: Vec<PathBuf> = files_under(&s.path("lake"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert!(objects.len() >= 2, "{objects:?}");
+    assert!(objects
+        .iter()
+        .all(|p| p.to_string_lossy().contains("/type=order.")));
+    // DuckDB reads them with the declared types.
+    let duck = python(
+        &[
+            "-c".into(),
+            "import duckdb,json,sys; r = duckdb.sql(\"select typeof(id), typeof(time), typeof(data), typeof(tags), count(*), sum(data.n), min(time)::varchar from read_parquet('\" + sys.argv[1] + \"/**/*.parquet') group by all\").fetchall(); print(json.dumps(r))".into(),
+            s.path("lake").into_os_string(),
+        ],
+        &d,
+    );
+    let rows: serde_json::Value = serde_json::from_str(&duck).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{duck}");
+    let r = &rows[0];
+    assert_eq!(r[0], "VARCHAR");
+    assert_eq!(r[1], "TIMESTAMP WITH TIME ZONE");
+    assert_eq!(r[2], "STRUCT(n BIGINT, price DOUBLE)");
+    assert_eq!(r[3], "VARCHAR[]");
+    assert_eq!(r[4], 200);
+    assert_eq!(r[5], (0..200).sum::<i64>());
+    // sluiced query, with the folder column, the struct fields and the timestamp type.
+    let (out, _) = query(
+        &s,
+        &[
+            "--format",
+            "json",
+            "SELECT type, count(*) AS n, sum(data.price) AS p, max(tags[2]) AS t, arrow_typeof(max(time)) AS tt FROM \"events-to-lake\" GROUP BY type ORDER BY type",
+        ],
+    );
+    let rows = json_rows(&out);
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[0]["type"], "order.created");
+    assert_eq!(rows[0]["n"], 100);
+    assert_eq!(rows[0]["tt"], "Timestamp(ms, \"UTC\")");
+    // The misfits, with their original bytes and the field named.
+    wait_until(
+        Duration::from_secs(30),
+        "two format-conversion-failed documents",
+        || error_docs(&s.path("lake/kdferror/format-conversion-failed")).len() == 2,
+    );
+    let docs = error_docs(&s.path("lake/kdferror/format-conversion-failed"));
+    use base64::Engine as _;
+    let raw: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(d["rawData"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(raw.contains(&misfit.to_string()), "{raw:?}");
+    let messages: Vec<&str> = docs
+        .iter()
+        .map(|d| d["errorMessage"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("field `data.n` must be an integer")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("field `id` is required")),
+        "{messages:?}"
+    );
+    assert!(docs
+        .iter()
+        .all(|d| d["errorCode"] == "DataFormatConversion.MalformedData"));
+    assert_eq!(
+        d.metric(
+            "sluice_records_failed_total",
+            &["error_type=\"format-conversion-failed\""]
+        ),
+        2.0
+    );
+    d.stop_cleanly();
+}
+
+/// `schema = "infer"`: each object's columns come from its records, widened as they add
+/// fields; a record whose field changes type is refused.
+#[test]
+fn inferred_parquet_schemas_widen_and_refuse_conflicts() {
+    let s = Setup::new("", &[("lake", &parquet_lake("\"infer\"", "zstd"))]);
+    let mut d = s.start();
+    d.wait_ready();
+    let lines = "{\"type\":\"t\",\"a\":1}\n{\"type\":\"t\",\"a\":2.5,\"b\":\"x\"}\n{\"type\":\"t\",\"a\":\"text\"}\n{\"type\":\"t\",\"c\":{\"d\":true}}\n";
+    put_lines(&s, lines);
+    wait_until(Duration::from_secs(60), "3 rows and 1 refusal", || {
+        let (code, out, _) = s.cli(&[
+            "query",
+            "-q",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM \"events-to-lake\"",
+        ]);
+        code == 0
+            && out == "n\n3\n"
+            && error_docs(&s.path("lake/kdferror/format-conversion-failed")).len() == 1
+    });
+    let duck = python(
+        &[
+            "-c".into(),
+            "import duckdb,json,sys; print(json.dumps(duckdb.sql(\"select typeof(a), typeof(b), typeof(c), sum(a) from read_parquet('\" + sys.argv[1] + \"/**/*.parquet') group by all\").fetchall()))".into(),
+            s.path("lake").into_os_string(),
+        ],
+        &d,
+    );
+    assert_eq!(
+        duck.trim(),
+        "[[\"DOUBLE\", \"VARCHAR\", \"STRUCT(d BOOLEAN)\", 3.5]]"
+    );
+    let doc = &error_docs(&s.path("lake/kdferror/format-conversion-failed"))[0];
+    assert!(
+        doc["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("field `a` holds number"),
+        "{doc}"
+    );
+    d.stop_cleanly();
+}
+
+#[test]
+fn parquet_settings_are_checked_with_file_line_and_column() {
+    let cases = [
+        ("format = \"parquet\"\n", "needs schema = \"infer\" or a list of columns"),
+        ("format = \"avro\"\n", "unknown format `avro`"),
+        ("schema = \"infer\"\n", "schema applies to format = \"parquet\" only"),
+        ("format = \"parquet\"\nschema = \"guess\"\n", "schema must be \"infer\" or a list"),
+        ("format = \"parquet\"\nschema = \"infer\"\ndelimiter = \",\"\n", "delimiter does not apply"),
+        ("format = \"parquet\"\nschema = [ { name = \"a\", type = \"uuid\" } ]\n", "schema[0].type: unknown type `uuid`"),
+        ("format = \"parquet\"\nschema = [ { name = \"a\", type = \"string\" }, { name = \"a\", type = \"int64\" } ]\n", "schema[1].name: column `a` is declared twice"),
+        ("format = \"parquet\"\nschema = [ { name = \"s\", type = \"struct\" } ]\n", "a struct needs `fields"),
+        ("format = \"parquet\"\nschema = [ { name = \"l\", type = \"list\", item = { name = \"x\", type = \"string\" } } ]\n", "a list's item has no name"),
+        ("format = \"parquet\"\nschema = [ { name = \"a\", type = \"string\", nulable = true } ]\n", "schema[0].nulable: unknown key"),
+    ];
+    for (extra, want) in cases {
+        let pipeline = format!("[pipelines.p]\nsource = {{ plugin = \"generator\" }}\n\n[pipelines.p.sink]\nplugin = \"object-store\"\nurl = \"lake\"\n{extra}");
+        let s = Setup::new("", &[("p", &pipeline)]);
+        let (code, _, err) = s.cli(&["check"]);
+        assert_eq!(code, 1, "{extra}: {err}");
+        assert!(err.contains(want), "{extra}: `{want}` not in {err}");
+        assert!(
+            err.contains("p.toml:"),
+            "{extra}: no file:line:column in {err}"
+        );
+    }
+}

@@ -14,9 +14,35 @@ use object_store::{
     CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
+use std::collections::HashSet;
 use std::io::Read;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// The objects a query read from (whole or in ranges, as Parquet is read).
+#[derive(Debug, Default)]
+pub struct Opened(Mutex<HashSet<Path>>);
+
+impl Opened {
+    fn add(&self, p: &Path) {
+        if let Ok(mut s) = self.0.lock() {
+            if !s.contains(p) {
+                s.insert(p.clone());
+            }
+        }
+    }
+
+    /// How many objects were read.
+    pub fn count(&self) -> usize {
+        self.0.lock().map_or(0, |s| s.len())
+    }
+
+    /// Forgets them (reads for the schema sample are not the query's).
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.clear();
+        }
+    }
+}
 
 /// How an object's bytes are compressed, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,16 +93,16 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 #[derive(Debug)]
 pub struct Decompressing {
     inner: Arc<dyn ObjectStore>,
-    opened: Arc<AtomicUsize>,
+    opened: Arc<Opened>,
     codec: Option<Codec>,
 }
 
 impl Decompressing {
-    /// Wraps `inner`; every object opened for reading adds one to `opened`. `codec`, when
+    /// Wraps `inner`; every object read is noted in `opened`. `codec`, when
     /// given, applies to every object whatever its name.
     pub fn new(
         inner: Arc<dyn ObjectStore>,
-        opened: Arc<AtomicUsize>,
+        opened: Arc<Opened>,
         codec: Option<Codec>,
     ) -> Decompressing {
         Decompressing {
@@ -207,8 +233,8 @@ impl ObjectStore for Decompressing {
     ) -> object_store::Result<GetResult> {
         let codec = self.codec.unwrap_or_else(|| Codec::of(location.as_ref()));
         let whole = options.range.is_none() && !options.head;
-        if whole {
-            self.opened.fetch_add(1, Ordering::Relaxed);
+        if !options.head {
+            self.opened.add(location);
         }
         let mut result = self.inner.get_opts(location, options).await?;
         if codec == Codec::None || !whole {

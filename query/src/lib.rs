@@ -28,7 +28,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use table::{Format, LakeTable, Objects, ScanStats};
 
@@ -218,7 +218,7 @@ fn session() -> SessionContext {
 struct Registered {
     name: String,
     stats: Arc<ScanStats>,
-    opened: Arc<AtomicUsize>,
+    opened: Arc<decompress::Opened>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, QueryError> {
@@ -241,7 +241,7 @@ async fn register(
     format: Format,
     schema: Option<Schema>,
 ) -> Result<Registered, QueryError> {
-    let opened = Arc::new(AtomicUsize::new(0));
+    let opened = Arc::new(decompress::Opened::default());
     let wrapped: Arc<dyn ObjectStore> = Arc::new(decompress::Decompressing::new(
         store,
         Arc::clone(&opened),
@@ -270,7 +270,7 @@ async fn register(
         }
     };
     // Opening for the sample is not part of the query's reads.
-    opened.store(0, Ordering::Relaxed);
+    opened.clear();
     let stats = Arc::new(ScanStats::default());
     let table = Arc::new(LakeTable::new(
         url,
@@ -331,14 +331,12 @@ fn report(rows: usize, registered: &[Registered]) -> Report {
         rows,
         tables: registered
             .iter()
-            .filter(|r| {
-                r.stats.listed.load(Ordering::Relaxed) > 0 || r.opened.load(Ordering::Relaxed) > 0
-            })
+            .filter(|r| r.stats.listed.load(Ordering::Relaxed) > 0 || r.opened.count() > 0)
             .map(|r| TableReport {
                 name: r.name.clone(),
                 listed: r.stats.listed.load(Ordering::Relaxed),
                 scanned: r.stats.scanned.load(Ordering::Relaxed),
-                opened: r.opened.load(Ordering::Relaxed),
+                opened: r.opened.count(),
             })
             .collect(),
     }
@@ -452,7 +450,7 @@ async fn select_schema(
     use datafusion::arrow::datatypes::{DataType, Field};
     let wrapped = decompress::Decompressing::new(
         Arc::clone(store),
-        Arc::new(AtomicUsize::new(0)),
+        Arc::new(decompress::Opened::default()),
         Some(codec),
     );
     Ok(match input {

@@ -6,6 +6,7 @@
 //! Serde structs here are the external contract (DESIGN.md "Configuration"); they reject
 //! unknown keys. Relative paths resolve against the daemon config file's folder.
 
+mod format;
 mod locate;
 
 use crate::spec::{
@@ -302,6 +303,10 @@ struct ObjectSinkHostToml {
     delimiter: String,
     #[serde(default)]
     retry_duration: Option<HumanDuration>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    schema: Option<toml::Value>,
 }
 
 fn default_error_prefix() -> String {
@@ -782,11 +787,14 @@ fn build_delivery(
         "compression_level",
         "delimiter",
         "retry_duration",
+        "format",
+        "schema",
     ] {
         if let Some(v) = sink.options.remove(k) {
             host.insert(k.to_string(), v);
         }
     }
+    let host_delimiter_set = host.contains_key("delimiter");
     let h: ObjectSinkHostToml =
         toml::Value::Table(host)
             .try_into()
@@ -824,6 +832,13 @@ fn build_delivery(
             Some(_) => {}
         }
     }
+    let format = format::parse(
+        src,
+        at,
+        h.format.as_deref(),
+        h.schema.as_ref(),
+        host_delimiter_set,
+    )?;
     let prefix = crate::spec::Template::parse(&h.prefix, false).map_err(|m| {
         src.error_at_path(&at(&[key("sink"), key("prefix")]), format!("prefix: {m}"))
     })?;
@@ -906,6 +921,7 @@ fn build_delivery(
         compression: h.compression,
         compression_level: h.compression_level,
         delimiter: h.delimiter,
+        format,
         retry_duration: h.retry_duration.map(|d| d.0),
         partitioner,
         prefix_template: Compiled::new(prefix),

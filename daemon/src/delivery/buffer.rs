@@ -37,6 +37,8 @@ pub(super) struct Buffer {
     pub(super) spool_error: Option<std::io::Error>,
     /// Bytes spilled to disk under memory pressure (they come before `data`).
     pub(super) spill: Option<Box<spool::RawSpill>>,
+    /// The schema its records have built (`format = "parquet"` with `schema = "infer"`).
+    pub(super) schema: super::parquet::BufferSchema,
 }
 
 impl Buffer {
@@ -53,6 +55,7 @@ impl Buffer {
             spool: None,
             spool_error: None,
             spill: None,
+            schema: Default::default(),
         }
     }
 

@@ -16,6 +16,8 @@ pub enum ErrorType {
     /// The sink kept failing for longer than `retry_duration`: the whole object is written
     /// under the error prefix instead (its body unchanged).
     DeliveryFailed,
+    /// The record does not convert to the pipeline's Parquet schema.
+    FormatConversionFailed,
 }
 
 impl ErrorType {
@@ -26,6 +28,7 @@ impl ErrorType {
             ErrorType::PartitioningFailed => "partitioning-failed",
             ErrorType::ActivePartitionExceeded => "activePartitionExceeded",
             ErrorType::DeliveryFailed => "delivery-failed",
+            ErrorType::FormatConversionFailed => "format-conversion-failed",
         }
     }
     pub(super) fn code(self) -> &'static str {
@@ -36,6 +39,7 @@ impl ErrorType {
                 "DynamicPartitioning.ActivePartitionsLimitExceeded"
             }
             ErrorType::DeliveryFailed => "Delivery.Failed",
+            ErrorType::FormatConversionFailed => "DataFormatConversion.MalformedData",
         }
     }
 }

@@ -17,6 +17,7 @@ mod encode;
 mod errors;
 mod intent;
 mod naming;
+mod parquet;
 mod recovery;
 mod spool;
 mod watermark;
@@ -91,6 +92,9 @@ pub enum DeliveryError {
     /// Writing a spool file.
     #[error("spool file: {0}")]
     Spool(#[from] std::io::Error),
+    /// Converting a buffer to Parquet.
+    #[error(transparent)]
+    Convert(#[from] parquet::ConvertError),
 }
 
 /// Where a pipeline keeps its intent log, and the hash of the config it belongs to. Only
@@ -223,33 +227,40 @@ impl Delivery {
         touched: &mut usize,
     ) {
         let route = self.recovering.lookup(&key, rec.sequence);
-        self.append_routed(key, payload, rec, token, touched, route);
+        // Only error documents come this way: they are never converted.
+        let _ = self.append_routed(key, payload, None, rec, token, touched, route);
     }
 
-    /// [`Delivery::append`] with the recovery lookup already done (`route`).
+    /// [`Delivery::append`] with the recovery lookup already done (`route`). `inferred`
+    /// is a Parquet record's type under `schema = "infer"`: it must fit the buffer's
+    /// earlier records, else nothing is appended and the reason is returned.
+    #[allow(clippy::too_many_arguments)]
     fn append_routed(
         &mut self,
         key: BufferKey,
         payload: &[u8],
+        inferred: Option<parquet::Inferred>,
         rec: &Record,
         token: u64,
         touched: &mut usize,
         route: Option<Recovery>,
-    ) {
+    ) -> Result<(), parquet::Misfit> {
         let delim: &[u8] = match key {
+            // Parquet buffers hold JSON lines until the flush converts them.
+            BufferKey::Data { .. } if self.spec.format.is_some() => b"\n",
             BufferKey::Data { .. } => self.spec.delimiter.as_bytes(),
             BufferKey::Error(_) => b"\n",
         };
         let ranges = self.log.is_some();
         let compression = match key {
-            BufferKey::Data { .. } => self.spec.codec(),
+            BufferKey::Data { .. } => self.spec.buffer_codec(),
             BufferKey::Error(_) => Compression::None.codec(),
         };
         let spill = self.spools < spool::MAX_OPEN;
         let b = match route {
             Some(Recovery::Skip) => {
                 metrics::counter!("sluice_delivery_replay_skipped_records_total", "pipeline" => self.pipeline.clone()).increment(1);
-                return;
+                return Ok(());
             }
             Some(Recovery::Replay(id)) => self
                 .replays
@@ -266,6 +277,10 @@ impl Delivery {
                 }
             },
         };
+        if let Some(t) = inferred {
+            // A new buffer takes any object: no buffer is left empty by a refusal.
+            b.schema.widen(t)?;
+        }
         let mut grown = b.push(payload, delim, rec, token, touched, ranges);
         let mut freed = 0;
         if b.spill.is_some() && b.data.len() >= SPILL_AT {
@@ -301,6 +316,7 @@ impl Delivery {
         self.budget.add(grown);
         self.budget.sub(freed);
         self.bytes += (payload.len() + delim.len()) as u64;
+        Ok(())
     }
 
     /// During recovery: stored objects of the previous run whose records the source has
@@ -384,6 +400,35 @@ impl Delivery {
                     Vec::new()
                 },
             };
+            // Parquet: the record must convert (Firehose checks after partitioning).
+            let mut compact = None;
+            let mut inferred = None;
+            if let Some(f) = &self.spec.format {
+                let checked = parquet::check(&f.schema, &rec.data).and_then(|v| {
+                    if matches!(f.schema, crate::spec::SchemaSpec::Infer) {
+                        inferred = Some(parquet::infer(&v, "")?);
+                    }
+                    Ok(v)
+                });
+                match checked {
+                    // Lines hold one record each: a record spread over lines is re-written
+                    // on one (the same JSON value).
+                    Ok(v) if rec.data.contains(&b'\n') => {
+                        compact = Some(serde_json::to_vec(&v).unwrap_or_default())
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.fail(
+                            rec,
+                            ErrorType::FormatConversionFailed,
+                            &e.0,
+                            token,
+                            &mut touched,
+                        );
+                        continue;
+                    }
+                }
+            }
             // A new partition is checked once: its prefix must render (no missing or empty
             // key, not too long — the same for every record of the partition) and the cap
             // must leave room. Failures go to the error output.
@@ -420,7 +465,18 @@ impl Delivery {
                     continue;
                 }
             }
-            self.append_routed(key, &rec.data, rec, token, &mut touched, route);
+            let payload = compact.as_deref().unwrap_or(&rec.data);
+            if let Err(e) =
+                self.append_routed(key, payload, inferred, rec, token, &mut touched, route)
+            {
+                self.fail(
+                    rec,
+                    ErrorType::FormatConversionFailed,
+                    &e.0,
+                    token,
+                    &mut touched,
+                );
+            }
         }
         self.recovery_passed(token);
         self.acks.arrived(token, touched);
@@ -577,6 +633,16 @@ impl Delivery {
         } else {
             self.spec.codec()
         };
+        // How the buffer's bytes were held (plain lines for Parquet, converted below).
+        let held_codec = if error.is_some() {
+            Compression::None.codec()
+        } else {
+            self.spec.buffer_codec()
+        };
+        let parquet = match error {
+            None => self.spec.format.as_ref(),
+            Some(_) => None,
+        };
         let partition = partition_id(&b.key);
         let id = unique_id(&self.pipeline, &partition, b.first_seq, b.records);
         let random: String = id
@@ -605,7 +671,11 @@ impl Delivery {
             self.version,
             b.oldest_ms,
             &id,
-            compression.compression.extension(),
+            if parquet.is_some() {
+                ".parquet"
+            } else {
+                compression.compression.extension()
+            },
         );
         let last_token = b.tokens.last().copied().unwrap_or(0);
         let intent = match (replay_of, &mut self.log) {
@@ -638,7 +708,7 @@ impl Delivery {
         // Released before encoding: the budget frees as the flush starts.
         let held = b.data.capacity() as u64
             + if b.spool.is_some() {
-                spool::Spool::memory(compression)
+                spool::Spool::memory(held_codec)
             } else {
                 0
             };
@@ -656,7 +726,7 @@ impl Delivery {
             // Spilled: spilled bytes then the ones in RAM, through the compressor to a
             // spool file (one encoder, for the time of this flush only).
             (None, Some(raw), Some(dir)) => {
-                let mut sp = spool::Spool::create(dir, compression)?;
+                let mut sp = spool::Spool::create(dir, held_codec)?;
                 raw.copy_into(&mut sp)?;
                 for s in b.data.slices() {
                     sp.write(s)?;
@@ -664,9 +734,16 @@ impl Delivery {
                 (Vec::new(), Some(sp.finish()?))
             }
             _ => (
-                encode_slices(compression, b.data.slices(), b.data.len()),
+                encode_slices(held_codec, b.data.slices(), b.data.len()),
                 None,
             ),
+        };
+        let (body, spool) = match parquet {
+            Some(f) => {
+                let schema = parquet::buffer_schema(&f.schema, &b.schema);
+                self.to_parquet(body, spool, schema, compression, raw)?
+            }
+            None => (body, spool),
         };
         self.publish_gauges();
         Ok(Some(Flushed {
@@ -674,10 +751,14 @@ impl Delivery {
                 key,
                 content_type: if error.is_some() {
                     "application/x-ndjson"
+                } else if parquet.is_some() {
+                    "application/vnd.apache.parquet"
                 } else {
                     "application/octet-stream"
                 },
                 content_encoding: match compression.compression {
+                    // Parquet compresses inside the file.
+                    _ if parquet.is_some() => "",
                     Compression::None => "",
                     Compression::Gzip => "gzip",
                     Compression::Zstd => "zstd",
@@ -696,6 +777,36 @@ impl Delivery {
             intent,
             _spool: spool,
         }))
+    }
+
+    /// Converts a buffer's JSON lines (`lines`, or the spool file holding them) into one
+    /// Parquet file: in memory when small, else in a new spool file.
+    fn to_parquet(
+        &self,
+        lines: Vec<u8>,
+        held: Option<SpoolFile>,
+        schema: arrow_schema::Schema,
+        codec: crate::spec::Codec,
+        raw: u64,
+    ) -> Result<(Vec<u8>, Option<SpoolFile>), DeliveryError> {
+        let input: Box<dyn std::io::BufRead> = match &held {
+            Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f.path())?)),
+            None => Box::new(std::io::Cursor::new(lines)),
+        };
+        match &self.spool_dir {
+            Some(dir) if raw >= SPILL_AT as u64 => {
+                let (file, out) = SpoolFile::create(dir)?;
+                let mut w = std::io::BufWriter::new(file);
+                parquet::write(input, schema, codec, &mut w)?;
+                w.into_inner().map_err(|e| e.into_error())?;
+                Ok((Vec::new(), Some(out)))
+            }
+            _ => {
+                let mut out = Vec::new();
+                parquet::write(input, schema, codec, &mut out)?;
+                Ok((out, None))
+            }
+        }
     }
 
     /// How long a retryable sink failure is retried before [`Delivery::redirect`].
@@ -976,6 +1087,7 @@ mod tests {
             compression,
             compression_level: None,
             delimiter: "\n".into(),
+            format: None,
             retry_duration: None,
             partitioner: Some(Compiled::new(Partitioner::new(query).unwrap())),
             prefix_template: Compiled::new(Template::parse(prefix, false).unwrap()),

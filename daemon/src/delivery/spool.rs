@@ -22,6 +22,14 @@ const WRITE_BUFFER: usize = 64 << 10;
 pub struct SpoolFile(PathBuf);
 
 impl SpoolFile {
+    /// A new, empty spool file in `dir`, opened for writing (a converted object's body).
+    pub fn create(dir: &Path) -> std::io::Result<(File, SpoolFile)> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{:016x}.spool", fastrand::u64(..)));
+        let f = File::create(&path)?;
+        Ok((f, SpoolFile(path)))
+    }
+
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.0

@@ -241,6 +241,10 @@ pub struct DeliverySpec {
     pub compression_level: Option<u32>,
     /// Appended after each record.
     pub delimiter: String,
+    /// Record format conversion (`format = "parquet"`); `None` writes the records as they
+    /// are. Left out of the persisted identity when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<ParquetSpec>,
     /// How long retryable sink failures are retried before the object goes to the error
     /// output (`delivery-failed`); `None` retries forever.
     pub retry_duration: Option<Duration>,
@@ -256,7 +260,7 @@ pub struct DeliverySpec {
 }
 
 impl DeliverySpec {
-    /// How the pipeline's objects are encoded.
+    /// How the pipeline's objects are encoded (inside the Parquet file, for Parquet).
     pub fn codec(&self) -> Codec {
         Codec {
             compression: self.compression,
@@ -265,6 +269,71 @@ impl DeliverySpec {
                 .unwrap_or(self.compression.default_level()),
         }
     }
+
+    /// How a data buffer's bytes are held until the flush: compressed on the way in for
+    /// record objects; plain lines for Parquet, which is built from them at the flush.
+    pub fn buffer_codec(&self) -> Codec {
+        match self.format {
+            Some(_) => Compression::None.codec(),
+            None => self.codec(),
+        }
+    }
+}
+
+/// `format = "parquet"`: Firehose's record format conversion. Records are JSON objects;
+/// each flushed object is one Parquet file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ParquetSpec {
+    /// The columns.
+    pub schema: SchemaSpec,
+}
+
+/// The columns of Parquet objects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaSpec {
+    /// Inferred from each object's records: the first record's fields, widened as later
+    /// ones add fields (or integers meet fractions); a record that conflicts is refused.
+    Infer,
+    /// Declared in the pipeline file.
+    Declared(Vec<Column>),
+}
+
+/// A declared column (or struct field, or list item).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Column {
+    /// The JSON member it reads (unused for a list's item).
+    pub name: String,
+    /// Its type.
+    pub ty: ColumnType,
+    /// Whether it may be missing or null.
+    pub nullable: bool,
+}
+
+/// A column's type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// UTF-8 text (a JSON string).
+    String,
+    /// A JSON boolean.
+    Boolean,
+    /// A JSON integer within 32 bits.
+    Int32,
+    /// A JSON integer within 64 bits.
+    Int64,
+    /// A JSON number, as a 32-bit float.
+    Float32,
+    /// A JSON number, as a 64-bit float.
+    Float64,
+    /// Milliseconds since the epoch, UTC (an RFC 3339 string or a number of ms).
+    Timestamp,
+    /// A calendar date (`YYYY-MM-DD` or a number of days).
+    Date,
+    /// A JSON object with these fields.
+    Struct(Vec<Column>),
+    /// A JSON array of this item.
+    List(Box<Column>),
 }
 
 /// Batching of a record sink (`sink.batch`), owned by the host.
@@ -412,6 +481,7 @@ mod tests {
                 compression: Compression::Gzip,
                 compression_level: None,
                 delimiter: "\n".into(),
+                format: None,
                 retry_duration: None,
                 partitioner: Some(Compiled::new(Partitioner::new("{type}").unwrap())),
                 prefix_template: Compiled::new(Template::parse(prefix, false).unwrap()),

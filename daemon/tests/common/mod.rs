@@ -708,3 +708,13 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// The error documents (one JSON object per line) of every object under `dir`.
+pub fn error_docs(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    files_under(dir)
+        .iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .flat_map(|p| lines(p))
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect()
+}

@@ -1,0 +1,492 @@
+//! Firehose's record format conversion: JSON records to Parquet objects.
+//!
+//! Records are checked when they enter a buffer, so a flush never meets one that does
+//! not convert: against the declared columns, or — with `schema = "infer"` — against the
+//! schema of the records already in the same buffer, which each record may widen (new
+//! fields, integers meeting fractions, nulls taking a type) but not change. A record that
+//! does not fit goes to the error output as `format-conversion-failed`. Inference is per
+//! buffer, so an object's schema follows from its own records only: a replay after a crash
+//! rebuilds the very same object. At the flush, the buffer's lines are decoded into Arrow
+//! batches and written as one Parquet file, compressed inside with the pipeline's
+//! `compression`.
+
+use crate::spec::{Codec, Column, ColumnType, Compression, SchemaSpec};
+use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
+use serde_json::Value;
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+/// Rows decoded at a time.
+const BATCH_ROWS: usize = 8192;
+/// Rows per row group: readers (DuckDB, DataFusion, Spark) split work by row group, and
+/// about 128 Ki rows keeps groups large enough to compress well, small enough to prune.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Why a record does not convert, or a buffer could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The record is not what the schema wants (the message names the field).
+    #[error("{0}")]
+    Record(String),
+    /// Arrow refused the lines (a bug: every line was checked on the way in).
+    #[error("cannot convert the buffer to Arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// The Parquet writer failed.
+    #[error("cannot write Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+/// Why a record does not convert (the message names the field).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Misfit(pub String);
+
+/// What a field has held so far in one buffer (`schema = "infer"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inferred {
+    /// Only nulls.
+    Null,
+    /// Booleans.
+    Bool,
+    /// Integers.
+    Int,
+    /// Numbers with fractions (or integers beyond 64 bits).
+    Float,
+    /// Text.
+    Text,
+    /// Objects: fields in the order they first appeared.
+    Object(Vec<(String, Inferred)>),
+    /// Arrays of this.
+    List(Box<Inferred>),
+}
+
+impl Inferred {
+    fn name(&self) -> &'static str {
+        match self {
+            Inferred::Null => "null",
+            Inferred::Bool => "boolean",
+            Inferred::Int => "integer",
+            Inferred::Float => "number",
+            Inferred::Text => "string",
+            Inferred::Object(_) => "object",
+            Inferred::List(_) => "array",
+        }
+    }
+
+    /// The type of one JSON value (for messages).
+    fn of(v: &Value) -> &'static str {
+        match v {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+}
+
+/// The inferred type of one JSON value, or why its parts conflict (an array holding
+/// both text and numbers).
+pub fn infer(v: &Value, path: &str) -> Result<Inferred, Misfit> {
+    Ok(match v {
+        Value::Null => Inferred::Null,
+        Value::Bool(_) => Inferred::Bool,
+        Value::Number(n) if n.is_i64() => Inferred::Int,
+        Value::Number(_) => Inferred::Float,
+        Value::String(_) => Inferred::Text,
+        Value::Array(a) => {
+            let sub = format!("{path}[]");
+            let mut item = Inferred::Null;
+            for x in a {
+                item = widen(&item, &infer(x, &sub)?, &sub)?;
+            }
+            Inferred::List(Box::new(item))
+        }
+        Value::Object(m) => Inferred::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let sub = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    infer(v, &sub).map(|t| (k.clone(), t))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// `a` widened to hold `b` too, or why it cannot (`path` names the field).
+fn widen(a: &Inferred, b: &Inferred, path: &str) -> Result<Inferred, Misfit> {
+    use Inferred::*;
+    Ok(match (a, b) {
+        (Null, x) | (x, Null) => x.clone(),
+        (Int, Float) | (Float, Int) => Float,
+        (Object(fa), Object(fb)) => {
+            let mut out = fa.clone();
+            for (k, vb) in fb {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match out.iter_mut().find(|(ka, _)| ka == k) {
+                    Some((_, va)) => *va = widen(va, vb, &sub)?,
+                    None => out.push((k.clone(), vb.clone())),
+                }
+            }
+            Object(out)
+        }
+        (List(ia), List(ib)) => List(Box::new(widen(ia, ib, &format!("{path}[]"))?)),
+        (x, y) if x == y => x.clone(),
+        (x, y) => {
+            return Err(Misfit(format!(
+                "field `{path}` holds {} in this object's earlier records, not {}",
+                x.name(),
+                y.name()
+            )))
+        }
+    })
+}
+
+/// A buffer's conversion state.
+#[derive(Debug, Clone, Default)]
+pub struct BufferSchema {
+    inferred: Option<Inferred>,
+}
+
+impl BufferSchema {
+    /// Takes a record's inferred type into the buffer's schema, or says why it does not
+    /// fit what the buffer's earlier records hold (the schema is then unchanged).
+    pub fn widen(&mut self, record: Inferred) -> Result<(), Misfit> {
+        let next = match &self.inferred {
+            None => record,
+            Some(cur) => widen(cur, &record, "")?,
+        };
+        self.inferred = Some(next);
+        Ok(())
+    }
+}
+
+/// Checks one record for `schema`: a JSON object fitting the declared columns (or, for
+/// `infer`, any JSON object). Returns the parsed record.
+pub fn check(schema: &SchemaSpec, data: &[u8]) -> Result<Value, Misfit> {
+    let v: Value = serde_json::from_slice(data).map_err(|e| Misfit(format!("not JSON: {e}")))?;
+    let Value::Object(m) = &v else {
+        return Err(Misfit(format!(
+            "a record must be a JSON object, not {}",
+            Inferred::of(&v)
+        )));
+    };
+    if let SchemaSpec::Declared(cols) = schema {
+        fits_fields(cols, m, "")?;
+    }
+    Ok(v)
+}
+
+fn fits_fields(
+    cols: &[Column],
+    m: &serde_json::Map<String, Value>,
+    path: &str,
+) -> Result<(), Misfit> {
+    for c in cols {
+        let sub = if path.is_empty() {
+            c.name.clone()
+        } else {
+            format!("{path}.{}", c.name)
+        };
+        fits(c, m.get(&c.name).unwrap_or(&Value::Null), &sub)?;
+    }
+    Ok(())
+}
+
+fn fits(c: &Column, v: &Value, path: &str) -> Result<(), Misfit> {
+    let want = |what: &str| {
+        Err(Misfit(format!(
+            "field `{path}` must be {what}, not {}",
+            Inferred::of(v)
+        )))
+    };
+    if v.is_null() {
+        return if c.nullable {
+            Ok(())
+        } else {
+            Err(Misfit(format!(
+                "field `{path}` is required (nullable = false) but missing or null"
+            )))
+        };
+    }
+    match (&c.ty, v) {
+        (ColumnType::String, Value::String(_)) => Ok(()),
+        (ColumnType::String, _) => want("a string"),
+        (ColumnType::Boolean, Value::Bool(_)) => Ok(()),
+        (ColumnType::Boolean, _) => want("a boolean"),
+        (ColumnType::Int32, Value::Number(n))
+            if n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()) =>
+        {
+            Ok(())
+        }
+        (ColumnType::Int32, _) => want("an integer within 32 bits"),
+        (ColumnType::Int64, Value::Number(n)) if n.is_i64() => Ok(()),
+        (ColumnType::Int64, _) => want("an integer within 64 bits"),
+        (ColumnType::Float32 | ColumnType::Float64, Value::Number(_)) => Ok(()),
+        (ColumnType::Float32 | ColumnType::Float64, _) => want("a number"),
+        (ColumnType::Timestamp, Value::Number(n)) if n.is_i64() => Ok(()),
+        (ColumnType::Timestamp, Value::String(s)) => {
+            arrow_cast::parse::string_to_timestamp_nanos(s)
+                .map(|_| ())
+                .map_err(|_| Misfit(format!("field `{path}` is not a timestamp: `{s}`")))
+        }
+        (ColumnType::Timestamp, _) => want("a timestamp (RFC 3339 text or milliseconds)"),
+        (ColumnType::Date, Value::Number(n))
+            if n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()) =>
+        {
+            Ok(())
+        }
+        (ColumnType::Date, Value::String(s)) => {
+            use arrow_cast::parse::Parser as _;
+            arrow_array::types::Date32Type::parse(s)
+                .map(|_| ())
+                .ok_or_else(|| Misfit(format!("field `{path}` is not a date: `{s}`")))
+        }
+        (ColumnType::Date, _) => want("a date (YYYY-MM-DD or days)"),
+        (ColumnType::Struct(fields), Value::Object(m)) => fits_fields(fields, m, path),
+        (ColumnType::Struct(_), _) => want("an object"),
+        (ColumnType::List(item), Value::Array(a)) => {
+            for (i, x) in a.iter().enumerate() {
+                fits(item, x, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        (ColumnType::List(_), _) => want("an array"),
+    }
+}
+
+/// The Arrow schema of declared columns.
+pub fn declared_schema(cols: &[Column]) -> Schema {
+    Schema::new(cols.iter().map(field_of).collect::<Vec<_>>())
+}
+
+fn field_of(c: &Column) -> Field {
+    let t = match &c.ty {
+        ColumnType::String => DataType::Utf8,
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::Int32 => DataType::Int32,
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::Float32 => DataType::Float32,
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        ColumnType::Date => DataType::Date32,
+        ColumnType::Struct(fields) => DataType::Struct(Fields::from(
+            fields.iter().map(field_of).collect::<Vec<_>>(),
+        )),
+        ColumnType::List(item) => DataType::List(Arc::new(field_of(&Column {
+            name: "item".into(),
+            ty: item.ty.clone(),
+            nullable: item.nullable,
+        }))),
+    };
+    Field::new(&c.name, t, c.nullable)
+}
+
+/// The Arrow type an inferred field becomes (`None`: nothing to store, an empty object).
+fn arrow_type(i: &Inferred) -> Option<DataType> {
+    Some(match i {
+        // Only nulls seen: text, the type any later value can be read as.
+        Inferred::Null | Inferred::Text => DataType::Utf8,
+        Inferred::Bool => DataType::Boolean,
+        Inferred::Int => DataType::Int64,
+        Inferred::Float => DataType::Float64,
+        Inferred::Object(fields) => {
+            let fs: Vec<Field> = fields
+                .iter()
+                .filter_map(|(k, v)| arrow_type(v).map(|t| Field::new(k, t, true)))
+                .collect();
+            if fs.is_empty() {
+                return None;
+            }
+            DataType::Struct(Fields::from(fs))
+        }
+        Inferred::List(item) => DataType::List(Arc::new(Field::new(
+            "item",
+            arrow_type(item).unwrap_or(DataType::Utf8),
+            true,
+        ))),
+    })
+}
+
+/// The Arrow schema of a buffer: declared, or inferred from its records.
+pub fn buffer_schema(schema: &SchemaSpec, state: &BufferSchema) -> Schema {
+    match (schema, &state.inferred) {
+        (SchemaSpec::Declared(cols), _) => declared_schema(cols),
+        (SchemaSpec::Infer, Some(Inferred::Object(fields))) => Schema::new(
+            fields
+                .iter()
+                .filter_map(|(k, v)| arrow_type(v).map(|t| Field::new(k, t, true)))
+                .collect::<Vec<_>>(),
+        ),
+        (SchemaSpec::Infer, _) => Schema::empty(),
+    }
+}
+
+/// Writer properties: the pipeline's compression inside the file, row groups of
+/// [`ROW_GROUP_ROWS`].
+fn properties(codec: Codec) -> Result<parquet::file::properties::WriterProperties, ConvertError> {
+    use parquet::basic::{Compression as P, GzipLevel, ZstdLevel};
+    let c = match codec.compression {
+        Compression::None => P::UNCOMPRESSED,
+        Compression::Snappy => P::SNAPPY,
+        Compression::Gzip => P::GZIP(GzipLevel::try_new(codec.level)?),
+        Compression::Zstd => P::ZSTD(ZstdLevel::try_new(codec.level as i32)?),
+    };
+    Ok(parquet::file::properties::WriterProperties::builder()
+        .set_compression(c)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build())
+}
+
+/// Converts the JSON lines of `input` (every one checked on the way in) into one Parquet
+/// file written to `out`. Returns the rows written.
+pub fn write(
+    input: impl BufRead,
+    schema: Schema,
+    codec: Codec,
+    out: impl Write + Send,
+) -> Result<u64, ConvertError> {
+    let schema = Arc::new(schema);
+    let reader = arrow_json::ReaderBuilder::new(Arc::clone(&schema))
+        .with_batch_size(BATCH_ROWS)
+        .build(input)?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(out, schema, Some(properties(codec)?))?;
+    let mut rows = 0;
+    for batch in reader {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        w.write(&batch)?;
+    }
+    w.close()?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            nullable,
+        }
+    }
+
+    #[test]
+    fn declared_columns_refuse_what_does_not_fit_and_name_the_field() {
+        let s = SchemaSpec::Declared(vec![
+            col("id", ColumnType::String, false),
+            col("n", ColumnType::Int32, true),
+            col("at", ColumnType::Timestamp, true),
+            col(
+                "data",
+                ColumnType::Struct(vec![col("x", ColumnType::Float64, false)]),
+                true,
+            ),
+            col(
+                "tags",
+                ColumnType::List(Box::new(col("item", ColumnType::String, false))),
+                true,
+            ),
+        ]);
+        assert!(check(&s, br#"{"id":"a","n":1,"at":"2026-11-30T10:00:00Z","data":{"x":1},"tags":["a"],"extra":true}"#).is_ok());
+        let bad = |data: &str, want: &str| {
+            let e = check(&s, data.as_bytes()).unwrap_err();
+            assert!(e.0.contains(want), "{data}: {e}");
+        };
+        bad(r#"{"n":1}"#, "field `id` is required");
+        bad(r#"{"id":5}"#, "field `id` must be a string, not integer");
+        bad(
+            r#"{"id":"a","n":5000000000}"#,
+            "field `n` must be an integer within 32 bits",
+        );
+        bad(
+            r#"{"id":"a","at":"yesterday"}"#,
+            "field `at` is not a timestamp",
+        );
+        bad(
+            r#"{"id":"a","data":{"x":"1"}}"#,
+            "field `data.x` must be a number, not string",
+        );
+        bad(
+            r#"{"id":"a","tags":["a",null]}"#,
+            "field `tags[1]` is required",
+        );
+        bad(r#"[1]"#, "must be a JSON object, not array");
+        bad(r#"{"id":"a""#, "not JSON");
+    }
+
+    #[test]
+    fn inference_widens_and_refuses_conflicts() {
+        let mut b = BufferSchema::default();
+        let v = |s: &str| infer(&serde_json::from_str::<Value>(s).unwrap(), "");
+        b.widen(v(r#"{"a":1,"b":null,"c":{"x":true}}"#).unwrap())
+            .unwrap();
+        b.widen(v(r#"{"a":1.5,"b":"t","d":[1,2]}"#).unwrap())
+            .unwrap();
+        b.widen(v(r#"{"c":{"y":"z"}}"#).unwrap()).unwrap();
+        let e = b.widen(v(r#"{"a":"x"}"#).unwrap()).unwrap_err();
+        assert!(e.0.contains("field `a` holds number"), "{e}");
+        let e = b.widen(v(r#"{"c":{"x":1}}"#).unwrap()).unwrap_err();
+        assert!(e.0.contains("field `c.x`"), "{e}");
+        let e = v(r#"{"d":[1,"x"]}"#).unwrap_err();
+        assert!(e.0.contains("field `d[]`"), "{e}");
+        let schema = buffer_schema(&SchemaSpec::Infer, &b);
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        assert_eq!(schema.field(0).data_type(), &DataType::Float64);
+        assert_eq!(schema.field(1).data_type(), &DataType::Utf8);
+    }
+
+    #[test]
+    fn lines_become_a_parquet_file_with_the_schema() {
+        let s = SchemaSpec::Declared(vec![
+            col("id", ColumnType::String, false),
+            col("n", ColumnType::Int64, true),
+            col("at", ColumnType::Timestamp, true),
+        ]);
+        let mut lines = Vec::new();
+        for i in 0..1000 {
+            lines.extend_from_slice(
+                format!("{{\"id\":\"e{i}\",\"n\":{i},\"at\":\"2026-11-30T10:00:00Z\"}}\n")
+                    .as_bytes(),
+            );
+        }
+        let mut out = Vec::new();
+        let codec = Codec {
+            compression: Compression::Zstd,
+            level: 3,
+        };
+        let rows = write(
+            &lines[..],
+            buffer_schema(&s, &BufferSchema::default()),
+            codec,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(rows, 1000);
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(out),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let batches: Vec<_> = r.map(|b| b.unwrap()).collect();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
+        assert_eq!(
+            batches[0].schema().field(2).data_type(),
+            &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+        );
+    }
+}
