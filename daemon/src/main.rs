@@ -1,6 +1,5 @@
 //! The `sluiced` binary: command-line parsing, logging setup, and the commands.
 
-mod query;
 mod scaffold;
 mod top;
 
@@ -82,8 +81,14 @@ enum Command {
     },
     /// SQL over the lake: each pipeline with an object-store sink is a table named after
     /// it, with its partition keys and time folders as columns; `--object` runs S3
-    /// Select's dialect on one object. What was read goes to stderr.
-    Query(query::QueryArgs),
+    /// Select's dialect on one object. Runs the `sluice-query` program installed next to
+    /// sluiced (`sluiced query --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Query {
+        /// The query's arguments (see `sluiced query --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Put records read from stdin, one per line, into a stream.
     Put {
         /// The stream.
@@ -203,7 +208,7 @@ fn main() -> ExitCode {
             from_start,
             limit,
         } => tail(&cli.config, &stream, from_start, limit),
-        Command::Query(args) => query::run(&cli.config, args),
+        Command::Query { args } => query(&cli.config, &args),
         Command::Put {
             stream,
             partition_key,
@@ -296,6 +301,28 @@ fn table(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Result<()> {
         writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
+}
+
+/// `sluiced query`: runs `sluice-query` (next to this executable, else on `PATH`) in this
+/// process's place, with the config file in `SLUICE_CONFIG`. The query engine is a program
+/// of its own so that the daemon never links it.
+fn query(config: &Path, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let sibling = std::env::current_exe()
+        .ok()
+        .map(|p| p.with_file_name("sluice-query"))
+        .filter(|p| p.is_file());
+    let program = sibling.unwrap_or_else(|| PathBuf::from("sluice-query"));
+    let err = std::process::Command::new(&program)
+        .args(args)
+        .env("SLUICE_CONFIG", config)
+        .exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        anyhow::bail!(
+            "`sluiced query` needs the sluice-query program next to sluiced or on PATH (the Debian package installs it; from the source tree: cargo build --release -p sluice-query)"
+        );
+    }
+    Err(err).with_context(|| format!("cannot run {}", program.display()))
 }
 
 fn run(config: &Path) -> anyhow::Result<()> {

@@ -46,6 +46,7 @@ fn the_deb_installs_verifies_and_checks() {
     let contents = ok(Command::new("dpkg-deb").args(["--contents", deb]));
     for f in [
         "./usr/bin/sluiced",
+        "./usr/bin/sluice-query",
         "./usr/lib/systemd/system/sluiced.service",
         "./usr/lib/sysusers.d/sluiced.conf",
         "./usr/lib/tmpfiles.d/sluiced.conf",
@@ -116,6 +117,19 @@ fn the_deb_installs_verifies_and_checks() {
     let (code, err) = check(&r("/usr/bin/sluiced"), &cfg);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("ok (1 stream, 1 pipeline)"), "{err}");
+    // `sluiced query` runs the packaged sluice-query installed next to it.
+    let out = Command::new(r("/usr/bin/sluiced"))
+        .args(["query", "--config"])
+        .arg(&cfg)
+        .args(["--format", "csv", "-q", "SELECT 1 AS one"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\n1\n");
     // `man sluiced` renders (the page read straight from the package).
     let page = ok(Command::new("man")
         .args(["-P", "cat", "-l"])

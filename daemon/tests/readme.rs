@@ -99,11 +99,13 @@ fn the_readme_run_command_tour_and_lake_query_work_as_written() {
     );
     let out = bash(tmp.path(), &script, &sluiced);
     for expect in [
-        "ready",                // readyz
-        "sluice_pipeline_up",   // metrics
-        "shardId-000000000003", // list-shards (4 shards) and status
-        "SequenceNumber",       // put-record
-        "count_star()",         // DuckDB's answer
+        "ready",                   // readyz
+        "sluice_pipeline_up",      // metrics
+        "shardId-000000000003",    // list-shards (4 shards) and status
+        "SequenceNumber",          // put-record
+        "count_star()",            // DuckDB's answer
+        "after partition pruning", // sluiced query's report
+        "\"type\":\"com.example.", // S3 Select on one object
     ] {
         assert!(
             out.contains(expect),

@@ -313,6 +313,14 @@ mod tests {
             );
         }
 
+        /// What the sink escapes into a folder name (the daemon's own `hive_escape`) is
+        /// read back exactly.
+        #[test]
+        fn the_sinks_escaping_is_undone(v in "\\PC{1,64}") {
+            let folder = sluiced::spec::hive_escape(&v);
+            prop_assert_eq!(hive_unescape(&folder), Some(v));
+        }
+
         /// Unescaping never panics, whatever the folder name.
         #[test]
         fn unescape_takes_anything(v in "\\PC{0,40}|%[0-9a-fA-F%]{0,6}") {

@@ -204,14 +204,37 @@ fn open_s3(_: &S3Location) -> Result<(Arc<dyn ObjectStore>, Path), QueryError> {
     ))
 }
 
+/// How a query runs and answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How the answer is written.
+    pub format: OutputFormat,
+    /// Memory for sorts, aggregations and joins; past it they spill to temporary files
+    /// (or fail with a clear error where they cannot).
+    pub memory_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            format: OutputFormat::Table,
+            memory_limit: 1 << 30,
+        }
+    }
+}
+
 /// A session as both modes want it: identifiers keep their case (JSON field names are
-/// case-sensitive), and objects are read whole (decompressed objects cannot be split).
-fn session() -> SessionContext {
+/// case-sensitive), objects are read whole (decompressed objects cannot be split), and
+/// memory is bounded.
+fn session(settings: &Settings) -> Result<SessionContext, QueryError> {
     let mut config = SessionConfig::new()
         .with_repartition_file_scans(false)
         .with_information_schema(true);
     config.options_mut().sql_parser.enable_ident_normalization = false;
-    SessionContext::new_with_config(config)
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(settings.memory_limit, 1.0)
+        .build_arc()?;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
 /// A registered table: its store, where it reads and how many objects it opened.
@@ -291,16 +314,16 @@ async fn register(
     })
 }
 
-/// Runs `sql` over the lakes of `tables`, writing the answer to `out` in `format`.
+/// Runs `sql` over the lakes of `tables`, writing the answer to `out`.
 pub fn query_lake(
     tables: &[TableDef],
     sql: &str,
-    format: OutputFormat,
+    settings: &Settings,
     out: &mut dyn std::io::Write,
 ) -> Result<Report, QueryError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let ctx = session();
+        let ctx = session(settings)?;
         let mut registered = Vec::new();
         for (i, t) in tables.iter().enumerate() {
             let (store, root) = open_store(&t.location)?;
@@ -321,7 +344,7 @@ pub fn query_lake(
                 .await?,
             );
         }
-        let rows = run(&ctx, sql, format, out, false).await?;
+        let rows = run(&ctx, sql, settings.format, out, false).await?;
         Ok(report(rows, &registered))
     })
 }
@@ -393,12 +416,12 @@ pub fn select_object(
     input: &SelectInput,
     codec: Option<Codec>,
     sql: &str,
-    format: OutputFormat,
+    settings: &Settings,
     out: &mut dyn std::io::Write,
 ) -> Result<Report, QueryError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let ctx = session();
+        let ctx = session(settings)?;
         let (store, key): (Arc<dyn ObjectStore>, Path) = match location {
             Location::Dir(file) => {
                 let dir = file
@@ -434,7 +457,7 @@ pub fn select_object(
             schema,
         )
         .await?;
-        let rows = run(&ctx, sql, format, out, true).await?;
+        let rows = run(&ctx, sql, settings.format, out, true).await?;
         Ok(report(rows, std::slice::from_ref(&reg)))
     })
 }

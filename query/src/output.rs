@@ -39,6 +39,52 @@ fn s3_select_name(name: &str, i: usize) -> String {
     }
 }
 
+/// `batch` with every nested column (struct, list, map) as its JSON text: CSV has no
+/// nesting, and JSON is how such a value reads back.
+fn flattened(batch: RecordBatch) -> Result<RecordBatch, QueryError> {
+    use datafusion::arrow::array::{ArrayRef, StringArray};
+    use datafusion::arrow::datatypes::DataType;
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| f.data_type().is_nested()) {
+        return Ok(batch);
+    }
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (f, col) in schema.fields().iter().zip(batch.columns()) {
+        if !f.data_type().is_nested() {
+            fields.push(f.as_ref().clone());
+            columns.push(col.clone());
+            continue;
+        }
+        // One column at a time through the JSON writer: `{"v":...}` per row.
+        let one = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![f.as_ref().clone().with_name("v")])),
+            vec![col.clone()],
+        )?;
+        let mut buf = Vec::new();
+        {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut buf);
+            w.write(&one)?;
+            w.finish()?;
+        }
+        let text: StringArray = buf
+            .split(|b| *b == b'\n')
+            .take(batch.num_rows())
+            .map(|line| {
+                serde_json::from_slice::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("v").map(|x| x.to_string()))
+            })
+            .collect();
+        fields.push(Field::new(f.name(), DataType::Utf8, true));
+        columns.push(Arc::new(text));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 fn renamed(batch: RecordBatch, s3: bool) -> Result<RecordBatch, QueryError> {
     if !s3 {
         return Ok(batch);
@@ -81,7 +127,7 @@ pub async fn write(
             while let Some(b) = stream.try_next().await? {
                 rows += b.num_rows();
                 any = true;
-                w.write(&renamed(b, s3_names)?)?;
+                w.write(&flattened(renamed(b, s3_names)?)?)?;
             }
             if !any {
                 // No rows: still say which columns there were.

@@ -299,12 +299,33 @@ pub fn pipeline_toml(rec: &Record, fh: &FirehoseConfig) -> Result<String, Unsupp
     if str_of(dest, "S3BackupMode").is_some_and(|m| m != "Disabled") {
         return bad("S3BackupMode Enabled is not supported by sluice.".into());
     }
-    if get(dest, "DataFormatConversionConfiguration")
-        .and_then(|d| get(d, "Enabled"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-    {
-        return bad("DataFormatConversionConfiguration is not supported by sluice yet.".into());
+    // Record format conversion: Parquet (the Glue table of `SchemaConfiguration` is not
+    // read here; the schema is inferred from each object's records). Compression is then
+    // the serializer's, inside the file.
+    let conversion = get(dest, "DataFormatConversionConfiguration")
+        .filter(|d| get(d, "Enabled").and_then(Value::as_bool).unwrap_or(true));
+    if let Some(conv) = conversion {
+        let serializer = get(conv, "OutputFormatConfiguration").and_then(|o| get(o, "Serializer"));
+        if serializer.and_then(|s| get(s, "OrcSerDe")).is_some() {
+            return bad("OrcSerDe is not supported by sluice (ParquetSerDe is).".into());
+        }
+        let parquet_compression = serializer
+            .and_then(|s| get(s, "ParquetSerDe"))
+            .and_then(|p| str_of(p, "Compression"))
+            .unwrap_or("SNAPPY");
+        let c = match parquet_compression {
+            "SNAPPY" => "snappy",
+            "GZIP" => "gzip",
+            "UNCOMPRESSED" => "none",
+            other => {
+                return bad(format!(
+                    "ParquetSerDe Compression {other} is not supported by sluice (SNAPPY, GZIP and UNCOMPRESSED are)."
+                ))
+            }
+        };
+        sink.insert("compression".into(), T::String(c.into()));
+        sink.insert("format".into(), T::String("parquet".into()));
+        sink.insert("schema".into(), T::String("infer".into()));
     }
     let mut delimiter = String::new();
     let mut query = None;
@@ -331,7 +352,9 @@ pub fn pipeline_toml(rec: &Record, fh: &FirehoseConfig) -> Result<String, Unsupp
             }
         }
     }
-    sink.insert("delimiter".into(), T::String(delimiter));
+    if conversion.is_none() {
+        sink.insert("delimiter".into(), T::String(delimiter));
+    }
     if dynamic_partitioning(dest) {
         if let Some(secs) = get(dest, "DynamicPartitioningConfiguration")
             .and_then(|d| get(d, "RetryOptions"))
@@ -410,6 +433,21 @@ mod tests {
         assert_eq!(p["sink"]["url"].as_str(), Some("/data/buckets/lake"));
         assert_eq!(p["sink"]["compression"].as_str(), Some("gzip"));
         assert_eq!(p["sink"]["delimiter"].as_str(), Some("\n"));
+        // Record format conversion to Parquet: the serializer's compression, inside.
+        let mut conv = rec.clone();
+        conv.destination["DataFormatConversionConfiguration"] = json!({"Enabled": true,
+            "InputFormatConfiguration": {"Deserializer": {"OpenXJsonSerDe": {}}},
+            "OutputFormatConfiguration": {"Serializer": {"ParquetSerDe": {"Compression": "GZIP"}}},
+            "SchemaConfiguration": {"DatabaseName": "db", "TableName": "t"}});
+        let t: toml::Table = toml::from_str(&pipeline_toml(&conv, &fh).unwrap()).unwrap();
+        let sink = &t["pipelines"]["events-to-lake"]["sink"];
+        assert_eq!(sink["format"].as_str(), Some("parquet"));
+        assert_eq!(sink["schema"].as_str(), Some("infer"));
+        assert_eq!(sink["compression"].as_str(), Some("gzip"));
+        assert!(sink.get("delimiter").is_none());
+        conv.destination["DataFormatConversionConfiguration"]["OutputFormatConfiguration"] =
+            json!({"Serializer": {"OrcSerDe": {}}});
+        assert!(pipeline_toml(&conv, &fh).is_err());
         let mut zip = rec.clone();
         zip.destination["CompressionFormat"] = json!("ZIP");
         assert!(pipeline_toml(&zip, &fh).is_err());

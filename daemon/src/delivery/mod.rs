@@ -231,15 +231,16 @@ impl Delivery {
         let _ = self.append_routed(key, payload, None, rec, token, touched, route);
     }
 
-    /// [`Delivery::append`] with the recovery lookup already done (`route`). `inferred`
-    /// is a Parquet record's type under `schema = "infer"`: it must fit the buffer's
-    /// earlier records, else nothing is appended and the reason is returned.
+    /// [`Delivery::append`] with the recovery lookup already done (`route`). `parsed` is
+    /// a Parquet record under `schema = "infer"`: it must fit the buffer's earlier records
+    /// (a new buffer: it alone), else nothing is appended — no buffer is created — and the
+    /// reason is returned.
     #[allow(clippy::too_many_arguments)]
     fn append_routed(
         &mut self,
         key: BufferKey,
         payload: &[u8],
-        inferred: Option<parquet::Inferred>,
+        parsed: Option<&serde_json::Value>,
         rec: &Record,
         token: u64,
         touched: &mut usize,
@@ -257,6 +258,18 @@ impl Delivery {
             BufferKey::Error(_) => Compression::None.codec(),
         };
         let spill = self.spools < spool::MAX_OPEN;
+        // A record that opens a buffer is checked before the buffer exists.
+        let exists = match route {
+            Some(Recovery::Skip) => true,
+            Some(Recovery::Replay(id)) => self.replays.contains_key(&id),
+            None => self.buffers.contains_key(&key),
+        };
+        let mut first_schema = None;
+        if let (Some(v), false) = (parsed, exists) {
+            let mut s = parquet::BufferSchema::default();
+            s.take(v)?;
+            first_schema = Some(s);
+        }
         let b = match route {
             Some(Recovery::Skip) => {
                 metrics::counter!("sluice_delivery_replay_skipped_records_total", "pipeline" => self.pipeline.clone()).increment(1);
@@ -277,9 +290,10 @@ impl Delivery {
                 }
             },
         };
-        if let Some(t) = inferred {
-            // A new buffer takes any object: no buffer is left empty by a refusal.
-            b.schema.widen(t)?;
+        match (first_schema, parsed) {
+            (Some(s), _) => b.schema = s,
+            (None, Some(v)) => b.schema.take(v)?,
+            (None, None) => {}
         }
         let mut grown = b.push(payload, delim, rec, token, touched, ranges);
         let mut freed = 0;
@@ -402,26 +416,25 @@ impl Delivery {
             };
             // Parquet: the record must convert (Firehose checks after partitioning).
             let mut compact = None;
-            let mut inferred = None;
+            let mut parsed = None;
             if let Some(f) = &self.spec.format {
-                let checked = parquet::check(&f.schema, &rec.data).and_then(|v| {
-                    if matches!(f.schema, crate::spec::SchemaSpec::Infer) {
-                        inferred = Some(parquet::infer(&v, "")?);
+                match parquet::check(&f.schema, &rec.data) {
+                    Ok(v) => {
+                        // Lines hold one record each: a record spread over lines is
+                        // re-written on one (the same JSON value).
+                        if rec.data.contains(&b'\n') {
+                            compact = Some(serde_json::to_vec(&v).unwrap_or_default());
+                        }
+                        if matches!(f.schema, crate::spec::SchemaSpec::Infer) {
+                            parsed = Some(v);
+                        }
                     }
-                    Ok(v)
-                });
-                match checked {
-                    // Lines hold one record each: a record spread over lines is re-written
-                    // on one (the same JSON value).
-                    Ok(v) if rec.data.contains(&b'\n') => {
-                        compact = Some(serde_json::to_vec(&v).unwrap_or_default())
-                    }
-                    Ok(_) => {}
                     Err(e) => {
+                        let e = e.0;
                         self.fail(
                             rec,
                             ErrorType::FormatConversionFailed,
-                            &e.0,
+                            &e,
                             token,
                             &mut touched,
                         );
@@ -466,9 +479,15 @@ impl Delivery {
                 }
             }
             let payload = compact.as_deref().unwrap_or(&rec.data);
-            if let Err(e) =
-                self.append_routed(key, payload, inferred, rec, token, &mut touched, route)
-            {
+            if let Err(e) = self.append_routed(
+                key,
+                payload,
+                parsed.as_ref(),
+                rec,
+                token,
+                &mut touched,
+                route,
+            ) {
                 self.fail(
                     rec,
                     ErrorType::FormatConversionFailed,
@@ -619,7 +638,7 @@ impl Delivery {
             }
         };
         let raw = b.raw_len();
-        let (template, query, lambda, error) = match &b.key {
+        let (template, query, lambda, mut error) = match &b.key {
             BufferKey::Data { query, lambda } => (
                 &self.spec.prefix_template,
                 query.as_slice(),
@@ -741,7 +760,28 @@ impl Delivery {
         let (body, spool) = match parquet {
             Some(f) => {
                 let schema = parquet::buffer_schema(&f.schema, &b.schema);
-                self.to_parquet(body, spool, schema, compression, raw)?
+                let avg = usize::try_from(raw / b.records.max(1)).unwrap_or(usize::MAX);
+                match self.to_parquet(&body, spool.as_ref(), schema, compression, raw, avg) {
+                    Ok(converted) => converted,
+                    // Every record was checked on the way in, so this is a bug; the
+                    // records must neither be lost nor stop the pipeline: they go under the
+                    // error prefix as the JSON lines they are (like `delivery-failed`).
+                    Err(DeliveryError::Convert(e)) => {
+                        let etype = ErrorType::FormatConversionFailed;
+                        tracing::error!(pipeline = %self.pipeline, key = %key, error = %e, "cannot convert a buffer to Parquet; its records go under the error prefix as JSON lines");
+                        metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(b.records);
+                        let prefix = self
+                            .spec
+                            .error_template
+                            .render(&[], &[], b.oldest_ms, Some(etype.as_str()), &random)
+                            .unwrap_or_else(|_| format!("{}/", etype.as_str()));
+                        let name = key.rsplit('/').next().unwrap_or_default();
+                        key = format!("{prefix}{}", name.trim_end_matches(".parquet"));
+                        error = Some(etype);
+                        (body, spool)
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             None => (body, spool),
         };
@@ -783,27 +823,28 @@ impl Delivery {
     /// Parquet file: in memory when small, else in a new spool file.
     fn to_parquet(
         &self,
-        lines: Vec<u8>,
-        held: Option<SpoolFile>,
+        lines: &[u8],
+        held: Option<&SpoolFile>,
         schema: arrow_schema::Schema,
         codec: crate::spec::Codec,
         raw: u64,
+        avg_record: usize,
     ) -> Result<(Vec<u8>, Option<SpoolFile>), DeliveryError> {
-        let input: Box<dyn std::io::BufRead> = match &held {
+        let input: Box<dyn std::io::BufRead + '_> = match held {
             Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f.path())?)),
-            None => Box::new(std::io::Cursor::new(lines)),
+            None => Box::new(lines),
         };
         match &self.spool_dir {
             Some(dir) if raw >= SPILL_AT as u64 => {
                 let (file, out) = SpoolFile::create(dir)?;
                 let mut w = std::io::BufWriter::new(file);
-                parquet::write(input, schema, codec, &mut w)?;
+                parquet::write(input, schema, codec, avg_record, &mut w)?;
                 w.into_inner().map_err(|e| e.into_error())?;
                 Ok((Vec::new(), Some(out)))
             }
             _ => {
                 let mut out = Vec::new();
-                parquet::write(input, schema, codec, &mut out)?;
+                parquet::write(input, schema, codec, avg_record, &mut out)?;
                 Ok((out, None))
             }
         }
@@ -1187,6 +1228,62 @@ mod tests {
                 .object
                 .key,
             fa.object.key
+        );
+    }
+
+    #[test]
+    fn a_buffer_that_does_not_convert_to_parquet_goes_under_the_error_prefix_whole() {
+        use crate::spec::{Column, ColumnType, ParquetSpec, SchemaSpec};
+        let mut spec = spec(Compression::Snappy, 10);
+        spec.format = Some(ParquetSpec {
+            schema: SchemaSpec::Declared(vec![
+                Column {
+                    name: "type".into(),
+                    ty: ColumnType::String,
+                    nullable: false,
+                },
+                Column {
+                    name: "n".into(),
+                    ty: ColumnType::Int64,
+                    nullable: true,
+                },
+            ]),
+        });
+        let mut d = Delivery::new("p", spec, None, None, budget()).unwrap();
+        d.add(
+            1,
+            &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"a","n":"x"}"#, 2)],
+            &[],
+        );
+        // The misfit was refused on the way in.
+        assert!(d
+            .buffers
+            .contains_key(&BufferKey::Error(ErrorType::FormatConversionFailed)));
+        let ok = d
+            .take(&Slot::Open(key("a")), FlushReason::Drain)
+            .unwrap()
+            .unwrap();
+        assert!(ok.object.key.ends_with(".parquet"), "{}", ok.object.key);
+        assert_eq!(&ok.object.body[..4], b"PAR1");
+        // A line the checks let through but Arrow refuses (cannot happen but by a bug):
+        // the buffer's records go under the error prefix as they are, nothing lost.
+        d.add(2, &[rec(r#"{"type":"a"}"#, 3)], &[]);
+        let b = d.buffers.get_mut(&key("a")).unwrap();
+        b.data.extend(b"{\"type\":\"a\",\"n\":\"x\"}\n");
+        let f = d
+            .take(&Slot::Open(key("a")), FlushReason::Drain)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.error, Some(ErrorType::FormatConversionFailed));
+        assert!(
+            f.object.key.starts_with("err/format-conversion-failed/")
+                && !f.object.key.ends_with(".parquet"),
+            "{}",
+            f.object.key
+        );
+        assert_eq!(
+            f.object.body,
+            b"{\"type\":\"a\"}\n{\"type\":\"a\",\"n\":\"x\"}\n"
         );
     }
 

@@ -16,8 +16,13 @@ use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-/// Rows decoded at a time.
+/// Most rows decoded at a time ...
 const BATCH_ROWS: usize = 8192;
+/// ... and about this many bytes of records (large records make smaller batches).
+const BATCH_BYTES: usize = 8 << 20;
+/// A row group ends when its encoded size passes this, whatever its rows: the writer's
+/// memory stays bounded for records of any size.
+pub const ROW_GROUP_BYTES: usize = 64 << 20;
 /// Rows per row group: readers (DuckDB, DataFusion, Spark) split work by row group, and
 /// about 128 Ki rows keeps groups large enough to compress well, small enough to prune.
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -104,6 +109,12 @@ pub fn infer(v: &Value, path: &str) -> Result<Inferred, Misfit> {
             }
             Inferred::List(Box::new(item))
         }
+        Value::Object(m) if m.len() > MAX_FIELDS => {
+            return Err(Misfit(format!(
+                "{} has more than {MAX_FIELDS} fields",
+                if path.is_empty() { "the record" } else { path }
+            )))
+        }
         Value::Object(m) => Inferred::Object(
             m.iter()
                 .map(|(k, v)| {
@@ -117,6 +128,18 @@ pub fn infer(v: &Value, path: &str) -> Result<Inferred, Misfit> {
                 .collect::<Result<_, _>>()?,
         ),
     })
+}
+
+/// A record's inferred type for `schema = "infer"`; a record without a single field
+/// that could be a column (`{}`, `{"a": {}}`) is refused: a Parquet file needs one.
+pub fn infer_record(v: &Value) -> Result<Inferred, Misfit> {
+    let t = infer(v, "")?;
+    if arrow_type(&t).is_none() {
+        return Err(Misfit(
+            "the record has no field to store as a column".into(),
+        ));
+    }
+    Ok(t)
 }
 
 /// `a` widened to hold `b` too, or why it cannot (`path` names the field).
@@ -133,8 +156,15 @@ fn widen(a: &Inferred, b: &Inferred, path: &str) -> Result<Inferred, Misfit> {
                 } else {
                     format!("{path}.{k}")
                 };
+                let full = out.len() >= MAX_FIELDS;
                 match out.iter_mut().find(|(ka, _)| ka == k) {
                     Some((_, va)) => *va = widen(va, vb, &sub)?,
+                    None if full => {
+                        return Err(Misfit(format!(
+                            "{} would have more than {MAX_FIELDS} fields",
+                            if path.is_empty() { "the schema" } else { path }
+                        )))
+                    }
                     None => out.push((k.clone(), vb.clone())),
                 }
             }
@@ -159,17 +189,37 @@ pub struct BufferSchema {
 }
 
 impl BufferSchema {
-    /// Takes a record's inferred type into the buffer's schema, or says why it does not
-    /// fit what the buffer's earlier records hold (the schema is then unchanged).
-    pub fn widen(&mut self, record: Inferred) -> Result<(), Misfit> {
-        let next = match &self.inferred {
-            None => record,
-            Some(cur) => widen(cur, &record, "")?,
-        };
-        self.inferred = Some(next);
+    /// Takes a record into the buffer's inferred schema, or says why it does not fit what
+    /// the buffer's earlier records hold (the schema is then unchanged). A record the
+    /// schema already covers — the usual case — costs a walk and no allocation.
+    pub fn take(&mut self, record: &Value) -> Result<(), Misfit> {
+        match &mut self.inferred {
+            None => self.inferred = Some(infer_record(record)?),
+            Some(cur) if covers(cur, record) => {}
+            Some(cur) => *cur = widen(cur, &infer(record, "")?, "")?,
+        }
         Ok(())
     }
 }
+
+/// Whether `t` already holds `v` (widening by `v` would change nothing).
+fn covers(t: &Inferred, v: &Value) -> bool {
+    match (t, v) {
+        (_, Value::Null) => true,
+        (Inferred::Bool, Value::Bool(_)) | (Inferred::Text, Value::String(_)) => true,
+        (Inferred::Int, Value::Number(n)) => n.is_i64(),
+        (Inferred::Float, Value::Number(_)) => true,
+        (Inferred::List(item), Value::Array(a)) => a.iter().all(|x| covers(item, x)),
+        (Inferred::Object(fields), Value::Object(m)) => m
+            .iter()
+            .all(|(k, x)| fields.iter().any(|(f, t)| f == k && covers(t, x))),
+        _ => false,
+    }
+}
+
+/// Most fields of one object (record or nested) an inferred schema takes: past it a
+/// record is refused rather than a schema of unbounded width built.
+pub const MAX_FIELDS: usize = 1000;
 
 /// Checks one record for `schema`: a JSON object fitting the declared columns (or, for
 /// `infer`, any JSON object). Returns the parsed record.
@@ -236,7 +286,11 @@ fn fits(c: &Column, v: &Value, path: &str) -> Result<(), Misfit> {
         (ColumnType::Float32 | ColumnType::Float64, _) => want("a number"),
         (ColumnType::Timestamp, Value::Number(n)) if n.is_i64() => Ok(()),
         (ColumnType::Timestamp, Value::String(s)) => {
-            arrow_cast::parse::string_to_timestamp_nanos(s)
+            // The parser the Arrow decoder uses, in the column's zone (UTC).
+            let utc: arrow_array::timezone::Tz = "+00:00"
+                .parse()
+                .map_err(|_| Misfit("no UTC time zone".into()))?;
+            arrow_cast::parse::string_to_datetime(&utc, s)
                 .map(|_| ())
                 .map_err(|_| Misfit(format!("field `{path}` is not a timestamp: `{s}`")))
         }
@@ -278,7 +332,8 @@ fn field_of(c: &Column) -> Field {
         ColumnType::Int64 => DataType::Int64,
         ColumnType::Float32 => DataType::Float32,
         ColumnType::Float64 => DataType::Float64,
-        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        // An offset, not a zone name: readers need no time zone database for it.
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())),
         ColumnType::Date => DataType::Date32,
         ColumnType::Struct(fields) => DataType::Struct(Fields::from(
             fields.iter().map(field_of).collect::<Vec<_>>(),
@@ -348,17 +403,21 @@ fn properties(codec: Codec) -> Result<parquet::file::properties::WriterPropertie
         .build())
 }
 
-/// Converts the JSON lines of `input` (every one checked on the way in) into one Parquet
-/// file written to `out`. Returns the rows written.
+/// Converts the JSON lines of `input` (every one checked on the way in; `avg_record`
+/// bytes each on average) into one Parquet file written to `out`. Returns the rows
+/// written. Memory: one decoded batch of about [`BATCH_BYTES`] and one row group of at
+/// most [`ROW_GROUP_BYTES`] encoded.
 pub fn write(
     input: impl BufRead,
     schema: Schema,
     codec: Codec,
+    avg_record: usize,
     out: impl Write + Send,
 ) -> Result<u64, ConvertError> {
     let schema = Arc::new(schema);
+    let rows_per_batch = (BATCH_BYTES / avg_record.max(1)).clamp(1, BATCH_ROWS);
     let reader = arrow_json::ReaderBuilder::new(Arc::clone(&schema))
-        .with_batch_size(BATCH_ROWS)
+        .with_batch_size(rows_per_batch)
         .build(input)?;
     let mut w = parquet::arrow::ArrowWriter::try_new(out, schema, Some(properties(codec)?))?;
     let mut rows = 0;
@@ -366,6 +425,9 @@ pub fn write(
         let batch = batch?;
         rows += batch.num_rows() as u64;
         w.write(&batch)?;
+        if w.in_progress_size() >= ROW_GROUP_BYTES {
+            w.flush()?;
+        }
     }
     w.close()?;
     Ok(rows)
@@ -430,18 +492,36 @@ mod tests {
     #[test]
     fn inference_widens_and_refuses_conflicts() {
         let mut b = BufferSchema::default();
-        let v = |s: &str| infer(&serde_json::from_str::<Value>(s).unwrap(), "");
-        b.widen(v(r#"{"a":1,"b":null,"c":{"x":true}}"#).unwrap())
-            .unwrap();
-        b.widen(v(r#"{"a":1.5,"b":"t","d":[1,2]}"#).unwrap())
-            .unwrap();
-        b.widen(v(r#"{"c":{"y":"z"}}"#).unwrap()).unwrap();
-        let e = b.widen(v(r#"{"a":"x"}"#).unwrap()).unwrap_err();
+        let j = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        b.take(&j(r#"{"a":1,"b":null,"c":{"x":true}}"#)).unwrap();
+        b.take(&j(r#"{"a":1.5,"b":"t","d":[1,2]}"#)).unwrap();
+        b.take(&j(r#"{"c":{"y":"z"}}"#)).unwrap();
+        // Covered records change nothing.
+        let before = b.inferred.clone();
+        b.take(&j(r#"{"a":2,"d":[],"c":{"x":null}}"#)).unwrap();
+        assert_eq!(b.inferred, before);
+        let e = b.take(&j(r#"{"a":"x"}"#)).unwrap_err();
         assert!(e.0.contains("field `a` holds number"), "{e}");
-        let e = b.widen(v(r#"{"c":{"x":1}}"#).unwrap()).unwrap_err();
+        let e = b.take(&j(r#"{"c":{"x":1}}"#)).unwrap_err();
         assert!(e.0.contains("field `c.x`"), "{e}");
-        let e = v(r#"{"d":[1,"x"]}"#).unwrap_err();
+        assert_eq!(
+            b.inferred, before,
+            "a refused record leaves the schema as it was"
+        );
+        let e = b.take(&j(r#"{"d":[1,"x"]}"#)).unwrap_err();
         assert!(e.0.contains("field `d[]`"), "{e}");
+        let wide: serde_json::Map<String, Value> = (0..=MAX_FIELDS)
+            .map(|i| (format!("f{i}"), Value::Bool(true)))
+            .collect();
+        let e = BufferSchema::default()
+            .take(&Value::Object(wide))
+            .unwrap_err();
+        assert!(e.0.contains("more than 1000 fields"), "{e}");
+        for empty in ["{}", r#"{"a":{}}"#] {
+            let e = infer_record(&serde_json::from_str(empty).unwrap()).unwrap_err();
+            assert!(e.0.contains("no field to store"), "{empty}: {e}");
+        }
+        assert!(infer_record(&serde_json::from_str(r#"{"a":null}"#).unwrap()).is_ok());
         let schema = buffer_schema(&SchemaSpec::Infer, &b);
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
@@ -472,6 +552,7 @@ mod tests {
             &lines[..],
             buffer_schema(&s, &BufferSchema::default()),
             codec,
+            60,
             &mut out,
         )
         .unwrap();
@@ -486,7 +567,7 @@ mod tests {
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1000);
         assert_eq!(
             batches[0].schema().field(2).data_type(),
-            &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+            &DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into()))
         );
     }
 }

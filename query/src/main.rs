@@ -1,17 +1,30 @@
-//! `sluiced query`: the lake of every pipeline with an object-store sink as SQL tables,
-//! or S3 Select's dialect on one object. The engine lives in `sluice-query`; this module
-//! only turns the configuration into its table definitions (binary only: the daemon's
-//! code never depends on the query engine).
+//! `sluice-query`, run as `sluiced query`: the lake of every pipeline with an object-store
+//! sink as SQL tables, or S3 Select's dialect on one object. A binary of its own, so the
+//! daemon's binary never links the query engine (DataFusion is most of a fresh build's
+//! time); `sluiced query ARGS` runs this program with the same arguments. It reads the
+//! daemon's configuration with the daemon's own loader and turns each pipeline with an
+//! object-store sink into a table definition for the engine (`lib.rs`).
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use sluiced::config;
 use sluiced::plugins::Registry;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-/// Options of `sluiced query`.
-#[derive(Args)]
-pub struct QueryArgs {
+/// SQL over the lake: each pipeline with an object-store sink is a table named after it,
+/// with its partition keys and time folders as columns; `--object` runs S3 Select's
+/// dialect on one object. What was read goes to stderr.
+#[derive(Parser)]
+#[command(name = "sluiced query", version)]
+struct QueryArgs {
+    /// The daemon config file.
+    #[arg(
+        long,
+        default_value = "/etc/sluice/sluiced.toml",
+        env = "SLUICE_CONFIG"
+    )]
+    config: PathBuf,
     /// The SQL statement. On the lake, each pipeline is a table named after it (quote
     /// names with `-` or `.`: "events-to-lake"); on `--object`, the table is `s3object`.
     sql: String,
@@ -45,9 +58,18 @@ pub struct QueryArgs {
     /// With an s3:// --object: the region.
     #[arg(long)]
     region: Option<String>,
+    /// Memory for sorts, aggregations and joins before they spill to temporary files
+    /// (e.g. 512MiB, 4GiB).
+    #[arg(long, default_value = "1GiB", value_parser = size)]
+    memory_limit: u64,
     /// Do not print what was read (rows, objects listed, pruned and read) on stderr.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// `--memory-limit`: a size with binary units, as in the config files.
+fn size(s: &str) -> Result<u64, sluiced::spec::UnitError> {
+    sluiced::spec::ByteSize::parse(s).map(|b| b.0)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,18 +102,27 @@ enum Compression {
     Snappy,
 }
 
-#[cfg(not(feature = "query"))]
-pub fn run(_: &Path, _: QueryArgs) -> anyhow::Result<()> {
-    anyhow::bail!("this sluiced was built without `sluiced query` (cargo feature `query`)")
+fn main() -> ExitCode {
+    let args = QueryArgs::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-#[cfg(feature = "query")]
-pub fn run(config_path: &Path, args: QueryArgs) -> anyhow::Result<()> {
+fn run(args: QueryArgs) -> anyhow::Result<()> {
+    let config_path = args.config.as_path();
     use sluice_query as q;
-    let format = match args.format {
-        Format::Table => q::OutputFormat::Table,
-        Format::Json => q::OutputFormat::Json,
-        Format::Csv => q::OutputFormat::Csv,
+    let settings = q::Settings {
+        format: match args.format {
+            Format::Table => q::OutputFormat::Table,
+            Format::Json => q::OutputFormat::Json,
+            Format::Csv => q::OutputFormat::Csv,
+        },
+        memory_limit: usize::try_from(args.memory_limit).unwrap_or(usize::MAX),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -144,13 +175,13 @@ pub fn run(config_path: &Path, args: QueryArgs) -> anyhow::Result<()> {
             Compression::Zstd => q::Codec::Zstd,
             Compression::Snappy => q::Codec::Snappy,
         });
-        q::select_object(&location, &input, codec, &args.sql, format, &mut out).map_err(flat)?
+        q::select_object(&location, &input, codec, &args.sql, &settings, &mut out).map_err(flat)?
     } else {
         if args.input.is_some() || args.compression.is_some() || args.endpoint.is_some() {
             anyhow::bail!("--input, --compression and --endpoint apply to --object only");
         }
         let tables = lake_tables(config_path)?;
-        q::query_lake(&tables, &args.sql, format, &mut out).map_err(flat)?
+        q::query_lake(&tables, &args.sql, &settings, &mut out).map_err(flat)?
     };
     drop(out);
     if !args.quiet {
@@ -161,13 +192,11 @@ pub fn run(config_path: &Path, args: QueryArgs) -> anyhow::Result<()> {
 
 /// The engine's message alone: DataFusion's errors already spell out their causes, which
 /// `{:#}` would print a second time.
-#[cfg(feature = "query")]
 fn flat(e: sluice_query::QueryError) -> anyhow::Error {
     anyhow::anyhow!("{e}")
 }
 
 /// Each pipeline with an object-store sink, as a table definition.
-#[cfg(feature = "query")]
 fn lake_tables(config_path: &Path) -> anyhow::Result<Vec<sluice_query::TableDef>> {
     use sluice_query as q;
     use sluiced::spec::{Part, TimePart};
