@@ -678,3 +678,33 @@ fn parquet_settings_are_checked_with_file_line_and_column() {
         );
     }
 }
+
+/// Firehose's API: a delivery stream with `DataFormatConversionConfiguration` (ParquetSerDe)
+/// writes Parquet objects (schema inferred; the Glue table is not read) and sends what is
+/// not JSON to `format-conversion-failed`.
+#[test]
+fn a_firehose_delivery_stream_with_parquet_conversion_writes_parquet() {
+    let s = Setup::new("[firehose]\nbuckets_dir = \"buckets\"\n", &[]);
+    let mut d = s.start();
+    d.wait_ready();
+    run_interop(&d, s.api, "firehose_parquet_boto3.py", &[]);
+    d.stop_cleanly();
+    let lake = s.path("buckets/parquet-lake");
+    let parquet: Vec<PathBuf> = files_under(&lake.join("events"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert!(!parquet.is_empty(), "{:?}", files_under(&lake));
+    let duck = python(
+        &[
+            "-c".into(),
+            "import duckdb,json,sys; print(json.dumps(duckdb.sql(\"select count(*), sum(n), typeof(ok) from read_parquet('\" + sys.argv[1] + \"/events/**/*.parquet') group by all\").fetchall()))".into(),
+            lake.into_os_string(),
+        ],
+        &d,
+    );
+    assert_eq!(duck.trim(), "[[50, 1225, \"BOOLEAN\"]]");
+    let docs = error_docs(&s.path("buckets/parquet-lake/format-conversion-failed"));
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert_eq!(docs[0]["rawData"], "bm90IGpzb24=");
+}
