@@ -652,6 +652,39 @@ fn inferred_parquet_schemas_widen_and_refuse_conflicts() {
     d.stop_cleanly();
 }
 
+/// Inference is per object: a column that held integers in one object and text in a later
+/// one reads as text in `sluiced query` (every object's values convert to it).
+#[test]
+fn objects_whose_inferred_types_differ_are_queried_together() {
+    let s = Setup::new("", &[("lake", &parquet_lake("\"infer\"", "snappy"))]);
+    let mut d = s.start();
+    d.wait_ready();
+    let objects = || {
+        files_under(&s.path("lake"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .count()
+    };
+    put_lines(&s, "{\"type\":\"t\",\"a\":1}\n");
+    wait_until(Duration::from_secs(30), "the first object", || {
+        objects() == 1
+    });
+    put_lines(&s, "{\"type\":\"t\",\"a\":\"x\"}\n");
+    wait_until(Duration::from_secs(30), "the second object", || {
+        objects() == 2
+    });
+    let (out, _) = query(
+        &s,
+        &[
+            "--format",
+            "csv",
+            "SELECT a FROM \"events-to-lake\" ORDER BY a",
+        ],
+    );
+    assert_eq!(out, "a\n1\nx\n");
+    d.stop_cleanly();
+}
+
 #[test]
 fn parquet_settings_are_checked_with_file_line_and_column() {
     let cases = [
@@ -688,6 +721,17 @@ fn a_firehose_delivery_stream_with_parquet_conversion_writes_parquet() {
     let mut d = s.start();
     d.wait_ready();
     run_interop(&d, s.api, "firehose_parquet_boto3.py", &[]);
+    // Once every record was read into the buffers, a stop drains them into objects.
+    wait_until(Duration::from_secs(30), "every record read", || {
+        metric_sum(
+            &d.metrics_text(),
+            "sluice_shard_outgoing_records_total",
+            &[
+                "stream=\"__firehose-to-parquet\"",
+                "consumer=\"to-parquet\"",
+            ],
+        ) >= 51.0
+    });
     d.stop_cleanly();
     let lake = s.path("buckets/parquet-lake");
     let parquet: Vec<PathBuf> = files_under(&lake.join("events"))

@@ -276,20 +276,28 @@ async fn register(
         Some(s) => s,
         None => {
             let listed = objects.list(wrapped.as_ref()).await?;
-            let mut parts = vec![table::infer_json_schema(wrapped.as_ref(), &listed).await?];
-            let parquet: Vec<_> = listed
+            let mut schema = table::infer_json_schema(wrapped.as_ref(), &listed).await?;
+            // Each Parquet object carries its schema; objects written at different times
+            // may disagree (an inferred column that held integers, then text): the table
+            // takes a type every object's values convert to.
+            use datafusion::datasource::file_format::FileFormat;
+            let f = datafusion::datasource::file_format::parquet::ParquetFormat::default();
+            let state = ctx.state();
+            for o in listed
                 .iter()
                 .filter(|o| o.meta.location.as_ref().ends_with(".parquet"))
-                .take(table::SAMPLE_OBJECTS)
-                .map(|o| o.meta.clone())
-                .collect();
-            if !parquet.is_empty() {
-                use datafusion::datasource::file_format::FileFormat;
-                let f = datafusion::datasource::file_format::parquet::ParquetFormat::default();
-                let s = f.infer_schema(&ctx.state(), &wrapped, &parquet).await?;
-                parts.push(s.as_ref().clone());
+                .take(MAX_PARQUET_FOOTERS)
+            {
+                let one = f
+                    .infer_schema(&state, &wrapped, std::slice::from_ref(&o.meta))
+                    .await?;
+                schema = if schema.fields().is_empty() {
+                    one.as_ref().clone()
+                } else {
+                    table::merge_lenient(&schema, &one)
+                };
             }
-            Schema::try_merge(parts).map_err(|e| QueryError::Schema(e.to_string()))?
+            schema
         }
     };
     // Opening for the sample is not part of the query's reads.
@@ -557,6 +565,9 @@ async fn select_schema(
         }
     })
 }
+
+/// Parquet objects whose schema (footer) a table reads to find its columns.
+const MAX_PARQUET_FOOTERS: usize = 256;
 
 /// Most bytes of a JSON DOCUMENT object read to infer its schema.
 const MAX_DOCUMENT: usize = 256 << 20;

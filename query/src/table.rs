@@ -356,6 +356,52 @@ pub async fn infer_json_schema(
     Ok(in_record_order(schema, &sample))
 }
 
+/// `a` and `b` as one table schema: columns of either, in `a`'s order then `b`'s new
+/// ones; where they disagree on a type, one both convert to — integers and floats meet
+/// as 64-bit floats, structs and lists merge inside, anything else becomes text (DataFusion
+/// casts each object's column to the table's type as it reads). Never fails.
+pub fn merge_lenient(a: &Schema, b: &Schema) -> Schema {
+    let mut fields: Vec<Field> = a.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for fb in b.fields() {
+        match fields.iter_mut().find(|f| f.name() == fb.name()) {
+            Some(f) => {
+                let t = merge_type(f.data_type(), fb.data_type());
+                *f = Field::new(f.name(), t, f.is_nullable() || fb.is_nullable());
+            }
+            None => fields.push(fb.as_ref().clone().with_nullable(true)),
+        }
+    }
+    // A column missing from some objects is null there.
+    for f in fields.iter_mut() {
+        if b.field_with_name(f.name()).is_err() || a.field_with_name(f.name()).is_err() {
+            *f = f.clone().with_nullable(true);
+        }
+    }
+    Schema::new(fields)
+}
+
+fn merge_type(a: &DataType, b: &DataType) -> DataType {
+    use DataType::*;
+    if a == b {
+        return a.clone();
+    }
+    match (a, b) {
+        (Null, t) | (t, Null) => t.clone(),
+        (x, y) if x.is_numeric() && y.is_numeric() => Float64,
+        (Struct(fa), Struct(fb)) => {
+            let sa = Schema::new(fa.clone());
+            let sb = Schema::new(fb.clone());
+            Struct(merge_lenient(&sa, &sb).fields().clone())
+        }
+        (List(ia), List(ib)) => List(Arc::new(Field::new(
+            ia.name(),
+            merge_type(ia.data_type(), ib.data_type()),
+            true,
+        ))),
+        _ => Utf8,
+    }
+}
+
 /// `schema`'s columns in the order their names first appear in the records of `json`
 /// (inference sorts them; `SELECT *` should read like the records).
 pub fn in_record_order(schema: Schema, json: &[u8]) -> Schema {
@@ -435,6 +481,37 @@ async fn read_head(store: &dyn ObjectStore, location: &Path) -> Result<Vec<u8>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_that_disagree_on_a_type_merge_into_one_both_convert_to() {
+        let s = |fields: Vec<Field>| Schema::new(fields);
+        let a = s(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("x", DataType::Int64, true),
+        ]);
+        let b = s(vec![
+            Field::new("n", DataType::Float64, true),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("x", DataType::Utf8, true),
+            Field::new("new", DataType::Boolean, false),
+        ]);
+        let m = merge_lenient(&a, &b);
+        let got: Vec<(String, DataType, bool)> = m
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("n".into(), DataType::Float64, true),
+                ("id".into(), DataType::Utf8, false),
+                ("x".into(), DataType::Utf8, true),
+                ("new".into(), DataType::Boolean, true),
+            ]
+        );
+    }
 
     #[test]
     fn columns_follow_the_records_order() {
