@@ -91,15 +91,12 @@ fn lake_queries_answer_as_duckdb_and_prune_folders() {
             )
         })
         .collect();
-    let duck = python(
-        &[
-            "-c".into(),
-            "import duckdb,json,sys; rows = duckdb.sql(\"select type, source, count(*) from read_json_auto('\" + sys.argv[1] + \"/type=*/source=*/*/*/*/*/*.gz', hive_partitioning=true) group by all order by all\").fetchall(); print(json.dumps(rows))".into(),
-            s.path("lake").into_os_string(),
-        ],
+    let duck = duckdb(
         &d,
+        "select type, source, count(*) from read_json_auto('{DIR}/type=*/source=*/*/*/*/*/*.gz', hive_partitioning=true) group by all order by all",
+        &s.path("lake"),
     );
-    let duck: Vec<(String, String, u64)> = serde_json::from_str(&duck).unwrap();
+    let duck: Vec<(String, String, u64)> = serde_json::from_value(duck).unwrap();
     assert_eq!(ours, duck);
     assert!(ours.len() >= 7, "{ours:?}");
     assert!(
@@ -454,26 +451,31 @@ const DECLARED: &str = "[\n  { name = \"id\", type = \"string\", nullable = fals
 
 /// Puts `lines` into stream `events` with `sluiced put`.
 fn put_lines(s: &Setup, lines: &str) {
-    let mut child = std::process::Command::new(bin())
-        .args(["put", "events", "--config"])
-        .arg(&s.config)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        std::process::Command::new(bin())
+            .args(["put", "events", "--config"])
+            .arg(&s.config),
+        lines.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// DuckDB's answer (JSON rows) to `sql`, in which `{DIR}` stands for `dir`.
+fn duckdb(d: &Daemon, sql: &str, dir: &Path) -> serde_json::Value {
+    let out = python(
+        &[
+            "-c".into(),
+            "import duckdb,json,sys; print(json.dumps(duckdb.sql(sys.argv[1].replace('{DIR}', sys.argv[2])).fetchall()))".into(),
+            std::ffi::OsString::from(sql),
+            dir.as_os_str().to_owned(),
+        ],
+        d,
+    );
+    serde_json::from_str(&out).unwrap()
 }
 
 fn events(n: usize) -> String {
@@ -528,16 +530,12 @@ fn parquet_objects_have_the_declared_types_and_misfits_go_to_the_error_output() 
         .iter()
         .all(|p| p.to_string_lossy().contains("/type=order.")));
     // DuckDB reads them with the declared types.
-    let duck = python(
-        &[
-            "-c".into(),
-            "import duckdb,json,sys; r = duckdb.sql(\"select typeof(id), typeof(time), typeof(data), typeof(tags), count(*), sum(data.n), min(time)::varchar from read_parquet('\" + sys.argv[1] + \"/**/*.parquet') group by all\").fetchall(); print(json.dumps(r))".into(),
-            s.path("lake").into_os_string(),
-        ],
+    let rows = duckdb(
         &d,
+        "select typeof(id), typeof(time), typeof(data), typeof(tags), count(*), sum(data.n), min(time)::varchar from read_parquet('{DIR}/**/*.parquet') group by all",
+        &s.path("lake"),
     );
-    let rows: serde_json::Value = serde_json::from_str(&duck).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 1, "{duck}");
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
     let r = &rows[0];
     assert_eq!(r[0], "VARCHAR");
     assert_eq!(r[1], "TIMESTAMP WITH TIME ZONE");
@@ -629,17 +627,14 @@ fn inferred_parquet_schemas_widen_and_refuse_conflicts() {
             && out == "n\n3\n"
             && error_docs(&s.path("lake/kdferror/format-conversion-failed")).len() == 1
     });
-    let duck = python(
-        &[
-            "-c".into(),
-            "import duckdb,json,sys; print(json.dumps(duckdb.sql(\"select typeof(a), typeof(b), typeof(c), sum(a) from read_parquet('\" + sys.argv[1] + \"/**/*.parquet') group by all\").fetchall()))".into(),
-            s.path("lake").into_os_string(),
-        ],
+    let duck = duckdb(
         &d,
+        "select typeof(a), typeof(b), typeof(c), sum(a) from read_parquet('{DIR}/**/*.parquet') group by all",
+        &s.path("lake"),
     );
     assert_eq!(
-        duck.trim(),
-        "[[\"DOUBLE\", \"VARCHAR\", \"STRUCT(d BOOLEAN)\", 3.5]]"
+        duck,
+        serde_json::json!([["DOUBLE", "VARCHAR", "STRUCT(d BOOLEAN)", 3.5]])
     );
     let doc = &error_docs(&s.path("lake/kdferror/format-conversion-failed"))[0];
     assert!(
@@ -739,15 +734,12 @@ fn a_firehose_delivery_stream_with_parquet_conversion_writes_parquet() {
         .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
         .collect();
     assert!(!parquet.is_empty(), "{:?}", files_under(&lake));
-    let duck = python(
-        &[
-            "-c".into(),
-            "import duckdb,json,sys; print(json.dumps(duckdb.sql(\"select count(*), sum(n), typeof(ok) from read_parquet('\" + sys.argv[1] + \"/events/**/*.parquet') group by all\").fetchall()))".into(),
-            lake.into_os_string(),
-        ],
+    let duck = duckdb(
         &d,
+        "select count(*), sum(n), typeof(ok) from read_parquet('{DIR}/events/**/*.parquet') group by all",
+        &lake,
     );
-    assert_eq!(duck.trim(), "[[50, 1225, \"BOOLEAN\"]]");
+    assert_eq!(duck, serde_json::json!([[50, 1225, "BOOLEAN"]]));
     let docs = error_docs(&s.path("buckets/parquet-lake/format-conversion-failed"));
     assert_eq!(docs.len(), 1, "{docs:?}");
     assert_eq!(docs[0]["rawData"], "bm90IGpzb24=");

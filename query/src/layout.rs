@@ -2,57 +2,20 @@
 //! partition keys and time folders back out of an object's key.
 
 use regex::Regex;
+use sluiced::spec::{Part, TimePart};
 
-/// A part of a prefix template, as the daemon's `spec::template` parsed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Segment {
-    /// Literal text.
-    Lit(String),
-    /// A partition key (`partitionKeyFromQuery`/`partitionKeyFromLambda`): a column.
-    Key(String),
-    /// A field of `!{timestamp:...}`: a column.
-    Time(TimeField),
-    /// `!{firehose:random-string}`.
-    Random,
-}
-
-/// A field of a timestamp pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeField {
-    /// `yyyy`
-    Year4,
-    /// `yy`
-    Year2,
-    /// `MM`
-    Month,
-    /// `dd`
-    Day,
-    /// `HH`
-    Hour,
-    /// `mm`
-    Minute,
-    /// `ss`
-    Second,
-}
-
-impl TimeField {
-    /// The column a time folder becomes.
-    pub fn column(self) -> &'static str {
-        match self {
-            TimeField::Year4 | TimeField::Year2 => "year",
-            TimeField::Month => "month",
-            TimeField::Day => "day",
-            TimeField::Hour => "hour",
-            TimeField::Minute => "minute",
-            TimeField::Second => "second",
-        }
-    }
-    fn pattern(self) -> &'static str {
-        match self {
-            TimeField::Year4 => "[0-9]{4}",
-            _ => "[0-9]{2}",
-        }
-    }
+/// The column a time folder becomes, and the digits it has (`None`: literal text).
+fn time_column(t: &TimePart) -> Option<(&'static str, &'static str)> {
+    Some(match t {
+        TimePart::Lit(_) => return None,
+        TimePart::Year4 => ("year", "[0-9]{4}"),
+        TimePart::Year2 => ("year", "[0-9]{2}"),
+        TimePart::Month => ("month", "[0-9]{2}"),
+        TimePart::Day => ("day", "[0-9]{2}"),
+        TimePart::Hour => ("hour", "[0-9]{2}"),
+        TimePart::Minute => ("minute", "[0-9]{2}"),
+        TimePart::Second => ("second", "[0-9]{2}"),
+    })
 }
 
 /// What a column of the layout holds.
@@ -60,8 +23,11 @@ impl TimeField {
 pub enum ColumnKind {
     /// A partition key: text, Hive-unescaped.
     Key,
-    /// A time folder: a number.
-    Time(TimeField),
+    /// A time folder: a number (`yy` folders are years of this century).
+    Time {
+        /// A two-digit year.
+        year2: bool,
+    },
 }
 
 /// A prefix template compiled into a matcher for object keys.
@@ -89,25 +55,29 @@ pub enum PartValue {
 }
 
 impl Layout {
-    /// Compiles `segments` for objects named `<pipeline>-...` under them.
-    pub fn new(segments: &[Segment], pipeline: &str) -> Result<Layout, regex::Error> {
+    /// Compiles a prefix template's parts (the daemon's own parse of it) for objects
+    /// named `<pipeline>-...` under them.
+    pub fn new(parts: &[Part], pipeline: &str) -> Result<Layout, regex::Error> {
         let mut fixed = String::new();
         let mut dynamic = false;
         let mut re = String::from("^");
         let mut columns: Vec<(String, ColumnKind)> = Vec::new();
         let mut groups = Vec::new();
         let mut group = 0;
-        for s in segments {
-            match s {
-                Segment::Lit(l) => {
-                    if !dynamic {
-                        fixed.push_str(l);
-                    }
-                    re.push_str(&regex::escape(l));
-                    continue;
+        let mut lit = |l: &str, dynamic: bool, re: &mut String| {
+            if !dynamic {
+                fixed.push_str(l);
+            }
+            re.push_str(&regex::escape(l));
+        };
+        for p in parts {
+            match p {
+                Part::Lit(l) => lit(l, dynamic, &mut re),
+                Part::Random | Part::ErrorType => {
+                    re.push_str("[^/]+");
+                    dynamic = true;
                 }
-                Segment::Random => re.push_str("[0-9A-Za-z]+"),
-                Segment::Key(k) => {
+                Part::Query(k) | Part::Lambda(k) => {
                     group += 1;
                     re.push_str("([^/]+)");
                     // A key used twice names one column (the first folder's value).
@@ -115,20 +85,30 @@ impl Layout {
                         columns.push((k.clone(), ColumnKind::Key));
                         groups.push(group);
                     }
+                    dynamic = true;
                 }
-                Segment::Time(t) => {
-                    group += 1;
-                    re.push('(');
-                    re.push_str(t.pattern());
-                    re.push(')');
-                    // A partition key of the same name wins over a time folder.
-                    if !columns.iter().any(|(c, _)| c == t.column()) {
-                        columns.push((t.column().to_string(), ColumnKind::Time(*t)));
-                        groups.push(group);
+                Part::Time(pieces) => {
+                    for t in pieces {
+                        let Some((column, digits)) = time_column(t) else {
+                            if let TimePart::Lit(l) = t {
+                                lit(l, dynamic, &mut re);
+                            }
+                            continue;
+                        };
+                        group += 1;
+                        re.push('(');
+                        re.push_str(digits);
+                        re.push(')');
+                        // A partition key of the same name wins over a time folder.
+                        if !columns.iter().any(|(c, _)| c == column) {
+                            let year2 = matches!(t, TimePart::Year2);
+                            columns.push((column.to_string(), ColumnKind::Time { year2 }));
+                            groups.push(group);
+                        }
+                        dynamic = true;
                     }
                 }
             }
-            dynamic = true;
         }
         // The object's own name: `<pipeline>-<version>-<time>-<id><extension>`.
         re.push_str(&regex::escape(pipeline));
@@ -158,13 +138,9 @@ impl Layout {
                     ColumnKind::Key => Some(PartValue::Text(
                         hive_unescape(raw).unwrap_or_else(|| raw.to_string()),
                     )),
-                    ColumnKind::Time(t) => {
+                    ColumnKind::Time { year2 } => {
                         let n: i32 = raw.parse().ok()?;
-                        Some(PartValue::Number(if *t == TimeField::Year2 {
-                            2000 + n
-                        } else {
-                            n
-                        }))
+                        Some(PartValue::Number(if *year2 { 2000 + n } else { n }))
                     }
                 }
             })
@@ -198,28 +174,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The seed's layout: `type=X/source=Y/yyyy/MM/dd/HH/`.
+    fn layout(prefix: &str, pipeline: &str) -> Layout {
+        let t = sluiced::spec::Template::parse(prefix, false).unwrap();
+        Layout::new(t.parts(), pipeline).unwrap()
+    }
+
+    /// The seed's layout: `type=X/source=Y/yyyy/MM/dd/HH/` (the time folders appended).
     fn seed() -> Layout {
-        use Segment::*;
-        Layout::new(
-            &[
-                Lit("type=".into()),
-                Key("type".into()),
-                Lit("/source=".into()),
-                Key("source".into()),
-                Lit("/".into()),
-                Time(TimeField::Year4),
-                Lit("/".into()),
-                Time(TimeField::Month),
-                Lit("/".into()),
-                Time(TimeField::Day),
-                Lit("/".into()),
-                Time(TimeField::Hour),
-                Lit("/".into()),
-            ],
+        layout(
+            "type=!{partitionKeyFromQuery:type}/source=!{partitionKeyFromQuery:source}/",
             "events-to-lake",
         )
-        .unwrap()
     }
 
     /// Percent-encodes every byte that is not alphanumeric or `-_.~ ` (a superset of
@@ -267,20 +232,7 @@ mod tests {
 
     #[test]
     fn a_layout_without_keys_has_only_time_columns() {
-        use Segment::*;
-        let l = Layout::new(
-            &[
-                Lit("data/".into()),
-                Time(TimeField::Year2),
-                Lit("-".into()),
-                Time(TimeField::Month),
-                Lit("/".into()),
-                Random,
-                Lit("/".into()),
-            ],
-            "p",
-        )
-        .unwrap();
+        let l = layout("data/!{timestamp:yy-MM}/!{firehose:random-string}/", "p");
         assert_eq!(l.fixed, "data/");
         let cols: Vec<&str> = l.columns.iter().map(|(c, _)| c.as_str()).collect();
         assert_eq!(cols, ["year", "month"]);

@@ -17,7 +17,6 @@ mod output;
 mod table;
 
 pub use decompress::Codec;
-pub use layout::{Segment, TimeField};
 pub use output::OutputFormat;
 
 use datafusion::arrow::datatypes::Schema;
@@ -106,8 +105,8 @@ pub struct TableDef {
     pub name: String,
     /// Where the objects are.
     pub location: Location,
-    /// The prefix template, parsed.
-    pub prefix: Vec<Segment>,
+    /// The prefix template's parts (`sluiced::spec::Template::parts`).
+    pub prefix: Vec<sluiced::spec::Part>,
 }
 
 /// What a query read, per table.

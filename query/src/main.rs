@@ -199,7 +199,6 @@ fn flat(e: sluice_query::QueryError) -> anyhow::Error {
 /// Each pipeline with an object-store sink, as a table definition.
 fn lake_tables(config_path: &Path) -> anyhow::Result<Vec<sluice_query::TableDef>> {
     use sluice_query as q;
-    use sluiced::spec::{Part, TimePart};
     let set = config::load_daemon(config_path)
         .and_then(|(d, base)| {
             let registry = Registry::discover(&d.plugin_dirs);
@@ -233,32 +232,10 @@ fn lake_tables(config_path: &Path) -> anyhow::Result<Vec<sluice_query::TableDef>
             let dir = Path::new(url.strip_prefix("file://").unwrap_or(url));
             q::Location::Dir(set.base_dir.join(dir))
         };
-        let mut prefix = Vec::new();
-        for part in delivery.prefix_template.parts() {
-            match part {
-                Part::Lit(s) => prefix.push(q::Segment::Lit(s.clone())),
-                Part::Query(k) | Part::Lambda(k) => prefix.push(q::Segment::Key(k.clone())),
-                Part::Random | Part::ErrorType => prefix.push(q::Segment::Random),
-                Part::Time(t) => {
-                    for tp in t {
-                        prefix.push(match tp {
-                            TimePart::Lit(s) => q::Segment::Lit(s.clone()),
-                            TimePart::Year4 => q::Segment::Time(q::TimeField::Year4),
-                            TimePart::Year2 => q::Segment::Time(q::TimeField::Year2),
-                            TimePart::Month => q::Segment::Time(q::TimeField::Month),
-                            TimePart::Day => q::Segment::Time(q::TimeField::Day),
-                            TimePart::Hour => q::Segment::Time(q::TimeField::Hour),
-                            TimePart::Minute => q::Segment::Time(q::TimeField::Minute),
-                            TimePart::Second => q::Segment::Time(q::TimeField::Second),
-                        });
-                    }
-                }
-            }
-        }
         tables.push(q::TableDef {
             name: name.clone(),
             location,
-            prefix,
+            prefix: delivery.prefix_template.parts().to_vec(),
         });
     }
     Ok(tables)

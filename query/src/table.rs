@@ -163,7 +163,7 @@ pub fn partition_fields(layout: &Layout) -> Vec<FieldRef> {
         .map(|(name, kind)| {
             let t = match kind {
                 ColumnKind::Key => DataType::Utf8,
-                ColumnKind::Time(_) => DataType::Int32,
+                ColumnKind::Time { .. } => DataType::Int32,
             };
             Arc::new(Field::new(name, t, false))
         })

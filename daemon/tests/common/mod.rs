@@ -642,20 +642,10 @@ pub fn assert_promtool_accepts(text: &str) {
                 .find(|p| p.is_file())
         })
         .expect("promtool not found: run scripts/install-test-deps (Debian package `prometheus`)");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new(promtool).args(["check", "metrics"]),
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}",
@@ -717,4 +707,16 @@ pub fn error_docs(dir: &std::path::Path) -> Vec<serde_json::Value> {
         .flat_map(|p| lines(p))
         .map(|l| serde_json::from_str(&l).unwrap())
         .collect()
+}
+
+/// Runs `cmd` with `input` on its stdin; returns its output (stdout and stderr captured).
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
