@@ -267,7 +267,7 @@ impl Delivery {
         let mut first_schema = None;
         if let (Some(v), false) = (parsed, exists) {
             let mut s = parquet::BufferSchema::default();
-            s.take(v)?;
+            s.take(v, payload)?;
             first_schema = Some(s);
         }
         let b = match route {
@@ -292,7 +292,7 @@ impl Delivery {
         };
         match (first_schema, parsed) {
             (Some(s), _) => b.schema = s,
-            (None, Some(v)) => b.schema.take(v)?,
+            (None, Some(v)) => b.schema.take(v, payload)?,
             (None, None) => {}
         }
         let mut grown = b.push(payload, delim, rec, token, touched, ranges);

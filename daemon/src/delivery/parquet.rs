@@ -192,14 +192,47 @@ impl BufferSchema {
     /// Takes a record into the buffer's inferred schema, or says why it does not fit what
     /// the buffer's earlier records hold (the schema is then unchanged). A record the
     /// schema already covers — the usual case — costs a walk and no allocation.
-    pub fn take(&mut self, record: &Value) -> Result<(), Misfit> {
+    /// `raw` is the record as written: the first record's top-level fields become
+    /// columns in its order (the parsed map is sorted by name); later fields follow.
+    pub fn take(&mut self, record: &Value, raw: &[u8]) -> Result<(), Misfit> {
         match &mut self.inferred {
-            None => self.inferred = Some(infer_record(record)?),
+            None => {
+                let mut t = infer_record(record)?;
+                if let Inferred::Object(fields) = &mut t {
+                    let order = top_level_keys(raw);
+                    fields.sort_by_key(|(k, _)| order.iter().position(|o| o == k));
+                }
+                self.inferred = Some(t);
+            }
             Some(cur) if covers(cur, record) => {}
             Some(cur) => *cur = widen(cur, &infer(record, "")?, "")?,
         }
         Ok(())
     }
+}
+
+/// The member names of a JSON object, in the order written (empty for anything else).
+fn top_level_keys(raw: &[u8]) -> Vec<String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                keys.push(k);
+            }
+            Ok(keys)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    serde::Deserializer::deserialize_map(&mut de, Keys).unwrap_or_default()
 }
 
 /// Whether `t` already holds `v` (widening by `v` would change nothing).
@@ -492,31 +525,42 @@ mod tests {
     #[test]
     fn inference_widens_and_refuses_conflicts() {
         let mut b = BufferSchema::default();
-        let j = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-        b.take(&j(r#"{"a":1,"b":null,"c":{"x":true}}"#)).unwrap();
-        b.take(&j(r#"{"a":1.5,"b":"t","d":[1,2]}"#)).unwrap();
-        b.take(&j(r#"{"c":{"y":"z"}}"#)).unwrap();
+        let j = |s: &'static str| (serde_json::from_str::<Value>(s).unwrap(), s.as_bytes());
+        let take = |b: &mut BufferSchema, (v, raw): (Value, &[u8])| b.take(&v, raw);
+        take(&mut b, j(r#"{"a":1,"b":null,"c":{"x":true}}"#)).unwrap();
+        take(&mut b, j(r#"{"a":1.5,"b":"t","d":[1,2]}"#)).unwrap();
+        take(&mut b, j(r#"{"c":{"y":"z"}}"#)).unwrap();
         // Covered records change nothing.
         let before = b.inferred.clone();
-        b.take(&j(r#"{"a":2,"d":[],"c":{"x":null}}"#)).unwrap();
+        take(&mut b, j(r#"{"a":2,"d":[],"c":{"x":null}}"#)).unwrap();
         assert_eq!(b.inferred, before);
-        let e = b.take(&j(r#"{"a":"x"}"#)).unwrap_err();
+        let e = take(&mut b, j(r#"{"a":"x"}"#)).unwrap_err();
         assert!(e.0.contains("field `a` holds number"), "{e}");
-        let e = b.take(&j(r#"{"c":{"x":1}}"#)).unwrap_err();
+        let e = take(&mut b, j(r#"{"c":{"x":1}}"#)).unwrap_err();
         assert!(e.0.contains("field `c.x`"), "{e}");
         assert_eq!(
             b.inferred, before,
             "a refused record leaves the schema as it was"
         );
-        let e = b.take(&j(r#"{"d":[1,"x"]}"#)).unwrap_err();
+        let e = take(&mut b, j(r#"{"d":[1,"x"]}"#)).unwrap_err();
         assert!(e.0.contains("field `d[]`"), "{e}");
         let wide: serde_json::Map<String, Value> = (0..=MAX_FIELDS)
             .map(|i| (format!("f{i}"), Value::Bool(true)))
             .collect();
         let e = BufferSchema::default()
-            .take(&Value::Object(wide))
+            .take(&Value::Object(wide), b"")
             .unwrap_err();
         assert!(e.0.contains("more than 1000 fields"), "{e}");
+        // The first record's order, not the names' order; later fields follow.
+        let mut o = BufferSchema::default();
+        take(&mut o, j(r#"{"z":1,"type":"t","a":{"y":1,"b":2}}"#)).unwrap();
+        take(&mut o, j(r#"{"m":true}"#)).unwrap();
+        let names: Vec<String> = buffer_schema(&SchemaSpec::Infer, &o)
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["z", "type", "a", "m"]);
         for empty in ["{}", r#"{"a":{}}"#] {
             let e = infer_record(&serde_json::from_str(empty).unwrap()).unwrap_err();
             assert!(e.0.contains("no field to store"), "{empty}: {e}");
