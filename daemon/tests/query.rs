@@ -36,6 +36,16 @@ fn needs_the_query_program() {
     );
 }
 
+/// `SELECT count(*)` of `events-to-lake` through `sluiced query` (`None` while it fails).
+fn rows_in_lake(s: &Setup) -> Option<u64> {
+    needs_the_query_program();
+    let sql = "SELECT count(*) AS n FROM \"events-to-lake\"";
+    let (code, out, _) = s.cli(&["query", "-q", "--format", "csv", sql]);
+    (code == 0)
+        .then(|| out.lines().nth(1)?.parse().ok())
+        .flatten()
+}
+
 /// Runs `sluiced query ARGS` for `s`; it must succeed. Returns (stdout, stderr).
 fn query(s: &Setup, args: &[&str]) -> (String, String) {
     needs_the_query_program();
@@ -189,20 +199,10 @@ fn s3_lakes_are_queried_in_place() {
     let s = Setup::new("", &[("lake", &pipeline), ("gen", gen)]);
     let mut d = s.start();
     d.wait_ready();
-    let count = || {
-        let (code, out, _) = s.cli(&[
-            "query",
-            "-q",
-            "--format",
-            "csv",
-            "SELECT count(*) AS n FROM \"events-to-lake\"",
-        ]);
-        (code == 0).then(|| out.lines().nth(1).unwrap_or("").parse::<u64>().unwrap_or(0))
-    };
     wait_until(
         Duration::from_secs(60),
         "2000 records in the S3 lake",
-        || count() == Some(2000),
+        || rows_in_lake(&s) == Some(2000),
     );
     let (out, err) = query(
         &s,
@@ -510,16 +510,7 @@ fn parquet_objects_have_the_declared_types_and_misfits_go_to_the_error_output() 
     wait_until(
         Duration::from_secs(60),
         "200 rows in Parquet objects",
-        || {
-            let (code, out, _) = s.cli(&[
-                "query",
-                "-q",
-                "--format",
-                "csv",
-                "SELECT count(*) AS n FROM \"events-to-lake\"",
-            ]);
-            code == 0 && out == "n\n200\n"
-        },
+        || rows_in_lake(&s) == Some(200),
     );
     let objects: Vec<PathBuf> = files_under(&s.path("lake"))
         .into_iter()
@@ -616,15 +607,7 @@ fn inferred_parquet_schemas_widen_and_refuse_conflicts() {
     let lines = "{\"type\":\"t\",\"a\":1}\n{\"type\":\"t\",\"a\":2.5,\"b\":\"x\"}\n{\"type\":\"t\",\"a\":\"text\"}\n{\"type\":\"t\",\"c\":{\"d\":true}}\n";
     put_lines(&s, lines);
     wait_until(Duration::from_secs(60), "3 rows and 1 refusal", || {
-        let (code, out, _) = s.cli(&[
-            "query",
-            "-q",
-            "--format",
-            "csv",
-            "SELECT count(*) AS n FROM \"events-to-lake\"",
-        ]);
-        code == 0
-            && out == "n\n3\n"
+        rows_in_lake(&s) == Some(3)
             && error_docs(&s.path("lake/kdferror/format-conversion-failed")).len() == 1
     });
     let duck = duckdb(

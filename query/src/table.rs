@@ -448,11 +448,12 @@ pub fn in_record_order(schema: Schema, json: &[u8]) -> Schema {
 async fn read_head(store: &dyn ObjectStore, location: &Path) -> Result<Vec<u8>, crate::QueryError> {
     let mut stream = store.get(location).await?.into_stream();
     let mut buf = Vec::new();
+    let mut newlines = 0;
     while let Some(chunk) = stream.try_next().await? {
+        // Counted per chunk: a rescan of the whole buffer would be quadratic.
+        newlines += chunk.iter().filter(|b| **b == b'\n').count();
         buf.extend_from_slice(&chunk);
-        if buf.iter().filter(|b| **b == b'\n').count() >= SAMPLE_RECORDS
-            || buf.len() >= SAMPLE_BYTES
-        {
+        if newlines >= SAMPLE_RECORDS || buf.len() >= SAMPLE_BYTES {
             break;
         }
     }
