@@ -8,8 +8,9 @@
 //! `LIMIT` stops reading early. The same machinery answers S3 Select's dialect on one
 //! object ([`select_object`]).
 //!
-//! This crate is used by the `sluiced` binary only; the daemon's own code never depends
-//! on it (DataFusion is most of its build time).
+//! The program `sluice-query` (`main.rs`), which `sluiced query` runs in its place, is
+//! this crate's only user: the daemon neither links nor names it (DataFusion is most of a
+//! fresh build's time).
 
 mod decompress;
 pub mod layout;
