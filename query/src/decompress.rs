@@ -14,6 +14,7 @@ use object_store::{
     CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
+use sluiced::spec::Compression;
 use std::collections::HashSet;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -44,45 +45,26 @@ impl Opened {
     }
 }
 
-/// How an object's bytes are compressed, from its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    /// Plain bytes.
-    None,
-    /// gzip (members concatenated are read as one stream).
-    Gzip,
-    /// zstd (frames concatenated are read as one stream).
-    Zstd,
-    /// snappy, framed format.
-    Snappy,
+/// How an object's bytes are compressed, from its name: the extension the sink gives
+/// each compression (`Compression::extension`).
+pub fn codec_of(name: &str) -> Compression {
+    [Compression::Gzip, Compression::Zstd, Compression::Snappy]
+        .into_iter()
+        .find(|c| name.ends_with(c.extension()))
+        .unwrap_or(Compression::None)
 }
 
-impl Codec {
-    /// The codec an object name's extension says.
-    pub fn of(name: &str) -> Codec {
-        if name.ends_with(".gz") {
-            Codec::Gzip
-        } else if name.ends_with(".zst") {
-            Codec::Zstd
-        } else if name.ends_with(".snappy") {
-            Codec::Snappy
-        } else {
-            Codec::None
-        }
-    }
-
-    /// A reader of `inner`'s decompressed bytes.
-    pub fn reader<'a>(
-        self,
-        inner: Box<dyn Read + Send + 'a>,
-    ) -> std::io::Result<Box<dyn Read + Send + 'a>> {
-        Ok(match self {
-            Codec::None => inner,
-            Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
-            Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
-            Codec::Snappy => Box::new(snap::read::FrameDecoder::new(inner)),
-        })
-    }
+/// A reader of `inner`'s bytes decompressed with `c`.
+fn reader<'a>(
+    c: Compression,
+    inner: Box<dyn Read + Send + 'a>,
+) -> std::io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match c {
+        Compression::None => inner,
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(inner)?),
+        Compression::Snappy => Box::new(snap::read::FrameDecoder::new(inner)),
+    })
 }
 
 /// Decompressed chunks handed over at a time (bounded: this many in flight per object).
@@ -94,7 +76,7 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 pub struct Decompressing {
     inner: Arc<dyn ObjectStore>,
     opened: Arc<Opened>,
-    codec: Option<Codec>,
+    codec: Option<Compression>,
 }
 
 impl Decompressing {
@@ -103,7 +85,7 @@ impl Decompressing {
     pub fn new(
         inner: Arc<dyn ObjectStore>,
         opened: Arc<Opened>,
-        codec: Option<Codec>,
+        codec: Option<Compression>,
     ) -> Decompressing {
         Decompressing {
             inner,
@@ -151,7 +133,7 @@ fn generic(e: impl std::error::Error + Send + Sync + 'static) -> object_store::E
 /// Streams `payload` decompressed with `codec`, decoding on a blocking thread.
 fn decompressed(
     payload: GetResultPayload,
-    codec: Codec,
+    codec: Compression,
     location: &Path,
 ) -> BoxStream<'static, object_store::Result<Bytes>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<object_store::Result<Bytes>>(CHUNKS_IN_FLIGHT);
@@ -166,7 +148,7 @@ fn decompressed(
                 current: Bytes::new(),
             }),
         };
-        let mut reader = match codec.reader(raw) {
+        let mut reader = match reader(codec, raw) {
             Ok(r) => r,
             Err(e) => {
                 let _ =
@@ -231,13 +213,13 @@ impl ObjectStore for Decompressing {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        let codec = self.codec.unwrap_or_else(|| Codec::of(location.as_ref()));
+        let codec = self.codec.unwrap_or_else(|| codec_of(location.as_ref()));
         let whole = options.range.is_none() && !options.head;
         if !options.head {
             self.opened.add(location);
         }
         let mut result = self.inner.get_opts(location, options).await?;
-        if codec == Codec::None || !whole {
+        if codec == Compression::None || !whole {
             return Ok(result);
         }
         let payload = std::mem::replace(

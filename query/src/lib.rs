@@ -17,7 +17,6 @@ pub mod layout;
 mod output;
 mod table;
 
-pub use decompress::Codec;
 pub use output::OutputFormat;
 
 use datafusion::arrow::datatypes::Schema;
@@ -27,6 +26,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use sluiced::spec::Compression;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -259,7 +259,7 @@ async fn register(
     index: usize,
     names: &[String],
     store: Arc<dyn ObjectStore>,
-    codec: Option<Codec>,
+    codec: Option<Compression>,
     objects: Objects,
     format: Format,
     schema: Option<Schema>,
@@ -422,7 +422,7 @@ pub enum CsvHeader {
 pub fn select_object(
     location: &Location,
     input: &SelectInput,
-    codec: Option<Codec>,
+    codec: Option<Compression>,
     sql: &str,
     settings: &Settings,
     out: &mut dyn std::io::Write,
@@ -451,7 +451,7 @@ pub fn select_object(
             }
         };
         let meta = store.head(&key).await?;
-        let codec = codec.unwrap_or_else(|| Codec::of(key.as_ref()));
+        let codec = codec.unwrap_or_else(|| decompress::codec_of(key.as_ref()));
         let (format_, schema) = select_schema(&store, &meta, input, codec, &ctx).await?;
         let names = ["s3object", "S3Object", "S3OBJECT"].map(String::from);
         let reg = register(
@@ -475,7 +475,7 @@ async fn select_schema(
     store: &Arc<dyn ObjectStore>,
     meta: &object_store::ObjectMeta,
     input: &SelectInput,
-    codec: Codec,
+    codec: Compression,
     ctx: &SessionContext,
 ) -> Result<(Format, Option<Schema>), QueryError> {
     use datafusion::arrow::datatypes::{DataType, Field};

@@ -170,10 +170,10 @@ fn run(args: QueryArgs) -> anyhow::Result<()> {
             },
         };
         let codec = args.compression.map(|c| match c {
-            Compression::None => q::Codec::None,
-            Compression::Gzip => q::Codec::Gzip,
-            Compression::Zstd => q::Codec::Zstd,
-            Compression::Snappy => q::Codec::Snappy,
+            Compression::None => sluiced::spec::Compression::None,
+            Compression::Gzip => sluiced::spec::Compression::Gzip,
+            Compression::Zstd => sluiced::spec::Compression::Zstd,
+            Compression::Snappy => sluiced::spec::Compression::Snappy,
         });
         q::select_object(&location, &input, codec, &args.sql, &settings, &mut out).map_err(flat)?
     } else {
