@@ -272,10 +272,10 @@ async fn register(
     ));
     let url = ObjectStoreUrl::parse(format!("sluice{index}://lake"))?;
     ctx.register_object_store(url.as_ref(), Arc::clone(&wrapped));
+    let listed = objects.list(wrapped.as_ref()).await?;
     let schema = match schema {
         Some(s) => s,
         None => {
-            let listed = objects.list(wrapped.as_ref()).await?;
             let mut schema = table::infer_json_schema(wrapped.as_ref(), &listed).await?;
             // Each Parquet object carries its schema; objects written at different times
             // may disagree (an inferred column that held integers, then text): the table
@@ -305,8 +305,8 @@ async fn register(
     let stats = Arc::new(ScanStats::default());
     let table = Arc::new(LakeTable::new(
         url,
-        wrapped,
-        objects,
+        &objects,
+        listed,
         format,
         &schema,
         Arc::clone(&stats),

@@ -146,8 +146,9 @@ pub enum Format {
 #[derive(Debug)]
 pub struct LakeTable {
     url: ObjectStoreUrl,
-    store: Arc<dyn ObjectStore>,
-    objects: Objects,
+    /// The objects, listed once when the table was registered: every scan of a query
+    /// sees the same lake, and a lake on S3 is listed once per query, not per scan.
+    listed: Vec<LakeObject>,
     format: Format,
     file_schema: SchemaRef,
     part_fields: Vec<FieldRef>,
@@ -179,13 +180,13 @@ pub fn scalar(v: &PartValue) -> ScalarValue {
 }
 
 impl LakeTable {
-    /// A table over `store` (already wrapped to decompress) registered at `url`, whose
-    /// objects have `data_schema` (fields named like a layout column are dropped: the
-    /// folder's value stands for them).
+    /// A table over the `listed` objects of the store registered at `url` (wrapped to
+    /// decompress), whose objects have `data_schema` (fields named like a layout
+    /// column are dropped: the folder's value stands for them).
     pub fn new(
         url: ObjectStoreUrl,
-        store: Arc<dyn ObjectStore>,
-        objects: Objects,
+        objects: &Objects,
+        listed: Vec<LakeObject>,
         format: Format,
         data_schema: &Schema,
         stats: Arc<ScanStats>,
@@ -202,8 +203,7 @@ impl LakeTable {
         all.extend(part_fields.iter().cloned());
         LakeTable {
             url,
-            store,
-            objects,
+            listed,
             format,
             file_schema,
             part_fields,
@@ -258,7 +258,7 @@ impl TableProvider for LakeTable {
             .filter(|f| expr_applicable_for_cols(&names, f))
             .cloned()
             .collect();
-        let objects = self.objects.list(self.store.as_ref()).await?;
+        let objects = self.listed.clone();
         self.stats
             .listed
             .fetch_add(objects.len(), Ordering::Relaxed);
