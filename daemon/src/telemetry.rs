@@ -127,6 +127,10 @@ fn describe() {
         "sluice_delivery_replay_skipped_records_total",
         "Records replayed after a crash that the intent log found in an object already stored"
     );
+    describe_gauge!(
+        "sluice_delivery_inferred_schemas",
+        "Partitions whose inferred Parquet schema the pipeline keeps (schema = \"infer\")"
+    );
     describe_counter!(
         "sluice_delivery_duplicate_records_total",
         "Records written again under a new object name after a crash (possible duplicates)"

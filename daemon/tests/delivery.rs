@@ -351,6 +351,39 @@ fn crash_and_recover_with(buffer: &str, generator: &str, failpoint: Option<&str>
         "",
         &[("lake", &lake_pipeline(buffer, "")), ("gen", generator)],
     );
+    let before: usize = crash(&s, failpoint, || lake_lines(s.dir.path()).values().sum());
+    let (in_stream, to_read, skipped, dup_counted) = restart_and_drain(&s);
+    let lines = lake_lines(s.dir.path());
+    let total: usize = lines.values().sum();
+    eprintln!(
+        "{failpoint:?}: before the crash {before} lines in the lake; stream holds {in_stream}, {to_read} past the checkpoint; after restart: {} distinct, {} duplicates ({dup_counted} counted), {skipped} replayed records skipped as stored",
+        lines.len(),
+        total - lines.len()
+    );
+    assert_eq!(
+        lines.len() as u64,
+        in_stream,
+        "every acknowledged record is in the lake"
+    );
+    assert_eq!(total, lines.len(), "no record is in the lake twice");
+    assert_eq!(dup_counted, 0.0);
+    // An interrupted write's temp file never shows as an object, and the rewrite of the
+    // same object removes it.
+    assert!(lines.keys().all(|l| l.starts_with('{')));
+    no_temp_files(&s);
+}
+
+fn no_temp_files(s: &Setup) {
+    for p in files_under(&s.path("lake")) {
+        let name = p.file_name().unwrap().to_string_lossy();
+        assert!(!name.contains(".tmp"), "leftover {p:?}");
+    }
+}
+
+/// Kills the running daemon of `s` by SIGKILL once some objects are stored and records are
+/// buffered (`failpoint` None), or by a failpoint that SIGKILLs it at an exact place (on
+/// the third object unless the failpoint says which). Returns `lake()` right after.
+fn crash<T>(s: &Setup, failpoint: Option<&str>, lake: impl FnOnce() -> T) -> T {
     match failpoint {
         None => {
             let mut d = s.start();
@@ -367,7 +400,6 @@ fn crash_and_recover_with(buffer: &str, generator: &str, failpoint: Option<&str>
             d.child.wait().unwrap();
         }
         Some(fp) => {
-            // On the third object unless the failpoint says which.
             let fp = if fp.contains(':') {
                 fp.to_string()
             } else {
@@ -381,7 +413,14 @@ fn crash_and_recover_with(buffer: &str, generator: &str, failpoint: Option<&str>
             assert_eq!(st.signal(), Some(libc::SIGKILL), "{}", d.stderr());
         }
     }
-    let before: usize = lake_lines(s.dir.path()).values().sum();
+    lake()
+}
+
+/// After [`crash`]: stops the producer, restarts the daemon, waits until the lake pipeline
+/// read everything past its checkpoint, and stops it cleanly (SIGTERM drains every
+/// buffer). Returns (records in the stream, records past the checkpoint, replayed records
+/// skipped as stored, records counted as possible duplicates).
+fn restart_and_drain(s: &Setup) -> (u64, u64, f64, f64) {
     std::fs::remove_file(s.path("pipelines/gen.toml")).unwrap();
     // What the stream holds (every record the generator got acknowledged) ...
     let in_stream: u64 = shard_records(&s.path("var/streams/events")).values().sum();
@@ -413,29 +452,138 @@ fn crash_and_recover_with(buffer: &str, generator: &str, failpoint: Option<&str>
     let pl = ["pipeline=\"events-to-lake\""];
     let skipped = d.metric("sluice_delivery_replay_skipped_records_total", &pl);
     let dup_counted = d.metric("sluice_delivery_duplicate_records_total", &pl);
-    // SIGTERM drains: everything buffered is delivered before exit.
     d.stop_cleanly();
-    let lines = lake_lines(s.dir.path());
-    let total: usize = lines.values().sum();
+    (in_stream, to_read, skipped, dup_counted)
+}
+
+/// The lake of a Parquet pipeline: the `id` of every row, by partition folder and with
+/// the type of its object's `v` column; and the `id` of every record refused as
+/// `format-conversion-failed` (from its error document's raw data).
+fn parquet_lake(root: &Path) -> (Vec<(String, String, String)>, Vec<String>) {
+    use arrow_array::Array as _;
+    let lake = root.join("lake");
+    let mut rows = Vec::new();
+    for p in files_under(&lake) {
+        let rel = p.strip_prefix(&lake).unwrap().to_string_lossy().to_string();
+        if rel.starts_with("kdferror") || !rel.ends_with(".parquet") {
+            continue;
+        }
+        let partition = rel.split("/20").next().unwrap().to_string();
+        let body = bytes::Bytes::from(std::fs::read(&p).unwrap());
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body).unwrap();
+        let v_type = reader
+            .schema()
+            .field_with_name("v")
+            .map(|f| f.data_type().to_string())
+            .unwrap_or_else(|_| "absent".into());
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name("id").unwrap();
+            let ids = ids
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            for i in 0..ids.len() {
+                rows.push((partition.clone(), v_type.clone(), ids.value(i).to_string()));
+            }
+        }
+    }
+    let refused = lake.join("kdferror/format-conversion-failed");
+    let refused = if refused.exists() {
+        use base64::Engine as _;
+        error_docs(&refused)
+            .iter()
+            .map(|d| {
+                assert_eq!(d["errorCode"], "DataFormatConversion.MalformedData", "{d}");
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(d["rawData"].as_str().unwrap())
+                    .unwrap();
+                let rec: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+                rec["id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (rows, refused)
+}
+
+/// The crash tests with Parquet objects and `schema = "infer"` over records whose field
+/// `v` is an integer, a fraction, text or null at random: each partition's inferred schema
+/// carries from object to object and across the crash, so after the restart every
+/// acknowledged record is in exactly one place — a row of a Parquet object or a
+/// `format-conversion-failed` error document — and no partition has `v` as text in one
+/// object and as a number in another.
+fn parquet_crash_and_recover(failpoint: Option<&str>) {
+    let lake = lake_pipeline("size = \"16KiB\"\ninterval = \"30s\"", "").replace(
+        "compression = \"gzip\"",
+        "compression = \"snappy\"\nformat = \"parquet\"\nschema = \"infer\"",
+    );
+    let generator = "[pipelines.produce]\nsource = { plugin = \"generator\", count = 3000, batch_size = 100, subjects = [\"1\", \"7\", \"2.5\", \"\\\"text\\\"\", \"null\"], template = '{\"type\":\"${type}\",\"source\":\"${source}\",\"id\":\"${eventId}\",\"seq\":${seq},\"v\":${subject}}' }\nsink = { plugin = \"stream\", stream = \"events\" }\n";
+    let s = Setup::new("", &[("lake", &lake), ("gen", generator)]);
+    let (before, _) = crash(&s, failpoint, || parquet_lake(s.dir.path()));
+    let (in_stream, to_read, skipped, dup_counted) = restart_and_drain(&s);
+    let (rows, refused) = parquet_lake(s.dir.path());
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for id in rows
+        .iter()
+        .map(|r| r.2.as_str())
+        .chain(refused.iter().map(|r| r.as_str()))
+    {
+        *seen.entry(id).or_default() += 1;
+    }
     eprintln!(
-        "{failpoint:?}: before the crash {before} lines in the lake; stream holds {in_stream}, {to_read} past the checkpoint; after restart: {} distinct, {} duplicates ({dup_counted} counted), {skipped} replayed records skipped as stored",
-        lines.len(),
-        total - lines.len()
+        "{failpoint:?}: before the crash {} rows; stream holds {in_stream}, {to_read} past the checkpoint; after restart: {} rows, {} refused, {} distinct, {dup_counted} counted as duplicates, {skipped} replayed records skipped as stored",
+        before.len(),
+        rows.len(),
+        refused.len(),
+        seen.len()
     );
     assert_eq!(
-        lines.len() as u64,
+        seen.len() as u64,
         in_stream,
         "every acknowledged record is in the lake"
     );
-    assert_eq!(total, lines.len(), "no record is in the lake twice");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "no record is in the lake twice"
+    );
     assert_eq!(dup_counted, 0.0);
-    // An interrupted write's temp file never shows as an object, and the rewrite of the
-    // same object removes it.
-    assert!(lines.keys().all(|l| l.starts_with('{')));
-    for p in files_under(&s.path("lake")) {
-        let name = p.file_name().unwrap().to_string_lossy();
-        assert!(!name.contains(".tmp"), "leftover {p:?}");
+    assert!(!refused.is_empty() && !rows.is_empty());
+    let mut v_types: HashMap<&str, std::collections::BTreeSet<&str>> = HashMap::new();
+    for (partition, v_type, _) in &rows {
+        v_types.entry(partition).or_default().insert(v_type);
     }
+    for (partition, types) in &v_types {
+        let text = types.contains("Utf8");
+        let number = types.contains("Int64") || types.contains("Float64");
+        assert!(
+            !(text && number),
+            "{partition}: `v` is {types:?} in different objects"
+        );
+    }
+    no_temp_files(&s);
+}
+
+#[test]
+fn parquet_sigkill_mid_buffer_keeps_every_record_once_and_each_partitions_schema() {
+    parquet_crash_and_recover(None);
+}
+
+#[test]
+fn parquet_sigkill_before_upload_keeps_every_record_once_and_each_partitions_schema() {
+    parquet_crash_and_recover(Some("delivery-before-upload"));
+}
+
+#[test]
+fn parquet_sigkill_mid_upload_keeps_every_record_once_and_each_partitions_schema() {
+    parquet_crash_and_recover(Some("object-store-mid-upload"));
+}
+
+#[test]
+fn parquet_sigkill_after_upload_keeps_every_record_once_and_each_partitions_schema() {
+    parquet_crash_and_recover(Some("delivery-after-upload"));
 }
 
 #[test]

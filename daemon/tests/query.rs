@@ -597,7 +597,7 @@ fn parquet_objects_have_the_declared_types_and_misfits_go_to_the_error_output() 
     d.stop_cleanly();
 }
 
-/// `schema = "infer"`: each object's columns come from its records, widened as they add
+/// `schema = "infer"`: a partition's columns come from its records, widened as they add
 /// fields; a record whose field changes type is refused.
 #[test]
 fn inferred_parquet_schemas_widen_and_refuse_conflicts() {
@@ -630,8 +630,9 @@ fn inferred_parquet_schemas_widen_and_refuse_conflicts() {
     d.stop_cleanly();
 }
 
-/// Inference is per object: a column that held integers in one object and text in a later
-/// one reads as text in `sluiced query` (every object's values convert to it).
+/// Inference is per partition: a column that holds integers in one partition refuses text
+/// in the partition's later objects, and holds text in another partition; `sluiced query`
+/// reads both partitions' objects together as text (every value converts to it).
 #[test]
 fn objects_whose_inferred_types_differ_are_queried_together() {
     let s = Setup::new("", &[("lake", &parquet_lake("\"infer\"", "snappy"))]);
@@ -647,19 +648,33 @@ fn objects_whose_inferred_types_differ_are_queried_together() {
     wait_until(Duration::from_secs(30), "the first object", || {
         objects() == 1
     });
-    put_lines(&s, "{\"type\":\"t\",\"a\":\"x\"}\n");
-    wait_until(Duration::from_secs(30), "the second object", || {
-        objects() == 2
-    });
+    put_lines(
+        &s,
+        "{\"type\":\"t\",\"a\":\"x\"}\n{\"type\":\"u\",\"a\":\"y\"}\n",
+    );
+    let refused = || error_docs(&s.path("lake/kdferror/format-conversion-failed"));
+    wait_until(
+        Duration::from_secs(30),
+        "the second object and a refusal",
+        || objects() == 2 && s.path("lake/kdferror").exists() && refused().len() == 1,
+    );
+    let doc = &refused()[0];
+    assert!(
+        doc["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("field `a` holds integer in this partition's earlier records, not string"),
+        "{doc}"
+    );
     let (out, _) = query(
         &s,
         &[
             "--format",
             "csv",
-            "SELECT a FROM \"events-to-lake\" ORDER BY a",
+            "SELECT type, a FROM \"events-to-lake\" ORDER BY a",
         ],
     );
-    assert_eq!(out, "a\n1\nx\n");
+    assert_eq!(out, "type,a\nt,1\nu,y\n");
     d.stop_cleanly();
 }
 

@@ -15,9 +15,17 @@
 //! the same partitions). Entries are dropped once their acks are older than
 //! [`RETIRE_AFTER`] (the source has written its checkpoint past them by then); the file is
 //! rewritten when most of its lines are dead.
+//!
+//! With `schema = "infer"` the log also keeps each partition's inferred schema: an intent
+//! records the schema its object started from (a replay starts from it too) and, when the
+//! object widened it, the partition's new schema (`carry`). A rewrite keeps the latest
+//! schema of every partition as a line of its own, after the intents, so schemas outlive
+//! the intents that carried them and survive config changes (they describe the lake, not
+//! the config).
 
+use super::parquet::Inferred;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -50,6 +58,13 @@ pub struct Intent {
     pub records: u64,
     /// Why it was flushed (the replayed object is counted the same way).
     pub reason: String,
+    /// `schema = "infer"`: the partition's schema when the object's buffer opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Inferred>,
+    /// `schema = "infer"`: the partition's schema after this object, when the object
+    /// changed it (new objects of the partition start from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carry: Option<Inferred>,
 }
 
 impl Intent {
@@ -65,9 +80,29 @@ impl Intent {
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum Line {
-    Header { config: String, version: u32 },
+    Header {
+        config: String,
+        version: u32,
+    },
     Intent(Intent),
-    Stored { stored: u64 },
+    Stored {
+        stored: u64,
+    },
+    Schema {
+        partition_schema: String,
+        schema: Inferred,
+    },
+}
+
+/// What [`IntentLog::open`] found: the log, the previous run's entries that still matter,
+/// and each partition's latest inferred schema.
+pub struct Opened {
+    /// The open log.
+    pub log: IntentLog,
+    /// Entries of the previous run (empty when the config changed).
+    pub recovered: Vec<Recovered>,
+    /// Partition id → its inferred schema (empty unless asked for).
+    pub schemas: HashMap<String, Inferred>,
 }
 
 /// An entry found in the log at startup.
@@ -99,13 +134,16 @@ pub struct IntentLog {
     lines: usize,
     unsynced: bool,
     released_upto: Option<u64>,
+    /// Partition id → its latest schema as a `Schema` line (what a rewrite keeps).
+    schemas: HashMap<String, String>,
 }
 
 impl IntentLog {
-    /// Opens (or creates) the log of a pipeline whose config hashes to `config`. Returns
-    /// the log and the entries of the previous run that still matter (empty when the
-    /// config changed).
-    pub fn open(dir: &Path, config: &str) -> Result<(IntentLog, Vec<Recovered>), IntentError> {
+    /// Opens (or creates) the log of a pipeline whose config hashes to `config`, with the
+    /// entries of the previous run that still matter (none when the config changed) and,
+    /// when `schemas` (the pipeline infers Parquet schemas), the partitions' schemas —
+    /// else they are dropped.
+    pub fn open(dir: &Path, config: &str, schemas: bool) -> Result<Opened, IntentError> {
         let path = dir.join("intents.jsonl");
         let err = |source| IntentError {
             path: path.clone(),
@@ -115,6 +153,8 @@ impl IntentLog {
         let mut version = 1;
         let mut same_config = false;
         let mut found: BTreeMap<u64, Recovered> = BTreeMap::new();
+        // Later lines win: a rewrite puts the latest schemas after the intents.
+        let mut carried: HashMap<String, Inferred> = HashMap::new();
         if let Ok(f) = File::open(&path) {
             // A torn last line (crash mid-write) does not parse and is ignored.
             for line in BufReader::new(f).lines() {
@@ -127,7 +167,13 @@ impl IntentLog {
                         same_config = c == config;
                         version = if same_config { v } else { v.saturating_add(1) };
                     }
-                    Ok(Line::Intent(i)) if same_config => {
+                    Ok(Line::Intent(i)) => {
+                        if let Some(c) = i.carry.as_ref().filter(|c| c.plausible()) {
+                            carried.insert(i.partition.clone(), c.clone());
+                        }
+                        if !same_config {
+                            continue;
+                        }
                         found.insert(
                             i.id,
                             Recovered {
@@ -140,6 +186,12 @@ impl IntentLog {
                         if let Some(r) = found.get_mut(&stored) {
                             r.stored = true;
                         }
+                    }
+                    Ok(Line::Schema {
+                        partition_schema,
+                        schema,
+                    }) if schema.plausible() => {
+                        carried.insert(partition_schema, schema);
                     }
                     _ => {}
                 }
@@ -166,10 +218,18 @@ impl IntentLog {
                 (r.intent.id, entry)
             })
             .collect();
-        let file = write_log(&path, &header, &entries).map_err(err)?;
+        if !schemas {
+            carried.clear();
+        }
+        let schema_lines: HashMap<String, String> = carried
+            .iter()
+            .map(|(p, s)| (p.clone(), schema_line(p, s)))
+            .collect();
+        let file = write_log(&path, &header, &entries, &schema_lines).map_err(err)?;
         let log = IntentLog {
             file,
-            lines: 1 + entries.len(),
+            lines: 1 + entries.len() + schema_lines.len(),
+            schemas: schema_lines,
             path,
             header,
             version,
@@ -178,7 +238,11 @@ impl IntentLog {
             unsynced: false,
             released_upto: None,
         };
-        Ok((log, recovered))
+        Ok(Opened {
+            log,
+            recovered,
+            schemas: carried,
+        })
     }
 
     /// A fresh id for the next object.
@@ -194,6 +258,10 @@ impl IntentLog {
         let line = serde_json::to_string(&Line::Intent(intent.clone())).unwrap_or_default();
         self.append(&line)?;
         self.sync()?;
+        if let Some(c) = &intent.carry {
+            self.schemas
+                .insert(intent.partition.clone(), schema_line(&intent.partition, c));
+        }
         self.entries.insert(
             intent.id,
             Entry {
@@ -220,6 +288,12 @@ impl IntentLog {
         if let Some(e) = self.entries.get_mut(&id) {
             e.release_token = Some(token);
         }
+    }
+
+    /// Forgets a partition's schema (the delivery keeps only the most recently used ones):
+    /// the next rewrite drops it.
+    pub fn forget_schema(&mut self, partition: &str) {
+        self.schemas.remove(partition);
     }
 
     /// Forgets an entry (a replay that gave up: its object is written under a new name).
@@ -258,7 +332,8 @@ impl IntentLog {
             }
             true
         });
-        if self.lines > 1024 && self.lines > 4 * (self.entries.len() + 1) {
+        let live = self.entries.len() + self.schemas.len() + 1;
+        if self.lines > 1024 && self.lines > 4 * live {
             self.rewrite().map_err(|source| IntentError {
                 path: self.path.clone(),
                 source,
@@ -287,17 +362,31 @@ impl IntentLog {
     }
 
     fn rewrite(&mut self) -> std::io::Result<()> {
-        self.file = write_log(&self.path, &self.header, &self.entries)?;
-        self.lines = 1 + self.entries.len();
+        self.file = write_log(&self.path, &self.header, &self.entries, &self.schemas)?;
+        self.lines = 1 + self.entries.len() + self.schemas.len();
         self.unsynced = false;
         Ok(())
     }
 }
 
-/// Writes the header and the live entries to a temp file, syncs it and renames it over
-/// the log (a crash leaves either the old log or the new one); returns the log opened for
-/// appending.
-fn write_log(path: &Path, header: &str, entries: &BTreeMap<u64, Entry>) -> std::io::Result<File> {
+/// A partition's schema as a line of the log.
+fn schema_line(partition: &str, schema: &Inferred) -> String {
+    serde_json::to_string(&Line::Schema {
+        partition_schema: partition.to_string(),
+        schema: schema.clone(),
+    })
+    .unwrap_or_default()
+}
+
+/// Writes the header, the live entries and then the partitions' schemas (after the
+/// entries: the latest wins) to a temp file, syncs it and renames it over the log (a crash
+/// leaves either the old log or the new one); returns the log opened for appending.
+fn write_log(
+    path: &Path,
+    header: &str,
+    entries: &BTreeMap<u64, Entry>,
+    schemas: &HashMap<String, String>,
+) -> std::io::Result<File> {
     let tmp = path.with_extension("jsonl.tmp");
     let mut text = String::with_capacity(64 * (entries.len() + 1));
     text.push_str(header);
@@ -308,6 +397,10 @@ fn write_log(path: &Path, header: &str, entries: &BTreeMap<u64, Entry>) -> std::
         if e.stored {
             text.push_str(&format!("{{\"stored\":{id}}}\n"));
         }
+    }
+    for line in schemas.values() {
+        text.push_str(line);
+        text.push('\n');
     }
     let mut f = File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
@@ -323,6 +416,11 @@ fn write_log(path: &Path, header: &str, entries: &BTreeMap<u64, Entry>) -> std::
 mod tests {
     use super::*;
 
+    fn open(dir: &Path, config: &str) -> (IntentLog, Vec<Recovered>) {
+        let o = IntentLog::open(dir, config, false).unwrap();
+        (o.log, o.recovered)
+    }
+
     fn intent(id: u64, partition: &str) -> Intent {
         Intent {
             id,
@@ -334,13 +432,15 @@ mod tests {
             ],
             records: 3,
             reason: "size".into(),
+            schema: None,
+            carry: None,
         }
     }
 
     #[test]
     fn entries_survive_a_crash_with_their_stored_marks() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, rec) = IntentLog::open(dir.path(), "h1").unwrap();
+        let (mut log, rec) = open(dir.path(), "h1");
         assert!(rec.is_empty());
         assert_eq!(log.version, 1);
         let a = intent(log.next_id(), "a");
@@ -357,7 +457,7 @@ mod tests {
             .write_all(b"{\"id\":9,\"parti")
             .unwrap();
         drop(log);
-        let (mut log, rec) = IntentLog::open(dir.path(), "h1").unwrap();
+        let (mut log, rec) = open(dir.path(), "h1");
         assert_eq!(log.version, 1);
         assert_eq!(rec.len(), 2);
         assert!(rec[0].stored && rec[0].intent == a);
@@ -369,21 +469,84 @@ mod tests {
     #[test]
     fn a_changed_config_bumps_the_version_and_drops_intents() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = IntentLog::open(dir.path(), "h1").unwrap();
+        let (mut log, _) = open(dir.path(), "h1");
         let a = intent(log.next_id(), "a");
         log.intend(&a, 1).unwrap();
         drop(log);
-        let (log, rec) = IntentLog::open(dir.path(), "h2").unwrap();
+        let (log, rec) = open(dir.path(), "h2");
         assert_eq!((log.version, rec.len()), (2, 0));
         drop(log);
-        let (log, _) = IntentLog::open(dir.path(), "h2").unwrap();
+        let (log, _) = open(dir.path(), "h2");
         assert_eq!(log.version, 2, "the version is kept while the config is");
+    }
+
+    fn fields(names: &[&str]) -> Inferred {
+        Inferred::Object(
+            names
+                .iter()
+                .map(|n| (n.to_string(), Inferred::Int))
+                .collect(),
+        )
+    }
+
+    /// Each partition's latest schema outlives the intents that carried it (retired and
+    /// rewritten away), a config change and a torn line; a damaged schema is not used.
+    #[test]
+    fn partition_schemas_outlive_their_intents_and_config_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = IntentLog::open(dir.path(), "h1", true).unwrap().log;
+        for t in 0..1500u64 {
+            let mut i = intent(log.next_id(), if t % 2 == 0 { "p" } else { "q" });
+            // `p` widens on every object, `q` only once.
+            i.carry = match t {
+                _ if t % 2 == 0 => Some(fields(&["a", &format!("f{t}")])),
+                1 => Some(fields(&["b"])),
+                _ => None,
+            };
+            i.schema = Some(fields(&["a"]));
+            log.intend(&i, t).unwrap();
+            log.stored(i.id, t).unwrap();
+        }
+        log.released(1499);
+        log.maintain().unwrap();
+        for e in log.entries.values_mut() {
+            e.released_at = Some(Instant::now() - RETIRE_AFTER);
+        }
+        log.maintain().unwrap();
+        assert_eq!(log.live(), 0);
+        let text = std::fs::read_to_string(dir.path().join("intents.jsonl")).unwrap();
+        assert_eq!(
+            text.lines().count(),
+            3,
+            "rewritten: header + two schemas\n{text}"
+        );
+        // A damaged schema line (a field twice) is ignored, a torn one too.
+        OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("intents.jsonl"))
+            .unwrap()
+            .write_all(b"{\"partition_schema\":\"q\",\"schema\":{\"Object\":[[\"x\",\"Int\"],[\"x\",\"Text\"]]}}\n{\"partition_schema\":\"q\",\"sch")
+            .unwrap();
+        drop(log);
+        let o = IntentLog::open(dir.path(), "h2", true).unwrap();
+        assert_eq!(o.recovered.len(), 0, "the config changed");
+        assert_eq!(o.schemas.len(), 2);
+        assert_eq!(o.schemas["p"], fields(&["a", "f1498"]), "the latest wins");
+        assert_eq!(o.schemas["q"], fields(&["b"]));
+        drop(o);
+        let o = IntentLog::open(dir.path(), "h2", false).unwrap();
+        assert!(o.schemas.is_empty(), "not asked for: dropped");
+        drop(o);
+        assert!(IntentLog::open(dir.path(), "h2", true)
+            .unwrap()
+            .schemas
+            .is_empty());
     }
 
     #[test]
     fn released_entries_retire_and_the_file_shrinks() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = IntentLog::open(dir.path(), "h").unwrap();
+        let (mut log, _) = open(dir.path(), "h");
         for t in 0..2000 {
             let i = intent(log.next_id(), "p");
             log.intend(&i, t).unwrap();
@@ -400,7 +563,7 @@ mod tests {
         log.maintain().unwrap();
         assert_eq!(log.live(), 200);
         drop(log);
-        let (_, rec) = IntentLog::open(dir.path(), "h").unwrap();
+        let (_, rec) = open(dir.path(), "h");
         assert_eq!(
             rec.len(),
             200,

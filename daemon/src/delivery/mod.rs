@@ -134,6 +134,9 @@ pub struct Delivery {
     nothing_to_spill: bool,
     /// The daemon's shared buffer budget.
     budget: std::sync::Arc<MemoryBudget>,
+    /// `schema = "infer"`: each partition's schema as its last object left it; new
+    /// buffers start from it.
+    carried: parquet::PartitionSchemas,
 }
 
 /// An encoded object ready for the sink, plus what completing it releases.
@@ -171,18 +174,29 @@ impl Delivery {
             .increment(0);
         // Registering the histogram exports it with a zero count before the first object.
         let _ = metrics::histogram!("sluice_delivery_latency_seconds", "pipeline" => pipeline.to_string());
-        let (log, recovered) = match journal {
+        let infer = matches!(
+            &spec.format,
+            Some(crate::spec::ParquetSpec {
+                schema: crate::spec::SchemaSpec::Infer,
+                ..
+            })
+        );
+        let (log, recovered, schemas) = match journal {
             Some(j) => {
-                let (log, r) = IntentLog::open(&j.dir, &j.config_hash)?;
-                (Some(log), r)
+                let o = IntentLog::open(&j.dir, &j.config_hash, infer)?;
+                (Some(o.log), o.recovered, o.schemas)
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), HashMap::new()),
         };
         // Every flush reason is exported from the start, at 0. `partitions` stays 0: past
         // `max_active_partitions` records go to the error output, as in Firehose, instead
         // of forcing a flush.
         for reason in ["size", "interval", "memory", "partitions", "drain"] {
             metrics::counter!("sluice_buffer_flushes_total", "pipeline" => pipeline.to_string(), "reason" => reason).increment(0);
+        }
+        if infer {
+            metrics::gauge!("sluice_delivery_inferred_schemas", "pipeline" => pipeline.to_string())
+                .set(schemas.len() as f64);
         }
         let mut recovering = Recovering::default();
         if !recovered.is_empty() {
@@ -204,6 +218,7 @@ impl Delivery {
             spill_failed: false,
             nothing_to_spill: false,
             budget,
+            carried: parquet::PartitionSchemas::new(schemas, spec.max_active_partitions),
             pipeline: pipeline.to_string(),
             spec,
             buffers: HashMap::new(),
@@ -246,12 +261,6 @@ impl Delivery {
         touched: &mut usize,
         route: Option<Recovery>,
     ) -> Result<(), parquet::Misfit> {
-        let delim: &[u8] = match key {
-            // Parquet buffers hold JSON lines until the flush converts them.
-            BufferKey::Data { .. } if self.spec.format.is_some() => b"\n",
-            BufferKey::Data { .. } => self.spec.delimiter.as_bytes(),
-            BufferKey::Error(_) => b"\n",
-        };
         let ranges = self.log.is_some();
         let compression = match key {
             BufferKey::Data { .. } => self.spec.buffer_codec(),
@@ -266,10 +275,16 @@ impl Delivery {
         };
         let mut first_schema = None;
         if let (Some(v), false) = (parsed, exists) {
-            let mut s = parquet::BufferSchema::default();
+            let mut s = parquet::BufferSchema::starting(self.start_schema(&key, &route));
             s.take(v, payload)?;
             first_schema = Some(s);
         }
+        let delim: &[u8] = match key {
+            // Parquet buffers hold JSON lines until the flush converts them.
+            BufferKey::Data { .. } if self.spec.format.is_some() => b"\n",
+            BufferKey::Data { .. } => self.spec.delimiter.as_bytes(),
+            BufferKey::Error(_) => b"\n",
+        };
         let b = match route {
             Some(Recovery::Skip) => {
                 metrics::counter!("sluice_delivery_replay_skipped_records_total", "pipeline" => self.pipeline.clone()).increment(1);
@@ -331,6 +346,25 @@ impl Delivery {
         self.budget.sub(freed);
         self.bytes += (payload.len() + delim.len()) as u64;
         Ok(())
+    }
+
+    /// The inferred schema a new buffer starts from: a replayed object's from its intent
+    /// (so the replay checks its records exactly as the first run did), a partition's from
+    /// its previous object.
+    fn start_schema(
+        &mut self,
+        key: &BufferKey,
+        route: &Option<Recovery>,
+    ) -> Option<parquet::Inferred> {
+        match route {
+            Some(Recovery::Replay(id)) => self
+                .recovering
+                .entries
+                .get(id)
+                .and_then(|r| r.intent.schema.clone()),
+            Some(Recovery::Skip) => None,
+            None => self.carried.get(&partition_id(key)),
+        }
     }
 
     /// During recovery: stored objects of the previous run whose records the source has
@@ -697,6 +731,26 @@ impl Delivery {
             },
         );
         let last_token = b.tokens.last().copied().unwrap_or(0);
+        // `schema = "infer"`: the schema the object started from goes into its intent, and
+        // the one it ends with becomes the partition's (not a replay's: the partition has
+        // moved on since).
+        let start = b.schema.start().cloned();
+        let carry = match (&slot, b.schema.inferred()) {
+            (Slot::Open(_), Some(end)) if error.is_none() => {
+                let (changed, forgotten) = self.carried.keep(&partition, end);
+                if let Some(log) = &mut self.log {
+                    for p in &forgotten {
+                        log.forget_schema(p);
+                    }
+                }
+                if changed {
+                    metrics::gauge!("sluice_delivery_inferred_schemas", "pipeline" => self.pipeline.clone())
+                        .set(self.carried.len() as f64);
+                }
+                changed.then(|| end.clone())
+            }
+            _ => None,
+        };
         let intent = match (replay_of, &mut self.log) {
             // Every record is back: the very same object, under the very same key.
             (Some(r), _) if r.intent.records == b.records => {
@@ -718,6 +772,8 @@ impl Delivery {
                     ranges: b.ranges.clone(),
                     records: b.records,
                     reason: reason.as_str().to_string(),
+                    schema: start,
+                    carry,
                 };
                 log.intend(&intent, last_token)?;
                 Some(intent.id)
@@ -1414,6 +1470,121 @@ mod tests {
         assert_eq!(d.stored(&rest_b).unwrap(), vec![8]);
         // Past every recovered object on both shards: matching is over.
         assert!(d.recovering.entries.is_empty());
+    }
+
+    fn misfits(d: &Delivery) -> u64 {
+        d.buffers
+            .get(&BufferKey::Error(ErrorType::FormatConversionFailed))
+            .map_or(0, |b| b.records)
+    }
+
+    /// `schema = "infer"`: a partition's schema carries from one object to the next and
+    /// across a crash, and a replayed object checks its records against the schema its
+    /// first run started from — so it is the very same file even where a fresh inference
+    /// would have refused other records.
+    #[test]
+    fn an_inferred_schema_is_the_partitions_across_objects_crashes_and_replays() {
+        let spec = || {
+            let mut s = spec(Compression::Snappy, 10);
+            s.format = Some(crate::spec::ParquetSpec {
+                schema: crate::spec::SchemaSpec::Infer,
+            });
+            s
+        };
+        let at = |i: u64| (1 << 48) | i;
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path());
+        let mut d = Delivery::new("p", spec(), Some(&j), None, budget()).unwrap();
+        d.add(1, &[rec(r#"{"type":"a","x":1}"#, at(1))], &[]);
+        let a1 = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.stored(&a1).unwrap(), vec![1]);
+        // The next object: `x` is an integer for the partition, not only for `a1`.
+        d.add(
+            2,
+            &[
+                rec(r#"{"type":"a","x":"s"}"#, at(2)),
+                rec(r#"{"type":"a","x":2,"y":true}"#, at(3)),
+            ],
+            &[],
+        );
+        assert_eq!(
+            misfits(&d),
+            1,
+            "a text `x` is refused in the partition's second object"
+        );
+        let a2 = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        d.stored(&a2).unwrap();
+        // A third object, intended but not confirmed when the process dies.
+        let third = [
+            rec(r#"{"type":"a","x":"s2"}"#, at(4)),
+            rec(r#"{"type":"a","x":3}"#, at(5)),
+        ];
+        d.add(3, &third, &[]);
+        assert_eq!(misfits(&d), 2);
+        let a3 = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a3.object.record_count, 1);
+        drop(d);
+
+        let mut d = Delivery::new("p", spec(), Some(&j), None, budget()).unwrap();
+        assert_eq!(
+            d.carried.len(),
+            1,
+            "the partition's schema survived the crash"
+        );
+        // The source replays from its checkpoint (after batch 2): the third object is
+        // rebuilt from the schema it started from. Inferred afresh, `"s2"` would have
+        // opened it as text and `3` been refused: the same name, other contents.
+        d.add(7, &third, &[]);
+        let (slot, _) = d.next_due().unwrap();
+        assert!(matches!(slot, Slot::Replay(_)));
+        let again = d.take(&slot, FlushReason::Size).unwrap().unwrap();
+        assert_eq!(again.object.key, a3.object.key);
+        assert_eq!(again.object.body, a3.object.body, "the very same file");
+        // New records after the restart still meet the partition's schema.
+        d.add(
+            8,
+            &[
+                rec(r#"{"type":"a","x":"t"}"#, at(6)),
+                rec(r#"{"type":"a","z":1.5}"#, at(7)),
+            ],
+            &[],
+        );
+        assert_eq!(misfits(&d), 2, "`\"s2\"` again and `\"t\"`");
+        let a4 = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        let schema = ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(a4.object.body.clone()),
+        )
+        .unwrap()
+        .schema()
+        .clone();
+        let cols: Vec<(&str, &arrow_schema::DataType)> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().as_str(), f.data_type()))
+            .collect();
+        use arrow_schema::DataType::*;
+        assert_eq!(
+            cols,
+            [
+                ("type", &Utf8),
+                ("x", &Int64),
+                ("y", &Boolean),
+                ("z", &Float64)
+            ],
+            "the partition's columns, in the order they came"
+        );
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! not convert: against the declared columns, or — with `schema = "infer"` — against the
 //! schema of the records already in the same buffer, which each record may widen (new
 //! fields, integers meeting fractions, nulls taking a type) but not change. A record that
-//! does not fit goes to the error output as `format-conversion-failed`. Inference is per
-//! buffer, so an object's schema follows from its own records only: a replay after a crash
-//! rebuilds the very same object. At the flush, the buffer's lines are decoded into Arrow
-//! batches and written as one Parquet file, compressed inside with the pipeline's
-//! `compression`.
+//! does not fit goes to the error output as `format-conversion-failed`. An inferred schema
+//! is the partition's: a buffer starts from the schema its partition's previous object
+//! ended with (`Delivery` carries it, and the intent log keeps it across restarts), and the
+//! intent of each object records the schema it started from, so a replay after a crash
+//! checks the same records against the same schema and rebuilds the very same object. At
+//! the flush, the buffer's lines are decoded into Arrow batches and written as one Parquet
+//! file, compressed inside with the pipeline's `compression`.
 
 use crate::spec::{Codec, Column, ColumnType, Compression, SchemaSpec};
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
@@ -46,8 +48,9 @@ pub enum ConvertError {
 #[error("{0}")]
 pub struct Misfit(pub String);
 
-/// What a field has held so far in one buffer (`schema = "infer"`).
-#[derive(Debug, Clone, PartialEq)]
+/// What a field has held so far in one partition (`schema = "infer"`). Persisted in the
+/// intent log (serde's externally tagged form: `"Int"`, `{"Object": [["a", "Int"]]}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Inferred {
     /// Only nulls.
     Null,
@@ -75,6 +78,39 @@ impl Inferred {
             Inferred::Text => "string",
             Inferred::Object(_) => "object",
             Inferred::List(_) => "array",
+        }
+    }
+
+    /// Whether a schema read back from disk is one inference could have built: objects
+    /// of at most [`MAX_FIELDS`] distinct fields, nested at most [`MAX_DEPTH`] deep.
+    /// Anything else (a damaged or hand-edited log) is not used.
+    pub fn plausible(&self) -> bool {
+        fn walk(t: &Inferred, depth: usize) -> bool {
+            if depth > MAX_DEPTH {
+                return false;
+            }
+            match t {
+                Inferred::Object(fields) => {
+                    let mut names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    fields.len() <= MAX_FIELDS
+                        && names.len() == fields.len()
+                        && fields.iter().all(|(_, t)| walk(t, depth + 1))
+                }
+                Inferred::List(item) => walk(item, depth + 1),
+                _ => true,
+            }
+        }
+        matches!(self, Inferred::Object(_)) && walk(self, 0) && self.nodes() <= MAX_NODES
+    }
+
+    /// Fields at every level, lists' items included: the schema's size.
+    pub fn nodes(&self) -> usize {
+        match self {
+            Inferred::Object(fields) => fields.iter().map(|(_, t)| 1 + t.nodes()).sum(),
+            Inferred::List(item) => 1 + item.nodes(),
+            _ => 0,
         }
     }
 
@@ -174,7 +210,7 @@ fn widen(a: &Inferred, b: &Inferred, path: &str) -> Result<Inferred, Misfit> {
         (x, y) if x == y => x.clone(),
         (x, y) => {
             return Err(Misfit(format!(
-                "field `{path}` holds {} in this object's earlier records, not {}",
+                "field `{path}` holds {} in this partition's earlier records, not {}",
                 x.name(),
                 y.name()
             )))
@@ -182,15 +218,36 @@ fn widen(a: &Inferred, b: &Inferred, path: &str) -> Result<Inferred, Misfit> {
     })
 }
 
-/// A buffer's conversion state.
+/// A buffer's conversion state: the inferred schema it started from (its partition's,
+/// recorded in the object's intent) and the one its records have widened it to.
 #[derive(Debug, Clone, Default)]
 pub struct BufferSchema {
+    start: Option<Inferred>,
     inferred: Option<Inferred>,
 }
 
 impl BufferSchema {
+    /// The state of a new buffer whose partition's schema is `start` (`None`: the
+    /// partition has none yet, its first record will make it).
+    pub fn starting(start: Option<Inferred>) -> BufferSchema {
+        BufferSchema {
+            inferred: start.clone(),
+            start,
+        }
+    }
+
+    /// The schema the buffer started from.
+    pub fn start(&self) -> Option<&Inferred> {
+        self.start.as_ref()
+    }
+
+    /// The schema the buffer's records have built (the partition's from now on).
+    pub fn inferred(&self) -> Option<&Inferred> {
+        self.inferred.as_ref()
+    }
+
     /// Takes a record into the buffer's inferred schema, or says why it does not fit what
-    /// the buffer's earlier records hold (the schema is then unchanged). A record the
+    /// the partition's earlier records hold (the schema is then unchanged). A record the
     /// schema already covers — the usual case — costs a walk and no allocation.
     /// `raw` is the record as written: the first record's top-level fields become
     /// columns in its order (the parsed map is sorted by name); later fields follow.
@@ -205,9 +262,92 @@ impl BufferSchema {
                 self.inferred = Some(t);
             }
             Some(cur) if covers(cur, record) => {}
-            Some(cur) => *cur = widen(cur, &infer(record, "")?, "")?,
+            Some(cur) => {
+                let wider = widen(cur, &infer(record, "")?, "")?;
+                if wider.nodes() > MAX_NODES {
+                    return Err(Misfit(format!(
+                        "the schema would have more than {MAX_NODES} fields in all"
+                    )));
+                }
+                *cur = wider;
+            }
         }
         Ok(())
+    }
+}
+
+/// `schema = "infer"`: each partition's schema as its last object left it, by partition
+/// id. Bounded: past the cap (at least [`MIN_CARRIED`], more with a larger
+/// `max_active_partitions`) the least recently used are forgotten, an eighth at a time,
+/// and those partitions infer afresh.
+pub struct PartitionSchemas {
+    map: std::collections::HashMap<String, (Inferred, u64)>,
+    clock: u64,
+    cap: usize,
+}
+
+/// Fewest partition schemas a pipeline keeps.
+pub const MIN_CARRIED: usize = 10_000;
+
+impl PartitionSchemas {
+    /// The schemas found in the intent log, for a pipeline with this many active
+    /// partitions at most.
+    pub fn new(
+        found: std::collections::HashMap<String, Inferred>,
+        max_active_partitions: u32,
+    ) -> PartitionSchemas {
+        PartitionSchemas {
+            map: found.into_iter().map(|(p, s)| (p, (s, 0))).collect(),
+            clock: 0,
+            cap: MIN_CARRIED.max(max_active_partitions as usize),
+        }
+    }
+
+    /// Partitions with a schema.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The schema a new buffer of `partition` starts from.
+    pub fn get(&mut self, partition: &str) -> Option<Inferred> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.map.get_mut(partition).map(|(s, used)| {
+            *used = clock;
+            s.clone()
+        })
+    }
+
+    /// Makes `schema` the partition's (a flushed object ended with it). Returns whether
+    /// that changed anything, and the partitions forgotten to stay under the cap.
+    pub fn keep(&mut self, partition: &str, schema: &Inferred) -> (bool, Vec<String>) {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some((s, used)) = self.map.get_mut(partition) {
+            *used = clock;
+            if s == schema {
+                return (false, Vec::new());
+            }
+            *s = schema.clone();
+            return (true, Vec::new());
+        }
+        self.map
+            .insert(partition.to_string(), (schema.clone(), clock));
+        let mut forgotten = Vec::new();
+        if self.map.len() > self.cap + self.cap / 8 {
+            let mut by_use: Vec<(u64, &String)> =
+                self.map.iter().map(|(p, (_, used))| (*used, p)).collect();
+            by_use.sort_unstable();
+            forgotten = by_use
+                .into_iter()
+                .take(self.map.len() - self.cap)
+                .map(|(_, p)| p.clone())
+                .collect();
+            for p in &forgotten {
+                self.map.remove(p);
+            }
+        }
+        (true, forgotten)
     }
 }
 
@@ -253,6 +393,14 @@ fn covers(t: &Inferred, v: &Value) -> bool {
 /// Most fields of one object (record or nested) an inferred schema takes: past it a
 /// record is refused rather than a schema of unbounded width built.
 pub const MAX_FIELDS: usize = 1000;
+
+/// Deepest nesting of a schema read back from disk (JSON parsing stops at 128 anyway).
+pub const MAX_DEPTH: usize = 100;
+
+/// Most fields an inferred schema has at all levels together: [`MAX_FIELDS`] bounds one
+/// object, this the whole (nested objects widened by many records could otherwise grow
+/// a schema — kept per partition and in every intent — without bound).
+pub const MAX_NODES: usize = 10_000;
 
 /// Checks one record for `schema`: a JSON object fitting the declared columns (or, for
 /// `infer`, any JSON object). Returns the parsed record.
@@ -468,6 +616,32 @@ pub fn write(
 
 #[cfg(test)]
 mod tests {
+    /// The per-partition schemas stay under their cap, forgetting the least recently used.
+    #[test]
+    fn partition_schemas_forget_the_least_recently_used_past_the_cap() {
+        let s = |n: &str| Inferred::Object(vec![(n.to_string(), Inferred::Int)]);
+        let mut p = PartitionSchemas::new(
+            std::collections::HashMap::from([("old".to_string(), s("a"))]),
+            1,
+        );
+        assert_eq!(p.keep("old", &s("a")), (false, vec![]), "unchanged");
+        assert_eq!(p.keep("old", &s("b")), (true, vec![]));
+        let mut forgotten = Vec::new();
+        for i in 0..MIN_CARRIED + MIN_CARRIED / 8 {
+            if i == 2000 {
+                // Used again: the oldest are others now.
+                assert_eq!(p.get("old"), Some(s("b")));
+            }
+            let (changed, f) = p.keep(&format!("p{i}"), &s("x"));
+            assert!(changed);
+            forgotten.extend(f);
+        }
+        assert_eq!(p.len(), MIN_CARRIED);
+        assert_eq!(forgotten.len(), MIN_CARRIED / 8 + 1);
+        assert!(p.get("old").is_some() && p.get("p0").is_none() && p.get("p1250").is_none());
+        assert!(p.get("p1251").is_some());
+    }
+
     use super::*;
 
     fn col(name: &str, ty: ColumnType, nullable: bool) -> Column {
@@ -566,6 +740,23 @@ mod tests {
             assert!(e.0.contains("no field to store"), "{empty}: {e}");
         }
         assert!(infer_record(&serde_json::from_str(r#"{"a":null}"#).unwrap()).is_ok());
+        // Many records, each within MAX_FIELDS, cannot widen a schema past MAX_NODES.
+        let mut big = BufferSchema::default();
+        let mut refused = None;
+        for i in 0..20 {
+            let inner: serde_json::Map<String, Value> = (0..900)
+                .map(|k| (format!("k{k}"), Value::Bool(true)))
+                .collect();
+            let rec = serde_json::json!({ format!("o{i}"): inner });
+            if let Err(e) = big.take(&rec, b"") {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.unwrap();
+        assert_eq!(i, 11, "{e}");
+        assert!(e.0.contains("more than 10000 fields in all"), "{e}");
+        assert!(big.inferred().unwrap().plausible());
         let schema = buffer_schema(&SchemaSpec::Infer, &b);
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);

@@ -292,8 +292,9 @@ pub struct ParquetSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SchemaSpec {
-    /// Inferred from each object's records: the first record's fields, widened as later
-    /// ones add fields (or integers meet fractions); a record that conflicts is refused.
+    /// Inferred from each partition's records: the first record's fields, widened as
+    /// later ones add fields (or integers meet fractions); a record that conflicts with
+    /// what the partition's earlier objects hold is refused.
     Infer,
     /// Declared in the pipeline file.
     Declared(Vec<Column>),
