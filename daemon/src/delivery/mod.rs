@@ -276,7 +276,7 @@ impl Delivery {
         let mut first_schema = None;
         if let (Some(v), false) = (parsed, exists) {
             let mut s = parquet::BufferSchema::starting(self.start_schema(&key, &route));
-            s.take(v, payload)?;
+            s.take(v, &rec.data)?;
             first_schema = Some(s);
         }
         let delim: &[u8] = match key {
@@ -307,7 +307,7 @@ impl Delivery {
         };
         match (first_schema, parsed) {
             (Some(s), _) => b.schema = s,
-            (None, Some(v)) => b.schema.take(v, payload)?,
+            (None, Some(v)) => b.schema.take(v, &rec.data)?,
             (None, None) => {}
         }
         let mut grown = b.push(payload, delim, rec, token, touched, ranges);

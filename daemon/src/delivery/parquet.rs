@@ -249,21 +249,21 @@ impl BufferSchema {
     /// Takes a record into the buffer's inferred schema, or says why it does not fit what
     /// the partition's earlier records hold (the schema is then unchanged). A record the
     /// schema already covers — the usual case — costs a walk and no allocation.
-    /// `raw` is the record as written: the first record's top-level fields become
-    /// columns in its order (the parsed map is sorted by name); later fields follow.
+    /// `raw` is the record as written: the first record's fields become columns in its
+    /// order, at every level (the parsed map is sorted by name); fields a later record
+    /// adds follow, in that record's order.
     pub fn take(&mut self, record: &Value, raw: &[u8]) -> Result<(), Misfit> {
         match &mut self.inferred {
             None => {
                 let mut t = infer_record(record)?;
-                if let Inferred::Object(fields) = &mut t {
-                    let order = top_level_keys(raw);
-                    fields.sort_by_key(|(k, _)| order.iter().position(|o| o == k));
-                }
+                reorder(&mut t, &written_order(raw));
                 self.inferred = Some(t);
             }
             Some(cur) if covers(cur, record) => {}
             Some(cur) => {
-                let wider = widen(cur, &infer(record, "")?, "")?;
+                let mut more = infer(record, "")?;
+                reorder(&mut more, &written_order(raw));
+                let wider = widen(cur, &more, "")?;
                 if wider.nodes() > MAX_NODES {
                     return Err(Misfit(format!(
                         "the schema would have more than {MAX_NODES} fields in all"
@@ -351,28 +351,87 @@ impl PartitionSchemas {
     }
 }
 
-/// The member names of a JSON object, in the order written (empty for anything else).
-fn top_level_keys(raw: &[u8]) -> Vec<String> {
-    struct Keys;
-    impl<'de> serde::de::Visitor<'de> for Keys {
-        type Value = Vec<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Vec<String>, A::Error> {
-            let mut keys = Vec::new();
-            while let Some(k) = map.next_key::<String>()? {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                keys.push(k);
+/// The member names of a JSON value's objects in the order written, at every level; for
+/// an array, its first element's (the rest are skipped: one pass, no merging).
+#[derive(Debug, Default, PartialEq)]
+struct Order(Vec<(String, Order)>);
+
+impl<'de> serde::Deserialize<'de> for Order {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Order, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Order;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
             }
-            Ok(keys)
+            fn visit_bool<E>(self, _: bool) -> Result<Order, E> {
+                Ok(Order::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Order, E> {
+                Ok(Order::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Order, E> {
+                Ok(Order::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Order, E> {
+                Ok(Order::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Order, E> {
+                Ok(Order::default())
+            }
+            fn visit_unit<E>(self) -> Result<Order, E> {
+                Ok(Order::default())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Order, A::Error> {
+                let first = seq.next_element::<Order>()?.unwrap_or_default();
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(first)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Order, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    keys.push((k, map.next_value::<Order>()?));
+                }
+                Ok(Order(keys))
+            }
         }
+        d.deserialize_any(V)
     }
-    let mut de = serde_json::Deserializer::from_slice(raw);
-    serde::Deserializer::deserialize_map(&mut de, Keys).unwrap_or_default()
+}
+
+/// The order `raw`'s fields were written in (empty when it does not parse: names order).
+fn written_order(raw: &[u8]) -> Order {
+    serde_json::from_slice(raw).unwrap_or_default()
+}
+
+/// Puts the fields of `t` (objects at every level, list items included) in the order of
+/// `order`; fields it does not name keep their order, after those it does.
+fn reorder(t: &mut Inferred, order: &Order) {
+    match t {
+        Inferred::Object(fields) => {
+            let at: std::collections::HashMap<&str, (usize, &Order)> = order
+                .0
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, (k, o))| (k.as_str(), (i, o)))
+                .collect();
+            fields.sort_by_key(|(k, _)| at.get(k.as_str()).map_or(usize::MAX, |a| a.0));
+            for (k, sub) in fields {
+                if let Some((_, o)) = at.get(k.as_str()) {
+                    reorder(sub, o);
+                }
+            }
+        }
+        Inferred::List(item) => reorder(item, order),
+        _ => {}
+    }
 }
 
 /// Whether `t` already holds `v` (widening by `v` would change nothing).
@@ -735,6 +794,19 @@ mod tests {
             .map(|f| f.name().clone())
             .collect();
         assert_eq!(names, ["z", "type", "a", "m"]);
+        // Nested fields too, list items included; a later record's new fields follow in
+        // its order.
+        let mut n = BufferSchema::default();
+        take(
+            &mut n,
+            j(r#"{"s":{"y":1,"b":{"q":1,"c":2}},"l":[{"z":1,"a":2},{"m":3}]}"#),
+        )
+        .unwrap();
+        take(&mut n, j(r#"{"s":{"x":1,"d":2,"b":{"r":0}}}"#)).unwrap();
+        assert_eq!(
+            serde_json::to_string(n.inferred().unwrap()).unwrap(),
+            r#"{"Object":[["s",{"Object":[["y","Int"],["b",{"Object":[["q","Int"],["c","Int"],["r","Int"]]}],["x","Int"],["d","Int"]]}],["l",{"List":{"Object":[["z","Int"],["a","Int"],["m","Int"]]}}]]}"#
+        );
         for empty in ["{}", r#"{"a":{}}"#] {
             let e = infer_record(&serde_json::from_str(empty).unwrap()).unwrap_err();
             assert!(e.0.contains("no field to store"), "{empty}: {e}");
