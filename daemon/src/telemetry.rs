@@ -128,6 +128,10 @@ fn describe() {
         "Records replayed after a crash that the intent log found in an object already stored"
     );
     describe_gauge!(
+        "sluice_delivery_objects_in_flight",
+        "Objects of the current flush round handed to the sink and not yet stored (at most 64 per round)"
+    );
+    describe_gauge!(
         "sluice_delivery_inferred_schemas",
         "Partitions whose inferred Parquet schema the pipeline keeps (schema = \"infer\")"
     );

@@ -560,7 +560,12 @@ fn check_record(
     })
 }
 
-/// Appends entries (grouped per shard, shards in parallel, each a single group commit);
+/// A shard's index, the shard, and the request's entries routed to it (with their places
+/// in the request).
+type ShardGroup = (u32, Arc<crate::stream::Shard>, Vec<(usize, PutEntry)>);
+
+/// Appends entries (grouped per shard, every shard's group written and then all synced
+/// together on one blocking thread);
 /// returns per entry, in request order, (shard index, shard-local seq) or, when the
 /// shard's write limit refused it, `Err(shard index)`. Entries that reach a shard a
 /// resharding closed meanwhile are routed again, to its children (at most a few rounds:
@@ -592,28 +597,43 @@ async fn append(
                 out[i] = Err(s);
             }
         }
-        let mut tasks = Vec::new();
-        for (s, group) in per_shard {
-            let Some(sh) = set.get(s).cloned() else {
-                continue;
-            };
-            tasks.push(tokio::task::spawn_blocking(move || {
-                let batch: Vec<Entry<'_>> = group
-                    .iter()
-                    .map(|(_, e)| Entry {
-                        key: e.key.as_bytes(),
-                        data: &e.data,
-                        arrival_ms: now,
-                    })
-                    .collect();
-                let r = sh.append(&batch).map(|(first, _)| first);
-                (s, group, r)
-            }));
-        }
-        for t in tasks {
-            let (s, group, r) = t
-                .await
-                .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
+        // Every shard's group on one blocking thread: all written, then all made durable
+        // together (`stream::append_groups`), instead of a thread and a queued sync each.
+        let groups: Vec<ShardGroup> = per_shard
+            .into_iter()
+            .filter_map(|(s, group)| set.get(s).cloned().map(|sh| (s, sh, group)))
+            .collect();
+        let done = tokio::task::spawn_blocking(move || {
+            let entries: Vec<Vec<Entry<'_>>> = groups
+                .iter()
+                .map(|(_, _, group)| {
+                    group
+                        .iter()
+                        .map(|(_, e)| Entry {
+                            key: e.key.as_bytes(),
+                            data: &e.data,
+                            arrival_ms: now,
+                        })
+                        .collect()
+                })
+                .collect();
+            let calls: Vec<(&crate::stream::Shard, &[Entry<'_>])> = groups
+                .iter()
+                .zip(&entries)
+                .map(|((_, sh, _), e)| (&**sh, e.as_slice()))
+                .collect();
+            let results: Vec<Result<u64, StreamError>> = crate::stream::append_groups(&calls)
+                .into_iter()
+                .map(|r| r.map(|(first, _)| first))
+                .collect();
+            drop(calls);
+            drop(entries);
+            (groups, results)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
+        let (groups, results) = done;
+        for ((s, _, group), r) in groups.into_iter().zip(results) {
             match r {
                 Ok(first) => {
                     for (k, (i, _)) in group.iter().enumerate() {

@@ -23,6 +23,9 @@ struct Args {
     total: Option<u64>,
     read: bool,
     shards: usize,
+    /// Distinct requests per connection, sent in turn: records (ids, keys) differ between
+    /// them, so a run holds `connections × variants × records` distinct records.
+    variants: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         total: None,
         read: false,
         shards: 4,
+        variants: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,8 +54,9 @@ fn parse_args() -> Result<Args, String> {
             "--total" => a.total = Some(val()?.parse().map_err(|e| format!("--total: {e}"))?),
             "--read" => a.read = true,
             "--shards" => a.shards = val()?.parse().map_err(|e| format!("--shards: {e}"))?,
+            "--variants" => a.variants = val()?.parse::<usize>().map_err(|e| format!("--variants: {e}"))?.max(1),
             "-h" | "--help" => {
-                return Err("usage: sluice-loadgen [--endpoint HOST:PORT] [--stream NAME] [--connections N] [--records N] [--size BYTES] [--seconds S] [--total RECORDS]".into())
+                return Err("usage: sluice-loadgen [--endpoint HOST:PORT] [--stream NAME] [--connections N] [--records N] [--size BYTES] [--seconds S] [--total RECORDS] [--variants N]".into())
             }
             other => return Err(format!("unknown flag {other}")),
         }
@@ -82,11 +87,19 @@ fn record(i: usize, size: usize) -> String {
     s
 }
 
-fn request(a: &Args, conn: usize) -> Vec<u8> {
+fn request(a: &Args, conn: usize, variant: usize) -> Vec<u8> {
+    // Record numbers: 0..records in every connection's one request (as before variants
+    // existed), else distinct per (connection, variant): 0..connections × variants × records.
+    let base = if a.variants == 1 {
+        0
+    } else {
+        (conn * a.variants + variant) * a.records
+    };
     let recs: Vec<String> = (0..a.records)
         .map(|i| {
-            let data = base64::engine::general_purpose::STANDARD.encode(record(i, a.size));
-            format!(r#"{{"Data":"{data}","PartitionKey":"c{conn}-k{i}"}}"#)
+            let n = base + i;
+            let data = base64::engine::general_purpose::STANDARD.encode(record(n, a.size));
+            format!(r#"{{"Data":"{data}","PartitionKey":"c{conn}-k{n}"}}"#)
         })
         .collect();
     let body = format!(
@@ -217,7 +230,7 @@ fn main() {
     let started = Instant::now();
     let handles: Vec<_> = (0..a.connections)
         .map(|c| {
-            let req = request(&a, c);
+            let reqs: Vec<Vec<u8>> = (0..a.variants).map(|v| request(&a, c, v)).collect();
             let endpoint = a.endpoint.clone();
             let records = a.records;
             // An equal share per connection, whole calls: the same records for every run.
@@ -234,9 +247,10 @@ fn main() {
                 let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
                 let mut made = 0u64;
                 while Instant::now() < deadline && calls.is_none_or(|c| made < c) {
+                    let req = &reqs[made as usize % reqs.len()];
                     made += 1;
                     let t = Instant::now();
-                    w.write_all(&req).map_err(|e| e.to_string())?;
+                    w.write_all(req).map_err(|e| e.to_string())?;
                     let (status, body) = response(&mut r).map_err(|e| e.to_string())?;
                     lat.push(t.elapsed());
                     if status != 200 {

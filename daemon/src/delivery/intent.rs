@@ -252,12 +252,12 @@ impl IntentLog {
         id
     }
 
-    /// Records (and syncs) an object about to be submitted; its records are released
-    /// with ack `release_token`.
+    /// Records an object about to be submitted; its records are released with ack
+    /// `release_token`. Not durable until [`IntentLog::sync`], which must come before the
+    /// object goes to the sink (one sync for a round of objects).
     pub fn intend(&mut self, intent: &Intent, release_token: u64) -> Result<(), IntentError> {
         let line = serde_json::to_string(&Line::Intent(intent.clone())).unwrap_or_default();
         self.append(&line)?;
-        self.sync()?;
         if let Some(c) = &intent.carry {
             self.schemas
                 .insert(intent.partition.clone(), schema_line(&intent.partition, c));

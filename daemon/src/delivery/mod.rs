@@ -137,6 +137,15 @@ pub struct Delivery {
     /// `schema = "infer"`: each partition's schema as its last object left it; new
     /// buffers start from it.
     carried: parquet::PartitionSchemas,
+    /// Records in all buffers (kept, not summed: thousands of partitions).
+    records: u64,
+    /// An open buffer reached `size` since the last scan for due buffers.
+    size_due: bool,
+    /// No open buffer's interval ends before this (a lower bound): until then, and with
+    /// no buffer at its size, [`Delivery::due`] needs no scan.
+    next_interval_at: Option<std::time::Instant>,
+    /// When the oldest-record gauge was last computed (a scan; at most once a second).
+    oldest_at: Option<std::time::Instant>,
 }
 
 /// An encoded object ready for the sink, plus what completing it releases.
@@ -219,6 +228,10 @@ impl Delivery {
             nothing_to_spill: false,
             budget,
             carried: parquet::PartitionSchemas::new(schemas, spec.max_active_partitions),
+            records: 0,
+            size_due: false,
+            next_interval_at: None,
+            oldest_at: None,
             pipeline: pipeline.to_string(),
             spec,
             buffers: HashMap::new(),
@@ -301,7 +314,11 @@ impl Delivery {
                         self.data_partitions += 1;
                     }
                     let key = e.key().clone();
-                    e.insert(Buffer::new(key, rec))
+                    let b = Buffer::new(key, rec);
+                    let ends = b.created + self.spec.interval;
+                    self.next_interval_at =
+                        Some(self.next_interval_at.map_or(ends, |t| t.min(ends)));
+                    e.insert(b)
                 }
             },
         };
@@ -311,6 +328,10 @@ impl Delivery {
             (None, None) => {}
         }
         let mut grown = b.push(payload, delim, rec, token, touched, ranges);
+        self.records += 1;
+        if b.raw_len() >= self.spec.size {
+            self.size_due = true;
+        }
         let mut freed = 0;
         if b.spill.is_some() && b.data.len() >= SPILL_AT {
             // A spilled buffer keeps spilling (its bytes must stay in order on disk).
@@ -537,43 +558,68 @@ impl Delivery {
         self.publish_gauges();
     }
 
-    fn pick(&self, reason_filter: impl Fn(&Buffer) -> bool) -> Option<BufferKey> {
-        self.buffers
-            .values()
-            .find(|b| reason_filter(b))
-            .map(|b| b.key.clone())
+    /// The next buffer to flush, if any is due (see [`Delivery::due`]).
+    pub fn next_due(&mut self) -> Option<(Slot, FlushReason)> {
+        self.due(1).into_iter().next()
     }
 
-    /// The next buffer to flush, if any is due (size, interval or memory). A replayed
-    /// object is due once it holds all its records again (or, as a safety net when they do
-    /// not all come back, after twice the interval).
-    pub fn next_due(&self) -> Option<(Slot, FlushReason)> {
+    /// Up to `max` buffers due now, from one pass over the buffers (a pass per object was
+    /// quadratic with thousands of partitions): replayed objects once they hold all their
+    /// records again (or, as a safety net when they do not all come back, after twice the
+    /// interval), then buffers past their size, then past their interval; when none is due
+    /// and memory is short with no way to spill, the largest buffer.
+    pub fn due(&mut self, max: usize) -> Vec<(Slot, FlushReason)> {
+        let mut out = Vec::new();
+        let now = std::time::Instant::now();
         for (id, b) in &self.replays {
+            if out.len() >= max {
+                return out;
+            }
             if let Some(r) = self.recovering.entries.get(id) {
                 if b.records >= r.intent.records {
-                    return Some((Slot::Replay(*id), FlushReason::parse(&r.intent.reason)));
+                    out.push((Slot::Replay(*id), FlushReason::parse(&r.intent.reason)));
+                    continue;
                 }
             }
-            if b.created.elapsed() >= self.spec.interval * 2 {
-                return Some((Slot::Replay(*id), FlushReason::Interval));
+            if now.duration_since(b.created) >= self.spec.interval * 2 {
+                out.push((Slot::Replay(*id), FlushReason::Interval));
             }
         }
-        if let Some(k) = self.pick(|b| b.raw_len() >= self.spec.size) {
-            return Some((Slot::Open(k), FlushReason::Size));
+        let pressed = self.budget.used() > self.budget.limit()
+            && (self.spool_dir.is_none() || self.spill_failed || self.nothing_to_spill);
+        let quiet = !self.size_due && self.next_interval_at.is_none_or(|t| now < t);
+        if quiet && !pressed {
+            return out;
         }
-        if let Some(k) = self.pick(|b| b.created.elapsed() >= self.spec.interval) {
-            return Some((Slot::Open(k), FlushReason::Interval));
+        let mut by_time = Vec::new();
+        let mut sized = 0;
+        let mut next: Option<std::time::Instant> = None;
+        for b in self.buffers.values() {
+            let ends = b.created + self.spec.interval;
+            next = Some(next.map_or(ends, |t| t.min(ends)));
+            if b.raw_len() >= self.spec.size {
+                sized += 1;
+                if out.len() < max {
+                    out.push((Slot::Open(b.key.clone()), FlushReason::Size));
+                }
+            } else if by_time.len() < max && now >= ends {
+                by_time.push((Slot::Open(b.key.clone()), FlushReason::Interval));
+            }
         }
-        if self.budget.used() > self.budget.limit()
-            && (self.spool_dir.is_none() || self.spill_failed || self.nothing_to_spill)
-        {
+        // Those returned are about to be taken; if they are not, the bound is still low
+        // and the next call scans again.
+        self.size_due = sized > max;
+        self.next_interval_at = next;
+        out.extend(by_time);
+        out.truncate(max);
+        if out.is_empty() && pressed {
             // Only when buffers cannot spill to disk: flush early, largest first (frees
             // the most memory per object).
             if let Some(b) = self.buffers.values().max_by_key(|b| b.data.capacity()) {
-                return Some((Slot::Open(b.key.clone()), FlushReason::Memory));
+                out.push((Slot::Open(b.key.clone()), FlushReason::Memory));
             }
         }
-        None
+        out
     }
 
     /// Under memory pressure, moves the largest buffers' bytes to spill files until the
@@ -638,18 +684,60 @@ impl Delivery {
         self.nothing_to_spill = self.budget.used() > target;
     }
 
-    /// Any buffer (for draining).
-    pub fn any(&self) -> Option<Slot> {
+    /// Up to `max` buffers, due or not (for draining).
+    pub fn any(&self, max: usize) -> Vec<(Slot, FlushReason)> {
         self.buffers
             .keys()
-            .next()
             .map(|k| Slot::Open(k.clone()))
-            .or_else(|| self.replays.keys().next().map(|id| Slot::Replay(*id)))
+            .chain(self.replays.keys().map(|id| Slot::Replay(*id)))
+            .take(max)
+            .map(|s| (s, FlushReason::Drain))
+            .collect()
     }
 
     /// Takes a buffer out and encodes it into an object (CPU-bound: compression). With an
     /// intent log, the object's intent is written and synced before it is returned.
     pub fn take(
+        &mut self,
+        slot: &Slot,
+        reason: FlushReason,
+    ) -> Result<Option<Flushed>, DeliveryError> {
+        let f = self.take_unsynced(slot, reason)?;
+        if let Some(log) = &mut self.log {
+            log.sync()?;
+        }
+        Ok(f)
+    }
+
+    /// Takes the buffers of `due` out as objects — all of them, or the first ones holding
+    /// `max_bytes` of records (at least one) — with one sync of the intent log for all
+    /// their intents: every object returned may go to the sink at once.
+    pub fn take_round(
+        &mut self,
+        due: &[(Slot, FlushReason)],
+        max_bytes: u64,
+    ) -> Result<Vec<Flushed>, DeliveryError> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (slot, reason) in due {
+            if !out.is_empty() && bytes >= max_bytes {
+                // The rest stays due: the next `due` scans again.
+                self.size_due = true;
+                break;
+            }
+            if let Some(f) = self.take_unsynced(slot, *reason)? {
+                bytes += f.raw_bytes;
+                out.push(f);
+            }
+        }
+        if let Some(log) = &mut self.log {
+            log.sync()?;
+        }
+        Ok(out)
+    }
+
+    /// [`Delivery::take`] without the sync: the intent is written, not yet durable.
+    fn take_unsynced(
         &mut self,
         slot: &Slot,
         reason: FlushReason,
@@ -671,6 +759,7 @@ impl Delivery {
                 (b, self.recovering.remove(*id))
             }
         };
+        self.records -= b.records;
         let raw = b.raw_len();
         let (template, query, lambda, mut error) = match &b.key {
             BufferKey::Data { query, lambda } => (
@@ -841,7 +930,6 @@ impl Delivery {
             }
             None => (body, spool),
         };
-        self.publish_gauges();
         Ok(Some(Flushed {
             object: HostObject {
                 key,
@@ -943,6 +1031,13 @@ impl Delivery {
     /// Records a durably stored object and returns the tokens that may now be acked, in
     /// order (the intent log is synced before they are returned).
     pub fn stored(&mut self, f: &Flushed) -> Result<Vec<u64>, DeliveryError> {
+        self.mark_stored(f)?;
+        self.release()
+    }
+
+    /// Records a durably stored object; what it releases is returned by the next
+    /// [`Delivery::ready`] (one intent-log sync for a whole round of objects).
+    pub fn mark_stored(&mut self, f: &Flushed) -> Result<(), DeliveryError> {
         if let (Some(id), Some(log)) = (f.intent, &mut self.log) {
             log.stored(id, f.tokens.last().copied().unwrap_or(0))?;
         }
@@ -961,7 +1056,7 @@ impl Delivery {
         }
         let latency = (now_ms() - f.object.oldest_ms).max(0) as f64 / 1000.0;
         metrics::histogram!("sluice_delivery_latency_seconds", "pipeline" => p).record(latency);
-        self.release()
+        Ok(())
     }
 
     fn release(&mut self) -> Result<Vec<u64>, DeliveryError> {
@@ -989,9 +1084,8 @@ impl Delivery {
 
     /// (records, uncompressed bytes, open partitions) buffered now.
     pub fn stats(&self) -> (u64, u64, u64) {
-        let records = self.all_buffers().map(|b| b.records).sum();
         let open = self.buffers.len() + self.replays.len();
-        (records, self.bytes, open as u64)
+        (self.records, self.bytes, open as u64)
     }
 
     /// Tokens whose batches had nothing to buffer, ready to ack.
@@ -999,19 +1093,29 @@ impl Delivery {
         self.release()
     }
 
-    fn publish_gauges(&self) {
+    /// The buffer gauges: from running totals, and the oldest record's age from a scan
+    /// of the buffers at most once a second (thousands of partitions).
+    pub fn publish_gauges(&mut self) {
         let p = self.pipeline.clone();
         let (records, _, open) = self.stats();
-        let oldest = self.all_buffers().map(|b| b.oldest_ms).min();
         metrics::gauge!("sluice_buffer_bytes", "pipeline" => p.clone()).set(self.bytes as f64);
         metrics::gauge!("sluice_buffer_records", "pipeline" => p.clone()).set(records as f64);
         metrics::gauge!("sluice_buffer_partitions_active", "pipeline" => p.clone())
             .set(open as f64);
+        metrics::gauge!("sluice_buffer_memory_bytes").set(self.budget.used() as f64);
+        if self
+            .oldest_at
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+            && records > 0
+        {
+            return;
+        }
+        self.oldest_at = Some(std::time::Instant::now());
+        let oldest = self.all_buffers().map(|b| b.oldest_ms).min();
         let age = oldest
             .map(|o| (now_ms() - o).max(0) as f64 / 1000.0)
             .unwrap_or(0.0);
         metrics::gauge!("sluice_buffer_oldest_record_age_seconds", "pipeline" => p).set(age);
-        metrics::gauge!("sluice_buffer_memory_bytes").set(self.budget.used() as f64);
     }
 }
 
@@ -1024,7 +1128,7 @@ impl Drop for Delivery {
 /// Delivers one object, retrying retryable failures until it is stored or `limit` passed
 /// (see [`crate::plugins::until_stored`]). A fatal error ends the pipeline's run.
 pub async fn deliver(
-    sink: &mut SinkInstance,
+    sink: &std::sync::Mutex<SinkInstance>,
     f: &Flushed,
     health: &crate::plugins::SinkHealth,
     limit: Option<std::time::Duration>,

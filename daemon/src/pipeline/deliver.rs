@@ -10,6 +10,7 @@ use crate::spec::PipelineSpec;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -40,48 +41,65 @@ async fn send_acks(acks: &mpsc::Sender<Ack>, tokens: Vec<u64>) {
     }
 }
 
-/// Takes one buffer out, encodes it, delivers it (retrying) and acks what that releases.
-async fn flush_one(
+/// Most objects one flush round takes out and hands to the sink together ...
+const ROUND_OBJECTS: usize = 64;
+/// ... and about this many bytes of records (their encoded bodies are held until stored).
+const ROUND_BYTES: u64 = 64 << 20;
+
+/// One flush round: takes due buffers out as objects (one intent-log sync for all of
+/// them), hands them to the sink together — the sink works on as many at once as it
+/// allows (the object-store sink's `concurrency`) and says when it is full — and once
+/// every one is stored, acks what they release (one more sync).
+async fn flush_round(
     d: &mut crate::delivery::Delivery,
-    slot: &crate::delivery::Slot,
-    reason: crate::delivery::FlushReason,
-    sink: &mut SinkInstance,
+    due: &[(crate::delivery::Slot, crate::delivery::FlushReason)],
+    sink: &Mutex<SinkInstance>,
     acks: &mpsc::Sender<Ack>,
     shared: &PipelineShared,
 ) -> Result<(), PipelineError> {
-    let Some(f) = d.take(slot, reason).map_err(disk_err)? else {
-        return Ok(());
-    };
-    sluice_plugin_api::failpoint("delivery-before-upload");
-    let f = match crate::delivery::deliver(sink, &f, &shared.sink_health, d.retry_limit()).await {
-        Ok(()) => f,
-        // Only a bounded retry returns a retryable error: keep the records under the
-        // error prefix (retried without bound there: nothing acknowledged is dropped).
-        Err(e) if e.is_retryable() => {
-            let f = d.redirect(f, &e.message);
-            crate::delivery::deliver(sink, &f, &shared.sink_health, None)
-                .await
-                .map_err(plugin_err("sink"))?;
-            f
-        }
-        Err(e) => return Err(plugin_err("sink")(e)),
-    };
-    sluice_plugin_api::failpoint("delivery-after-upload");
-    let before = d.delivered;
-    let tokens = d.stored(&f).map_err(disk_err)?;
-    shared
-        .records_out
-        .fetch_add(d.delivered - before, Ordering::Relaxed);
+    let objects = d.take_round(due, ROUND_BYTES).map_err(disk_err)?;
+    let limit = d.retry_limit();
+    let health = &shared.sink_health;
+    let in_flight =
+        metrics::gauge!("sluice_delivery_objects_in_flight", "pipeline" => shared.name.clone());
+    in_flight.set(objects.len() as f64);
+    let results = futures_util::future::join_all(objects.iter().map(|f| async move {
+        sluice_plugin_api::failpoint("delivery-before-upload");
+        crate::delivery::deliver(sink, f, health, limit).await
+    }))
+    .await;
+    in_flight.set(0.0);
+    for (f, r) in objects.into_iter().zip(results) {
+        let f = match r {
+            Ok(()) => f,
+            // Only a bounded retry returns a retryable error: keep the records under the
+            // error prefix (retried without bound there: nothing acknowledged is dropped).
+            Err(e) if e.is_retryable() => {
+                let f = d.redirect(f, &e.message);
+                crate::delivery::deliver(sink, &f, health, None)
+                    .await
+                    .map_err(plugin_err("sink"))?;
+                f
+            }
+            Err(e) => return Err(plugin_err("sink")(e)),
+        };
+        sluice_plugin_api::failpoint("delivery-after-upload");
+        let before = d.delivered;
+        d.mark_stored(&f).map_err(disk_err)?;
+        shared
+            .records_out
+            .fetch_add(d.delivered - before, Ordering::Relaxed);
+    }
     shared
         .last_flush_ms
         .store(crate::record::now_ms().max(0) as u64, Ordering::Relaxed);
-    send_acks(acks, tokens).await;
+    send_acks(acks, d.ready().map_err(disk_err)?).await;
     Ok(())
 }
 
 /// The sink stage of a pipeline with an object sink: buffers, flushes and acks in order.
 pub(crate) async fn driver(
-    mut sink: SinkInstance,
+    sink: SinkInstance,
     mut rx: mpsc::Receiver<Batch>,
     acks: mpsc::Sender<Ack>,
     spec: crate::spec::DeliverySpec,
@@ -89,7 +107,7 @@ pub(crate) async fn driver(
     shared: Arc<PipelineShared>,
     ctx: Arc<RuntimeCtx>,
 ) -> Result<(), PipelineError> {
-    use crate::delivery::{Delivery, FlushReason};
+    use crate::delivery::Delivery;
     let stop_deadline = ctx.stop_deadline;
     let name = shared.name.clone();
     let spool_dir = ctx
@@ -97,20 +115,26 @@ pub(crate) async fn driver(
         .and_then(|d| crate::names::child(&d.join("spool"), &name).ok());
     let replayable = journal.is_some();
     let budget = ctx.memory.clone();
+    let sink = Mutex::new(sink);
     let mut d =
         Delivery::new(&name, spec, journal.as_ref(), spool_dir, budget).map_err(disk_err)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut maintained = std::time::Instant::now();
     let mut open = true;
     loop {
-        while let Some((slot, reason)) = d.next_due() {
-            flush_one(&mut d, &slot, reason, &mut sink, &acks, &shared).await?;
+        loop {
+            let due = d.due(ROUND_OBJECTS);
+            if due.is_empty() {
+                break;
+            }
+            flush_round(&mut d, &due, &sink, &acks, &shared).await?;
         }
         send_acks(&acks, d.ready().map_err(disk_err)?).await;
         if maintained.elapsed() >= Duration::from_secs(5) {
             maintained = std::time::Instant::now();
             d.maintain().map_err(disk_err)?;
         }
+        d.publish_gauges();
         let (records, bytes, parts) = d.stats();
         shared.buffered_records.store(records, Ordering::Relaxed);
         shared.buffered_bytes.store(bytes, Ordering::Relaxed);
@@ -134,16 +158,24 @@ pub(crate) async fn driver(
     // DRAIN_FLUSH_BUDGET: the rest is delivered after the restart, so a stop never waits
     // for thousands of uploads.
     let budget_end = Instant::now() + DRAIN_FLUSH_BUDGET.min(stop_deadline / 4);
-    while let Some(slot) = d.any() {
+    loop {
+        let all = d.any(ROUND_OBJECTS);
+        if all.is_empty() {
+            break;
+        }
         if replayable && Instant::now() >= budget_end {
             let (records, _, partitions) = d.stats();
             tracing::info!(pipeline = %name, partitions, records, "stopping without flushing the rest: those records stay in the stream and are delivered after the restart");
             break;
         }
-        flush_one(&mut d, &slot, FlushReason::Drain, &mut sink, &acks, &shared).await?;
+        flush_round(&mut d, &all, &sink, &acks, &shared).await?;
     }
     send_acks(&acks, d.ready().map_err(disk_err)?).await;
-    if let Err(e) = outside_runtime(|| sink.instance().stop(stop_deadline)) {
+    if let Err(e) = outside_runtime(|| {
+        crate::plugins::lock_sink(&sink)
+            .instance()
+            .stop(stop_deadline)
+    }) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
     }
     Ok(())

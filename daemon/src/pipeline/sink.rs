@@ -37,7 +37,7 @@ fn chunks<'a>(records: &'a [Record], cfg: &BatchConfig) -> impl Iterator<Item = 
 
 /// Runs the record-sink stage until its input closes or an error.
 pub(crate) async fn driver(
-    mut sink: SinkInstance,
+    sink: SinkInstance,
     mut rx: mpsc::Receiver<Batch>,
     acks: mpsc::Sender<Ack>,
     cfg: BatchConfig,
@@ -45,12 +45,13 @@ pub(crate) async fn driver(
     stop_deadline: Duration,
 ) -> Result<(), PipelineError> {
     let name = shared.name.clone();
+    let sink = std::sync::Mutex::new(sink);
     let sink_records = metrics::counter!("sluice_sink_records_total", "pipeline" => name.clone());
     let sink_bytes = metrics::counter!("sluice_sink_bytes_total", "pipeline" => name.clone());
     while let Some(batch) = rx.recv().await {
         for chunk in chunks(&batch.records, &cfg) {
             let mut pending: Vec<Record> = chunk.to_vec();
-            crate::plugins::until_stored(&mut sink, &shared.sink_health, None, |sink, failed| {
+            crate::plugins::until_stored(&sink, &shared.sink_health, None, |sink, failed| {
                 if !failed.is_empty() {
                     // Partial failure: resubmit only the failed records, in order.
                     let mut idx: Vec<usize> = failed
@@ -75,7 +76,11 @@ pub(crate) async fn driver(
             break;
         }
     }
-    if let Err(e) = outside_runtime(|| sink.instance().stop(stop_deadline)) {
+    if let Err(e) = outside_runtime(|| {
+        crate::plugins::lock_sink(&sink)
+            .instance()
+            .stop(stop_deadline)
+    }) {
         tracing::warn!(pipeline = %name, error = %e, "sink stop failed");
     }
     Ok(())

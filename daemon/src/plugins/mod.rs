@@ -18,7 +18,7 @@ pub use instance::{
     SinkInstance, SourceInstance, Submit, TransformInstance, TransformOutput,
 };
 pub use loader::{load_dir, LoadError};
-pub use retry::{until_stored, SinkHealth};
+pub use retry::{lock_sink, until_stored, SinkHealth};
 
 use sluice_plugin_api::ffi;
 use std::fmt;

@@ -95,6 +95,14 @@ impl SinkHealth {
     }
 }
 
+/// The sink of a stage, shared by the deliveries in flight to it. A panic in host code
+/// while it was held leaves the instance as usable as before (plugin panics never unwind
+/// into the host), so a poisoned lock is taken anyway.
+pub fn lock_sink(sink: &std::sync::Mutex<SinkInstance>) -> std::sync::MutexGuard<'_, SinkInstance> {
+    sink.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 const FULL_REPOLL: Duration = Duration::from_millis(500);
@@ -103,13 +111,18 @@ const FULL_REPOLL: Duration = Duration::from_millis(500);
 /// the previous attempt reported as failed (empty at first and after whole failures), so
 /// a record sink can resubmit only those. With `limit`, a retryable failure that happens
 /// after `limit` has passed since the first attempt is returned (still retryable).
+///
+/// The sink is borrowed only for each `submit` call, never across a wait, so several
+/// deliveries to one sink (an object sink's uploads in parallel) can be awaited together
+/// on one thread: the instance is still never called concurrently.
 pub async fn until_stored(
-    sink: &mut SinkInstance,
+    sink: &std::sync::Mutex<SinkInstance>,
     health: &SinkHealth,
     limit: Option<Duration>,
     mut submit: impl FnMut(&mut SinkInstance, &[u32]) -> Result<Submit, CallError>,
 ) -> Result<(), CallError> {
-    let notify = sink.instance().shared().clone();
+    let notify = lock_sink(sink).instance().shared().clone();
+    let plugin = || lock_sink(sink).instance().entry().name.clone();
     let pipeline = health.pipeline();
     let retries =
         metrics::counter!("sluice_sink_retries_total", "pipeline" => pipeline.to_string());
@@ -117,7 +130,13 @@ pub async fn until_stored(
     let mut failed: Vec<u32> = Vec::new();
     let started = std::time::Instant::now();
     loop {
-        let res = super::outside_runtime(|| submit(sink, &failed));
+        // Listening before submitting: a wake-up sent between a "full" answer and the
+        // wait is not lost (with several deliveries waiting on one sink, a lost one would
+        // cost a whole FULL_REPOLL).
+        let room = notify.notify.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        let res = super::outside_runtime(|| submit(&mut lock_sink(sink), &failed));
         let (message, retry_after_ms) = match res {
             Ok(Submit::Accepted(done)) => match done.await {
                 Ok(CompletionResult {
@@ -133,7 +152,7 @@ pub async fn until_stored(
                 Ok(c) => {
                     health.failed(&c.message);
                     return Err(CallError {
-                        plugin: sink.instance().entry().name.clone(),
+                        plugin: plugin(),
                         call: "complete",
                         status: c.status,
                         message: c.message,
@@ -148,7 +167,7 @@ pub async fn until_stored(
             },
             Ok(Submit::Full) => {
                 tokio::select! {
-                    _ = notify.notify.notified() => {}
+                    _ = room => {}
                     _ = tokio::time::sleep(FULL_REPOLL) => {}
                 }
                 continue;
@@ -165,7 +184,7 @@ pub async fn until_stored(
         health.failed(&message);
         if limit.is_some_and(|l| started.elapsed() >= l) {
             return Err(CallError {
-                plugin: sink.instance().entry().name.clone(),
+                plugin: plugin(),
                 call: "submit",
                 status: ffi::SL_ERR_RETRYABLE,
                 message: format!("gave up after retry_duration: {message}"),

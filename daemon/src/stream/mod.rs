@@ -24,7 +24,7 @@ pub use routing::{
     shard_start_sequence,
 };
 pub use settings::{Consumer, Encryption, StreamSettings, MAX_CONSUMERS, MAX_TAGS};
-pub use storage::{ShardStorage, StorageError};
+pub use storage::{Appended, ShardStorage, StorageError};
 pub use topology::{Closed, ShardDef, Topology, TopologyError, MAX_RETAINED_SHARDS};
 
 use crate::record::now_ms;
@@ -569,13 +569,23 @@ impl Stream {
             for (h, e) in pending.drain(..) {
                 groups.entry(set.route(h).index).or_default().push((h, e));
             }
+            let mut present = Vec::new();
             for (i, g) in groups {
-                let Some(sh) = set.get(i) else {
-                    pending.extend(g);
-                    continue;
-                };
-                let entries: Vec<Entry<'_>> = g.iter().map(|(_, e)| *e).collect();
-                match sh.append(&entries) {
+                match set.get(i) {
+                    Some(sh) => {
+                        let entries: Vec<Entry<'_>> = g.iter().map(|(_, e)| *e).collect();
+                        present.push((sh.clone(), entries, g));
+                    }
+                    None => pending.extend(g),
+                }
+            }
+            let calls: Vec<(&Shard, &[Entry<'_>])> = present
+                .iter()
+                .map(|(sh, entries, _)| (&**sh, entries.as_slice()))
+                .collect();
+            let results = append_groups(&calls);
+            for ((_, _, g), r) in present.into_iter().zip(results) {
+                match r {
                     Ok(_) => {}
                     Err(StreamError::ShardClosed(_)) => pending.extend(g),
                     Err(e) => return Err(e),
@@ -905,6 +915,15 @@ impl Shard {
     /// shard-local sequence number and each record's arrival time. A closed shard refuses
     /// with [`StreamError::ShardClosed`]: route the records again.
     pub fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StreamError> {
+        let a = self.append_unsynced(entries)?;
+        self.commit(entries, &a)?;
+        Ok((a.first, a.arrivals))
+    }
+
+    /// The first half of [`Shard::append`]: numbered and written (under the gate: a
+    /// resharding's closing sequence number counts them), durable after
+    /// [`Shard::commit`]. See [`append_groups`].
+    pub fn append_unsynced(&self, entries: &[Entry<'_>]) -> Result<Appended, StreamError> {
         let gate = self
             .gate
             .read()
@@ -912,12 +931,18 @@ impl Shard {
         if gate.is_some() {
             return Err(StreamError::ShardClosed(self.index));
         }
-        let r = self.log.append(entries)?;
+        let a = self.log.append_unsynced(entries)?;
         drop(gate);
+        Ok(a)
+    }
+
+    /// The second half of [`Shard::append`]: `a` (of `entries`) made durable, and counted.
+    pub fn commit(&self, entries: &[Entry<'_>], a: &Appended) -> Result<(), StreamError> {
+        self.log.commit(a.commit)?;
         self.incoming_records.increment(entries.len() as u64);
         self.incoming_bytes
             .increment(entries.iter().map(|e| e.data.len() as u64).sum());
-        Ok(r)
+        Ok(())
     }
 
     /// Reads from shard-local sequence `from`.
@@ -929,6 +954,34 @@ impl Shard {
     ) -> Result<Vec<StoredRecord>, StreamError> {
         Ok(self.log.read(from, max_records, max_bytes)?)
     }
+}
+
+/// Appends each group to its shard on this thread: every group written first, then
+/// writeback started on every shard, then each committed — a call touching N shards waits
+/// for one round of overlapping syncs (and later commits often find theirs done by an
+/// earlier one), not N syncs one after another or N threads. Per group, in order: the
+/// first sequence number and the arrival times, or why not.
+pub fn append_groups(
+    groups: &[(&Shard, &[Entry<'_>])],
+) -> Vec<Result<(u64, Vec<i64>), StreamError>> {
+    let written: Vec<Result<Appended, StreamError>> = groups
+        .iter()
+        .map(|(sh, entries)| sh.append_unsynced(entries))
+        .collect();
+    for ((sh, _), w) in groups.iter().zip(&written) {
+        if w.is_ok() {
+            sh.log.start_sync();
+        }
+    }
+    groups
+        .iter()
+        .zip(written)
+        .map(|((sh, entries), w)| {
+            let a = w?;
+            sh.commit(entries, &a)?;
+            Ok((a.first, a.arrivals))
+        })
+        .collect()
 }
 
 /// Every stream of the daemon.

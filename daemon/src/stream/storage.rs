@@ -32,7 +32,19 @@ impl From<sluice_shardlog::Error> for StorageError {
 pub trait ShardStorage: Send + Sync {
     /// Appends records in order (durable on return, per the stream's fsync policy);
     /// returns the first sequence number given and each record's arrival time.
-    fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StorageError>;
+    fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StorageError> {
+        let a = self.append_unsynced(entries)?;
+        self.commit(a.commit)?;
+        Ok((a.first, a.arrivals))
+    }
+    /// The first half of [`ShardStorage::append`]: the records are numbered and written,
+    /// durable only after [`ShardStorage::commit`] of `commit`. One writer to several
+    /// shards writes to all, then commits all: the syncs overlap instead of queueing.
+    fn append_unsynced(&self, entries: &[Entry<'_>]) -> Result<Appended, StorageError>;
+    /// A hint that commits follow: start making the appends durable now.
+    fn start_sync(&self) {}
+    /// Makes the append that returned `commit` durable (per the fsync policy).
+    fn commit(&self, commit: u64) -> Result<(), StorageError>;
     /// At most `max_records` records from sequence `from` on (or from the oldest one
     /// still held), at most `max_bytes` of data unless the first record alone is larger.
     fn read(
@@ -72,9 +84,34 @@ pub trait ShardStorage: Send + Sync {
     fn close(&self) -> Result<(), StorageError>;
 }
 
+/// Records an [`ShardStorage::append_unsynced`] wrote.
+#[derive(Debug)]
+pub struct Appended {
+    /// Sequence number of the first record.
+    pub first: u64,
+    /// Arrival time given to each record.
+    pub arrivals: Vec<i64>,
+    /// What to hand [`ShardStorage::commit`].
+    pub commit: u64,
+}
+
 impl ShardStorage for sluice_shardlog::ShardLog {
     fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StorageError> {
         Ok(sluice_shardlog::ShardLog::append(self, entries)?)
+    }
+    fn append_unsynced(&self, entries: &[Entry<'_>]) -> Result<Appended, StorageError> {
+        let w = sluice_shardlog::ShardLog::append_unsynced(self, entries)?;
+        Ok(Appended {
+            first: w.first,
+            arrivals: w.arrivals,
+            commit: w.end,
+        })
+    }
+    fn start_sync(&self) {
+        sluice_shardlog::ShardLog::start_sync(self)
+    }
+    fn commit(&self, commit: u64) -> Result<(), StorageError> {
+        Ok(sluice_shardlog::ShardLog::commit(self, commit)?)
     }
     fn read(
         &self,
@@ -168,10 +205,27 @@ pub(crate) fn conformance(s: &dyn ShardStorage) {
     assert_eq!(s.seek_timestamp(1_500).unwrap(), 1);
     assert_eq!(s.seek_timestamp(9_000).unwrap(), 3);
     assert_eq!(s.arrival_range().map(|r| r.1), Some(3_000));
+    // In two halves: numbered when written, readable after the commit, numbering on.
+    let a = s
+        .append_unsynced(&[e(b"d", b"four", 4_000), e(b"e", b"five", 5_000)])
+        .unwrap();
+    assert_eq!((a.first, a.arrivals.len()), (3, 2));
+    let b = s.append_unsynced(&[e(b"f", b"six", 6_000)]).unwrap();
+    assert_eq!(b.first, 5);
+    s.start_sync();
+    s.commit(a.commit).unwrap();
+    s.commit(b.commit).unwrap();
+    let seqs: Vec<u64> = s
+        .read(3, 10, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, [3, 4, 5]);
     s.sync().unwrap();
     s.retire();
     assert!(matches!(
-        s.append(&[e(b"d", b"late", 4_000)]),
+        s.append(&[e(b"g", b"late", 7_000)]),
         Err(StorageError::Retired)
     ));
 }

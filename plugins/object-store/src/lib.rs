@@ -5,6 +5,13 @@
 //! replaces it (and removes temp files a crash left for that name), so replays with
 //! deterministic names leave no duplicates and no debris.
 //!
+//! Objects are written by `concurrency` worker threads (default 8): `submit_object`
+//! copies the object, hands it over and returns; past `concurrency` objects in flight it
+//! answers "full" and wakes the host when one completes. Workers renaming into the same
+//! folder share its `fsync` (a group commit: one sync covers every rename finished before
+//! it started), so a flush round of many objects costs one folder sync per folder, not
+//! one per object.
+//!
 //! `s3://bucket/prefix` writes to S3 or any S3-compatible store through the `object_store`
 //! crate (`endpoint`, `region`, `access_key_id`, `secret_access_key`, `path_style`,
 //! `allow_http`; credentials fall back to the usual `AWS_*` environment). Objects above
@@ -13,12 +20,16 @@
 
 #[cfg(feature = "s3")]
 mod s3;
+use sluice_plugin_api::Notifier;
 use sluice_plugin_api::{
     declare_library, Completion, Context, Error, Object, ObjectSink, Plugin, Submitted,
 };
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 /// `object-store` options (the host takes `prefix`, `error_prefix`, `compression` and
 /// `delimiter` out of the table before it reaches the plugin).
@@ -48,7 +59,15 @@ pub struct ObjectStoreConfig {
     /// S3: per-request timeout (default 30s).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Objects written (or uploaded) at the same time, 1–64 (default 8).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
+
+/// Default of `concurrency`.
+const DEFAULT_CONCURRENCY: u32 = 8;
+/// Largest `concurrency`.
+const MAX_CONCURRENCY: u32 = 64;
 
 enum Target {
     Dir(PathBuf),
@@ -58,11 +77,101 @@ enum Target {
 
 /// The sink.
 pub struct ObjectStore {
+    inner: Arc<Inner>,
+    concurrency: usize,
+    /// Objects submitted and not yet completed.
+    in_flight: Arc<AtomicUsize>,
+    notifier: Notifier,
+    /// The workers' queue (bounded by `in_flight`), and the workers.
+    jobs: Option<mpsc::Sender<Job>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What the workers share.
+struct Inner {
     target: Target,
     /// Folders known to exist (created or seen by this instance), so that an object
     /// costs no `mkdir -p`; bounded, and forgotten when a write finds one gone.
-    known_dirs: std::collections::HashSet<PathBuf>,
+    known_dirs: Mutex<HashSet<PathBuf>>,
+    /// Group commit of folder syncs, per folder (entries no write uses are pruned).
+    dir_syncs: Mutex<HashMap<PathBuf, Arc<DirSync>>>,
 }
+
+/// An object copied out of the host's call, with its completion.
+struct Job {
+    key: String,
+    content_type: String,
+    content_encoding: String,
+    record_count: u64,
+    oldest_timestamp_ms: i64,
+    body: Vec<u8>,
+    body_path: Option<String>,
+    done: Completion,
+}
+
+/// One folder's sync state: renames into it counted, syncs covering them.
+#[derive(Default)]
+struct DirSync {
+    state: Mutex<SyncState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Renames finished into the folder.
+    renamed: u64,
+    /// Renames a finished sync covers.
+    synced: u64,
+    syncing: bool,
+}
+
+impl DirSync {
+    /// Makes a rename into `dir` durable: returns once a folder sync that started after
+    /// it has finished — its own, or one another worker was running meanwhile.
+    fn after_rename(&self, dir: &Path) -> std::io::Result<()> {
+        self.after_rename_with(|| sync_dir(dir))
+    }
+
+    /// [`DirSync::after_rename`] with the sync given (tests count them).
+    fn after_rename_with(&self, sync: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+        let lock = || {
+            self.state
+                .lock()
+                .map_err(|_| std::io::Error::other("folder sync state poisoned"))
+        };
+        let mut st = lock()?;
+        st.renamed += 1;
+        let mine = st.renamed;
+        loop {
+            if st.synced >= mine {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self
+                    .changed
+                    .wait(st)
+                    .map_err(|_| std::io::Error::other("folder sync state poisoned"))?;
+                continue;
+            }
+            st.syncing = true;
+            let upto = st.renamed;
+            drop(st);
+            let r = sync();
+            st = lock()?;
+            st.syncing = false;
+            if r.is_ok() {
+                st.synced = st.synced.max(upto);
+            }
+            self.changed.notify_all();
+            // A failed sync fails this object (retried by the host); the others waiting
+            // try a sync of their own.
+            r?;
+        }
+    }
+}
+
+/// Most folders whose sync state is kept while unused.
+const MAX_DIR_SYNCS: usize = 1024;
 
 /// Most folders remembered; past it the set starts over (a cache, not a record).
 const MAX_KNOWN_DIRS: usize = 65_536;
@@ -129,19 +238,95 @@ fn target(cfg: &ObjectStoreConfig, resolve: impl Fn(&Path) -> PathBuf) -> Result
 impl Plugin for ObjectStore {
     type Config = ObjectStoreConfig;
     fn create(cfg: ObjectStoreConfig, ctx: &Context) -> Result<Self, Error> {
+        let concurrency = cfg.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+            return Err(Error::config_field(
+                "concurrency",
+                format_args!("concurrency must be between 1 and {MAX_CONCURRENCY}"),
+            ));
+        }
         let target = target(&cfg, |p| ctx.resolve_path(p))?;
         Ok(ObjectStore {
-            target,
-            known_dirs: Default::default(),
+            inner: Arc::new(Inner {
+                target,
+                known_dirs: Default::default(),
+                dir_syncs: Default::default(),
+            }),
+            concurrency: concurrency as usize,
+            in_flight: Default::default(),
+            notifier: ctx.notifier(),
+            jobs: None,
+            workers: Vec::new(),
         })
     }
 
     fn start(&mut self) -> Result<(), Error> {
-        match &mut self.target {
+        let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| Error::fatal("started twice"))?;
+        match &mut inner.target {
             Target::Dir(root) => std::fs::create_dir_all(&*root)
-                .map_err(|e| Error::fatal(format_args!("cannot create {}: {e}", root.display()))),
+                .map_err(|e| Error::fatal(format_args!("cannot create {}: {e}", root.display())))?,
             #[cfg(feature = "s3")]
-            Target::S3(t) => t.start(),
+            Target::S3(t) => t.start()?,
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..self.concurrency {
+            let (rx, inner) = (rx.clone(), self.inner.clone());
+            let (in_flight, notifier) = (self.in_flight.clone(), self.notifier.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("object-store-{i}"))
+                .spawn(move || loop {
+                    // The lock is held only to take a job, not while writing it.
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let result = inner.write(&job.object());
+                    match result {
+                        Ok(()) => job.done.success(),
+                        Err(e) => job.done.fail(&e),
+                    }
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    notifier.notify();
+                })
+                .map_err(|e| Error::fatal(format_args!("cannot start a writer thread: {e}")))?;
+            self.workers.push(worker);
+        }
+        self.jobs = Some(tx);
+        Ok(())
+    }
+
+    fn stop(&mut self, _deadline: std::time::Duration) -> Result<(), Error> {
+        // Objects in flight finish (the host waits for their completions before it stops
+        // a sink); closing the queue ends the workers.
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Job {
+    fn object(&self) -> Object<'_> {
+        Object {
+            key: &self.key,
+            content_type: &self.content_type,
+            content_encoding: &self.content_encoding,
+            record_count: self.record_count,
+            oldest_timestamp_ms: self.oldest_timestamp_ms,
+            body: &self.body,
+            body_path: self.body_path.as_deref(),
         }
     }
 }
@@ -150,8 +335,21 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-impl ObjectStore {
-    fn write(&mut self, obj: &Object<'_>) -> Result<(), Error> {
+impl Inner {
+    /// The sync state of `dir`, shared by the writers into it.
+    fn dir_sync(&self, dir: &Path) -> Result<Arc<DirSync>, Error> {
+        let mut syncs = self
+            .dir_syncs
+            .lock()
+            .map_err(|_| Error::fatal("folder sync table poisoned"))?;
+        if syncs.len() >= MAX_DIR_SYNCS {
+            // Bounded: forget the folders no write is using now.
+            syncs.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        Ok(syncs.entry(dir.to_path_buf()).or_default().clone())
+    }
+
+    fn write(&self, obj: &Object<'_>) -> Result<(), Error> {
         let rel = safe_key(obj.key).ok_or_else(|| {
             Error::fatal(format_args!("refusing unsafe object key `{}`", obj.key))
         })?;
@@ -165,13 +363,17 @@ impl ObjectStore {
         let io = |what: &str, e: std::io::Error| {
             Error::retryable(format_args!("{what} {}: {e}", path.display()))
         };
-        if !self.known_dirs.contains(&dir) {
+        let known = |d: &Path| self.known_dirs.lock().is_ok_and(|k| k.contains(d));
+        if !known(&dir) {
             std::fs::create_dir_all(&dir).map_err(|e| io("cannot create the folder of", e))?;
-            if self.known_dirs.len() >= MAX_KNOWN_DIRS {
-                self.known_dirs.clear();
+            if let Ok(mut k) = self.known_dirs.lock() {
+                if k.len() >= MAX_KNOWN_DIRS {
+                    k.clear();
+                }
+                k.insert(dir.clone());
             }
-            self.known_dirs.insert(dir.clone());
         }
+        let dir_sync = self.dir_sync(&dir)?;
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("object");
         // One temp name per object: a crash mid-write leaves `.<name>.tmp`, and the replay,
         // which writes the same object into the same folder, overwrites and renames it —
@@ -188,13 +390,15 @@ impl ObjectStore {
             f.sync_all()?;
             sluice_plugin_api::failpoint("object-store-mid-upload");
             std::fs::rename(&tmp, &path)?;
-            sync_dir(&dir)
+            dir_sync.after_rename(&dir)
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             if e.kind() == std::io::ErrorKind::NotFound {
                 // The folder went away under us: make it again on the retry.
-                self.known_dirs.remove(&dir);
+                if let Ok(mut k) = self.known_dirs.lock() {
+                    k.remove(&dir);
+                }
             }
             io("cannot write", e)
         })
@@ -203,9 +407,29 @@ impl ObjectStore {
 
 impl ObjectSink for ObjectStore {
     fn submit_object(&mut self, obj: &Object<'_>, done: Completion) -> Result<Submitted, Error> {
-        match self.write(obj) {
-            Ok(()) => done.success(),
-            Err(e) => done.fail(&e),
+        let Some(jobs) = &self.jobs else {
+            return Err(Error::fatal("not started"));
+        };
+        if self.in_flight.load(Ordering::Acquire) >= self.concurrency {
+            // The host asks again when notified (a worker notifies as it finishes).
+            return Ok(Submitted::Full(done));
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let job = Job {
+            key: obj.key.to_string(),
+            content_type: obj.content_type.to_string(),
+            content_encoding: obj.content_encoding.to_string(),
+            record_count: obj.record_count,
+            oldest_timestamp_ms: obj.oldest_timestamp_ms,
+            // The host's bytes are borrowed for this call only.
+            body: obj.body.to_vec(),
+            body_path: obj.body_path.map(str::to_string),
+            done,
+        };
+        if let Err(mpsc::SendError(job)) = jobs.send(job) {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            job.done
+                .fail(&Error::retryable("the writer threads are gone"));
         }
         Ok(Submitted::Accepted)
     }
@@ -219,6 +443,46 @@ declare_library!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writers renaming into one folder at the same time share folder syncs, and none
+    /// returns before a sync that started after its rename has finished.
+    #[test]
+    fn folder_syncs_are_group_committed() {
+        use std::sync::atomic::AtomicU64;
+        let ds = Arc::new(DirSync::default());
+        let (started, finished) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (ds, started, finished) = (ds.clone(), started.clone(), finished.clone());
+                std::thread::spawn(move || {
+                    // The rename happened: every sync started from now on covers it.
+                    let syncs_before = started.load(Ordering::SeqCst);
+                    ds.after_rename_with(|| {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .unwrap();
+                    assert!(
+                        finished.load(Ordering::SeqCst) > syncs_before,
+                        "returned before a sync that covers the rename finished"
+                    );
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let syncs = started.load(Ordering::SeqCst);
+        assert!((1..16).contains(&syncs), "{syncs} syncs for 16 renames");
+        // A failed sync fails its caller; the next one syncs again.
+        let ds = DirSync::default();
+        assert!(ds
+            .after_rename_with(|| Err(std::io::Error::other("disk gone")))
+            .is_err());
+        assert!(ds.after_rename_with(|| Ok(())).is_ok());
+    }
 
     #[test]
     fn keys_cannot_escape_the_root() {
