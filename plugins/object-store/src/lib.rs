@@ -82,9 +82,9 @@ pub struct ObjectStore {
     /// Objects submitted and not yet completed.
     in_flight: Arc<AtomicUsize>,
     notifier: Notifier,
-    /// The workers' queue (bounded by `in_flight`), and the workers.
+    /// The workers' queue (bounded by `in_flight`), and how many workers still run.
     jobs: Option<mpsc::Sender<Job>>,
-    workers: Vec<std::thread::JoinHandle<()>>,
+    running: Arc<(Mutex<usize>, Condvar)>,
 }
 
 /// What the workers share.
@@ -256,7 +256,7 @@ impl Plugin for ObjectStore {
             in_flight: Default::default(),
             notifier: ctx.notifier(),
             jobs: None,
-            workers: Vec::new(),
+            running: Default::default(),
         })
     }
 
@@ -270,50 +270,72 @@ impl Plugin for ObjectStore {
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        self.jobs = Some(tx);
         for i in 0..self.concurrency {
             let (rx, inner) = (rx.clone(), self.inner.clone());
             let (in_flight, notifier) = (self.in_flight.clone(), self.notifier.clone());
-            let worker = std::thread::Builder::new()
+            let running = self.running.clone();
+            if let Ok(mut n) = running.0.lock() {
+                *n += 1;
+            }
+            let spawned = std::thread::Builder::new()
                 .name(format!("object-store-{i}"))
-                .spawn(move || loop {
-                    // The lock is held only to take a job, not while writing it.
-                    let job = match rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    let result = inner.write(&job.object());
-                    match result {
-                        Ok(()) => job.done.success(),
-                        Err(e) => job.done.fail(&e),
+                .spawn(move || {
+                    loop {
+                        // The lock is held only to take a job, not while writing it.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(job) = job else { break };
+                        let result = inner.write(&job.object());
+                        match result {
+                            Ok(()) => job.done.success(),
+                            Err(e) => job.done.fail(&e),
+                        }
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        notifier.notify();
                     }
-                    in_flight.fetch_sub(1, Ordering::AcqRel);
-                    notifier.notify();
-                })
-                .map_err(|e| Error::fatal(format_args!("cannot start a writer thread: {e}")))?;
-            self.workers.push(worker);
+                    if let Ok(mut n) = running.0.lock() {
+                        *n -= 1;
+                        running.1.notify_all();
+                    }
+                });
+            if let Err(e) = spawned {
+                if let Ok(mut n) = self.running.0.lock() {
+                    *n -= 1;
+                }
+                self.shut(std::time::Duration::ZERO);
+                return Err(Error::fatal(format_args!(
+                    "cannot start a writer thread: {e}"
+                )));
+            }
         }
-        self.jobs = Some(tx);
         Ok(())
     }
 
-    fn stop(&mut self, _deadline: std::time::Duration) -> Result<(), Error> {
-        // Objects in flight finish (the host waits for their completions before it stops
-        // a sink); closing the queue ends the workers.
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+    fn stop(&mut self, deadline: std::time::Duration) -> Result<(), Error> {
+        self.shut(deadline);
         Ok(())
+    }
+}
+
+impl ObjectStore {
+    /// Closes the queue (the workers finish what was handed over, then end) and waits
+    /// for them at most `deadline`: a worker stuck in an upload is left to finish on its
+    /// own — its late completion is refused by the host, harmlessly.
+    fn shut(&mut self, deadline: std::time::Duration) {
+        self.jobs = None;
+        let (count, ended) = &*self.running;
+        if let Ok(n) = count.lock() {
+            let _ = ended.wait_timeout_while(n, deadline, |n| *n > 0);
+        }
     }
 }
 
 impl Drop for ObjectStore {
     fn drop(&mut self) {
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.shut(std::time::Duration::from_secs(5));
     }
 }
 
