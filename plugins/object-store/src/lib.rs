@@ -109,7 +109,8 @@ struct Job {
     done: Completion,
 }
 
-/// One folder's sync state: renames into it counted, syncs covering them.
+/// One folder's sync state: changes to its entries (renames into it, folders made in it)
+/// counted, syncs covering them.
 #[derive(Default)]
 struct DirSync {
     state: Mutex<SyncState>,
@@ -126,14 +127,15 @@ struct SyncState {
 }
 
 impl DirSync {
-    /// Makes a rename into `dir` durable: returns once a folder sync that started after
-    /// it has finished — its own, or one another worker was running meanwhile.
-    fn after_rename(&self, dir: &Path) -> std::io::Result<()> {
-        self.after_rename_with(|| sync_dir(dir))
+    /// Makes a change to `dir`'s entries (a rename into it, a folder made in it) durable:
+    /// returns once a folder sync that started after it has finished — its own, or one
+    /// another worker was running meanwhile.
+    fn after_change(&self, dir: &Path) -> std::io::Result<()> {
+        self.after_change_with(|| sync_dir(dir))
     }
 
-    /// [`DirSync::after_rename`] with the sync given (tests count them).
-    fn after_rename_with(&self, sync: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
+    /// [`DirSync::after_change`] with the sync given (tests count them).
+    fn after_change_with(&self, sync: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
         let lock = || {
             self.state
                 .lock()
@@ -359,16 +361,62 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 impl Inner {
     /// The sync state of `dir`, shared by the writers into it.
-    fn dir_sync(&self, dir: &Path) -> Result<Arc<DirSync>, Error> {
+    fn dir_sync(&self, dir: &Path) -> std::io::Result<Arc<DirSync>> {
         let mut syncs = self
             .dir_syncs
             .lock()
-            .map_err(|_| Error::fatal("folder sync table poisoned"))?;
+            .map_err(|_| std::io::Error::other("folder sync table poisoned"))?;
         if syncs.len() >= MAX_DIR_SYNCS {
             // Bounded: forget the folders no write is using now.
             syncs.retain(|_, s| Arc::strong_count(s) > 1);
         }
         Ok(syncs.entry(dir.to_path_buf()).or_default().clone())
+    }
+
+    /// Creates `dir` and its missing parents, and makes every new folder durable: a folder
+    /// is only as durable as its entry in its parent (on ext4 without a journal, for one,
+    /// nothing else syncs it), so each parent that gained one is synced through `sync`
+    /// (the folder group commit, shared with concurrent writers) before the object goes
+    /// in. `dir` itself is synced after the object's rename.
+    fn make_dirs(
+        &self,
+        dir: &Path,
+        sync: impl Fn(&Path) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut at = dir;
+        loop {
+            match std::fs::metadata(at) {
+                Ok(m) if m.is_dir() => break,
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        format!("{} is a file, not a folder", at.display()),
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    missing.push(at);
+                    match at.parent() {
+                        Some(p) if !p.as_os_str().is_empty() => at = p,
+                        _ => break,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for d in missing.iter().rev() {
+            match std::fs::create_dir(d) {
+                // Another writer made it: its entry is synced below all the same.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                r => r?,
+            }
+        }
+        for d in &missing {
+            if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync(parent)?;
+            }
+        }
+        Ok(())
     }
 
     fn write(&self, obj: &Object<'_>) -> Result<(), Error> {
@@ -387,7 +435,8 @@ impl Inner {
         };
         let known = |d: &Path| self.known_dirs.lock().is_ok_and(|k| k.contains(d));
         if !known(&dir) {
-            std::fs::create_dir_all(&dir).map_err(|e| io("cannot create the folder of", e))?;
+            self.make_dirs(&dir, |parent| self.dir_sync(parent)?.after_change(parent))
+                .map_err(|e| io("cannot create the folder of", e))?;
             if let Ok(mut k) = self.known_dirs.lock() {
                 if k.len() >= MAX_KNOWN_DIRS {
                     k.clear();
@@ -395,7 +444,9 @@ impl Inner {
                 k.insert(dir.clone());
             }
         }
-        let dir_sync = self.dir_sync(&dir)?;
+        let dir_sync = self
+            .dir_sync(&dir)
+            .map_err(|e| io("cannot sync the folder of", e))?;
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("object");
         // One temp name per object: a crash mid-write leaves `.<name>.tmp`, and the replay,
         // which writes the same object into the same folder, overwrites and renames it —
@@ -412,7 +463,7 @@ impl Inner {
             f.sync_all()?;
             sluice_plugin_api::failpoint("object-store-mid-upload");
             std::fs::rename(&tmp, &path)?;
-            dir_sync.after_rename(&dir)
+            dir_sync.after_change(&dir)
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
@@ -479,7 +530,7 @@ mod tests {
                 std::thread::spawn(move || {
                     // The rename happened: every sync started from now on covers it.
                     let syncs_before = started.load(Ordering::SeqCst);
-                    ds.after_rename_with(|| {
+                    ds.after_change_with(|| {
                         started.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(std::time::Duration::from_millis(20));
                         finished.fetch_add(1, Ordering::SeqCst);
@@ -501,9 +552,45 @@ mod tests {
         // A failed sync fails its caller; the next one syncs again.
         let ds = DirSync::default();
         assert!(ds
-            .after_rename_with(|| Err(std::io::Error::other("disk gone")))
+            .after_change_with(|| Err(std::io::Error::other("disk gone")))
             .is_err());
-        assert!(ds.after_rename_with(|| Ok(())).is_ok());
+        assert!(ds.after_change_with(|| Ok(())).is_ok());
+    }
+
+    /// Every folder made for an object is synced into its parent; folders that existed
+    /// cost nothing.
+    #[test]
+    fn new_folders_are_synced_into_their_parents() {
+        let root = std::env::temp_dir().join(format!("sluice-os-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        let inner = Inner {
+            target: Target::Dir(root.clone()),
+            known_dirs: Default::default(),
+            dir_syncs: Default::default(),
+        };
+        let synced = Mutex::new(Vec::new());
+        let sync = |p: &Path| {
+            synced
+                .lock()
+                .unwrap()
+                .push(p.strip_prefix(&root).unwrap().to_path_buf());
+            sync_dir(p)
+        };
+        inner.make_dirs(&root.join("a/b/c/d"), sync).unwrap();
+        assert!(root.join("a/b/c/d").is_dir());
+        let mut got = synced.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, [PathBuf::from("a"), "a/b".into(), "a/b/c".into()]);
+        synced.lock().unwrap().clear();
+        inner.make_dirs(&root.join("a/b/c/d"), sync).unwrap();
+        assert!(
+            synced.lock().unwrap().is_empty(),
+            "nothing new, nothing synced"
+        );
+        std::fs::write(root.join("a/f"), b"").unwrap();
+        assert!(inner.make_dirs(&root.join("a/f/g"), sync).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
