@@ -36,6 +36,7 @@ pub mod ffi;
 mod context;
 mod error;
 mod failpoint;
+pub mod fs;
 mod library;
 mod record;
 #[doc(hidden)]

@@ -90,7 +90,7 @@ pub fn list(data_dir: &Path) -> BTreeMap<String, Record> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
+    sluice_plugin_api::fs::make_dirs_durable(parent)?;
     let tmp = path.with_file_name(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")

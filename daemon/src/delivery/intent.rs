@@ -149,7 +149,7 @@ impl IntentLog {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(err)?;
+        sluice_plugin_api::fs::make_dirs_durable(dir).map_err(err)?;
         let mut version = 1;
         let mut same_config = false;
         let mut found: BTreeMap<u64, Recovered> = BTreeMap::new();

@@ -145,7 +145,7 @@ fn load_checkpoint(path: &std::path::Path) -> Checkpoint {
 fn store_checkpoint(path: &std::path::Path, cp: &BTreeMap<String, u64>) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    sluice_plugin_api::fs::make_dirs_durable(dir)?;
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(serde_json::to_string(cp).unwrap_or_default().as_bytes())?;

@@ -241,7 +241,7 @@ struct Bucket {
 /// crash leaves the old or the new file, never a torn one.
 fn write_meta_file(dir: &Path, meta: &StreamMeta) -> Result<(), StreamError> {
     use std::io::Write as _;
-    std::fs::create_dir_all(dir).map_err(|source| StreamError::Io {
+    sluice_plugin_api::fs::make_dirs_durable(dir).map_err(|source| StreamError::Io {
         path: dir.to_path_buf(),
         source,
     })?;

@@ -355,9 +355,7 @@ impl Job {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+use sluice_plugin_api::fs::sync_dir;
 
 impl Inner {
     /// The sync state of `dir`, shared by the writers into it.
@@ -371,52 +369,6 @@ impl Inner {
             syncs.retain(|_, s| Arc::strong_count(s) > 1);
         }
         Ok(syncs.entry(dir.to_path_buf()).or_default().clone())
-    }
-
-    /// Creates `dir` and its missing parents, and makes every new folder durable: a folder
-    /// is only as durable as its entry in its parent (on ext4 without a journal, for one,
-    /// nothing else syncs it), so each parent that gained one is synced through `sync`
-    /// (the folder group commit, shared with concurrent writers) before the object goes
-    /// in. `dir` itself is synced after the object's rename.
-    fn make_dirs(
-        &self,
-        dir: &Path,
-        sync: impl Fn(&Path) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let mut missing = Vec::new();
-        let mut at = dir;
-        loop {
-            match std::fs::metadata(at) {
-                Ok(m) if m.is_dir() => break,
-                Ok(_) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        format!("{} is a file, not a folder", at.display()),
-                    ))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    missing.push(at);
-                    match at.parent() {
-                        Some(p) if !p.as_os_str().is_empty() => at = p,
-                        _ => break,
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        for d in missing.iter().rev() {
-            match std::fs::create_dir(d) {
-                // Another writer made it: its entry is synced below all the same.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                r => r?,
-            }
-        }
-        for d in &missing {
-            if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync(parent)?;
-            }
-        }
-        Ok(())
     }
 
     fn write(&self, obj: &Object<'_>) -> Result<(), Error> {
@@ -435,8 +387,11 @@ impl Inner {
         };
         let known = |d: &Path| self.known_dirs.lock().is_ok_and(|k| k.contains(d));
         if !known(&dir) {
-            self.make_dirs(&dir, |parent| self.dir_sync(parent)?.after_change(parent))
-                .map_err(|e| io("cannot create the folder of", e))?;
+            // New folders are synced into their parents, through the folder group commit.
+            sluice_plugin_api::fs::make_dirs(&dir, |parent| {
+                self.dir_sync(parent)?.after_change(parent)
+            })
+            .map_err(|e| io("cannot create the folder of", e))?;
             if let Ok(mut k) = self.known_dirs.lock() {
                 if k.len() >= MAX_KNOWN_DIRS {
                     k.clear();
@@ -555,42 +510,6 @@ mod tests {
             .after_change_with(|| Err(std::io::Error::other("disk gone")))
             .is_err());
         assert!(ds.after_change_with(|| Ok(())).is_ok());
-    }
-
-    /// Every folder made for an object is synced into its parent; folders that existed
-    /// cost nothing.
-    #[test]
-    fn new_folders_are_synced_into_their_parents() {
-        let root = std::env::temp_dir().join(format!("sluice-os-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("a")).unwrap();
-        let inner = Inner {
-            target: Target::Dir(root.clone()),
-            known_dirs: Default::default(),
-            dir_syncs: Default::default(),
-        };
-        let synced = Mutex::new(Vec::new());
-        let sync = |p: &Path| {
-            synced
-                .lock()
-                .unwrap()
-                .push(p.strip_prefix(&root).unwrap().to_path_buf());
-            sync_dir(p)
-        };
-        inner.make_dirs(&root.join("a/b/c/d"), sync).unwrap();
-        assert!(root.join("a/b/c/d").is_dir());
-        let mut got = synced.lock().unwrap().clone();
-        got.sort();
-        assert_eq!(got, [PathBuf::from("a"), "a/b".into(), "a/b/c".into()]);
-        synced.lock().unwrap().clear();
-        inner.make_dirs(&root.join("a/b/c/d"), sync).unwrap();
-        assert!(
-            synced.lock().unwrap().is_empty(),
-            "nothing new, nothing synced"
-        );
-        std::fs::write(root.join("a/f"), b"").unwrap();
-        assert!(inner.make_dirs(&root.join("a/f/g"), sync).is_err());
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
