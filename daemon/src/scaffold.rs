@@ -67,6 +67,7 @@ const SDK: &[(&str, &str)] = &[
         include_str!("../../plugin-api/src/failpoint.rs"),
     ),
     ("ffi.rs", include_str!("../../plugin-api/src/ffi.rs")),
+    ("fs.rs", include_str!("../../plugin-api/src/fs.rs")),
     (
         "library.rs",
         include_str!("../../plugin-api/src/library.rs"),
