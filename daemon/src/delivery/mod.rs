@@ -558,11 +558,6 @@ impl Delivery {
         self.publish_gauges();
     }
 
-    /// The next buffer to flush, if any is due (see [`Delivery::due`]).
-    pub fn next_due(&mut self) -> Option<(Slot, FlushReason)> {
-        self.due(1).into_iter().next()
-    }
-
     /// Up to `max` buffers due now, from one pass over the buffers (a pass per object was
     /// quadratic with thousands of partitions): replayed objects once they hold all their
     /// records again (or, as a safety net when they do not all come back, after twice the
@@ -1552,12 +1547,12 @@ mod tests {
         d.add(7, &shard_batch(0, 30), &[]);
         d.add(8, &shard_batch(30, 33), &[]);
         // a's records were skipped, b's rebuilt into the same object, and the rest is new.
-        let (slot, _) = d.next_due().unwrap();
+        let (slot, _) = d.due(1).pop().unwrap();
         assert!(matches!(slot, Slot::Replay(_)));
         let again = d.take(&slot, FlushReason::Size).unwrap().unwrap();
         assert_eq!(again.object.key, fb.object.key);
         assert_eq!(again.object.body, fb.object.body);
-        assert!(d.next_due().is_none());
+        assert!(d.due(1).pop().is_none());
         let rest_a = d
             .take(&Slot::Open(key("a")), FlushReason::Drain)
             .unwrap()
@@ -1648,7 +1643,7 @@ mod tests {
         // rebuilt from the schema it started from. Inferred afresh, `"s2"` would have
         // opened it as text and `3` been refused: the same name, other contents.
         d.add(7, &third, &[]);
-        let (slot, _) = d.next_due().unwrap();
+        let (slot, _) = d.due(1).pop().unwrap();
         assert!(matches!(slot, Slot::Replay(_)));
         let again = d.take(&slot, FlushReason::Size).unwrap().unwrap();
         assert_eq!(again.object.key, a3.object.key);
@@ -1708,7 +1703,7 @@ mod tests {
         // Only part of b's records come back (say, retention removed the rest).
         d.add(1, &shard_batch(15, 30), &[]);
         std::thread::sleep(Duration::from_millis(5));
-        let (slot, reason) = d.next_due().unwrap();
+        let (slot, reason) = d.due(1).pop().unwrap();
         assert!(matches!(slot, Slot::Replay(_)) && matches!(reason, FlushReason::Interval));
         let f = d.take(&slot, reason).unwrap().unwrap();
         assert_eq!(f.object.record_count, 5);
