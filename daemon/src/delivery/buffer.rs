@@ -39,6 +39,45 @@ pub(super) struct Buffer {
     pub(super) spill: Option<Box<spool::RawSpill>>,
     /// The schema its records have built (`format = "parquet"` with `schema = "infer"`).
     pub(super) schema: super::parquet::BufferSchema,
+    /// `schema = "infer"`: a record did not fit on arrival; the flush decides which ones
+    /// are refused ([`super::parquet::decide`]).
+    pub(super) conflicted: bool,
+    /// `schema = "infer"`: each record's origin, by line, for the flush's decision (its
+    /// shard) and the error documents of the records it refuses.
+    pub(super) metas: Vec<Meta>,
+    /// `schema = "infer"`: the bytes of records re-written on one line (they held line
+    /// breaks), by line index, for their error documents.
+    pub(super) originals: Vec<(usize, Box<[u8]>)>,
+}
+
+/// Where a buffered record came from: what its error document needs if the flush
+/// refuses it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Meta {
+    pub(super) sequence: u64,
+    pub(super) arrival_ms: i64,
+    pub(super) position: Option<crate::record::Position>,
+}
+
+impl Meta {
+    pub(super) fn of(rec: &Record) -> Meta {
+        Meta {
+            sequence: rec.sequence,
+            arrival_ms: rec.arrival_ms,
+            position: rec.position,
+        }
+    }
+
+    /// The record again, with `data` as its bytes (for its error document).
+    pub(super) fn record(&self, data: Vec<u8>) -> Record {
+        Record {
+            data: data.into(),
+            arrival_ms: self.arrival_ms,
+            sequence: self.sequence,
+            position: self.position,
+            ..Default::default()
+        }
+    }
 }
 
 impl Buffer {
@@ -56,7 +95,16 @@ impl Buffer {
             spool_error: None,
             spill: None,
             schema: Default::default(),
+            conflicted: false,
+            metas: Vec::new(),
+            originals: Vec::new(),
         }
+    }
+
+    /// Bytes held beside the records (`schema = "infer"`'s origins), for the budget.
+    pub(super) fn side_bytes(&self) -> u64 {
+        (self.metas.capacity() * std::mem::size_of::<Meta>()
+            + self.originals.iter().map(|o| o.1.len() + 32).sum::<usize>()) as u64
     }
 
     /// Uncompressed bytes held (in RAM, spooled or spilled).

@@ -157,6 +157,11 @@ pub struct Flushed {
     records: u64,
     raw_bytes: u64,
     error: Option<ErrorType>,
+    /// Of `records`, those in the error output (all of them when `error` is set).
+    failed: u64,
+    /// The error documents of records a Parquet conversion refused, delivered before
+    /// `object` under the same intent (both are stored before it is marked stored).
+    pub companion: Option<HostObject>,
     intent: Option<u64>,
     /// The body's file, when the object was spooled: held for its `Drop`, which removes
     /// the file once the object is stored or abandoned.
@@ -256,13 +261,13 @@ impl Delivery {
     ) {
         let route = self.recovering.lookup(&key, rec.sequence);
         // Only error documents come this way: they are never converted.
-        let _ = self.append_routed(key, payload, None, rec, token, touched, route);
+        self.append_routed(key, payload, None, rec, token, touched, route);
     }
 
     /// [`Delivery::append`] with the recovery lookup already done (`route`). `parsed` is
-    /// a Parquet record under `schema = "infer"`: it must fit the buffer's earlier records
-    /// (a new buffer: it alone), else nothing is appended — no buffer is created — and the
-    /// reason is returned.
+    /// a Parquet record under `schema = "infer"`: it widens the buffer's schema, or — when
+    /// it does not fit the buffer's earlier records — marks the buffer conflicted (it is
+    /// buffered all the same: the flush decides which records are refused).
     #[allow(clippy::too_many_arguments)]
     fn append_routed(
         &mut self,
@@ -273,7 +278,7 @@ impl Delivery {
         token: u64,
         touched: &mut usize,
         route: Option<Recovery>,
-    ) -> Result<(), parquet::Misfit> {
+    ) {
         let ranges = self.log.is_some();
         let compression = match key {
             BufferKey::Data { .. } => self.spec.buffer_codec(),
@@ -287,10 +292,10 @@ impl Delivery {
             None => self.buffers.contains_key(&key),
         };
         let mut first_schema = None;
-        if let (Some(v), false) = (parsed, exists) {
-            let mut s = parquet::BufferSchema::starting(self.start_schema(&key, &route));
-            s.take(v, &rec.data)?;
-            first_schema = Some(s);
+        if let (Some(_), false) = (parsed, exists) {
+            first_schema = Some(parquet::BufferSchema::starting(
+                self.start_schema(&key, &route),
+            ));
         }
         let delim: &[u8] = match key {
             // Parquet buffers hold JSON lines until the flush converts them.
@@ -301,7 +306,7 @@ impl Delivery {
         let b = match route {
             Some(Recovery::Skip) => {
                 metrics::counter!("sluice_delivery_replay_skipped_records_total", "pipeline" => self.pipeline.clone()).increment(1);
-                return Ok(());
+                return;
             }
             Some(Recovery::Replay(id)) => self
                 .replays
@@ -322,12 +327,24 @@ impl Delivery {
                 }
             },
         };
-        match (first_schema, parsed) {
-            (Some(s), _) => b.schema = s,
-            (None, Some(v)) => b.schema.take(v, &rec.data)?,
-            (None, None) => {}
+        if let Some(s) = first_schema {
+            b.schema = s;
         }
-        let mut grown = b.push(payload, delim, rec, token, touched, ranges);
+        let mut grown = 0;
+        if let Some(v) = parsed {
+            if b.schema.take(v, &rec.data).is_err() {
+                b.conflicted = true;
+            }
+            let side = b.side_bytes();
+            if !std::ptr::eq(payload.as_ptr(), rec.data.as_ptr()) {
+                // Re-written on one line: its error document keeps the original bytes.
+                b.originals
+                    .push((b.metas.len(), rec.data.to_vec().into_boxed_slice()));
+            }
+            b.metas.push(buffer::Meta::of(rec));
+            grown += b.side_bytes() - side;
+        }
+        grown += b.push(payload, delim, rec, token, touched, ranges);
         self.records += 1;
         if b.raw_len() >= self.spec.size {
             self.size_due = true;
@@ -366,7 +383,6 @@ impl Delivery {
         self.budget.add(grown);
         self.budget.sub(freed);
         self.bytes += (payload.len() + delim.len()) as u64;
-        Ok(())
     }
 
     /// The inferred schema a new buffer starts from: a replayed object's from its intent
@@ -534,7 +550,7 @@ impl Delivery {
                 }
             }
             let payload = compact.as_deref().unwrap_or(&rec.data);
-            if let Err(e) = self.append_routed(
+            self.append_routed(
                 key,
                 payload,
                 parsed.as_ref(),
@@ -542,15 +558,7 @@ impl Delivery {
                 token,
                 &mut touched,
                 route,
-            ) {
-                self.fail(
-                    rec,
-                    ErrorType::FormatConversionFailed,
-                    &e.0,
-                    token,
-                    &mut touched,
-                );
-            }
+            );
         }
         self.recovery_passed(token);
         self.acks.arrived(token, touched);
@@ -737,7 +745,7 @@ impl Delivery {
         slot: &Slot,
         reason: FlushReason,
     ) -> Result<Option<Flushed>, DeliveryError> {
-        let (b, replay_of) = match slot {
+        let (mut b, replay_of) = match slot {
             Slot::Open(key) => {
                 let Some(b) = self.buffers.remove(key) else {
                     return Ok(None);
@@ -815,6 +823,62 @@ impl Delivery {
             },
         );
         let last_token = b.tokens.last().copied().unwrap_or(0);
+        // Released before encoding: the budget frees as the flush starts.
+        let held = b.data.capacity() as u64
+            + b.side_bytes()
+            + if b.spool.is_some() {
+                spool::Spool::memory(held_codec)
+            } else {
+                0
+            };
+        self.bytes -= raw;
+        self.mem -= held;
+        self.budget.sub(held);
+        if let Some(e) = b.spool_error.take() {
+            return Err(DeliveryError::Spool(e));
+        }
+        let (body, spool) = match (b.spool.take(), &b.spill, &self.spool_dir) {
+            (Some(sp), _, _) => {
+                self.spools -= 1;
+                (Vec::new(), Some((*sp).finish()?))
+            }
+            // Spilled: spilled bytes then the ones in RAM, through the compressor to a
+            // spool file (one encoder, for the time of this flush only).
+            (None, Some(raw), Some(dir)) => {
+                let mut sp = spool::Spool::create(dir, held_codec)?;
+                raw.copy_into(&mut sp)?;
+                for s in b.data.slices() {
+                    sp.write(s)?;
+                }
+                (Vec::new(), Some(sp.finish()?))
+            }
+            _ => (
+                encode_slices(held_codec, b.data.slices(), b.data.len()),
+                None,
+            ),
+        };
+        // `schema = "infer"` with records that conflicted on arrival (or no column at
+        // all): which ones are refused is decided now, in shard-and-sequence order, so a
+        // replay that meets the shards interleaved otherwise decides the same.
+        let mut refused = Vec::new();
+        let infer = matches!(
+            parquet,
+            Some(crate::spec::ParquetSpec {
+                schema: crate::spec::SchemaSpec::Infer
+            })
+        );
+        if infer && (b.conflicted || !b.schema.inferred().is_some_and(parquet::has_column)) {
+            let tags: Vec<u64> = b.metas.iter().map(|m| m.sequence >> 48).collect();
+            let path = spool.as_ref().map(|f| f.path().to_path_buf());
+            let d = parquet::decide(b.schema.start().cloned(), &tags, || {
+                Ok(match &path {
+                    Some(p) => Box::new(std::io::BufReader::new(std::fs::File::open(p)?)),
+                    None => Box::new(&body[..]),
+                })
+            })?;
+            b.schema = d.schema;
+            refused = d.refused;
+        }
         // `schema = "infer"`: the schema the object started from goes into its intent, and
         // the one it ends with becomes the partition's (not a replay's: the partition has
         // moved on since).
@@ -851,7 +915,7 @@ impl Delivery {
                 }
                 let intent = Intent {
                     id: log.next_id(),
-                    partition,
+                    partition: partition.clone(),
                     key: key.clone(),
                     ranges: b.ranges.clone(),
                     records: b.records,
@@ -864,52 +928,82 @@ impl Delivery {
             }
             (_, None) => None,
         };
-        // Released before encoding: the budget frees as the flush starts.
-        let held = b.data.capacity() as u64
-            + if b.spool.is_some() {
-                spool::Spool::memory(held_codec)
-            } else {
-                0
-            };
-        self.bytes -= raw;
-        self.mem -= held;
-        self.budget.sub(held);
-        if let Some(e) = b.spool_error {
-            return Err(DeliveryError::Spool(e));
-        }
-        let (body, spool) = match (b.spool, &b.spill, &self.spool_dir) {
-            (Some(sp), _, _) => {
-                self.spools -= 1;
-                (Vec::new(), Some((*sp).finish()?))
+        // The refused records' error documents: an object of their own, named after the
+        // data object (a replay names it the same), delivered with it.
+        let etype = ErrorType::FormatConversionFailed;
+        let refusals = (!refused.is_empty()).then(|| {
+            metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(refused.len() as u64);
+            let mut docs = Vec::new();
+            for (i, why, line) in &refused {
+                let data = match b.originals.binary_search_by_key(i, |o| o.0) {
+                    Ok(at) => b.originals[at].1.to_vec(),
+                    Err(_) => line.clone(),
+                };
+                let rec = match b.metas.get(*i) {
+                    Some(m) => m.record(data),
+                    None => Record {
+                        data: data.into(),
+                        ..Default::default()
+                    },
+                };
+                docs.extend(self.error_doc(&rec, etype, why));
+                docs.push(b'\n');
             }
-            // Spilled: spilled bytes then the ones in RAM, through the compressor to a
-            // spool file (one encoder, for the time of this flush only).
-            (None, Some(raw), Some(dir)) => {
-                let mut sp = spool::Spool::create(dir, held_codec)?;
-                raw.copy_into(&mut sp)?;
-                for s in b.data.slices() {
-                    sp.write(s)?;
-                }
-                (Vec::new(), Some(sp.finish()?))
+            let prefix = self
+                .spec
+                .error_template
+                .render(&[], &[], b.oldest_ms, Some(etype.as_str()), &random)
+                .unwrap_or_else(|_| format!("{}/", etype.as_str()));
+            // From the data object's key: a replay has the first run's key (its first
+            // record may be another one, shards interleaving otherwise).
+            let rid = unique_id(&self.pipeline, &format!("{key}\u{0}refused"), 0, b.records);
+            HostObject {
+                key: naming::object_key(
+                    &prefix,
+                    &self.pipeline,
+                    self.version,
+                    b.oldest_ms,
+                    &rid,
+                    "",
+                ),
+                content_type: "application/x-ndjson",
+                content_encoding: "",
+                record_count: refused.len() as u64,
+                oldest_ms: b.oldest_ms,
+                body: docs,
+                body_path: None,
             }
-            _ => (
-                encode_slices(held_codec, b.data.slices(), b.data.len()),
-                None,
-            ),
-        };
-        let (body, spool) = match parquet {
+        });
+        let skip: Vec<usize> = refused.iter().map(|r| r.0).collect();
+        let (body, spool, companion) = match parquet {
+            // Every record refused: the refusals are the object.
+            Some(_) if skip.len() as u64 == b.records && refusals.is_some() => {
+                let f = refusals.map(|o| Flushed {
+                    object: o,
+                    tokens: b.tokens,
+                    reason,
+                    records: b.records,
+                    raw_bytes: raw,
+                    error: Some(etype),
+                    failed: b.records,
+                    companion: None,
+                    intent,
+                    _spool: None,
+                });
+                return Ok(f);
+            }
             Some(f) => {
                 let schema = parquet::buffer_schema(&f.schema, &b.schema);
                 let avg = usize::try_from(raw / b.records.max(1)).unwrap_or(usize::MAX);
-                match self.to_parquet(&body, spool.as_ref(), schema, compression, raw, avg) {
-                    Ok(converted) => converted,
+                match self.to_parquet(&body, spool.as_ref(), &skip, schema, compression, raw, avg) {
+                    Ok((body, spool)) => (body, spool, refusals),
                     // Every record was checked on the way in, so this is a bug; the
                     // records must neither be lost nor stop the pipeline: they go under the
-                    // error prefix as the JSON lines they are (like `delivery-failed`).
+                    // error prefix as the JSON lines they are (like `delivery-failed`),
+                    // the refused ones among them.
                     Err(DeliveryError::Convert(e)) => {
-                        let etype = ErrorType::FormatConversionFailed;
                         tracing::error!(pipeline = %self.pipeline, key = %key, error = %e, "cannot convert a buffer to Parquet; its records go under the error prefix as JSON lines");
-                        metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(b.records);
+                        metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(b.records - skip.len() as u64);
                         let prefix = self
                             .spec
                             .error_template
@@ -918,12 +1012,17 @@ impl Delivery {
                         let name = key.rsplit('/').next().unwrap_or_default();
                         key = format!("{prefix}{}", name.trim_end_matches(".parquet"));
                         error = Some(etype);
-                        (body, spool)
+                        (body, spool, None)
                     }
                     Err(e) => return Err(e),
                 }
             }
-            None => (body, spool),
+            None => (body, spool, None),
+        };
+        let failed = match (error, &companion) {
+            (Some(_), _) => b.records,
+            (None, Some(c)) => c.record_count,
+            (None, None) => 0,
         };
         Ok(Some(Flushed {
             object: HostObject {
@@ -943,7 +1042,11 @@ impl Delivery {
                     Compression::Zstd => "zstd",
                     Compression::Snappy => "snappy",
                 },
-                record_count: b.records,
+                record_count: if error.is_some() {
+                    b.records
+                } else {
+                    b.records - skip.len() as u64
+                },
                 oldest_ms: b.oldest_ms,
                 body,
                 body_path: spool.as_ref().map(|f| f.path().to_path_buf()),
@@ -953,6 +1056,8 @@ impl Delivery {
             records: b.records,
             raw_bytes: raw,
             error,
+            failed,
+            companion,
             intent,
             _spool: spool,
         }))
@@ -960,10 +1065,12 @@ impl Delivery {
 
     /// Converts a buffer's JSON lines (`lines`, or the spool file holding them) into one
     /// Parquet file: in memory when small, else in a new spool file.
+    #[allow(clippy::too_many_arguments)]
     fn to_parquet(
         &self,
         lines: &[u8],
         held: Option<&SpoolFile>,
+        skip: &[usize],
         schema: arrow_schema::Schema,
         codec: crate::spec::Codec,
         raw: u64,
@@ -972,6 +1079,10 @@ impl Delivery {
         let input: Box<dyn std::io::BufRead + '_> = match held {
             Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f.path())?)),
             None => Box::new(lines),
+        };
+        let input: Box<dyn std::io::BufRead + '_> = match skip {
+            [] => input,
+            _ => Box::new(parquet::SkipLines::new(input, skip)),
         };
         match &self.spool_dir {
             Some(dir) if raw >= SPILL_AT as u64 => {
@@ -1011,7 +1122,11 @@ impl Delivery {
             )
             .unwrap_or_else(|_| format!("{}/", etype.as_str()));
         tracing::error!(pipeline = %self.pipeline, key = %f.object.key, error = why, "giving up on an object after retry_duration; writing it under the error prefix");
-        let records = f.records;
+        // The refused records' documents (the companion) are error output already.
+        let records = match f.error {
+            Some(_) => f.records,
+            None => f.records - f.failed,
+        };
         metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(records);
         Flushed {
             object: HostObject {
@@ -1019,6 +1134,7 @@ impl Delivery {
                 ..f.object
             },
             error: Some(etype),
+            failed: f.records,
             ..f
         }
     }
@@ -1037,7 +1153,7 @@ impl Delivery {
             log.stored(id, f.tokens.last().copied().unwrap_or(0))?;
         }
         if f.error.is_none() {
-            self.delivered += f.records;
+            self.delivered += f.records - f.failed;
         }
         self.acks.stored(&f.tokens);
         let p = self.pipeline.clone();
@@ -1045,7 +1161,7 @@ impl Delivery {
         metrics::counter!("sluice_sink_objects_total", "pipeline" => p.clone(), "result" => "success").increment(1);
         if f.error.is_none() {
             metrics::counter!("sluice_sink_records_total", "pipeline" => p.clone())
-                .increment(f.records);
+                .increment(f.records - f.failed);
             metrics::counter!("sluice_sink_bytes_total", "pipeline" => p.clone())
                 .increment(f.raw_bytes);
         }
@@ -1129,9 +1245,14 @@ pub async fn deliver(
     limit: Option<std::time::Duration>,
 ) -> Result<(), CallError> {
     let pipeline = health.pipeline();
-    let res =
-        crate::plugins::until_stored(sink, health, limit, |sink, _| sink.submit_object(&f.object))
+    let mut res = Ok(());
+    for o in f.companion.iter().chain([&f.object]) {
+        res = crate::plugins::until_stored(sink, health, limit, |sink, _| sink.submit_object(o))
             .await;
+        if res.is_err() {
+            break;
+        }
+    }
     if res.is_err() {
         metrics::counter!("sluice_sink_objects_total", "pipeline" => pipeline.to_string(), "result" => "failed").increment(1);
     }
@@ -1571,10 +1692,9 @@ mod tests {
         assert!(d.recovering.entries.is_empty());
     }
 
-    fn misfits(d: &Delivery) -> u64 {
-        d.buffers
-            .get(&BufferKey::Error(ErrorType::FormatConversionFailed))
-            .map_or(0, |b| b.records)
+    /// The records a flush refused (its companion error object's).
+    fn refused(f: &Flushed) -> u64 {
+        f.companion.as_ref().map_or(0, |c| c.record_count)
     }
 
     /// `schema = "infer"`: a partition's schema carries from one object to the next and
@@ -1609,15 +1729,15 @@ mod tests {
             ],
             &[],
         );
-        assert_eq!(
-            misfits(&d),
-            1,
-            "a text `x` is refused in the partition's second object"
-        );
         let a2 = d
             .take(&Slot::Open(key("a")), FlushReason::Size)
             .unwrap()
             .unwrap();
+        assert_eq!(
+            refused(&a2),
+            1,
+            "a text `x` is refused in the partition's second object"
+        );
         d.stored(&a2).unwrap();
         // A third object, intended but not confirmed when the process dies.
         let third = [
@@ -1625,12 +1745,12 @@ mod tests {
             rec(r#"{"type":"a","x":3}"#, at(5)),
         ];
         d.add(3, &third, &[]);
-        assert_eq!(misfits(&d), 2);
         let a3 = d
             .take(&Slot::Open(key("a")), FlushReason::Size)
             .unwrap()
             .unwrap();
         assert_eq!(a3.object.record_count, 1);
+        assert_eq!(refused(&a3), 1);
         drop(d);
 
         let mut d = Delivery::new("p", spec(), Some(&j), None, budget()).unwrap();
@@ -1648,6 +1768,13 @@ mod tests {
         let again = d.take(&slot, FlushReason::Size).unwrap().unwrap();
         assert_eq!(again.object.key, a3.object.key);
         assert_eq!(again.object.body, a3.object.body, "the very same file");
+        let (c, c3) = (again.companion.unwrap(), a3.companion.unwrap());
+        assert_eq!(c.key, c3.key, "its refusals under the same name too");
+        assert!(
+            c.key.starts_with("err/format-conversion-failed/"),
+            "{}",
+            c.key
+        );
         // New records after the restart still meet the partition's schema.
         d.add(
             8,
@@ -1657,11 +1784,11 @@ mod tests {
             ],
             &[],
         );
-        assert_eq!(misfits(&d), 2, "`\"s2\"` again and `\"t\"`");
         let a4 = d
             .take(&Slot::Open(key("a")), FlushReason::Size)
             .unwrap()
             .unwrap();
+        assert_eq!(refused(&a4), 1, "`\"t\"`");
         let schema = ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
             bytes::Bytes::from(a4.object.body.clone()),
         )
@@ -1684,6 +1811,133 @@ mod tests {
             ],
             "the partition's columns, in the order they came"
         );
+    }
+
+    /// Records of one partition from two shards whose types conflict: the first run
+    /// meets shard 2 first, the replay after the crash shard 1 first — and both refuse
+    /// the same records (decided in shard-and-sequence order at the flush), so the replay
+    /// rewrites the very same objects.
+    #[test]
+    fn refusals_do_not_depend_on_how_shards_interleave() {
+        let spec = || {
+            let mut s = spec(Compression::Snappy, 10);
+            s.format = Some(crate::spec::ParquetSpec {
+                schema: crate::spec::SchemaSpec::Infer,
+            });
+            s
+        };
+        let r = |shard: u64, i: u64, x: &str| {
+            rec(
+                &format!(r#"{{"type":"a","x":{x},"id":"{shard}-{i}"}}"#),
+                (shard << 48) | i,
+            )
+        };
+        let (a1, a2) = (r(1, 1, "1"), r(1, 2, "2"));
+        let (b1, b2) = (r(2, 1, "\"t\""), r(2, 2, "\"u\""));
+        let ids = |f: &Flushed| -> Vec<String> {
+            let c = f.companion.as_ref().unwrap();
+            let mut ids: Vec<String> = String::from_utf8(c.body.clone())
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    use base64::Engine as _;
+                    let d: serde_json::Value = serde_json::from_str(l).unwrap();
+                    assert_eq!(d["errorCode"], "DataFormatConversion.MalformedData");
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(d["rawData"].as_str().unwrap())
+                        .unwrap();
+                    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+                    v["id"].as_str().unwrap().to_string()
+                })
+                .collect();
+            ids.sort();
+            ids
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path());
+        let mut d = Delivery::new("p", spec(), Some(&j), None, budget()).unwrap();
+        d.add(1, &[b1.clone(), a1.clone()], &[]);
+        d.add(2, &[b2.clone(), a2.clone()], &[]);
+        let first = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.object.record_count, 2);
+        assert_eq!(ids(&first), ["2-1", "2-2"], "shard 1's integers come first");
+        drop(d);
+
+        let mut d = Delivery::new("p", spec(), Some(&j), None, budget()).unwrap();
+        d.add(7, &[a1, a2], &[]);
+        d.add(8, &[b1, b2], &[]);
+        let (slot, _) = d.due(1).pop().unwrap();
+        assert!(matches!(slot, Slot::Replay(_)));
+        let again = d.take(&slot, FlushReason::Size).unwrap().unwrap();
+        assert_eq!(again.object.key, first.object.key);
+        assert_eq!(again.object.body, first.object.body, "the very same file");
+        assert_eq!(
+            again.companion.as_ref().unwrap().key,
+            first.companion.as_ref().unwrap().key
+        );
+        assert_eq!(ids(&again), ids(&first));
+        assert_eq!((again.records, again.failed), (4, 2));
+    }
+
+    /// Whether a partition's records make a column is decided on the buffer's whole
+    /// schema: `{}` beside a record with fields converts; a buffer of only `{}` is refused
+    /// whole, as one error object.
+    #[test]
+    fn records_without_columns_are_refused_only_when_the_buffer_has_none() {
+        let mut s = spec(Compression::Snappy, 10);
+        s.format = Some(crate::spec::ParquetSpec {
+            schema: crate::spec::SchemaSpec::Infer,
+        });
+        let mut d = Delivery::new("p", s, None, None, budget()).unwrap();
+        d.add(
+            1,
+            &[rec(r#"{"type":"a"}"#, 1), rec(r#"{"type":"b","o":{}}"#, 2)],
+            &[],
+        );
+        // `type` is the partition key, and a field: `a`'s records have a column.
+        let a = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert!(a.error.is_none() && a.companion.is_none());
+        let mut s = spec(Compression::Snappy, 10);
+        s.format = Some(crate::spec::ParquetSpec {
+            schema: crate::spec::SchemaSpec::Infer,
+        });
+        s.partitioner = None;
+        s.query = None;
+        s.prefix = "all/".into();
+        s.prefix_template = Compiled::new(Template::parse("all/", false).unwrap());
+        let mut d = Delivery::new("p", s, None, None, budget()).unwrap();
+        d.add(1, &[rec("{}", 1), rec(r#"{"o":{}}"#, 2)], &[]);
+        let all = BufferKey::Data {
+            query: vec![],
+            lambda: vec![],
+        };
+        let f = d
+            .take(&Slot::Open(all.clone()), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.error, Some(ErrorType::FormatConversionFailed));
+        assert!(
+            f.object.key.starts_with("err/format-conversion-failed/"),
+            "{}",
+            f.object.key
+        );
+        assert_eq!((f.object.record_count, f.failed), (2, 2));
+        assert!(String::from_utf8(f.object.body.clone())
+            .unwrap()
+            .contains("no field to store as a column"));
+        d.add(2, &[rec("{}", 3), rec(r#"{"n":1}"#, 4)], &[]);
+        let f = d
+            .take(&Slot::Open(all), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert!(f.error.is_none() && f.companion.is_none());
+        assert_eq!(f.object.record_count, 2);
     }
 
     #[test]

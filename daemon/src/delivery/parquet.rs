@@ -1,16 +1,26 @@
 //! Firehose's record format conversion: JSON records to Parquet objects.
 //!
-//! Records are checked when they enter a buffer, so a flush never meets one that does
-//! not convert: against the declared columns, or — with `schema = "infer"` — against the
-//! schema of the records already in the same buffer, which each record may widen (new
-//! fields, integers meeting fractions, nulls taking a type) but not change. A record that
-//! does not fit goes to the error output as `format-conversion-failed`. An inferred schema
-//! is the partition's: a buffer starts from the schema its partition's previous object
-//! ended with (`Delivery` carries it, and the intent log keeps it across restarts), and the
-//! intent of each object records the schema it started from, so a replay after a crash
-//! checks the same records against the same schema and rebuilds the very same object. At
-//! the flush, the buffer's lines are decoded into Arrow batches and written as one Parquet
+//! Records are checked when they enter a buffer: against the declared columns (a record
+//! that does not fit goes to the error output as `format-conversion-failed` at once), or
+//! — with `schema = "infer"` — against the schema of the records already in the same
+//! buffer, which each record may widen (new fields, integers meeting fractions, nulls
+//! taking a type) but not change. Under `infer` a record that does not fit stays in the
+//! buffer, marked: which records of a conflicting buffer are refused is decided at the
+//! flush ([`decide`]), in the order of their shards and sequences rather than the order
+//! they happened to arrive in, so a replay after a crash (which interleaves shards
+//! otherwise) refuses exactly the same records. The refused ones leave with the object
+//! as a `format-conversion-failed` object of their own, under the same intent.
+//!
+//! An inferred schema is the partition's: a buffer starts from the schema its partition's
+//! previous object ended with (`Delivery` carries it, and the intent log keeps it across
+//! restarts), and the intent of each object records the schema it started from, so a
+//! replay decides against the same schema and rebuilds the very same object. At the
+//! flush, the buffer's lines are decoded into Arrow batches and written as one Parquet
 //! file, compressed inside with the pipeline's `compression`.
+//!
+//! Why arrival order is enough when nothing conflicts: widening is a join (commutative,
+//! associative; the field limits only grow with it), so records that all fit in one order
+//! fit in every order and make the same schema (only the order of columns may differ).
 
 use crate::spec::{Codec, Column, ColumnType, Compression, SchemaSpec};
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
@@ -166,16 +176,11 @@ pub fn infer(v: &Value, path: &str) -> Result<Inferred, Misfit> {
     })
 }
 
-/// A record's inferred type for `schema = "infer"`; a record without a single field
-/// that could be a column (`{}`, `{"a": {}}`) is refused: a Parquet file needs one.
-pub fn infer_record(v: &Value) -> Result<Inferred, Misfit> {
-    let t = infer(v, "")?;
-    if arrow_type(&t).is_none() {
-        return Err(Misfit(
-            "the record has no field to store as a column".into(),
-        ));
-    }
-    Ok(t)
+/// Whether a schema has a field a Parquet file can store as a column (`{}` and
+/// `{"a": {}}` have none). Checked on a buffer's whole schema at the flush, not per
+/// record: `{}` after `{"a": 1}` is a record like any other.
+pub fn has_column(t: &Inferred) -> bool {
+    arrow_type(t).is_some()
 }
 
 /// `a` widened to hold `b` too, or why it cannot (`path` names the field).
@@ -255,7 +260,7 @@ impl BufferSchema {
     pub fn take(&mut self, record: &Value, raw: &[u8]) -> Result<(), Misfit> {
         match &mut self.inferred {
             None => {
-                let mut t = infer_record(record)?;
+                let mut t = infer(record, "")?;
                 reorder(&mut t, &written_order(raw));
                 self.inferred = Some(t);
             }
@@ -273,6 +278,135 @@ impl BufferSchema {
             }
         }
         Ok(())
+    }
+}
+
+/// What the flush decided for a buffer under `schema = "infer"` whose records conflict
+/// (or make no column at all): the schema of the records kept and the records refused.
+#[derive(Debug)]
+pub struct Decided {
+    /// The schema the kept records make, from the buffer's start.
+    pub schema: BufferSchema,
+    /// The refused records, by line index: (index, why, the line without its newline).
+    pub refused: Vec<(usize, String, Vec<u8>)>,
+}
+
+/// Decides which lines of a buffer a Parquet object keeps, in canonical order: by shard
+/// tag (`tags[i]` is line `i`'s), then by position within the shard — arrival order
+/// within one shard — starting from the schema the buffer started from. How arrival
+/// interleaved the shards does not matter, so a replay decides the same. `open` reads the
+/// lines again; it is called once per distinct tag (a pass keeps only its tag's lines),
+/// so memory stays one line, whatever the buffer's size.
+pub fn decide<'a>(
+    start: Option<Inferred>,
+    tags: &[u64],
+    mut open: impl FnMut() -> std::io::Result<Box<dyn BufRead + 'a>>,
+) -> std::io::Result<Decided> {
+    let mut order = tags.to_vec();
+    order.sort_unstable();
+    order.dedup();
+    let mut schema = BufferSchema::starting(start);
+    let mut refused = Vec::new();
+    let mut line = Vec::new();
+    for tag in order {
+        let mut input = open()?;
+        let mut i = 0;
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            if tags.get(i) == Some(&tag) {
+                let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+                let fit = serde_json::from_slice::<Value>(raw)
+                    .map_err(|e| Misfit(format!("not JSON: {e}")))
+                    .and_then(|v| schema.take(&v, raw));
+                if let Err(e) = fit {
+                    refused.push((i, e.0, raw.to_vec()));
+                }
+            }
+            i += 1;
+        }
+    }
+    if !schema.inferred().is_some_and(has_column) {
+        // Nothing the partition's records hold makes a column: none of them converts.
+        refused.clear();
+        let mut input = open()?;
+        let mut i = 0;
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+            refused.push((
+                i,
+                "the partition's records have no field to store as a column".into(),
+                raw.to_vec(),
+            ));
+            i += 1;
+        }
+    }
+    refused.sort_unstable_by_key(|r| r.0);
+    Ok(Decided { schema, refused })
+}
+
+/// The lines of `inner` but those whose index is in `skip` (sorted): a buffer's lines
+/// without its refused records, for the Parquet writer.
+pub struct SkipLines<'s, R> {
+    inner: R,
+    skip: &'s [usize],
+    line: usize,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl<'s, R: BufRead> SkipLines<'s, R> {
+    /// `inner` without the lines at `skip` (sorted indices).
+    pub fn new(inner: R, skip: &'s [usize]) -> Self {
+        SkipLines {
+            inner,
+            skip,
+            line: 0,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl<R: BufRead> std::io::Read for SkipLines<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = {
+            let b = self.fill_buf()?;
+            let n = b.len().min(out.len());
+            out[..n].copy_from_slice(&b[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for SkipLines<'_, R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.at >= self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+            if self.inner.read_until(b'\n', &mut self.buf)? == 0 {
+                break;
+            }
+            let i = self.line;
+            self.line += 1;
+            if self.skip.first() == Some(&i) {
+                self.skip = &self.skip[1..];
+                self.buf.clear();
+            }
+        }
+        Ok(&self.buf[self.at..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at += n;
     }
 }
 
@@ -808,10 +942,12 @@ mod tests {
             r#"{"Object":[["s",{"Object":[["y","Int"],["b",{"Object":[["q","Int"],["c","Int"],["r","Int"]]}],["x","Int"],["d","Int"]]}],["l",{"List":{"Object":[["z","Int"],["a","Int"],["m","Int"]]}}]]}"#
         );
         for empty in ["{}", r#"{"a":{}}"#] {
-            let e = infer_record(&serde_json::from_str(empty).unwrap()).unwrap_err();
-            assert!(e.0.contains("no field to store"), "{empty}: {e}");
+            let t = infer(&serde_json::from_str(empty).unwrap(), "").unwrap();
+            assert!(!has_column(&t), "{empty}");
         }
-        assert!(infer_record(&serde_json::from_str(r#"{"a":null}"#).unwrap()).is_ok());
+        assert!(has_column(
+            &infer(&serde_json::from_str(r#"{"a":null}"#).unwrap(), "").unwrap()
+        ));
         // Many records, each within MAX_FIELDS, cannot widen a schema past MAX_NODES.
         let mut big = BufferSchema::default();
         let mut refused = None;
@@ -834,6 +970,72 @@ mod tests {
         assert_eq!(names, ["a", "b", "c", "d"]);
         assert_eq!(schema.field(0).data_type(), &DataType::Float64);
         assert_eq!(schema.field(1).data_type(), &DataType::Utf8);
+    }
+
+    proptest::proptest! {
+        /// Whatever order shards interleave in (each shard's records in order), the
+        /// flush's decision refuses the same records and keeps the same schema; and the
+        /// lines left for the writer are exactly the others.
+        #[test]
+        fn decisions_do_not_depend_on_how_shards_interleave(
+            recs in proptest::collection::vec(
+                (0u64..3, proptest::sample::select(vec![
+                    r#"{"x":1}"#, r#"{"x":1.5}"#, r#"{"x":"t"}"#, r#"{"x":null}"#,
+                    r#"{"x":[1]}"#, r#"{"x":["a"]}"#, r#"{"y":{"z":true}}"#, r#"{"y":{"z":2}}"#,
+                    r#"{}"#, r#"{"y":{}}"#, r#"{"x":[1,"a"]}"#,
+                ])),
+                1..24,
+            ),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            // Another interleaving: per shard, the same order; across shards, shuffled.
+            let mut by_tag: std::collections::BTreeMap<u64, Vec<(usize, &str)>> = Default::default();
+            for (i, (t, r)) in recs.iter().enumerate() {
+                by_tag.entry(*t).or_default().push((i, *r));
+            }
+            let mut queues: Vec<std::collections::VecDeque<(usize, &str)>> =
+                by_tag.into_values().map(Into::into).collect();
+            let mut other = Vec::new();
+            let mut x = seed | 1;
+            while queues.iter().any(|q| !q.is_empty()) {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                let live: Vec<usize> = (0..queues.len()).filter(|&q| !queues[q].is_empty()).collect();
+                let q = live[(x % live.len() as u64) as usize];
+                if let Some(r) = queues[q].pop_front() { other.push(r); }
+            }
+            let run = |order: &[(usize, u64, &str)]| {
+                let lines: String = order.iter().map(|(_, _, r)| format!("{r}\n")).collect();
+                let tags: Vec<u64> = order.iter().map(|(_, t, _)| *t).collect();
+                // A partition without a schema yet, or one whose earlier object set `x`.
+                let start = (seed % 2 == 1).then(|| Inferred::Object(vec![("x".into(), Inferred::Int)]));
+                let d = decide(start, &tags, || {
+                    Ok(Box::new(std::io::Cursor::new(lines.clone().into_bytes())))
+                }).unwrap();
+                let skip: Vec<usize> = d.refused.iter().map(|r| r.0).collect();
+                let mut kept = String::new();
+                std::io::Read::read_to_string(
+                    &mut SkipLines::new(lines.as_bytes(), &skip), &mut kept).unwrap();
+                let mut refused: Vec<usize> = d.refused.iter().map(|r| order[r.0].0).collect();
+                refused.sort_unstable();
+                let mut kept_ids: Vec<usize> = (0..order.len())
+                    .filter(|i| !skip.contains(i)).map(|i| order[i].0).collect();
+                kept_ids.sort_unstable();
+                let expect: String = (0..order.len()).filter(|i| !skip.contains(i))
+                    .map(|i| format!("{}\n", order[i].2)).collect();
+                proptest::prop_assert_eq!(&kept, &expect);
+                let fields = |t: &Option<Inferred>| {
+                    let mut s = format!("{t:?}").into_bytes();
+                    s.sort_unstable();
+                    s
+                };
+                Ok((refused, kept_ids, fields(&d.schema.inferred().cloned())))
+            };
+            let arrival: Vec<(usize, u64, &str)> =
+                recs.iter().enumerate().map(|(i, (t, r))| (i, *t, *r)).collect();
+            let shuffled: Vec<(usize, u64, &str)> =
+                other.iter().map(|&(i, r)| (i, recs[i].0, r)).collect();
+            proptest::prop_assert_eq!(run(&arrival)?, run(&shuffled)?);
+        }
     }
 
     #[test]
