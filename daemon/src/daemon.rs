@@ -46,8 +46,23 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Arc::new(Streams::open(&set.daemon.data_dir).with_context(|| {
             format!("cannot open streams in {}", set.daemon.data_dir.display())
         })?);
-    streams
-        .apply_config(&set.streams)
+    if let Some(js) = &set.daemon.jetstream {
+        // Blocking (its own runtime, at most `timeout`): off the async workers.
+        let opts = js.options();
+        let cluster =
+            tokio::task::spawn_blocking(move || crate::stream::jetstream::Cluster::connect(opts))
+                .await
+                .context("connecting to the JetStream cluster")?
+                .context("cannot connect to the JetStream cluster of [jetstream]")?;
+        tracing::info!(servers = ?js.servers, replicas = js.replicas, "connected to the JetStream cluster");
+        streams.set_cluster(cluster);
+    }
+    let streams_for_apply = Arc::clone(&streams);
+    let specs = set.streams.clone();
+    // Opening JetStream shards waits on the cluster: off the async workers.
+    tokio::task::spawn_blocking(move || streams_for_apply.apply_config(&specs))
+        .await
+        .context("opening the configured streams")?
         .context("cannot open the configured streams")?;
     let memory = Arc::new(crate::delivery::MemoryBudget::new(
         set.daemon.limits.buffer_memory.0,

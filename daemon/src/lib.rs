@@ -17,4 +17,6 @@ pub mod spec;
 pub mod stream;
 pub mod supervisor;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod watch;

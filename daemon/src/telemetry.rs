@@ -439,6 +439,13 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     if !s.loaded.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "config not loaded\n").into_response();
     }
+    if s.streams.cluster().is_some_and(|c| !c.connected()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the JetStream cluster is unreachable\n",
+        )
+            .into_response();
+    }
     if all_running(&s.board) {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -16,6 +16,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("http", 0),
     ("sdnotify", 0),
     ("watch", 0),
+    // Real servers for tests (unit tests only).
+    ("testing", 0),
     // Validated runtime specs (what config produces, what everything below reads).
     ("spec", 1),
     // Shard logs and Kinesis semantics.

@@ -79,6 +79,95 @@ pub struct DaemonConfig {
     /// Where the Firehose API's delivery streams deliver.
     #[serde(default)]
     pub firehose: FirehoseConfig,
+    /// The NATS JetStream cluster for streams with `storage = "jetstream"`.
+    #[serde(default)]
+    pub jetstream: Option<JetStreamConfig>,
+}
+
+/// `[jetstream]`: the NATS JetStream cluster that streams with `storage = "jetstream"`
+/// keep their shards on (read when the daemon starts; a change needs a restart).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// Server URLs, `nats://host:port` (any servers of the cluster).
+    pub servers: Vec<String>,
+    /// Copies of each shard on the cluster (1 to 5).
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// Prefix of the JetStream stream names and subjects sluice makes.
+    #[serde(default = "default_js_prefix")]
+    pub prefix: String,
+    /// How long one call waits for the cluster.
+    #[serde(default = "default_js_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_replicas() -> u32 {
+    3
+}
+fn default_js_prefix() -> String {
+    "SLUICE".into()
+}
+fn default_js_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+impl JetStreamConfig {
+    /// The client's options.
+    pub fn options(&self) -> crate::stream::jetstream::JetStreamOptions {
+        crate::stream::jetstream::JetStreamOptions {
+            servers: self.servers.clone(),
+            replicas: self.replicas as usize,
+            prefix: self.prefix.clone(),
+            timeout: self.timeout.0,
+        }
+    }
+
+    /// The first thing wrong with the table, as (key, message).
+    fn check(&self) -> Option<(&'static str, String)> {
+        if self.servers.is_empty() {
+            return Some((
+                "servers",
+                "servers must name at least one server (nats://host:port)".into(),
+            ));
+        }
+        for s in &self.servers {
+            let rest = s.strip_prefix("nats://").unwrap_or(s);
+            let ok = !rest.is_empty()
+                && rest
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Some((
+                    "servers",
+                    format!("`{s}` is not a server address like nats://127.0.0.1:4222"),
+                ));
+            }
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Some((
+                "replicas",
+                "replicas must be between 1 and 5 (JetStream's limits)".into(),
+            ));
+        }
+        if self.prefix.is_empty()
+            || self.prefix.len() > 32
+            || !self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Some((
+                "prefix",
+                "prefix must be 1 to 32 letters, digits or `-`".into(),
+            ));
+        }
+        if self.timeout.0 < Duration::from_millis(100) || self.timeout.0 > Duration::from_secs(300)
+        {
+            return Some(("timeout", "timeout must be between 100ms and 5m".into()));
+        }
+        None
+    }
 }
 
 pub use crate::spec::{delivery_streams_dir, FirehoseConfig};
@@ -223,6 +312,8 @@ struct StreamToml {
     fsync: String,
     #[serde(default)]
     write_limit: Option<WriteLimitToml>,
+    #[serde(default)]
+    storage: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,6 +443,11 @@ pub fn load_daemon(path: &Path) -> Result<(DaemonConfig, PathBuf), ConfigErrors>
     })?;
     let src = SourceFile::new(path, text);
     let mut cfg: DaemonConfig = toml::from_str(&src.text).map_err(|e| src.toml_error(&e))?;
+    if let Some((k, msg)) = cfg.jetstream.as_ref().and_then(JetStreamConfig::check) {
+        return Err(ConfigErrors(vec![
+            src.error_at_path(&[key("jetstream"), key(k)], msg)
+        ]));
+    }
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -449,7 +545,7 @@ pub fn load_with(
                 ));
                 continue;
             }
-            match build_stream(&src, &name, st) {
+            match build_stream(&src, &name, st, daemon.jetstream.is_some()) {
                 Ok(spec) => {
                     streams.insert(name, spec);
                 }
@@ -504,6 +600,7 @@ pub fn load_with(
                     max_bytes: None,
                     fsync: Fsync::Batch,
                     write_limit: None,
+                    storage: crate::spec::StorageKind::Log,
                 },
             );
         }
@@ -520,8 +617,29 @@ pub fn load_with(
     })
 }
 
-fn build_stream(src: &SourceFile, name: &str, st: StreamToml) -> Result<StreamSpec, ConfigError> {
+fn build_stream(
+    src: &SourceFile,
+    name: &str,
+    st: StreamToml,
+    jetstream: bool,
+) -> Result<StreamSpec, ConfigError> {
     let at = |k: &str| [key("streams"), key(name), key(k)];
+    let storage = match st.storage.as_deref() {
+        None | Some("log") => crate::spec::StorageKind::Log,
+        Some("jetstream") if jetstream => crate::spec::StorageKind::JetStream,
+        Some("jetstream") => {
+            return Err(src.error_at_path(
+                &at("storage"),
+                "storage = \"jetstream\" needs a [jetstream] table (servers, replicas) in the daemon's config file",
+            ))
+        }
+        Some(other) => {
+            return Err(src.error_at_path(
+                &at("storage"),
+                format!("unknown storage `{other}`: \"log\" (the default) or \"jetstream\""),
+            ))
+        }
+    };
     if st.shards == 0 || st.shards > MAX_SHARDS {
         return Err(src.error_at_path(
             &at("shards"),
@@ -588,6 +706,7 @@ fn build_stream(src: &SourceFile, name: &str, st: StreamToml) -> Result<StreamSp
         max_record_size: st.max_record_size.0,
         max_bytes: st.max_bytes.map(|b| b.0),
         fsync,
+        storage,
     })
 }
 

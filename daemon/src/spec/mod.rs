@@ -153,6 +153,19 @@ pub struct StreamSpec {
     pub fsync: Fsync,
     /// Optional throttling.
     pub write_limit: Option<WriteLimit>,
+    /// Where the shards' records live.
+    pub storage: StorageKind,
+}
+
+/// `storage` of a stream: where its shards' records live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StorageKind {
+    /// The local shard log under `data_dir` (the default).
+    #[default]
+    Log,
+    /// The NATS JetStream cluster of the daemon's `[jetstream]` table (one replicated
+    /// JetStream stream per shard).
+    JetStream,
 }
 
 /// Object compression.

@@ -14,6 +14,7 @@
 //! only then are the gates released. An append that waited on a gate finds its shard
 //! closed and is routed again, to a child.
 
+pub mod jetstream;
 mod routing;
 mod settings;
 mod storage;
@@ -79,6 +80,26 @@ pub enum StreamError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Where a stream's shards keep their records.
+#[derive(Clone, Default)]
+pub enum Backend {
+    /// One shard log per shard under the stream's folder.
+    #[default]
+    Log,
+    /// One JetStream stream per shard on the daemon's cluster.
+    JetStream(Arc<jetstream::Cluster>),
+}
+
+impl Backend {
+    /// The `storage` setting it stands for.
+    pub fn kind(&self) -> crate::spec::StorageKind {
+        match self {
+            Backend::Log => crate::spec::StorageKind::Log,
+            Backend::JetStream(_) => crate::spec::StorageKind::JetStream,
+        }
+    }
 }
 
 /// Where a stream was defined.
@@ -227,6 +248,8 @@ pub struct Stream {
     dir: PathBuf,
     /// Tags, monitoring, encryption, mode, policy, consumers (persisted on change).
     settings: RwLock<StreamSettings>,
+    /// Where its shards keep their records.
+    backend: Backend,
 }
 
 /// A token bucket holding up to one second of the allowed rate.
@@ -268,15 +291,59 @@ fn policy(f: Fsync) -> FsyncPolicy {
     }
 }
 
-/// Opens shard `def`'s log in the stream folder `dir`, reporting what recovery found.
-fn open_shard(
-    dir: &Path,
-    name: &str,
-    def: &ShardDef,
+/// What a stream's shards are opened with.
+struct ShardOpts<'a> {
+    dir: &'a Path,
+    name: &'a str,
     fsync: Fsync,
     floor: u64,
-) -> Result<Shard, StreamError> {
+    backend: &'a Backend,
+    max_record_size: u64,
+    max_bytes: Option<u64>,
+}
+
+/// Opens shard `def`'s storage: its log in the stream folder (reporting what recovery
+/// found) or its JetStream stream.
+fn open_shard(o: &ShardOpts<'_>, def: &ShardDef) -> Result<Shard, StreamError> {
     let id = shard_id(def.index);
+    let log: Box<dyn ShardStorage> = match o.backend {
+        Backend::Log => Box::new(open_log(o.dir, o.name, &id, o.fsync, o.floor)?),
+        Backend::JetStream(c) => Box::new(c.open_shard(
+            o.name,
+            &id,
+            usize::try_from(o.max_record_size).unwrap_or(usize::MAX),
+            o.max_bytes,
+        )?),
+    };
+    let name = o.name;
+    let labels = [("stream", name.to_string()), ("shard", id.clone())];
+    // Zeros from the start: dashboards and alerts see 0, not a gap.
+    metrics::counter!("sluice_shard_write_throttled_total", &labels).increment(0);
+    Ok(Shard {
+        incoming_records: metrics::counter!("sluice_shard_incoming_records_total", &labels),
+        incoming_bytes: metrics::counter!("sluice_shard_incoming_bytes_total", &labels),
+        id,
+        index: def.index,
+        start: def.start,
+        end: def.end,
+        parent: def.parent,
+        adjacent_parent: def.adjacent_parent,
+        created_ms: def.created_ms,
+        log,
+        gate: RwLock::new(def.closed),
+        consumers: Default::default(),
+    })
+}
+
+/// Opens shard `id`'s log in the stream folder `dir`, reporting what recovery found.
+fn open_log(
+    dir: &Path,
+    name: &str,
+    id: &str,
+    fsync: Fsync,
+    floor: u64,
+) -> Result<ShardLog, StreamError> {
+    let id = id.to_string();
     let (log, report) = ShardLog::open(
         &dir.join(&id),
         Options {
@@ -299,23 +366,7 @@ fn open_shard(
     } else if report.seq_skipped > 0 {
         tracing::info!(stream = name, shard = %id, skipped = report.seq_skipped, "not stopped cleanly; sequence numbers resume past every number that may have been issued");
     }
-    let labels = [("stream", name.to_string()), ("shard", id.clone())];
-    // Zeros from the start: dashboards and alerts see 0, not a gap.
-    metrics::counter!("sluice_shard_write_throttled_total", &labels).increment(0);
-    Ok(Shard {
-        incoming_records: metrics::counter!("sluice_shard_incoming_records_total", &labels),
-        incoming_bytes: metrics::counter!("sluice_shard_incoming_bytes_total", &labels),
-        id,
-        index: def.index,
-        start: def.start,
-        end: def.end,
-        parent: def.parent,
-        adjacent_parent: def.adjacent_parent,
-        created_ms: def.created_ms,
-        log: Box::new(log),
-        gate: RwLock::new(def.closed),
-        consumers: Default::default(),
-    })
+    Ok(log)
 }
 
 /// Builds the shard set of `topology`, reusing the shards of `old` that are still there.
@@ -354,6 +405,7 @@ impl Stream {
         fsync: Fsync,
         max_record_size: u64,
         max_bytes: Option<u64>,
+        backend: Backend,
     ) -> Result<Stream, StreamError> {
         let topology = match &meta.topology {
             Some(t) => {
@@ -362,9 +414,16 @@ impl Stream {
             }
             None => Topology::uniform(meta.shards.max(1), meta.created_ms),
         };
-        let set = shard_set(topology, |d| {
-            Ok(Arc::new(open_shard(&dir, name, d, fsync, meta.seq_floor)?))
-        })?;
+        let opts = ShardOpts {
+            dir: &dir,
+            name,
+            fsync,
+            floor: meta.seq_floor,
+            backend: &backend,
+            max_record_size,
+            max_bytes,
+        };
+        let set = shard_set(topology, |d| Ok(Arc::new(open_shard(&opts, d)?)))?;
         Ok(Stream {
             name: name.to_string(),
             origin: meta.origin,
@@ -383,6 +442,7 @@ impl Stream {
             seq_floor: meta.seq_floor,
             expired_issued: std::sync::atomic::AtomicU64::new(meta.expired_issued),
             deleted: std::sync::atomic::AtomicBool::new(false),
+            backend,
         })
     }
 
@@ -485,11 +545,16 @@ impl Stream {
             made.insert(
                 d.index,
                 Arc::new(open_shard(
-                    &self.dir,
-                    &self.name,
+                    &ShardOpts {
+                        dir: &self.dir,
+                        name: &self.name,
+                        fsync: self.fsync,
+                        floor: self.seq_floor,
+                        backend: &self.backend,
+                        max_record_size: self.max_record_size,
+                        max_bytes: self.max_bytes,
+                    },
                     &fresh,
-                    self.fsync,
-                    self.seq_floor,
                 )?),
             );
         }
@@ -989,6 +1054,8 @@ pub struct Streams {
     data_dir: PathBuf,
     streams: RwLock<BTreeMap<String, Arc<Stream>>>,
     floor: SeqFloor,
+    /// The JetStream cluster of `[jetstream]`, once connected.
+    cluster: RwLock<Option<Arc<jetstream::Cluster>>>,
 }
 
 /// `data_dir/seq-floor.json`: one number above every sequence number a deleted stream
@@ -1063,6 +1130,7 @@ impl Streams {
                 path: data_dir.join("seq-floor.json"),
                 lock: std::sync::Mutex::new(()),
             },
+            cluster: RwLock::new(None),
         };
         // What a deletion moved out and a crash kept it from removing.
         if let Err(e) = std::fs::remove_dir_all(s.trash_dir()) {
@@ -1091,11 +1159,39 @@ impl Streams {
                 continue;
             };
             if meta.origin == StreamOrigin::Api {
-                let st = Stream::open(dir, &name, &meta, Fsync::Batch, 1 << 20, None)?;
+                let st =
+                    Stream::open(dir, &name, &meta, Fsync::Batch, 1 << 20, None, Backend::Log)?;
                 s.insert(st);
             }
         }
         Ok(s)
+    }
+
+    /// The JetStream cluster that streams with `storage = "jetstream"` live on (connected
+    /// at startup, before the config streams are applied).
+    pub fn set_cluster(&self, c: Arc<jetstream::Cluster>) {
+        if let Ok(mut g) = self.cluster.write() {
+            *g = Some(c);
+        }
+    }
+
+    /// The JetStream cluster, if `[jetstream]` is configured.
+    pub fn cluster(&self) -> Option<Arc<jetstream::Cluster>> {
+        self.cluster.read().ok()?.clone()
+    }
+
+    /// The backend a spec's `storage` names.
+    fn backend(&self, spec: &StreamSpec) -> Result<Backend, StreamError> {
+        match spec.storage {
+            crate::spec::StorageKind::Log => Ok(Backend::Log),
+            crate::spec::StorageKind::JetStream => match self.cluster() {
+                Some(c) => Ok(Backend::JetStream(c)),
+                None => Err(StreamError::Storage(StorageError::Cluster(format!(
+                    "stream {}: storage = \"jetstream\" but no JetStream cluster is connected ([jetstream] in the daemon's config)",
+                    spec.name
+                )))),
+            },
+        }
     }
 
     fn insert(&self, st: Stream) {
@@ -1152,6 +1248,10 @@ impl Streams {
                 let (a, b) = (st.max_bytes, spec.max_bytes);
                 return refuse("max_bytes", format!("{a:?}"), format!("{b:?}"));
             }
+            if st.backend.kind() != spec.storage {
+                let (a, b) = (st.backend.kind(), spec.storage);
+                return refuse("storage", format!("{a:?}"), format!("{b:?}"));
+            }
         }
         // A resharding that could not be done is refused before anything changes, too.
         for spec in specs.values() {
@@ -1201,6 +1301,7 @@ impl Streams {
                         spec.fsync,
                         spec.max_record_size,
                         spec.max_bytes,
+                        self.backend(spec)?,
                     )?;
                     st.retention = RwLock::new(spec.retention);
                     st.set_write_limit(spec.write_limit);
@@ -1287,6 +1388,7 @@ impl Streams {
             Fsync::Batch,
             1 << 20,
             None,
+            Backend::Log,
         )?);
         m.insert(name.to_string(), st.clone());
         Ok(st)
@@ -1427,7 +1529,16 @@ mod tests {
             seq_floor: 0,
             expired_issued: 0,
         };
-        Stream::open(dir.join("s"), "s", &meta, fsync, 1 << 20, None).unwrap()
+        Stream::open(
+            dir.join("s"),
+            "s",
+            &meta,
+            fsync,
+            1 << 20,
+            None,
+            Backend::Log,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -1560,6 +1671,7 @@ mod tests {
             max_bytes: None,
             fsync: Fsync::None,
             write_limit: None,
+            storage: crate::spec::StorageKind::Log,
         };
         streams
             .apply_config(&BTreeMap::from([("c".to_string(), spec)]))

@@ -16,6 +16,9 @@ pub enum StorageError {
     /// The local shard log.
     #[error(transparent)]
     Log(sluice_shardlog::Error),
+    /// The JetStream cluster refused, failed or did not answer in time (retryable).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl From<sluice_shardlog::Error> for StorageError {

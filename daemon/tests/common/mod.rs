@@ -3,6 +3,10 @@
 //! deadlines (never bare sleeps).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+/// Real servers for tests (nats-server clusters), shared with the unit tests.
+#[path = "../../src/testing.rs"]
+pub mod testing;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,748 @@
+//! Stream storage on a NATS JetStream cluster (issue #12): the second implementation of
+//! [`ShardStorage`], for streams that outgrow one machine's disk and uptime.
+//!
+//! Each shard is one JetStream stream of its own (`<prefix><stream>_<shard id>`, one
+//! subject), replicated by JetStream's Raft to `replicas` servers. One JetStream stream per
+//! shard rather than one per Kinesis stream (a subject per shard) because JetStream's
+//! sequence numbers are per stream: per shard they are exactly the shard log's dense,
+//! shard-local numbers (shard sequence = JetStream sequence − 1), retention and `max_bytes`
+//! apply per shard as they do locally, and each shard's Raft group can be led by another
+//! server, spreading the write load the way Kinesis spreads shards.
+//!
+//! A record is one message: `1 | arrival ms (i64 LE) | key length (u32 LE) | key | data`.
+//! Appends are pipelined — every message of a batch is sent before any acknowledgement is
+//! awaited ([`ShardStorage::commit`] awaits them), so a PutRecords touching many shards
+//! waits for one round of quorum writes, not one per shard — and every message carries
+//! `Nats-Expected-Last-Sequence`, so a batch is numbered contiguously or refused: a writer
+//! elsewhere in the cluster that appended in between makes the batch fail (retryable)
+//! instead of interleaving. Reads ask the stream leader (`STREAM.MSG.GET`), so a record
+//! is readable as soon as its append was acknowledged.
+//!
+//! The calls of [`ShardStorage`] are blocking; the client is async: a small runtime of the
+//! cluster's own runs the client, and every call waits for its work at most `timeout`.
+
+use super::storage::{Appended, Entry, ShardStorage, StorageError, StoredRecord};
+use async_nats::jetstream;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where the cluster is and how shards are kept there (the daemon's `[jetstream]` table).
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// Server URLs (`nats://host:port`), any of the cluster's.
+    pub servers: Vec<String>,
+    /// Copies of every shard (JetStream allows 1 to 5).
+    pub replicas: usize,
+    /// Prefix of every JetStream stream name and subject sluice makes.
+    pub prefix: String,
+    /// How long one call waits for the cluster before failing (retryable).
+    pub timeout: Duration,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        JetStreamOptions {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            replicas: 3,
+            prefix: "SLUICE".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Bytes a record's message adds to its key and data.
+const FRAME: usize = 1 + 8 + 4;
+/// The frame's version byte.
+const V1: u8 = 1;
+/// Messages fetched at once by a read.
+const READ_WINDOW: usize = 64;
+
+fn err(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Cluster(format!("{what}: {e}"))
+}
+
+/// A JetStream stream name or subject token for `name`: letters, digits and `-` kept,
+/// every other byte `_XX` (hex) — reversible, and never `.`, `*`, `>` or a space.
+fn token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One connection to the cluster, shared by every shard of this daemon.
+pub struct Cluster {
+    rt: Option<tokio::runtime::Runtime>,
+    js: jetstream::Context,
+    opts: JetStreamOptions,
+    max_payload: usize,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            // May be dropped inside another runtime: never block there.
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Cluster {
+    /// Connects to the cluster (waiting at most `timeout` for a first server to answer).
+    pub fn connect(opts: JetStreamOptions) -> Result<Arc<Cluster>, StorageError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-jetstream")
+            .enable_all()
+            .build()
+            .map_err(|e| err("cannot start the JetStream client's runtime", e))?;
+        let servers = opts.servers.clone();
+        let timeout = opts.timeout;
+        let client = run_on(&rt, timeout, async move {
+            async_nats::ConnectOptions::new()
+                .name("sluiced")
+                .connection_timeout(timeout)
+                .request_timeout(Some(timeout))
+                .connect(servers.as_slice())
+                .await
+        })?
+        .map_err(|e| err("cannot connect to the JetStream cluster", e))?;
+        let max_payload = client.server_info().max_payload;
+        // The context spawns its acknowledgement task: inside the client's runtime.
+        let js = {
+            let _in = rt.enter();
+            jetstream::ContextBuilder::new()
+                .timeout(timeout)
+                .build(client)
+        };
+        Ok(Arc::new(Cluster {
+            rt: Some(rt),
+            js,
+            opts,
+            max_payload,
+        }))
+    }
+
+    /// Whether the client is connected to a server of the cluster now (`/readyz`).
+    pub fn connected(&self) -> bool {
+        self.js.client().connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Runs `f` on the client's runtime and waits for it, at most the call timeout.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        match &self.rt {
+            Some(rt) => run_on(rt, self.opts.timeout, f),
+            None => Err(StorageError::Cluster(
+                "the JetStream client was stopped".into(),
+            )),
+        }
+    }
+
+    /// The JetStream stream holding `shard` of `stream`.
+    fn stream_name(&self, stream: &str, shard: &str) -> String {
+        format!("{}{}_{}", self.opts.prefix, token(stream), token(shard))
+    }
+
+    /// Opens the storage of `shard` of `stream`, creating its JetStream stream (with
+    /// `replicas` copies) when it does not exist yet, or bringing its settings up to date.
+    /// `max_bytes` caps the shard (the servers drop the oldest records past it).
+    pub fn open_shard(
+        self: &Arc<Self>,
+        stream: &str,
+        shard: &str,
+        max_record: usize,
+        max_bytes: Option<u64>,
+    ) -> Result<JetStreamShard, StorageError> {
+        if max_record + FRAME > self.max_payload {
+            return Err(StorageError::Cluster(format!(
+                "the JetStream servers' max_payload ({} bytes) is below the stream's largest record ({} bytes with its key and framing); raise max_payload in the servers' configuration",
+                self.max_payload,
+                max_record + FRAME
+            )));
+        }
+        let name = self.stream_name(stream, shard);
+        let subject = format!(
+            "{}.{}.{}",
+            token(&self.opts.prefix),
+            token(stream),
+            token(shard)
+        );
+        let config = jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.opts.replicas,
+            max_bytes: max_bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            max_messages: -1,
+            max_messages_per_subject: -1,
+            max_message_size: -1,
+            discard: jetstream::stream::DiscardPolicy::Old,
+            retention: jetstream::stream::RetentionPolicy::Limits,
+            description: Some(format!("sluice stream `{stream}`, {shard}")),
+            ..Default::default()
+        };
+        let js = self.js.clone();
+        let name_for_get = name.clone();
+        let handle = self
+            .run(async move {
+                js.create_or_update_stream(config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                js.get_stream(&name_for_get)
+                    .await
+                    .map_err(|e| e.to_string())
+            })?
+            .map_err(|e| err(&format!("cannot open JetStream stream {name}"), e))?;
+        let shard = JetStreamShard {
+            cluster: Arc::clone(self),
+            stream: handle,
+            subject,
+            state: Mutex::new(State::default()),
+            pending: Mutex::new(HashMap::new()),
+            retired: AtomicBool::new(false),
+        };
+        shard.refresh()?;
+        Ok(shard)
+    }
+
+    /// Deletes the JetStream stream of `shard` of `stream` (the stream was deleted).
+    pub fn delete_shard(&self, stream: &str, shard: &str) -> Result<(), StorageError> {
+        let name = self.stream_name(stream, shard);
+        let js = self.js.clone();
+        match self.run(async move { js.delete_stream(&name).await })? {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind() {
+                jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(())
+                }
+                _ => Err(err("cannot delete a shard's JetStream stream", e)),
+            },
+        }
+    }
+}
+
+fn run_on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    timeout: Duration,
+    f: impl Future<Output = T> + Send + 'static,
+) -> Result<T, StorageError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(tokio::time::timeout(timeout, f).await);
+    });
+    match rx.recv() {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(StorageError::Cluster(format!(
+            "the JetStream cluster did not answer within {timeout:?}"
+        ))),
+        Err(_) => Err(StorageError::Cluster("the JetStream client stopped".into())),
+    }
+}
+
+/// What a shard knows of its JetStream stream (refreshed from the server on open, after a
+/// failed append and on [`ShardStorage::sync`]).
+#[derive(Debug, Default)]
+struct State {
+    /// JetStream's first sequence held (0 or `last + 1` when empty).
+    first: u64,
+    /// JetStream's last sequence given (0: none yet).
+    last: u64,
+    records: u64,
+    bytes: u64,
+    first_arrival: Option<i64>,
+    last_arrival: Option<i64>,
+    /// An append failed: what the server holds is unknown until the next refresh.
+    stale: bool,
+    next_commit: u64,
+    /// When the state was last read from the server.
+    refreshed: Option<std::time::Instant>,
+}
+
+/// How often a read at the end of what this node knows asks the server whether other
+/// nodes appended more.
+const TIP_REFRESH: Duration = Duration::from_millis(200);
+
+type Acks = Vec<jetstream::context::PublishAckFuture>;
+
+/// One shard's records in its JetStream stream.
+pub struct JetStreamShard {
+    cluster: Arc<Cluster>,
+    stream: jetstream::stream::Stream,
+    subject: String,
+    state: Mutex<State>,
+    /// Appends sent and not yet committed: their acknowledgements, by commit token, with
+    /// the JetStream sequence the first one must have.
+    pending: Mutex<HashMap<u64, (u64, Acks)>>,
+    retired: AtomicBool,
+}
+
+fn frame(e: &Entry<'_>, arrival: i64) -> bytes::Bytes {
+    let mut b = Vec::with_capacity(FRAME + e.key.len() + e.data.len());
+    b.push(V1);
+    b.extend_from_slice(&arrival.to_le_bytes());
+    b.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
+    b.extend_from_slice(e.key);
+    b.extend_from_slice(e.data);
+    b.into()
+}
+
+/// A message back into a record; `None` when it is not one sluice wrote.
+fn unframe(seq: u64, b: &[u8]) -> Option<StoredRecord> {
+    let (&v, rest) = b.split_first()?;
+    if v != V1 || rest.len() < 12 {
+        return None;
+    }
+    let arrival_ms = i64::from_le_bytes(rest[..8].try_into().ok()?);
+    let klen = u32::from_le_bytes(rest[8..12].try_into().ok()?) as usize;
+    let rest = &rest[12..];
+    if klen > rest.len() {
+        return None;
+    }
+    Some(StoredRecord {
+        seq: seq.checked_sub(1)?,
+        arrival_ms,
+        key: rest[..klen].to_vec(),
+        data: rest[klen..].to_vec(),
+    })
+}
+
+impl JetStreamShard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the stream's state (and its first and last records' arrival times) from the
+    /// server.
+    fn refresh(&self) -> Result<(), StorageError> {
+        let s = self.stream.clone();
+        let info = self
+            .cluster
+            .run(async move { s.get_info().await })?
+            .map_err(|e| err("cannot read a shard's JetStream state", e))?;
+        let st = info.state;
+        // Arrival times are read again only where the ends moved.
+        let (known_first, known_last, fa, la) = {
+            let s = self.lock();
+            (s.first, s.last, s.first_arrival, s.last_arrival)
+        };
+        let (first_arrival, last_arrival) = if st.messages == 0 {
+            (None, None)
+        } else {
+            (
+                match fa {
+                    Some(a) if known_first == st.first_sequence => Some(a),
+                    _ => self.get(st.first_sequence)?.map(|r| r.arrival_ms),
+                },
+                match la {
+                    Some(a) if known_last == st.last_sequence => Some(a),
+                    _ => self.get(st.last_sequence)?.map(|r| r.arrival_ms),
+                },
+            )
+        };
+        let mut s = self.lock();
+        s.first = st.first_sequence;
+        s.last = st.last_sequence;
+        s.records = st.messages;
+        s.bytes = st.bytes;
+        s.first_arrival = first_arrival;
+        s.last_arrival = last_arrival.or(s.last_arrival);
+        s.stale = false;
+        s.refreshed = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// The record at JetStream sequence `seq`, if the stream holds it.
+    fn get(&self, seq: u64) -> Result<Option<StoredRecord>, StorageError> {
+        let s = self.stream.clone();
+        match self
+            .cluster
+            .run(async move { s.get_raw_message(seq).await })?
+        {
+            Ok(m) => Ok(unframe(m.sequence, &m.payload)),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(err("cannot read from a shard's JetStream stream", e)),
+        }
+    }
+}
+
+impl ShardStorage for JetStreamShard {
+    fn append_unsynced(&self, entries: &[Entry<'_>]) -> Result<Appended, StorageError> {
+        if self.retired.load(Ordering::Acquire) {
+            return Err(StorageError::Retired);
+        }
+        if self.lock().stale {
+            self.refresh()?;
+        }
+        let mut s = self.lock();
+        let base = s.last;
+        let mut arrival = s.last_arrival.unwrap_or(i64::MIN);
+        let mut arrivals = Vec::with_capacity(entries.len());
+        let mut messages = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            arrival = arrival.max(e.arrival_ms);
+            arrivals.push(arrival);
+            messages.push((base + i as u64, frame(e, arrival)));
+        }
+        let js = self.cluster.js.clone();
+        let subject = self.subject.clone();
+        // Sent in order on one connection; each expects the one before it, so the batch
+        // is numbered base+1.. contiguously or refused from the first gap on.
+        let sent = self.cluster.run(async move {
+            let mut acks = Vec::with_capacity(messages.len());
+            for (expect, payload) in messages {
+                let m = jetstream::message::PublishMessage::build()
+                    .payload(payload)
+                    .expected_last_sequence(expect);
+                acks.push(js.send_publish(subject.clone(), m).await?);
+            }
+            Ok::<_, jetstream::context::PublishError>(acks)
+        });
+        let acks = match sent {
+            Ok(Ok(acks)) => acks,
+            Ok(Err(e)) => {
+                s.stale = true;
+                return Err(err("cannot append to a shard's JetStream stream", e));
+            }
+            Err(e) => {
+                s.stale = true;
+                return Err(e);
+            }
+        };
+        let n = entries.len() as u64;
+        s.last += n;
+        if s.first == 0 {
+            s.first = 1;
+        }
+        s.records += n;
+        s.bytes += entries
+            .iter()
+            .map(|e| (FRAME + e.key.len() + e.data.len()) as u64)
+            .sum::<u64>();
+        if !arrivals.is_empty() {
+            s.first_arrival = s.first_arrival.or(arrivals.first().copied());
+            s.last_arrival = arrivals.last().copied();
+        }
+        let commit = s.next_commit;
+        s.next_commit += 1;
+        drop(s);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(commit, (base + 1, acks));
+        Ok(Appended {
+            first: base,
+            arrivals,
+            commit,
+        })
+    }
+
+    fn commit(&self, commit: u64) -> Result<(), StorageError> {
+        let Some((first, acks)) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&commit)
+        else {
+            return Ok(());
+        };
+        let done = self.cluster.run(async move {
+            for (i, ack) in acks.into_iter().enumerate() {
+                let a = ack.await.map_err(|e| e.to_string())?;
+                if a.sequence != first + i as u64 {
+                    return Err(format!(
+                        "stored as {}, not {} (another writer appended in between)",
+                        a.sequence,
+                        first + i as u64
+                    ));
+                }
+            }
+            Ok(())
+        });
+        match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.lock().stale = true;
+                Err(StorageError::Cluster(format!(
+                    "a shard's JetStream stream did not store an append: {e}"
+                )))
+            }
+            Err(e) => {
+                self.lock().stale = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        // At the end of what this node knows: other nodes may have appended since (at
+        // most one look every TIP_REFRESH).
+        let tip = {
+            let s = self.lock();
+            from >= s.last && s.refreshed.is_none_or(|t| t.elapsed() >= TIP_REFRESH)
+        };
+        if tip {
+            self.refresh()?;
+        }
+        let (first, last) = {
+            let s = self.lock();
+            (s.first.max(1), s.last)
+        };
+        let mut next = from.saturating_add(1).max(first);
+        let mut out: Vec<StoredRecord> = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < max_records && next <= last {
+            let window = READ_WINDOW
+                .min(max_records - out.len())
+                .min((last - next + 1) as usize) as u64;
+            let s = self.stream.clone();
+            let got = self.cluster.run(async move {
+                futures_util::future::join_all((next..next + window).map(|q| {
+                    let s = s.clone();
+                    async move { s.get_raw_message(q).await }
+                }))
+                .await
+            })?;
+            for m in got {
+                let m = match m {
+                    Ok(m) => m,
+                    // Retention removed it meanwhile: later ones follow.
+                    Err(e)
+                        if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(err("cannot read from a shard's JetStream stream", e)),
+                };
+                let Some(r) = unframe(m.sequence, &m.payload) else {
+                    return Err(StorageError::Cluster(format!(
+                        "message {} of JetStream stream {} is not a sluice record",
+                        m.sequence,
+                        self.stream.cached_info().config.name
+                    )));
+                };
+                if !out.is_empty() && bytes + r.data.len() > max_bytes {
+                    return Ok(out);
+                }
+                bytes += r.data.len();
+                out.push(r);
+                if out.len() >= max_records {
+                    return Ok(out);
+                }
+            }
+            next += window;
+        }
+        Ok(out)
+    }
+
+    fn seek_timestamp(&self, ts_ms: i64) -> Result<u64, StorageError> {
+        let (first, last) = {
+            let s = self.lock();
+            (s.first.max(1), s.last)
+        };
+        // Arrival times never go back within a shard: the first at or after `ts_ms` by
+        // bisection over JetStream sequences [lo, hi).
+        let (mut lo, mut hi) = (first, last + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.get(mid)? {
+                Some(r) if r.arrival_ms >= ts_ms => hi = mid,
+                Some(_) => lo = mid + 1,
+                // Removed by retention meanwhile: older than anything held.
+                None => lo = mid + 1,
+            }
+        }
+        Ok(lo - 1)
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.lock().first.max(1) - 1
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.lock().last
+    }
+
+    fn last_seq(&self) -> Option<u64> {
+        let last = self.lock().last;
+        last.checked_sub(1)
+    }
+
+    fn records(&self) -> u64 {
+        self.lock().records
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    fn arrival_range(&self) -> Option<(i64, i64)> {
+        let s = self.lock();
+        match (s.records, s.first_arrival, s.last_arrival) {
+            (0, _, _) => None,
+            (_, Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        // Acknowledged appends are on a quorum already; this catches up with what other
+        // nodes appended and retention removed.
+        self.refresh()
+    }
+
+    fn enforce_retention(
+        &self,
+        cutoff_ms: i64,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, StorageError> {
+        // `max_bytes` is the JetStream stream's own limit (set when the shard opens): the
+        // servers drop the oldest records past it as they append.
+        let _ = max_bytes;
+        let keep_from = self.seek_timestamp(cutoff_ms)? + 1;
+        if keep_from <= self.lock().first.max(1) {
+            return Ok(0);
+        }
+        let s = self.stream.clone();
+        let removed = self
+            .cluster
+            .run(async move { s.purge().sequence(keep_from).await })?
+            .map_err(|e| err("cannot apply retention to a shard's JetStream stream", e))?
+            .purged;
+        self.refresh()?;
+        Ok(removed as usize)
+    }
+
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    fn unretire(&self) {
+        self.retired.store(false, Ordering::Release);
+    }
+
+    fn close(&self) -> Result<(), StorageError> {
+        let tokens: Vec<u64> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for t in tokens {
+            self.commit(t)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_tokens_jetstream_accepts_and_never_collide() {
+        assert_eq!(token("events"), "events");
+        assert_eq!(token("a.b_c d"), "a_2Eb_5Fc_20d");
+        assert_ne!(token("a_2E"), token("a."));
+        let e = Entry {
+            key: b"k",
+            data: b"data",
+            arrival_ms: 7,
+        };
+        let r = unframe(5, &frame(&e, 9)).unwrap();
+        assert_eq!(
+            (r.seq, r.arrival_ms, &r.key[..], &r.data[..]),
+            (4, 9, &b"k"[..], &b"data"[..])
+        );
+        assert!(unframe(1, b"").is_none());
+        assert!(unframe(1, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255]).is_none());
+    }
+
+    /// The storage conformance suite against a real three-server JetStream cluster on
+    /// loopback (nats-server from Debian, installed by `scripts/install-test-deps`).
+    #[test]
+    fn a_jetstream_shard_conforms_on_a_three_server_cluster() {
+        let cluster = crate::testing::NatsCluster::start(3);
+        let c = Cluster::connect(JetStreamOptions {
+            servers: cluster.urls(),
+            replicas: 3,
+            prefix: "T".into(),
+            timeout: Duration::from_secs(10),
+        })
+        .unwrap();
+        let shard =
+            cluster.wait_for(|| c.open_shard("events.x", "shardId-000000000000", 1 << 20, None));
+        super::super::storage::conformance(&shard);
+        // Reopened, it knows what the cluster holds.
+        shard.unretire();
+        let again = c
+            .open_shard("events.x", "shardId-000000000000", 1 << 20, None)
+            .unwrap();
+        assert_eq!((again.next_seq(), again.records()), (6, 6));
+        assert_eq!(again.arrival_range(), Some((1_000, 6_000)));
+        // Retention by time drops the oldest records; reads start past them.
+        assert_eq!(again.enforce_retention(2_500, None).unwrap(), 2);
+        assert_eq!(again.first_seq(), 2);
+        assert_eq!(again.read(0, 10, 1 << 20).unwrap()[0].seq, 2);
+        assert_eq!(again.seek_timestamp(0).unwrap(), 2);
+        c.delete_shard("events.x", "shardId-000000000000").unwrap();
+        c.delete_shard("events.x", "shardId-000000000000").unwrap();
+        // `max_bytes`: the servers keep the newest records under the cap.
+        let capped = c
+            .open_shard("capped", "shardId-000000000001", 1 << 20, Some(4096))
+            .unwrap();
+        let data = [7u8; 1000];
+        for i in 0..10 {
+            capped
+                .append(&[Entry {
+                    key: b"k",
+                    data: &data,
+                    arrival_ms: i,
+                }])
+                .unwrap();
+        }
+        capped.sync().unwrap();
+        assert_eq!(capped.next_seq(), 10, "numbering goes on");
+        assert!(capped.first_seq() >= 6, "{}", capped.first_seq());
+        assert!(capped.total_bytes() <= 4096);
+        assert_eq!(capped.read(0, 100, 1 << 20).unwrap().last().unwrap().seq, 9);
+    }
+
+    /// A record larger than the servers' `max_payload` is refused when the shard opens,
+    /// naming the setting, not on the first large PutRecord.
+    #[test]
+    fn a_cluster_whose_max_payload_is_too_small_is_refused_at_open() {
+        let cluster = crate::testing::NatsCluster::start(1);
+        let c = Cluster::connect(JetStreamOptions {
+            servers: cluster.urls(),
+            replicas: 1,
+            ..JetStreamOptions::default()
+        })
+        .unwrap();
+        let e = c
+            .open_shard("s", "shardId-000000000000", 64 << 20, None)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("max_payload"), "{e}");
+    }
+}

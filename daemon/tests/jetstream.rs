@@ -1,0 +1,179 @@
+//! Streams kept on a NATS JetStream cluster (`storage = "jetstream"`, issue #12): a real
+//! three-server cluster on loopback ports (nats-server from Debian), the real daemon in
+//! front of it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+use common::testing::NatsCluster;
+use common::*;
+use std::time::Duration;
+
+fn daemon_config(cluster: &NatsCluster) -> String {
+    let servers: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "[jetstream]\nservers = [{}]\nreplicas = 3\nprefix = \"T\"\ntimeout = \"5s\"\n",
+        servers.join(", ")
+    )
+}
+
+const STREAM: &str = "[streams.events]\nshards = 2\nstorage = \"jetstream\"\n\n[pipelines.to-lake]\nsource = { plugin = \"stream\", stream = \"events\" }\n\n[pipelines.to-lake.buffer]\nsize = \"1MiB\"\ninterval = \"1s\"\n\n[pipelines.to-lake.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"all/\"\ncompression = \"none\"\n";
+
+fn put(api: std::net::SocketAddr, from: usize, n: usize) {
+    use base64::Engine as _;
+    let recs: Vec<String> = (from..from + n)
+        .map(|i| {
+            format!(
+                r#"{{"Data":"{}","PartitionKey":"k{i}"}}"#,
+                base64::engine::general_purpose::STANDARD.encode(format!("{{\"n\":{i}}}"))
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"StreamName":"events","Records":[{}]}}"#,
+        recs.join(",")
+    );
+    let (code, out) = kinesis(api, "PutRecords", &body);
+    assert_eq!(code, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["FailedRecordCount"], 0, "{out}");
+}
+
+/// Every record of both shards, read through GetRecords from the trim horizon.
+fn read_all(api: std::net::SocketAddr) -> Vec<String> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let it = kinesis_ok(
+            api,
+            "GetShardIterator",
+            &format!(
+                r#"{{"StreamName":"events","ShardId":"{shard}","ShardIteratorType":"TRIM_HORIZON"}}"#
+            ),
+        );
+        let mut it = serde_json::from_str::<serde_json::Value>(&it).unwrap()["ShardIterator"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        loop {
+            let got = kinesis_ok(api, "GetRecords", &format!(r#"{{"ShardIterator":"{it}"}}"#));
+            let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+            let recs = v["Records"].as_array().unwrap();
+            for r in recs {
+                let d = base64::engine::general_purpose::STANDARD
+                    .decode(r["Data"].as_str().unwrap())
+                    .unwrap();
+                out.push(String::from_utf8(d).unwrap());
+            }
+            if recs.is_empty() || v["MillisBehindLatest"] == 0 && recs.is_empty() {
+                break;
+            }
+            it = v["NextShardIterator"].as_str().unwrap().to_string();
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A stream on the cluster: records put through the Kinesis API are delivered to the
+/// lake exactly once, nothing of them is on the node's disk, and a second node with an
+/// empty data directory reads every one of them back after the first one was killed.
+#[test]
+fn a_jetstream_stream_keeps_its_records_in_the_cluster() {
+    let cluster = NatsCluster::start(3);
+    let s = Setup::new(&daemon_config(&cluster), &[("events", STREAM)]);
+    let mut d = s.start();
+    d.wait_ready();
+    put(s.api, 0, 150);
+    put(s.api, 150, 150);
+    wait_until(Duration::from_secs(60), "300 records in the lake", || {
+        object_lines(&s.path("lake")).len() >= 300
+    });
+    let mut lines = object_lines(&s.path("lake"));
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 300, "each record once");
+    // The stream's folder holds its settings, no shard log.
+    let local: Vec<_> = files_under(&s.path("var/streams/events"))
+        .into_iter()
+        .filter(|p| !p.ends_with("stream.json"))
+        .collect();
+    assert!(local.is_empty(), "records on the node's disk: {local:?}");
+    let before = read_all(s.api);
+    assert_eq!(before.len(), 300);
+    d.signal(9);
+    d.wait_exit(Duration::from_secs(10)).unwrap();
+
+    // Another node: a fresh data directory, the same cluster.
+    let s2 = Setup::new(&daemon_config(&cluster), &[("events", STREAM)]);
+    let mut d2 = s2.start();
+    d2.wait_ready();
+    assert_eq!(read_all(s2.api), before, "every record, from the cluster");
+    put(s2.api, 300, 10);
+    assert_eq!(
+        read_all(s2.api).len(),
+        310,
+        "numbering goes on past the first node's"
+    );
+    d2.stop_cleanly();
+}
+
+/// `storage = "jetstream"` without a `[jetstream]` table, and a bad `[jetstream]` table,
+/// are refused with file, line and column.
+#[test]
+fn jetstream_settings_are_checked_with_file_line_and_column() {
+    let s = Setup::new("", &[("events", STREAM)]);
+    let (code, _, err) = s.cli(&["check"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("events.toml:3:"), "{err}");
+    assert!(err.contains("needs a [jetstream] table"), "{err}");
+    for (table, want) in [
+        ("[jetstream]\nservers = []\n", "at least one server"),
+        (
+            "[jetstream]\nservers = [\"nats://h\"]\n",
+            "is not a server address",
+        ),
+        (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\nreplicas = 7\n",
+            "between 1 and 5",
+        ),
+        (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\nprefix = \"a.b\"\n",
+            "letters, digits",
+        ),
+        (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\ntls = true\n",
+            "unknown field",
+        ),
+    ] {
+        let s = Setup::new(table, &[]);
+        let (code, _, err) = s.cli(&["check"]);
+        assert_eq!(code, 1, "{table}: {err}");
+        assert!(err.contains(want), "{table}: `{want}` not in {err}");
+        assert!(err.contains("sluiced.toml:"), "{table}: {err}");
+    }
+}
+
+/// `/readyz` fails while the cluster is unreachable, and PutRecords answers with a
+/// retryable error (500, InternalFailure) instead of losing the records.
+#[test]
+fn an_unreachable_cluster_fails_readiness_and_puts_retryably() {
+    let mut cluster = NatsCluster::start(1);
+    let config = daemon_config(&cluster).replace("replicas = 3", "replicas = 1");
+    let s = Setup::new(&config, &[("events", STREAM)]);
+    let mut d = s.start();
+    d.wait_ready();
+    put(s.api, 0, 5);
+    cluster.stop(0);
+    wait_until(Duration::from_secs(30), "/readyz failing", || {
+        d.get("/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("JetStream"))
+    });
+    let (code, out) = kinesis(
+        s.api,
+        "PutRecord",
+        r#"{"StreamName":"events","Data":"eA==","PartitionKey":"k"}"#,
+    );
+    assert_eq!(code, 500, "{out}");
+    assert!(out.contains("InternalFailure"), "{out}");
+    d.stop_cleanly();
+}
