@@ -127,6 +127,19 @@ fn describe() {
         "sluice_delivery_replay_skipped_records_total",
         "Records replayed after a crash that the intent log found in an object already stored"
     );
+    describe_histogram!(
+        "sluice_jetstream_publish_seconds",
+        Unit::Seconds,
+        "Time from sending an append's records to a JetStream shard until the cluster acknowledged them all (stored on a quorum)"
+    );
+    describe_counter!(
+        "sluice_jetstream_errors_total",
+        "Calls to the JetStream cluster that failed or timed out, by operation (publish, read, info, purge)"
+    );
+    describe_gauge!(
+        "sluice_jetstream_connected",
+        "1 while the daemon is connected to a server of its JetStream cluster, else 0"
+    );
     describe_gauge!(
         "sluice_delivery_objects_in_flight",
         "Objects of the current flush round handed to the sink and not yet stored (at most 64 per round)"

@@ -64,7 +64,7 @@ fn read_all(api: std::net::SocketAddr) -> Vec<String> {
                     .unwrap();
                 out.push(String::from_utf8(d).unwrap());
             }
-            if recs.is_empty() || v["MillisBehindLatest"] == 0 && recs.is_empty() {
+            if recs.is_empty() {
                 break;
             }
             it = v["NextShardIterator"].as_str().unwrap().to_string();
@@ -100,6 +100,17 @@ fn a_jetstream_stream_keeps_its_records_in_the_cluster() {
     assert!(local.is_empty(), "records on the node's disk: {local:?}");
     let before = read_all(s.api);
     assert_eq!(before.len(), 300);
+    let text = d.metrics_text();
+    assert_promtool_accepts(&text);
+    assert!(
+        metric_sum(
+            &text,
+            "sluice_jetstream_publish_seconds_count",
+            &["stream=\"events\""]
+        ) >= 2.0,
+        "publish latency is measured per append"
+    );
+    assert_eq!(metric_sum(&text, "sluice_jetstream_connected", &[]), 1.0);
     d.signal(9);
     d.wait_exit(Duration::from_secs(10)).unwrap();
 
@@ -175,5 +186,9 @@ fn an_unreachable_cluster_fails_readiness_and_puts_retryably() {
     );
     assert_eq!(code, 500, "{out}");
     assert!(out.contains("InternalFailure"), "{out}");
+    wait_until(Duration::from_secs(10), "the connection gauge at 0", || {
+        d.metric("sluice_jetstream_connected", &[]) == 0.0
+    });
+    assert!(d.metric("sluice_jetstream_errors_total", &["op=\"publish\""]) >= 1.0);
     d.stop_cleanly();
 }

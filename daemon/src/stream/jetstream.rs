@@ -64,6 +64,11 @@ fn err(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Cluster(format!("{what}: {e}"))
 }
 
+/// Counts a failed call to the cluster (`op`: publish, read, info, purge).
+fn failed(op: &'static str) {
+    metrics::counter!("sluice_jetstream_errors_total", "op" => op).increment(1);
+}
+
 /// A JetStream stream name or subject token for `name`: letters, digits and `-` kept,
 /// every other byte `_XX` (hex) — reversible, and never `.`, `*`, `>` or a space.
 fn token(name: &str) -> String {
@@ -116,6 +121,16 @@ impl Cluster {
         })?
         .map_err(|e| err("cannot connect to the JetStream cluster", e))?;
         let max_payload = client.server_info().max_payload;
+        // `sluice_jetstream_connected`, kept current by a task of the client's runtime.
+        let watched = client.clone();
+        rt.spawn(async move {
+            let up = metrics::gauge!("sluice_jetstream_connected");
+            loop {
+                let c = watched.connection_state() == async_nats::connection::State::Connected;
+                up.set(if c { 1.0 } else { 0.0 });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
         // The context spawns its acknowledgement task: inside the client's runtime.
         let js = {
             let _in = rt.enter();
@@ -131,7 +146,8 @@ impl Cluster {
         }))
     }
 
-    /// Whether the client is connected to a server of the cluster now (`/readyz`).
+    /// Whether the client is connected to a server of the cluster now (`/readyz`,
+    /// `sluice_jetstream_connected`).
     pub fn connected(&self) -> bool {
         self.js.client().connection_state() == async_nats::connection::State::Connected
     }
@@ -211,6 +227,11 @@ impl Cluster {
             state: Mutex::new(State::default()),
             pending: Mutex::new(HashMap::new()),
             retired: AtomicBool::new(false),
+            publish_seconds: metrics::histogram!(
+                "sluice_jetstream_publish_seconds",
+                "stream" => stream.to_string(),
+                "shard" => shard.to_string()
+            ),
         };
         shard.refresh()?;
         Ok(shard)
@@ -285,8 +306,9 @@ pub struct JetStreamShard {
     state: Mutex<State>,
     /// Appends sent and not yet committed: their acknowledgements, by commit token, with
     /// the JetStream sequence the first one must have.
-    pending: Mutex<HashMap<u64, (u64, Acks)>>,
+    pending: Mutex<HashMap<u64, (u64, Acks, std::time::Instant)>>,
     retired: AtomicBool,
+    publish_seconds: metrics::Histogram,
 }
 
 fn frame(e: &Entry<'_>, arrival: i64) -> bytes::Bytes {
@@ -330,8 +352,12 @@ impl JetStreamShard {
         let s = self.stream.clone();
         let info = self
             .cluster
-            .run(async move { s.get_info().await })?
-            .map_err(|e| err("cannot read a shard's JetStream state", e))?;
+            .run(async move { s.get_info().await })
+            .inspect_err(|_| failed("info"))?
+            .map_err(|e| {
+                failed("info");
+                err("cannot read a shard's JetStream state", e)
+            })?;
         let st = info.state;
         // Arrival times are read again only where the ends moved.
         let (known_first, known_last, fa, la) = {
@@ -375,7 +401,10 @@ impl JetStreamShard {
             Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
                 Ok(None)
             }
-            Err(e) => Err(err("cannot read from a shard's JetStream stream", e)),
+            Err(e) => {
+                failed("read");
+                Err(err("cannot read from a shard's JetStream stream", e))
+            }
         }
     }
 }
@@ -416,10 +445,12 @@ impl ShardStorage for JetStreamShard {
             Ok(Ok(acks)) => acks,
             Ok(Err(e)) => {
                 s.stale = true;
+                failed("publish");
                 return Err(err("cannot append to a shard's JetStream stream", e));
             }
             Err(e) => {
                 s.stale = true;
+                failed("publish");
                 return Err(e);
             }
         };
@@ -443,7 +474,7 @@ impl ShardStorage for JetStreamShard {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(commit, (base + 1, acks));
+            .insert(commit, (base + 1, acks, std::time::Instant::now()));
         Ok(Appended {
             first: base,
             arrivals,
@@ -452,7 +483,7 @@ impl ShardStorage for JetStreamShard {
     }
 
     fn commit(&self, commit: u64) -> Result<(), StorageError> {
-        let Some((first, acks)) = self
+        let Some((first, acks, sent)) = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -474,15 +505,20 @@ impl ShardStorage for JetStreamShard {
             Ok(())
         });
         match done {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.publish_seconds.record(sent.elapsed().as_secs_f64());
+                Ok(())
+            }
             Ok(Err(e)) => {
                 self.lock().stale = true;
+                failed("publish");
                 Err(StorageError::Cluster(format!(
                     "a shard's JetStream stream did not store an append: {e}"
                 )))
             }
             Err(e) => {
                 self.lock().stale = true;
+                failed("publish");
                 Err(e)
             }
         }
@@ -531,7 +567,10 @@ impl ShardStorage for JetStreamShard {
                     {
                         continue
                     }
-                    Err(e) => return Err(err("cannot read from a shard's JetStream stream", e)),
+                    Err(e) => {
+                        failed("read");
+                        return Err(err("cannot read from a shard's JetStream stream", e));
+                    }
                 };
                 let Some(r) = unframe(m.sequence, &m.payload) else {
                     return Err(StorageError::Cluster(format!(
@@ -626,7 +665,10 @@ impl ShardStorage for JetStreamShard {
         let removed = self
             .cluster
             .run(async move { s.purge().sequence(keep_from).await })?
-            .map_err(|e| err("cannot apply retention to a shard's JetStream stream", e))?
+            .map_err(|e| {
+                failed("purge");
+                err("cannot apply retention to a shard's JetStream stream", e)
+            })?
             .purged;
         self.refresh()?;
         Ok(removed as usize)
