@@ -38,7 +38,9 @@ fn put(api: std::net::SocketAddr, from: usize, n: usize) {
     assert_eq!(v["FailedRecordCount"], 0, "{out}");
 }
 
-/// Every record of both shards, read through GetRecords from the trim horizon.
+/// Every record of both shards the node serves now, read through GetRecords from the trim
+/// horizon (another node's latest appends may take a moment to show: see
+/// [`read_until`]).
 fn read_all(api: std::net::SocketAddr) -> Vec<String> {
     use base64::Engine as _;
     let mut out = Vec::new();
@@ -74,6 +76,21 @@ fn read_all(api: std::net::SocketAddr) -> Vec<String> {
     out
 }
 
+/// What [`read_all`] returns once it holds `n` records (waiting at most 30 s), as a
+/// Kinesis consumer polls until records show up.
+fn read_until(api: std::net::SocketAddr, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{n} records readable"),
+        || {
+            got = read_all(api);
+            got.len() >= n
+        },
+    );
+    got
+}
+
 /// A stream on the cluster: records put through the Kinesis API are delivered to the
 /// lake exactly once, nothing of them is on the node's disk, and a second node with an
 /// empty data directory reads every one of them back after the first one was killed.
@@ -98,7 +115,7 @@ fn a_jetstream_stream_keeps_its_records_in_the_cluster() {
         .filter(|p| !p.ends_with("stream.json"))
         .collect();
     assert!(local.is_empty(), "records on the node's disk: {local:?}");
-    let before = read_all(s.api);
+    let before = read_until(s.api, 300);
     assert_eq!(before.len(), 300);
     let text = d.metrics_text();
     assert_promtool_accepts(&text);
@@ -118,14 +135,51 @@ fn a_jetstream_stream_keeps_its_records_in_the_cluster() {
     let s2 = Setup::new(&daemon_config(&cluster), &[("events", STREAM)]);
     let mut d2 = s2.start();
     d2.wait_ready();
-    assert_eq!(read_all(s2.api), before, "every record, from the cluster");
+    assert_eq!(
+        read_until(s2.api, 300),
+        before,
+        "every record, from the cluster"
+    );
     put(s2.api, 300, 10);
     assert_eq!(
-        read_all(s2.api).len(),
+        read_until(s2.api, 310).len(),
         310,
         "numbering goes on past the first node's"
     );
     d2.stop_cleanly();
+}
+
+/// Two nodes in front of one cluster at once: producers write through both (every call
+/// acknowledged: a node that meets the other's appends numbers again), and each node
+/// reads every record of both, once.
+#[test]
+fn two_nodes_serve_one_stream_at_once() {
+    let cluster = NatsCluster::start(3);
+    let stream_only = "[streams.events]\nshards = 2\nstorage = \"jetstream\"\n";
+    let a = Setup::new(&daemon_config(&cluster), &[("events", stream_only)]);
+    let b = Setup::new(&daemon_config(&cluster), &[("events", stream_only)]);
+    let mut da = a.start();
+    da.wait_ready();
+    let mut db = b.start();
+    db.wait_ready();
+    for round in 0..10 {
+        put(a.api, round * 40, 20);
+        put(b.api, round * 40 + 20, 20);
+    }
+    let from_a = read_until(a.api, 400);
+    assert_eq!(from_a.len(), 400);
+    let mut distinct = from_a.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 400, "each record once");
+    assert_eq!(read_until(b.api, 400), from_a);
+    assert!(
+        da.metric("sluice_jetstream_errors_total", &["op=\"conflict\""])
+            + db.metric("sluice_jetstream_errors_total", &["op=\"conflict\""])
+            >= 1.0,
+        "the nodes met each other's appends"
+    );
+    da.stop_cleanly();
+    db.stop_cleanly();
 }
 
 /// `storage = "jetstream"` without a `[jetstream]` table, and a bad `[jetstream]` table,

@@ -89,6 +89,10 @@ pub struct Cluster {
     js: jetstream::Context,
     opts: JetStreamOptions,
     max_payload: usize,
+    /// Random per connection: with `batches`, makes every append's message ids unique
+    /// across nodes and restarts.
+    nonce: u64,
+    batches: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Cluster {
@@ -138,11 +142,15 @@ impl Cluster {
                 .timeout(timeout)
                 .build(client)
         };
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| err("no randomness for message ids", e))?;
         Ok(Arc::new(Cluster {
             rt: Some(rt),
             js,
             opts,
             max_payload,
+            nonce: u64::from_le_bytes(seed),
+            batches: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -206,6 +214,9 @@ impl Cluster {
             discard: jetstream::stream::DiscardPolicy::Old,
             retention: jetstream::stream::RetentionPolicy::Limits,
             description: Some(format!("sluice stream `{stream}`, {shard}")),
+            // Message ids only chain a batch together (each is used once): the servers
+            // need not remember them long.
+            duplicate_window: Duration::from_secs(1),
             ..Default::default()
         };
         let js = self.js.clone();
@@ -429,14 +440,27 @@ impl ShardStorage for JetStreamShard {
         }
         let js = self.cluster.js.clone();
         let subject = self.subject.clone();
-        // Sent in order on one connection; each expects the one before it, so the batch
-        // is numbered base+1.. contiguously or refused from the first gap on.
+        let batch = format!(
+            "{:016x}-{}",
+            self.cluster.nonce,
+            self.cluster.batches.fetch_add(1, Ordering::Relaxed)
+        );
+        // Sent in order on one connection. The first expects the sequence this node
+        // knows last, each later one the id of the one before it (ids unique to this
+        // batch): once one is refused — another node appended first — every later one is
+        // too, so the batch is numbered base+1.. contiguously or not stored from the first
+        // refusal on. (Expecting sequences alone could let a later message through where
+        // the other node's appends happened to fill the gap.)
         let sent = self.cluster.run(async move {
             let mut acks = Vec::with_capacity(messages.len());
-            for (expect, payload) in messages {
+            for (i, (expect, payload)) in messages.into_iter().enumerate() {
                 let m = jetstream::message::PublishMessage::build()
                     .payload(payload)
-                    .expected_last_sequence(expect);
+                    .message_id(format!("{batch}-{i}"));
+                let m = match i {
+                    0 => m.expected_last_sequence(expect),
+                    _ => m.expected_last_message_id(format!("{batch}-{}", i - 1)),
+                };
                 acks.push(js.send_publish(subject.clone(), m).await?);
             }
             Ok::<_, jetstream::context::PublishError>(acks)
@@ -491,25 +515,59 @@ impl ShardStorage for JetStreamShard {
         else {
             return Ok(());
         };
+        // Every acknowledgement is awaited, even after a failure: whether *all* were
+        // refused for their expected sequence (nothing stored: a conflict, appended again
+        // by the caller) or only some (an error) depends on all of them.
         let done = self.cluster.run(async move {
+            let mut stored = 0usize;
+            let mut conflicts = 0usize;
+            let mut first_err = None;
+            let n = acks.len();
             for (i, ack) in acks.into_iter().enumerate() {
-                let a = ack.await.map_err(|e| e.to_string())?;
-                if a.sequence != first + i as u64 {
-                    return Err(format!(
-                        "stored as {}, not {} (another writer appended in between)",
-                        a.sequence,
-                        first + i as u64
-                    ));
+                match ack.await {
+                    Ok(a) if a.sequence == first + i as u64 => stored += 1,
+                    Ok(a) => {
+                        stored += 1;
+                        first_err.get_or_insert(format!(
+                            "stored as {}, not {} (another writer appended in between)",
+                            a.sequence,
+                            first + i as u64
+                        ));
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            jetstream::context::PublishErrorKind::WrongLastSequence
+                                | jetstream::context::PublishErrorKind::WrongLastMessageId
+                        ) =>
+                    {
+                        conflicts += 1;
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e.to_string());
+                    }
                 }
             }
-            Ok(())
+            match first_err {
+                None if stored == n => Ok(()),
+                None if conflicts == n => Err(None),
+                None => Err(Some(format!(
+                    "{stored} of {n} records stored, {conflicts} refused: another writer appended in between"
+                ))),
+                Some(e) => Err(Some(e)),
+            }
         });
         match done {
             Ok(Ok(())) => {
                 self.publish_seconds.record(sent.elapsed().as_secs_f64());
                 Ok(())
             }
-            Ok(Err(e)) => {
+            Ok(Err(None)) => {
+                self.lock().stale = true;
+                metrics::counter!("sluice_jetstream_errors_total", "op" => "conflict").increment(1);
+                Err(StorageError::Conflict)
+            }
+            Ok(Err(Some(e))) => {
                 self.lock().stale = true;
                 failed("publish");
                 Err(StorageError::Cluster(format!(
@@ -530,11 +588,12 @@ impl ShardStorage for JetStreamShard {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, StorageError> {
-        // At the end of what this node knows: other nodes may have appended since (at
-        // most one look every TIP_REFRESH).
+        // Reaching the end of what this node knows: other nodes may have appended since
+        // (at most one look every TIP_REFRESH).
         let tip = {
             let s = self.lock();
-            from >= s.last && s.refreshed.is_none_or(|t| t.elapsed() >= TIP_REFRESH)
+            from.saturating_add(max_records as u64) > s.last
+                && s.refreshed.is_none_or(|t| t.elapsed() >= TIP_REFRESH)
         };
         if tip {
             self.refresh()?;
@@ -768,6 +827,63 @@ mod tests {
         assert!(capped.first_seq() >= 6, "{}", capped.first_seq());
         assert!(capped.total_bytes() <= 4096);
         assert_eq!(capped.read(0, 100, 1 << 20).unwrap().last().unwrap().seq, 9);
+    }
+
+    /// Two nodes appending to one shard: the one that meets the other's appends is
+    /// refused with nothing stored (`Conflict`), numbers again and succeeds; both read
+    /// every record, each once, in one order.
+    #[test]
+    fn two_nodes_append_to_one_shard_without_gaps_or_doubles() {
+        let cluster = crate::testing::NatsCluster::start(3);
+        let node = || {
+            Cluster::connect(JetStreamOptions {
+                servers: cluster.urls(),
+                replicas: 3,
+                prefix: "T".into(),
+                timeout: Duration::from_secs(10),
+            })
+            .unwrap()
+        };
+        let (a, b) = (node(), node());
+        let id = "shardId-000000000000";
+        let sa = cluster.wait_for(|| a.open_shard("two", id, 1 << 20, None));
+        let sb = b.open_shard("two", id, 1 << 20, None).unwrap();
+        let e = |data: &'static [u8]| Entry {
+            key: b"k",
+            data,
+            arrival_ms: 1,
+        };
+        assert_eq!(sa.append(&[e(b"a1"), e(b"a2")]).unwrap().0, 0);
+        assert!(matches!(
+            sb.append(&[e(b"b1")]),
+            Err(StorageError::Conflict)
+        ));
+        assert_eq!(sb.append(&[e(b"b1")]).unwrap().0, 2, "numbered after a's");
+        assert!(matches!(
+            sa.append(&[e(b"a3")]),
+            Err(StorageError::Conflict)
+        ));
+        assert_eq!(sa.append(&[e(b"a3")]).unwrap().0, 3);
+        for s in [&sa, &sb] {
+            // What another node appended is seen at the next look at the server's state
+            // (a read at the tip looks at most every TIP_REFRESH; `sync` looks now).
+            s.sync().unwrap();
+            let got: Vec<(u64, Vec<u8>)> = s
+                .read(0, 10, 1 << 20)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.seq, r.data))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (0, b"a1".to_vec()),
+                    (1, b"a2".to_vec()),
+                    (2, b"b1".to_vec()),
+                    (3, b"a3".to_vec())
+                ]
+            );
+        }
     }
 
     /// A record larger than the servers' `max_payload` is refused when the shard opens,

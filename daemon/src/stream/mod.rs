@@ -980,9 +980,20 @@ impl Shard {
     /// shard-local sequence number and each record's arrival time. A closed shard refuses
     /// with [`StreamError::ShardClosed`]: route the records again.
     pub fn append(&self, entries: &[Entry<'_>]) -> Result<(u64, Vec<i64>), StreamError> {
-        let a = self.append_unsynced(entries)?;
-        self.commit(entries, &a)?;
-        Ok((a.first, a.arrivals))
+        let mut attempt = 1;
+        loop {
+            let a = self.append_unsynced(entries)?;
+            match self.commit(entries, &a) {
+                Ok(()) => return Ok((a.first, a.arrivals)),
+                // Another node appended first and nothing was stored: numbered again.
+                Err(StreamError::Storage(StorageError::Conflict))
+                    if attempt < CONFLICT_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The first half of [`Shard::append`]: numbered and written (under the gate: a
@@ -1021,6 +1032,10 @@ impl Shard {
     }
 }
 
+/// Appends a shard refused because another writer appended first (nothing stored) are
+/// made again at most this many times in all.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
 /// Appends each group to its shard on this thread: every group written first, then
 /// writeback started on every shard, then each committed — a call touching N shards waits
 /// for one round of overlapping syncs (and later commits often find theirs done by an
@@ -1043,8 +1058,12 @@ pub fn append_groups(
         .zip(written)
         .map(|((sh, entries), w)| {
             let a = w?;
-            sh.commit(entries, &a)?;
-            Ok((a.first, a.arrivals))
+            match sh.commit(entries, &a) {
+                Ok(()) => Ok((a.first, a.arrivals)),
+                // Another node appended first; nothing was stored: again, on its own.
+                Err(StreamError::Storage(StorageError::Conflict)) => sh.append(entries),
+                Err(e) => Err(e),
+            }
         })
         .collect()
 }

@@ -19,6 +19,10 @@ pub enum StorageError {
     /// The JetStream cluster refused, failed or did not answer in time (retryable).
     #[error("{0}")]
     Cluster(String),
+    /// Another writer (another sluiced node) appended to the shard first: nothing of this
+    /// append was stored, and the same records may be appended again at once.
+    #[error("another writer appended to the shard first; nothing was stored")]
+    Conflict,
 }
 
 impl From<sluice_shardlog::Error> for StorageError {
