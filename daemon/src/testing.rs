@@ -59,17 +59,7 @@ impl NatsCluster {
             );
             let path = dir.path().join(format!("n{i}.conf"));
             std::fs::write(&path, conf).expect("write nats-server config");
-            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).expect("log");
-            let child = Command::new("nats-server")
-                .arg("-c")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start nats-server (scripts/install-test-deps installs it): {e}")
-                });
-            children.push(child);
+            children.push(spawn(dir.path(), i));
         }
         let c = NatsCluster {
             children,
@@ -146,6 +136,36 @@ impl NatsCluster {
         }
     }
 
+    /// Starts server `i` again (after [`NatsCluster::stop`]), with its store as it was,
+    /// and waits until the whole cluster reports JetStream ready.
+    pub fn restart(&mut self, i: usize) {
+        self.children[i] = spawn(self.dir.path(), i);
+        self.wait_jetstream();
+    }
+
+    /// The server leading JetStream stream `name` (its Raft group), as the servers'
+    /// monitoring reports it.
+    pub fn leader_of(&self, name: &str) -> Option<usize> {
+        for p in &self.monitor {
+            let Some(body) = http_get(*p, "/jsz?accounts=true&streams=true") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            for acc in v["account_details"].as_array().into_iter().flatten() {
+                for st in acc["stream_detail"].as_array().into_iter().flatten() {
+                    if st["name"] == name {
+                        if let Some(l) = st["cluster"]["leader"].as_str() {
+                            return l.strip_prefix('n').and_then(|n| n.parse().ok());
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
     /// Kills server `i` (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self, i: usize) {
         if let Some(c) = self.children.get_mut(i) {
@@ -158,6 +178,24 @@ impl NatsCluster {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Starts server `i` from its config file in `dir`, its log appended to `n<i>.log`.
+fn spawn(dir: &Path, i: usize) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("n{i}.log")))
+        .expect("log");
+    Command::new("nats-server")
+        .arg("-c")
+        .arg(dir.join(format!("n{i}.conf")))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start nats-server (scripts/install-test-deps installs it): {e}")
+        })
 }
 
 /// The body of `GET path` on a loopback port (HTTP/1.0: the server closes).

@@ -574,10 +574,14 @@ async fn append(
     st: Arc<Stream>,
     entries: Vec<PutEntry>,
     account: &str,
-) -> Result<Vec<Result<(u32, u64), u32>>, ApiError> {
+) -> Result<Vec<Result<(u32, u64), Refused>>, ApiError> {
     let now = now_ms();
     let n = entries.len();
-    let mut out: Vec<Result<(u32, u64), u32>> = vec![Err(0); n];
+    let mut out: Vec<Result<(u32, u64), Refused>> = vec![Err(Refused::Throttled(0)); n];
+    // A shard's storage failed (a JetStream cluster electing a leader, say): its records
+    // fail alone, as on Kinesis, so a retry does not write the others twice — unless
+    // nothing was stored at all, which fails the call.
+    let mut failed: Option<String> = None;
     let mut pending: Vec<(usize, PutEntry)> = entries.into_iter().enumerate().collect();
     let mut admitted = vec![false; n];
     for _round in 0..8 {
@@ -594,7 +598,7 @@ async fn append(
                 admitted[i] = true;
                 per_shard.entry(s).or_default().push((i, e));
             } else {
-                out[i] = Err(s);
+                out[i] = Err(Refused::Throttled(s));
             }
         }
         // Every shard's group on one blocking thread: all written, then all made durable
@@ -646,10 +650,18 @@ async fn append(
                     return Err(ApiError::stream_not_found(&st.name, account))
                 }
                 Err(e) => {
-                    tracing::error!(stream = %st.name, error = %e, "append failed");
-                    return Err(ApiError::internal(format!("append failed: {e}")));
+                    tracing::error!(stream = %st.name, shard = s, error = %e, "append failed");
+                    for (i, _) in &group {
+                        out[*i] = Err(Refused::Failed);
+                    }
+                    failed.get_or_insert(e.to_string());
                 }
             }
+        }
+    }
+    if let Some(e) = failed {
+        if !out.iter().any(Result::is_ok) {
+            return Err(ApiError::internal(format!("append failed: {e}")));
         }
     }
     if pending.is_empty() {
@@ -660,6 +672,15 @@ async fn append(
             st.name
         )))
     }
+}
+
+/// Why one record of a put was not stored.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// Its shard's write limit (the shard's index).
+    Throttled(u32),
+    /// Its shard's storage failed (retryable).
+    Failed,
 }
 
 fn throttled(st: &Stream, shard: u32, account: &str) -> String {
@@ -698,10 +719,11 @@ async fn put_record(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         Ok((s, seq)) => Ok(
             json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq), "EncryptionType": st.with_settings(StreamSettings::encryption_type) }),
         ),
-        Err(s) => Err(ApiError::new(
+        Err(Refused::Throttled(s)) => Err(ApiError::new(
             "ProvisionedThroughputExceededException",
             throttled(&st, s, &call.state.account),
         )),
+        Err(Refused::Failed) => Err(ApiError::internal("append failed".to_string())),
     }
 }
 
@@ -750,7 +772,9 @@ async fn put_records(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
         "FailedRecordCount": failed,
         "Records": r.iter().map(|x| match *x {
             Ok((s, seq)) => json!({ "ShardId": shard_id(s), "SequenceNumber": sequence_string(s, seq) }),
-            Err(s) => json!({ "ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": throttled(&st, s, &call.state.account) }),
+            Err(Refused::Throttled(s)) => json!({ "ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": throttled(&st, s, &call.state.account) }),
+            // Kinesis's wording for a record its service failed to store.
+            Err(Refused::Failed) => json!({ "ErrorCode": "InternalFailure", "ErrorMessage": "Internal service failure." }),
         }).collect::<Vec<_>>(),
         "EncryptionType": st.with_settings(StreamSettings::encryption_type),
     }))
