@@ -232,3 +232,22 @@ fn compression_levels_are_checked_per_format() {
     let (code, err, _) = check_one(&sink("compression = \"zstd\"\ncompression_level = 19"));
     assert_eq!(code, 0, "{err}");
 }
+
+/// The object-store sink's writer count is bounded, and a bad one names its line.
+#[test]
+fn object_store_concurrency_is_bounded() {
+    let sink = |extra: &str| {
+        format!("[pipelines.p]\nsource = {{ plugin = \"generator\" }}\n\n[pipelines.p.sink]\nplugin = \"object-store\"\nurl = \"lake\"\n{extra}\n")
+    };
+    for bad in ["concurrency = 0", "concurrency = 65"] {
+        assert_error(
+            &sink(bad),
+            "concurrency",
+            &["concurrency must be between 1 and 64"],
+        );
+    }
+    for good in ["concurrency = 1", "concurrency = 64"] {
+        let (code, err, _) = check_one(&sink(good));
+        assert_eq!(code, 0, "{good}: {err}");
+    }
+}

@@ -344,8 +344,15 @@ fn open_log(
     floor: u64,
 ) -> Result<ShardLog, StreamError> {
     let id = id.to_string();
+    // A new shard's folder is durable before its first record is: its entry in the
+    // stream's folder is synced here, not left to the next `stream.json` write.
+    let shard_dir = dir.join(&id);
+    sluice_plugin_api::fs::make_dirs_durable(&shard_dir).map_err(|source| StreamError::Io {
+        path: shard_dir.clone(),
+        source,
+    })?;
     let (log, report) = ShardLog::open(
-        &dir.join(&id),
+        &shard_dir,
         Options {
             fsync: policy(fsync),
             floor,
