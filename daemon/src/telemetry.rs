@@ -137,6 +137,18 @@ fn describe() {
         "Calls to the JetStream cluster that failed or timed out, by operation (publish, read, info, purge; conflict: another node appended first, the append was made again)"
     );
     describe_gauge!(
+        "sluice_lease_owned",
+        "1 for each shard whose lease this node holds for the pipeline (it reads that shard), 0 once given back or lost"
+    );
+    describe_counter!(
+        "sluice_lease_takeovers_total",
+        "Shard leases this node took from another node after they expired (that node stopped renewing them)"
+    );
+    describe_counter!(
+        "sluice_lease_lost_total",
+        "Shard leases this node failed to renew because another node holds them now"
+    );
+    describe_gauge!(
         "sluice_jetstream_connected",
         "1 while the daemon is connected to a server of its JetStream cluster, else 0"
     );

@@ -182,6 +182,71 @@ fn two_nodes_serve_one_stream_at_once() {
     db.stop_cleanly();
 }
 
+/// Shard leases: two nodes run the same pipeline over a 4-shard stream on the cluster and
+/// share the shards (2 each); one is killed and the other takes its shards within twice
+/// the lease duration; every record put through either node reaches one of the two lakes.
+#[test]
+fn two_nodes_share_a_pipelines_shards_by_lease_and_take_over() {
+    let cluster = NatsCluster::start(3);
+    let stream4 = STREAM.replace("shards = 2", "shards = 4");
+    let config = daemon_config(&cluster) + "lease_duration = \"2s\"\n";
+    let a = Setup::new(&config, &[("events", &stream4)]);
+    let b = Setup::new(&config, &[("events", &stream4)]);
+    let mut da = a.start();
+    da.wait_ready();
+    let mut db = b.start();
+    db.wait_ready();
+    let owned = |d: &Daemon| d.metric("sluice_lease_owned", &["pipeline=\"to-lake\""]);
+    wait_until(Duration::from_secs(30), "two shards each", || {
+        owned(&da) == 2.0 && owned(&db) == 2.0
+    });
+    let delivered = || {
+        let mut all = object_lines(&a.path("lake"));
+        all.extend(object_lines(&b.path("lake")));
+        all
+    };
+    put(a.api, 0, 200);
+    put(b.api, 200, 200);
+    wait_until(Duration::from_secs(60), "400 records delivered", || {
+        delivered().len() >= 400
+    });
+    let both =
+        !object_lines(&a.path("lake")).is_empty() && !object_lines(&b.path("lake")).is_empty();
+    assert!(both, "each node delivered its shards' records");
+    da.signal(9);
+    da.wait_exit(Duration::from_secs(10)).unwrap();
+    let killed = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "the survivor holds every shard",
+        || owned(&db) == 4.0,
+    );
+    let moved = killed.elapsed();
+    assert!(
+        moved < Duration::from_secs(4),
+        "leases moved in {moved:?}, more than twice the lease duration"
+    );
+    assert!(db.metric("sluice_lease_takeovers_total", &["pipeline=\"to-lake\""]) >= 2.0);
+    put(b.api, 400, 200);
+    wait_until(Duration::from_secs(60), "600 records delivered", || {
+        let mut d = delivered();
+        d.sort();
+        d.dedup();
+        d.len() >= 600
+    });
+    let all = delivered();
+    let mut distinct = all.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 600, "every record delivered");
+    eprintln!(
+        "leases moved in {moved:?}; {} records delivered, {} of them twice (at least once across a takeover)",
+        all.len(),
+        all.len() - distinct.len()
+    );
+    db.stop_cleanly();
+}
+
 /// `storage = "jetstream"` without a `[jetstream]` table, and a bad `[jetstream]` table,
 /// are refused with file, line and column.
 #[test]

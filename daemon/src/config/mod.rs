@@ -100,6 +100,16 @@ pub struct JetStreamConfig {
     /// How long one call waits for the cluster.
     #[serde(default = "default_js_timeout")]
     pub timeout: HumanDuration,
+    /// This node's name in shard leases (default: host name and a random suffix).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How long a shard lease lasts unrenewed (renewed every third of it).
+    #[serde(default = "default_lease_duration")]
+    pub lease_duration: HumanDuration,
+}
+
+fn default_lease_duration() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 fn default_replicas() -> u32 {
@@ -120,6 +130,8 @@ impl JetStreamConfig {
             replicas: self.replicas as usize,
             prefix: self.prefix.clone(),
             timeout: self.timeout.0,
+            node: self.node.clone(),
+            lease_duration: self.lease_duration.0,
         }
     }
 
@@ -165,6 +177,26 @@ impl JetStreamConfig {
         if self.timeout.0 < Duration::from_millis(100) || self.timeout.0 > Duration::from_secs(300)
         {
             return Some(("timeout", "timeout must be between 100ms and 5m".into()));
+        }
+        let lease = self.lease_duration.0;
+        if lease < Duration::from_secs(1) || lease > Duration::from_secs(300) {
+            return Some((
+                "lease_duration",
+                "lease_duration must be between 1s and 5m".into(),
+            ));
+        }
+        if let Some(n) = &self.node {
+            if n.is_empty()
+                || n.len() > 64
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Some((
+                    "node",
+                    "node must be 1 to 64 letters, digits, `-` or `_`".into(),
+                ));
+            }
         }
         None
     }

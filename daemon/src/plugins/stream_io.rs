@@ -7,6 +7,11 @@
 //! fsync, rename, fsync the folder) and only when the host acks a batch — i.e. after the
 //! sink confirmed delivery — so a restart resumes at the oldest undelivered record.
 //!
+//! **Shard leases**: on a stream kept on JetStream, the source reads only the shards whose
+//! lease this node holds (`crate::stream::lease`), and the checkpoint lives in the lease
+//! instead of the file — so several nodes running the same pipeline share the shards, and
+//! a node that takes a shard over resumes where the last one's deliveries were acked.
+//!
 //! They find the streams and the data directory through their instance handle
 //! ([`HostServices`], handed down by the daemon), not through process-wide state.
 #![allow(unexpected_cfgs)] // `declare_library!` checks a `dylib` feature this crate does not have
@@ -17,7 +22,7 @@ use sluice_plugin_api::{
     declare_library, Batch, Completion, Context, Error, NewRecord, Output, Plugin, Poll, Position,
     Sink, Source, Submitted,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +114,10 @@ pub struct StreamSource {
     saved_at: std::time::Instant,
     /// `sluice_checkpoint_writes_total{pipeline,stream}`.
     writes: Option<metrics::Counter>,
+    /// On a JetStream stream: this node's shard leases (read only those shards).
+    leases: Option<crate::stream::lease::Leases>,
+    /// Each lease's checkpoint as last seen, by shard id (shards other nodes read).
+    lease_view: BTreeMap<String, u64>,
 }
 
 fn checkpoint_path(
@@ -183,11 +192,16 @@ impl Plugin for StreamSource {
             dirty: false,
             saved_at: std::time::Instant::now(),
             writes: None,
+            leases: None,
+            lease_view: BTreeMap::new(),
         })
     }
 
     fn start(&mut self) -> Result<(), Error> {
         let st = stream(self.services.as_deref(), &self.cfg.stream)?;
+        if let Some(cluster) = st.cluster() {
+            return self.start_leased(st, cluster);
+        }
         let path = checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream);
         let (cp, damaged) = match path.as_deref().map(load_checkpoint) {
             None | Some(Checkpoint::Missing) => (BTreeMap::new(), false),
@@ -231,6 +245,11 @@ impl Plugin for StreamSource {
     fn stop(&mut self, _deadline: Duration) -> Result<(), Error> {
         // Every delivered position is in the file when the pipeline stops.
         self.save_if_due(true);
+        // Leases go back at once: other nodes need not wait for them to expire.
+        let cp = self.checkpoints_by_id();
+        if let Some(l) = &mut self.leases {
+            l.release_all(&cp);
+        }
         Ok(())
     }
 }
@@ -244,10 +263,116 @@ impl Drop for StreamSource {
 }
 
 impl StreamSource {
+    /// `start` on a stream kept on JetStream: positions come with the shard leases.
+    fn start_leased(
+        &mut self,
+        st: Arc<Stream>,
+        cluster: Arc<crate::stream::jetstream::Cluster>,
+    ) -> Result<(), Error> {
+        let leases = crate::stream::lease::Leases::open(cluster, &self.pipeline, &st.name)
+            .map_err(|e| Error::retryable(format_args!("{e}")))?;
+        let writes = metrics::counter!("sluice_checkpoint_writes_total", "pipeline" => self.pipeline.clone(), "stream" => self.cfg.stream.clone());
+        writes.increment(0);
+        self.writes = Some(writes);
+        self.loaded.clear();
+        self.latest_for_new = false;
+        self.read_pos.clear();
+        self.committed.clear();
+        self.done.clear();
+        self.set = None;
+        self.leases = Some(leases);
+        self.st = Some(st);
+        self.meet_shards();
+        self.tick_leases();
+        Ok(())
+    }
+
+    /// The delivered positions by shard id.
+    fn checkpoints_by_id(&self) -> BTreeMap<String, u64> {
+        self.committed
+            .iter()
+            .map(|(&i, &p)| (crate::stream::shard_id(i), p))
+            .collect()
+    }
+
+    /// Renews, takes and gives back shard leases (when due) and moves the read positions
+    /// with them.
+    fn tick_leases(&mut self) {
+        if !self.leases.as_ref().is_some_and(|l| l.due()) {
+            return;
+        }
+        let Some(set) = self.set.clone() else {
+            return;
+        };
+        let shards: Vec<String> = set.all.iter().map(|s| s.id.clone()).collect();
+        let cp = self.checkpoints_by_id();
+        let busy: BTreeSet<u32> = self.in_flight.iter().map(|f| f.1).collect();
+        let idle: BTreeSet<String> = set
+            .all
+            .iter()
+            .filter(|s| !busy.contains(&s.index))
+            .map(|s| s.id.clone())
+            .collect();
+        let Some(leases) = &mut self.leases else {
+            return;
+        };
+        let ch = match leases.tick(&shards, &cp, &idle) {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::warn!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "shard leases not renewed");
+                return;
+            }
+        };
+        self.lease_view = ch.checkpoints;
+        for id in ch.lost {
+            if let Some(sh) = set.all.iter().find(|s| s.id == id) {
+                self.read_pos.remove(&sh.index);
+                self.committed.remove(&sh.index);
+                self.done.remove(&sh.index);
+            }
+        }
+        for (id, checkpoint) in ch.acquired {
+            let Some(sh) = set.all.iter().find(|s| s.id == id) else {
+                continue;
+            };
+            let p = match checkpoint {
+                Some(n) => n.max(sh.log.first_seq()),
+                None if self.cfg.start == Start::Latest => {
+                    sh.closed().map_or_else(|| sh.log.next_seq(), |c| c.at_seq)
+                }
+                None => sh.log.first_seq(),
+            };
+            self.read_pos.insert(sh.index, p);
+            self.committed.insert(sh.index, p);
+            self.done.remove(&sh.index);
+            sh.set_delivered(&self.pipeline, p);
+            tracing::info!(pipeline = %self.pipeline, stream = %self.cfg.stream, shard = %sh.id, from = p, "reading a shard under lease");
+        }
+    }
+
     /// Writes the checkpoint if delivered positions are waiting and `force` or the
     /// interval has passed since the last write.
     fn save_if_due(&mut self, force: bool) {
         if !self.dirty || (!force && self.saved_at.elapsed() < self.cfg.checkpoint_interval.0) {
+            return;
+        }
+        if self.leases.is_some() {
+            let cp = self.checkpoints_by_id();
+            let Some(leases) = &mut self.leases else {
+                return;
+            };
+            match leases.checkpoint(&cp) {
+                Ok(()) => {
+                    self.dirty = false;
+                    self.saved_at = std::time::Instant::now();
+                    if let Some(w) = &self.writes {
+                        w.increment(1);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint into the shard leases");
+                }
+            }
             return;
         }
         let Some(path) =
@@ -283,7 +408,8 @@ impl StreamSource {
             return Some(set);
         }
         for sh in &set.all {
-            if self.read_pos.contains_key(&sh.index) {
+            // Under leases a shard gets its position when its lease is taken.
+            if self.read_pos.contains_key(&sh.index) || self.leases.is_some() {
                 continue;
             }
             let p = match self.loaded.get(&sh.id) {
@@ -310,12 +436,25 @@ impl StreamSource {
     /// of its own must not let its children pass before its parents are done).
     fn finished(&self, set: &ShardSet, index: u32) -> bool {
         // A shard that expired with its records has nothing left to read first.
-        set.get(index).is_none() || self.done.contains(&index)
+        let Some(sh) = set.get(index) else {
+            return true;
+        };
+        if self.done.contains(&index) {
+            return true;
+        }
+        // Read by another node: finished once its lease's checkpoint reached its end.
+        self.leases.as_ref().is_some_and(|l| !l.owns(&sh.id))
+            && sh.closed().is_some_and(|c| {
+                self.lease_view
+                    .get(&sh.id)
+                    .is_some_and(|&cp| cp >= c.at_seq)
+            })
     }
 
     /// Whether shard `sh` may be read now: not finished, and its parents are.
     fn readable(&self, set: &ShardSet, sh: &Shard) -> bool {
-        !self.finished(set, sh.index)
+        self.leases.as_ref().is_none_or(|l| l.owns(&sh.id))
+            && !self.finished(set, sh.index)
             && sh
                 .parent
                 .into_iter()
@@ -342,6 +481,7 @@ impl Source for StreamSource {
         };
         // An idle pipeline's last positions reach the file within the interval too.
         self.save_if_due(false);
+        self.tick_leases();
         let budget = out.credit_records().min(u64::from(self.cfg.batch_size)) as usize;
         // Round-robin from the cursor; one shard per poll keeps each batch within a shard,
         // so acks map to one position.
@@ -423,7 +563,10 @@ impl Source for StreamSource {
             }
             self.in_flight.pop_front();
             if delivered && t == token {
-                let c = self.committed.entry(shard).or_insert(0);
+                // A shard whose lease went to another node meanwhile is theirs to checkpoint.
+                let Some(c) = self.committed.get_mut(&shard) else {
+                    continue;
+                };
                 *c = (*c).max(pos);
                 let c = *c;
                 if let Some(sh) = self.set.as_ref().and_then(|set| set.get(shard)) {

@@ -40,6 +40,11 @@ pub struct JetStreamOptions {
     pub prefix: String,
     /// How long one call waits for the cluster before failing (retryable).
     pub timeout: Duration,
+    /// This node's name in shard leases (unique among the nodes; default: host name and
+    /// a random suffix, new at every start).
+    pub node: Option<String>,
+    /// How long a shard lease lasts unrenewed (renewed every third of it).
+    pub lease_duration: Duration,
 }
 
 impl Default for JetStreamOptions {
@@ -49,6 +54,8 @@ impl Default for JetStreamOptions {
             replicas: 3,
             prefix: "SLUICE".into(),
             timeout: Duration::from_secs(10),
+            node: None,
+            lease_duration: Duration::from_secs(10),
         }
     }
 }
@@ -71,7 +78,7 @@ fn failed(op: &'static str) {
 
 /// A JetStream stream name or subject token for `name`: letters, digits and `-` kept,
 /// every other byte `_XX` (hex) — reversible, and never `.`, `*`, `>` or a space.
-fn token(name: &str) -> String {
+pub(super) fn token(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' {
@@ -93,6 +100,8 @@ pub struct Cluster {
     /// across nodes and restarts.
     nonce: u64,
     batches: std::sync::atomic::AtomicU64,
+    /// This node's name in shard leases.
+    node: String,
 }
 
 impl Drop for Cluster {
@@ -144,13 +153,21 @@ impl Cluster {
         };
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| err("no randomness for message ids", e))?;
+        let nonce = u64::from_le_bytes(seed);
+        let node = opts.node.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            format!("{}-{:08x}", token(&host), nonce as u32)
+        });
         Ok(Arc::new(Cluster {
             rt: Some(rt),
             js,
             opts,
             max_payload,
-            nonce: u64::from_le_bytes(seed),
+            nonce,
             batches: std::sync::atomic::AtomicU64::new(0),
+            node,
         }))
     }
 
@@ -160,8 +177,30 @@ impl Cluster {
         self.js.client().connection_state() == async_nats::connection::State::Connected
     }
 
+    /// This node's name in shard leases.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// How long a shard lease lasts unrenewed.
+    pub fn lease_duration(&self) -> Duration {
+        self.opts.lease_duration
+    }
+
+    pub(super) fn context(&self) -> jetstream::Context {
+        self.js.clone()
+    }
+
+    pub(super) fn prefix(&self) -> &str {
+        &self.opts.prefix
+    }
+
+    pub(super) fn replicas(&self) -> usize {
+        self.opts.replicas
+    }
+
     /// Runs `f` on the client's runtime and waits for it, at most the call timeout.
-    fn run<T: Send + 'static>(
+    pub(super) fn run<T: Send + 'static>(
         &self,
         f: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, StorageError> {
@@ -219,17 +258,8 @@ impl Cluster {
             duplicate_window: Duration::from_secs(1),
             ..Default::default()
         };
-        let js = self.js.clone();
-        let name_for_get = name.clone();
         let handle = self
-            .run(async move {
-                js.create_or_update_stream(config)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                js.get_stream(&name_for_get)
-                    .await
-                    .map_err(|e| e.to_string())
-            })?
+            .ensure_stream(config)
             .map_err(|e| err(&format!("cannot open JetStream stream {name}"), e))?;
         let shard = JetStreamShard {
             cluster: Arc::clone(self),
@@ -246,6 +276,53 @@ impl Cluster {
         };
         shard.refresh()?;
         Ok(shard)
+    }
+
+    /// The JetStream stream of `config`: opened as it is when its settings are already
+    /// these (the usual case, and the only one where another node may have created it a
+    /// moment ago — an update then could wait for its Raft group), else created or
+    /// updated; a few tries within the call's timeout.
+    pub(super) fn ensure_stream(
+        &self,
+        config: jetstream::stream::Config,
+    ) -> Result<jetstream::stream::Stream, StorageError> {
+        let js = self.js.clone();
+        self.run(async move {
+            let name = config.name.clone();
+            let mut last = String::new();
+            for attempt in 0..5u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                let done = match js.get_stream(&name).await {
+                    Ok(mut st) => {
+                        let same = st.info().await.is_ok_and(|i| {
+                            i.config.max_bytes == config.max_bytes
+                                && i.config.num_replicas == config.num_replicas
+                                && i.config.subjects == config.subjects
+                        });
+                        if same {
+                            return Ok(st);
+                        }
+                        js.update_stream(config.clone())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(_) => js
+                        .create_stream(config.clone())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                };
+                match done {
+                    Ok(()) => return js.get_stream(&name).await.map_err(|e| e.to_string()),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })?
+        .map_err(StorageError::Cluster)
     }
 
     /// Deletes the JetStream stream of `shard` of `stream` (the stream was deleted).
@@ -789,6 +866,7 @@ mod tests {
             replicas: 3,
             prefix: "T".into(),
             timeout: Duration::from_secs(10),
+            ..JetStreamOptions::default()
         })
         .unwrap();
         let shard =
@@ -841,6 +919,7 @@ mod tests {
                 replicas: 3,
                 prefix: "T".into(),
                 timeout: Duration::from_secs(10),
+                ..JetStreamOptions::default()
             })
             .unwrap()
         };

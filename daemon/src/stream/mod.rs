@@ -15,6 +15,7 @@
 //! closed and is routed again, to a child.
 
 pub mod jetstream;
+pub mod lease;
 mod routing;
 mod settings;
 mod storage;
@@ -451,6 +452,14 @@ impl Stream {
             deleted: std::sync::atomic::AtomicBool::new(false),
             backend,
         })
+    }
+
+    /// The JetStream cluster its shards live on (`storage = "jetstream"`).
+    pub fn cluster(&self) -> Option<Arc<jetstream::Cluster>> {
+        match &self.backend {
+            Backend::JetStream(c) => Some(Arc::clone(c)),
+            Backend::Log => None,
+        }
     }
 
     /// Whether DeleteStream removed it: readers holding it must look the name up again

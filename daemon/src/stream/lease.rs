@@ -1,0 +1,440 @@
+//! Shard leases (issue #12): which sluiced node runs a pipeline's reading of which shard of
+//! a stream kept on JetStream, the way the KCL's lease table does it — in a JetStream
+//! stream used as a key-value table (`<prefix>-leases`: one subject per key, the newest
+//! message of a subject is its value, its sequence the revision; a write names the
+//! revision it replaces with `Nats-Expected-Last-Subject-Sequence`, which is what
+//! JetStream's own key-value buckets do underneath — their client API does not speak to
+//! the 2.9 servers here), so several nodes share a pipeline's shards.
+//!
+//! Keys: `lease.<pipeline>.<stream>.<shard>` → `{owner, expires_ms, checkpoint}` (the
+//! checkpoint lives with the lease: a new owner resumes where the last one's deliveries
+//! were acknowledged), and `members.<pipeline>` → `{node: expires_ms}`, the nodes running
+//! the pipeline now. Every change is a compare-and-set on the key's revision, so two nodes
+//! never both believe they hold one lease: a node whose renewal fails has lost it.
+//!
+//! A node ticks every third of the lease duration: it renews its leases (with their
+//! checkpoints), counts the live members, takes free or expired leases up to its fair
+//! share (`ceil(shards / members)`), and gives back what is above it — only leases whose
+//! shards have nothing in flight, so the next owner starts where this one delivered. A
+//! dead node's leases expire after at most one lease duration and are taken within a tick.
+//! Expiry compares wall clocks: nodes' clocks must agree to well within the duration.
+
+use super::jetstream::Cluster;
+use super::storage::StorageError;
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One lease's value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lease {
+    /// The node holding it (empty: given back).
+    pub owner: String,
+    /// Until when (ms since the epoch, the owner's clock).
+    pub expires_ms: i64,
+    /// The next sequence number to deliver from the shard.
+    pub checkpoint: Option<u64>,
+}
+
+/// What a tick changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Leases taken: shard id and the checkpoint they carried.
+    pub acquired: Vec<(String, Option<u64>)>,
+    /// Leases this node no longer holds (renewal failed, or given back).
+    pub lost: Vec<String>,
+    /// Every lease's checkpoint as last seen, by shard id (whether a shard another node
+    /// reads is finished).
+    pub checkpoints: BTreeMap<String, u64>,
+}
+
+/// This node's leases on one stream for one pipeline.
+pub struct Leases {
+    cluster: Arc<Cluster>,
+    kv: Table,
+    pipeline: String,
+    stream: String,
+    node: String,
+    duration: Duration,
+    /// Held leases: shard id → (revision, checkpoint written).
+    held: BTreeMap<String, (u64, Option<u64>)>,
+    next_tick: Option<Instant>,
+    owned_gauges: BTreeMap<String, metrics::Gauge>,
+    takeovers: metrics::Counter,
+    lost: metrics::Counter,
+}
+
+/// A JetStream stream used as a key-value table (see the module's doc).
+#[derive(Clone)]
+struct Table {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    subjects: String,
+}
+
+/// Why a write was refused.
+enum Refused {
+    /// The key's revision is not the one named: another node wrote it first.
+    Conflict,
+    Other(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Conflict => f.write_str("another node wrote it first"),
+            Refused::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl Table {
+    /// The key's newest value and its revision.
+    async fn entry(&self, key: &str) -> Result<Option<(u64, bytes::Bytes)>, String> {
+        let subject = format!("{}.{key}", self.subjects);
+        match self.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(Some((m.sequence, m.payload))),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Writes `value` if the key's revision is `revision` (0: the key has none).
+    async fn write(&self, key: &str, value: bytes::Bytes, revision: u64) -> Result<u64, Refused> {
+        let subject = format!("{}.{key}", self.subjects);
+        let m = jetstream::message::PublishMessage::build()
+            .payload(value)
+            .expected_last_subject_sequence(revision);
+        let ack = self
+            .js
+            .send_publish(subject, m)
+            .await
+            .map_err(|e| Refused::Other(e.to_string()))?
+            .await;
+        match ack {
+            Ok(a) => Ok(a.sequence),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(Refused::Conflict)
+            }
+            Err(e) => Err(Refused::Other(e.to_string())),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::record::now_ms()
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Cluster(format!("shard leases: {what}: {e}"))
+}
+
+impl Leases {
+    /// Opens (creating if needed) the lease bucket for `pipeline` reading `stream`.
+    pub fn open(
+        cluster: Arc<Cluster>,
+        pipeline: &str,
+        stream: &str,
+    ) -> Result<Leases, StorageError> {
+        let js = cluster.context();
+        let name = format!("{}-leases", cluster.prefix());
+        let subjects = name.clone();
+        let config = jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{subjects}.>")],
+            description: Some("sluice shard leases".into()),
+            max_messages_per_subject: 1,
+            max_messages: -1,
+            max_bytes: -1,
+            max_message_size: -1,
+            num_replicas: cluster.replicas(),
+            storage: jetstream::stream::StorageType::File,
+            discard: jetstream::stream::DiscardPolicy::Old,
+            retention: jetstream::stream::RetentionPolicy::Limits,
+            ..Default::default()
+        };
+        let table = cluster
+            .ensure_stream(config)
+            .map_err(|e| err("cannot open the lease table", e))?;
+        let store = Table {
+            js,
+            stream: table,
+            subjects,
+        };
+        let labels = [
+            ("pipeline", pipeline.to_string()),
+            ("stream", stream.to_string()),
+        ];
+        let takeovers = metrics::counter!("sluice_lease_takeovers_total", &labels);
+        takeovers.increment(0);
+        let lost = metrics::counter!("sluice_lease_lost_total", &labels);
+        lost.increment(0);
+        Ok(Leases {
+            node: cluster.node().to_string(),
+            duration: cluster.lease_duration(),
+            cluster,
+            kv: store,
+            pipeline: pipeline.to_string(),
+            stream: stream.to_string(),
+            held: BTreeMap::new(),
+            next_tick: None,
+            owned_gauges: BTreeMap::new(),
+            takeovers,
+            lost,
+        })
+    }
+
+    fn key(&self, shard: &str) -> String {
+        format!(
+            "lease.{}.{}.{}",
+            super::jetstream::token(&self.pipeline),
+            super::jetstream::token(&self.stream),
+            super::jetstream::token(shard)
+        )
+    }
+
+    /// Whether this node holds the lease of `shard`.
+    pub fn owns(&self, shard: &str) -> bool {
+        self.held.contains_key(shard)
+    }
+
+    /// Whether a tick is due.
+    pub fn due(&self) -> bool {
+        self.next_tick.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn gauge(&mut self, shard: &str, v: f64) {
+        let g = self
+            .owned_gauges
+            .entry(shard.to_string())
+            .or_insert_with(|| {
+                metrics::gauge!(
+                    "sluice_lease_owned",
+                    "pipeline" => self.pipeline.clone(),
+                    "stream" => self.stream.clone(),
+                    "shard" => shard.to_string()
+                )
+            });
+        g.set(v);
+    }
+
+    async fn read(kv: &Table, key: &str) -> Result<Option<(u64, Option<Lease>)>, String> {
+        Ok(kv
+            .entry(key)
+            .await?
+            .map(|(rev, v)| (rev, serde_json::from_slice(&v).ok())))
+    }
+
+    /// Renews held leases with `checkpoints`, refreshes membership, takes leases up to this
+    /// node's share of `shards` and gives back held leases above it among `idle` (shards
+    /// with nothing in flight). Called when [`Leases::due`].
+    pub fn tick(
+        &mut self,
+        shards: &[String],
+        checkpoints: &BTreeMap<String, u64>,
+        idle: &BTreeSet<String>,
+    ) -> Result<Changes, StorageError> {
+        self.next_tick = Some(Instant::now() + self.duration / 3);
+        let mut ch = Changes::default();
+        let dur_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
+        // Membership: one key per pipeline, a CAS-updated map of live nodes.
+        let members_key = format!("members.{}", super::jetstream::token(&self.pipeline));
+        let (kv, node, key) = (self.kv.clone(), self.node.clone(), members_key);
+        let members = self
+            .cluster
+            .run(async move {
+                for _ in 0..5 {
+                    let (rev, mut map): (u64, BTreeMap<String, i64>) = match kv.entry(&key).await? {
+                        Some((rev, v)) => (rev, serde_json::from_slice(&v).unwrap_or_default()),
+                        None => (0, BTreeMap::new()),
+                    };
+                    let now = now_ms();
+                    map.retain(|_, &mut exp| exp > now);
+                    map.insert(node.clone(), now + dur_ms);
+                    let body = bytes::Bytes::from(serde_json::to_vec(&map).unwrap_or_default());
+                    match kv.write(&key, body, rev).await {
+                        Ok(_) => return Ok(map.len()),
+                        Err(Refused::Conflict) => continue,
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Err("membership kept changing under this node".to_string())
+            })?
+            .map_err(|e| err("cannot update the pipeline's members", e))?;
+        let share = shards.len().div_ceil(members.max(1));
+        // Renew what is held; a failed renewal means another node has it now.
+        let held: Vec<(String, u64)> = self.held.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+        for (shard, rev) in held {
+            let lease = Lease {
+                owner: self.node.clone(),
+                expires_ms: now_ms() + dur_ms,
+                checkpoint: checkpoints.get(&shard).copied().or(self.held[&shard].1),
+            };
+            let (kv, key) = (self.kv.clone(), self.key(&shard));
+            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
+            match self
+                .cluster
+                .run(async move { kv.write(&key, body, rev).await })?
+            {
+                Ok(r) => {
+                    self.held.insert(shard.clone(), (r, lease.checkpoint));
+                }
+                Err(Refused::Conflict) => {
+                    tracing::warn!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "lease lost to another node");
+                    self.held.remove(&shard);
+                    self.lost.increment(1);
+                    self.gauge(&shard, 0.0);
+                    ch.lost.push(shard);
+                }
+                Err(e) => return Err(err("cannot renew a lease", e)),
+            }
+        }
+        // Read every lease: checkpoints, and which are free.
+        let mut free = Vec::new();
+        for shard in shards {
+            let (kv, key) = (self.kv.clone(), self.key(shard));
+            let got = self
+                .cluster
+                .run(async move { Self::read(&kv, &key).await })?
+                .map_err(|e| err("cannot read a lease", e))?;
+            let (rev, lease) = match got {
+                None => (0, None),
+                Some((rev, l)) => (rev, l),
+            };
+            if let Some(cp) = lease.as_ref().and_then(|l| l.checkpoint) {
+                ch.checkpoints.insert(shard.clone(), cp);
+            }
+            if self.held.contains_key(shard) {
+                continue;
+            }
+            let taken = lease
+                .as_ref()
+                .is_some_and(|l| !l.owner.is_empty() && l.expires_ms > now_ms());
+            if !taken {
+                free.push((shard.clone(), rev, lease));
+            }
+        }
+        // Take free leases up to the share.
+        for (shard, rev, old) in free {
+            if self.held.len() >= share {
+                break;
+            }
+            let checkpoint = old.as_ref().and_then(|l| l.checkpoint);
+            let lease = Lease {
+                owner: self.node.clone(),
+                expires_ms: now_ms() + dur_ms,
+                checkpoint,
+            };
+            let (kv, key) = (self.kv.clone(), self.key(&shard));
+            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
+            let done = self
+                .cluster
+                .run(async move { kv.write(&key, body, rev).await })?;
+            // Another node was quicker: it is theirs.
+            let Ok(r) = done else { continue };
+            if old
+                .as_ref()
+                .is_some_and(|l| !l.owner.is_empty() && l.owner != self.node)
+            {
+                self.takeovers.increment(1);
+                tracing::info!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, from = %old.as_ref().map(|l| l.owner.as_str()).unwrap_or(""), "took over an expired lease");
+            }
+            self.held.insert(shard.clone(), (r, checkpoint));
+            self.gauge(&shard, 1.0);
+            ch.acquired.push((shard, checkpoint));
+        }
+        // Give back what is above the share, idle shards only.
+        let extra: Vec<String> = self
+            .held
+            .keys()
+            .filter(|s| idle.contains(*s))
+            .take(self.held.len().saturating_sub(share))
+            .cloned()
+            .collect();
+        for shard in extra {
+            let Some(&(rev, cp)) = self.held.get(&shard) else {
+                continue;
+            };
+            let lease = Lease {
+                owner: String::new(),
+                expires_ms: 0,
+                checkpoint: checkpoints.get(&shard).copied().or(cp),
+            };
+            let (kv, key) = (self.kv.clone(), self.key(&shard));
+            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
+            let _ = self
+                .cluster
+                .run(async move { kv.write(&key, body, rev).await })?;
+            self.held.remove(&shard);
+            self.gauge(&shard, 0.0);
+            tracing::info!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "gave a lease back to balance the nodes");
+            ch.lost.push(shard);
+        }
+        Ok(ch)
+    }
+
+    /// Writes `checkpoints` into the held leases (renewing them too).
+    pub fn checkpoint(&mut self, checkpoints: &BTreeMap<String, u64>) -> Result<(), StorageError> {
+        let dur_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
+        let held: Vec<(String, u64, Option<u64>)> = self
+            .held
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0, v.1))
+            .collect();
+        for (shard, rev, old) in held {
+            let cp = checkpoints.get(&shard).copied();
+            if cp.is_none() || cp == old {
+                continue;
+            }
+            let lease = Lease {
+                owner: self.node.clone(),
+                expires_ms: now_ms() + dur_ms,
+                checkpoint: cp,
+            };
+            let (kv, key) = (self.kv.clone(), self.key(&shard));
+            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
+            match self
+                .cluster
+                .run(async move { kv.write(&key, body, rev).await })?
+            {
+                Ok(r) => {
+                    self.held.insert(shard, (r, cp));
+                }
+                Err(Refused::Conflict) => {
+                    // Lost: the next tick reports it.
+                    tracing::warn!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "checkpoint refused: the lease is another node's now");
+                }
+                Err(e) => return Err(err("cannot write a checkpoint into its lease", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives every held lease back (a clean stop: others take them at once, not after
+    /// they expire), with `checkpoints`.
+    pub fn release_all(&mut self, checkpoints: &BTreeMap<String, u64>) {
+        let held: Vec<(String, u64, Option<u64>)> = self
+            .held
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0, v.1))
+            .collect();
+        for (shard, rev, cp) in held {
+            let lease = Lease {
+                owner: String::new(),
+                expires_ms: 0,
+                checkpoint: checkpoints.get(&shard).copied().or(cp),
+            };
+            let (kv, key) = (self.kv.clone(), self.key(&shard));
+            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
+            let _ = self
+                .cluster
+                .run(async move { kv.write(&key, body, rev).await });
+            self.gauge(&shard, 0.0);
+        }
+        self.held.clear();
+    }
+}
