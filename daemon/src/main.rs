@@ -440,21 +440,46 @@ fn status(path: &Path) -> anyhow::Result<()> {
         serde_json::Value::Null => "-".to_string(),
         other => other.to_string(),
     };
-    let mut rows = vec![["STREAM", "SHARD", "RECORDS", "BYTES", "OLDEST(s)"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        "STREAM",
+        "SHARD",
+        "RECORDS",
+        "BYTES",
+        "OLDEST(s)",
+        "LEASED BY",
+    ]
+    .map(String::from)
+    .to_vec()];
     for st in v["streams"].as_array().into_iter().flatten() {
         for sh in st["shards"].as_array().into_iter().flatten() {
             let age = sh["oldest_record_age_seconds"]
                 .as_f64()
                 .map(|a| format!("{a:.0}"))
                 .unwrap_or_else(|| "-".into());
+            // On a JetStream stream: the pipelines of this node that hold the shard's lease.
+            let leased = match st["storage"].as_str() {
+                Some("jetstream") => {
+                    let by: Vec<&str> = sh["leased_by"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p.as_str())
+                        .collect();
+                    if by.is_empty() {
+                        "-".to_string()
+                    } else {
+                        by.join(",")
+                    }
+                }
+                _ => String::new(),
+            };
             rows.push(vec![
                 txt(&st["name"]),
                 txt(&sh["id"]),
                 txt(&sh["records"]),
                 txt(&sh["bytes"]),
                 age,
+                leased,
             ]);
         }
     }

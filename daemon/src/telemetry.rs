@@ -507,6 +507,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
                 "streams": s.streams.list().iter().map(|st| serde_json::json!({
             "name": st.name,
             "origin": st.origin,
+            "storage": if st.cluster().is_some() { "jetstream" } else { "log" },
             "retention_hours": st.retention_hours(),
             "shards": st.shards().all.iter().map(|sh| {
                 let age = sh.log.arrival_range().map(|(o, _)| (crate::record::now_ms() - o).max(0) as f64 / 1000.0);
@@ -517,6 +518,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
                     "bytes": sh.log.total_bytes(),
                     "last_sequence_number": sh.log.last_seq().map(|n| crate::stream::sequence_string(sh.index, n)),
                     "oldest_record_age_seconds": age,
+                    "leased_by": sh.leased_by(),
                     "consumers": sh.consumer_lag().into_iter()
                         .filter(|(p, _)| running.contains(p.as_str()))
                         .map(|(p, lag)| serde_json::json!({"pipeline": p, "lag_records": lag}))

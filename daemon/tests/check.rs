@@ -35,6 +35,28 @@ fn assert_error(body: &str, needle: &str, message: &[&str]) {
     }
 }
 
+/// The single-machine cluster walkthrough's node configs (README) are valid.
+#[test]
+fn cluster_walkthrough_configs_are_valid() {
+    for node in ["a", "b"] {
+        let out = std::process::Command::new(bin())
+            .args([
+                "check",
+                "--config",
+                &format!("etc/cluster/node-{node}/sluiced.toml"),
+            ])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "node {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn bundled_config_is_valid() {
     let out = std::process::Command::new(bin())

@@ -227,6 +227,14 @@ fn two_nodes_share_a_pipelines_shards_by_lease_and_take_over() {
         "leases moved in {moved:?}, more than twice the lease duration"
     );
     assert!(db.metric("sluice_lease_takeovers_total", &["pipeline=\"to-lake\""]) >= 2.0);
+    // `sluiced status` shows which of this node's pipelines hold each shard's lease.
+    let (code, out, err) = b.cli(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    let leased = out
+        .lines()
+        .filter(|l| l.contains("shardId-") && l.trim_end().ends_with("to-lake"))
+        .count();
+    assert_eq!(leased, 4, "{out}");
     put(b.api, 400, 200);
     wait_until(Duration::from_secs(60), "600 records delivered", || {
         let mut d = delivered();

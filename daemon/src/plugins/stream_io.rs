@@ -249,6 +249,11 @@ impl Plugin for StreamSource {
         let cp = self.checkpoints_by_id();
         if let Some(l) = &mut self.leases {
             l.release_all(&cp);
+            if let Some(set) = &self.set {
+                for sh in &set.all {
+                    sh.set_leased(&self.pipeline, false);
+                }
+            }
         }
         Ok(())
     }
@@ -326,6 +331,7 @@ impl StreamSource {
         self.lease_view = ch.checkpoints;
         for id in ch.lost {
             if let Some(sh) = set.all.iter().find(|s| s.id == id) {
+                sh.set_leased(&self.pipeline, false);
                 self.read_pos.remove(&sh.index);
                 self.committed.remove(&sh.index);
                 self.done.remove(&sh.index);
@@ -335,8 +341,17 @@ impl StreamSource {
             let Some(sh) = set.all.iter().find(|s| s.id == id) else {
                 continue;
             };
+            // What other nodes appended and retention removed, known before the position.
+            if let Err(e) = sh.log.sync() {
+                tracing::warn!(pipeline = %self.pipeline, shard = %sh.id, error = %e, "cannot refresh a shard's state");
+            }
             let p = match checkpoint {
-                Some(n) => n.max(sh.log.first_seq()),
+                // Never before the trim horizon, nor past the end (a checkpoint from the
+                // cluster is data from the network: a wrong one must not skip records).
+                Some(n) => n.clamp(
+                    sh.log.first_seq(),
+                    sh.log.next_seq().max(sh.log.first_seq()),
+                ),
                 None if self.cfg.start == Start::Latest => {
                     sh.closed().map_or_else(|| sh.log.next_seq(), |c| c.at_seq)
                 }
@@ -346,6 +361,7 @@ impl StreamSource {
             self.committed.insert(sh.index, p);
             self.done.remove(&sh.index);
             sh.set_delivered(&self.pipeline, p);
+            sh.set_leased(&self.pipeline, true);
             tracing::info!(pipeline = %self.pipeline, stream = %self.cfg.stream, shard = %sh.id, from = p, "reading a shard under lease");
         }
     }

@@ -60,6 +60,10 @@ pub struct Leases {
     duration: Duration,
     /// Held leases: shard id → (revision, checkpoint written).
     held: BTreeMap<String, (u64, Option<u64>)>,
+    /// Until when each held lease may be read under, by this node's monotonic clock:
+    /// three quarters of the duration from the start of its last successful write — so
+    /// a node that cannot reach the cluster stops reading before another may take over.
+    valid_until: BTreeMap<String, Instant>,
     next_tick: Option<Instant>,
     owned_gauges: BTreeMap<String, metrics::Gauge>,
     takeovers: metrics::Counter,
@@ -92,14 +96,14 @@ impl std::fmt::Display for Refused {
 
 impl Table {
     /// The key's newest value and its revision.
-    async fn entry(&self, key: &str) -> Result<Option<(u64, bytes::Bytes)>, String> {
+    async fn entry(&self, key: &str) -> Result<Option<(u64, bytes::Bytes)>, Refused> {
         let subject = format!("{}.{key}", self.subjects);
         match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => Ok(Some((m.sequence, m.payload))),
             Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 Ok(None)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Refused::Other(e.to_string())),
         }
     }
 
@@ -181,6 +185,7 @@ impl Leases {
             pipeline: pipeline.to_string(),
             stream: stream.to_string(),
             held: BTreeMap::new(),
+            valid_until: BTreeMap::new(),
             next_tick: None,
             owned_gauges: BTreeMap::new(),
             takeovers,
@@ -200,6 +205,10 @@ impl Leases {
     /// Whether this node holds the lease of `shard`.
     pub fn owns(&self, shard: &str) -> bool {
         self.held.contains_key(shard)
+            && self
+                .valid_until
+                .get(shard)
+                .is_some_and(|&t| Instant::now() < t)
     }
 
     /// Whether a tick is due.
@@ -222,7 +231,7 @@ impl Leases {
         g.set(v);
     }
 
-    async fn read(kv: &Table, key: &str) -> Result<Option<(u64, Option<Lease>)>, String> {
+    async fn read(kv: &Table, key: &str) -> Result<Option<(u64, Option<Lease>)>, Refused> {
         Ok(kv
             .entry(key)
             .await?
@@ -248,7 +257,8 @@ impl Leases {
             .cluster
             .run(async move {
                 for _ in 0..5 {
-                    let (rev, mut map): (u64, BTreeMap<String, i64>) = match kv.entry(&key).await? {
+                    let found = kv.entry(&key).await.map_err(|e| e.to_string())?;
+                    let (rev, mut map): (u64, BTreeMap<String, i64>) = match found {
                         Some((rev, v)) => (rev, serde_json::from_slice(&v).unwrap_or_default()),
                         None => (0, BTreeMap::new()),
                     };
@@ -275,6 +285,7 @@ impl Leases {
                 checkpoint: checkpoints.get(&shard).copied().or(self.held[&shard].1),
             };
             let (kv, key) = (self.kv.clone(), self.key(&shard));
+            let sent = Instant::now();
             let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
             match self
                 .cluster
@@ -282,6 +293,8 @@ impl Leases {
             {
                 Ok(r) => {
                     self.held.insert(shard.clone(), (r, lease.checkpoint));
+                    self.valid_until
+                        .insert(shard.clone(), sent + self.duration * 3 / 4);
                 }
                 Err(Refused::Conflict) => {
                     tracing::warn!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "lease lost to another node");
@@ -330,6 +343,7 @@ impl Leases {
                 checkpoint,
             };
             let (kv, key) = (self.kv.clone(), self.key(&shard));
+            let sent = Instant::now();
             let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
             let done = self
                 .cluster
@@ -344,6 +358,8 @@ impl Leases {
                 tracing::info!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, from = %old.as_ref().map(|l| l.owner.as_str()).unwrap_or(""), "took over an expired lease");
             }
             self.held.insert(shard.clone(), (r, checkpoint));
+            self.valid_until
+                .insert(shard.clone(), sent + self.duration * 3 / 4);
             self.gauge(&shard, 1.0);
             ch.acquired.push((shard, checkpoint));
         }
@@ -396,12 +412,15 @@ impl Leases {
                 checkpoint: cp,
             };
             let (kv, key) = (self.kv.clone(), self.key(&shard));
+            let sent = Instant::now();
             let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
             match self
                 .cluster
                 .run(async move { kv.write(&key, body, rev).await })?
             {
                 Ok(r) => {
+                    self.valid_until
+                        .insert(shard.clone(), sent + self.duration * 3 / 4);
                     self.held.insert(shard, (r, cp));
                 }
                 Err(Refused::Conflict) => {

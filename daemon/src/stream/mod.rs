@@ -170,6 +170,8 @@ pub struct Shard {
     /// the shard, for lag in `/admin/status`. One entry per reading pipeline: bounded by
     /// the pipelines in the config.
     consumers: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Pipelines of this node holding the shard's lease (JetStream streams), for status.
+    leased: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The shards of a stream at one moment: replaced whole by a resharding, so a reader
@@ -333,6 +335,7 @@ fn open_shard(o: &ShardOpts<'_>, def: &ShardDef) -> Result<Shard, StreamError> {
         log,
         gate: RwLock::new(def.closed),
         consumers: Default::default(),
+        leased: Default::default(),
     })
 }
 
@@ -961,6 +964,25 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Records whether `pipeline` on this node holds the shard's lease.
+    pub fn set_leased(&self, pipeline: &str, held: bool) {
+        if let Ok(mut l) = self.leased.lock() {
+            if held {
+                l.insert(pipeline.to_string());
+            } else {
+                l.remove(pipeline);
+            }
+        }
+    }
+
+    /// The pipelines of this node holding the shard's lease.
+    pub fn leased_by(&self) -> Vec<String> {
+        self.leased
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Forgets a consumer that stopped reading.
