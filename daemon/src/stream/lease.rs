@@ -251,7 +251,7 @@ impl Leases {
         let mut ch = Changes::default();
         let dur_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
         // Membership: one key per pipeline, a CAS-updated map of live nodes.
-        let members_key = format!("members.{}", super::jetstream::token(&self.pipeline));
+        let members_key = self.members_key();
         let (kv, node, key) = (self.kv.clone(), self.node.clone(), members_key);
         let members = self
             .cluster
@@ -455,5 +455,30 @@ impl Leases {
             self.gauge(&shard, 0.0);
         }
         self.held.clear();
+        self.valid_until.clear();
+        // Out of the members too: the others' share grows at their next tick, not after
+        // this node's membership expired.
+        let (kv, node, key) = (self.kv.clone(), self.node.clone(), self.members_key());
+        let _ = self.cluster.run(async move {
+            for _ in 0..5 {
+                let Ok(Some((rev, v))) = kv.entry(&key).await else {
+                    return;
+                };
+                let mut map: BTreeMap<String, i64> = serde_json::from_slice(&v).unwrap_or_default();
+                if map.remove(&node).is_none() {
+                    return;
+                }
+                let body = bytes::Bytes::from(serde_json::to_vec(&map).unwrap_or_default());
+                match kv.write(&key, body, rev).await {
+                    Err(Refused::Conflict) => continue,
+                    _ => return,
+                }
+            }
+        });
+        self.next_tick = None;
+    }
+
+    fn members_key(&self) -> String {
+        format!("members.{}", super::jetstream::token(&self.pipeline))
     }
 }
