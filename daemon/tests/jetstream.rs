@@ -189,7 +189,8 @@ fn two_nodes_serve_one_stream_at_once() {
 fn two_nodes_share_a_pipelines_shards_by_lease_and_take_over() {
     let cluster = NatsCluster::start(3);
     let stream4 = STREAM.replace("shards = 2", "shards = 4");
-    let config = daemon_config(&cluster) + "lease_duration = \"2s\"\n";
+    // Twice the lease is the bound for a takeover; 4 s leaves room for a busy machine.
+    let config = daemon_config(&cluster) + "lease_duration = \"4s\"\n";
     let a = Setup::new(&config, &[("events", &stream4)]);
     let b = Setup::new(&config, &[("events", &stream4)]);
     let mut da = a.start();
@@ -223,7 +224,7 @@ fn two_nodes_share_a_pipelines_shards_by_lease_and_take_over() {
     );
     let moved = killed.elapsed();
     assert!(
-        moved < Duration::from_secs(4),
+        moved < Duration::from_secs(8),
         "leases moved in {moved:?}, more than twice the lease duration"
     );
     assert!(db.metric("sluice_lease_takeovers_total", &["pipeline=\"to-lake\""]) >= 2.0);

@@ -793,6 +793,10 @@ impl ShardStorage for JetStreamShard {
         // `max_bytes` is the JetStream stream's own limit (set when the shard opens): the
         // servers drop the oldest records past it as they append.
         let _ = max_bytes;
+        // Nothing old enough (the usual case, every few seconds): no bisection.
+        if self.lock().first_arrival.is_none_or(|a| a >= cutoff_ms) {
+            return Ok(0);
+        }
         let keep_from = self.seek_timestamp(cutoff_ms)? + 1;
         if keep_from <= self.lock().first.max(1) {
             return Ok(0);
