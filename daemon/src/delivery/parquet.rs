@@ -307,17 +307,9 @@ pub fn decide<'a>(
     order.dedup();
     let mut schema = BufferSchema::starting(start);
     let mut refused = Vec::new();
-    let mut line = Vec::new();
     for tag in order {
-        let mut input = open()?;
-        let mut i = 0;
-        loop {
-            line.clear();
-            if input.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
+        each_line(open()?, |i, raw| {
             if tags.get(i) == Some(&tag) {
-                let raw = line.strip_suffix(b"\n").unwrap_or(&line);
                 let fit = serde_json::from_slice::<Value>(raw)
                     .map_err(|e| Misfit(format!("not JSON: {e}")))
                     .and_then(|v| schema.take(&v, raw));
@@ -325,30 +317,35 @@ pub fn decide<'a>(
                     refused.push((i, e.0, raw.to_vec()));
                 }
             }
-            i += 1;
-        }
+        })?;
     }
     if !schema.inferred().is_some_and(has_column) {
         // Nothing the partition's records hold makes a column: none of them converts.
         refused.clear();
-        let mut input = open()?;
-        let mut i = 0;
-        loop {
-            line.clear();
-            if input.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+        each_line(open()?, |i, raw| {
             refused.push((
                 i,
                 "the partition's records have no field to store as a column".into(),
                 raw.to_vec(),
             ));
-            i += 1;
-        }
+        })?;
     }
     refused.sort_unstable_by_key(|r| r.0);
     Ok(Decided { schema, refused })
+}
+
+/// Calls `f` with the index and the bytes (without the newline) of every line of `input`.
+fn each_line(mut input: impl BufRead, mut f: impl FnMut(usize, &[u8])) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    let mut i = 0;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        f(i, line.strip_suffix(b"\n").unwrap_or(&line));
+        i += 1;
+    }
 }
 
 /// The lines of `inner` but those whose index is in `skip` (sorted): a buffer's lines

@@ -366,6 +366,15 @@ impl StreamSource {
         }
     }
 
+    /// A checkpoint write succeeded.
+    fn saved(&mut self) {
+        self.dirty = false;
+        self.saved_at = std::time::Instant::now();
+        if let Some(w) = &self.writes {
+            w.increment(1);
+        }
+    }
+
     /// Writes the checkpoint if delivered positions are waiting and `force` or the
     /// interval has passed since the last write.
     fn save_if_due(&mut self, force: bool) {
@@ -378,13 +387,7 @@ impl StreamSource {
                 return;
             };
             match leases.checkpoint(&cp) {
-                Ok(()) => {
-                    self.dirty = false;
-                    self.saved_at = std::time::Instant::now();
-                    if let Some(w) = &self.writes {
-                        w.increment(1);
-                    }
-                }
+                Ok(()) => self.saved(),
                 Err(e) => {
                     tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint into the shard leases");
                 }
@@ -402,13 +405,7 @@ impl StreamSource {
             .map(|(&i, &p)| (crate::stream::shard_id(i), p))
             .collect();
         match store_checkpoint(&path, &cp) {
-            Ok(()) => {
-                self.dirty = false;
-                self.saved_at = std::time::Instant::now();
-                if let Some(w) = &self.writes {
-                    w.increment(1);
-                }
-            }
+            Ok(()) => self.saved(),
             Err(e) => {
                 tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint");
             }

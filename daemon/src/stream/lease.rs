@@ -372,21 +372,7 @@ impl Leases {
             .cloned()
             .collect();
         for shard in extra {
-            let Some(&(rev, cp)) = self.held.get(&shard) else {
-                continue;
-            };
-            let lease = Lease {
-                owner: String::new(),
-                expires_ms: 0,
-                checkpoint: checkpoints.get(&shard).copied().or(cp),
-            };
-            let (kv, key) = (self.kv.clone(), self.key(&shard));
-            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
-            let _ = self
-                .cluster
-                .run(async move { kv.write(&key, body, rev).await })?;
-            self.held.remove(&shard);
-            self.gauge(&shard, 0.0);
+            self.give_back(&shard, checkpoints)?;
             tracing::info!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "gave a lease back to balance the nodes");
             ch.lost.push(shard);
         }
@@ -436,23 +422,10 @@ impl Leases {
     /// Gives every held lease back (a clean stop: others take them at once, not after
     /// they expire), with `checkpoints`.
     pub fn release_all(&mut self, checkpoints: &BTreeMap<String, u64>) {
-        let held: Vec<(String, u64, Option<u64>)> = self
-            .held
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0, v.1))
-            .collect();
-        for (shard, rev, cp) in held {
-            let lease = Lease {
-                owner: String::new(),
-                expires_ms: 0,
-                checkpoint: checkpoints.get(&shard).copied().or(cp),
-            };
-            let (kv, key) = (self.kv.clone(), self.key(&shard));
-            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
-            let _ = self
-                .cluster
-                .run(async move { kv.write(&key, body, rev).await });
-            self.gauge(&shard, 0.0);
+        let held: Vec<String> = self.held.keys().cloned().collect();
+        for shard in held {
+            // At a stop: a lease not given back expires by itself.
+            let _ = self.give_back(&shard, checkpoints);
         }
         self.held.clear();
         self.valid_until.clear();
@@ -476,6 +449,31 @@ impl Leases {
             }
         });
         self.next_tick = None;
+    }
+
+    /// Gives the lease of `shard` back (no owner), with its checkpoint.
+    fn give_back(
+        &mut self,
+        shard: &str,
+        checkpoints: &BTreeMap<String, u64>,
+    ) -> Result<(), StorageError> {
+        let Some((rev, cp)) = self.held.remove(shard) else {
+            return Ok(());
+        };
+        self.valid_until.remove(shard);
+        self.gauge(shard, 0.0);
+        let lease = Lease {
+            owner: String::new(),
+            expires_ms: 0,
+            checkpoint: checkpoints.get(shard).copied().or(cp),
+        };
+        let (kv, key) = (self.kv.clone(), self.key(shard));
+        let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
+        // Refused: another node holds it already; nothing to give back.
+        let _ = self
+            .cluster
+            .run(async move { kv.write(&key, body, rev).await })?;
+        Ok(())
     }
 
     fn members_key(&self) -> String {
