@@ -279,23 +279,12 @@ impl Leases {
         // Renew what is held; a failed renewal means another node has it now.
         let held: Vec<(String, u64)> = self.held.iter().map(|(k, v)| (k.clone(), v.0)).collect();
         for (shard, rev) in held {
-            let lease = Lease {
-                owner: self.node.clone(),
-                expires_ms: now_ms() + dur_ms,
-                checkpoint: checkpoints.get(&shard).copied().or(self.held[&shard].1),
-            };
-            let (kv, key) = (self.kv.clone(), self.key(&shard));
-            let sent = Instant::now();
-            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
-            match self
-                .cluster
-                .run(async move { kv.write(&key, body, rev).await })?
-            {
-                Ok(r) => {
-                    self.held.insert(shard.clone(), (r, lease.checkpoint));
-                    self.valid_until
-                        .insert(shard.clone(), sent + self.duration * 3 / 4);
-                }
+            let cp = checkpoints
+                .get(&shard)
+                .copied()
+                .or(self.held.get(&shard).and_then(|h| h.1));
+            match self.claim(&shard, rev, cp)? {
+                Ok(()) => {}
                 Err(Refused::Conflict) => {
                     tracing::warn!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "lease lost to another node");
                     self.held.remove(&shard);
@@ -337,19 +326,10 @@ impl Leases {
                 break;
             }
             let checkpoint = old.as_ref().and_then(|l| l.checkpoint);
-            let lease = Lease {
-                owner: self.node.clone(),
-                expires_ms: now_ms() + dur_ms,
-                checkpoint,
-            };
-            let (kv, key) = (self.kv.clone(), self.key(&shard));
-            let sent = Instant::now();
-            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
-            let done = self
-                .cluster
-                .run(async move { kv.write(&key, body, rev).await })?;
             // Another node was quicker: it is theirs.
-            let Ok(r) = done else { continue };
+            if self.claim(&shard, rev, checkpoint)?.is_err() {
+                continue;
+            }
             if old
                 .as_ref()
                 .is_some_and(|l| !l.owner.is_empty() && l.owner != self.node)
@@ -357,9 +337,6 @@ impl Leases {
                 self.takeovers.increment(1);
                 tracing::info!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, from = %old.as_ref().map(|l| l.owner.as_str()).unwrap_or(""), "took over an expired lease");
             }
-            self.held.insert(shard.clone(), (r, checkpoint));
-            self.valid_until
-                .insert(shard.clone(), sent + self.duration * 3 / 4);
             self.gauge(&shard, 1.0);
             ch.acquired.push((shard, checkpoint));
         }
@@ -381,7 +358,6 @@ impl Leases {
 
     /// Writes `checkpoints` into the held leases (renewing them too).
     pub fn checkpoint(&mut self, checkpoints: &BTreeMap<String, u64>) -> Result<(), StorageError> {
-        let dur_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
         let held: Vec<(String, u64, Option<u64>)> = self
             .held
             .iter()
@@ -392,23 +368,8 @@ impl Leases {
             if cp.is_none() || cp == old {
                 continue;
             }
-            let lease = Lease {
-                owner: self.node.clone(),
-                expires_ms: now_ms() + dur_ms,
-                checkpoint: cp,
-            };
-            let (kv, key) = (self.kv.clone(), self.key(&shard));
-            let sent = Instant::now();
-            let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
-            match self
-                .cluster
-                .run(async move { kv.write(&key, body, rev).await })?
-            {
-                Ok(r) => {
-                    self.valid_until
-                        .insert(shard.clone(), sent + self.duration * 3 / 4);
-                    self.held.insert(shard, (r, cp));
-                }
+            match self.claim(&shard, rev, cp)? {
+                Ok(()) => {}
                 Err(Refused::Conflict) => {
                     // Lost: the next tick reports it.
                     tracing::warn!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "checkpoint refused: the lease is another node's now");
@@ -449,6 +410,34 @@ impl Leases {
             }
         });
         self.next_tick = None;
+    }
+
+    /// Writes this node's lease of `shard` over revision `rev`: owned for another lease
+    /// duration, with `checkpoint`. On success the lease is held, and read under for three
+    /// quarters of the duration from now; refused, it is not.
+    fn claim(
+        &mut self,
+        shard: &str,
+        rev: u64,
+        checkpoint: Option<u64>,
+    ) -> Result<Result<(), Refused>, StorageError> {
+        let dur_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
+        let lease = Lease {
+            owner: self.node.clone(),
+            expires_ms: now_ms() + dur_ms,
+            checkpoint,
+        };
+        let (kv, key) = (self.kv.clone(), self.key(shard));
+        let sent = Instant::now();
+        let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
+        let done = self
+            .cluster
+            .run(async move { kv.write(&key, body, rev).await })?;
+        Ok(done.map(|r| {
+            self.held.insert(shard.to_string(), (r, checkpoint));
+            self.valid_until
+                .insert(shard.to_string(), sent + self.duration * 3 / 4);
+        }))
     }
 
     /// Gives the lease of `shard` back (no owner), with its checkpoint.
