@@ -469,3 +469,48 @@ impl Leases {
         format!("members.{}", super::jetstream::token(&self.pipeline))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::jetstream::{Cluster, JetStreamOptions};
+
+    /// A node reads under a lease only while its last renewal is recent: one that stops
+    /// renewing (it cannot reach the cluster, say) stops reading within three quarters of
+    /// the duration — before the lease expires for the others — and a renewal restores it.
+    #[test]
+    fn an_unrenewed_lease_stops_being_read_before_it_expires() {
+        let cluster = crate::testing::NatsCluster::start(1);
+        let c = Cluster::connect(JetStreamOptions {
+            servers: cluster.urls(),
+            replicas: 1,
+            lease_duration: Duration::from_secs(1),
+            ..JetStreamOptions::default()
+        })
+        .unwrap();
+        let mut l = Leases::open(c, "p", "s").unwrap();
+        let shards = ["shardId-000000000000".to_string()];
+        let idle = BTreeSet::new();
+        let ch = l.tick(&shards, &BTreeMap::new(), &idle).unwrap();
+        assert_eq!(ch.acquired.len(), 1);
+        assert!(l.owns(&shards[0]));
+        let since = Instant::now();
+        let deadline = since + Duration::from_secs(5);
+        while l.owns(&shards[0]) {
+            assert!(
+                Instant::now() < deadline,
+                "still read under an unrenewed lease"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            since.elapsed() <= Duration::from_millis(800),
+            "stopped after {:?}: later than 3/4 of the lease",
+            since.elapsed()
+        );
+        // Still this node's in the table: the next tick renews it.
+        let ch = l.tick(&shards, &BTreeMap::new(), &idle).unwrap();
+        assert!(ch.lost.is_empty() && ch.acquired.is_empty());
+        assert!(l.owns(&shards[0]));
+    }
+}
