@@ -7,7 +7,10 @@ use crate::record::Record;
 use std::path::Path;
 use std::time::Instant;
 
-/// What identifies a buffer: its partition keys, or the error type of an error buffer.
+/// What identifies a buffer: its partition keys, or the error type of an error buffer —
+/// and, when several nodes share the source's shards, the shard its records come from
+/// (`shard`: the tag of their sequences, `sequence >> 48`; 0 otherwise), so every object
+/// holds one shard's records and whichever node reads the shard can rebuild it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BufferKey {
     /// Records of one partition.
@@ -16,9 +19,11 @@ pub enum BufferKey {
         query: Vec<(String, String)>,
         /// `partitionKeyFromLambda` keys (set by transforms).
         lambda: Vec<(String, String)>,
+        /// The shard tag (0: objects mix shards).
+        shard: u64,
     },
-    /// Error documents of one type.
-    Error(ErrorType),
+    /// Error documents of one type (and shard tag, as for data).
+    Error(ErrorType, u64),
 }
 
 pub(super) struct Buffer {

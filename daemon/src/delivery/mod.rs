@@ -19,6 +19,7 @@ mod intent;
 mod naming;
 mod parquet;
 mod recovery;
+mod shared;
 mod spool;
 mod watermark;
 
@@ -27,12 +28,14 @@ pub use buffer::BufferKey;
 pub use encode::encode;
 pub use errors::ErrorType;
 pub use intent::{Intent, IntentError, IntentLog};
+pub use shared::{SharedError, SharedIntents};
 pub use spool::{SpoolFile, SPILL_AT};
 
 use buffer::Buffer;
 use encode::encode_slices;
 use naming::unique_id;
 use recovery::{partition_id, Recovering, Recovery};
+use shared::IntentStore;
 
 use crate::plugins::{CallError, HostObject, SinkInstance};
 use crate::record::{now_ms, Record};
@@ -89,6 +92,9 @@ pub enum DeliveryError {
     /// Reading or writing the intent log.
     #[error(transparent)]
     Intent(#[from] IntentError),
+    /// Reading or writing the shared intent log in the cluster (or fenced off it).
+    #[error(transparent)]
+    Shared(#[from] SharedError),
     /// Writing a spool file.
     #[error("spool file: {0}")]
     Spool(#[from] std::io::Error),
@@ -105,6 +111,9 @@ pub struct Journal {
     pub dir: PathBuf,
     /// Hash of everything that decides which record lands in which object.
     pub config_hash: String,
+    /// The source's shards are shared by several nodes (leases): objects hold one shard's
+    /// records each and the intents live in the cluster's lease table, not in `dir`.
+    pub shared: Option<crate::stream::lease::SharedSource>,
 }
 
 /// One pipeline's delivery state.
@@ -121,8 +130,12 @@ pub struct Delivery {
     data_partitions: usize,
     /// Data records durably stored so far.
     pub delivered: u64,
-    log: Option<IntentLog>,
-    version: u32,
+    log: Option<IntentStore>,
+    /// Objects hold one shard's records each (the intents are shared by nodes).
+    per_shard: bool,
+    /// `per_shard`: the highest sequence met per shard tag — a source that rewinds (it
+    /// took a shard back) replays records this delivery holds or stored already.
+    high: HashMap<u64, u64>,
     recovering: Recovering,
     /// Replays of objects from the previous run, by intent id.
     replays: HashMap<u64, Buffer>,
@@ -196,9 +209,23 @@ impl Delivery {
             })
         );
         let (log, recovered, schemas) = match journal {
+            Some(Journal {
+                shared: Some(src),
+                config_hash,
+                ..
+            }) => {
+                let table = crate::stream::lease::IntentTable::open(
+                    src.cluster.clone(),
+                    pipeline,
+                    &src.stream,
+                )
+                .map_err(SharedError::from)?;
+                let s = SharedIntents::new(std::sync::Arc::new(table), config_hash);
+                (Some(IntentStore::Shared(s)), Vec::new(), HashMap::new())
+            }
             Some(j) => {
                 let o = IntentLog::open(&j.dir, &j.config_hash, infer)?;
-                (Some(o.log), o.recovered, o.schemas)
+                (Some(IntentStore::Local(o.log)), o.recovered, o.schemas)
             }
             None => (None, Vec::new(), HashMap::new()),
         };
@@ -223,7 +250,8 @@ impl Delivery {
         recovering.entries = recovered.into_iter().map(|r| (r.intent.id, r)).collect();
         recovering.index();
         Ok(Delivery {
-            version: log.as_ref().map_or(1, |l| l.version),
+            per_shard: matches!(log, Some(IntentStore::Shared(_))),
+            high: HashMap::new(),
             log,
             recovering,
             replays: HashMap::new(),
@@ -282,7 +310,7 @@ impl Delivery {
         let ranges = self.log.is_some();
         let compression = match key {
             BufferKey::Data { .. } => self.spec.buffer_codec(),
-            BufferKey::Error(_) => Compression::None.codec(),
+            BufferKey::Error(..) => Compression::None.codec(),
         };
         let spill = self.spools < spool::MAX_OPEN;
         // A record that opens a buffer is checked before the buffer exists.
@@ -301,7 +329,7 @@ impl Delivery {
             // Parquet buffers hold JSON lines until the flush converts them.
             BufferKey::Data { .. } if self.spec.format.is_some() => b"\n",
             BufferKey::Data { .. } => self.spec.delimiter.as_bytes(),
-            BufferKey::Error(_) => b"\n",
+            BufferKey::Error(..) => b"\n",
         };
         let b = match route {
             Some(Recovery::Skip) => {
@@ -456,16 +484,91 @@ impl Delivery {
             metrics::counter!("sluice_records_failed_total", "pipeline" => self.pipeline.clone(), "error_type" => etype.as_str()).increment(1);
         }
         let doc = self.error_doc(rec, etype, message);
-        self.append(BufferKey::Error(etype), &doc, rec, token, touched);
+        let shard = self.shard_of(rec);
+        self.append(BufferKey::Error(etype, shard), &doc, rec, token, touched);
+    }
+
+    /// The shard tag a record's buffer is keyed by (0 unless objects hold one shard each).
+    fn shard_of(&self, rec: &Record) -> u64 {
+        if self.per_shard {
+            rec.sequence >> 48
+        } else {
+            0
+        }
+    }
+
+    /// With intents shared by nodes: reads what the cluster holds for every shard of this
+    /// batch that this delivery has not met yet (the objects the last reader of the shard
+    /// left unconfirmed are rebuilt, those it stored are skipped). Call before
+    /// [`Delivery::add`].
+    pub fn claim_shards(
+        &mut self,
+        records: &[Record],
+        rejected: &[(Record, String)],
+    ) -> Result<(), DeliveryError> {
+        let Some(IntentStore::Shared(log)) = &mut self.log else {
+            return Ok(());
+        };
+        let mut found = Vec::new();
+        for rec in records.iter().chain(rejected.iter().map(|r| &r.0)) {
+            let tag = rec.sequence >> 48;
+            if tag == 0 || log.claimed(tag) {
+                continue;
+            }
+            let recovered = log.claim(tag)?;
+            if !recovered.is_empty() {
+                tracing::info!(pipeline = %self.pipeline, shard = %crate::stream::shard_id(u32::try_from(tag - 1).unwrap_or(u32::MAX)), objects = recovered.len(), "matching the shard's records against the objects its last reader wrote");
+            }
+            found.extend(recovered);
+        }
+        if !found.is_empty() {
+            self.recovering
+                .entries
+                .extend(found.into_iter().map(|r| (r.intent.id, r)));
+            self.recovering.index();
+        }
+        Ok(())
+    }
+
+    /// `per_shard`: whether a record is one this delivery met already (its source
+    /// rewound a shard it took back), counted as skipped. Outputs of one input share its
+    /// sequence, so a record is met already only if an earlier batch went past it.
+    fn met_already(&mut self, rec: &Record, high: &HashMap<u64, u64>) -> bool {
+        let tag = rec.sequence >> 48;
+        let met = self.per_shard && tag != 0 && high.get(&tag).is_some_and(|&h| rec.sequence <= h);
+        if met {
+            metrics::counter!("sluice_delivery_replay_skipped_records_total", "pipeline" => self.pipeline.clone()).increment(1);
+        }
+        met
     }
 
     /// Adds a batch (its delivered records and its rejected ones) under ack `token`.
     pub fn add(&mut self, token: u64, records: &[Record], rejected: &[(Record, String)]) {
         let mut touched = 0usize;
+        // What earlier batches reached (this batch's own records raise it at the end).
+        let high = if self.per_shard {
+            let before = self.high.clone();
+            for rec in records.iter().chain(rejected.iter().map(|r| &r.0)) {
+                let tag = rec.sequence >> 48;
+                if tag != 0 {
+                    let h = self.high.entry(tag).or_insert(rec.sequence);
+                    *h = (*h).max(rec.sequence);
+                }
+            }
+            before
+        } else {
+            HashMap::new()
+        };
         for (rec, why) in rejected {
+            if self.met_already(rec, &high) {
+                continue;
+            }
             self.fail(rec, ErrorType::ProcessingFailed, why, token, &mut touched);
         }
         for rec in records {
+            if self.met_already(rec, &high) {
+                continue;
+            }
             let query = match &self.spec.partitioner {
                 None => Vec::new(),
                 Some(p) => match p.extract(&rec.data) {
@@ -484,6 +587,7 @@ impl Delivery {
                 } else {
                     Vec::new()
                 },
+                shard: self.shard_of(rec),
             };
             // Parquet: the record must convert (Firehose checks after partitioning).
             let mut compact = None;
@@ -520,7 +624,7 @@ impl Delivery {
             // partition of its own.
             let route = self.recovering.lookup(&key, rec.sequence);
             if route.is_none() && !self.buffers.contains_key(&key) {
-                let BufferKey::Data { query, lambda } = &key else {
+                let BufferKey::Data { query, lambda, .. } = &key else {
                     continue;
                 };
                 if let Err(e) = self.spec.prefix_template.render(
@@ -764,15 +868,27 @@ impl Delivery {
         };
         self.records -= b.records;
         let raw = b.raw_len();
-        let (template, query, lambda, mut error) = match &b.key {
-            BufferKey::Data { query, lambda } => (
+        let (template, query, lambda, mut error, shard) = match &b.key {
+            BufferKey::Data {
+                query,
+                lambda,
+                shard,
+            } => (
                 &self.spec.prefix_template,
                 query.as_slice(),
                 lambda.as_slice(),
                 None,
+                *shard,
             ),
-            BufferKey::Error(t) => (&self.spec.error_template, &[][..], &[][..], Some(*t)),
+            BufferKey::Error(t, shard) => (
+                &self.spec.error_template,
+                &[][..],
+                &[][..],
+                Some(*t),
+                *shard,
+            ),
         };
+        let version = self.log.as_ref().map_or(1, |l| l.version(shard));
         let compression = if error.is_some() {
             Compression::None.codec()
         } else {
@@ -813,7 +929,7 @@ impl Delivery {
         let mut key = naming::object_key(
             &prefix,
             &self.pipeline,
-            self.version,
+            version,
             b.oldest_ms,
             &id,
             if parquet.is_some() {
@@ -961,7 +1077,7 @@ impl Delivery {
                 key: naming::object_key(
                     &prefix,
                     &self.pipeline,
-                    self.version,
+                    version,
                     b.oldest_ms,
                     &rid,
                     "",
@@ -1377,13 +1493,14 @@ mod tests {
         let k = BufferKey::Data {
             query: vec![("type".into(), "a/b".into())],
             lambda: vec![],
+            shard: 0,
         };
         assert_eq!(
             partition_id(&k),
             r#"{"lambda":[],"query":[["type","a/b"]]}"#
         );
         assert_eq!(
-            partition_id(&BufferKey::Error(ErrorType::ProcessingFailed)),
+            partition_id(&BufferKey::Error(ErrorType::ProcessingFailed, 0)),
             r#"{"error":"processing-failed"}"#
         );
     }
@@ -1427,10 +1544,12 @@ mod tests {
         let a = BufferKey::Data {
             query: vec![("type".into(), "a".into())],
             lambda: vec![],
+            shard: 0,
         };
         let b = BufferKey::Data {
             query: vec![("type".into(), "b".into())],
             lambda: vec![],
+            shard: 0,
         };
         assert!(
             d.buffers.contains_key(&a) && !d.buffers.contains_key(&b),
@@ -1438,11 +1557,11 @@ mod tests {
         );
         assert!(d
             .buffers
-            .contains_key(&BufferKey::Error(ErrorType::ActivePartitionExceeded)));
+            .contains_key(&BufferKey::Error(ErrorType::ActivePartitionExceeded, 0)));
         // Error buffers do not count; a flushed partition frees its place.
         assert!(d
             .buffers
-            .contains_key(&BufferKey::Error(ErrorType::PartitioningFailed)));
+            .contains_key(&BufferKey::Error(ErrorType::PartitioningFailed, 0)));
         d.take(&Slot::Open(a.clone()), FlushReason::Drain)
             .unwrap()
             .unwrap();
@@ -1465,6 +1584,7 @@ mod tests {
         let a = BufferKey::Data {
             query: vec![("type".into(), "a".into())],
             lambda: vec![],
+            shard: 0,
         };
         let fa = d
             .take(&Slot::Open(a.clone()), FlushReason::Drain)
@@ -1483,6 +1603,7 @@ mod tests {
         let b = BufferKey::Data {
             query: vec![("type".into(), "b".into())],
             lambda: vec![],
+            shard: 0,
         };
         let fb = d
             .take(&Slot::Open(b.clone()), FlushReason::Drain)
@@ -1534,7 +1655,7 @@ mod tests {
         // The misfit was refused on the way in.
         assert!(d
             .buffers
-            .contains_key(&BufferKey::Error(ErrorType::FormatConversionFailed)));
+            .contains_key(&BufferKey::Error(ErrorType::FormatConversionFailed, 0)));
         let ok = d
             .take(&Slot::Open(key("a")), FlushReason::Drain)
             .unwrap()
@@ -1574,7 +1695,7 @@ mod tests {
         );
         let f = d
             .take(
-                &Slot::Open(BufferKey::Error(ErrorType::PartitioningFailed)),
+                &Slot::Open(BufferKey::Error(ErrorType::PartitioningFailed, 0)),
                 FlushReason::Drain,
             )
             .unwrap()
@@ -1607,7 +1728,7 @@ mod tests {
         );
         let p = d
             .take(
-                &Slot::Open(BufferKey::Error(ErrorType::ProcessingFailed)),
+                &Slot::Open(BufferKey::Error(ErrorType::ProcessingFailed, 0)),
                 FlushReason::Drain,
             )
             .unwrap()
@@ -1621,6 +1742,7 @@ mod tests {
         BufferKey::Data {
             query: vec![("type".into(), t.into())],
             lambda: vec![],
+            shard: 0,
         }
     }
 
@@ -1641,6 +1763,7 @@ mod tests {
         Journal {
             dir: dir.to_path_buf(),
             config_hash: "h".into(),
+            shared: None,
         }
     }
 
@@ -1690,6 +1813,151 @@ mod tests {
         assert_eq!(d.stored(&rest_b).unwrap(), vec![8]);
         // Past every recovered object on both shards: matching is over.
         assert!(d.recovering.entries.is_empty());
+    }
+
+    /// Nodes sharing a stream's shards (issue #12): node B reads the shards after node A,
+    /// which stopped with one object stored and one uploaded but not confirmed. B rebuilds
+    /// the second under A's key, from the intents A left in the cluster, and skips the
+    /// first one's records; each object holds one shard's records. A write by either node
+    /// over the other's fences the writer off: its objects must not go out.
+    #[test]
+    fn a_node_taking_shards_over_rebuilds_the_last_readers_objects() {
+        use crate::stream::jetstream::{Cluster, JetStreamOptions};
+        let nats = crate::testing::NatsCluster::start(1);
+        let cluster = Cluster::connect(JetStreamOptions {
+            servers: nats.urls(),
+            replicas: 1,
+            ..JetStreamOptions::default()
+        })
+        .unwrap();
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let shared = Some(crate::stream::lease::SharedSource {
+            cluster,
+            stream: "s".into(),
+        });
+        let journal = |dir: &std::path::Path| Journal {
+            dir: dir.to_path_buf(),
+            config_hash: "h".into(),
+            shared: shared.clone(),
+        };
+        let node = |j: &Journal| {
+            Delivery::new("p", spec(Compression::None, 10), Some(j), None, budget()).unwrap()
+        };
+        let sk = |t: &str, shard: u64| BufferKey::Data {
+            query: vec![("type".into(), t.into())],
+            lambda: vec![],
+            shard,
+        };
+        let (ja, jb) = (journal(da.path()), journal(db.path()));
+        let batch = shard_batch(0, 30);
+        let mut a = node(&ja);
+        a.claim_shards(&batch, &[]).unwrap();
+        a.add(1, &batch, &[]);
+        assert_eq!(a.buffers.len(), 4, "one buffer per type and shard");
+        let fa1 = a
+            .take(&Slot::Open(sk("a", 1)), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        a.mark_stored(&fa1).unwrap();
+        let fb1 = a
+            .take(&Slot::Open(sk("b", 1)), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        // A node stops here (killed, or its lease expired); B reads from the checkpoint.
+
+        let mut b = node(&jb);
+        b.claim_shards(&batch, &[]).unwrap();
+        b.add(7, &batch, &[]);
+        let (slot, _) = b.due(1).pop().unwrap();
+        assert!(matches!(slot, Slot::Replay(_)));
+        let again = b.take(&slot, FlushReason::Size).unwrap().unwrap();
+        assert_eq!(again.object.key, fb1.object.key);
+        assert_eq!(again.object.body, fb1.object.body);
+        assert!(
+            !b.buffers.contains_key(&sk("a", 1)),
+            "a@1 was stored: its records are skipped"
+        );
+        assert!(b.buffers.contains_key(&sk("a", 2)) && b.buffers.contains_key(&sk("b", 2)));
+        b.mark_stored(&again).unwrap();
+        // B's first write of shard 1 (the stored mark goes out with the next object).
+        b.add(8, &shard_batch(30, 34), &[]);
+        let b_more = b
+            .take(&Slot::Open(sk("a", 1)), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert_eq!(b_more.object.record_count, 1, "record 31");
+
+        // A, still running, can no longer record an object of shard 1 ...
+        a.add(2, &shard_batch(30, 34), &[]);
+        let fenced = a.take(&Slot::Open(sk("a", 1)), FlushReason::Size);
+        assert!(
+            matches!(
+                fenced,
+                Err(DeliveryError::Shared(SharedError::Fenced { .. }))
+            ),
+            "{:?}",
+            fenced.err()
+        );
+        // ... but shard 2, which B read and has not written yet, A writes first: then B is
+        // the one fenced off, and after its restart it rebuilds A's object.
+        let mut a = node(&ja);
+        a.claim_shards(&batch, &[]).unwrap();
+        a.add(1, &batch, &[]);
+        let fa2 = a
+            .take(&Slot::Open(sk("a", 2)), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        let fenced = b.take(&Slot::Open(sk("a", 2)), FlushReason::Size);
+        assert!(matches!(
+            fenced,
+            Err(DeliveryError::Shared(SharedError::Fenced { .. }))
+        ));
+        let mut b = node(&jb);
+        b.claim_shards(&batch, &[]).unwrap();
+        b.add(1, &batch, &[]);
+        let (slot, _) = b.due(1).pop().unwrap();
+        let again = b.take(&slot, FlushReason::Size).unwrap().unwrap();
+        assert_eq!(again.object.key, fa2.object.key);
+        assert_eq!(again.object.body, fa2.object.body);
+    }
+
+    /// With shards shared by nodes, a source that rewinds a shard (it gave the lease back
+    /// and took it again) replays records this delivery holds already: they are skipped,
+    /// and its acks still wait for the buffers holding the first copies.
+    #[test]
+    fn records_met_before_a_rewind_are_not_buffered_twice() {
+        use crate::stream::jetstream::{Cluster, JetStreamOptions};
+        let nats = crate::testing::NatsCluster::start(1);
+        let cluster = Cluster::connect(JetStreamOptions {
+            servers: nats.urls(),
+            replicas: 1,
+            ..JetStreamOptions::default()
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal {
+            dir: dir.path().to_path_buf(),
+            config_hash: "h".into(),
+            shared: Some(crate::stream::lease::SharedSource {
+                cluster,
+                stream: "s".into(),
+            }),
+        };
+        let mut d =
+            Delivery::new("p", spec(Compression::None, 10), Some(&j), None, budget()).unwrap();
+        let first = shard_batch(0, 20);
+        d.claim_shards(&first, &[]).unwrap();
+        d.add(1, &first, &[]);
+        let held = d.records;
+        // The same shard from an earlier position again, and a little further.
+        let again = shard_batch(10, 24);
+        d.claim_shards(&again, &[]).unwrap();
+        d.add(2, &again, &[]);
+        assert_eq!(d.records, held + 4, "only records 20 to 23 are new");
+        assert!(
+            d.ready().unwrap().is_empty(),
+            "batch 2 waits behind batch 1"
+        );
     }
 
     /// The records a flush refused (its companion error object's).
@@ -1916,6 +2184,7 @@ mod tests {
         let all = BufferKey::Data {
             query: vec![],
             lambda: vec![],
+            shard: 0,
         };
         let f = d
             .take(&Slot::Open(all.clone()), FlushReason::Size)

@@ -74,10 +74,21 @@ impl Recovering {
 /// A partition's persisted identity (intent log, object names): canonical JSON of its
 /// keys, stable across builds (never `Debug` output).
 pub(super) fn partition_id(key: &BufferKey) -> String {
+    // Without a shard (objects mixing shards) the id is what it always was.
     match key {
-        BufferKey::Data { query, lambda } => {
-            serde_json::json!({ "query": query, "lambda": lambda }).to_string()
+        BufferKey::Data {
+            query,
+            lambda,
+            shard: 0,
+        } => serde_json::json!({ "query": query, "lambda": lambda }).to_string(),
+        BufferKey::Data {
+            query,
+            lambda,
+            shard,
+        } => serde_json::json!({ "query": query, "lambda": lambda, "shard": shard }).to_string(),
+        BufferKey::Error(t, 0) => serde_json::json!({ "error": t.as_str() }).to_string(),
+        BufferKey::Error(t, shard) => {
+            serde_json::json!({ "error": t.as_str(), "shard": shard }).to_string()
         }
-        BufferKey::Error(t) => serde_json::json!({ "error": t.as_str() }).to_string(),
     }
 }

@@ -16,17 +16,24 @@ use tokio::sync::mpsc;
 
 /// The intent log of a pipeline whose source replays the same records with the same
 /// sequences after a crash (`stream`, `direct-put`); others get none.
+/// A `stream` source on a stream kept on JetStream shares its shards with other nodes: its
+/// intents go to the cluster (`crate::delivery::SharedSource`).
 pub(crate) fn journal(
     spec: &PipelineSpec,
     data_dir: Option<&Path>,
+    services: Option<&crate::plugins::HostServices>,
 ) -> Option<crate::delivery::Journal> {
     if !spec.source.replayable {
         return None;
     }
     let dir = crate::names::child(&data_dir?.join("delivery"), &spec.name).ok()?;
+    let shared = services.and_then(|s| {
+        crate::plugins::stream_io::shared_stream(&spec.source.plugin, &spec.source.config_json, s)
+    });
     Some(crate::delivery::Journal {
         dir,
         config_hash: spec.delivery_identity(),
+        shared,
     })
 }
 
@@ -145,6 +152,7 @@ pub(crate) async fn driver(
         tokio::select! {
             b = rx.recv() => match b {
                 Some(batch) => {
+                    d.claim_shards(&batch.records, &batch.rejected).map_err(disk_err)?;
                     // Rejected records were counted by the transform stage already.
                     d.add(batch.token, &batch.records, &batch.rejected);
                 }

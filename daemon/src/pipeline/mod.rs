@@ -483,7 +483,7 @@ async fn run_once(
                 out_rx,
                 ack_tx,
                 d.clone(),
-                deliver::journal(spec, ctx.data_dir()),
+                deliver::journal(spec, ctx.data_dir(), ctx.services.as_deref()),
                 shared.clone(),
                 ctx.clone(),
             ),

@@ -42,6 +42,24 @@ fn stream(services: Option<&HostServices>, name: &str) -> Result<Arc<Stream>, Er
         .ok_or_else(|| Error::retryable(format_args!("stream `{name}` does not exist")))
 }
 
+/// The stream a `stream` source with options `config_json` reads, when it is kept on
+/// JetStream (its shards are shared by the nodes running the pipeline, under leases).
+pub fn shared_stream(
+    plugin: &str,
+    config_json: &str,
+    services: &HostServices,
+) -> Option<crate::stream::lease::SharedSource> {
+    if plugin != "stream" {
+        return None;
+    }
+    let cfg: SourceConfig = serde_json::from_str(config_json).ok()?;
+    let cluster = services.streams.get(&cfg.stream)?.cluster()?;
+    Some(crate::stream::lease::SharedSource {
+        cluster,
+        stream: cfg.stream,
+    })
+}
+
 /// Where a new consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -95,6 +95,35 @@ impl std::fmt::Display for Refused {
 }
 
 impl Table {
+    /// Opens the lease table of `cluster` (creating it if needed).
+    fn open(cluster: &Arc<Cluster>) -> Result<Table, StorageError> {
+        let js = cluster.context();
+        let name = format!("{}-leases", cluster.prefix());
+        let subjects = name.clone();
+        let config = jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{subjects}.>")],
+            description: Some("sluice shard leases".into()),
+            max_messages_per_subject: 1,
+            max_messages: -1,
+            max_bytes: -1,
+            max_message_size: -1,
+            num_replicas: cluster.replicas(),
+            storage: jetstream::stream::StorageType::File,
+            discard: jetstream::stream::DiscardPolicy::Old,
+            retention: jetstream::stream::RetentionPolicy::Limits,
+            ..Default::default()
+        };
+        let table = cluster
+            .ensure_stream(config)
+            .map_err(|e| err("cannot open the lease table", e))?;
+        Ok(Table {
+            js,
+            stream: table,
+            subjects,
+        })
+    }
+
     /// The key's newest value and its revision.
     async fn entry(&self, key: &str) -> Result<Option<(u64, bytes::Bytes)>, Refused> {
         let subject = format!("{}.{key}", self.subjects);
@@ -144,31 +173,7 @@ impl Leases {
         pipeline: &str,
         stream: &str,
     ) -> Result<Leases, StorageError> {
-        let js = cluster.context();
-        let name = format!("{}-leases", cluster.prefix());
-        let subjects = name.clone();
-        let config = jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{subjects}.>")],
-            description: Some("sluice shard leases".into()),
-            max_messages_per_subject: 1,
-            max_messages: -1,
-            max_bytes: -1,
-            max_message_size: -1,
-            num_replicas: cluster.replicas(),
-            storage: jetstream::stream::StorageType::File,
-            discard: jetstream::stream::DiscardPolicy::Old,
-            retention: jetstream::stream::RetentionPolicy::Limits,
-            ..Default::default()
-        };
-        let table = cluster
-            .ensure_stream(config)
-            .map_err(|e| err("cannot open the lease table", e))?;
-        let store = Table {
-            js,
-            stream: table,
-            subjects,
-        };
+        let store = Table::open(&cluster)?;
         let labels = [
             ("pipeline", pipeline.to_string()),
             ("stream", stream.to_string()),
@@ -313,9 +318,11 @@ impl Leases {
             if self.held.contains_key(shard) {
                 continue;
             }
-            let taken = lease
-                .as_ref()
-                .is_some_and(|l| !l.owner.is_empty() && l.expires_ms > now_ms());
+            // This node's name on a lease it does not hold is an earlier run of this
+            // pipeline here (a restart): taken back at once, not after it expires.
+            let taken = lease.as_ref().is_some_and(|l| {
+                !l.owner.is_empty() && l.owner != self.node && l.expires_ms > now_ms()
+            });
             if !taken {
                 free.push((shard.clone(), rev, lease));
             }
@@ -467,6 +474,107 @@ impl Leases {
 
     fn members_key(&self) -> String {
         format!("members.{}", super::jetstream::token(&self.pipeline))
+    }
+}
+
+/// A pipeline source whose shards several nodes share: the stream it reads, on its
+/// cluster.
+#[derive(Clone)]
+pub struct SharedSource {
+    /// The cluster holding the stream (and the lease table).
+    pub cluster: Arc<Cluster>,
+    /// The stream's name.
+    pub stream: String,
+}
+
+impl std::fmt::Debug for SharedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSource")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+/// A pipeline's delivery records per shard, beside the shard's lease in the same table
+/// (`intents.<pipeline>.<stream>.<shard>`): which objects hold which of the shard's records
+/// (`crate::delivery` decides the value's form). Each write is a compare-and-set on the
+/// key's revision, so a node that read the key at some revision and wrote nothing since
+/// is the only writer: a node that took the shard over in between makes its write fail.
+pub struct IntentTable {
+    cluster: Arc<Cluster>,
+    kv: Table,
+    pipeline: String,
+    stream: String,
+}
+
+impl std::fmt::Debug for IntentTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntentTable")
+            .field("pipeline", &self.pipeline)
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl IntentTable {
+    /// Opens the table of `pipeline` reading `stream`.
+    pub fn open(
+        cluster: Arc<Cluster>,
+        pipeline: &str,
+        stream: &str,
+    ) -> Result<IntentTable, StorageError> {
+        Ok(IntentTable {
+            kv: Table::open(&cluster)?,
+            cluster,
+            pipeline: pipeline.to_string(),
+            stream: stream.to_string(),
+        })
+    }
+
+    fn key(&self, shard: &str) -> String {
+        format!(
+            "intents.{}.{}.{}",
+            super::jetstream::token(&self.pipeline),
+            super::jetstream::token(&self.stream),
+            super::jetstream::token(shard)
+        )
+    }
+
+    /// The shard's value and its revision (none yet: `None`).
+    pub fn read(&self, shard: &str) -> Result<Option<(u64, bytes::Bytes)>, StorageError> {
+        let (kv, key) = (self.kv.clone(), self.key(shard));
+        self.cluster
+            .run(async move { kv.entry(&key).await })?
+            .map_err(|e| err("cannot read a shard's delivery records", e))
+    }
+
+    /// Writes the shard's value over `revision` (0: none yet); the new revision, or `None`
+    /// when another node wrote the key since.
+    pub fn write(
+        &self,
+        shard: &str,
+        value: bytes::Bytes,
+        revision: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        let (kv, key) = (self.kv.clone(), self.key(shard));
+        match self
+            .cluster
+            .run(async move { kv.write(&key, value, revision).await })?
+        {
+            Ok(rev) => Ok(Some(rev)),
+            Err(Refused::Conflict) => Ok(None),
+            Err(e) => Err(err("cannot write a shard's delivery records", e)),
+        }
+    }
+
+    /// This node's name in the cluster.
+    pub fn node(&self) -> &str {
+        self.cluster.node()
+    }
+
+    /// The cluster's lease duration.
+    pub fn lease_duration(&self) -> Duration {
+        self.cluster.lease_duration()
     }
 }
 

@@ -1,0 +1,436 @@
+//! The intent log of a pipeline whose shards several nodes share (a `stream` source on a
+//! stream kept on JetStream, issue #12): the same entries as the local intent log
+//! (`intent.rs`: which object holds which records, stored or not), kept per shard in the
+//! cluster's lease table beside the shard's lease, so whichever node reads the shard next
+//! finds them — a node that takes a shard over rebuilds the objects the last one had not
+//! confirmed under the same keys and skips the records of those it had, exactly as a
+//! restarted single node does with its own log.
+//!
+//! Objects hold records of one shard only in this mode (the buffers are keyed by partition
+//! *and* shard), so an entry belongs to one shard's value. A node reads a shard's value
+//! the first time it meets a record of that shard and from then on writes it with a
+//! compare-and-set on the revision it read: every object's entry is in the table before
+//! the object goes to the sink. A write refused because another node wrote the value
+//! meanwhile means the shard was taken over: the objects it describes must not be
+//! uploaded (or acknowledged) by this node, so the pipeline fails with
+//! [`SharedError::Fenced`] and restarts from what the table holds. Entries are dropped
+//! once their acks are older than the retirement delay (the lease carries the checkpoint
+//! past them by then).
+
+use super::intent::{Intent, Recovered, RETIRE_AFTER};
+use crate::stream::lease::IntentTable;
+use crate::stream::StorageError;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest value written for one shard: under the 1 MiB `max_payload` NATS servers have
+/// by default.
+const VALUE_LIMIT: usize = 900 << 10;
+
+/// Errors of the shared intent log.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// The cluster could not be read or written.
+    #[error("delivery records in the cluster: {0}")]
+    Cluster(#[from] StorageError),
+    /// Another node wrote the shard's records since this node read them.
+    #[error("another node took {shard} over (it wrote the shard's delivery records since this node read them); the pipeline restarts from what the cluster holds")]
+    Fenced {
+        /// The shard id.
+        shard: String,
+    },
+    /// The shard's entries would not fit in one value.
+    #[error("the delivery records of {shard} would take {bytes} bytes, more than the {VALUE_LIMIT} one value may hold")]
+    TooLarge {
+        /// The shard id.
+        shard: String,
+        /// The encoded size.
+        bytes: usize,
+    },
+}
+
+/// One shard's value in the table.
+#[derive(Serialize, Deserialize)]
+struct Value {
+    /// Hash of the pipeline's config: entries of another config cannot be matched.
+    config: String,
+    /// The config version in object names.
+    version: u32,
+    /// The node that wrote it (for an operator reading the table).
+    node: String,
+    entries: Vec<StoredEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEntry {
+    intent: Intent,
+    stored: bool,
+}
+
+struct Entry {
+    intent: Intent,
+    stored: bool,
+    release_token: Option<u64>,
+    released_at: Option<Instant>,
+}
+
+/// What this node knows of one shard's value.
+struct ShardLog {
+    id: String,
+    revision: u64,
+    version: u32,
+    entries: BTreeMap<u64, Entry>,
+    /// Changes that must be in the table before what they describe happens (an object's
+    /// upload, its acks).
+    must_write: bool,
+    /// Changes that may wait (retired entries).
+    dirty: bool,
+}
+
+/// The shared intent log of one pipeline (see the module's doc).
+pub struct SharedIntents {
+    table: Arc<IntentTable>,
+    config: String,
+    next_id: u64,
+    /// By shard tag (`sequence >> 48`).
+    shards: HashMap<u64, ShardLog>,
+    /// Intent id → its shard tag.
+    tag_of: HashMap<u64, u64>,
+    released_upto: Option<u64>,
+    retire_after: Duration,
+}
+
+/// The shard id a tag stands for (`position_key`: the shard index plus one).
+fn shard_id(tag: u64) -> String {
+    crate::stream::shard_id(u32::try_from(tag.saturating_sub(1)).unwrap_or(u32::MAX))
+}
+
+impl SharedIntents {
+    /// The log of a pipeline whose config hashes to `config`, in `table`.
+    pub fn new(table: Arc<IntentTable>, config: &str) -> SharedIntents {
+        // The lease carries the checkpoint past acked records within a third of its
+        // duration; twice the duration leaves room for a slow renewal.
+        let retire_after = RETIRE_AFTER.min(table.lease_duration() * 2);
+        SharedIntents {
+            table,
+            config: config.to_string(),
+            next_id: 1,
+            shards: HashMap::new(),
+            tag_of: HashMap::new(),
+            released_upto: None,
+            retire_after,
+        }
+    }
+
+    /// Whether the shard of `tag` was read already.
+    pub fn claimed(&self, tag: u64) -> bool {
+        self.shards.contains_key(&tag)
+    }
+
+    /// Reads the shard of `tag`: the entries the last node to read it left (none when its
+    /// config differed), with ids of this log.
+    pub fn claim(&mut self, tag: u64) -> Result<Vec<Recovered>, SharedError> {
+        if self.shards.contains_key(&tag) {
+            return Ok(Vec::new());
+        }
+        let id = shard_id(tag);
+        let found = self.table.read(&id)?;
+        let (revision, value) = match &found {
+            None => (0, None),
+            Some((rev, bytes)) => match serde_json::from_slice::<Value>(bytes) {
+                Ok(v) => (*rev, Some(v)),
+                Err(e) => {
+                    // Data from the network: what it held is unknown, so nothing is
+                    // skipped (its records may be delivered twice, never lost).
+                    tracing::error!(shard = %id, error = %e, "damaged delivery records in the cluster; starting the shard without them");
+                    (*rev, None)
+                }
+            },
+        };
+        let (version, entries) = match value {
+            Some(v) if v.config == self.config => (v.version, v.entries),
+            Some(v) => (v.version.saturating_add(1), Vec::new()),
+            // A damaged value: a version no earlier value of this key can have had.
+            None if revision > 0 => (u32::try_from(revision).unwrap_or(u32::MAX), Vec::new()),
+            None => (1, Vec::new()),
+        };
+        let mut log = ShardLog {
+            id,
+            revision,
+            version,
+            entries: BTreeMap::new(),
+            must_write: false,
+            dirty: false,
+        };
+        let mut out = Vec::new();
+        for StoredEntry { mut intent, stored } in entries {
+            intent.id = self.next_id;
+            self.next_id += 1;
+            self.tag_of.insert(intent.id, tag);
+            out.push(Recovered {
+                intent: intent.clone(),
+                stored,
+            });
+            log.entries.insert(
+                intent.id,
+                Entry {
+                    intent,
+                    stored,
+                    release_token: None,
+                    released_at: None,
+                },
+            );
+        }
+        self.shards.insert(tag, log);
+        Ok(out)
+    }
+
+    /// The config version for object names of the shard of `tag`.
+    pub fn version(&self, tag: u64) -> u32 {
+        self.shards.get(&tag).map_or(1, |s| s.version)
+    }
+
+    /// A fresh id for the next object.
+    pub fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Records an object about to be submitted (its records all of one shard); written
+    /// by [`SharedIntents::sync`], which must come before the object goes to the sink.
+    pub fn intend(&mut self, intent: &Intent, release_token: u64) {
+        let tag = intent.ranges.first().map_or(0, |r| r.0);
+        let Some(log) = self.shards.get_mut(&tag) else {
+            return;
+        };
+        self.tag_of.insert(intent.id, tag);
+        log.entries.insert(
+            intent.id,
+            Entry {
+                intent: intent.clone(),
+                stored: false,
+                release_token: Some(release_token),
+                released_at: None,
+            },
+        );
+        log.must_write = true;
+    }
+
+    fn entry(&mut self, id: u64) -> Option<(&mut ShardLog, u64)> {
+        let tag = *self.tag_of.get(&id)?;
+        Some((self.shards.get_mut(&tag)?, id))
+    }
+
+    /// Marks an object stored (written by [`SharedIntents::sync`] before its acks go out).
+    pub fn stored(&mut self, id: u64, release_token: u64) {
+        if let Some((log, id)) = self.entry(id) {
+            if let Some(e) = log.entries.get_mut(&id) {
+                e.stored = true;
+                e.release_token = Some(release_token);
+                log.must_write = true;
+            }
+        }
+    }
+
+    /// A recovered, stored entry whose records the source has read past in batch `token`.
+    pub fn passed(&mut self, id: u64, token: u64) {
+        if let Some((log, id)) = self.entry(id) {
+            if let Some(e) = log.entries.get_mut(&id) {
+                e.release_token = Some(token);
+            }
+        }
+    }
+
+    /// Forgets an entry (a replay that gave up: its object is written under a new name).
+    pub fn forget(&mut self, id: u64) {
+        if let Some((log, id)) = self.entry(id) {
+            log.entries.remove(&id);
+            log.dirty = true;
+        }
+        self.tag_of.remove(&id);
+    }
+
+    /// Every ack token up to `token` has been released.
+    pub fn released(&mut self, token: u64) {
+        self.released_upto = Some(token);
+    }
+
+    /// Writes every changed shard's value. A refused write of changes that must be there
+    /// (new objects, stored marks) is [`SharedError::Fenced`]; a refused write of
+    /// retirements only means the shard is another node's now: this node forgets it.
+    pub fn sync(&mut self) -> Result<(), SharedError> {
+        let node = self.table.node().to_string();
+        let mut gone = Vec::new();
+        for (tag, log) in self.shards.iter_mut() {
+            if !log.must_write && !log.dirty {
+                continue;
+            }
+            let value = Value {
+                config: self.config.clone(),
+                version: log.version,
+                node: node.clone(),
+                entries: log
+                    .entries
+                    .values()
+                    .map(|e| StoredEntry {
+                        intent: e.intent.clone(),
+                        stored: e.stored,
+                    })
+                    .collect(),
+            };
+            let body = serde_json::to_vec(&value).unwrap_or_default();
+            if body.len() > VALUE_LIMIT {
+                return Err(SharedError::TooLarge {
+                    shard: log.id.clone(),
+                    bytes: body.len(),
+                });
+            }
+            match self.table.write(&log.id, body.into(), log.revision)? {
+                Some(rev) => {
+                    log.revision = rev;
+                    log.must_write = false;
+                    log.dirty = false;
+                }
+                None if log.must_write => {
+                    return Err(SharedError::Fenced {
+                        shard: log.id.clone(),
+                    })
+                }
+                None => gone.push(*tag),
+            }
+        }
+        for tag in gone {
+            if let Some(log) = self.shards.remove(&tag) {
+                tracing::info!(shard = %log.id, "another node reads this shard now; its delivery records are theirs");
+                for id in log.entries.keys() {
+                    self.tag_of.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops entries whose acks are older than the retirement delay and writes the shards
+    /// that changed. Cheap enough to call every few seconds.
+    pub fn maintain(&mut self) -> Result<(), SharedError> {
+        let now = Instant::now();
+        let upto = self.released_upto;
+        let after = self.retire_after;
+        for log in self.shards.values_mut() {
+            let before = log.entries.len();
+            log.entries.retain(|id, e| {
+                let released =
+                    e.stored && matches!((e.release_token, upto), (Some(t), Some(u)) if t <= u);
+                let keep =
+                    !released || now.duration_since(*e.released_at.get_or_insert(now)) < after;
+                if !keep {
+                    self.tag_of.remove(id);
+                }
+                keep
+            });
+            if log.entries.len() != before {
+                log.dirty = true;
+            }
+        }
+        self.sync()
+    }
+
+    /// Live entries (for tests and status).
+    pub fn live(&self) -> usize {
+        self.shards.values().map(|s| s.entries.len()).sum()
+    }
+}
+
+/// Where a delivery's intents go: its own file, or (shards shared by nodes) the
+/// cluster's lease table.
+pub(super) enum IntentStore {
+    Local(super::IntentLog),
+    Shared(SharedIntents),
+}
+
+impl IntentStore {
+    pub(super) fn next_id(&mut self) -> u64 {
+        match self {
+            IntentStore::Local(l) => l.next_id(),
+            IntentStore::Shared(s) => s.next_id(),
+        }
+    }
+
+    pub(super) fn intend(
+        &mut self,
+        intent: &Intent,
+        release_token: u64,
+    ) -> Result<(), super::DeliveryError> {
+        match self {
+            IntentStore::Local(l) => l.intend(intent, release_token)?,
+            IntentStore::Shared(s) => s.intend(intent, release_token),
+        }
+        Ok(())
+    }
+
+    pub(super) fn stored(
+        &mut self,
+        id: u64,
+        release_token: u64,
+    ) -> Result<(), super::DeliveryError> {
+        match self {
+            IntentStore::Local(l) => l.stored(id, release_token)?,
+            IntentStore::Shared(s) => s.stored(id, release_token),
+        }
+        Ok(())
+    }
+
+    pub(super) fn passed(&mut self, id: u64, token: u64) {
+        match self {
+            IntentStore::Local(l) => l.passed(id, token),
+            IntentStore::Shared(s) => s.passed(id, token),
+        }
+    }
+
+    pub(super) fn forget(&mut self, id: u64) {
+        match self {
+            IntentStore::Local(l) => l.forget(id),
+            IntentStore::Shared(s) => s.forget(id),
+        }
+    }
+
+    pub(super) fn forget_schema(&mut self, partition: &str) {
+        if let IntentStore::Local(l) = self {
+            l.forget_schema(partition);
+        }
+    }
+
+    pub(super) fn released(&mut self, token: u64) {
+        match self {
+            IntentStore::Local(l) => l.released(token),
+            IntentStore::Shared(s) => s.released(token),
+        }
+    }
+
+    pub(super) fn sync(&mut self) -> Result<(), super::DeliveryError> {
+        match self {
+            IntentStore::Local(l) => l.sync()?,
+            IntentStore::Shared(s) => s.sync()?,
+        }
+        Ok(())
+    }
+
+    pub(super) fn maintain(&mut self) -> Result<(), super::DeliveryError> {
+        match self {
+            IntentStore::Local(l) => l.maintain()?,
+            IntentStore::Shared(s) => s.maintain()?,
+        }
+        Ok(())
+    }
+
+    /// The config version in object names (shared: per shard, by tag).
+    pub(super) fn version(&self, tag: u64) -> u32 {
+        match self {
+            IntentStore::Local(l) => l.version,
+            IntentStore::Shared(s) => s.version(tag),
+        }
+    }
+}
