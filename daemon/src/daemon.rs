@@ -57,13 +57,27 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         tracing::info!(servers = ?js.servers, replicas = js.replicas, "connected to the JetStream cluster");
         streams.set_cluster(cluster);
     }
-    let streams_for_apply = Arc::clone(&streams);
-    let specs = set.streams.clone();
-    // Opening JetStream shards waits on the cluster: off the async workers.
-    tokio::task::spawn_blocking(move || streams_for_apply.apply_config(&specs))
-        .await
-        .context("opening the configured streams")?
-        .context("cannot open the configured streams")?;
+    // Opening JetStream shards waits on the cluster: off the async workers. A cluster that
+    // is slow to answer (busy, or electing leaders) is tried again for a minute before
+    // the start fails.
+    let patience = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let streams_for_apply = Arc::clone(&streams);
+        let specs = set.streams.clone();
+        match tokio::task::spawn_blocking(move || streams_for_apply.apply_config(&specs))
+            .await
+            .context("opening the configured streams")?
+        {
+            Ok(_) => break,
+            Err(crate::stream::StreamError::Storage(crate::stream::StorageError::Cluster(e)))
+                if std::time::Instant::now() < patience =>
+            {
+                tracing::warn!(error = %e, "cannot open the configured streams on the JetStream cluster yet; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("cannot open the configured streams"),
+        }
+    }
     let memory = Arc::new(crate::delivery::MemoryBudget::new(
         set.daemon.limits.buffer_memory.0,
     ));

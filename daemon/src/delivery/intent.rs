@@ -68,6 +68,15 @@ pub struct Intent {
 }
 
 impl Intent {
+    /// How many sequence numbers the range of shard `tag` spans (0: none).
+    pub fn width(&self, tag: u64) -> u64 {
+        self.ranges
+            .iter()
+            .filter(|r| r.0 == tag)
+            .map(|&(_, first, last)| last.saturating_sub(first) + 1)
+            .sum()
+    }
+
     /// Whether the record at `seq` falls in one of the ranges.
     pub fn covers(&self, seq: u64) -> bool {
         let tag = seq >> 48;

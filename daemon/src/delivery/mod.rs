@@ -1960,6 +1960,57 @@ mod tests {
         );
     }
 
+    /// A buffer opened during a replay spans the replayed object's range without holding
+    /// its records. After another crash, a record of that range belongs to the replayed
+    /// object (the innermost range), even when the outer buffer's object was stored and
+    /// the replayed one was not: skipping it would lose it.
+    #[test]
+    fn a_record_belongs_to_the_innermost_object_whose_range_covers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal(dir.path());
+        let batch = |from: u64, to: u64| -> Vec<Record> {
+            (from..to)
+                .map(|i| rec(&format!(r#"{{"type":"a","n":{i}}}"#), (1 << 48) | i))
+                .collect()
+        };
+        let open =
+            || Delivery::new("p", spec(Compression::None, 10), Some(&j), None, budget()).unwrap();
+        // Run 1: records 10..20 went out as one object, never confirmed.
+        let mut d = open();
+        d.add(1, &batch(10, 20), &[]);
+        let inner = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        drop(d);
+        // Run 2 replays 0..30: 10..20 rebuild the object, the others open a buffer whose
+        // range is 0..29. That one is stored; the rebuilt one is cut short again.
+        let mut d = open();
+        d.add(1, &batch(0, 30), &[]);
+        let (slot, _) = d.due(1).pop().unwrap();
+        let again = d.take(&slot, FlushReason::Size).unwrap().unwrap();
+        assert_eq!(again.object.key, inner.object.key);
+        let outer = d
+            .take(&Slot::Open(key("a")), FlushReason::Size)
+            .unwrap()
+            .unwrap();
+        assert_eq!(outer.object.record_count, 20);
+        d.mark_stored(&outer).unwrap();
+        d.ready().unwrap();
+        drop(d);
+        // Run 3: 10..20 rebuild the inner object once more; the outer one's are skipped.
+        let mut d = open();
+        d.add(1, &batch(0, 30), &[]);
+        let (slot, _) = d.due(1).pop().expect("the inner object is rebuilt");
+        let third = d.take(&slot, FlushReason::Size).unwrap().unwrap();
+        assert_eq!(third.object.key, inner.object.key);
+        assert_eq!(third.object.body, inner.object.body);
+        assert!(
+            d.buffers.is_empty(),
+            "the outer object's records were skipped"
+        );
+    }
+
     /// The records a flush refused (its companion error object's).
     fn refused(f: &Flushed) -> u64 {
         f.companion.as_ref().map_or(0, |c| c.record_count)

@@ -59,10 +59,16 @@ impl Recovering {
             return None;
         }
         let ids = self.by_partition.get(&partition_id(key))?;
+        // Ranges of one partition nest or are disjoint: a buffer opened during a replay
+        // spans the replayed object's range without holding its records (they went to
+        // the replay). So the innermost range that covers `seq` is the object that holds
+        // the record — the first one found could be the outer buffer's, and skipping the
+        // record as stored there would leave the replay without it.
         let r = ids
             .iter()
             .filter_map(|id| self.entries.get(id))
-            .find(|r| r.intent.covers(seq))?;
+            .filter(|r| r.intent.covers(seq))
+            .min_by_key(|r| r.intent.width(tag))?;
         Some(if r.stored {
             Recovery::Skip
         } else {

@@ -48,6 +48,9 @@ pub struct Changes {
     /// Every lease's checkpoint as last seen, by shard id (whether a shard another node
     /// reads is finished).
     pub checkpoints: BTreeMap<String, u64>,
+    /// Leases held above this node's share after the tick (busy ones are not given back:
+    /// the reader stops reading that many, so they are idle — and go back — next tick).
+    pub surplus: usize,
 }
 
 /// This node's leases on one stream for one pipeline.
@@ -360,6 +363,7 @@ impl Leases {
             tracing::info!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "gave a lease back to balance the nodes");
             ch.lost.push(shard);
         }
+        ch.surplus = self.held.len().saturating_sub(share);
         Ok(ch)
     }
 
@@ -474,6 +478,16 @@ impl Leases {
 
     fn members_key(&self) -> String {
         format!("members.{}", super::jetstream::token(&self.pipeline))
+    }
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        // Dropped without `release_all` (a pipeline that failed and restarts): the leases
+        // expire or are taken back by the next run here, but this run holds none now.
+        for g in self.owned_gauges.values() {
+            g.set(0.0);
+        }
     }
 }
 
