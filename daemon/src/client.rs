@@ -52,7 +52,7 @@ impl KinesisClient {
             body.len()
         );
         if let Some((akid, secret)) = &self.creds {
-            let (date, auth) = crate::api::sign(
+            let (date, auth) = crate::sigv4::sign(
                 &host,
                 &target,
                 body.as_bytes(),

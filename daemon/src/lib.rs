@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod record;
 pub mod sdnotify;
+pub mod sigv4;
 pub mod spec;
 pub mod stream;
 pub mod supervisor;

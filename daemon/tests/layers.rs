@@ -22,6 +22,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("spec", 1),
     // Shard logs and Kinesis semantics.
     ("stream", 2),
+    // SigV4 signing (the CLI's client, the `kinesis` source).
+    ("sigv4", 2),
     // The plugin host (the bundled `stream` plugins read streams).
     ("plugins", 3),
     // Firehose delivery for object sinks.

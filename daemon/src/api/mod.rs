@@ -23,7 +23,7 @@ pub use firehose::OPERATIONS as FIREHOSE_OPERATIONS;
 pub use firehose_control::{ApplyError, FirehoseControl, ReloadReply};
 pub use iterator::IteratorCodec;
 pub use kinesis::OPERATIONS as KINESIS_OPERATIONS;
-pub use sigv4::{sign, Verifier};
+pub use sigv4::Verifier;
 
 use crate::stream::Streams;
 use axum::body::Bytes;

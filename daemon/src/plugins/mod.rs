@@ -8,6 +8,7 @@
 mod host;
 pub mod http_source;
 mod instance;
+pub mod kinesis_source;
 mod loader;
 mod retry;
 pub mod stream_io;
@@ -180,9 +181,10 @@ pub struct Registry {
 }
 
 /// The libraries compiled into the daemon.
-pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 9] {
+pub fn bundled_libraries() -> [&'static sluice_plugin_api::Library; 10] {
     [
         &stream_io::LIBRARY,
+        &kinesis_source::LIBRARY,
         &http_source::LIBRARY,
         &sluice_plugin_generator::LIBRARY,
         &sluice_plugin_jq::LIBRARY,

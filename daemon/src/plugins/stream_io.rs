@@ -153,16 +153,18 @@ fn checkpoint_path(
 }
 
 /// What a checkpoint file held.
-enum Checkpoint {
+pub(super) enum Checkpoint<V = u64> {
     /// No file: the pipeline never checkpointed this stream.
     Missing,
     /// Positions by shard id.
-    At(BTreeMap<String, u64>),
+    At(BTreeMap<String, V>),
     /// Unreadable or not a checkpoint.
     Damaged(String),
 }
 
-fn load_checkpoint(path: &std::path::Path) -> Checkpoint {
+pub(super) fn load_checkpoint<V: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+) -> Checkpoint<V> {
     match std::fs::read_to_string(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Checkpoint::Missing,
         Err(e) => Checkpoint::Damaged(e.to_string()),
@@ -173,7 +175,10 @@ fn load_checkpoint(path: &std::path::Path) -> Checkpoint {
     }
 }
 
-fn store_checkpoint(path: &std::path::Path, cp: &BTreeMap<String, u64>) -> std::io::Result<()> {
+pub(super) fn store_checkpoint<V: serde::Serialize>(
+    path: &std::path::Path,
+    cp: &BTreeMap<String, V>,
+) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     sluice_plugin_api::fs::make_dirs_durable(dir)?;
@@ -245,7 +250,7 @@ impl Plugin for StreamSource {
         self.latest_for_new = self.cfg.start == Start::Latest
             && !damaged
             && matches!(
-                path.as_deref().map(load_checkpoint),
+                path.as_deref().map(load_checkpoint::<u64>),
                 None | Some(Checkpoint::Missing)
             );
         self.read_pos.clear();

@@ -682,7 +682,7 @@ impl ShardStorage for JetStreamShard {
         let mut next = from.saturating_add(1).max(first);
         let mut out: Vec<StoredRecord> = Vec::new();
         let mut bytes = 0usize;
-        while out.len() < max_records && next <= last {
+        'windows: while out.len() < max_records && next <= last {
             let window = READ_WINDOW
                 .min(max_records - out.len())
                 .min((last - next + 1) as usize) as u64;
@@ -694,14 +694,30 @@ impl ShardStorage for JetStreamShard {
                 }))
                 .await
             })?;
-            for m in got {
+            for (q, m) in (next..).zip(got) {
                 let m = match m {
                     Ok(m) => m,
-                    // Retention removed it meanwhile: later ones follow.
+                    // Only retention removes messages, from the front: a message missing
+                    // above the first one held is not readable *yet* (a server answering
+                    // during a leader change), never a gap to read past — skipping it
+                    // would lose it.
                     Err(e)
                         if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
                     {
-                        continue
+                        if !out.is_empty() {
+                            return Ok(out);
+                        }
+                        self.refresh()?;
+                        let first = self.lock().first;
+                        if first > q {
+                            next = first;
+                            continue 'windows;
+                        }
+                        failed("read");
+                        return Err(StorageError::Cluster(format!(
+                            "message {q} of JetStream stream {} is not readable yet",
+                            self.stream.cached_info().config.name
+                        )));
                     }
                     Err(e) => {
                         failed("read");

@@ -27,34 +27,56 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What a lease's checkpoint may be: the `stream` source's next sequence number (`u64`),
+/// the `kinesis` source's last delivered sequence number (`String`).
+pub trait LeaseCheckpoint:
+    Serialize + serde::de::DeserializeOwned + Clone + PartialEq + Send + 'static
+{
+}
+impl<T: Serialize + serde::de::DeserializeOwned + Clone + PartialEq + Send + 'static>
+    LeaseCheckpoint for T
+{
+}
+
 /// One lease's value.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Lease {
+pub struct Lease<C = u64> {
     /// The node holding it (empty: given back).
     pub owner: String,
     /// Until when (ms since the epoch, the owner's clock).
     pub expires_ms: i64,
-    /// The next sequence number to deliver from the shard.
-    pub checkpoint: Option<u64>,
+    /// Where the shard's delivery stands.
+    pub checkpoint: Option<C>,
 }
 
 /// What a tick changed.
-#[derive(Debug, Default)]
-pub struct Changes {
+#[derive(Debug)]
+pub struct Changes<C = u64> {
     /// Leases taken: shard id and the checkpoint they carried.
-    pub acquired: Vec<(String, Option<u64>)>,
+    pub acquired: Vec<(String, Option<C>)>,
     /// Leases this node no longer holds (renewal failed, or given back).
     pub lost: Vec<String>,
     /// Every lease's checkpoint as last seen, by shard id (whether a shard another node
     /// reads is finished).
-    pub checkpoints: BTreeMap<String, u64>,
+    pub checkpoints: BTreeMap<String, C>,
     /// Leases held above this node's share after the tick (busy ones are not given back:
     /// the reader stops reading that many, so they are idle — and go back — next tick).
     pub surplus: usize,
 }
 
+impl<C> Default for Changes<C> {
+    fn default() -> Self {
+        Changes {
+            acquired: Vec::new(),
+            lost: Vec::new(),
+            checkpoints: BTreeMap::new(),
+            surplus: 0,
+        }
+    }
+}
+
 /// This node's leases on one stream for one pipeline.
-pub struct Leases {
+pub struct Leases<C = u64> {
     cluster: Arc<Cluster>,
     kv: Table,
     pipeline: String,
@@ -62,7 +84,7 @@ pub struct Leases {
     node: String,
     duration: Duration,
     /// Held leases: shard id → (revision, checkpoint written).
-    held: BTreeMap<String, (u64, Option<u64>)>,
+    held: BTreeMap<String, (u64, Option<C>)>,
     /// Until when each held lease may be read under, by this node's monotonic clock:
     /// three quarters of the duration from the start of its last successful write — so
     /// a node that cannot reach the cluster stops reading before another may take over.
@@ -169,13 +191,13 @@ fn err(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Cluster(format!("shard leases: {what}: {e}"))
 }
 
-impl Leases {
+impl<C: LeaseCheckpoint> Leases<C> {
     /// Opens (creating if needed) the lease bucket for `pipeline` reading `stream`.
     pub fn open(
         cluster: Arc<Cluster>,
         pipeline: &str,
         stream: &str,
-    ) -> Result<Leases, StorageError> {
+    ) -> Result<Leases<C>, StorageError> {
         let store = Table::open(&cluster)?;
         let labels = [
             ("pipeline", pipeline.to_string()),
@@ -239,7 +261,7 @@ impl Leases {
         g.set(v);
     }
 
-    async fn read(kv: &Table, key: &str) -> Result<Option<(u64, Option<Lease>)>, Refused> {
+    async fn read(kv: &Table, key: &str) -> Result<Option<(u64, Option<Lease<C>>)>, Refused> {
         Ok(kv
             .entry(key)
             .await?
@@ -252,9 +274,9 @@ impl Leases {
     pub fn tick(
         &mut self,
         shards: &[String],
-        checkpoints: &BTreeMap<String, u64>,
+        checkpoints: &BTreeMap<String, C>,
         idle: &BTreeSet<String>,
-    ) -> Result<Changes, StorageError> {
+    ) -> Result<Changes<C>, StorageError> {
         self.next_tick = Some(Instant::now() + self.duration / 3);
         let mut ch = Changes::default();
         let dur_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
@@ -289,8 +311,8 @@ impl Leases {
         for (shard, rev) in held {
             let cp = checkpoints
                 .get(&shard)
-                .copied()
-                .or(self.held.get(&shard).and_then(|h| h.1));
+                .cloned()
+                .or_else(|| self.held.get(&shard).and_then(|h| h.1.clone()));
             match self.claim(&shard, rev, cp)? {
                 Ok(()) => {}
                 Err(Refused::Conflict) => {
@@ -315,7 +337,7 @@ impl Leases {
                 None => (0, None),
                 Some((rev, l)) => (rev, l),
             };
-            if let Some(cp) = lease.as_ref().and_then(|l| l.checkpoint) {
+            if let Some(cp) = lease.as_ref().and_then(|l| l.checkpoint.clone()) {
                 ch.checkpoints.insert(shard.clone(), cp);
             }
             if self.held.contains_key(shard) {
@@ -335,9 +357,9 @@ impl Leases {
             if self.held.len() >= share {
                 break;
             }
-            let checkpoint = old.as_ref().and_then(|l| l.checkpoint);
+            let checkpoint = old.as_ref().and_then(|l| l.checkpoint.clone());
             // Another node was quicker: it is theirs.
-            if self.claim(&shard, rev, checkpoint)?.is_err() {
+            if self.claim(&shard, rev, checkpoint.clone())?.is_err() {
                 continue;
             }
             if old
@@ -368,14 +390,14 @@ impl Leases {
     }
 
     /// Writes `checkpoints` into the held leases (renewing them too).
-    pub fn checkpoint(&mut self, checkpoints: &BTreeMap<String, u64>) -> Result<(), StorageError> {
-        let held: Vec<(String, u64, Option<u64>)> = self
+    pub fn checkpoint(&mut self, checkpoints: &BTreeMap<String, C>) -> Result<(), StorageError> {
+        let held: Vec<(String, u64, Option<C>)> = self
             .held
             .iter()
-            .map(|(k, v)| (k.clone(), v.0, v.1))
+            .map(|(k, v)| (k.clone(), v.0, v.1.clone()))
             .collect();
         for (shard, rev, old) in held {
-            let cp = checkpoints.get(&shard).copied();
+            let cp = checkpoints.get(&shard).cloned();
             if cp.is_none() || cp == old {
                 continue;
             }
@@ -393,7 +415,7 @@ impl Leases {
 
     /// Gives every held lease back (a clean stop: others take them at once, not after
     /// they expire), with `checkpoints`.
-    pub fn release_all(&mut self, checkpoints: &BTreeMap<String, u64>) {
+    pub fn release_all(&mut self, checkpoints: &BTreeMap<String, C>) {
         let held: Vec<String> = self.held.keys().cloned().collect();
         for shard in held {
             // At a stop: a lease not given back expires by itself.
@@ -430,13 +452,13 @@ impl Leases {
         &mut self,
         shard: &str,
         rev: u64,
-        checkpoint: Option<u64>,
+        checkpoint: Option<C>,
     ) -> Result<Result<(), Refused>, StorageError> {
         let dur_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
         let lease = Lease {
             owner: self.node.clone(),
             expires_ms: now_ms() + dur_ms,
-            checkpoint,
+            checkpoint: checkpoint.clone(),
         };
         let (kv, key) = (self.kv.clone(), self.key(shard));
         let sent = Instant::now();
@@ -455,7 +477,7 @@ impl Leases {
     fn give_back(
         &mut self,
         shard: &str,
-        checkpoints: &BTreeMap<String, u64>,
+        checkpoints: &BTreeMap<String, C>,
     ) -> Result<(), StorageError> {
         let Some((rev, cp)) = self.held.remove(shard) else {
             return Ok(());
@@ -465,7 +487,7 @@ impl Leases {
         let lease = Lease {
             owner: String::new(),
             expires_ms: 0,
-            checkpoint: checkpoints.get(shard).copied().or(cp),
+            checkpoint: checkpoints.get(shard).cloned().or(cp),
         };
         let (kv, key) = (self.kv.clone(), self.key(shard));
         let body = bytes::Bytes::from(serde_json::to_vec(&lease).unwrap_or_default());
@@ -481,7 +503,7 @@ impl Leases {
     }
 }
 
-impl Drop for Leases {
+impl<C> Drop for Leases<C> {
     fn drop(&mut self) {
         // Dropped without `release_all` (a pipeline that failed and restarts): the leases
         // expire or are taken back by the next run here, but this run holds none now.
@@ -610,7 +632,7 @@ mod tests {
             ..JetStreamOptions::default()
         })
         .unwrap();
-        let mut l = Leases::open(c, "p", "s").unwrap();
+        let mut l: Leases = Leases::open(c, "p", "s").unwrap();
         let shards = ["shardId-000000000000".to_string()];
         let idle = BTreeSet::new();
         let ch = l.tick(&shards, &BTreeMap::new(), &idle).unwrap();

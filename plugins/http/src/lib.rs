@@ -17,6 +17,8 @@
 //! durably — and the batch counts as delivered. Nothing is lost: a record is acknowledged
 //! only once the endpoint took it or it is on disk in the error output.
 
+/// The HTTP client crate, for users of [`client_agent`].
+pub use ureq;
 use base64::Engine as _;
 use serde::Deserialize;
 use sluice_plugin_api::{
@@ -348,6 +350,31 @@ impl HttpSink {
     }
 }
 
+/// The HTTP client the daemon's own calls use (its `kinesis` source): this sink's stack —
+/// `timeout` per request, statuses as answers, no redirects, and for `https://` the
+/// platform's trust roots.
+pub fn client_agent(timeout: Duration) -> ureq::Agent {
+    let builder = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_redirects_will_error(false);
+    #[cfg(feature = "tls")]
+    let builder = builder.tls_config(tls_config(ureq::tls::RootCerts::PlatformVerifier));
+    builder.build().into()
+}
+
+#[cfg(feature = "tls")]
+fn tls_config(roots: ureq::tls::RootCerts) -> ureq::tls::TlsConfig {
+    ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(roots)
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .build()
+}
+
 /// The HTTP client: the request timeout, statuses as answers (the contract is checked
 /// here), and for `https://` the platform's trust roots or `ca_file`'s certificates.
 fn agent(cfg: &HttpSinkConfig) -> Result<ureq::Agent, Error> {
@@ -360,7 +387,7 @@ fn agent(cfg: &HttpSinkConfig) -> Result<ureq::Agent, Error> {
         .max_redirects_will_error(false);
     #[cfg(feature = "tls")]
     let builder = {
-        use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
+        use ureq::tls::RootCerts;
         let roots = match &cfg.ca_file {
             None => RootCerts::PlatformVerifier,
             Some(path) => {
@@ -385,14 +412,7 @@ fn agent(cfg: &HttpSinkConfig) -> Result<ureq::Agent, Error> {
                 RootCerts::new_with_certs(&certs)
             }
         };
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .root_certs(roots)
-            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .build();
-        builder.tls_config(tls)
+        builder.tls_config(tls_config(roots))
     };
     #[cfg(not(feature = "tls"))]
     if cfg.ca_file.is_some() {

@@ -1,0 +1,703 @@
+//! The bundled `kinesis` source (issue #12): reads a stream of any Kinesis endpoint — AWS
+//! Kinesis Data Streams, or the Kinesis API of another sluiced — as a KCL consumer does:
+//! `ListShards`, a shard iterator per shard from its checkpoint, `GetRecords` round-robin
+//! over the shards (a shard that had nothing is asked again after `poll_interval`), a
+//! child only after its parents were read to their end, and the checkpoint (the last
+//! delivered sequence number per shard, `SHARD_END` for a finished one) written when the
+//! host acknowledges a batch. So sluice can be the Firehose of a real Kinesis stream.
+//!
+//! **Leases**: when the daemon has a `[jetstream]` cluster, the shards are shared by lease
+//! with the other nodes running the pipeline, in the same lease table and by the same
+//! rules as the `stream` source's (`crate::stream::lease`), the checkpoint in the lease;
+//! a node that dies loses its shards to the others. Without a cluster one node reads every
+//! shard and keeps its checkpoints in `data_dir/checkpoints/<pipeline>/kinesis-<stream>.json`.
+//!
+//! **At least once**: Kinesis sequence numbers do not fit the host's replay positions, so
+//! this source is not replayable (no intent log): what a dead reader delivered after its
+//! last checkpoint is delivered again by the next one — never lost.
+//!
+//! Requests are signed with SigV4 when `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are
+//! set in the daemon's environment (unsigned otherwise, which a sluiced without
+//! `[[api.credentials]]` accepts).
+#![allow(unexpected_cfgs)] // `declare_library!` checks a `dylib` feature this crate does not have
+
+use super::stream_io::{load_checkpoint, store_checkpoint, Checkpoint, Start};
+use super::HostServices;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use sluice_plugin_api::{declare_library, Context, Error, NewRecord, Output, Plugin, Poll, Source};
+use sluice_plugin_http::ureq;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The checkpoint of a shard read to its end (as the KCL writes it).
+const SHARD_END: &str = "SHARD_END";
+/// How often the shard list is asked for again (new shards after a resharding).
+const LIST_EVERY: Duration = Duration::from_secs(30);
+/// The largest answer read (GetRecords returns at most 10 MiB of data, base64 in JSON).
+const MAX_ANSWER: u64 = 32 << 20;
+/// Back-off after a throttling answer.
+const THROTTLED: Duration = Duration::from_secs(1);
+
+/// `kinesis` source options.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisConfig {
+    /// The stream to read.
+    pub stream: String,
+    /// The Kinesis endpoint (`https://kinesis.<region>.amazonaws.com` by default).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The region requests are signed for.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Where a shard without a checkpoint starts.
+    #[serde(default)]
+    pub start: Start,
+    /// Most records per `GetRecords` (1–10000).
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// How long a shard that had nothing new waits before it is asked again.
+    #[serde(default = "default_poll")]
+    pub poll_interval: crate::spec::HumanDuration,
+    /// At most one checkpoint write per this interval (and one at stop).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: crate::spec::HumanDuration,
+    /// Time limit of one request.
+    #[serde(default = "default_timeout")]
+    pub timeout: crate::spec::HumanDuration,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_batch() -> u32 {
+    1000
+}
+fn default_poll() -> crate::spec::HumanDuration {
+    crate::spec::HumanDuration(Duration::from_secs(1))
+}
+fn default_checkpoint_interval() -> crate::spec::HumanDuration {
+    crate::spec::HumanDuration(Duration::from_secs(1))
+}
+fn default_timeout() -> crate::spec::HumanDuration {
+    crate::spec::HumanDuration(Duration::from_secs(30))
+}
+
+/// An answer other than 200, as Kinesis names it.
+struct ApiError {
+    kind: String,
+    message: String,
+}
+
+impl ApiError {
+    fn throttled(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "ProvisionedThroughputExceededException" | "LimitExceededException"
+        )
+    }
+}
+
+/// One request's failure: an answer, or no answer.
+enum CallError {
+    Api(ApiError),
+    Transport(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Api(e) => write!(f, "{}: {}", e.kind, e.message),
+            CallError::Transport(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The endpoint and how to sign for it.
+struct Client {
+    agent: ureq::Agent,
+    url: String,
+    host: String,
+    region: String,
+    creds: Option<(String, String)>,
+}
+
+impl Client {
+    fn new(cfg: &KinesisConfig) -> Result<Client, Error> {
+        let url = cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://kinesis.{}.amazonaws.com", cfg.region));
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .ok_or_else(|| Error::config_field("endpoint", "must be an http:// or https:// URL"))?;
+        let host = rest.split('/').next().unwrap_or_default().to_string();
+        if host.is_empty() {
+            return Err(Error::config_field("endpoint", "names no host"));
+        }
+        let creds = match (
+            std::env::var("AWS_ACCESS_KEY_ID"),
+            std::env::var("AWS_SECRET_ACCESS_KEY"),
+        ) {
+            (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((a, s)),
+            _ => None,
+        };
+        Ok(Client {
+            agent: sluice_plugin_http::client_agent(cfg.timeout.0),
+            url,
+            host,
+            region: cfg.region.clone(),
+            creds,
+        })
+    }
+
+    /// Calls `Kinesis_20131202.<op>`.
+    fn call(&self, op: &str, body: &Value) -> Result<Value, CallError> {
+        let body = body.to_string();
+        let target = format!("Kinesis_20131202.{op}");
+        let mut req = self
+            .agent
+            .post(&self.url)
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("X-Amz-Target", &target);
+        if let Some((akid, secret)) = &self.creds {
+            let (date, auth) = crate::sigv4::sign(
+                &self.host,
+                &target,
+                body.as_bytes(),
+                akid,
+                secret,
+                &self.region,
+                crate::record::now_ms() / 1000,
+            );
+            req = req
+                .header("X-Amz-Date", &date)
+                .header("Authorization", &auth);
+        }
+        let mut resp = req
+            .send(body.as_bytes())
+            .map_err(|e| CallError::Transport(format!("{op} at {}: {e}", self.url)))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec()
+            .map_err(|e| CallError::Transport(format!("{op} at {}: {e}", self.url)))?;
+        let v: Value = serde_json::from_slice(&text).map_err(|e| {
+            CallError::Transport(format!(
+                "{op} at {}: not a JSON answer ({status}): {e}",
+                self.url
+            ))
+        })?;
+        if status == 200 {
+            return Ok(v);
+        }
+        let kind = v["__type"]
+            .as_str()
+            .unwrap_or("UnknownError")
+            .rsplit('#')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let message = v["message"]
+            .as_str()
+            .or(v["Message"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        Err(CallError::Api(ApiError { kind, message }))
+    }
+}
+
+/// What the source knows of one shard.
+struct ShardState {
+    parents: Vec<String>,
+    /// The iterator to read from next (none: get one from `read_upto`).
+    iterator: Option<String>,
+    /// The last sequence number handed to the host (none: from the checkpoint or `start`).
+    read_upto: Option<String>,
+    /// Not asked again before this (nothing new, or throttled).
+    ready_at: Instant,
+    /// Read to its end (closed): its children may be read once its batches are acked.
+    ended: bool,
+}
+
+/// Reads one Kinesis stream (see the module's doc).
+pub struct KinesisSource {
+    cfg: KinesisConfig,
+    pipeline: String,
+    services: Option<Arc<HostServices>>,
+    client: Client,
+    shards: BTreeMap<String, ShardState>,
+    listed_at: Option<Instant>,
+    /// The last delivered sequence number per shard (`SHARD_END`: finished).
+    committed: BTreeMap<String, String>,
+    /// Batches handed to the host: (token, shard, last sequence number).
+    in_flight: VecDeque<(u64, String, String)>,
+    next_token: u64,
+    cursor: usize,
+    dirty: bool,
+    saved_at: Instant,
+    leases: Option<crate::stream::lease::Leases<String>>,
+    /// Each lease's checkpoint as last seen (shards other nodes read).
+    lease_view: BTreeMap<String, String>,
+}
+
+fn checkpoint_path(
+    services: Option<&HostServices>,
+    pipeline: &str,
+    stream: &str,
+) -> Option<PathBuf> {
+    crate::names::check(stream).ok()?;
+    let dir = crate::names::child(&services?.data_dir.join("checkpoints"), pipeline).ok()?;
+    Some(dir.join(format!("kinesis-{stream}.json")))
+}
+
+impl Plugin for KinesisSource {
+    type Config = KinesisConfig;
+    fn create(cfg: KinesisConfig, ctx: &Context) -> Result<Self, Error> {
+        if cfg.stream.is_empty() || cfg.stream.len() > 128 {
+            return Err(Error::config_field(
+                "stream",
+                "must name a stream (1-128 characters)",
+            ));
+        }
+        if cfg.batch_size == 0 || cfg.batch_size > 10_000 {
+            return Err(Error::config_field(
+                "batch_size",
+                "must be between 1 and 10000",
+            ));
+        }
+        if cfg.poll_interval.0 < Duration::from_millis(200) {
+            // Kinesis allows 5 GetRecords per shard and second.
+            return Err(Error::config_field(
+                "poll_interval",
+                "must be at least 200ms",
+            ));
+        }
+        if cfg.region.is_empty()
+            || !cfg
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(Error::config_field(
+                "region",
+                "must be a region name such as us-east-1",
+            ));
+        }
+        let client = Client::new(&cfg)?;
+        Ok(KinesisSource {
+            client,
+            cfg,
+            pipeline: ctx.pipeline().to_string(),
+            services: super::host::services(ctx.instance_handle()),
+            shards: BTreeMap::new(),
+            listed_at: None,
+            committed: BTreeMap::new(),
+            in_flight: VecDeque::new(),
+            next_token: 1,
+            cursor: 0,
+            dirty: false,
+            saved_at: Instant::now(),
+            leases: None,
+            lease_view: BTreeMap::new(),
+        })
+    }
+
+    fn start(&mut self) -> Result<(), Error> {
+        let cluster = self.services.as_ref().and_then(|s| s.streams.cluster());
+        self.committed.clear();
+        self.in_flight.clear();
+        self.shards.clear();
+        if let Some(cluster) = cluster {
+            // Lease keys name the remote stream apart from local ones of the same name.
+            let leases = crate::stream::lease::Leases::open(
+                cluster,
+                &self.pipeline,
+                &format!("kinesis:{}", self.cfg.stream),
+            )
+            .map_err(|e| Error::retryable(format_args!("{e}")))?;
+            self.leases = Some(leases);
+        } else {
+            let path = checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream);
+            match path.as_deref().map(load_checkpoint) {
+                None | Some(Checkpoint::Missing) => {}
+                Some(Checkpoint::At(cp)) => self.committed = cp,
+                Some(Checkpoint::Damaged(e)) => {
+                    // Where delivery stood is unknown: from the oldest record, never from
+                    // `latest` (which would skip acknowledged records).
+                    tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "Kinesis checkpoint damaged; resuming from the oldest record of every shard");
+                    self.cfg.start = Start::TrimHorizon;
+                }
+            }
+        }
+        self.list()?;
+        self.tick_leases();
+        Ok(())
+    }
+
+    fn stop(&mut self, _deadline: Duration) -> Result<(), Error> {
+        self.save_if_due(true);
+        let cp = self.committed.clone();
+        if let Some(l) = &mut self.leases {
+            l.release_all(&cp);
+        }
+        Ok(())
+    }
+}
+
+impl KinesisSource {
+    /// The shard list, all pages of it.
+    fn list(&mut self) -> Result<(), Error> {
+        let mut found = BTreeMap::new();
+        let mut body = json!({ "StreamName": self.cfg.stream });
+        loop {
+            let v = self.client.call("ListShards", &body).map_err(|e| {
+                Error::retryable(format_args!(
+                    "listing the shards of `{}`: {e}",
+                    self.cfg.stream
+                ))
+            })?;
+            for s in v["Shards"].as_array().into_iter().flatten() {
+                let Some(id) = s["ShardId"].as_str() else {
+                    continue;
+                };
+                let parents = [&s["ParentShardId"], &s["AdjacentParentShardId"]]
+                    .into_iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect();
+                found.insert(id.to_string(), parents);
+            }
+            match v["NextToken"].as_str() {
+                Some(t) => body = json!({ "NextToken": t }),
+                None => break,
+            }
+        }
+        // New shards join; shards gone from the list (expired) are forgotten.
+        self.shards.retain(|id, _| found.contains_key(id));
+        for (id, parents) in found {
+            self.shards.entry(id).or_insert_with(|| ShardState {
+                parents,
+                iterator: None,
+                read_upto: None,
+                ready_at: Instant::now(),
+                ended: false,
+            });
+        }
+        self.listed_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Whether `shard` was read to its end and delivered (here or, by its lease, elsewhere).
+    fn finished(&self, shard: &str) -> bool {
+        // A parent that expired from the stream has nothing left to read.
+        if !self.shards.contains_key(shard) {
+            return true;
+        }
+        self.committed.get(shard).map(String::as_str) == Some(SHARD_END)
+            || self.lease_view.get(shard).map(String::as_str) == Some(SHARD_END)
+    }
+
+    fn readable(&self, id: &str, s: &ShardState, now: Instant) -> bool {
+        self.leases.as_ref().is_none_or(|l| l.owns(id))
+            && !s.ended
+            && !self.finished(id)
+            && s.ready_at <= now
+            && s.parents.iter().all(|p| self.finished(p))
+    }
+
+    /// Renews, takes and gives back leases (when due); a shard taken starts from its
+    /// lease's checkpoint.
+    fn tick_leases(&mut self) {
+        if !self.leases.as_ref().is_some_and(|l| l.due()) {
+            return;
+        }
+        let shards: Vec<String> = self.shards.keys().cloned().collect();
+        let busy: BTreeSet<&str> = self.in_flight.iter().map(|f| f.1.as_str()).collect();
+        let idle: BTreeSet<String> = shards
+            .iter()
+            .filter(|s| !busy.contains(s.as_str()))
+            .cloned()
+            .collect();
+        let cp = self.committed.clone();
+        let Some(leases) = &mut self.leases else {
+            return;
+        };
+        let ch = match leases.tick(&shards, &cp, &idle) {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::warn!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "shard leases not renewed");
+                return;
+            }
+        };
+        self.lease_view = ch.checkpoints;
+        for id in ch.lost {
+            self.committed.remove(&id);
+            if let Some(s) = self.shards.get_mut(&id) {
+                s.iterator = None;
+                s.read_upto = None;
+                s.ended = false;
+            }
+        }
+        for (id, checkpoint) in ch.acquired {
+            if let Some(s) = self.shards.get_mut(&id) {
+                s.iterator = None;
+                s.ended = false;
+                s.read_upto = checkpoint.clone().filter(|c| c != SHARD_END);
+            }
+            match checkpoint {
+                Some(c) => {
+                    self.committed.insert(id.clone(), c);
+                }
+                None => {
+                    self.committed.remove(&id);
+                }
+            }
+            tracing::info!(pipeline = %self.pipeline, stream = %self.cfg.stream, shard = %id, "reading a Kinesis shard under lease");
+        }
+    }
+
+    fn save_if_due(&mut self, force: bool) {
+        if !self.dirty || (!force && self.saved_at.elapsed() < self.cfg.checkpoint_interval.0) {
+            return;
+        }
+        let saved = match &mut self.leases {
+            Some(l) => l.checkpoint(&self.committed).map_err(|e| e.to_string()),
+            None => {
+                match checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream) {
+                    Some(path) => {
+                        store_checkpoint(&path, &self.committed).map_err(|e| e.to_string())
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
+        match saved {
+            Ok(()) => {
+                self.dirty = false;
+                self.saved_at = Instant::now();
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write the Kinesis checkpoint");
+            }
+        }
+    }
+
+    /// An iterator for `id`: after what was read, else after its checkpoint, else `start`.
+    fn iterator(&self, id: &str, s: &ShardState) -> Result<Option<String>, CallError> {
+        let after = s
+            .read_upto
+            .clone()
+            .or_else(|| self.committed.get(id).cloned());
+        let mut body = json!({ "StreamName": self.cfg.stream, "ShardId": id });
+        match after {
+            Some(seq) => {
+                body["ShardIteratorType"] = json!("AFTER_SEQUENCE_NUMBER");
+                body["StartingSequenceNumber"] = json!(seq);
+            }
+            None if self.cfg.start == Start::Latest => body["ShardIteratorType"] = json!("LATEST"),
+            None => body["ShardIteratorType"] = json!("TRIM_HORIZON"),
+        }
+        let v = self.client.call("GetShardIterator", &body)?;
+        Ok(v["ShardIterator"].as_str().map(str::to_string))
+    }
+
+    /// One `GetRecords` on `id`: the records emitted, and whether the shard may be asked
+    /// again at once.
+    fn read(&mut self, id: &str, out: &mut Output<'_>) -> Result<usize, Error> {
+        let now = Instant::now();
+        let Some(s) = self.shards.get(id) else {
+            return Ok(0);
+        };
+        let it = match &s.iterator {
+            Some(it) => it.clone(),
+            None => match self.iterator(id, s) {
+                Ok(Some(it)) => it,
+                // No iterator: the shard is closed and read to its end.
+                Ok(None) => {
+                    self.shard_ended(id);
+                    return Ok(0);
+                }
+                Err(CallError::Api(e)) if e.throttled() => {
+                    self.pause(id, now + THROTTLED);
+                    return Ok(0);
+                }
+                Err(e) => return Err(Error::retryable(format_args!("{id}: {e}"))),
+            },
+        };
+        let limit = u64::from(self.cfg.batch_size)
+            .min(out.credit_records())
+            .max(1);
+        let v = match self.client.call(
+            "GetRecords",
+            &json!({ "ShardIterator": it, "Limit": limit }),
+        ) {
+            Ok(v) => v,
+            Err(CallError::Api(e)) if e.throttled() => {
+                self.pause(id, now + THROTTLED);
+                return Ok(0);
+            }
+            Err(CallError::Api(e)) if e.kind == "ExpiredIteratorException" => {
+                if let Some(s) = self.shards.get_mut(id) {
+                    s.iterator = None;
+                }
+                return Ok(0);
+            }
+            Err(e) => return Err(Error::retryable(format_args!("{id}: {e}"))),
+        };
+        let recs = v["Records"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut emitted = 0;
+        let mut last: Option<String> = None;
+        for r in recs {
+            let (Some(data), Some(seq)) = (r["Data"].as_str(), r["SequenceNumber"].as_str()) else {
+                return Err(Error::retryable(format_args!(
+                    "{id}: a record without Data or SequenceNumber"
+                )));
+            };
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| {
+                    Error::retryable(format_args!("{id}: record {seq}: Data is not base64: {e}"))
+                })?;
+            let ts = r["ApproximateArrivalTimestamp"]
+                .as_f64()
+                .map(|t| (t * 1000.0) as i64);
+            let key = r["PartitionKey"].as_str().unwrap_or_default();
+            if !out.emit(&NewRecord {
+                data: &data,
+                partition_key: key.as_bytes(),
+                timestamp_ms: ts,
+                position: None,
+                attrs: &[],
+            }) {
+                break;
+            }
+            emitted += 1;
+            last = Some(seq.to_string());
+        }
+        let next = v["NextShardIterator"].as_str().map(str::to_string);
+        let all = emitted == recs.len();
+        let Some(s) = self.shards.get_mut(id) else {
+            return Ok(emitted);
+        };
+        if let Some(seq) = &last {
+            s.read_upto = Some(seq.clone());
+            let token = self.next_token;
+            self.next_token += 1;
+            self.in_flight
+                .push_back((token, id.to_string(), seq.clone()));
+            out.set_ack_token(token);
+        }
+        // Records the host had no room for are read again after the last one it took.
+        s.iterator = if all { next.clone() } else { None };
+        if recs.is_empty() {
+            s.ready_at = now + self.cfg.poll_interval.0;
+        }
+        if next.is_none() && all {
+            self.shard_ended(id);
+        }
+        Ok(emitted)
+    }
+
+    fn pause(&mut self, id: &str, until: Instant) {
+        if let Some(s) = self.shards.get_mut(id) {
+            s.ready_at = until;
+        }
+    }
+
+    /// `id` was read to its end: finished once nothing of it is in flight.
+    fn shard_ended(&mut self, id: &str) {
+        if let Some(s) = self.shards.get_mut(id) {
+            s.ended = true;
+        }
+        if self.in_flight.iter().all(|f| f.1 != id) {
+            self.committed.insert(id.to_string(), SHARD_END.into());
+            self.dirty = true;
+            tracing::debug!(pipeline = %self.pipeline, shard = %id, "read a closed Kinesis shard to its end");
+        }
+    }
+}
+
+impl Source for KinesisSource {
+    fn poll_batch(&mut self, out: &mut Output<'_>) -> Result<Poll, Error> {
+        self.save_if_due(false);
+        if self.listed_at.is_none_or(|t| t.elapsed() >= LIST_EVERY)
+            || self.shards.values().any(|s| s.ended)
+                && self
+                    .listed_at
+                    .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.list()?;
+        }
+        self.tick_leases();
+        let now = Instant::now();
+        let ids: Vec<String> = self.shards.keys().cloned().collect();
+        for k in 0..ids.len() {
+            let id = &ids[(self.cursor + k) % ids.len()];
+            let ok = self
+                .shards
+                .get(id)
+                .is_some_and(|s| self.readable(id, s, now));
+            if !ok {
+                continue;
+            }
+            if self.read(id, out)? > 0 {
+                self.cursor = (self.cursor + k + 1) % ids.len();
+                return Ok(Poll::Ready);
+            }
+        }
+        let wait = self
+            .shards
+            .values()
+            .map(|s| s.ready_at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(self.cfg.poll_interval.0)
+            .clamp(Duration::from_millis(10), self.cfg.poll_interval.0);
+        out.set_poll_delay(wait);
+        Ok(Poll::Pending)
+    }
+
+    fn ack(&mut self, token: u64, delivered: bool) {
+        while let Some((t, _, _)) = self.in_flight.front() {
+            if *t > token {
+                break;
+            }
+            let Some((t, shard, seq)) = self.in_flight.pop_front() else {
+                break;
+            };
+            // A shard whose lease went to another node meanwhile is theirs to checkpoint.
+            let held = self.leases.as_ref().is_none_or(|l| l.owns(&shard));
+            if delivered && t == token && held {
+                let ended = self.shards.get(&shard).is_some_and(|s| s.ended)
+                    && self.in_flight.iter().all(|f| f.1 != shard);
+                let cp = if ended { SHARD_END.to_string() } else { seq };
+                self.committed.insert(shard, cp);
+                self.dirty = true;
+            }
+        }
+        if delivered {
+            self.save_if_due(false);
+        }
+    }
+}
+
+impl Drop for KinesisSource {
+    fn drop(&mut self) {
+        self.save_if_due(true);
+    }
+}
+
+declare_library!(
+    name: "kinesis",
+    plugins: [
+        source("kinesis", KinesisSource, "reads a stream of any Kinesis endpoint (AWS or another sluiced), shards shared by lease"),
+    ]
+);
