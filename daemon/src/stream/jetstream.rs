@@ -367,8 +367,13 @@ fn run_on<T: Send + 'static>(
 struct State {
     /// JetStream's first sequence held (0 or `last + 1` when empty).
     first: u64,
-    /// JetStream's last sequence given (0: none yet).
+    /// JetStream's last sequence given (0: none yet), counting this node's appends sent
+    /// and not yet acknowledged.
     last: u64,
+    /// The last sequence known stored (from the server, or acknowledged): reads stop
+    /// here — a message sent and not yet stored is not there to read, and reading past it
+    /// would skip it.
+    stored: u64,
     records: u64,
     bytes: u64,
     first_arrival: Option<i64>,
@@ -469,6 +474,7 @@ impl JetStreamShard {
         let mut s = self.lock();
         s.first = st.first_sequence;
         s.last = st.last_sequence;
+        s.stored = st.last_sequence;
         s.records = st.messages;
         s.bytes = st.bytes;
         s.first_arrival = first_arrival;
@@ -592,6 +598,7 @@ impl ShardStorage for JetStreamShard {
         else {
             return Ok(());
         };
+        let count = acks.len() as u64;
         // Every acknowledgement is awaited, even after a failure: whether *all* were
         // refused for their expected sequence (nothing stored: a conflict, appended again
         // by the caller) or only some (an error) depends on all of them.
@@ -637,6 +644,10 @@ impl ShardStorage for JetStreamShard {
         match done {
             Ok(Ok(())) => {
                 self.publish_seconds.record(sent.elapsed().as_secs_f64());
+                // Stored through this batch's last message — and so everything before it:
+                // its first message expected the sequence before it.
+                let mut s = self.lock();
+                s.stored = s.stored.max((first + count).saturating_sub(1));
                 Ok(())
             }
             Ok(Err(None)) => {
@@ -669,7 +680,7 @@ impl ShardStorage for JetStreamShard {
         // (at most one look every TIP_REFRESH).
         let tip = {
             let s = self.lock();
-            from.saturating_add(max_records as u64) > s.last
+            from.saturating_add(max_records as u64) > s.stored
                 && s.refreshed.is_none_or(|t| t.elapsed() >= TIP_REFRESH)
         };
         if tip {
@@ -677,7 +688,7 @@ impl ShardStorage for JetStreamShard {
         }
         let (first, last) = {
             let s = self.lock();
-            (s.first.max(1), s.last)
+            (s.first.max(1), s.stored)
         };
         let mut next = from.saturating_add(1).max(first);
         let mut out: Vec<StoredRecord> = Vec::new();
