@@ -31,6 +31,12 @@ impl NatsCluster {
     /// Starts the servers and waits until each accepts connections. Panics (the test
     /// fails) when `nats-server` is missing or does not start.
     pub fn start(n: usize) -> NatsCluster {
+        Self::start_with(n, "")
+    }
+
+    /// [`NatsCluster::start`] with `extra` added to every server's configuration (TLS,
+    /// `authorization`).
+    pub fn start_with(n: usize, extra: &str) -> NatsCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -52,7 +58,7 @@ impl NatsCluster {
                 String::new()
             };
             let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}",
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}{extra}\n",
                 ports[i],
                 monitor[i],
                 store.display()

@@ -297,7 +297,19 @@ fn jetstream_settings_are_checked_with_file_line_and_column() {
             "letters, digits",
         ),
         (
-            "[jetstream]\nservers = [\"nats://h:4222\"]\ntls = true\n",
+            "[jetstream]\nservers = [\"nats://h:4222\"]\nuser = \"u\"\n",
+            "user needs a password",
+        ),
+        (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\nuser = \"u\"\npassword = \"p\"\ntoken = \"t\"\n",
+            "choose one way to authenticate",
+        ),
+        (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\ncert_file = \"c.pem\"\n",
+            "cert_file needs key_file",
+        ),
+        (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\nsecure = true\n",
             "unknown field",
         ),
     ] {
@@ -703,5 +715,137 @@ fn three_nodes_lose_a_node_and_a_server_and_deliver_every_record_once() {
     );
     for d in &mut daemons {
         d.stop_cleanly();
+    }
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with the `openssl` program in `dir`;
+/// returns (ca.pem, server.pem, server.key).
+fn test_certificates(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/install-test-deps installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sluice test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// `[jetstream]` with TLS (the servers' CA in `ca_file`) and a user and password: records
+/// go through as without them; a wrong password, or no TLS, is a clear error at start.
+#[test]
+fn a_cluster_behind_tls_and_a_password_keeps_the_streams() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    let cluster = NatsCluster::start_with(
+        1,
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\nauthorization {{\n  user: sluice\n  password: \"s3cret\"\n}}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let servers: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let base = format!(
+        "[jetstream]\nservers = [{}]\nreplicas = 1\nprefix = \"A\"\ntimeout = \"5s\"\n",
+        servers.join(", ")
+    );
+    let good = format!(
+        "{base}user = \"sluice\"\npassword = \"s3cret\"\nca_file = \"{}\"\n",
+        ca.display()
+    );
+    let s = Setup::new(&good, &[("events", STREAM)]);
+    let mut d = s.start();
+    d.wait_ready();
+    put(s.api, 0, 50);
+    let got = read_until(s.api, 50);
+    assert_eq!(got.len(), 50);
+    d.stop_cleanly();
+
+    for (what, config) in [
+        (
+            "a wrong password",
+            format!(
+                "{base}user = \"sluice\"\npassword = \"nope\"\nca_file = \"{}\"\n",
+                ca.display()
+            ),
+        ),
+        (
+            "no TLS",
+            format!("{base}user = \"sluice\"\npassword = \"s3cret\"\n"),
+        ),
+    ] {
+        let s = Setup::new(&config, &[("events", STREAM)]);
+        let mut d = s.start();
+        let st = d.wait_exit(Duration::from_secs(60));
+        assert!(
+            st.is_some_and(|st| !st.success()),
+            "{what}: sluiced must not start"
+        );
+        let err = d.stderr();
+        assert!(
+            err.contains("cannot connect to the JetStream cluster"),
+            "{what}: {err}"
+        );
     }
 }

@@ -106,6 +106,27 @@ pub struct JetStreamConfig {
     /// How long a shard lease lasts unrenewed (renewed every third of it).
     #[serde(default = "default_lease_duration")]
     pub lease_duration: HumanDuration,
+    /// User name for servers with `authorization` (with `password`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The user's password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A bearer token for servers with `authorization { token }`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Require TLS to the servers (implied by `ca_file` and `cert_file`).
+    #[serde(default)]
+    pub tls: bool,
+    /// Trust roots (PEM) for the servers' certificates (default: the system's).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// This node's client certificate (PEM; with `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_lease_duration() -> HumanDuration {
@@ -132,6 +153,19 @@ impl JetStreamConfig {
             timeout: self.timeout.0,
             node: self.node.clone(),
             lease_duration: self.lease_duration.0,
+            auth: match (&self.user, &self.password, &self.token) {
+                (Some(u), Some(p), _) => {
+                    crate::stream::jetstream::JetStreamAuth::UserPassword(u.clone(), p.clone())
+                }
+                (_, _, Some(t)) => crate::stream::jetstream::JetStreamAuth::Token(t.clone()),
+                _ => crate::stream::jetstream::JetStreamAuth::None,
+            },
+            tls: (self.tls || self.ca_file.is_some() || self.cert_file.is_some()).then(|| {
+                crate::stream::jetstream::JetStreamTls {
+                    ca_file: self.ca_file.clone(),
+                    client: self.cert_file.clone().zip(self.key_file.clone()),
+                }
+            }),
         }
     }
 
@@ -184,6 +218,25 @@ impl JetStreamConfig {
                 "lease_duration",
                 "lease_duration must be between 1s and 5m".into(),
             ));
+        }
+        match (&self.user, &self.password) {
+            (Some(_), None) => return Some(("user", "user needs a password".into())),
+            (None, Some(_)) => return Some(("password", "password needs a user".into())),
+            _ => {}
+        }
+        if self.user.is_some() && self.token.is_some() {
+            return Some((
+                "token",
+                "choose one way to authenticate: user and password, or token".into(),
+            ));
+        }
+        if self.token.as_deref() == Some("") {
+            return Some(("token", "token must not be empty".into()));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return Some(("cert_file", "cert_file needs key_file".into())),
+            (None, Some(_)) => return Some(("key_file", "key_file needs cert_file".into())),
+            _ => {}
         }
         if let Some(n) = &self.node {
             if n.is_empty()
@@ -495,6 +548,14 @@ pub fn load_daemon(path: &Path) -> Result<(DaemonConfig, PathBuf), ConfigErrors>
     cfg.data_dir = resolve(&cfg.data_dir);
     cfg.pipelines_dir = resolve(&cfg.pipelines_dir);
     cfg.plugin_dirs = cfg.plugin_dirs.iter().map(|p| resolve(p)).collect();
+    if let Some(js) = &mut cfg.jetstream {
+        for p in [&mut js.ca_file, &mut js.cert_file, &mut js.key_file]
+            .into_iter()
+            .flatten()
+        {
+            *p = resolve(p);
+        }
+    }
     cfg.firehose.buckets_dir = Some(match &cfg.firehose.buckets_dir {
         Some(d) => resolve(d),
         None => cfg.data_dir.join("buckets"),

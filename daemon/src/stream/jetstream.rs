@@ -45,6 +45,31 @@ pub struct JetStreamOptions {
     pub node: Option<String>,
     /// How long a shard lease lasts unrenewed (renewed every third of it).
     pub lease_duration: Duration,
+    /// How this node proves who it is to the servers.
+    pub auth: JetStreamAuth,
+    /// TLS to the servers: required, with these trust roots and client certificate.
+    pub tls: Option<JetStreamTls>,
+}
+
+/// How a node authenticates to the NATS servers (at most one way).
+#[derive(Debug, Clone, Default)]
+pub enum JetStreamAuth {
+    /// None (servers without `authorization`).
+    #[default]
+    None,
+    /// `user` and `password`.
+    UserPassword(String, String),
+    /// A bearer token.
+    Token(String),
+}
+
+/// TLS to the NATS servers.
+#[derive(Debug, Clone, Default)]
+pub struct JetStreamTls {
+    /// Trust roots (PEM) for the servers' certificates (default: the system's).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// This node's certificate and key (PEM), for servers that verify clients.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for JetStreamOptions {
@@ -56,6 +81,8 @@ impl Default for JetStreamOptions {
             timeout: Duration::from_secs(10),
             node: None,
             lease_duration: Duration::from_secs(10),
+            auth: JetStreamAuth::None,
+            tls: None,
         }
     }
 }
@@ -124,13 +151,30 @@ impl Cluster {
             .map_err(|e| err("cannot start the JetStream client's runtime", e))?;
         let servers = opts.servers.clone();
         let timeout = opts.timeout;
+        let (auth, tls) = (opts.auth.clone(), opts.tls.clone());
         let client = run_on(&rt, timeout, async move {
-            async_nats::ConnectOptions::new()
-                .name("sluiced")
+            let mut o = match auth {
+                JetStreamAuth::None => async_nats::ConnectOptions::new(),
+                JetStreamAuth::UserPassword(u, p) => {
+                    async_nats::ConnectOptions::with_user_and_password(u, p)
+                }
+                JetStreamAuth::Token(t) => async_nats::ConnectOptions::with_token(t),
+            };
+            if let Some(t) = tls {
+                o = o.require_tls(true);
+                if let Some(ca) = t.ca_file {
+                    o = o.add_root_certificates(ca);
+                }
+                if let Some((cert, key)) = t.client {
+                    o = o.add_client_certificate(cert, key);
+                }
+            }
+            o.name("sluiced")
                 .connection_timeout(timeout)
                 .request_timeout(Some(timeout))
                 .connect(servers.as_slice())
                 .await
+                .map_err(std::io::Error::other)
         })?
         .map_err(|e| err("cannot connect to the JetStream cluster", e))?;
         let max_payload = client.server_info().max_payload;
