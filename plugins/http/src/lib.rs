@@ -17,8 +17,6 @@
 //! durably — and the batch counts as delivered. Nothing is lost: a record is acknowledged
 //! only once the endpoint took it or it is on disk in the error output.
 
-/// The HTTP client crate, for users of [`client_agent`].
-pub use ureq;
 use base64::Engine as _;
 use serde::Deserialize;
 use sluice_plugin_api::{
@@ -28,6 +26,8 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+/// The HTTP client crate, for users of [`client_agent`].
+pub use ureq;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
