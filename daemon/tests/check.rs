@@ -105,7 +105,7 @@ fn unknown_plugin_lists_available_ones() {
     assert_error(
         body,
         "plugin = \"generatr\"",
-        &["unknown source plugin `generatr` (available: direct-put, generator, http, stream)"],
+        &["unknown source plugin `generatr` (available: direct-put, generator, http, kinesis, stream)"],
     );
     let body = "[pipelines.p]\nsource = { plugin = \"generator\" }\nsink = { plugin = \"jq\" }\n";
     assert_error(

@@ -200,11 +200,15 @@ impl SharedIntents {
     }
 
     /// Records an object about to be submitted (its records all of one shard); written
-    /// by [`SharedIntents::sync`], which must come before the object goes to the sink.
-    pub fn intend(&mut self, intent: &Intent, release_token: u64) {
+    /// by [`SharedIntents::sync`], which must come before the object goes to the sink. A
+    /// shard this node no longer reads (another node wrote its value) is
+    /// [`SharedError::Fenced`]: the object must not go out.
+    pub fn intend(&mut self, intent: &Intent, release_token: u64) -> Result<(), SharedError> {
         let tag = intent.ranges.first().map_or(0, |r| r.0);
         let Some(log) = self.shards.get_mut(&tag) else {
-            return;
+            return Err(SharedError::Fenced {
+                shard: shard_id(tag),
+            });
         };
         self.tag_of.insert(intent.id, tag);
         log.entries.insert(
@@ -217,6 +221,7 @@ impl SharedIntents {
             },
         );
         log.must_write = true;
+        Ok(())
     }
 
     fn entry(&mut self, id: u64) -> Option<(&mut ShardLog, u64)> {
@@ -268,20 +273,41 @@ impl SharedIntents {
             if !log.must_write && !log.dirty {
                 continue;
             }
-            let value = Value {
-                config: self.config.clone(),
-                version: log.version,
-                node: node.clone(),
-                entries: log
-                    .entries
-                    .values()
-                    .map(|e| StoredEntry {
-                        intent: e.intent.clone(),
-                        stored: e.stored,
-                    })
-                    .collect(),
+            let encode = |log: &ShardLog| {
+                let value = Value {
+                    config: self.config.clone(),
+                    version: log.version,
+                    node: node.clone(),
+                    entries: log
+                        .entries
+                        .values()
+                        .map(|e| StoredEntry {
+                            intent: e.intent.clone(),
+                            stored: e.stored,
+                        })
+                        .collect(),
+                };
+                serde_json::to_vec(&value).unwrap_or_default()
             };
-            let body = serde_json::to_vec(&value).unwrap_or_default();
+            let mut body = encode(log);
+            if body.len() > VALUE_LIMIT {
+                // Too many objects kept for one shard (acks held back by a long buffer):
+                // the oldest stored ones go first. A takeover before the checkpoint passes
+                // them would deliver their records again — never lose them.
+                let stored: Vec<u64> = log
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.stored)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let dropped = stored.len().div_ceil(2);
+                for id in stored.into_iter().take(dropped) {
+                    log.entries.remove(&id);
+                    self.tag_of.remove(&id);
+                }
+                tracing::warn!(shard = %log.id, dropped, "too many delivery records for one value; dropped the oldest stored ones (a takeover now may deliver their records twice)");
+                body = encode(log);
+            }
             if body.len() > VALUE_LIMIT {
                 return Err(SharedError::TooLarge {
                     shard: log.id.clone(),
@@ -366,7 +392,7 @@ impl IntentStore {
     ) -> Result<(), super::DeliveryError> {
         match self {
             IntentStore::Local(l) => l.intend(intent, release_token)?,
-            IntentStore::Shared(s) => s.intend(intent, release_token),
+            IntentStore::Shared(s) => s.intend(intent, release_token)?,
         }
         Ok(())
     }

@@ -152,6 +152,10 @@ impl Cluster {
         let servers = opts.servers.clone();
         let timeout = opts.timeout;
         let (auth, tls) = (opts.auth.clone(), opts.tls.clone());
+        #[cfg(feature = "tls")]
+        if tls.is_some() {
+            sluice_plugin_http::install_crypto_provider();
+        }
         let client = run_on(&rt, timeout, async move {
             let mut o = match auth {
                 JetStreamAuth::None => async_nats::ConnectOptions::new(),

@@ -364,6 +364,15 @@ pub fn client_agent(timeout: Duration) -> ureq::Agent {
     builder.build().into()
 }
 
+/// Makes aws-lc the process's default rustls provider (for clients that take the
+/// default, such as the NATS client): with both rustls providers compiled into one
+/// binary (feature unification) rustls cannot pick one by itself. Idempotent.
+#[cfg(feature = "tls")]
+pub fn install_crypto_provider() {
+    // Err: a provider is installed already, which is all that is needed.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 #[cfg(feature = "tls")]
 fn tls_config(roots: ureq::tls::RootCerts) -> ureq::tls::TlsConfig {
     ureq::tls::TlsConfig::builder()
