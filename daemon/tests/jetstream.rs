@@ -18,26 +18,6 @@ fn daemon_config(cluster: &NatsCluster) -> String {
 
 const STREAM: &str = "[streams.events]\nshards = 2\nstorage = \"jetstream\"\n\n[pipelines.to-lake]\nsource = { plugin = \"stream\", stream = \"events\" }\n\n[pipelines.to-lake.buffer]\nsize = \"1MiB\"\ninterval = \"1s\"\n\n[pipelines.to-lake.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"all/\"\ncompression = \"none\"\n";
 
-fn put(api: std::net::SocketAddr, from: usize, n: usize) {
-    use base64::Engine as _;
-    let recs: Vec<String> = (from..from + n)
-        .map(|i| {
-            format!(
-                r#"{{"Data":"{}","PartitionKey":"k{i}"}}"#,
-                base64::engine::general_purpose::STANDARD.encode(format!("{{\"n\":{i}}}"))
-            )
-        })
-        .collect();
-    let body = format!(
-        r#"{{"StreamName":"events","Records":[{}]}}"#,
-        recs.join(",")
-    );
-    let (code, out) = kinesis(api, "PutRecords", &body);
-    assert_eq!(code, 200, "{out}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["FailedRecordCount"], 0, "{out}");
-}
-
 /// Every record of both shards the node serves now, read through GetRecords from the trim
 /// horizon (another node's latest appends may take a moment to show: see
 /// [`read_until`]).
@@ -106,6 +86,45 @@ fn read_until(api: std::net::SocketAddr, n: usize) -> Vec<String> {
     got
 }
 
+/// The PutRecords body of records `{"id":"<id>"}`, each keyed by its id.
+fn ids_body(ids: &[String]) -> String {
+    use base64::Engine as _;
+    let recs: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            format!(
+                r#"{{"Data":"{}","PartitionKey":"{id}"}}"#,
+                base64::engine::general_purpose::STANDARD.encode(format!("{{\"id\":\"{id}\"}}"))
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"StreamName":"events","Records":[{}]}}"#,
+        recs.join(",")
+    )
+}
+
+/// A 200 PutRecords answer for `ids`: the ids stored, and those that failed alone (only
+/// retryable errors are allowed), to be sent again.
+fn sort_results(ids: &[String], out: &str) -> (Vec<String>, Vec<String>) {
+    let v: serde_json::Value = serde_json::from_str(out).unwrap();
+    let results = v["Records"].as_array().unwrap();
+    let (mut stored, mut again) = (Vec::new(), Vec::new());
+    for (id, r) in ids.iter().zip(results) {
+        match r["ErrorCode"].as_str() {
+            None => stored.push(id.clone()),
+            Some(code) => {
+                assert!(
+                    code == "InternalFailure" || code == "ProvisionedThroughputExceededException",
+                    "only retryable errors: {r}"
+                );
+                again.push(id.clone());
+            }
+        }
+    }
+    (stored, again)
+}
+
 /// A stream on the cluster: records put through the Kinesis API are delivered to the
 /// lake exactly once, nothing of them is on the node's disk, and a second node with an
 /// empty data directory reads every one of them back after the first one was killed.
@@ -115,8 +134,8 @@ fn a_jetstream_stream_keeps_its_records_in_the_cluster() {
     let s = Setup::new(&daemon_config(&cluster), &[("events", STREAM)]);
     let mut d = s.start();
     d.wait_ready();
-    put(s.api, 0, 150);
-    put(s.api, 150, 150);
+    put_numbered(s.api, 0, 150);
+    put_numbered(s.api, 150, 150);
     wait_until(Duration::from_secs(60), "300 records in the lake", || {
         object_lines(&s.path("lake")).len() >= 300
     });
@@ -155,7 +174,7 @@ fn a_jetstream_stream_keeps_its_records_in_the_cluster() {
         before,
         "every record, from the cluster"
     );
-    put(s2.api, 300, 10);
+    put_numbered(s2.api, 300, 10);
     assert_eq!(
         read_until(s2.api, 310).len(),
         310,
@@ -178,8 +197,8 @@ fn two_nodes_serve_one_stream_at_once() {
     let mut db = b.start();
     db.wait_ready();
     for round in 0..10 {
-        put(a.api, round * 40, 20);
-        put(b.api, round * 40 + 20, 20);
+        put_numbered(a.api, round * 40, 20);
+        put_numbered(b.api, round * 40 + 20, 20);
     }
     let from_a = read_until(a.api, 400);
     assert_eq!(from_a.len(), 400);
@@ -222,8 +241,8 @@ fn two_nodes_share_a_pipelines_shards_by_lease_and_take_over() {
         owned(&da) == 2.0 && owned(&db) == 2.0
     });
     let delivered = || object_lines(lake.path());
-    put(a.api, 0, 200);
-    put(b.api, 200, 200);
+    put_numbered(a.api, 0, 200);
+    put_numbered(b.api, 200, 200);
     wait_until(Duration::from_secs(60), "400 records delivered", || {
         delivered().len() >= 400
     });
@@ -231,7 +250,7 @@ fn two_nodes_share_a_pipelines_shards_by_lease_and_take_over() {
         && db.metric("sluice_sink_objects_total", &["pipeline=\"to-lake\""]) > 0.0;
     assert!(both, "each node delivered its shards' records");
     // Killed with records delivered but not yet checkpointed, and more on the way.
-    put(a.api, 400, 100);
+    put_numbered(a.api, 400, 100);
     da.signal(9);
     da.wait_exit(Duration::from_secs(10)).unwrap();
     let killed = std::time::Instant::now();
@@ -254,7 +273,7 @@ fn two_nodes_share_a_pipelines_shards_by_lease_and_take_over() {
         .filter(|l| l.contains("shardId-") && l.trim_end().ends_with("to-lake"))
         .count();
     assert_eq!(leased, 4, "{out}");
-    put(b.api, 500, 100);
+    put_numbered(b.api, 500, 100);
     wait_until(Duration::from_secs(60), "600 records delivered", || {
         delivered().len() >= 600
     });
@@ -330,7 +349,7 @@ fn an_unreachable_cluster_fails_readiness_and_puts_retryably() {
     let s = Setup::new(&config, &[("events", STREAM)]);
     let mut d = s.start();
     d.wait_ready();
-    put(s.api, 0, 5);
+    put_numbered(s.api, 0, 5);
     cluster.stop(0);
     wait_until(Duration::from_secs(30), "/readyz failing", || {
         d.get("/readyz")
@@ -357,7 +376,6 @@ fn an_unreachable_cluster_fails_readiness_and_puts_retryably() {
 /// exactly what the stream holds, each record once.
 #[test]
 fn a_server_killed_and_restarted_loses_no_acknowledged_record() {
-    use base64::Engine as _;
     let mut cluster = NatsCluster::start(3);
     let s = Setup::new(&daemon_config(&cluster), &[("events", STREAM)]);
     let mut d = s.start();
@@ -394,21 +412,7 @@ fn a_server_killed_and_restarted_loses_no_acknowledged_record() {
                 std::time::Instant::now() < deadline,
                 "batch {batch} never acknowledged"
             );
-            let recs: Vec<String> = pending
-                .iter()
-                .map(|id| {
-                    format!(
-                        r#"{{"Data":"{}","PartitionKey":"{id}"}}"#,
-                        base64::engine::general_purpose::STANDARD
-                            .encode(format!("{{\"id\":\"{id}\"}}"))
-                    )
-                })
-                .collect();
-            let body = format!(
-                r#"{{"StreamName":"events","Records":[{}]}}"#,
-                recs.join(",")
-            );
-            let (code, out) = kinesis(s.api, "PutRecords", &body);
+            let (code, out) = kinesis(s.api, "PutRecords", &ids_body(&pending));
             if code != 200 {
                 assert!(
                     code == 500 && out.contains("InternalFailure"),
@@ -418,21 +422,9 @@ fn a_server_killed_and_restarted_loses_no_acknowledged_record() {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-            let results = v["Records"].as_array().unwrap();
-            let mut again = Vec::new();
-            for (id, r) in pending.iter().zip(results) {
-                match r["ErrorCode"].as_str() {
-                    None => {
-                        acked.insert(id.clone());
-                    }
-                    Some(code) => {
-                        assert_eq!(code, "InternalFailure", "only retryable errors: {r}");
-                        partial += 1;
-                        again.push(id.clone());
-                    }
-                }
-            }
+            let (stored, again) = sort_results(&pending, &out);
+            acked.extend(stored);
+            partial += again.len();
             pending = again;
         }
     }
@@ -487,27 +479,13 @@ fn produce(
     node: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Produced {
-    use base64::Engine as _;
     let mut p = Produced::default();
     let mut batch = 0usize;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let mut pending: Vec<String> = (0..25).map(|i| format!("{node}-{batch}-{i}")).collect();
         batch += 1;
         while !pending.is_empty() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let recs: Vec<String> = pending
-                .iter()
-                .map(|id| {
-                    format!(
-                        r#"{{"Data":"{}","PartitionKey":"{id}"}}"#,
-                        base64::engine::general_purpose::STANDARD
-                            .encode(format!("{{\"id\":\"{id}\"}}"))
-                    )
-                })
-                .collect();
-            let body = format!(
-                r#"{{"StreamName":"events","Records":[{}]}}"#,
-                recs.join(",")
-            );
+            let body = ids_body(&pending);
             let Some((code, _, out)) = aws_call(api, "Kinesis_20131202.PutRecords", &body) else {
                 // The node is down (or went down mid-call): another attempt might store
                 // these twice, so they are left out of the count.
@@ -525,23 +503,9 @@ fn produce(
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-            let results = v["Records"].as_array().unwrap();
-            let mut again = Vec::new();
-            for (id, r) in pending.iter().zip(results) {
-                match r["ErrorCode"].as_str() {
-                    None => p.acked.push(id.clone()),
-                    Some(code) => {
-                        assert!(
-                            code == "InternalFailure"
-                                || code == "ProvisionedThroughputExceededException",
-                            "only retryable errors: {r}"
-                        );
-                        p.failed_records += 1;
-                        again.push(id.clone());
-                    }
-                }
-            }
+            let (stored, again) = sort_results(&pending, &out);
+            p.acked.extend(stored);
+            p.failed_records += again.len();
             pending = again;
         }
         // A steady producer, not a flood: the machine has two cores for everything.
@@ -817,7 +781,7 @@ fn a_cluster_behind_tls_and_a_password_keeps_the_streams() {
     let s = Setup::new(&good, &[("events", STREAM)]);
     let mut d = s.start();
     d.wait_ready();
-    put(s.api, 0, 50);
+    put_numbered(s.api, 0, 50);
     let got = read_until(s.api, 50);
     assert_eq!(got.len(), 50);
     d.stop_cleanly();

@@ -20,27 +20,6 @@ fn consumer(endpoint: SocketAddr, lake: &Path) -> String {
     )
 }
 
-/// Puts records `{"n":from}` .. `{"n":from+n-1}` (keys spread over the shards).
-fn put(api: SocketAddr, from: usize, n: usize) {
-    use base64::Engine as _;
-    let recs: Vec<String> = (from..from + n)
-        .map(|i| {
-            format!(
-                r#"{{"Data":"{}","PartitionKey":"k{i}"}}"#,
-                base64::engine::general_purpose::STANDARD.encode(format!("{{\"n\":{i}}}"))
-            )
-        })
-        .collect();
-    let body = format!(
-        r#"{{"StreamName":"events","Records":[{}]}}"#,
-        recs.join(",")
-    );
-    let (code, out) = kinesis(api, "PutRecords", &body);
-    assert_eq!(code, 200, "{out}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["FailedRecordCount"], 0, "{out}");
-}
-
 fn expected(n: usize) -> Vec<String> {
     let mut e: Vec<String> = (0..n).map(|i| format!("{{\"n\":{i}}}")).collect();
     e.sort();
@@ -59,7 +38,7 @@ fn a_pipeline_reads_another_sluiceds_stream_through_the_kinesis_api() {
     let b = Setup::new("", &[("from-a", &consumer(a.api, lake.path()))]);
     let mut db = b.start();
     db.wait_ready();
-    put(a.api, 0, 300);
+    put_numbered(a.api, 0, 300);
     wait_until(Duration::from_secs(60), "300 records delivered", || {
         object_lines(lake.path()).len() >= 300
     });
@@ -69,7 +48,7 @@ fn a_pipeline_reads_another_sluiceds_stream_through_the_kinesis_api() {
             .exists(),
         "the checkpoint file"
     );
-    put(a.api, 300, 100);
+    put_numbered(a.api, 300, 100);
     let mut db = b.start();
     db.wait_ready();
     wait_until(Duration::from_secs(60), "400 records delivered", || {
@@ -115,11 +94,11 @@ fn two_consumers_share_a_kinesis_stream_by_lease_and_take_over() {
         all.dedup();
         all
     };
-    put(a.api, 0, 200);
+    put_numbered(a.api, 0, 200);
     wait_until(Duration::from_secs(60), "200 records delivered", || {
         distinct().len() >= 200
     });
-    put(a.api, 200, 100);
+    put_numbered(a.api, 200, 100);
     db.signal(9);
     db.wait_exit(Duration::from_secs(10)).unwrap();
     let killed = std::time::Instant::now();
@@ -133,7 +112,7 @@ fn two_consumers_share_a_kinesis_stream_by_lease_and_take_over() {
         moved < Duration::from_secs(6),
         "leases moved in {moved:?}, more than twice the lease duration"
     );
-    put(a.api, 300, 100);
+    put_numbered(a.api, 300, 100);
     wait_until(Duration::from_secs(60), "400 records delivered", || {
         distinct().len() >= 400
     });

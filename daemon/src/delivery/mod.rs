@@ -1815,6 +1815,21 @@ mod tests {
         assert!(d.recovering.entries.is_empty());
     }
 
+    /// Stream `s` of a one-server cluster, as a source whose shards nodes share.
+    fn shared_source(nats: &crate::testing::NatsCluster) -> crate::stream::lease::SharedSource {
+        use crate::stream::jetstream::{Cluster, JetStreamOptions};
+        let cluster = Cluster::connect(JetStreamOptions {
+            servers: nats.urls(),
+            replicas: 1,
+            ..JetStreamOptions::default()
+        })
+        .unwrap();
+        crate::stream::lease::SharedSource {
+            cluster,
+            stream: "s".into(),
+        }
+    }
+
     /// Nodes sharing a stream's shards (issue #12): node B reads the shards after node A,
     /// which stopped with one object stored and one uploaded but not confirmed. B rebuilds
     /// the second under A's key, from the intents A left in the cluster, and skips the
@@ -1822,23 +1837,13 @@ mod tests {
     /// over the other's fences the writer off: its objects must not go out.
     #[test]
     fn a_node_taking_shards_over_rebuilds_the_last_readers_objects() {
-        use crate::stream::jetstream::{Cluster, JetStreamOptions};
         let nats = crate::testing::NatsCluster::start(1);
-        let cluster = Cluster::connect(JetStreamOptions {
-            servers: nats.urls(),
-            replicas: 1,
-            ..JetStreamOptions::default()
-        })
-        .unwrap();
+        let shared = shared_source(&nats);
         let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let shared = Some(crate::stream::lease::SharedSource {
-            cluster,
-            stream: "s".into(),
-        });
         let journal = |dir: &std::path::Path| Journal {
             dir: dir.to_path_buf(),
             config_hash: "h".into(),
-            shared: shared.clone(),
+            shared: Some(shared.clone()),
         };
         let node = |j: &Journal| {
             Delivery::new("p", spec(Compression::None, 10), Some(j), None, budget()).unwrap()
@@ -1926,22 +1931,12 @@ mod tests {
     /// and its acks still wait for the buffers holding the first copies.
     #[test]
     fn records_met_before_a_rewind_are_not_buffered_twice() {
-        use crate::stream::jetstream::{Cluster, JetStreamOptions};
         let nats = crate::testing::NatsCluster::start(1);
-        let cluster = Cluster::connect(JetStreamOptions {
-            servers: nats.urls(),
-            replicas: 1,
-            ..JetStreamOptions::default()
-        })
-        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let j = Journal {
             dir: dir.path().to_path_buf(),
             config_hash: "h".into(),
-            shared: Some(crate::stream::lease::SharedSource {
-                cluster,
-                stream: "s".into(),
-            }),
+            shared: Some(shared_source(&nats)),
         };
         let mut d =
             Delivery::new("p", spec(Compression::None, 10), Some(&j), None, budget()).unwrap();

@@ -242,7 +242,7 @@ pub struct KinesisSource {
     cursor: usize,
     dirty: bool,
     saved_at: Instant,
-    leases: Option<crate::stream::lease::Leases<String>>,
+    leases: Option<crate::stream::lease::SharedLeases<String>>,
     /// Each lease's checkpoint as last seen (shards other nodes read).
     lease_view: BTreeMap<String, String>,
 }
@@ -316,7 +316,7 @@ impl Plugin for KinesisSource {
         self.shards.clear();
         if let Some(cluster) = cluster {
             // Lease keys name the remote stream apart from local ones of the same name.
-            let leases = crate::stream::lease::Leases::open(
+            let leases = crate::stream::lease::SharedLeases::open(
                 cluster,
                 &self.pipeline,
                 &format!("kinesis:{}", self.cfg.stream),
@@ -345,7 +345,7 @@ impl Plugin for KinesisSource {
         self.save_if_due(true);
         let cp = self.committed.clone();
         if let Some(l) = &mut self.leases {
-            l.release_all(&cp);
+            l.lock().release_all(&cp);
         }
         Ok(())
     }
@@ -404,7 +404,7 @@ impl KinesisSource {
     }
 
     fn readable(&self, id: &str, s: &ShardState, now: Instant) -> bool {
-        self.leases.as_ref().is_none_or(|l| l.owns(id))
+        self.leases.as_ref().is_none_or(|l| l.lock().owns(id))
             && !s.ended
             && !self.finished(id)
             && s.ready_at <= now
@@ -414,7 +414,7 @@ impl KinesisSource {
     /// Renews, takes and gives back leases (when due); a shard taken starts from its
     /// lease's checkpoint.
     fn tick_leases(&mut self) {
-        if !self.leases.as_ref().is_some_and(|l| l.due()) {
+        if !self.leases.as_ref().is_some_and(|l| l.lock().due()) {
             return;
         }
         let shards: Vec<String> = self.shards.keys().cloned().collect();
@@ -428,7 +428,7 @@ impl KinesisSource {
         let Some(leases) = &mut self.leases else {
             return;
         };
-        let ch = match leases.tick(&shards, &cp, &idle) {
+        let ch = match leases.lock().tick(&shards, &cp, &idle) {
             Ok(ch) => ch,
             Err(e) => {
                 tracing::warn!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "shard leases not renewed");
@@ -467,7 +467,10 @@ impl KinesisSource {
             return;
         }
         let saved = match &mut self.leases {
-            Some(l) => l.checkpoint(&self.committed).map_err(|e| e.to_string()),
+            Some(l) => l
+                .lock()
+                .checkpoint(&self.committed)
+                .map_err(|e| e.to_string()),
             None => {
                 match checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream) {
                     Some(path) => {
@@ -674,7 +677,7 @@ impl Source for KinesisSource {
                 break;
             };
             // A shard whose lease went to another node meanwhile is theirs to checkpoint.
-            let held = self.leases.as_ref().is_none_or(|l| l.owns(&shard));
+            let held = self.leases.as_ref().is_none_or(|l| l.lock().owns(&shard));
             if delivered && t == token && held {
                 let ended = self.shards.get(&shard).is_some_and(|s| s.ended)
                     && self.in_flight.iter().all(|f| f.1 != shard);

@@ -133,7 +133,7 @@ pub struct StreamSource {
     /// `sluice_checkpoint_writes_total{pipeline,stream}`.
     writes: Option<metrics::Counter>,
     /// On a JetStream stream: this node's shard leases (read only those shards).
-    leases: Option<crate::stream::lease::Leases>,
+    leases: Option<crate::stream::lease::SharedLeases>,
     /// Each lease's checkpoint as last seen, by shard id (shards other nodes read).
     lease_view: BTreeMap<String, u64>,
     /// Leased shards above this node's share that are no longer read, so that their
@@ -276,7 +276,7 @@ impl Plugin for StreamSource {
         // Leases go back at once: other nodes need not wait for them to expire.
         let cp = self.checkpoints_by_id();
         if let Some(l) = &mut self.leases {
-            l.release_all(&cp);
+            l.lock().release_all(&cp);
             if let Some(set) = &self.set {
                 for sh in &set.all {
                     sh.set_leased(&self.pipeline, false);
@@ -302,7 +302,7 @@ impl StreamSource {
         st: Arc<Stream>,
         cluster: Arc<crate::stream::jetstream::Cluster>,
     ) -> Result<(), Error> {
-        let leases = crate::stream::lease::Leases::open(cluster, &self.pipeline, &st.name)
+        let leases = crate::stream::lease::SharedLeases::open(cluster, &self.pipeline, &st.name)
             .map_err(|e| Error::retryable(format_args!("{e}")))?;
         let writes = metrics::counter!("sluice_checkpoint_writes_total", "pipeline" => self.pipeline.clone(), "stream" => self.cfg.stream.clone());
         writes.increment(0);
@@ -331,7 +331,7 @@ impl StreamSource {
     /// Renews, takes and gives back shard leases (when due) and moves the read positions
     /// with them.
     fn tick_leases(&mut self) {
-        if !self.leases.as_ref().is_some_and(|l| l.due()) {
+        if !self.leases.as_ref().is_some_and(|l| l.lock().due()) {
             return;
         }
         let Some(set) = self.set.clone() else {
@@ -349,7 +349,7 @@ impl StreamSource {
         let Some(leases) = &mut self.leases else {
             return;
         };
-        let ch = match leases.tick(&shards, &cp, &idle) {
+        let ch = match leases.lock().tick(&shards, &cp, &idle) {
             Ok(ch) => ch,
             Err(e) => {
                 tracing::warn!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "shard leases not renewed");
@@ -362,7 +362,10 @@ impl StreamSource {
         let Some(leases) = &self.leases else {
             return;
         };
-        let mut held: Vec<String> = shards.into_iter().filter(|s| leases.owns(s)).collect();
+        let mut held: Vec<String> = shards
+            .into_iter()
+            .filter(|s| leases.lock().owns(s))
+            .collect();
         held.retain(|s| !ch.lost.contains(s));
         let draining: BTreeSet<String> = held.into_iter().rev().take(ch.surplus).collect();
         let changed = draining != self.draining;
@@ -427,7 +430,8 @@ impl StreamSource {
             let Some(leases) = &mut self.leases else {
                 return;
             };
-            match leases.checkpoint(&cp) {
+            let written = leases.lock().checkpoint(&cp);
+            match written {
                 Ok(()) => self.saved(),
                 Err(e) => {
                     tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write checkpoint into the shard leases");
@@ -497,7 +501,7 @@ impl StreamSource {
             return true;
         }
         // Read by another node: finished once its lease's checkpoint reached its end.
-        self.leases.as_ref().is_some_and(|l| !l.owns(&sh.id))
+        self.leases.as_ref().is_some_and(|l| !l.lock().owns(&sh.id))
             && sh.closed().is_some_and(|c| {
                 self.lease_view
                     .get(&sh.id)
@@ -507,7 +511,7 @@ impl StreamSource {
 
     /// Whether shard `sh` may be read now: not finished, and its parents are.
     fn readable(&self, set: &ShardSet, sh: &Shard) -> bool {
-        self.leases.as_ref().is_none_or(|l| l.owns(&sh.id))
+        self.leases.as_ref().is_none_or(|l| l.lock().owns(&sh.id))
             && !self.draining.contains(&sh.id)
             && !self.finished(set, sh.index)
             && sh

@@ -90,9 +90,52 @@ pub struct Leases<C = u64> {
     /// a node that cannot reach the cluster stops reading before another may take over.
     valid_until: BTreeMap<String, Instant>,
     next_tick: Option<Instant>,
+    /// When a tick or [`Leases::renew_if_idle`] last renewed the held leases.
+    renewed_at: Instant,
+    /// Leases the renewer found taken, reported by the next tick.
+    lost_pending: Vec<String>,
     owned_gauges: BTreeMap<String, metrics::Gauge>,
     takeovers: metrics::Counter,
     lost: metrics::Counter,
+}
+
+/// [`Leases`] shared with a renewer thread, which renews the held leases whenever the
+/// reader has not ticked for a third of the duration — a pipeline held back by a slow sink
+/// stops polling, and must not lose its shards for it. Every renewal goes through the one
+/// lock, so the reader's and the renewer's compare-and-sets never race each other.
+pub struct SharedLeases<C: LeaseCheckpoint = u64> {
+    inner: Arc<std::sync::Mutex<Leases<C>>>,
+}
+
+impl<C: LeaseCheckpoint> SharedLeases<C> {
+    /// Opens the leases ([`Leases::open`]) and starts their renewer (it ends when this is
+    /// dropped).
+    pub fn open(
+        cluster: Arc<Cluster>,
+        pipeline: &str,
+        stream: &str,
+    ) -> Result<SharedLeases<C>, StorageError> {
+        let leases = Leases::open(cluster, pipeline, stream)?;
+        let period = leases.duration / 6;
+        let inner = Arc::new(std::sync::Mutex::new(leases));
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("sluice-leases".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                let Some(l) = weak.upgrade() else {
+                    return;
+                };
+                l.lock().unwrap_or_else(|p| p.into_inner()).renew_if_idle();
+            })
+            .map_err(|e| err("cannot start the lease renewer", e))?;
+        Ok(SharedLeases { inner })
+    }
+
+    /// The leases, for a call.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Leases<C>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A JetStream stream used as a key-value table (see the module's doc).
@@ -217,6 +260,8 @@ impl<C: LeaseCheckpoint> Leases<C> {
             held: BTreeMap::new(),
             valid_until: BTreeMap::new(),
             next_tick: None,
+            renewed_at: Instant::now(),
+            lost_pending: Vec::new(),
             owned_gauges: BTreeMap::new(),
             takeovers,
             lost,
@@ -278,7 +323,11 @@ impl<C: LeaseCheckpoint> Leases<C> {
         idle: &BTreeSet<String>,
     ) -> Result<Changes<C>, StorageError> {
         self.next_tick = Some(Instant::now() + self.duration / 3);
-        let mut ch = Changes::default();
+        self.renewed_at = Instant::now();
+        let mut ch = Changes::<C> {
+            lost: std::mem::take(&mut self.lost_pending),
+            ..Changes::default()
+        };
         let dur_ms = i64::try_from(self.duration.as_millis()).unwrap_or(i64::MAX);
         // Membership: one key per pipeline, a CAS-updated map of live nodes.
         let members_key = self.members_key();
@@ -387,6 +436,35 @@ impl<C: LeaseCheckpoint> Leases<C> {
         }
         ch.surplus = self.held.len().saturating_sub(share);
         Ok(ch)
+    }
+
+    /// Renews the held leases (with the checkpoints they carry) when no tick did for a
+    /// third of the duration; a lease found taken is reported lost by the next tick.
+    pub fn renew_if_idle(&mut self) {
+        if self.renewed_at.elapsed() < self.duration / 3 || self.held.is_empty() {
+            return;
+        }
+        self.renewed_at = Instant::now();
+        let held: Vec<(String, u64, Option<C>)> = self
+            .held
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0, v.1.clone()))
+            .collect();
+        for (shard, rev, cp) in held {
+            match self.claim(&shard, rev, cp) {
+                Ok(Ok(())) => {}
+                Ok(Err(Refused::Conflict)) => {
+                    tracing::warn!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "lease lost to another node");
+                    self.held.remove(&shard);
+                    self.lost.increment(1);
+                    self.gauge(&shard, 0.0);
+                    self.lost_pending.push(shard);
+                }
+                // Unreachable now: the next renewal tries again (the reading stops by
+                // itself if none succeeds for three quarters of the duration).
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
     }
 
     /// Writes `checkpoints` into the held leases (renewing them too).
@@ -618,6 +696,39 @@ impl IntentTable {
 mod tests {
     use super::*;
     use crate::stream::jetstream::{Cluster, JetStreamOptions};
+
+    /// A reader held back — no ticks, as when a slow sink stops its polls — keeps its
+    /// leases: the renewer renews them, so it may go on reading, and another node cannot
+    /// take them.
+    #[test]
+    fn held_leases_are_renewed_without_ticks() {
+        let cluster = crate::testing::NatsCluster::start(1);
+        let connect = |node: &str| {
+            Cluster::connect(JetStreamOptions {
+                servers: cluster.urls(),
+                replicas: 1,
+                lease_duration: Duration::from_secs(1),
+                node: Some(node.into()),
+                ..JetStreamOptions::default()
+            })
+            .unwrap()
+        };
+        let l: SharedLeases = SharedLeases::open(connect("a"), "p", "s").unwrap();
+        let shards = ["shardId-000000000000".to_string()];
+        let idle = BTreeSet::new();
+        let ch = l.lock().tick(&shards, &BTreeMap::new(), &idle).unwrap();
+        assert_eq!(ch.acquired.len(), 1);
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            assert!(l.lock().owns(&shards[0]), "stopped reading without ticks");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut other: Leases = Leases::open(connect("b"), "p", "s").unwrap();
+        let ch = other.tick(&shards, &BTreeMap::new(), &idle).unwrap();
+        assert!(ch.acquired.is_empty(), "another node took a renewed lease");
+        let ch = l.lock().tick(&shards, &BTreeMap::new(), &idle).unwrap();
+        assert!(ch.lost.is_empty() && l.lock().owns(&shards[0]));
+    }
 
     /// A node reads under a lease only while its last renewal is recent: one that stops
     /// renewing (it cannot reach the cluster, say) stops reading within three quarters of

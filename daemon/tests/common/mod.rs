@@ -724,3 +724,25 @@ pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Outpu
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// Puts records `{"n":from}` .. `{"n":from+n-1}` into stream `events` through `api`, keys
+/// `k<n>` (spread over the shards); every one must be stored.
+pub fn put_numbered(api: SocketAddr, from: usize, n: usize) {
+    use base64::Engine as _;
+    let recs: Vec<String> = (from..from + n)
+        .map(|i| {
+            format!(
+                r#"{{"Data":"{}","PartitionKey":"k{i}"}}"#,
+                base64::engine::general_purpose::STANDARD.encode(format!("{{\"n\":{i}}}"))
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"StreamName":"events","Records":[{}]}}"#,
+        recs.join(",")
+    );
+    let (code, out) = kinesis(api, "PutRecords", &body);
+    assert_eq!(code, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["FailedRecordCount"], 0, "{out}");
+}
