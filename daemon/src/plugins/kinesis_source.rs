@@ -245,6 +245,11 @@ pub struct KinesisSource {
     leases: Option<crate::stream::lease::SharedLeases<String>>,
     /// Each lease's checkpoint as last seen (shards other nodes read).
     lease_view: BTreeMap<String, String>,
+    /// Leased shards above this node's share, no longer read so that their batches finish
+    /// and the next tick gives them back (as the `stream` source does).
+    draining: BTreeSet<String>,
+    /// A shard ended since the last listing: its children are listed next poll.
+    relist: bool,
 }
 
 fn checkpoint_path(
@@ -306,6 +311,8 @@ impl Plugin for KinesisSource {
             saved_at: Instant::now(),
             leases: None,
             lease_view: BTreeMap::new(),
+            draining: BTreeSet::new(),
+            relist: false,
         })
     }
 
@@ -390,6 +397,7 @@ impl KinesisSource {
             });
         }
         self.listed_at = Some(Instant::now());
+        self.relist = false;
         Ok(())
     }
 
@@ -405,6 +413,7 @@ impl KinesisSource {
 
     fn readable(&self, id: &str, s: &ShardState, now: Instant) -> bool {
         self.leases.as_ref().is_none_or(|l| l.lock().owns(id))
+            && !self.draining.contains(id)
             && !s.ended
             && !self.finished(id)
             && s.ready_at <= now
@@ -436,6 +445,12 @@ impl KinesisSource {
             }
         };
         self.lease_view = ch.checkpoints;
+        // Above the share: stop reading that many (the last by id) so they go back.
+        let held: Vec<String> = shards
+            .into_iter()
+            .filter(|s| !ch.lost.contains(s) && leases.lock().owns(s))
+            .collect();
+        self.draining = held.into_iter().rev().take(ch.surplus).collect();
         for id in ch.lost {
             self.committed.remove(&id);
             if let Some(s) = self.shards.get_mut(&id) {
@@ -621,6 +636,7 @@ impl KinesisSource {
         if let Some(s) = self.shards.get_mut(id) {
             s.ended = true;
         }
+        self.relist = true;
         if self.in_flight.iter().all(|f| f.1 != id) {
             self.committed.insert(id.to_string(), SHARD_END.into());
             self.dirty = true;
@@ -632,12 +648,7 @@ impl KinesisSource {
 impl Source for KinesisSource {
     fn poll_batch(&mut self, out: &mut Output<'_>) -> Result<Poll, Error> {
         self.save_if_due(false);
-        if self.listed_at.is_none_or(|t| t.elapsed() >= LIST_EVERY)
-            || self.shards.values().any(|s| s.ended)
-                && self
-                    .listed_at
-                    .is_some_and(|t| t.elapsed() >= Duration::from_secs(1))
-        {
+        if self.relist || self.listed_at.is_none_or(|t| t.elapsed() >= LIST_EVERY) {
             self.list()?;
         }
         self.tick_leases();
