@@ -18,14 +18,9 @@ fn daemon_config(cluster: &NatsCluster) -> String {
 
 const STREAM: &str = "[streams.events]\nshards = 2\nstorage = \"jetstream\"\n\n[pipelines.to-lake]\nsource = { plugin = \"stream\", stream = \"events\" }\n\n[pipelines.to-lake.buffer]\nsize = \"1MiB\"\ninterval = \"1s\"\n\n[pipelines.to-lake.sink]\nplugin = \"object-store\"\nurl = \"lake\"\nprefix = \"all/\"\ncompression = \"none\"\n";
 
-/// Every record of both shards the node serves now, read through GetRecords from the trim
-/// horizon (another node's latest appends may take a moment to show: see
-/// [`read_until`]).
-fn read_all(api: std::net::SocketAddr) -> Vec<String> {
-    read_shards(api, 2)
-}
-
-/// [`read_all`] over the first `shards` shards.
+/// Every record of the first `shards` shards the node serves now, sorted, read through
+/// GetRecords from the trim horizon (another node's latest appends may take a moment to
+/// show: see [`read_until`]).
 fn read_shards(api: std::net::SocketAddr, shards: u32) -> Vec<String> {
     let mut out: Vec<String> = read_located(api, shards).into_iter().map(|r| r.2).collect();
     out.sort();
@@ -71,15 +66,20 @@ fn read_located(api: std::net::SocketAddr, shards: u32) -> Vec<(String, String, 
     out
 }
 
-/// What [`read_all`] returns once it holds `n` records (waiting at most 30 s), as a
+/// What [`read_shards`] returns for both shards once it holds `n` records (waiting at most 30 s), as a
 /// Kinesis consumer polls until records show up.
 fn read_until(api: std::net::SocketAddr, n: usize) -> Vec<String> {
+    read_shards_until(api, 2, n)
+}
+
+/// [`read_until`] over the first `shards` shards.
+fn read_shards_until(api: std::net::SocketAddr, shards: u32, n: usize) -> Vec<String> {
     let mut got = Vec::new();
     wait_until(
         Duration::from_secs(30),
         &format!("{n} records readable"),
         || {
-            got = read_all(api);
+            got = read_shards(api, shards);
             got.len() >= n
         },
     );
@@ -123,6 +123,24 @@ fn sort_results(ids: &[String], out: &str) -> (Vec<String>, Vec<String>) {
         }
     }
     (stored, again)
+}
+
+/// Every acknowledged id is among the stream's records (`{"id":…}` lines).
+fn assert_acked_in_stream(acked: &std::collections::BTreeSet<String>, stream: &[String]) {
+    let in_stream: std::collections::BTreeSet<String> = stream
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        acked.is_subset(&in_stream),
+        "acknowledged but missing: {:?}",
+        acked.difference(&in_stream).take(5).collect::<Vec<_>>()
+    );
 }
 
 /// A stream on the cluster: records put through the Kinesis API are delivered to the
@@ -429,20 +447,7 @@ fn a_server_killed_and_restarted_loses_no_acknowledged_record() {
         }
     }
     let stream: Vec<String> = read_until(s.api, acked.len());
-    let in_stream: std::collections::BTreeSet<String> = stream
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert!(
-        acked.is_subset(&in_stream),
-        "acknowledged but missing: {:?}",
-        acked.difference(&in_stream).take(5).collect::<Vec<_>>()
-    );
+    assert_acked_in_stream(&acked, &stream);
     wait_until(Duration::from_secs(60), "the lake holds the stream", || {
         object_lines(&s.path("lake")).len() >= stream.len()
     });
@@ -600,32 +605,8 @@ fn three_nodes_lose_a_node_and_a_server_and_deliver_every_record_once() {
         .iter()
         .flat_map(|p| p.acked.iter().cloned())
         .collect();
-    let stream = {
-        let mut got = Vec::new();
-        wait_until(
-            Duration::from_secs(30),
-            "every acknowledged record readable",
-            || {
-                got = read_shards(nodes[1].api, 6);
-                got.len() >= acked.len()
-            },
-        );
-        got
-    };
-    let in_stream: std::collections::BTreeSet<String> = stream
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert!(
-        acked.is_subset(&in_stream),
-        "acknowledged but missing: {:?}",
-        acked.difference(&in_stream).take(5).collect::<Vec<_>>()
-    );
+    let stream = read_shards_until(nodes[1].api, 6, acked.len());
+    assert_acked_in_stream(&acked, &stream);
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while lines() < stream.len() {
         if std::time::Instant::now() > deadline {

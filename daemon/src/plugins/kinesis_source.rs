@@ -245,9 +245,6 @@ pub struct KinesisSource {
     leases: Option<crate::stream::lease::SharedLeases<String>>,
     /// Each lease's checkpoint as last seen (shards other nodes read).
     lease_view: BTreeMap<String, String>,
-    /// Leased shards above this node's share, no longer read so that their batches finish
-    /// and the next tick gives them back (as the `stream` source does).
-    draining: BTreeSet<String>,
     /// A shard ended since the last listing: its children are listed next poll.
     relist: bool,
 }
@@ -311,7 +308,6 @@ impl Plugin for KinesisSource {
             saved_at: Instant::now(),
             leases: None,
             lease_view: BTreeMap::new(),
-            draining: BTreeSet::new(),
             relist: false,
         })
     }
@@ -412,8 +408,7 @@ impl KinesisSource {
     }
 
     fn readable(&self, id: &str, s: &ShardState, now: Instant) -> bool {
-        self.leases.as_ref().is_none_or(|l| l.lock().owns(id))
-            && !self.draining.contains(id)
+        self.leases.as_ref().is_none_or(|l| l.lock().reads(id))
             && !s.ended
             && !self.finished(id)
             && s.ready_at <= now
@@ -445,12 +440,6 @@ impl KinesisSource {
             }
         };
         self.lease_view = ch.checkpoints;
-        // Above the share: stop reading that many (the last by id) so they go back.
-        let held: Vec<String> = shards
-            .into_iter()
-            .filter(|s| !ch.lost.contains(s) && leases.lock().owns(s))
-            .collect();
-        self.draining = held.into_iter().rev().take(ch.surplus).collect();
         for id in ch.lost {
             self.committed.remove(&id);
             if let Some(s) = self.shards.get_mut(&id) {

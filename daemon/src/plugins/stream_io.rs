@@ -136,10 +136,6 @@ pub struct StreamSource {
     leases: Option<crate::stream::lease::SharedLeases>,
     /// Each lease's checkpoint as last seen, by shard id (shards other nodes read).
     lease_view: BTreeMap<String, u64>,
-    /// Leased shards above this node's share that are no longer read, so that their
-    /// batches in flight finish and the next tick gives them back (a node that joins
-    /// under load gets its share from the busy ones).
-    draining: BTreeSet<String>,
 }
 
 fn checkpoint_path(
@@ -221,7 +217,6 @@ impl Plugin for StreamSource {
             writes: None,
             leases: None,
             lease_view: BTreeMap::new(),
-            draining: BTreeSet::new(),
         })
     }
 
@@ -359,20 +354,6 @@ impl StreamSource {
         self.lease_view = ch.checkpoints;
         // Above the share: stop reading that many (the last by id; the same ones each
         // tick while they drain).
-        let Some(leases) = &self.leases else {
-            return;
-        };
-        let mut held: Vec<String> = shards
-            .into_iter()
-            .filter(|s| leases.lock().owns(s))
-            .collect();
-        held.retain(|s| !ch.lost.contains(s));
-        let draining: BTreeSet<String> = held.into_iter().rev().take(ch.surplus).collect();
-        let changed = draining != self.draining;
-        self.draining = draining;
-        if changed && !self.draining.is_empty() {
-            tracing::info!(pipeline = %self.pipeline, stream = %self.cfg.stream, shards = ?self.draining, "above this node's share: finishing these shards' batches to give their leases back");
-        }
         for id in ch.lost {
             if let Some(sh) = set.all.iter().find(|s| s.id == id) {
                 sh.set_leased(&self.pipeline, false);
@@ -511,8 +492,7 @@ impl StreamSource {
 
     /// Whether shard `sh` may be read now: not finished, and its parents are.
     fn readable(&self, set: &ShardSet, sh: &Shard) -> bool {
-        self.leases.as_ref().is_none_or(|l| l.lock().owns(&sh.id))
-            && !self.draining.contains(&sh.id)
+        self.leases.as_ref().is_none_or(|l| l.lock().reads(&sh.id))
             && !self.finished(set, sh.index)
             && sh
                 .parent

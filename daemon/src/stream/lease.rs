@@ -59,9 +59,6 @@ pub struct Changes<C = u64> {
     /// Every lease's checkpoint as last seen, by shard id (whether a shard another node
     /// reads is finished).
     pub checkpoints: BTreeMap<String, C>,
-    /// Leases held above this node's share after the tick (busy ones are not given back:
-    /// the reader stops reading that many, so they are idle — and go back — next tick).
-    pub surplus: usize,
 }
 
 impl<C> Default for Changes<C> {
@@ -70,7 +67,6 @@ impl<C> Default for Changes<C> {
             acquired: Vec::new(),
             lost: Vec::new(),
             checkpoints: BTreeMap::new(),
-            surplus: 0,
         }
     }
 }
@@ -94,6 +90,9 @@ pub struct Leases<C = u64> {
     renewed_at: Instant,
     /// Leases the renewer found taken, reported by the next tick.
     lost_pending: Vec<String>,
+    /// Held leases above this node's share that are busy: not read any more (see
+    /// [`Leases::reads`]), so their batches finish and the next tick gives them back.
+    draining: BTreeSet<String>,
     owned_gauges: BTreeMap<String, metrics::Gauge>,
     takeovers: metrics::Counter,
     lost: metrics::Counter,
@@ -262,6 +261,7 @@ impl<C: LeaseCheckpoint> Leases<C> {
             next_tick: None,
             renewed_at: Instant::now(),
             lost_pending: Vec::new(),
+            draining: BTreeSet::new(),
             owned_gauges: BTreeMap::new(),
             takeovers,
             lost,
@@ -284,6 +284,12 @@ impl<C: LeaseCheckpoint> Leases<C> {
                 .valid_until
                 .get(shard)
                 .is_some_and(|&t| Instant::now() < t)
+    }
+
+    /// Whether this node reads `shard` now: it holds the lease ([`Leases::owns`]) and is
+    /// not giving it back.
+    pub fn reads(&self, shard: &str) -> bool {
+        self.owns(shard) && !self.draining.contains(shard)
     }
 
     /// Whether a tick is due.
@@ -434,7 +440,14 @@ impl<C: LeaseCheckpoint> Leases<C> {
             tracing::info!(pipeline = %self.pipeline, stream = %self.stream, shard = %shard, "gave a lease back to balance the nodes");
             ch.lost.push(shard);
         }
-        ch.surplus = self.held.len().saturating_sub(share);
+        // Busy ones above the share (the last by id, the same ones each tick) stop being
+        // read, so that they are idle — and go back — at a later tick.
+        let surplus = self.held.len().saturating_sub(share);
+        let draining: BTreeSet<String> = self.held.keys().rev().take(surplus).cloned().collect();
+        if draining != self.draining && !draining.is_empty() {
+            tracing::info!(pipeline = %self.pipeline, stream = %self.stream, shards = ?draining, "above this node's share: finishing these shards' batches to give their leases back");
+        }
+        self.draining = draining;
         Ok(ch)
     }
 
