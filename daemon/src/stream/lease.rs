@@ -743,6 +743,38 @@ mod tests {
         assert!(ch.lost.is_empty() && l.lock().owns(&shards[0]));
     }
 
+    /// A run of a pipeline that ended without giving its leases back (a failure and
+    /// restart in the same process) is followed by one that takes them back at once, not
+    /// after they expire; another node's leases still wait for their expiry.
+    #[test]
+    fn a_later_run_on_the_same_node_takes_its_leases_back_at_once() {
+        let cluster = crate::testing::NatsCluster::start(1);
+        let connect = |node: &str| {
+            Cluster::connect(JetStreamOptions {
+                servers: cluster.urls(),
+                replicas: 1,
+                lease_duration: Duration::from_secs(60),
+                node: Some(node.into()),
+                ..JetStreamOptions::default()
+            })
+            .unwrap()
+        };
+        let shards = ["shardId-000000000000".to_string()];
+        let (none, idle) = (BTreeMap::new(), BTreeSet::new());
+        let a = connect("a");
+        let mut first: Leases = Leases::open(a.clone(), "p", "s").unwrap();
+        assert_eq!(first.tick(&shards, &none, &idle).unwrap().acquired.len(), 1);
+        drop(first);
+        let mut other: Leases = Leases::open(connect("b"), "p", "s").unwrap();
+        assert!(other
+            .tick(&shards, &none, &idle)
+            .unwrap()
+            .acquired
+            .is_empty());
+        let mut again: Leases = Leases::open(a, "p", "s").unwrap();
+        assert_eq!(again.tick(&shards, &none, &idle).unwrap().acquired.len(), 1);
+    }
+
     /// A node reads under a lease only while its last renewal is recent: one that stops
     /// renewing (it cannot reach the cluster, say) stops reading within three quarters of
     /// the duration — before the lease expires for the others — and a renewal restores it.
