@@ -32,7 +32,7 @@ pub use shared::{SharedError, SharedIntents};
 pub use spool::{SpoolFile, SPILL_AT};
 
 use buffer::Buffer;
-use encode::encode_slices;
+use encode::Encoders;
 use naming::unique_id;
 use recovery::{partition_id, Recovering, Recovery};
 use shared::IntentStore;
@@ -128,6 +128,8 @@ pub struct Delivery {
     mem: u64,
     /// Open data (not error) buffers, for `max_active_partitions`.
     data_partitions: usize,
+    /// Compression states reused from object to object.
+    encoders: Encoders,
     /// Data records durably stored so far.
     pub delivered: u64,
     log: Option<IntentStore>,
@@ -272,6 +274,7 @@ impl Delivery {
             bytes: 0,
             mem: 0,
             data_partitions: 0,
+            encoders: Encoders::default(),
             delivered: 0,
         })
     }
@@ -969,7 +972,8 @@ impl Delivery {
                 (Vec::new(), Some(sp.finish()?))
             }
             _ => (
-                encode_slices(held_codec, b.data.slices(), b.data.len()),
+                self.encoders
+                    .encode_slices(held_codec, b.data.slices(), b.data.len()),
                 None,
             ),
         };

@@ -1,16 +1,15 @@
 //! The bundled `object-store` object sink. `url` is a directory (relative paths resolve
 //! against the daemon config's folder) or `file:///absolute/path`. Objects are written
-//! the way readers never see a partial one: a hidden temp name in the target folder,
-//! `fsync`, `rename`, `fsync` of the folder. Re-delivering an object with the same key
-//! replaces it (and removes temp files a crash left for that name), so replays with
-//! deterministic names leave no duplicates and no debris.
+//! the way readers never see a partial one: a hidden temp name in the target folder, then
+//! `rename`; they are confirmed to the host only once a sync covers them (`dir.rs`: a
+//! group commit of every object renamed meanwhile, by one `syncfs` or by per-object
+//! `fsync`s — the `sync` option). Re-delivering an object with the same key replaces it
+//! (and removes temp files a crash left for that name), so replays with deterministic
+//! names leave no duplicates and no debris.
 //!
 //! Objects are written by `concurrency` worker threads (default 8): `submit_object`
-//! copies the object, hands it over and returns; past `concurrency` objects in flight it
-//! answers "full" and wakes the host when one completes. Workers renaming into the same
-//! folder share its `fsync` (a group commit: one sync covers every rename finished before
-//! it started), so a flush round of many objects costs one folder sync per folder, not
-//! one per object.
+//! copies the object, hands it over and returns; past `concurrency` objects being written
+//! it answers "full" and wakes the host when one is renamed into place.
 //!
 //! `s3://bucket/prefix` writes to S3 or any S3-compatible store through the `object_store`
 //! crate (`endpoint`, `region`, `access_key_id`, `secret_access_key`, `path_style`,
@@ -18,16 +17,15 @@
 //! 16 MiB go up as multipart uploads. The plugin runs its own small tokio runtime: plugins
 //! never share the daemon's. Failures are retryable: the host retries with backoff.
 
+mod dir;
 #[cfg(feature = "s3")]
 mod s3;
+use dir::{DirTarget, SyncMode};
 use sluice_plugin_api::Notifier;
 use sluice_plugin_api::{
     declare_library, Completion, Context, Error, Object, ObjectSink, Plugin, Submitted,
 };
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 
@@ -62,6 +60,12 @@ pub struct ObjectStoreConfig {
     /// Objects written (or uploaded) at the same time, 1–64 (default 8).
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Directories: how written objects are made durable before they are confirmed —
+    /// `auto` (default: one `syncfs` when the objects finished meanwhile would need 16 or
+    /// more `fsync`s of files and folders, else those `fsync`s), `object` (always per object) or `filesystem` (always
+    /// one `syncfs` per group).
+    #[serde(default)]
+    pub sync: Option<String>,
 }
 
 /// Default of `concurrency`.
@@ -70,7 +74,7 @@ const DEFAULT_CONCURRENCY: u32 = 8;
 const MAX_CONCURRENCY: u32 = 64;
 
 enum Target {
-    Dir(PathBuf),
+    Dir(DirTarget),
     #[cfg(feature = "s3")]
     S3(s3::S3Target),
 }
@@ -79,10 +83,11 @@ enum Target {
 pub struct ObjectStore {
     inner: Arc<Inner>,
     concurrency: usize,
-    /// Objects submitted and not yet completed.
+    /// Objects submitted and not yet written (directories: renamed into place and queued
+    /// for their sync; S3: uploaded).
     in_flight: Arc<AtomicUsize>,
     notifier: Notifier,
-    /// The workers' queue (bounded by `in_flight`), and how many workers still run.
+    /// The workers' queue (bounded by `in_flight`), and how many threads still run.
     jobs: Option<mpsc::Sender<Job>>,
     running: Arc<(Mutex<usize>, Condvar)>,
 }
@@ -90,15 +95,16 @@ pub struct ObjectStore {
 /// What the workers share.
 struct Inner {
     target: Target,
-    /// Folders known to exist (created or seen by this instance), so that an object
-    /// costs no `mkdir -p`; bounded, and forgotten when a write finds one gone.
-    known_dirs: Mutex<HashSet<PathBuf>>,
-    /// Group commit of folder syncs, per folder (entries no write uses are pruned).
-    dir_syncs: Mutex<HashMap<PathBuf, Arc<DirSync>>>,
 }
 
 /// An object copied out of the host's call, with its completion.
 struct Job {
+    obj: OwnedObject,
+    done: Completion,
+}
+
+/// The object's fields, owned.
+struct OwnedObject {
     key: String,
     content_type: String,
     content_encoding: String,
@@ -106,82 +112,6 @@ struct Job {
     oldest_timestamp_ms: i64,
     body: Vec<u8>,
     body_path: Option<String>,
-    done: Completion,
-}
-
-/// One folder's sync state: changes to its entries (renames into it, folders made in it)
-/// counted, syncs covering them.
-#[derive(Default)]
-struct DirSync {
-    state: Mutex<SyncState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct SyncState {
-    /// Renames finished into the folder.
-    renamed: u64,
-    /// Renames a finished sync covers.
-    synced: u64,
-    syncing: bool,
-}
-
-impl DirSync {
-    /// Makes a change to `dir`'s entries (a rename into it, a folder made in it) durable:
-    /// returns once a folder sync that started after it has finished — its own, or one
-    /// another worker was running meanwhile.
-    fn after_change(&self, dir: &Path) -> std::io::Result<()> {
-        self.after_change_with(|| sync_dir(dir))
-    }
-
-    /// [`DirSync::after_change`] with the sync given (tests count them).
-    fn after_change_with(&self, sync: impl Fn() -> std::io::Result<()>) -> std::io::Result<()> {
-        let lock = || {
-            self.state
-                .lock()
-                .map_err(|_| std::io::Error::other("folder sync state poisoned"))
-        };
-        let mut st = lock()?;
-        st.renamed += 1;
-        let mine = st.renamed;
-        loop {
-            if st.synced >= mine {
-                return Ok(());
-            }
-            if st.syncing {
-                st = self
-                    .changed
-                    .wait(st)
-                    .map_err(|_| std::io::Error::other("folder sync state poisoned"))?;
-                continue;
-            }
-            st.syncing = true;
-            let upto = st.renamed;
-            drop(st);
-            let r = sync();
-            st = lock()?;
-            st.syncing = false;
-            if r.is_ok() {
-                st.synced = st.synced.max(upto);
-            }
-            self.changed.notify_all();
-            // A failed sync fails this object (retried by the host); the others waiting
-            // try a sync of their own.
-            r?;
-        }
-    }
-}
-
-/// Most folders whose sync state is kept while unused.
-const MAX_DIR_SYNCS: usize = 1024;
-
-/// Most folders remembered; past it the set starts over (a cache, not a record).
-const MAX_KNOWN_DIRS: usize = 65_536;
-
-fn safe_key(key: &str) -> Option<PathBuf> {
-    let p = Path::new(key);
-    let ok = !key.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
-    ok.then(|| p.to_path_buf())
 }
 
 /// Where `url` points: a directory (relative ones resolved by `resolve`) or S3.
@@ -198,7 +128,19 @@ fn target(cfg: &ObjectStoreConfig, resolve: impl Fn(&Path) -> PathBuf) -> Result
         ("path_style", cfg.path_style.is_some()),
         ("allow_http", cfg.allow_http.is_some()),
     ];
+    let sync = match cfg.sync.as_deref() {
+        None => SyncMode::Auto,
+        Some(s) => SyncMode::parse(s).ok_or_else(|| {
+            Error::config_field(
+                "sync",
+                format_args!("unknown sync `{s}` (use auto, object or filesystem)"),
+            )
+        })?,
+    };
     let target = if let Some(rest) = url.strip_prefix("s3://") {
+        if cfg.sync.is_some() {
+            return Err(Error::config_field("sync", "only applies to directories"));
+        }
         #[cfg(feature = "s3")]
         {
             Target::S3(s3::open(cfg, rest)?)
@@ -222,7 +164,7 @@ fn target(cfg: &ObjectStoreConfig, resolve: impl Fn(&Path) -> PathBuf) -> Result
                     "file:// URLs need an absolute path (file:///var/lake)",
                 ));
             }
-            Target::Dir(PathBuf::from(p))
+            Target::Dir(DirTarget::new(PathBuf::from(p), sync))
         } else if url.contains("://") {
             return Err(Error::config_field(
                 "url",
@@ -231,7 +173,7 @@ fn target(cfg: &ObjectStoreConfig, resolve: impl Fn(&Path) -> PathBuf) -> Result
                 ),
             ));
         } else {
-            Target::Dir(resolve(Path::new(url)))
+            Target::Dir(DirTarget::new(resolve(Path::new(url)), sync))
         }
     };
     Ok(target)
@@ -249,11 +191,7 @@ impl Plugin for ObjectStore {
         }
         let target = target(&cfg, |p| ctx.resolve_path(p))?;
         Ok(ObjectStore {
-            inner: Arc::new(Inner {
-                target,
-                known_dirs: Default::default(),
-                dir_syncs: Default::default(),
-            }),
+            inner: Arc::new(Inner { target }),
             concurrency: concurrency as usize,
             in_flight: Default::default(),
             notifier: ctx.notifier(),
@@ -265,53 +203,79 @@ impl Plugin for ObjectStore {
     fn start(&mut self) -> Result<(), Error> {
         let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| Error::fatal("started twice"))?;
         match &mut inner.target {
-            Target::Dir(root) => std::fs::create_dir_all(&*root)
-                .map_err(|e| Error::fatal(format_args!("cannot create {}: {e}", root.display())))?,
+            Target::Dir(d) => d.open().map_err(|e| {
+                Error::fatal(format_args!("cannot create {}: {e}", d.root().display()))
+            })?,
             #[cfg(feature = "s3")]
             Target::S3(t) => t.start()?,
         }
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         self.jobs = Some(tx);
+        // Writers are counted before the committer starts: it ends when none is left.
+        let mut uncounted = 0;
+        if let Target::Dir(d) = &self.inner.target {
+            (0..self.concurrency).for_each(|_| d.add_writer());
+            uncounted = self.concurrency;
+            let (inner, notifier) = (self.inner.clone(), self.notifier.clone());
+            let committer = move || {
+                if let Target::Dir(d) = &inner.target {
+                    d.run_committer(|| notifier.notify());
+                }
+            };
+            if let Err(e) = self.spawn("object-store-sync".into(), committer) {
+                self.abort_start(uncounted);
+                return Err(e);
+            }
+        }
         for i in 0..self.concurrency {
             let (rx, inner) = (rx.clone(), self.inner.clone());
             let (in_flight, notifier) = (self.in_flight.clone(), self.notifier.clone());
-            let running = self.running.clone();
-            if let Ok(mut n) = running.0.lock() {
-                *n += 1;
-            }
-            let spawned = std::thread::Builder::new()
-                .name(format!("object-store-{i}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held only to take a job, not while writing it.
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => break,
-                        };
-                        let Ok(job) = job else { break };
-                        let result = inner.write(&job.object());
-                        match result {
-                            Ok(()) => job.done.success(),
-                            Err(e) => job.done.fail(&e),
+            let worker = move || {
+                loop {
+                    // The lock is held only to take a job, not while writing it.
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok(Job { obj, done }) = job else { break };
+                    match &inner.target {
+                        Target::Dir(d) => {
+                            let done: dir::Done = Box::new(move |r| match r {
+                                Ok(()) => done.success(),
+                                Err(e) => done.fail(&e),
+                            });
+                            // Confirmed by the committer once synced.
+                            if let Err((e, done)) = d.write(&obj.object(), done) {
+                                done(Err(e));
+                            }
                         }
-                        in_flight.fetch_sub(1, Ordering::AcqRel);
-                        notifier.notify();
+                        #[cfg(feature = "s3")]
+                        Target::S3(t) => match dir::safe_key(&obj.key)
+                            .ok_or_else(|| {
+                                Error::fatal(format_args!(
+                                    "refusing unsafe object key `{}`",
+                                    obj.key
+                                ))
+                            })
+                            .and_then(|_| t.write(&obj.object()))
+                        {
+                            Ok(()) => done.success(),
+                            Err(e) => done.fail(&e),
+                        },
                     }
-                    if let Ok(mut n) = running.0.lock() {
-                        *n -= 1;
-                        running.1.notify_all();
-                    }
-                });
-            if let Err(e) = spawned {
-                if let Ok(mut n) = self.running.0.lock() {
-                    *n -= 1;
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    notifier.notify();
                 }
-                self.shut(std::time::Duration::ZERO);
-                return Err(Error::fatal(format_args!(
-                    "cannot start a writer thread: {e}"
-                )));
+                if let Target::Dir(d) = &inner.target {
+                    d.writer_done();
+                }
+            };
+            if let Err(e) = self.spawn(format!("object-store-{i}"), worker) {
+                self.abort_start(uncounted);
+                return Err(e);
             }
+            uncounted = uncounted.saturating_sub(1);
         }
         Ok(())
     }
@@ -323,6 +287,36 @@ impl Plugin for ObjectStore {
 }
 
 impl ObjectStore {
+    /// Runs `body` on a thread of its own, counted in `running` until it returns.
+    fn spawn(&self, name: String, body: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+        let running = self.running.clone();
+        if let Ok(mut n) = running.0.lock() {
+            *n += 1;
+        }
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            body();
+            if let Ok(mut n) = running.0.lock() {
+                *n -= 1;
+                running.1.notify_all();
+            }
+        });
+        spawned.map(drop).map_err(|e| {
+            if let Ok(mut n) = self.running.0.lock() {
+                *n -= 1;
+            }
+            Error::fatal(format_args!("cannot start a writer thread: {e}"))
+        })
+    }
+
+    /// A thread could not start: the writers counted but not started leave, and what did
+    /// start is stopped.
+    fn abort_start(&mut self, uncounted: usize) {
+        if let Target::Dir(d) = &self.inner.target {
+            (0..uncounted).for_each(|_| d.writer_done());
+        }
+        self.shut(std::time::Duration::ZERO);
+    }
+
     /// Closes the queue (the workers finish what was handed over, then end) and waits
     /// for them at most `deadline`: a worker stuck in an upload is left to finish on its
     /// own — its late completion is refused by the host, harmlessly.
@@ -341,7 +335,7 @@ impl Drop for ObjectStore {
     }
 }
 
-impl Job {
+impl OwnedObject {
     fn object(&self) -> Object<'_> {
         Object {
             key: &self.key,
@@ -355,84 +349,6 @@ impl Job {
     }
 }
 
-use sluice_plugin_api::fs::sync_dir;
-
-impl Inner {
-    /// The sync state of `dir`, shared by the writers into it.
-    fn dir_sync(&self, dir: &Path) -> std::io::Result<Arc<DirSync>> {
-        let mut syncs = self
-            .dir_syncs
-            .lock()
-            .map_err(|_| std::io::Error::other("folder sync table poisoned"))?;
-        if syncs.len() >= MAX_DIR_SYNCS {
-            // Bounded: forget the folders no write is using now.
-            syncs.retain(|_, s| Arc::strong_count(s) > 1);
-        }
-        Ok(syncs.entry(dir.to_path_buf()).or_default().clone())
-    }
-
-    fn write(&self, obj: &Object<'_>) -> Result<(), Error> {
-        let rel = safe_key(obj.key).ok_or_else(|| {
-            Error::fatal(format_args!("refusing unsafe object key `{}`", obj.key))
-        })?;
-        let root = match &self.target {
-            Target::Dir(root) => root.clone(),
-            #[cfg(feature = "s3")]
-            Target::S3(t) => return t.write(obj),
-        };
-        let path = root.join(&rel);
-        let dir = path.parent().unwrap_or(&root).to_path_buf();
-        let io = |what: &str, e: std::io::Error| {
-            Error::retryable(format_args!("{what} {}: {e}", path.display()))
-        };
-        let known = |d: &Path| self.known_dirs.lock().is_ok_and(|k| k.contains(d));
-        if !known(&dir) {
-            // New folders are synced into their parents, through the folder group commit.
-            sluice_plugin_api::fs::make_dirs(&dir, |parent| {
-                self.dir_sync(parent)?.after_change(parent)
-            })
-            .map_err(|e| io("cannot create the folder of", e))?;
-            if let Ok(mut k) = self.known_dirs.lock() {
-                if k.len() >= MAX_KNOWN_DIRS {
-                    k.clear();
-                }
-                k.insert(dir.clone());
-            }
-        }
-        let dir_sync = self
-            .dir_sync(&dir)
-            .map_err(|e| io("cannot sync the folder of", e))?;
-        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("object");
-        // One temp name per object: a crash mid-write leaves `.<name>.tmp`, and the replay,
-        // which writes the same object into the same folder, overwrites and renames it —
-        // no leftovers and no folder scan per object.
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            match obj.body_path {
-                Some(src) => {
-                    std::io::copy(&mut File::open(src)?, &mut f)?;
-                }
-                None => f.write_all(obj.body)?,
-            }
-            f.sync_all()?;
-            sluice_plugin_api::failpoint("object-store-mid-upload");
-            std::fs::rename(&tmp, &path)?;
-            dir_sync.after_change(&dir)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            if e.kind() == std::io::ErrorKind::NotFound {
-                // The folder went away under us: make it again on the retry.
-                if let Ok(mut k) = self.known_dirs.lock() {
-                    k.remove(&dir);
-                }
-            }
-            io("cannot write", e)
-        })
-    }
-}
-
 impl ObjectSink for ObjectStore {
     fn submit_object(&mut self, obj: &Object<'_>, done: Completion) -> Result<Submitted, Error> {
         let Some(jobs) = &self.jobs else {
@@ -443,7 +359,7 @@ impl ObjectSink for ObjectStore {
             return Ok(Submitted::Full(done));
         }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let job = Job {
+        let obj = OwnedObject {
             key: obj.key.to_string(),
             content_type: obj.content_type.to_string(),
             content_encoding: obj.content_encoding.to_string(),
@@ -452,8 +368,8 @@ impl ObjectSink for ObjectStore {
             // The host's bytes are borrowed for this call only.
             body: obj.body.to_vec(),
             body_path: obj.body_path.map(str::to_string),
-            done,
         };
+        let job = Job { obj, done };
         if let Err(mpsc::SendError(job)) = jobs.send(job) {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             job.done
@@ -472,48 +388,9 @@ declare_library!(
 mod tests {
     use super::*;
 
-    /// Writers renaming into one folder at the same time share folder syncs, and none
-    /// returns before a sync that started after its rename has finished.
-    #[test]
-    fn folder_syncs_are_group_committed() {
-        use std::sync::atomic::AtomicU64;
-        let ds = Arc::new(DirSync::default());
-        let (started, finished) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let threads: Vec<_> = (0..16)
-            .map(|_| {
-                let (ds, started, finished) = (ds.clone(), started.clone(), finished.clone());
-                std::thread::spawn(move || {
-                    // The rename happened: every sync started from now on covers it.
-                    let syncs_before = started.load(Ordering::SeqCst);
-                    ds.after_change_with(|| {
-                        started.fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                        finished.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    })
-                    .unwrap();
-                    assert!(
-                        finished.load(Ordering::SeqCst) > syncs_before,
-                        "returned before a sync that covers the rename finished"
-                    );
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let syncs = started.load(Ordering::SeqCst);
-        assert!((1..16).contains(&syncs), "{syncs} syncs for 16 renames");
-        // A failed sync fails its caller; the next one syncs again.
-        let ds = DirSync::default();
-        assert!(ds
-            .after_change_with(|| Err(std::io::Error::other("disk gone")))
-            .is_err());
-        assert!(ds.after_change_with(|| Ok(())).is_ok());
-    }
-
     #[test]
     fn keys_cannot_escape_the_root() {
+        use dir::safe_key;
         assert!(safe_key("type=a/source=b/x.gz").is_some());
         assert!(safe_key("../x").is_none());
         assert!(safe_key("/etc/passwd").is_none());
