@@ -413,6 +413,27 @@ mod tests {
         assert!(target(&cfg("lake"), Path::to_path_buf).is_ok());
     }
 
+    /// `sync` takes auto, object or filesystem, and only for directories.
+    #[test]
+    fn sync_is_checked() {
+        let with = |url: &str, sync: &str| -> ObjectStoreConfig {
+            serde_json::from_value(serde_json::json!({ "url": url, "sync": sync })).unwrap()
+        };
+        for ok in ["auto", "object", "filesystem"] {
+            assert!(target(&with("lake", ok), Path::to_path_buf).is_ok(), "{ok}");
+        }
+        let e = target(&with("lake", "fsync"), Path::to_path_buf)
+            .err()
+            .unwrap();
+        assert_eq!(e.field.as_deref(), Some("sync"));
+        assert!(e.message.contains("unknown sync `fsync`"), "{e}");
+        let e = target(&with("s3://bucket/p", "auto"), Path::to_path_buf)
+            .err()
+            .unwrap();
+        assert_eq!(e.field.as_deref(), Some("sync"));
+        assert!(e.message.contains("only applies to directories"), "{e}");
+    }
+
     #[cfg(feature = "s3")]
     #[test]
     fn s3_urls_need_a_bucket() {
