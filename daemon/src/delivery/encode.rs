@@ -1,6 +1,6 @@
 //! Encoding a buffer's bytes with the pipeline's compression. The gzip and zstd states
-//! are kept by their owner ([`Encoders`], one per delivery) and reset for each object: a new one allocates ~300 KiB (gzip) to
-//! ~1.4 MiB (zstd level 3) of fresh pages, which with thousands of small objects per
+//! are kept by their owner ([`Encoders`], one per delivery) and reset for each object: a
+//! new one allocates ~300 KiB (gzip) to ~1.4 MiB (zstd level 3) of fresh pages, which with thousands of small objects per
 //! flush cost more than compressing them (page faults and `munmap` were 14 % of the
 //! daemon's CPU at 10,000 partitions).
 
@@ -51,8 +51,8 @@ impl Encoders {
         }
     }
 
-    /// A gzip member (RFC 1952: header, deflate stream, CRC-32, length) from the thread's
-    /// reused deflate state.
+    /// A gzip member (RFC 1952: header, deflate stream, CRC-32, length) from the reused
+    /// deflate state.
     fn gzip<'a>(
         &mut self,
         level: u32,
@@ -69,17 +69,10 @@ impl Encoders {
         let mut out = Vec::with_capacity(len / 4 + 32);
         out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 255]);
         let mut crc = flate2::Crc::new();
+        let enc = for_level(&mut self.deflate, level, || {
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::new(level))
+        });
         let body = (|| -> std::io::Result<Vec<u8>> {
-            let enc = match &mut self.deflate {
-                Some((l, enc)) if *l == level => enc,
-                other => {
-                    let enc = flate2::write::DeflateEncoder::new(
-                        Vec::new(),
-                        flate2::Compression::new(level),
-                    );
-                    &mut other.insert((level, enc)).1
-                }
-            };
             // `reset` ends whatever stream the state held (an empty one, into a `Vec` dropped
             // here) and starts a new one into `out`.
             enc.reset(out)?;
@@ -104,26 +97,32 @@ impl Encoders {
         len: usize,
     ) -> Vec<u8> {
         use zstd::zstd_safe::{CCtx, CParameter, ResetDirective};
-        {
-            let cctx = match &mut self.zstd {
-                Some((l, cctx)) if *l == level => cctx,
-                other => {
-                    let mut cctx = CCtx::create();
-                    let _ = cctx.set_parameter(CParameter::CompressionLevel(level));
-                    &mut other.insert((level, cctx)).1
-                }
-            };
-            // A frame left unfinished (never: writing into a `Vec` cannot fail) is dropped;
-            // the level stays.
-            let _ = cctx.reset(ResetDirective::SessionOnly);
-            let mut e =
-                zstd::stream::write::Encoder::with_context(Vec::with_capacity(len / 4), cctx);
-            for s in slices {
-                let _ = e.write_all(s);
-            }
-            e.finish().unwrap_or_default()
+        let cctx = for_level(&mut self.zstd, level, || {
+            let mut cctx = CCtx::create();
+            let _ = cctx.set_parameter(CParameter::CompressionLevel(level));
+            cctx
+        });
+        // A frame left unfinished (never: writing into a `Vec` cannot fail) is dropped;
+        // the level stays.
+        let _ = cctx.reset(ResetDirective::SessionOnly);
+        let mut e = zstd::stream::write::Encoder::with_context(Vec::with_capacity(len / 4), cctx);
+        for s in slices {
+            let _ = e.write_all(s);
         }
+        e.finish().unwrap_or_default()
     }
+}
+
+/// The state kept in `slot` if it was made for `level`, else a new one from `make`.
+fn for_level<L: PartialEq + Copy, T>(
+    slot: &mut Option<(L, T)>,
+    level: L,
+    make: impl FnOnce() -> T,
+) -> &mut T {
+    if slot.as_ref().is_some_and(|(l, _)| *l != level) {
+        *slot = None;
+    }
+    &mut slot.get_or_insert_with(|| (level, make())).1
 }
 
 #[cfg(test)]

@@ -97,10 +97,6 @@ pub fn safe_key(key: &str) -> Option<PathBuf> {
     ok.then(|| p.to_path_buf())
 }
 
-fn poisoned() -> std::io::Error {
-    std::io::Error::other("the object-store sink's state is poisoned")
-}
-
 impl DirTarget {
     /// A target writing under `root` (created if missing).
     pub fn new(root: PathBuf, mode: SyncMode) -> DirTarget {
@@ -236,15 +232,12 @@ impl DirTarget {
     /// sync too), and remembering `dir`. Returns whether `dir` is on the root's
     /// filesystem.
     fn make_dir(&self, dir: &Path, dirs: &mut Vec<PathBuf>) -> std::io::Result<bool> {
-        let gained = Mutex::new(Vec::new());
+        let gained = std::cell::RefCell::new(Vec::new());
         sluice_plugin_api::fs::make_dirs(dir, |parent| {
-            gained
-                .lock()
-                .map_err(|_| poisoned())?
-                .push(parent.to_path_buf());
+            gained.borrow_mut().push(parent.to_path_buf());
             Ok(())
         })?;
-        dirs.extend(gained.into_inner().map_err(|_| poisoned())?);
+        dirs.extend(gained.into_inner());
         #[cfg(unix)]
         let same = std::fs::metadata(dir)?.dev() == self.root_dev;
         #[cfg(not(unix))]
@@ -610,6 +603,73 @@ mod tests {
             }
             std::fs::remove_dir_all(&root).unwrap();
         }
+    }
+
+    /// An object on another filesystem than the root's (a mount or symlink under the
+    /// lake) is not covered by the root's `syncfs`: its file and folders are synced on
+    /// their own, even in `filesystem` mode.
+    #[test]
+    fn objects_off_the_roots_filesystem_get_their_own_syncs() {
+        let (root, t) = target(SyncMode::Filesystem);
+        let (mut group, rx) = write_all(&t, &["a/o".to_string(), "b/o".to_string()]);
+        assert!(
+            group.iter().all(|p| p.on_root_fs),
+            "same filesystem as the root"
+        );
+        group[0].on_root_fs = false;
+        let syncs = Syncs::new();
+        syncs.commit(&t, group);
+        assert_eq!(syncs.whole.load(Ordering::SeqCst), 1);
+        let mut folders = syncs.folders.lock().unwrap().clone();
+        folders.sort();
+        assert_eq!(
+            folders,
+            [root.clone(), root.join("a")],
+            "only a/o's folders"
+        );
+        assert_eq!(rx.try_iter().filter(|(_, r)| r.is_ok()).count(), 2);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// At most [`MAX_PENDING`] objects wait for their sync: the next writer waits until
+    /// the committer takes them, then all are confirmed.
+    #[test]
+    fn writers_wait_when_the_sync_queue_is_full() {
+        let (root, t) = target(SyncMode::Filesystem);
+        let t = Arc::new(t);
+        t.add_writer();
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for i in 0..=MAX_PENDING {
+                    let key = format!("p/o{i}");
+                    let tx = tx.clone();
+                    let done: Done = Box::new(move |r| tx.send(r).unwrap());
+                    t.write(&object(&key, b"x"), done)
+                        .map_err(|(e, _)| e)
+                        .unwrap();
+                }
+                t.writer_done();
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while t.queue.lock().unwrap().pending.len() < MAX_PENDING {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue never filled"
+            );
+            std::thread::yield_now();
+        }
+        // Full, and nothing takes from it: the last write cannot have been queued.
+        assert!(!writer.is_finished(), "a writer went past a full queue");
+        assert_eq!(t.queue.lock().unwrap().pending.len(), MAX_PENDING);
+        t.run_committer(|| {});
+        writer.join().unwrap();
+        let outcomes: Vec<_> = rx.iter().collect();
+        assert_eq!(outcomes.len(), MAX_PENDING + 1);
+        assert!(outcomes.iter().all(Result::is_ok));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
