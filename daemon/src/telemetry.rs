@@ -201,6 +201,14 @@ fn describe() {
         "Records read from the shard, by consumer"
     );
     describe_counter!(
+        "sluice_stream_syncfs_total",
+        "Filesystem syncs that made many shards' appends durable at once (instead of one sync per shard)"
+    );
+    describe_counter!(
+        "sluice_stream_syncfs_failures_total",
+        "Filesystem syncs that failed (each shard then synced on its own)"
+    );
+    describe_counter!(
         "sluice_shard_recovered_truncations_total",
         "Torn tails truncated when opening the shard"
     );

@@ -210,11 +210,24 @@ fn validation_errors_are_aws_shaped_and_never_500() {
 
 #[test]
 fn acknowledged_records_survive_sigkill() {
+    acknowledged_records_survive_sigkill_with(2, 10);
+}
+
+/// With many shards per call, their syncs are one filesystem sync (`syncfs`): the same
+/// guarantee, and the counter shows that path was taken.
+#[test]
+fn acknowledged_records_survive_sigkill_with_one_sync_for_many_shards() {
+    acknowledged_records_survive_sigkill_with(16, 64);
+}
+
+/// Writers put `per_call` records per call into a stream of `shards` shards until the
+/// daemon is SIGKILLed; after a restart every acknowledged record reads back.
+fn acknowledged_records_survive_sigkill_with(shards: u32, per_call: usize) {
     let s = Setup::new(
         "",
         &[(
             "streams",
-            "[streams.durable]\nshards = 2\nfsync = \"batch\"\n",
+            &format!("[streams.durable]\nshards = {shards}\nfsync = \"batch\"\n"),
         )],
     );
     let mut d = s.start();
@@ -226,7 +239,7 @@ fn acknowledged_records_survive_sigkill() {
         for i in 0..100_000 {
             let body = format!(
                 r#"{{"StreamName":"durable","Records":[{}]}}"#,
-                (0..10)
+                (0..per_call)
                     .map(|j| format!(r#"{{"Data":"{}","PartitionKey":"k{j}"}}"#, {
                         use base64::Engine as _;
                         base64::engine::general_purpose::STANDARD.encode(format!("r{i}-{j}"))
@@ -255,6 +268,15 @@ fn acknowledged_records_survive_sigkill() {
             &["stream=\"durable\""],
         ) > 500.0
     });
+    let together = d.metric("sluice_stream_syncfs_total", &["stream=\"durable\""]);
+    if shards >= 8 {
+        assert!(
+            together >= 1.0,
+            "calls touching {shards} shards sync them with one syncfs"
+        );
+    } else {
+        assert_eq!(together, 0.0, "{shards} shards sync each on its own");
+    }
     d.child.kill().unwrap(); // SIGKILL
     d.child.wait().unwrap();
     let acked = writer.join().unwrap();
@@ -262,7 +284,7 @@ fn acknowledged_records_survive_sigkill() {
     let mut d = s.start();
     d.wait_ready();
     let mut stored = std::collections::HashMap::new();
-    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+    for shard in (0..shards).map(|i| format!("shardId-{i:012}")) {
         let (_, _, out) = call(
             api,
             "Kinesis_20131202.GetShardIterator",

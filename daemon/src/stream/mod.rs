@@ -31,7 +31,7 @@ pub use topology::{Closed, ShardDef, Topology, TopologyError, MAX_RETAINED_SHARD
 
 use crate::record::now_ms;
 use crate::spec::{Fsync, StreamSpec, WriteLimit};
-use sluice_shardlog::{Entry, FsyncPolicy, Options, ShardLog, StoredRecord};
+use sluice_shardlog::{Entry, FsSync, FsyncPolicy, Options, ShardLog, StoredRecord};
 // (`Entry` and `StoredRecord` are the seam's record types too: `storage` re-exports them.)
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -161,6 +161,8 @@ pub struct Shard {
     pub created_ms: i64,
     /// Where its records live (the shard log; the storage seam).
     pub log: Box<dyn ShardStorage>,
+    /// The stream's filesystem sync, shared by its shard logs (see [`append_groups`]).
+    fs_sync: Option<Arc<GroupSync>>,
     /// Appends hold it for reading; a resharding closing the shard holds it for writing
     /// and leaves `Some` behind.
     gate: RwLock<Option<Closed>>,
@@ -253,6 +255,8 @@ pub struct Stream {
     settings: RwLock<StreamSettings>,
     /// Where its shards keep their records.
     backend: Backend,
+    /// One `syncfs` for many shard logs' appends (shard logs under `fsync = "batch"`).
+    fs_sync: Option<Arc<GroupSync>>,
 }
 
 /// A token bucket holding up to one second of the allowed rate.
@@ -294,6 +298,35 @@ fn policy(f: Fsync) -> FsyncPolicy {
     }
 }
 
+/// The filesystem sync of a stream whose shard logs sync per batch; `None` otherwise, or
+/// where `syncfs` cannot report errors (each shard then syncs on its own, as always).
+fn open_fs_sync(dir: &Path, name: &str, fsync: Fsync, backend: &Backend) -> Option<Arc<GroupSync>> {
+    if !matches!((fsync, backend), (Fsync::Batch, Backend::Log)) {
+        return None;
+    }
+    let labels = [("stream", name.to_string())];
+    match FsSync::open(dir) {
+        Ok(f) => f.map(|fs| {
+            Arc::new(GroupSync {
+                fs,
+                syncs: metrics::counter!("sluice_stream_syncfs_total", &labels),
+                failures: metrics::counter!("sluice_stream_syncfs_failures_total", &labels),
+            })
+        }),
+        Err(e) => {
+            tracing::warn!(stream = name, error = %e, "no filesystem-wide sync; each shard syncs on its own");
+            None
+        }
+    }
+}
+
+/// A stream's [`FsSync`] and its counters.
+struct GroupSync {
+    fs: FsSync,
+    syncs: metrics::Counter,
+    failures: metrics::Counter,
+}
+
 /// What a stream's shards are opened with.
 struct ShardOpts<'a> {
     dir: &'a Path,
@@ -303,6 +336,7 @@ struct ShardOpts<'a> {
     backend: &'a Backend,
     max_record_size: u64,
     max_bytes: Option<u64>,
+    fs_sync: &'a Option<Arc<GroupSync>>,
 }
 
 /// Opens shard `def`'s storage: its log in the stream folder (reporting what recovery
@@ -333,6 +367,7 @@ fn open_shard(o: &ShardOpts<'_>, def: &ShardDef) -> Result<Shard, StreamError> {
         adjacent_parent: def.adjacent_parent,
         created_ms: def.created_ms,
         log,
+        fs_sync: o.fs_sync.clone(),
         gate: RwLock::new(def.closed),
         consumers: Default::default(),
         leased: Default::default(),
@@ -425,6 +460,7 @@ impl Stream {
             }
             None => Topology::uniform(meta.shards.max(1), meta.created_ms),
         };
+        let fs_sync = open_fs_sync(&dir, name, fsync, &backend);
         let opts = ShardOpts {
             dir: &dir,
             name,
@@ -433,6 +469,7 @@ impl Stream {
             backend: &backend,
             max_record_size,
             max_bytes,
+            fs_sync: &fs_sync,
         };
         let set = shard_set(topology, |d| Ok(Arc::new(open_shard(&opts, d)?)))?;
         Ok(Stream {
@@ -454,6 +491,7 @@ impl Stream {
             expired_issued: std::sync::atomic::AtomicU64::new(meta.expired_issued),
             deleted: std::sync::atomic::AtomicBool::new(false),
             backend,
+            fs_sync,
         })
     }
 
@@ -572,6 +610,7 @@ impl Stream {
                         backend: &self.backend,
                         max_record_size: self.max_record_size,
                         max_bytes: self.max_bytes,
+                        fs_sync: &self.fs_sync,
                     },
                     &fresh,
                 )?),
@@ -1091,6 +1130,7 @@ pub fn append_groups(
             sh.log.start_sync();
         }
     }
+    sync_together(groups, &written);
     groups
         .iter()
         .zip(written)
@@ -1104,6 +1144,41 @@ pub fn append_groups(
             }
         })
         .collect()
+}
+
+/// A call needing this many shard syncs makes them one `syncfs` of the stream's
+/// filesystem (its other dirty files are written too, so fewer syncs stay per shard).
+/// 16 shards' syncs cost about twice one `syncfs` here; 4 about as much (BENCHMARKS.md).
+pub const SYNCFS_MIN_SHARDS: usize = 8;
+
+/// The commits of [`append_groups`] made by one filesystem sync when enough of the
+/// stream's shard logs need one. On failure nothing is marked: each commit then syncs its
+/// own shard, which reports that shard's errors only.
+fn sync_together(groups: &[(&Shard, &[Entry<'_>])], written: &[Result<Appended, StreamError>]) {
+    let Some(fs) = groups.first().and_then(|(sh, _)| sh.fs_sync.as_ref()) else {
+        return;
+    };
+    let logs: Vec<(&ShardLog, u64)> = groups
+        .iter()
+        .zip(written)
+        .filter_map(|((sh, _), w)| {
+            let a = w.as_ref().ok()?;
+            let same = sh.fs_sync.as_ref().is_some_and(|f| Arc::ptr_eq(f, fs));
+            let log = sh.log.shard_log()?;
+            (same && fs.fs.covers(log) && log.needs_sync(a.commit)).then_some((log, a.commit))
+        })
+        .collect();
+    if logs.len() < SYNCFS_MIN_SHARDS {
+        return;
+    }
+    match fs.fs.commit(&logs) {
+        Ok(true) => fs.syncs.increment(1),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, shards = logs.len(), "filesystem sync failed; each shard syncs on its own");
+            fs.failures.increment(1);
+        }
+    }
 }
 
 /// Every stream of the daemon.

@@ -52,6 +52,11 @@ pub trait ShardStorage: Send + Sync {
     fn start_sync(&self) {}
     /// Makes the append that returned `commit` durable (per the fsync policy).
     fn commit(&self, commit: u64) -> Result<(), StorageError>;
+    /// The local shard log behind it, if any: several of them can share one filesystem
+    /// sync ([`sluice_shardlog::FsSync`]).
+    fn shard_log(&self) -> Option<&sluice_shardlog::ShardLog> {
+        None
+    }
     /// At most `max_records` records from sequence `from` on (or from the oldest one
     /// still held), at most `max_bytes` of data unless the first record alone is larger.
     fn read(
@@ -119,6 +124,9 @@ impl ShardStorage for sluice_shardlog::ShardLog {
     }
     fn commit(&self, commit: u64) -> Result<(), StorageError> {
         Ok(sluice_shardlog::ShardLog::commit(self, commit)?)
+    }
+    fn shard_log(&self) -> Option<&sluice_shardlog::ShardLog> {
+        Some(self)
     }
     fn read(
         &self,
