@@ -1,20 +1,48 @@
-//! The one shape of jq program the transform answers without jaq, because it is the filter
-//! Firehose users write most: `select(.a.b == "text")` (or `!=`, or `true`/`false`/`null`
-//! on the right). The record is still parsed whole — a record that is not JSON goes to jaq,
-//! which rejects it with its own words — but the members the path does not name are
-//! skipped, not built, and a kept record passes through as its own bytes. Anything the
-//! fast path cannot decide exactly as jaq would (a path through a value that is not an
+//! The shape of jq program the transform answers without jaq, because it is the filter
+//! Firehose users write most: `select(COND)` where COND compares member paths with
+//! strings, booleans or `null` (`.a.b == "text"`, `!=`), tests a path's truthiness
+//! (`.flag`), and combines those with `and`, `or`, `| not` and parentheses. The record is
+//! still parsed whole — a record that is not JSON goes to jaq, which rejects it with its
+//! own words — but in one pass that takes only the members the condition names (the rest
+//! are skipped, not built), and a kept record passes through as its own bytes. Anything
+//! the fast path cannot decide exactly as jaq would (a path through a value that is not an
 //! object, a record serde_json refuses) is handed to jaq. Property-tested against jaq.
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// `select(PATH == LITERAL)` or `select(PATH != LITERAL)`.
+/// Distinct top-level members a fast condition may read (its lookups live on the stack).
+const MAX_TOPS: usize = 8;
+/// Parentheses deeper than this are left to jaq (the parser recurses).
+const MAX_DEPTH: usize = 32;
+
+/// `select(COND)` in its fast form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Select {
-    path: Vec<String>,
-    equal: bool,
-    literal: Literal,
+    /// The first member name of every path COND reads, each once.
+    tops: Vec<String>,
+    cond: Cond,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Cond {
+    /// A path (`tops[top]`, then `rest`) and what is asked of its value.
+    Test {
+        top: usize,
+        rest: Vec<String>,
+        test: Test,
+    },
+    And(Box<Cond>, Box<Cond>),
+    Or(Box<Cond>, Box<Cond>),
+    Not(Box<Cond>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Test {
+    Eq(Literal),
+    Ne(Literal),
+    /// Neither `null` (or absent) nor `false`.
+    Truthy,
 }
 
 /// The right-hand side: the scalars whose jq equality is plain equality (numbers are left
@@ -29,17 +57,193 @@ enum Literal {
 impl Select {
     /// The fast form of `code`, if it has one.
     pub fn recognize(code: &str) -> Option<Select> {
-        let inner = code
-            .trim()
-            .strip_prefix("select")?
-            .trim_start()
-            .strip_prefix('(')?
-            .strip_suffix(')')?
-            .trim();
-        // The path: `.name` segments, names as jq writes them without quotes.
+        let mut p = Parser {
+            s: code,
+            tops: Vec::new(),
+            depth: 0,
+        };
+        if !p.keyword("select") || !p.eat("(") {
+            return None;
+        }
+        let cond = p.pipe()?;
+        if !p.eat(")") {
+            return None;
+        }
+        p.ws();
+        if !p.s.is_empty() || p.tops.len() > MAX_TOPS {
+            return None;
+        }
+        Some(Select { tops: p.tops, cond })
+    }
+
+    /// Whether `data` is kept (`Some`), or `None`: let jaq decide (it may be an error).
+    pub fn keeps(&self, data: &[u8]) -> Option<bool> {
+        // jaq reads bytes that are not UTF-8; serde_json does not skip them the same way.
+        std::str::from_utf8(data).ok()?;
+        let mut found = [None; MAX_TOPS];
+        pick(data, &self.tops, &mut found[..self.tops.len()])?;
+        self.cond.eval(&found)
+    }
+}
+
+impl Cond {
+    /// jq's answer (`and`/`or` short-circuit as jq's do), or `None`: jaq decides.
+    fn eval(&self, found: &[Option<&RawValue>]) -> Option<bool> {
+        match self {
+            Cond::And(a, b) => match a.eval(found)? {
+                false => Some(false),
+                true => b.eval(found),
+            },
+            Cond::Or(a, b) => match a.eval(found)? {
+                true => Some(true),
+                false => b.eval(found),
+            },
+            Cond::Not(c) => c.eval(found).map(|b| !b),
+            Cond::Test { top, rest, test } => {
+                let mut raw = found[*top];
+                for name in rest {
+                    raw = match raw {
+                        // `.a.b` of a missing or null `.a` is null.
+                        None => None,
+                        Some(v) => match first_byte(v.get()) {
+                            b'n' => None,
+                            // Indexing a string, number or array: jaq raises an error.
+                            b'{' => {
+                                let mut one = [None];
+                                pick(v.get().as_bytes(), std::slice::from_ref(name), &mut one)?;
+                                one[0]
+                            }
+                            _ => return None,
+                        },
+                    };
+                }
+                let first = raw.map(|v| first_byte(v.get()));
+                let (literal, equal) = match test {
+                    Test::Truthy => return Some(!matches!(first, None | Some(b'n' | b'f'))),
+                    Test::Eq(l) => (l, true),
+                    Test::Ne(l) => (l, false),
+                };
+                let is = match (raw, first, literal) {
+                    (None, _, Literal::Null) => true,
+                    (None, _, _) => false,
+                    (Some(v), Some(b'"'), Literal::Str(s)) => {
+                        serde_json::from_str::<std::borrow::Cow<'_, str>>(v.get()).ok()? == **s
+                    }
+                    (_, Some(b't'), Literal::Bool(b)) => *b,
+                    (_, Some(b'f'), Literal::Bool(b)) => !*b,
+                    (_, Some(b'n'), Literal::Null) => true,
+                    _ => false,
+                };
+                Some(is == equal)
+            }
+        }
+    }
+}
+
+/// A recursive-descent reader of the fast grammar, in jq's precedence (`|` below `or`
+/// below `and` below comparison):
+/// `pipe := or ("|" "not")*`, `or := and ("or" and)*`, `and := atom ("and" atom)*`,
+/// `atom := "(" pipe ")" | path [("==" | "!=") literal]`.
+struct Parser<'a> {
+    s: &'a str,
+    tops: Vec<String>,
+    depth: usize,
+}
+
+impl Parser<'_> {
+    fn ws(&mut self) {
+        self.s = self.s.trim_start();
+    }
+
+    /// Consumes `tok` if it comes next.
+    fn eat(&mut self, tok: &str) -> bool {
+        self.ws();
+        match self.s.strip_prefix(tok) {
+            Some(rest) => {
+                self.s = rest;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Consumes the word `kw` if it comes next as a whole word.
+    fn keyword(&mut self, kw: &str) -> bool {
+        self.ws();
+        match self.s.strip_prefix(kw) {
+            Some(rest) if !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') => {
+                self.s = rest;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn pipe(&mut self) -> Option<Cond> {
+        let mut c = self.or()?;
+        while self.eat("|") {
+            if !self.keyword("not") {
+                return None;
+            }
+            c = Cond::Not(Box::new(c));
+        }
+        Some(c)
+    }
+
+    fn or(&mut self) -> Option<Cond> {
+        let mut c = self.and()?;
+        while self.keyword("or") {
+            c = Cond::Or(Box::new(c), Box::new(self.and()?));
+        }
+        Some(c)
+    }
+
+    fn and(&mut self) -> Option<Cond> {
+        let mut c = self.atom()?;
+        while self.keyword("and") {
+            c = Cond::And(Box::new(c), Box::new(self.atom()?));
+        }
+        Some(c)
+    }
+
+    fn atom(&mut self) -> Option<Cond> {
+        if self.eat("(") {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return None;
+            }
+            let c = self.pipe()?;
+            self.depth -= 1;
+            return self.eat(")").then_some(c);
+        }
+        let mut path = self.path()?;
+        let test = if self.eat("==") {
+            Test::Eq(self.literal()?)
+        } else if self.eat("!=") {
+            Test::Ne(self.literal()?)
+        } else {
+            Test::Truthy
+        };
+        let first = path.remove(0);
+        let top = match self.tops.iter().position(|t| *t == first) {
+            Some(i) => i,
+            None => {
+                self.tops.push(first);
+                self.tops.len() - 1
+            }
+        };
+        Some(Cond::Test {
+            top,
+            rest: path,
+            test,
+        })
+    }
+
+    /// `.name` segments, names as jq writes them without quotes.
+    fn path(&mut self) -> Option<Vec<String>> {
+        self.ws();
         let mut path = Vec::new();
-        let mut rest = inner;
-        while let Some(after) = rest.strip_prefix('.') {
+        while let Some(after) = self.s.strip_prefix('.') {
             let end = after
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(after.len());
@@ -48,66 +252,41 @@ impl Select {
                 return None;
             }
             path.push(name.to_string());
-            rest = &after[end..];
+            self.s = &after[end..];
         }
-        if path.is_empty() {
-            return None;
-        }
-        let rest = rest.trim_start();
-        let (equal, rest) = match (rest.strip_prefix("=="), rest.strip_prefix("!=")) {
-            (Some(r), _) => (true, r),
-            (_, Some(r)) => (false, r),
-            _ => return None,
-        };
-        // A JSON string is a jq string literal with the same meaning (jq's own additions,
-        // like `\(...)`, are not JSON and fall back to jaq).
-        let literal = match serde_json::from_str::<serde_json::Value>(rest.trim()).ok()? {
-            serde_json::Value::String(s) => Literal::Str(s),
-            serde_json::Value::Bool(b) => Literal::Bool(b),
-            serde_json::Value::Null => Literal::Null,
-            _ => return None,
-        };
-        Some(Select {
-            path,
-            equal,
-            literal,
-        })
+        (!path.is_empty()).then_some(path)
     }
 
-    /// Whether `data` is kept (`Some`), or `None`: let jaq decide (it may be an error).
-    pub fn keeps(&self, data: &[u8]) -> Option<bool> {
-        // jaq reads bytes that are not UTF-8; serde_json does not skip them the same way.
-        std::str::from_utf8(data).ok()?;
-        let mut raw = member(data, &self.path[0])?;
-        for name in &self.path[1..] {
-            raw = match raw {
-                // `.a.b` of a missing or null `.a` is null.
-                None => None,
-                Some(v) => match first_byte(v.get()) {
-                    b'n' => None,
-                    // Indexing a string, number or array: jaq raises an error.
-                    b'{' => member(v.get().as_bytes(), name)?,
-                    _ => return None,
-                },
-            };
+    /// A string (as JSON writes it: jq's own additions, like `\(...)`, are not JSON and
+    /// fall back to jaq), `true`, `false` or `null`.
+    fn literal(&mut self) -> Option<Literal> {
+        self.ws();
+        if self.keyword("true") {
+            return Some(Literal::Bool(true));
         }
-        let is = match (raw, &self.literal) {
-            (None, Literal::Null) => true,
-            (None, _) => false,
-            (Some(v), lit) => {
-                let text = v.get();
-                match (first_byte(text), lit) {
-                    (b'"', Literal::Str(s)) => {
-                        serde_json::from_str::<std::borrow::Cow<'_, str>>(text).ok()? == **s
-                    }
-                    (b't', Literal::Bool(b)) => *b,
-                    (b'f', Literal::Bool(b)) => !*b,
-                    (b'n', Literal::Null) => true,
-                    _ => false,
-                }
+        if self.keyword("false") {
+            return Some(Literal::Bool(false));
+        }
+        if self.keyword("null") {
+            return Some(Literal::Null);
+        }
+        let body = self.s.strip_prefix('"')?;
+        let mut escaped = false;
+        let end = body.char_indices().find_map(|(i, c)| match (escaped, c) {
+            (true, _) => {
+                escaped = false;
+                None
             }
-        };
-        Some(is == self.equal)
+            (false, '\\') => {
+                escaped = true;
+                None
+            }
+            (false, '"') => Some(i),
+            _ => None,
+        })?;
+        let text = &self.s[..end + 2];
+        self.s = &self.s[end + 2..];
+        serde_json::from_str::<String>(text).ok().map(Literal::Str)
     }
 }
 
@@ -119,55 +298,56 @@ fn first_byte(text: &str) -> u8 {
         .unwrap_or(b' ')
 }
 
-/// The member `name` of the JSON object `data` (the last one when it repeats, as jaq keeps
-/// it), parsing every byte; `None` when `data` is not an object or not JSON (jaq decides),
-/// `Some(None)` when the member is absent.
-fn member<'a>(data: &'a [u8], name: &str) -> Option<Option<&'a RawValue>> {
-    struct Find<'n>(&'n str);
-    impl<'de> DeserializeSeed<'de> for Find<'_> {
-        type Value = Option<&'de RawValue>;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+/// The members `names` of the JSON object `data` (the last one when a name repeats, as
+/// jaq keeps it) into `out`, parsing every byte; `None` when `data` is not an object or
+/// not JSON (jaq decides). An absent member stays `None` in `out`.
+fn pick<'a>(data: &'a [u8], names: &[String], out: &mut [Option<&'a RawValue>]) -> Option<()> {
+    struct Pick<'n, 'o, 'a>(&'n [String], &'o mut [Option<&'a RawValue>]);
+    impl<'de> DeserializeSeed<'de> for Pick<'_, '_, 'de> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_map(self)
         }
     }
-    impl<'de> Visitor<'de> for Find<'_> {
-        type Value = Option<&'de RawValue>;
+    impl<'de> Visitor<'de> for Pick<'_, '_, 'de> {
+        type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(is) = map.next_key_seed(Key(self.0))? {
-                if is {
-                    found = Some(map.next_value::<&'de RawValue>()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(found) = map.next_key_seed(Key(self.0))? {
+                match found {
+                    Some(i) => self.1[i] = Some(map.next_value::<&'de RawValue>()?),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
                 }
             }
-            Ok(found)
-        }
-    }
-    /// A member name compared where it lies, without a `String`.
-    struct Key<'n>(&'n str);
-    impl<'de> DeserializeSeed<'de> for Key<'_> {
-        type Value = bool;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-            d.deserialize_str(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Key<'_> {
-        type Value = bool;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a member name")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
-            Ok(v == self.0)
+            Ok(())
         }
     }
     let mut de = serde_json::Deserializer::from_slice(data);
-    let found = Find(name).deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    Some(found)
+    Pick(names, out).deserialize(&mut de).ok()?;
+    de.end().ok()
+}
+
+/// A member name compared where it lies (borrowed, or in the parser's scratch buffer when
+/// escaped): the index of the wanted name it equals, without a `String`.
+struct Key<'n>(&'n [String]);
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|n| n == v))
+    }
 }
 
 #[cfg(test)]
@@ -177,16 +357,33 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn only_the_simple_select_shapes_are_recognized() {
+    fn only_the_select_shapes_it_can_decide_are_recognized() {
         let s = Select::recognize(r#" select( .a.b_2 != "x\ny" ) "#).unwrap();
-        assert_eq!(s.path, ["a", "b_2"]);
-        assert!(!s.equal);
-        assert_eq!(s.literal, Literal::Str("x\ny".into()));
-        assert!(Select::recognize("select(.a == null)").is_some());
-        assert!(Select::recognize("select(.a == true)").is_some());
+        assert_eq!(s.tops, ["a"]);
+        assert_eq!(
+            s.cond,
+            Cond::Test {
+                top: 0,
+                rest: vec!["b_2".into()],
+                test: Test::Ne(Literal::Str("x\ny".into()))
+            }
+        );
+        for fast in [
+            "select(.a == null)",
+            "select(.a == true)",
+            "select(.a)",
+            r#"select(.a == "x" and .b == "y")"#,
+            r#"select(.a == "x" or .a.b != "y" and .c)"#,
+            r#"select((.a == "x" | not) and (.b | not | not))"#,
+            r#"select(.a == "x" and .b == "y" | not)"#,
+            r#"select(.a == "a)b\"(")"#,
+            "select(.and or .or)",
+        ] {
+            assert!(Select::recognize(fast).is_some(), "{fast}");
+        }
+        let deep = format!("select({}.a{})", "(".repeat(40), ")".repeat(40));
         for other in [
             "select(.a == 1)",
-            r#"select(.a == "x" and .b == "y")"#,
             r#"select(.a == "\(.b)")"#,
             r#"select(.a | . == "x")"#,
             r#"select(."a" == "x")"#,
@@ -194,6 +391,19 @@ mod tests {
             r#"select(.1a == "x")"#,
             r#"select(. == "x")"#,
             r#"select(.a == "x") | .b"#,
+            r#"select(.a == "x") | select(.b == "y")"#,
+            r#"select(.a == "x" == true)"#,
+            r#"select(.a = "x")"#,
+            r#"select(.a == "x" | not and .b)"#,
+            r#"select((.a == "x")"#,
+            r#"select(.a == "x"))"#,
+            r#"select(.a == "x)"#,
+            r#"selector(.a)"#,
+            "select(not)",
+            "select(.a[0])",
+            "select(.a?)",
+            "select(.a or .b or .c or .d or .e or .f or .g or .h or .i)",
+            deep.as_str(),
             r#"map(select(.a == "x"))"#,
             ".a",
         ] {
@@ -246,18 +456,42 @@ mod tests {
         prop_oneof![4 => object(nested), 1 => scalar()]
     }
 
+    /// Conditions of the fast grammar, as jq text.
+    fn condition() -> impl Strategy<Value = String> {
+        let path = prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..3)
+            .prop_map(|p| format!(".{}", p.join(".")));
+        let leaf = (
+            path,
+            prop::sample::select(vec!["==", "!=", ""]),
+            prop::sample::select(vec![r#""x""#, r#""y""#, r#""é""#, "null", "true", "false"]),
+        )
+            .prop_map(|(p, op, lit)| match op {
+                "" => p,
+                op => format!("{p} {op} {lit}"),
+            });
+        leaf.prop_recursive(3, 12, 2, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} and {b}")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} or {b}")),
+                inner.clone().prop_map(|a| format!("({a})")),
+                inner.prop_map(|a| format!("({a} | not)")),
+            ]
+        })
+    }
+
     proptest! {
         /// Wherever the fast path decides, it decides as jaq does.
         #[test]
         fn the_fast_path_agrees_with_jaq(
             record in value(),
-            path in prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..3),
-            op in prop::sample::select(vec!["==", "!="]),
-            lit in prop::sample::select(vec![r#""x""#, r#""y""#, r#""é""#, "null", "true", "false"]),
-            tail in prop::sample::select(vec!["", " trailing", "}"]),
+            cond in condition(),
+            negate in any::<bool>(),
+            tail in prop::sample::select(vec!["", "", "", " trailing", "}"]),
         ) {
-            let code = format!("select(.{} {op} {lit})", path.join("."));
-            let fast = Select::recognize(&code).unwrap();
+            let code = format!("select({cond}{})", if negate { " | not" } else { "" });
+            let fast = Select::recognize(&code);
+            prop_assert!(fast.is_some(), "{} not recognized", code);
+            let fast = fast.unwrap();
             let program = Program::compile(&code).unwrap();
             let data = format!("{record}{tail}");
             // Where it gives up (`None`), jaq runs: nothing to compare.
@@ -279,5 +513,16 @@ mod tests {
         assert_eq!(s.keeps(br#"[{"a":{"b":"x"}}]"#), None);
         assert_eq!(s.keeps(br#"{"a":{"b":"x"}"#), None);
         assert_eq!(s.keeps(b"{\"a\":{\"b\":\"x\xff\"}}"), None);
+        // `and` and `or` stop where jq stops: what jq never looks at cannot fail.
+        let s = Select::recognize(r#"select(.t == "x" and .a.b == "y")"#).unwrap();
+        assert_eq!(s.keeps(br#"{"t":"z","a":"flat"}"#), Some(false));
+        assert_eq!(s.keeps(br#"{"t":"x","a":"flat"}"#), None);
+        let s = Select::recognize(r#"select(.t == "x" or .a.b == "y")"#).unwrap();
+        assert_eq!(s.keeps(br#"{"t":"x","a":"flat"}"#), Some(true));
+        assert_eq!(s.keeps(br#"{"t":"z","a":{"b":"y"}}"#), Some(true));
+        let s = Select::recognize(r#"select(.t and (.n | not))"#).unwrap();
+        assert_eq!(s.keeps(br#"{"t":0,"n":false}"#), Some(true));
+        assert_eq!(s.keeps(br#"{"t":false,"n":null}"#), Some(false));
+        assert_eq!(s.keeps(br#"{"t":"", "n":[]}"#), Some(false));
     }
 }

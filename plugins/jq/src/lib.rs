@@ -5,7 +5,8 @@
 //! (0..n per input) as compact JSON with the input's partition key and arrival time.
 //! Records that are not JSON, or on which the filter raises an error, go to the error
 //! output with jaq's message (`processing-failed`). Compile errors are config errors.
-//! `select(.path == "text")` and its kin take a fast path (`fast.rs`) that agrees with jaq.
+//! `select(...)` of path comparisons with strings, booleans and `null`, path truthiness,
+//! `and`, `or` and `| not` takes a fast path (`fast.rs`) that agrees with jaq.
 
 mod fast;
 
