@@ -1,9 +1,11 @@
 //! Partition-key extraction (`partitioning.query`, Firehose's MetadataExtractionQuery).
 //!
 //! A query made only of plain field paths — `{type, source}`, `{type: .type, src: .a.b}` —
-//! takes a fast path that reads the fields straight from the JSON text without building
-//! jq values; anything else runs through jaq. Either way the result is an object whose
-//! values must be strings.
+//! and string slices of them (`{day: .time[0:10]}`) takes a fast path that reads the
+//! fields straight from the JSON text without building jq values; anything else runs
+//! through jaq. A sliced field that is not a string (jq's slice of an array, or jaq's
+//! error for `null`) sends its record through jaq, so the answer is jaq's. Either way the
+//! result is an object whose values must be strings.
 
 use serde_json::value::RawValue;
 use sluice_plugin_jq::{parse_json, JqError, Program, Val};
@@ -41,10 +43,22 @@ pub enum PartitionError {
 
 /// Extracts partition keys from records.
 pub enum Partitioner {
-    /// Plain field paths: (output key, path of field names).
-    Fields(Vec<(String, Vec<String>)>),
+    /// Plain field paths, some maybe sliced; with the query compiled by jaq for the
+    /// records a slice leaves to jaq (only when some field is sliced).
+    Fields(Vec<Field>, Option<Program>),
     /// A general jq program.
     Jq(Program),
+}
+
+/// One entry of a fast-path query: `key: .path[from:to]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// The output key.
+    pub key: String,
+    /// The member names leading to the value.
+    pub path: Vec<String>,
+    /// `[from:to]` in characters, negative from the end, as jq slices a string.
+    pub slice: Option<(Option<i64>, Option<i64>)>,
 }
 
 fn ident(s: &str) -> bool {
@@ -53,14 +67,35 @@ fn ident(s: &str) -> bool {
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
-/// The field paths of a query made only of `key` / `key: .a.b` entries, if it is one.
-pub fn fast_path(query: &str) -> Option<Vec<(String, Vec<String>)>> {
+/// `[from:to]`, `[from:]` or `[:to]` with integer bounds, if `text` is one.
+fn slice(text: &str) -> Option<(Option<i64>, Option<i64>)> {
+    let inner = text.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let (from, to) = inner.split_once(':')?;
+    let bound = |b: &str| -> Option<Option<i64>> {
+        let b = b.trim();
+        if b.is_empty() {
+            return Some(None);
+        }
+        let digits = b.strip_prefix('-').unwrap_or(b);
+        // Plain decimal integers only (jq reads `1e2` or `0x1` otherwise, or not at all).
+        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        b.parse().ok().map(Some)
+    };
+    let (from, to) = (bound(from)?, bound(to)?);
+    (from.is_some() || to.is_some()).then_some((from, to))
+}
+
+/// The fields of a query made only of `key` / `key: .a.b` / `key: .a.b[m:n]` entries, if
+/// it is one.
+pub fn fast_path(query: &str) -> Option<Vec<Field>> {
     let inner = query.trim().strip_prefix('{')?.strip_suffix('}')?;
     let mut out = Vec::new();
     for entry in inner.split(',') {
         let entry = entry.trim();
-        let (key, path) = match entry.split_once(':') {
-            None => (entry.to_string(), vec![entry.to_string()]),
+        let (key, path, sliced) = match entry.split_once(':') {
+            None => (entry.to_string(), vec![entry.to_string()], None),
             Some((k, p)) => {
                 let k = k.trim();
                 let k = k
@@ -68,11 +103,15 @@ pub fn fast_path(query: &str) -> Option<Vec<(String, Vec<String>)>> {
                     .and_then(|k| k.strip_suffix('"'))
                     .unwrap_or(k);
                 let p = p.trim().strip_prefix('.')?;
-                let path: Vec<String> = p.split('.').map(str::to_string).collect();
+                let (p, sliced) = match p.find('[') {
+                    Some(i) => (&p[..i], Some(slice(&p[i..])?)),
+                    None => (p, None),
+                };
+                let path: Vec<String> = p.trim_end().split('.').map(str::to_string).collect();
                 if !path.iter().all(|s| ident(s)) {
                     return None;
                 }
-                (k.to_string(), path)
+                (k.to_string(), path, sliced)
             }
         };
         if !ident(&key) && key.chars().any(|c| c == '"' || c == '\\') {
@@ -81,9 +120,27 @@ pub fn fast_path(query: &str) -> Option<Vec<(String, Vec<String>)>> {
         if key.is_empty() || !path.iter().all(|s| ident(s)) {
             return None;
         }
-        out.push((key, path));
+        out.push(Field {
+            key,
+            path,
+            slice: sliced,
+        });
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// `s[from:to]` as jq slices a string: by characters, a negative bound counting from the
+/// end, both clamped to the string, empty when they cross.
+fn slice_chars(s: &str, from: Option<i64>, to: Option<i64>) -> &str {
+    let len = s.chars().count() as i64;
+    let at = |b: i64| if b < 0 { (len + b).max(0) } else { b.min(len) };
+    let from = from.map_or(0, at);
+    let to = to.map_or(len, at);
+    if from >= to {
+        return "";
+    }
+    let byte = |n: i64| s.char_indices().nth(n as usize).map_or(s.len(), |(i, _)| i);
+    &s[byte(from)..byte(to)]
 }
 
 /// The values of the members `names` of the JSON object `data` (the last one when a name
@@ -156,7 +213,15 @@ impl Partitioner {
     /// Compiles a query (fast path when possible).
     pub fn new(query: &str) -> Result<Partitioner, JqError> {
         match fast_path(query) {
-            Some(f) => Ok(Partitioner::Fields(f)),
+            Some(f) => {
+                let sliced = f.iter().any(|f| f.slice.is_some());
+                let fallback = if sliced {
+                    Some(Program::compile(query)?)
+                } else {
+                    None
+                };
+                Ok(Partitioner::Fields(f, fallback))
+            }
             None => Program::compile(query).map(Partitioner::Jq),
         }
     }
@@ -164,7 +229,7 @@ impl Partitioner {
     /// The keys a fast-path query produces (None for jq queries: known only at run time).
     pub fn keys(&self) -> Option<Vec<&str>> {
         match self {
-            Partitioner::Fields(f) => Some(f.iter().map(|(k, _)| k.as_str()).collect()),
+            Partitioner::Fields(f, _) => Some(f.iter().map(|f| f.key.as_str()).collect()),
             Partitioner::Jq(_) => None,
         }
     }
@@ -172,55 +237,69 @@ impl Partitioner {
     /// The partition keys of one record, or why they cannot be extracted.
     pub fn extract(&self, data: &[u8]) -> Result<Vec<(String, String)>, PartitionError> {
         match self {
-            Partitioner::Fields(fields) => {
-                let firsts: Vec<&str> = fields.iter().map(|(_, p)| p[0].as_str()).collect();
+            Partitioner::Fields(fields, fallback) => {
+                let firsts: Vec<&str> = fields.iter().map(|f| f.path[0].as_str()).collect();
                 let top = pick(data, &firsts).map_err(|_| PartitionError::NotJson)?;
                 let mut out = Vec::with_capacity(fields.len());
-                for ((key, path), found) in fields.iter().zip(top) {
-                    let missing = || PartitionError::MissingField(path.join("."));
-                    let mut raw = found.ok_or_else(missing)?;
+                for (field, found) in fields.iter().zip(top) {
+                    let path = &field.path;
+                    let mut raw = found;
                     for seg in &path[1..] {
-                        raw = pick(raw.get().as_bytes(), &[seg.as_str()])
-                            .ok()
-                            .and_then(|mut v| v.pop().flatten())
-                            .ok_or_else(missing)?;
+                        raw = raw.and_then(|r| {
+                            pick(r.get().as_bytes(), &[seg.as_str()])
+                                .ok()
+                                .and_then(|mut v| v.pop().flatten())
+                        });
                     }
-                    let v: Cow<'_, str> = serde_json::from_str(raw.get())
-                        .map_err(|_| PartitionError::FieldNotString(path.join(".")))?;
-                    out.push((key.clone(), v.into_owned()));
-                }
-                Ok(out)
-            }
-            Partitioner::Jq(p) => {
-                let v = parse_json(data).map_err(|_| PartitionError::NotJson)?;
-                let mut outs = p.run(v);
-                let first = outs
-                    .next()
-                    .ok_or(PartitionError::NoOutput)?
-                    .map_err(PartitionError::Jq)?;
-                if outs.next().is_some() {
-                    return Err(PartitionError::ManyOutputs);
-                }
-                let Val::Obj(map) = first else {
-                    return Err(PartitionError::NotObject);
-                };
-                let mut out = Vec::with_capacity(map.len());
-                for (k, v) in map.iter() {
-                    let key = match k {
-                        Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
-                        other => other.to_string(),
-                    };
-                    match v {
-                        Val::TStr(s) | Val::BStr(s) => {
-                            out.push((key, String::from_utf8_lossy(s).into_owned()))
+                    let text = raw.and_then(|r| serde_json::from_str::<Cow<'_, str>>(r.get()).ok());
+                    let v = match (text, field.slice, fallback) {
+                        (Some(v), None, _) => v.into_owned(),
+                        (Some(v), Some((from, to)), _) => slice_chars(&v, from, to).to_string(),
+                        // A sliced null, number or array: jaq's answer, whatever it is.
+                        (None, Some(_), Some(p)) => return run_jq(p, data),
+                        (None, _, _) => {
+                            let path = path.join(".");
+                            return Err(match raw {
+                                None => PartitionError::MissingField(path),
+                                Some(_) => PartitionError::FieldNotString(path),
+                            });
                         }
-                        _ => return Err(PartitionError::KeyNotString(key)),
-                    }
+                    };
+                    out.push((field.key.clone(), v));
                 }
                 Ok(out)
             }
+            Partitioner::Jq(p) => run_jq(p, data),
         }
     }
+}
+
+/// The partition keys of `data` by the jq program `p`.
+fn run_jq(p: &Program, data: &[u8]) -> Result<Vec<(String, String)>, PartitionError> {
+    let v = parse_json(data).map_err(|_| PartitionError::NotJson)?;
+    let mut outs = p.run(v);
+    let first = outs
+        .next()
+        .ok_or(PartitionError::NoOutput)?
+        .map_err(PartitionError::Jq)?;
+    if outs.next().is_some() {
+        return Err(PartitionError::ManyOutputs);
+    }
+    let Val::Obj(map) = first else {
+        return Err(PartitionError::NotObject);
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map.iter() {
+        let key = match k {
+            Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
+            other => other.to_string(),
+        };
+        match v {
+            Val::TStr(s) | Val::BStr(s) => out.push((key, String::from_utf8_lossy(s).into_owned())),
+            _ => return Err(PartitionError::KeyNotString(key)),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -228,21 +307,80 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn field(key: &str, path: &[&str], slice: Option<(Option<i64>, Option<i64>)>) -> Field {
+        Field {
+            key: key.into(),
+            path: path.iter().map(|s| s.to_string()).collect(),
+            slice,
+        }
+    }
+
     #[test]
     fn recognises_field_paths() {
         assert_eq!(
             fast_path("{type, source}").unwrap(),
             vec![
-                ("type".into(), vec!["type".into()]),
-                ("source".into(), vec!["source".into()])
+                field("type", &["type"], None),
+                field("source", &["source"], None)
             ]
         );
         assert_eq!(
             fast_path("{t: .a.b}").unwrap(),
-            vec![("t".into(), vec!["a".into(), "b".into()])]
+            vec![field("t", &["a", "b"], None)]
         );
-        assert!(fast_path("{t: .a | ascii_downcase}").is_none());
-        assert!(fast_path(".type").is_none());
+        assert_eq!(
+            fast_path("{d: .time[0:10], k: .id [-4:], h: .a.b[ : 2 ]}").unwrap(),
+            vec![
+                field("d", &["time"], Some((Some(0), Some(10)))),
+                field("k", &["id"], Some((Some(-4), None))),
+                field("h", &["a", "b"], Some((None, Some(2)))),
+            ]
+        );
+        for other in [
+            "{t: .a | ascii_downcase}",
+            ".type",
+            "{t: .a[0]}",
+            "{t: .a[:]}",
+            "{t: .a[1:2][0:1]}",
+            "{t: .a[1.5:2]}",
+            "{t: .a[1e2:]}",
+            "{t: .a[\"x\"]}",
+            "{t: .a[1:2].b}",
+            "{t: .a[-:2]}",
+        ] {
+            assert!(fast_path(other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn slices_of_fields_are_jqs() {
+        let p = Partitioner::new("{d: .time[0:10], k: .id[4:8]}").unwrap();
+        assert!(matches!(p, Partitioner::Fields(_, Some(_))));
+        assert_eq!(
+            p.extract(r#"{"time":"2026-12-01T22:00:00Z","id":"abcdéfghij"}"#.as_bytes())
+                .unwrap(),
+            [
+                ("d".into(), "2026-12-01".into()),
+                ("k".into(), "éfgh".into())
+            ]
+        );
+        // What is not a string is jaq's to answer (an error for null, as jaq has it).
+        let jq = Partitioner::Jq(Program::compile("{d: .time[0:10], k: .id[4:8]}").unwrap());
+        for rec in [
+            &br#"{"time":"2026","id":null}"#[..],
+            br#"{"time":"2026"}"#,
+            br#"{"time":"2026","id":[1,2,3,4,5,6]}"#,
+            br#"{"time":"2026","id":12345678}"#,
+            b"not json",
+        ] {
+            assert_eq!(
+                p.extract(rec),
+                jq.extract(rec),
+                "{}",
+                String::from_utf8_lossy(rec)
+            );
+            assert!(p.extract(rec).is_err());
+        }
     }
 
     #[test]
@@ -286,7 +424,7 @@ mod tests {
         let rec = br#"{"type":"a\"b","source":"s","n":1,"d":{"k":"v"}}"#;
         for q in ["{type, source}", "{type: .type, k: .d.k}"] {
             let fast = Partitioner::new(q).unwrap();
-            assert!(matches!(fast, Partitioner::Fields(_)));
+            assert!(matches!(fast, Partitioner::Fields(_, None)));
             let jq = Partitioner::Jq(Program::compile(q).unwrap());
             assert_eq!(fast.extract(rec), jq.extract(rec), "{q}");
         }
@@ -317,6 +455,23 @@ mod tests {
     }
 
     proptest! {
+        /// Slices by characters, bounds negative, past the end or crossing: as jaq.
+        #[test]
+        fn slices_match_jq(
+            id in "[a-zé€😀 ]{0,8}",
+            from in prop::option::weighted(0.8, -10i64..10),
+            to in prop::option::weighted(0.8, -10i64..10),
+        ) {
+            prop_assume!(from.is_some() || to.is_some());
+            let b = |b: Option<i64>| b.map_or(String::new(), |b| b.to_string());
+            let q = format!("{{k: .id[{}:{}]}}", b(from), b(to));
+            let fast = Partitioner::new(&q).unwrap();
+            prop_assert!(matches!(fast, Partitioner::Fields(_, Some(_))), "{}", q);
+            let jq = Partitioner::Jq(Program::compile(&q).unwrap());
+            let rec = serde_json::json!({"id": id}).to_string();
+            prop_assert_eq!(fast.extract(rec.as_bytes()), jq.extract(rec.as_bytes()), "{}", q);
+        }
+
         #[test]
         fn fast_path_matches_jq_on_random_records(t in "[a-zA-Z0-9 ./:=\\\\\"é]{0,12}", s in "[a-z]{0,5}", n in any::<i32>()) {
             let rec = serde_json::json!({"type": t, "source": s, "n": n}).to_string();
