@@ -58,6 +58,7 @@ impl KinesisClient {
                 body.as_bytes(),
                 akid,
                 secret,
+                None,
                 "us-east-1",
                 crate::record::now_ms() / 1000,
             );

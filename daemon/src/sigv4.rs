@@ -48,7 +48,9 @@ pub fn signature(secret: &str, date: &str, region: &str, service: &str, to_sign:
 }
 
 /// Signs a Kinesis JSON request (`POST /`) the way the AWS SDKs do; returns the
-/// `X-Amz-Date` and `Authorization` header values. Used by `sluiced put` and `tail` and the `kinesis` source.
+/// `X-Amz-Date` and `Authorization` header values. With temporary credentials the
+/// session `token` is signed too (the caller sends it as `X-Amz-Security-Token`, as the
+/// SDKs do). Used by `sluiced put` and `tail` and the `kinesis` source.
 #[allow(clippy::too_many_arguments)]
 pub fn sign(
     host: &str,
@@ -56,15 +58,22 @@ pub fn sign(
     body: &[u8],
     akid: &str,
     secret: &str,
+    token: Option<&str>,
     region: &str,
     unix_secs: i64,
 ) -> (String, String) {
     let (y, m, d, hh, mm, ss) = crate::spec::civil(unix_secs * 1000);
     let date = format!("{y:04}{m:02}{d:02}");
     let amz_date = format!("{date}T{hh:02}{mm:02}{ss:02}Z");
-    let signed = "content-type;host;x-amz-date;x-amz-target";
+    let (signed, token_line) = match token {
+        Some(t) => (
+            "content-type;host;x-amz-date;x-amz-security-token;x-amz-target",
+            format!("x-amz-security-token:{}\n", t.trim()),
+        ),
+        None => ("content-type;host;x-amz-date;x-amz-target", String::new()),
+    };
     let canonical = format!(
-        "POST\n/\n\ncontent-type:application/x-amz-json-1.1\nhost:{host}\nx-amz-date:{amz_date}\nx-amz-target:{target}\n\n{signed}\n{}",
+        "POST\n/\n\ncontent-type:application/x-amz-json-1.1\nhost:{host}\nx-amz-date:{amz_date}\n{token_line}x-amz-target:{target}\n\n{signed}\n{}",
         hex(&Sha256::digest(body))
     );
     let to_sign = format!(

@@ -234,6 +234,7 @@ mod tests {
             b"{}",
             "AK",
             "sec",
+            None,
             "eu-west-1",
             1_795_632_475,
         );
@@ -241,6 +242,36 @@ mod tests {
         let h = json_headers("127.0.0.1:4567", &date, &auth);
         let v = Verifier::new([("AK".to_string(), "sec".to_string())]);
         v.verify("POST", "/", "", &h, b"{}", 1_795_632_475).unwrap();
+    }
+
+    /// Temporary credentials: the session token is signed, as botocore 1.43 signs it
+    /// (its `Authorization` for this very request, computed once with `SigV4Auth`).
+    #[test]
+    fn a_session_token_is_signed_as_botocore_signs_it() {
+        let (date, auth) = sign(
+            "127.0.0.1:4567",
+            "Kinesis_20131202.ListStreams",
+            b"{}",
+            "AK",
+            "sec",
+            Some("tok/en+="),
+            "eu-west-1",
+            1_796_162_198,
+        );
+        assert_eq!(date, "20261201T215638Z");
+        assert_eq!(
+            auth,
+            "AWS4-HMAC-SHA256 Credential=AK/20261201/eu-west-1/kinesis/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-security-token;x-amz-target, Signature=ab4b0b56b4bdd290f584e5a45f393ca361b4493a24e7abce9f4b355b601598a2"
+        );
+        let mut h = json_headers("127.0.0.1:4567", &date, &auth);
+        h.insert("x-amz-security-token", "tok/en+=".parse().unwrap());
+        let v = Verifier::new([("AK".to_string(), "sec".to_string())]);
+        v.verify("POST", "/", "", &h, b"{}", 1_796_162_198).unwrap();
+        h.insert("x-amz-security-token", "other".parse().unwrap());
+        let e = v
+            .verify("POST", "/", "", &h, b"{}", 1_796_162_198)
+            .unwrap_err();
+        assert_eq!(e.kind, "InvalidSignatureException");
     }
 
     #[test]
@@ -418,6 +449,7 @@ mod tests {
             b"{}",
             "AK",
             "sec",
+            None,
             "eu-west-1",
             1_795_632_475,
         );

@@ -17,8 +17,9 @@
 //! last checkpoint is delivered again by the next one — never lost.
 //!
 //! Requests are signed with SigV4 when `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are
-//! set in the daemon's environment (unsigned otherwise, which a sluiced without
-//! `[[api.credentials]]` accepts).
+//! set in the daemon's environment — with `AWS_SESSION_TOKEN` too for temporary
+//! credentials, signed and sent as the SDKs do — and unsigned otherwise, which a sluiced
+//! without `[[api.credentials]]` accepts.
 #![allow(unexpected_cfgs)] // `declare_library!` checks a `dylib` feature this crate does not have
 
 use super::stream_io::{load_checkpoint, store_checkpoint, Checkpoint, Start};
@@ -122,7 +123,8 @@ struct Client {
     url: String,
     host: String,
     region: String,
-    creds: Option<(String, String)>,
+    /// Access key id, secret, and the session token of temporary credentials.
+    creds: Option<(String, String, Option<String>)>,
 }
 
 impl Client {
@@ -143,7 +145,13 @@ impl Client {
             std::env::var("AWS_ACCESS_KEY_ID"),
             std::env::var("AWS_SECRET_ACCESS_KEY"),
         ) {
-            (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((a, s)),
+            (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((
+                a,
+                s,
+                std::env::var("AWS_SESSION_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty()),
+            )),
             _ => None,
         };
         Ok(Client {
@@ -164,19 +172,23 @@ impl Client {
             .post(&self.url)
             .header("Content-Type", "application/x-amz-json-1.1")
             .header("X-Amz-Target", &target);
-        if let Some((akid, secret)) = &self.creds {
+        if let Some((akid, secret, token)) = &self.creds {
             let (date, auth) = crate::sigv4::sign(
                 &self.host,
                 &target,
                 body.as_bytes(),
                 akid,
                 secret,
+                token.as_deref(),
                 &self.region,
                 crate::record::now_ms() / 1000,
             );
             req = req
                 .header("X-Amz-Date", &date)
                 .header("Authorization", &auth);
+            if let Some(t) = token {
+                req = req.header("X-Amz-Security-Token", t.trim());
+            }
         }
         let mut resp = req
             .send(body.as_bytes())
