@@ -7,8 +7,7 @@
 //! error for `null`) sends its record through jaq, so the answer is jaq's. Either way the
 //! result is an object whose values must be strings.
 
-use serde_json::value::RawValue;
-use sluice_plugin_jq::{parse_json, JqError, Program, Val};
+use sluice_plugin_jq::{parse_json, pick_members, JqError, Program, Val};
 use std::borrow::Cow;
 
 /// Why a record's partition keys cannot be extracted (`partitioning-failed`), worded as
@@ -43,12 +42,26 @@ pub enum PartitionError {
 
 /// Extracts partition keys from records.
 pub enum Partitioner {
-    /// Plain field paths, some maybe sliced; with the query compiled by jaq for the
-    /// records a slice leaves to jaq (only when some field is sliced).
-    Fields(Vec<Field>, Option<Program>),
+    /// Plain field paths, some maybe sliced.
+    Fields(FastQuery),
     /// A general jq program.
     Jq(Program),
 }
+
+/// A query the fast path answers.
+pub struct FastQuery {
+    fields: Vec<Field>,
+    /// The first member name of the fields' paths, each once (read in one pass).
+    tops: Vec<String>,
+    /// Which of `tops` each field starts from.
+    top_of: Vec<usize>,
+    /// The query compiled by jaq, for the records a slice leaves to jaq (only when some
+    /// field is sliced).
+    fallback: Option<Program>,
+}
+
+/// Top-level members a record's lookups keep on the stack (more take a `Vec`).
+const STACK_TOPS: usize = 8;
 
 /// One entry of a fast-path query: `key: .path[from:to]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,84 +156,34 @@ fn slice_chars(s: &str, from: Option<i64>, to: Option<i64>) -> &str {
     &s[byte(from)..byte(to)]
 }
 
-/// The values of the members `names` of the JSON object `data` (the last one when a name
-/// repeats, as a map would keep it), in `names`' order, borrowed from `data`. Every byte is
-/// still parsed (a record that is not JSON is refused), but members nobody asked for are
-/// skipped without being built, and no map is made: the fast path's cost per record.
-fn pick<'a>(
-    data: &'a [u8],
-    names: &[&str],
-) -> Result<Vec<Option<&'a RawValue>>, serde_json::Error> {
-    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-    struct Pick<'n>(&'n [&'n str]);
-    impl<'de> DeserializeSeed<'de> for Pick<'_> {
-        type Value = Vec<Option<&'de RawValue>>;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Pick<'_> {
-        type Value = Vec<Option<&'de RawValue>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = vec![None; self.0.len()];
-            while let Some(found) = map.next_key_seed(Key(self.0))? {
-                match found {
-                    Some(i) => {
-                        let v: &'de RawValue = map.next_value()?;
-                        // Every field asking for this name gets it.
-                        for (slot, n) in out.iter_mut().zip(self.0) {
-                            if *n == self.0[i] {
-                                *slot = Some(v);
-                            }
-                        }
-                    }
-                    None => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            Ok(out)
-        }
-    }
-    /// A member name compared where it lies (borrowed, or in the parser's scratch buffer
-    /// when escaped): the index of the first wanted name it equals, without a `String`.
-    struct Key<'n>(&'n [&'n str]);
-    impl<'de> DeserializeSeed<'de> for Key<'_> {
-        type Value = Option<usize>;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_str(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Key<'_> {
-        type Value = Option<usize>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a member name")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(self.0.iter().position(|n| *n == v))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(data);
-    let out = Pick(names).deserialize(&mut de)?;
-    de.end()?;
-    Ok(out)
-}
-
 impl Partitioner {
     /// Compiles a query (fast path when possible).
     pub fn new(query: &str) -> Result<Partitioner, JqError> {
         match fast_path(query) {
-            Some(f) => {
-                let sliced = f.iter().any(|f| f.slice.is_some());
+            Some(fields) => {
+                let sliced = fields.iter().any(|f| f.slice.is_some());
                 let fallback = if sliced {
                     Some(Program::compile(query)?)
                 } else {
                     None
                 };
-                Ok(Partitioner::Fields(f, fallback))
+                let mut tops: Vec<String> = Vec::new();
+                let mut top_of = Vec::with_capacity(fields.len());
+                for f in &fields {
+                    match tops.iter().position(|t| *t == f.path[0]) {
+                        Some(i) => top_of.push(i),
+                        None => {
+                            top_of.push(tops.len());
+                            tops.push(f.path[0].clone());
+                        }
+                    }
+                }
+                Ok(Partitioner::Fields(FastQuery {
+                    fields,
+                    tops,
+                    top_of,
+                    fallback,
+                }))
             }
             None => Program::compile(query).map(Partitioner::Jq),
         }
@@ -229,7 +192,7 @@ impl Partitioner {
     /// The keys a fast-path query produces (None for jq queries: known only at run time).
     pub fn keys(&self) -> Option<Vec<&str>> {
         match self {
-            Partitioner::Fields(f, _) => Some(f.iter().map(|f| f.key.as_str()).collect()),
+            Partitioner::Fields(q) => Some(q.fields.iter().map(|f| f.key.as_str()).collect()),
             Partitioner::Jq(_) => None,
         }
     }
@@ -237,22 +200,29 @@ impl Partitioner {
     /// The partition keys of one record, or why they cannot be extracted.
     pub fn extract(&self, data: &[u8]) -> Result<Vec<(String, String)>, PartitionError> {
         match self {
-            Partitioner::Fields(fields, fallback) => {
-                let firsts: Vec<&str> = fields.iter().map(|f| f.path[0].as_str()).collect();
-                let top = pick(data, &firsts).map_err(|_| PartitionError::NotJson)?;
-                let mut out = Vec::with_capacity(fields.len());
-                for (field, found) in fields.iter().zip(top) {
+            Partitioner::Fields(q) => {
+                let mut stack = [None; STACK_TOPS];
+                let mut heap = Vec::new();
+                let found = if q.tops.len() <= STACK_TOPS {
+                    &mut stack[..q.tops.len()]
+                } else {
+                    heap.resize(q.tops.len(), None);
+                    &mut heap[..]
+                };
+                pick_members(data, &q.tops, found).ok_or(PartitionError::NotJson)?;
+                let mut out = Vec::with_capacity(q.fields.len());
+                for (field, &top) in q.fields.iter().zip(&q.top_of) {
                     let path = &field.path;
-                    let mut raw = found;
+                    let mut raw = found[top];
                     for seg in &path[1..] {
                         raw = raw.and_then(|r| {
-                            pick(r.get().as_bytes(), &[seg.as_str()])
-                                .ok()
-                                .and_then(|mut v| v.pop().flatten())
+                            let mut one = [None];
+                            pick_members(r.get().as_bytes(), std::slice::from_ref(seg), &mut one)
+                                .and(one[0])
                         });
                     }
                     let text = raw.and_then(|r| serde_json::from_str::<Cow<'_, str>>(r.get()).ok());
-                    let v = match (text, field.slice, fallback) {
+                    let v = match (text, field.slice, &q.fallback) {
                         (Some(v), None, _) => v.into_owned(),
                         (Some(v), Some((from, to)), _) => slice_chars(&v, from, to).to_string(),
                         // A sliced null, number or array: jaq's answer, whatever it is.
@@ -355,7 +325,7 @@ mod tests {
     #[test]
     fn slices_of_fields_are_jqs() {
         let p = Partitioner::new("{d: .time[0:10], k: .id[4:8]}").unwrap();
-        assert!(matches!(p, Partitioner::Fields(_, Some(_))));
+        assert!(matches!(&p, Partitioner::Fields(q) if q.fallback.is_some()));
         assert_eq!(
             p.extract(r#"{"time":"2026-12-01T22:00:00Z","id":"abcdéfghij"}"#.as_bytes())
                 .unwrap(),
@@ -392,6 +362,19 @@ mod tests {
             [("type".into(), "z".into()), ("s".into(), "y".into())],
             "the last of a repeated name, as a map keeps it"
         );
+        let shared = Partitioner::new("{s: .a.b, t: .a.c, u: .n, v: .a.b}").unwrap();
+        assert_eq!(
+            shared
+                .extract(br#"{"a":{"b":"y","c":"z"},"n":"m"}"#)
+                .unwrap(),
+            [
+                ("s".into(), "y".into()),
+                ("t".into(), "z".into()),
+                ("u".into(), "m".into()),
+                ("v".into(), "y".into())
+            ],
+            "fields sharing a member read it once, each gets it"
+        );
         for bad in [
             &br#"{"type":"x"} trailing"#[..],
             b"[1]",
@@ -424,7 +407,7 @@ mod tests {
         let rec = br#"{"type":"a\"b","source":"s","n":1,"d":{"k":"v"}}"#;
         for q in ["{type, source}", "{type: .type, k: .d.k}"] {
             let fast = Partitioner::new(q).unwrap();
-            assert!(matches!(fast, Partitioner::Fields(_, None)));
+            assert!(matches!(&fast, Partitioner::Fields(f) if f.fallback.is_none()));
             let jq = Partitioner::Jq(Program::compile(q).unwrap());
             assert_eq!(fast.extract(rec), jq.extract(rec), "{q}");
         }
@@ -466,7 +449,7 @@ mod tests {
             let b = |b: Option<i64>| b.map_or(String::new(), |b| b.to_string());
             let q = format!("{{k: .id[{}:{}]}}", b(from), b(to));
             let fast = Partitioner::new(&q).unwrap();
-            prop_assert!(matches!(fast, Partitioner::Fields(_, Some(_))), "{}", q);
+            prop_assert!(matches!(&fast, Partitioner::Fields(f) if f.fallback.is_some()), "{}", q);
             let jq = Partitioner::Jq(Program::compile(&q).unwrap());
             let rec = serde_json::json!({"id": id}).to_string();
             prop_assert_eq!(fast.extract(rec.as_bytes()), jq.extract(rec.as_bytes()), "{}", q);
