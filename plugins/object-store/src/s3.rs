@@ -98,6 +98,18 @@ pub(super) fn open(cfg: &ObjectStoreConfig, rest: &str) -> Result<S3Target, Erro
     })
 }
 
+impl Drop for S3Target {
+    /// The host drops its sinks from inside its own async runtime (a pipeline's driver
+    /// ending: shutdown, reload); dropping a runtime there would block and panics, so it
+    /// is shut down in the background instead (nothing is in flight: `write` blocks until
+    /// its upload is done).
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl S3Target {
     /// Starts the client's runtime.
     pub(super) fn start(&mut self) -> Result<(), Error> {
@@ -175,5 +187,29 @@ impl S3Target {
             }
         });
         res.map_err(|e| Error::retryable(format_args!("S3 put {path}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon drops a sink inside its pipeline's async driver: that must not panic
+    /// (it did: "Cannot drop a runtime in a context where blocking is not allowed").
+    #[test]
+    fn a_started_target_is_dropped_inside_an_async_context() {
+        let cfg: ObjectStoreConfig = serde_json::from_value(serde_json::json!({
+            "url": "s3://lake/events",
+            "endpoint": "http://127.0.0.1:9",
+            "access_key_id": "x",
+            "secret_access_key": "x",
+        }))
+        .unwrap();
+        let mut t = open(&cfg, "lake/events").unwrap();
+        t.start().unwrap();
+        let host = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        host.block_on(async move { drop(t) });
     }
 }
