@@ -342,6 +342,10 @@ fn jetstream_settings_are_checked_with_file_line_and_column() {
             "choose one way to authenticate",
         ),
         (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\ntoken = \"t\"\nnkey_seed_file = \"u.nk\"\n",
+            "choose one way to authenticate",
+        ),
+        (
             "[jetstream]\nservers = [\"nats://h:4222\"]\ncert_file = \"c.pem\"\n",
             "cert_file needs key_file",
         ),
@@ -792,5 +796,79 @@ fn a_cluster_behind_tls_and_a_password_keeps_the_streams() {
             err.contains("cannot connect to the JetStream cluster"),
             "{what}: {err}"
         );
+    }
+}
+
+/// `[jetstream] nkey_seed_file`: servers whose users are NKeys take the node that signs
+/// their nonce with the user's seed; a seed of another user is refused by the servers, and
+/// a file that holds no seed is named in the error, before any connection.
+#[test]
+fn a_cluster_with_nkey_users_takes_the_node_holding_the_seed() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let cluster = NatsCluster::start_with(
+        1,
+        &format!(
+            "authorization {{\n  users: [ {{ nkey: {} }} ]\n}}\n",
+            user.public_key()
+        ),
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = keys.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let good = write("node.nk", &format!("{}\n", user.seed().unwrap()));
+    let other = write("other.nk", &stranger.seed().unwrap());
+    let garbage = write("garbage.nk", "SUNOTASEED\n");
+    let public = write("public.nk", &user.public_key());
+    let servers: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let base = format!(
+        "[jetstream]\nservers = [{}]\nreplicas = 1\nprefix = \"N\"\ntimeout = \"5s\"\n",
+        servers.join(", ")
+    );
+    let seed_line = |p: &std::path::Path| format!("{base}nkey_seed_file = \"{}\"\n", p.display());
+    let s = Setup::new(&seed_line(&good), &[("events", STREAM)]);
+    let mut d = s.start();
+    d.wait_ready();
+    put_numbered(s.api, 0, 50);
+    assert_eq!(read_until(s.api, 50).len(), 50);
+    d.stop_cleanly();
+
+    for (what, file, want) in [
+        (
+            "another user's seed",
+            &other,
+            "cannot connect to the JetStream cluster".to_string(),
+        ),
+        (
+            "a broken seed",
+            &garbage,
+            format!(
+                "nkey_seed_file {}: not a valid NKey seed",
+                garbage.display()
+            ),
+        ),
+        (
+            "a public key",
+            &public,
+            format!("nkey_seed_file {}: not an NKey user seed", public.display()),
+        ),
+        (
+            "no file",
+            &keys.path().join("missing.nk"),
+            "nkey_seed_file".to_string(),
+        ),
+    ] {
+        let s = Setup::new(&seed_line(file), &[("events", STREAM)]);
+        let mut d = s.start();
+        let st = d.wait_exit(Duration::from_secs(60));
+        assert!(
+            st.is_some_and(|st| !st.success()),
+            "{what}: sluiced must not start"
+        );
+        let err = d.stderr();
+        assert!(err.contains(&want), "{what}: `{want}` not in {err}");
     }
 }

@@ -115,6 +115,10 @@ pub struct JetStreamConfig {
     /// A bearer token for servers with `authorization { token }`.
     #[serde(default)]
     pub token: Option<String>,
+    /// A file holding this node's NKey user seed (`SU…`), for servers whose users are
+    /// NKeys (`authorization { users: [{ nkey: U… }] }`).
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
     /// Require TLS to the servers (implied by `ca_file` and `cert_file`).
     #[serde(default)]
     pub tls: bool,
@@ -158,7 +162,10 @@ impl JetStreamConfig {
                     crate::stream::jetstream::JetStreamAuth::UserPassword(u.clone(), p.clone())
                 }
                 (_, _, Some(t)) => crate::stream::jetstream::JetStreamAuth::Token(t.clone()),
-                _ => crate::stream::jetstream::JetStreamAuth::None,
+                _ => match &self.nkey_seed_file {
+                    Some(f) => crate::stream::jetstream::JetStreamAuth::NKeySeedFile(f.clone()),
+                    None => crate::stream::jetstream::JetStreamAuth::None,
+                },
             },
             tls: (self.tls || self.ca_file.is_some() || self.cert_file.is_some()).then(|| {
                 crate::stream::jetstream::JetStreamTls {
@@ -224,10 +231,20 @@ impl JetStreamConfig {
             (None, Some(_)) => return Some(("password", "password needs a user".into())),
             _ => {}
         }
-        if self.user.is_some() && self.token.is_some() {
+        let ways = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.nkey_seed_file.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
             return Some((
-                "token",
-                "choose one way to authenticate: user and password, or token".into(),
+                if self.nkey_seed_file.is_some() {
+                    "nkey_seed_file"
+                } else {
+                    "token"
+                },
+                "choose one way to authenticate: user and password, token, or nkey_seed_file"
+                    .into(),
             ));
         }
         if self.token.as_deref() == Some("") {

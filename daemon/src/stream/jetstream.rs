@@ -61,6 +61,35 @@ pub enum JetStreamAuth {
     UserPassword(String, String),
     /// A bearer token.
     Token(String),
+    /// A file holding an NKey user seed: the node signs the server's nonce with it.
+    NKeySeedFile(std::path::PathBuf),
+}
+
+/// Largest NKey seed file read (a seed is 58 characters; `nk` files may add a newline).
+const MAX_SEED_FILE: u64 = 4096;
+
+/// The NKey user seed in `path`, checked: what is wrong with it names the file (the
+/// client would only log a bad seed and then fail as unauthorized).
+fn read_seed(path: &std::path::Path) -> Result<String, StorageError> {
+    use std::io::Read;
+    let what = format!("[jetstream] nkey_seed_file {}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SEED_FILE + 1).read_to_string(&mut text))
+        .map_err(|e| err(&what, e))?;
+    if text.len() as u64 > MAX_SEED_FILE {
+        return Err(err(&what, "too large for an NKey seed"));
+    }
+    let seed = text.trim();
+    if !seed.starts_with("SU") {
+        return Err(err(
+            &what,
+            "not an NKey user seed (one line starting with SU, as `nk -gen user` writes)",
+        ));
+    }
+    nkeys::KeyPair::from_seed(seed)
+        .map_err(|e| err(&what, format_args!("not a valid NKey seed: {e}")))?;
+    Ok(seed.to_string())
 }
 
 /// TLS to the NATS servers.
@@ -152,6 +181,10 @@ impl Cluster {
         let servers = opts.servers.clone();
         let timeout = opts.timeout;
         let (auth, tls) = (opts.auth.clone(), opts.tls.clone());
+        let seed = match &auth {
+            JetStreamAuth::NKeySeedFile(f) => Some(read_seed(f)?),
+            _ => None,
+        };
         #[cfg(feature = "tls")]
         if tls.is_some() {
             sluice_plugin_http::install_crypto_provider();
@@ -163,6 +196,9 @@ impl Cluster {
                     async_nats::ConnectOptions::with_user_and_password(u, p)
                 }
                 JetStreamAuth::Token(t) => async_nats::ConnectOptions::with_token(t),
+                JetStreamAuth::NKeySeedFile(_) => {
+                    async_nats::ConnectOptions::with_nkey(seed.unwrap_or_default())
+                }
             };
             if let Some(t) = tls {
                 o = o.require_tls(true);
