@@ -346,6 +346,10 @@ fn jetstream_settings_are_checked_with_file_line_and_column() {
             "choose one way to authenticate",
         ),
         (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\nuser = \"u\"\npassword = \"p\"\ncredentials_file = \"a.creds\"\n",
+            "choose one way to authenticate",
+        ),
+        (
             "[jetstream]\nservers = [\"nats://h:4222\"]\ncert_file = \"c.pem\"\n",
             "cert_file needs key_file",
         ),
@@ -862,6 +866,134 @@ fn a_cluster_with_nkey_users_takes_the_node_holding_the_seed() {
         ),
     ] {
         let s = Setup::new(&seed_line(file), &[("events", STREAM)]);
+        let mut d = s.start();
+        let st = d.wait_exit(Duration::from_secs(60));
+        assert!(
+            st.is_some_and(|st| !st.success()),
+            "{what}: sluiced must not start"
+        );
+        let err = d.stderr();
+        assert!(err.contains(&want), "{what}: `{want}` not in {err}");
+    }
+}
+
+/// A NATS JWT (v2) for `subject`, signed by `issuer`: what `nsc` makes, for the
+/// operator-mode test below.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}{now}"), "iat": now, "iss": issuer.public_key(),
+        "name": name, "sub": subject, "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64.encode(claims.to_string())
+    );
+    let sig = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64.encode(sig))
+}
+
+/// `[jetstream] credentials_file`: an operator-mode server (operator, account with
+/// JetStream and user as JWTs, like `nsc` makes) takes the node holding the user's
+/// `.creds`; a user of an account the server does not know is refused; a file that is
+/// not a credentials file is named in the error.
+#[test]
+fn an_operator_mode_cluster_takes_the_node_holding_its_credentials() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let system = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+    });
+    let mut with_js = unlimited.clone();
+    for k in ["mem_storage", "disk_storage", "streams", "consumer"] {
+        with_js[k] = serde_json::json!(-1);
+    }
+    let op_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2, "system_account": system.public_key()}),
+    );
+    let acc_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "acc",
+        serde_json::json!({"limits": with_js, "type": "account", "version": 2}),
+    );
+    let sys_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "sys",
+        serde_json::json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    let user_claims = serde_json::json!({
+        "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+        "type": "user", "version": 2,
+    });
+    let creds = |acc: &nkeys::KeyPair, user: &nkeys::KeyPair| {
+        let jwt = nats_jwt(acc, &user.public_key(), "node", user_claims.clone());
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
+    };
+    let cluster = NatsCluster::start_with(
+        1,
+        &format!(
+            "operator: {op_jwt}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {acc_jwt}\n  {}: {sys_jwt}\n}}\n",
+            system.public_key(),
+            account.public_key(),
+            system.public_key()
+        ),
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = keys.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let good = write("node.creds", &creds(&account, &user));
+    let unknown = write(
+        "unknown.creds",
+        &creds(&nkeys::KeyPair::new_account(), &user),
+    );
+    let seed_only = write("seed.creds", &user.seed().unwrap());
+    let servers: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let base = format!(
+        "[jetstream]\nservers = [{}]\nreplicas = 1\nprefix = \"C\"\ntimeout = \"5s\"\n",
+        servers.join(", ")
+    );
+    let creds_line =
+        |p: &std::path::Path| format!("{base}credentials_file = \"{}\"\n", p.display());
+    let s = Setup::new(&creds_line(&good), &[("events", STREAM)]);
+    let mut d = s.start();
+    d.wait_ready();
+    put_numbered(s.api, 0, 50);
+    assert_eq!(read_until(s.api, 50).len(), 50);
+    d.stop_cleanly();
+
+    for (what, file, want) in [
+        (
+            "a user of an unknown account",
+            &unknown,
+            "cannot connect to the JetStream cluster".to_string(),
+        ),
+        (
+            "a bare seed",
+            &seed_only,
+            format!("credentials_file {}: ", seed_only.display()),
+        ),
+    ] {
+        let s = Setup::new(&creds_line(file), &[("events", STREAM)]);
         let mut d = s.start();
         let st = d.wait_exit(Duration::from_secs(60));
         assert!(

@@ -119,6 +119,10 @@ pub struct JetStreamConfig {
     /// NKeys (`authorization { users: [{ nkey: U… }] }`).
     #[serde(default)]
     pub nkey_seed_file: Option<PathBuf>,
+    /// A NATS credentials file (`.creds`: user JWT and seed, as `nsc` writes), for
+    /// operator-mode servers (accounts and users as JWTs).
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
     /// Require TLS to the servers (implied by `ca_file` and `cert_file`).
     #[serde(default)]
     pub tls: bool,
@@ -162,9 +166,14 @@ impl JetStreamConfig {
                     crate::stream::jetstream::JetStreamAuth::UserPassword(u.clone(), p.clone())
                 }
                 (_, _, Some(t)) => crate::stream::jetstream::JetStreamAuth::Token(t.clone()),
-                _ => match &self.nkey_seed_file {
-                    Some(f) => crate::stream::jetstream::JetStreamAuth::NKeySeedFile(f.clone()),
-                    None => crate::stream::jetstream::JetStreamAuth::None,
+                _ => match (&self.nkey_seed_file, &self.credentials_file) {
+                    (Some(f), _) => {
+                        crate::stream::jetstream::JetStreamAuth::NKeySeedFile(f.clone())
+                    }
+                    (_, Some(f)) => {
+                        crate::stream::jetstream::JetStreamAuth::CredentialsFile(f.clone())
+                    }
+                    _ => crate::stream::jetstream::JetStreamAuth::None,
                 },
             },
             tls: (self.tls || self.ca_file.is_some() || self.cert_file.is_some()).then(|| {
@@ -235,15 +244,19 @@ impl JetStreamConfig {
             self.user.is_some(),
             self.token.is_some(),
             self.nkey_seed_file.is_some(),
+            self.credentials_file.is_some(),
         ];
         if ways.iter().filter(|w| **w).count() > 1 {
+            let key = if self.credentials_file.is_some() {
+                "credentials_file"
+            } else if self.nkey_seed_file.is_some() {
+                "nkey_seed_file"
+            } else {
+                "token"
+            };
             return Some((
-                if self.nkey_seed_file.is_some() {
-                    "nkey_seed_file"
-                } else {
-                    "token"
-                },
-                "choose one way to authenticate: user and password, token, or nkey_seed_file"
+                key,
+                "choose one way to authenticate: user and password, token, nkey_seed_file or credentials_file"
                     .into(),
             ));
         }

@@ -63,6 +63,36 @@ pub enum JetStreamAuth {
     Token(String),
     /// A file holding an NKey user seed: the node signs the server's nonce with it.
     NKeySeedFile(std::path::PathBuf),
+    /// A NATS credentials file: a user JWT and its seed (operator-mode servers).
+    CredentialsFile(std::path::PathBuf),
+}
+
+/// Largest credentials file read (a user JWT with many permissions is a few KiB).
+const MAX_CREDS_FILE: u64 = 64 * 1024;
+
+/// Reads at most `max` bytes of text from `path` (more is an error naming `what`).
+fn read_small(path: &std::path::Path, max: u64, what: &str) -> Result<String, StorageError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_string(&mut text))
+        .map_err(|e| err(what, e))?;
+    if text.len() as u64 > max {
+        return Err(err(what, format_args!("larger than {max} bytes")));
+    }
+    Ok(text)
+}
+
+/// The client options of the credentials file `path`, checked before connecting.
+fn read_credentials(path: &std::path::Path) -> Result<async_nats::ConnectOptions, StorageError> {
+    let what = format!("[jetstream] credentials_file {}", path.display());
+    let text = read_small(path, MAX_CREDS_FILE, &what)?;
+    async_nats::ConnectOptions::with_credentials(&text).map_err(|e| {
+        err(
+            &what,
+            format_args!("{e} (expected a user JWT and seed, as `nsc generate creds` writes)"),
+        )
+    })
 }
 
 /// Largest NKey seed file read (a seed is 58 characters; `nk` files may add a newline).
@@ -71,15 +101,8 @@ const MAX_SEED_FILE: u64 = 4096;
 /// The NKey user seed in `path`, checked: what is wrong with it names the file (the
 /// client would only log a bad seed and then fail as unauthorized).
 fn read_seed(path: &std::path::Path) -> Result<String, StorageError> {
-    use std::io::Read;
     let what = format!("[jetstream] nkey_seed_file {}", path.display());
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_SEED_FILE + 1).read_to_string(&mut text))
-        .map_err(|e| err(&what, e))?;
-    if text.len() as u64 > MAX_SEED_FILE {
-        return Err(err(&what, "too large for an NKey seed"));
-    }
+    let text = read_small(path, MAX_SEED_FILE, &what)?;
     let seed = text.trim();
     if !seed.starts_with("SU") {
         return Err(err(
@@ -185,6 +208,10 @@ impl Cluster {
             JetStreamAuth::NKeySeedFile(f) => Some(read_seed(f)?),
             _ => None,
         };
+        let creds = match &auth {
+            JetStreamAuth::CredentialsFile(f) => Some(read_credentials(f)?),
+            _ => None,
+        };
         #[cfg(feature = "tls")]
         if tls.is_some() {
             sluice_plugin_http::install_crypto_provider();
@@ -199,6 +226,7 @@ impl Cluster {
                 JetStreamAuth::NKeySeedFile(_) => {
                     async_nats::ConnectOptions::with_nkey(seed.unwrap_or_default())
                 }
+                JetStreamAuth::CredentialsFile(_) => creds.unwrap_or_default(),
             };
             if let Some(t) = tls {
                 o = o.require_tls(true);
