@@ -767,28 +767,38 @@ fn a_cluster_behind_tls_and_a_password_keeps_the_streams() {
         "{base}user = \"sluice\"\npassword = \"s3cret\"\nca_file = \"{}\"\n",
         ca.display()
     );
-    let s = Setup::new(&good, &[("events", STREAM)]);
+    let refused = "cannot connect to the JetStream cluster";
+    serves_with_and_refuses(
+        &good,
+        &[
+            (
+                "a wrong password",
+                format!(
+                    "{base}user = \"sluice\"\npassword = \"nope\"\nca_file = \"{}\"\n",
+                    ca.display()
+                ),
+                refused.into(),
+            ),
+            (
+                "no TLS",
+                format!("{base}user = \"sluice\"\npassword = \"s3cret\"\n"),
+                refused.into(),
+            ),
+        ],
+    );
+}
+
+/// A node started with `good` stores and reads 50 records; each of `bad` (what, config,
+/// part of the error) keeps sluiced from starting, with that error.
+fn serves_with_and_refuses(good: &str, bad: &[(&str, String, String)]) {
+    let s = Setup::new(good, &[("events", STREAM)]);
     let mut d = s.start();
     d.wait_ready();
     put_numbered(s.api, 0, 50);
-    let got = read_until(s.api, 50);
-    assert_eq!(got.len(), 50);
+    assert_eq!(read_until(s.api, 50).len(), 50);
     d.stop_cleanly();
-
-    for (what, config) in [
-        (
-            "a wrong password",
-            format!(
-                "{base}user = \"sluice\"\npassword = \"nope\"\nca_file = \"{}\"\n",
-                ca.display()
-            ),
-        ),
-        (
-            "no TLS",
-            format!("{base}user = \"sluice\"\npassword = \"s3cret\"\n"),
-        ),
-    ] {
-        let s = Setup::new(&config, &[("events", STREAM)]);
+    for (what, config, want) in bad {
+        let s = Setup::new(config, &[("events", STREAM)]);
         let mut d = s.start();
         let st = d.wait_exit(Duration::from_secs(60));
         assert!(
@@ -796,10 +806,7 @@ fn a_cluster_behind_tls_and_a_password_keeps_the_streams() {
             "{what}: sluiced must not start"
         );
         let err = d.stderr();
-        assert!(
-            err.contains("cannot connect to the JetStream cluster"),
-            "{what}: {err}"
-        );
+        assert!(err.contains(want.as_str()), "{what}: `{want}` not in {err}");
     }
 }
 
@@ -833,48 +840,35 @@ fn a_cluster_with_nkey_users_takes_the_node_holding_the_seed() {
         servers.join(", ")
     );
     let seed_line = |p: &std::path::Path| format!("{base}nkey_seed_file = \"{}\"\n", p.display());
-    let s = Setup::new(&seed_line(&good), &[("events", STREAM)]);
-    let mut d = s.start();
-    d.wait_ready();
-    put_numbered(s.api, 0, 50);
-    assert_eq!(read_until(s.api, 50).len(), 50);
-    d.stop_cleanly();
-
-    for (what, file, want) in [
-        (
-            "another user's seed",
-            &other,
-            "cannot connect to the JetStream cluster".to_string(),
-        ),
-        (
-            "a broken seed",
-            &garbage,
-            format!(
-                "nkey_seed_file {}: not a valid NKey seed",
-                garbage.display()
+    let missing = keys.path().join("missing.nk");
+    serves_with_and_refuses(
+        &seed_line(&good),
+        &[
+            (
+                "another user's seed",
+                seed_line(&other),
+                "cannot connect to the JetStream cluster".into(),
             ),
-        ),
-        (
-            "a public key",
-            &public,
-            format!("nkey_seed_file {}: not an NKey user seed", public.display()),
-        ),
-        (
-            "no file",
-            &keys.path().join("missing.nk"),
-            "nkey_seed_file".to_string(),
-        ),
-    ] {
-        let s = Setup::new(&seed_line(file), &[("events", STREAM)]);
-        let mut d = s.start();
-        let st = d.wait_exit(Duration::from_secs(60));
-        assert!(
-            st.is_some_and(|st| !st.success()),
-            "{what}: sluiced must not start"
-        );
-        let err = d.stderr();
-        assert!(err.contains(&want), "{what}: `{want}` not in {err}");
-    }
+            (
+                "a broken seed",
+                seed_line(&garbage),
+                format!(
+                    "nkey_seed_file {}: not a valid NKey seed",
+                    garbage.display()
+                ),
+            ),
+            (
+                "a public key",
+                seed_line(&public),
+                format!("nkey_seed_file {}: not an NKey user seed", public.display()),
+            ),
+            (
+                "no file",
+                seed_line(&missing),
+                format!("nkey_seed_file {}", missing.display()),
+            ),
+        ],
+    );
 }
 
 /// A NATS JWT (v2) for `subject`, signed by `issuer`: what `nsc` makes, for the
@@ -974,33 +968,19 @@ fn an_operator_mode_cluster_takes_the_node_holding_its_credentials() {
     );
     let creds_line =
         |p: &std::path::Path| format!("{base}credentials_file = \"{}\"\n", p.display());
-    let s = Setup::new(&creds_line(&good), &[("events", STREAM)]);
-    let mut d = s.start();
-    d.wait_ready();
-    put_numbered(s.api, 0, 50);
-    assert_eq!(read_until(s.api, 50).len(), 50);
-    d.stop_cleanly();
-
-    for (what, file, want) in [
-        (
-            "a user of an unknown account",
-            &unknown,
-            "cannot connect to the JetStream cluster".to_string(),
-        ),
-        (
-            "a bare seed",
-            &seed_only,
-            format!("credentials_file {}: ", seed_only.display()),
-        ),
-    ] {
-        let s = Setup::new(&creds_line(file), &[("events", STREAM)]);
-        let mut d = s.start();
-        let st = d.wait_exit(Duration::from_secs(60));
-        assert!(
-            st.is_some_and(|st| !st.success()),
-            "{what}: sluiced must not start"
-        );
-        let err = d.stderr();
-        assert!(err.contains(&want), "{what}: `{want}` not in {err}");
-    }
+    serves_with_and_refuses(
+        &creds_line(&good),
+        &[
+            (
+                "a user of an unknown account",
+                creds_line(&unknown),
+                "cannot connect to the JetStream cluster".into(),
+            ),
+            (
+                "a bare seed",
+                creds_line(&seed_only),
+                format!("credentials_file {}: ", seed_only.display()),
+            ),
+        ],
+    );
 }
