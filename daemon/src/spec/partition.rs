@@ -7,7 +7,7 @@
 //! error for `null`) sends its record through jaq, so the answer is jaq's. Either way the
 //! result is an object whose values must be strings.
 
-use sluice_plugin_jq::{parse_json, pick_members, JqError, Program, Val};
+use sluice_plugin_jq::{member, parse_json, pick_members, top_index, JqError, Program, Val};
 use std::borrow::Cow;
 
 /// Why a record's partition keys cannot be extracted (`partitioning-failed`), worded as
@@ -167,17 +167,11 @@ impl Partitioner {
                 } else {
                     None
                 };
-                let mut tops: Vec<String> = Vec::new();
-                let mut top_of = Vec::with_capacity(fields.len());
-                for f in &fields {
-                    match tops.iter().position(|t| *t == f.path[0]) {
-                        Some(i) => top_of.push(i),
-                        None => {
-                            top_of.push(tops.len());
-                            tops.push(f.path[0].clone());
-                        }
-                    }
-                }
+                let mut tops = Vec::new();
+                let top_of = fields
+                    .iter()
+                    .map(|f| top_index(&mut tops, &f.path[0]))
+                    .collect();
                 Ok(Partitioner::Fields(FastQuery {
                     fields,
                     tops,
@@ -215,11 +209,8 @@ impl Partitioner {
                     let path = &field.path;
                     let mut raw = found[top];
                     for seg in &path[1..] {
-                        raw = raw.and_then(|r| {
-                            let mut one = [None];
-                            pick_members(r.get().as_bytes(), std::slice::from_ref(seg), &mut one)
-                                .and(one[0])
-                        });
+                        // Below a value that is not an object: missing, as before.
+                        raw = raw.and_then(|r| member(r, seg).flatten());
                     }
                     let text = raw.and_then(|r| serde_json::from_str::<Cow<'_, str>>(r.get()).ok());
                     let v = match (text, field.slice, &q.fallback) {

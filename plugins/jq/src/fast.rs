@@ -108,11 +108,7 @@ impl Cond {
                         Some(v) => match first_byte(v.get()) {
                             b'n' => None,
                             // Indexing a string, number or array: jaq raises an error.
-                            b'{' => {
-                                let mut one = [None];
-                                pick(v.get().as_bytes(), std::slice::from_ref(name), &mut one)?;
-                                one[0]
-                            }
+                            b'{' => member(v, name)?,
                             _ => return None,
                         },
                     };
@@ -225,13 +221,7 @@ impl Parser<'_> {
             Test::Truthy
         };
         let first = path.remove(0);
-        let top = match self.tops.iter().position(|t| *t == first) {
-            Some(i) => i,
-            None => {
-                self.tops.push(first);
-                self.tops.len() - 1
-            }
-        };
+        let top = top_index(&mut self.tops, &first);
         Some(Cond::Test {
             top,
             rest: path,
@@ -331,6 +321,26 @@ pub fn pick<'a>(data: &'a [u8], names: &[String], out: &mut [Option<&'a RawValue
     let mut de = serde_json::Deserializer::from_slice(data);
     Pick(names, out).deserialize(&mut de).ok()?;
     de.end().ok()
+}
+
+/// The member `name` of `v` (`Some(None)` when it has none), or `None` when `v` is not a
+/// JSON object: one step of a path below the top-level members [`pick`] read.
+pub fn member<'a>(v: &'a RawValue, name: &String) -> Option<Option<&'a RawValue>> {
+    let mut one = [None];
+    pick(v.get().as_bytes(), std::slice::from_ref(name), &mut one)?;
+    Some(one[0])
+}
+
+/// Where `name` is in `tops`, appended when new: paths that start from the same member
+/// share one read of it by [`pick`].
+pub fn top_index(tops: &mut Vec<String>, name: &str) -> usize {
+    match tops.iter().position(|t| t == name) {
+        Some(i) => i,
+        None => {
+            tops.push(name.to_string());
+            tops.len() - 1
+        }
+    }
 }
 
 /// A member name compared where it lies (borrowed, or in the parser's scratch buffer when

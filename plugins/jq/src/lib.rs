@@ -16,7 +16,7 @@ use sluice_plugin_api::{
     declare_library, Batch, Context, Error, NewRecord, Output, Plugin, Transform,
 };
 
-pub use fast::pick as pick_members;
+pub use fast::{member, pick as pick_members, top_index};
 pub use jaq_json::Val;
 
 type Data = data::JustLut<Val>;
