@@ -204,30 +204,21 @@ impl Cluster {
         let servers = opts.servers.clone();
         let timeout = opts.timeout;
         let (auth, tls) = (opts.auth.clone(), opts.tls.clone());
-        let seed = match &auth {
-            JetStreamAuth::NKeySeedFile(f) => Some(read_seed(f)?),
-            _ => None,
-        };
-        let creds = match &auth {
-            JetStreamAuth::CredentialsFile(f) => Some(read_credentials(f)?),
-            _ => None,
+        // Files are read and checked here, before any connection: their errors name them.
+        let mut o = match auth {
+            JetStreamAuth::None => async_nats::ConnectOptions::new(),
+            JetStreamAuth::UserPassword(u, p) => {
+                async_nats::ConnectOptions::with_user_and_password(u, p)
+            }
+            JetStreamAuth::Token(t) => async_nats::ConnectOptions::with_token(t),
+            JetStreamAuth::NKeySeedFile(f) => async_nats::ConnectOptions::with_nkey(read_seed(&f)?),
+            JetStreamAuth::CredentialsFile(f) => read_credentials(&f)?,
         };
         #[cfg(feature = "tls")]
         if tls.is_some() {
             sluice_plugin_http::install_crypto_provider();
         }
         let client = run_on(&rt, timeout, async move {
-            let mut o = match auth {
-                JetStreamAuth::None => async_nats::ConnectOptions::new(),
-                JetStreamAuth::UserPassword(u, p) => {
-                    async_nats::ConnectOptions::with_user_and_password(u, p)
-                }
-                JetStreamAuth::Token(t) => async_nats::ConnectOptions::with_token(t),
-                JetStreamAuth::NKeySeedFile(_) => {
-                    async_nats::ConnectOptions::with_nkey(seed.unwrap_or_default())
-                }
-                JetStreamAuth::CredentialsFile(_) => creds.unwrap_or_default(),
-            };
             if let Some(t) = tls {
                 o = o.require_tls(true);
                 if let Some(ca) = t.ca_file {
