@@ -316,17 +316,20 @@ impl Delivery {
             BufferKey::Error(..) => Compression::None.codec(),
         };
         let spill = self.spools < spool::MAX_OPEN;
-        // A record that opens a buffer is checked before the buffer exists.
-        let exists = match route {
-            Some(Recovery::Skip) => true,
-            Some(Recovery::Replay(id)) => self.replays.contains_key(&id),
-            None => self.buffers.contains_key(&key),
-        };
+        // A Parquet record that opens a buffer is checked before the buffer exists (only
+        // then: the lookup costs a second hash of the key per record).
         let mut first_schema = None;
-        if let (Some(_), false) = (parsed, exists) {
-            first_schema = Some(parquet::BufferSchema::starting(
-                self.start_schema(&key, &route),
-            ));
+        if parsed.is_some() {
+            let exists = match route {
+                Some(Recovery::Skip) => true,
+                Some(Recovery::Replay(id)) => self.replays.contains_key(&id),
+                None => self.buffers.contains_key(&key),
+            };
+            if !exists {
+                first_schema = Some(parquet::BufferSchema::starting(
+                    self.start_schema(&key, &route),
+                ));
+            }
         }
         let delim: &[u8] = match key {
             // Parquet buffers hold JSON lines until the flush converts them.
