@@ -259,3 +259,27 @@ fn object_store_concurrency_is_bounded() {
         assert_eq!(code, 0, "{good}: {err}");
     }
 }
+
+/// The `kinesis` source's options: a checkpoint interval past what its exactly-once
+/// replay allows is refused at its key.
+#[test]
+fn kinesis_source_options_are_checked() {
+    for (option, needle, message) in [
+        (
+            "checkpoint_interval = \"1m\"",
+            "checkpoint_interval",
+            "must be at most 10s",
+        ),
+        (
+            "poll_interval = \"10ms\"",
+            "poll_interval",
+            "at least 200ms",
+        ),
+        ("batch_size = 0", "batch_size", "between 1 and 10000"),
+    ] {
+        let body = format!(
+            "[pipelines.k]\nsource = {{ plugin = \"kinesis\", stream = \"s\", endpoint = \"http://127.0.0.1:9\", {option} }}\nsink = {{ plugin = \"stdout\" }}\n"
+        );
+        assert_error(&body, needle, &[message]);
+    }
+}

@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// The intent log of a pipeline whose source replays the same records with the same
-/// sequences after a crash (`stream`, `direct-put`); others get none.
-/// A `stream` source on a stream kept on JetStream shares its shards with other nodes: its
-/// intents go to the cluster (`crate::delivery::SharedSource`).
+/// positions after a crash (`stream`, `direct-put`, `kinesis`, replayable plugins); others
+/// get none.
+/// A `stream` source on a stream kept on JetStream, or a `kinesis` source in a daemon with
+/// a cluster, shares its shards with other nodes: its intents go to the cluster
+/// (`crate::stream::lease::SharedSource`).
 pub(crate) fn journal(
     spec: &PipelineSpec,
     data_dir: Option<&Path>,
@@ -27,8 +29,9 @@ pub(crate) fn journal(
         return None;
     }
     let dir = crate::names::child(&data_dir?.join("delivery"), &spec.name).ok()?;
-    let shared = services.and_then(|s| {
-        crate::plugins::stream_io::shared_stream(&spec.source.plugin, &spec.source.config_json, s)
+    let shared = services.and_then(|s| match spec.source.plugin.as_str() {
+        "kinesis" => crate::plugins::kinesis_source::shared_source(&spec.source.config_json, s),
+        p => crate::plugins::stream_io::shared_stream(p, &spec.source.config_json, s),
     });
     Some(crate::delivery::Journal {
         dir,

@@ -12,9 +12,18 @@
 //! a node that dies loses its shards to the others. Without a cluster one node reads every
 //! shard and keeps its checkpoints in `data_dir/checkpoints/<pipeline>/kinesis-<stream>.json`.
 //!
-//! **At least once**: Kinesis sequence numbers do not fit the host's replay positions, so
-//! this source is not replayable (no intent log): what a dead reader delivered after its
-//! last checkpoint is delivered again by the next one — never lost.
+//! **Exactly once** (a replayable source): Kinesis sequence numbers do not fit the host's
+//! positions (below 2^48), so each record is positioned by the shard's index (partition)
+//! and an *ordinal* (offset) counted per shard from an **anchor**: before the first record
+//! of a shard without checkpoint is emitted, the shard's first sequence number and the
+//! ordinal base are written where the checkpoint lives (file or lease), and every
+//! checkpoint after carries the last delivered record's ordinal with its sequence number.
+//! A replay — after a crash, or on the node that took the lease over — reads after the
+//! checkpoint and numbers the same records the same way, so the intent log (local, or the
+//! cluster's per shard) matches them to the objects already written: those stored are
+//! skipped, the others rebuilt under the same keys. The base is the anchor's wall-clock
+//! millisecond rather than 0, so a shard anchored again because its checkpoint was deleted
+//! or damaged does not reuse the ordinals of the previous anchor's intents.
 //!
 //! Requests are signed with SigV4 when `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are
 //! set in the daemon's environment — with `AWS_SESSION_TOKEN` too for temporary
@@ -26,7 +35,9 @@ use super::stream_io::{load_checkpoint, store_checkpoint, Checkpoint, Start};
 use super::HostServices;
 use base64::Engine as _;
 use serde_json::{json, Value};
-use sluice_plugin_api::{declare_library, Context, Error, NewRecord, Output, Plugin, Poll, Source};
+use sluice_plugin_api::{
+    declare_library, Context, Error, NewRecord, Output, Plugin, Poll, Position, Source,
+};
 use sluice_plugin_http::ureq;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -41,6 +52,64 @@ const LIST_EVERY: Duration = Duration::from_secs(30);
 const MAX_ANSWER: u64 = 32 << 20;
 /// Back-off after a throttling answer.
 const THROTTLED: Duration = Duration::from_secs(1);
+/// The longest `checkpoint_interval`: the intent log keeps a delivered object's entry for
+/// 30 s after its acks (`delivery::intent::RETIRE_AFTER`), and a replay must find it while
+/// the checkpoint is still behind the object's records.
+const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where a shard's delivery stands: the checkpoint string kept in the file or the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mark {
+    /// Delivered up to the record `seq`, numbered `ordinal`: reading goes on after it
+    /// (`<seq>/<ordinal>`; a bare `<seq>` from before ordinals counts on from 0).
+    After { seq: String, ordinal: u64 },
+    /// The anchor: nothing delivered yet; the record at `seq` is the first, numbered
+    /// `ordinal + 1` (`at:<seq>/<ordinal>`).
+    At { seq: String, ordinal: u64 },
+    /// Read to its end and delivered.
+    End,
+}
+
+impl Mark {
+    fn parse(s: &str) -> Option<Mark> {
+        if s == SHARD_END {
+            return Some(Mark::End);
+        }
+        let (at, rest) = match s.strip_prefix("at:") {
+            Some(r) => (true, r),
+            None => (false, s),
+        };
+        let (seq, ordinal) = match rest.split_once('/') {
+            Some((seq, n)) => (seq, n.parse::<u64>().ok()?),
+            None if !at => (rest, 0),
+            None => return None,
+        };
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let seq = seq.to_string();
+        Some(if at {
+            Mark::At { seq, ordinal }
+        } else {
+            Mark::After { seq, ordinal }
+        })
+    }
+
+    fn encode(&self) -> String {
+        match self {
+            Mark::After { seq, ordinal } => format!("{seq}/{ordinal}"),
+            Mark::At { seq, ordinal } => format!("at:{seq}/{ordinal}"),
+            Mark::End => SHARD_END.to_string(),
+        }
+    }
+}
+
+/// The position partition of a shard: its index (`shardId-000000000007` → 7), which must
+/// be below the host's 65,535 partitions.
+fn shard_partition(id: &str) -> Option<u32> {
+    let n: u32 = id.strip_prefix("shardId-")?.parse().ok()?;
+    (n < crate::record::MAX_PARTITIONS).then_some(n)
+}
 
 /// `kinesis` source options.
 #[derive(serde::Deserialize)]
@@ -63,7 +132,7 @@ pub struct KinesisConfig {
     /// How long a shard that had nothing new waits before it is asked again.
     #[serde(default = "default_poll")]
     pub poll_interval: crate::spec::HumanDuration,
-    /// At most one checkpoint write per this interval (and one at stop).
+    /// At most one checkpoint write per this interval (and one at stop); at most 10 s.
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: crate::spec::HumanDuration,
     /// Time limit of one request.
@@ -232,6 +301,8 @@ struct ShardState {
     iterator: Option<String>,
     /// The last sequence number handed to the host (none: from the checkpoint or `start`).
     read_upto: Option<String>,
+    /// The ordinal of the next record read (none: from the checkpoint, or an anchor).
+    next_ordinal: Option<u64>,
     /// Not asked again before this (nothing new, or throttled).
     ready_at: Instant,
     /// Read to its end (closed): its children may be read once its batches are acked.
@@ -248,8 +319,8 @@ pub struct KinesisSource {
     listed_at: Option<Instant>,
     /// The last delivered sequence number per shard (`SHARD_END`: finished).
     committed: BTreeMap<String, String>,
-    /// Batches handed to the host: (token, shard, last sequence number).
-    in_flight: VecDeque<(u64, String, String)>,
+    /// Batches handed to the host: token, shard, and where it ends.
+    in_flight: VecDeque<(u64, String, Mark)>,
     next_token: u64,
     cursor: usize,
     dirty: bool,
@@ -259,6 +330,26 @@ pub struct KinesisSource {
     lease_view: BTreeMap<String, String>,
     /// A shard ended since the last listing: its children are listed next poll.
     relist: bool,
+}
+
+/// The stream name of the source's leases and shared intent log: apart from a local
+/// stream of the same name.
+fn lease_stream(stream: &str) -> String {
+    format!("kinesis:{stream}")
+}
+
+/// Where a `kinesis` pipeline keeps its delivery records when a cluster is configured: in
+/// the cluster, per shard, beside the shard's lease (`crate::delivery::SharedIntents`), so
+/// whichever node reads the shard next finds them.
+pub fn shared_source(
+    config_json: &str,
+    services: &HostServices,
+) -> Option<crate::stream::lease::SharedSource> {
+    let cfg: KinesisConfig = serde_json::from_str(config_json).ok()?;
+    Some(crate::stream::lease::SharedSource {
+        cluster: services.streams.cluster()?,
+        stream: lease_stream(&cfg.stream),
+    })
 }
 
 fn checkpoint_path(
@@ -284,6 +375,12 @@ impl Plugin for KinesisSource {
             return Err(Error::config_field(
                 "batch_size",
                 "must be between 1 and 10000",
+            ));
+        }
+        if cfg.checkpoint_interval.0 > MAX_CHECKPOINT_INTERVAL {
+            return Err(Error::config_field(
+                "checkpoint_interval",
+                "must be at most 10s (the intent log keeps delivered objects' entries 30 s; a replay needs them until the checkpoint has moved past)",
             ));
         }
         if cfg.poll_interval.0 < Duration::from_millis(200) {
@@ -334,7 +431,7 @@ impl Plugin for KinesisSource {
             let leases = crate::stream::lease::SharedLeases::open(
                 cluster,
                 &self.pipeline,
-                &format!("kinesis:{}", self.cfg.stream),
+                &lease_stream(&self.cfg.stream),
             )
             .map_err(|e| Error::retryable(format_args!("{e}")))?;
             self.leases = Some(leases);
@@ -400,6 +497,7 @@ impl KinesisSource {
                 parents,
                 iterator: None,
                 read_upto: None,
+                next_ordinal: None,
                 ready_at: Instant::now(),
                 ended: false,
             });
@@ -457,14 +555,17 @@ impl KinesisSource {
             if let Some(s) = self.shards.get_mut(&id) {
                 s.iterator = None;
                 s.read_upto = None;
+                s.next_ordinal = None;
                 s.ended = false;
             }
         }
         for (id, checkpoint) in ch.acquired {
+            // Read again from the lease's checkpoint, numbered from it.
             if let Some(s) = self.shards.get_mut(&id) {
                 s.iterator = None;
                 s.ended = false;
-                s.read_upto = checkpoint.clone().filter(|c| c != SHARD_END);
+                s.read_upto = None;
+                s.next_ordinal = None;
             }
             match checkpoint {
                 Some(c) => {
@@ -482,6 +583,13 @@ impl KinesisSource {
         if !self.dirty || (!force && self.saved_at.elapsed() < self.cfg.checkpoint_interval.0) {
             return;
         }
+        if let Err(e) = self.save() {
+            tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write the Kinesis checkpoint");
+        }
+    }
+
+    /// Writes the checkpoints now.
+    fn save(&mut self) -> Result<(), String> {
         let saved = match &mut self.leases {
             Some(l) => l
                 .lock()
@@ -496,34 +604,88 @@ impl KinesisSource {
                 }
             }
         };
-        match saved {
-            Ok(()) => {
-                self.dirty = false;
-                self.saved_at = Instant::now();
-            }
-            Err(e) => {
-                tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, error = %e, "cannot write the Kinesis checkpoint");
-            }
-        }
+        saved?;
+        self.dirty = false;
+        self.saved_at = Instant::now();
+        Ok(())
     }
 
-    /// An iterator for `id`: after what was read, else after its checkpoint, else `start`.
-    fn iterator(&self, id: &str, s: &ShardState) -> Result<Option<String>, CallError> {
-        let after = s
-            .read_upto
-            .clone()
-            .or_else(|| self.committed.get(id).cloned());
-        let mut body = json!({ "StreamName": self.cfg.stream, "ShardId": id });
-        match after {
-            Some(seq) => {
-                body["ShardIteratorType"] = json!("AFTER_SEQUENCE_NUMBER");
-                body["StartingSequenceNumber"] = json!(seq);
-            }
-            None if self.cfg.start == Start::Latest => body["ShardIteratorType"] = json!("LATEST"),
-            None => body["ShardIteratorType"] = json!("TRIM_HORIZON"),
+    /// The shard's checkpoint, if it has a readable one.
+    fn mark(&self, id: &str) -> Option<Mark> {
+        let cp = self.committed.get(id)?;
+        let m = Mark::parse(cp);
+        if m.is_none() {
+            tracing::error!(pipeline = %self.pipeline, stream = %self.cfg.stream, shard = %id, checkpoint = %cp, "unreadable Kinesis checkpoint; the shard is anchored again");
         }
+        m
+    }
+
+    /// An iterator for `id`, and the ordinal of the record it starts at: after what was
+    /// read, else from its checkpoint, else `start` (ordinal none: anchored when the first
+    /// record comes).
+    fn iterator(
+        &self,
+        id: &str,
+        s: &ShardState,
+    ) -> Result<(Option<String>, Option<u64>), CallError> {
+        let mut body = json!({ "StreamName": self.cfg.stream, "ShardId": id });
+        let from = match &s.read_upto {
+            Some(seq) => Some((seq.clone(), "AFTER_SEQUENCE_NUMBER", s.next_ordinal)),
+            None => match self.mark(id) {
+                Some(Mark::After { seq, ordinal }) => {
+                    Some((seq, "AFTER_SEQUENCE_NUMBER", Some(ordinal + 1)))
+                }
+                Some(Mark::At { seq, ordinal }) => {
+                    Some((seq, "AT_SEQUENCE_NUMBER", Some(ordinal + 1)))
+                }
+                Some(Mark::End) | None => None,
+            },
+        };
+        let ordinal = match from {
+            Some((seq, kind, ordinal)) => {
+                body["ShardIteratorType"] = json!(kind);
+                body["StartingSequenceNumber"] = json!(seq);
+                ordinal
+            }
+            None => {
+                let kind = match self.cfg.start {
+                    Start::Latest => "LATEST",
+                    Start::TrimHorizon => "TRIM_HORIZON",
+                };
+                body["ShardIteratorType"] = json!(kind);
+                None
+            }
+        };
         let v = self.client.call("GetShardIterator", &body)?;
-        Ok(v["ShardIterator"].as_str().map(str::to_string))
+        Ok((v["ShardIterator"].as_str().map(str::to_string), ordinal))
+    }
+
+    /// Writes the anchor of `id` — its first record `seq` and the ordinal base — where its
+    /// checkpoint lives, before any record of it is emitted (see the module's doc). Returns
+    /// the first record's ordinal.
+    fn anchor(&mut self, id: &str, seq: &str) -> Result<u64, Error> {
+        let base = u64::try_from(crate::record::now_ms()).unwrap_or(0);
+        let mark = Mark::At {
+            seq: seq.to_string(),
+            ordinal: base,
+        }
+        .encode();
+        self.committed.insert(id.to_string(), mark.clone());
+        self.dirty = true;
+        let refused = |why: &dyn std::fmt::Display| {
+            Error::retryable(format_args!(
+                "{id}: cannot anchor the shard's positions (needed before its first record goes out): {why}"
+            ))
+        };
+        self.save().map_err(|e| refused(&e))?;
+        if let Some(l) = &self.leases {
+            if l.lock().written(id) != Some(&mark) {
+                self.committed.remove(id);
+                return Err(refused(&"its lease is another node's now"));
+            }
+        }
+        tracing::info!(pipeline = %self.pipeline, stream = %self.cfg.stream, shard = %id, first = %seq, "anchored a Kinesis shard's positions");
+        Ok(base + 1)
     }
 
     /// One `GetRecords` on `id`: the records emitted, and whether the shard may be asked
@@ -533,12 +695,23 @@ impl KinesisSource {
         let Some(s) = self.shards.get(id) else {
             return Ok(0);
         };
+        let Some(partition) = shard_partition(id) else {
+            return Err(Error::fatal(format_args!(
+                "shard `{id}` is not named shardId-<index below 65535>: its records cannot be positioned for exactly-once delivery"
+            )));
+        };
         let it = match &s.iterator {
             Some(it) => it.clone(),
             None => match self.iterator(id, s) {
-                Ok(Some(it)) => it,
+                Ok((Some(it), ordinal)) => {
+                    if let Some(s) = self.shards.get_mut(id) {
+                        s.next_ordinal = ordinal;
+                        s.iterator = Some(it.clone());
+                    }
+                    it
+                }
                 // No iterator: the shard is closed and read to its end.
-                Ok(None) => {
+                Ok((None, _)) => {
                     self.shard_ended(id);
                     return Ok(0);
                 }
@@ -573,9 +746,33 @@ impl KinesisSource {
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default();
+        let first_ordinal = match (
+            self.shards.get(id).and_then(|s| s.next_ordinal),
+            recs.first(),
+        ) {
+            (Some(n), _) => n,
+            (None, Some(first)) => {
+                let Some(seq) = first["SequenceNumber"].as_str() else {
+                    return Err(Error::retryable(format_args!(
+                        "{id}: a record without SequenceNumber"
+                    )));
+                };
+                match self.anchor(id, seq) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Read again from the same place once the anchor can be written.
+                        if let Some(s) = self.shards.get_mut(id) {
+                            s.iterator = None;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            (None, None) => 0,
+        };
         let mut emitted = 0;
-        let mut last: Option<String> = None;
-        for r in recs {
+        let mut last: Option<Mark> = None;
+        for (ordinal, r) in (first_ordinal..).zip(recs) {
             let (Some(data), Some(seq)) = (r["Data"].as_str(), r["SequenceNumber"].as_str()) else {
                 return Err(Error::retryable(format_args!(
                     "{id}: a record without Data or SequenceNumber"
@@ -590,29 +787,42 @@ impl KinesisSource {
                 .as_f64()
                 .map(|t| (t * 1000.0) as i64);
             let key = r["PartitionKey"].as_str().unwrap_or_default();
+            if ordinal > crate::record::MAX_OFFSET {
+                return Err(Error::fatal(format_args!(
+                    "{id}: more records than positions can number (2^48)"
+                )));
+            }
             if !out.emit(&NewRecord {
                 data: &data,
                 partition_key: key.as_bytes(),
                 timestamp_ms: ts,
-                position: None,
+                position: Some(Position {
+                    partition,
+                    offset: ordinal,
+                }),
                 attrs: &[],
             }) {
                 break;
             }
             emitted += 1;
-            last = Some(seq.to_string());
+            last = Some(Mark::After {
+                seq: seq.to_string(),
+                ordinal,
+            });
         }
         let next = v["NextShardIterator"].as_str().map(str::to_string);
         let all = emitted == recs.len();
         let Some(s) = self.shards.get_mut(id) else {
             return Ok(emitted);
         };
-        if let Some(seq) = &last {
+        if let Some(Mark::After { seq, ordinal }) = &last {
             s.read_upto = Some(seq.clone());
+            s.next_ordinal = Some(ordinal + 1);
+        }
+        if let Some(mark) = last {
             let token = self.next_token;
             self.next_token += 1;
-            self.in_flight
-                .push_back((token, id.to_string(), seq.clone()));
+            self.in_flight.push_back((token, id.to_string(), mark));
             out.set_ack_token(token);
         }
         // Records the host had no room for are read again after the last one it took.
@@ -685,7 +895,7 @@ impl Source for KinesisSource {
             if *t > token {
                 break;
             }
-            let Some((t, shard, seq)) = self.in_flight.pop_front() else {
+            let Some((t, shard, mark)) = self.in_flight.pop_front() else {
                 break;
             };
             // A shard whose lease went to another node meanwhile is theirs to checkpoint.
@@ -693,7 +903,8 @@ impl Source for KinesisSource {
             if delivered && t == token && held {
                 let ended = self.shards.get(&shard).is_some_and(|s| s.ended)
                     && self.in_flight.iter().all(|f| f.1 != shard);
-                let cp = if ended { SHARD_END.to_string() } else { seq };
+                let cp = if ended { Mark::End } else { mark };
+                let cp = cp.encode();
                 self.committed.insert(shard, cp);
                 self.dirty = true;
             }
@@ -713,6 +924,51 @@ impl Drop for KinesisSource {
 declare_library!(
     name: "kinesis",
     plugins: [
-        source("kinesis", KinesisSource, "reads a stream of any Kinesis endpoint (AWS or another sluiced), shards shared by lease"),
+        replayable_source("kinesis", KinesisSource, "reads a stream of any Kinesis endpoint (AWS or another sluiced), shards shared by lease"),
     ]
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn checkpoints_before_ordinals_count_on_from_zero() {
+        let seq = "49590338271490256608559692538361571095921575989136588898";
+        assert_eq!(
+            Mark::parse(seq),
+            Some(Mark::After {
+                seq: seq.into(),
+                ordinal: 0
+            })
+        );
+        assert_eq!(Mark::parse(SHARD_END), Some(Mark::End));
+        for bad in [
+            "", "at:", "at:12", "12/x", "/3", "x/3", "at:/3", "1 2/3", "-1/2",
+        ] {
+            assert_eq!(Mark::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shard_partitions_are_indices_below_the_hosts_limit() {
+        assert_eq!(shard_partition("shardId-000000000007"), Some(7));
+        assert_eq!(shard_partition("shardId-000000065534"), Some(65534));
+        assert_eq!(shard_partition("shardId-000000065535"), None);
+        assert_eq!(shard_partition("shard-7"), None);
+        assert_eq!(shard_partition("shardId-"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn marks_read_back_as_written(seq in "[1-9][0-9]{0,60}", ordinal in any::<u64>(), at in any::<bool>()) {
+            let m = if at {
+                Mark::At { seq, ordinal }
+            } else {
+                Mark::After { seq, ordinal }
+            };
+            prop_assert_eq!(Mark::parse(&m.encode()), Some(m));
+        }
+    }
+}

@@ -286,6 +286,12 @@ impl<C: LeaseCheckpoint> Leases<C> {
                 .is_some_and(|&t| Instant::now() < t)
     }
 
+    /// The checkpoint last written into the lease of `shard`, while this node holds it
+    /// (after [`Leases::checkpoint`]: whether that write went through).
+    pub fn written(&self, shard: &str) -> Option<&C> {
+        self.held.get(shard).and_then(|h| h.1.as_ref())
+    }
+
     /// Whether this node reads `shard` now: it holds the lease ([`Leases::owns`]) and is
     /// not giving it back.
     pub fn reads(&self, shard: &str) -> bool {
