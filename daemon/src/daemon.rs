@@ -142,6 +142,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Streams::sync_due,
     );
     every(Duration::from_secs(5), streams.clone(), Streams::upkeep);
+    // Another node's resharding of a JetStream stream is taken within a second.
+    every(
+        Duration::from_secs(1),
+        streams.clone(),
+        Streams::sync_topologies,
+    );
     let mut sup = Supervisor::new(
         registry.clone(),
         set.base_dir.clone(),

@@ -134,7 +134,7 @@ fn describe() {
     );
     describe_counter!(
         "sluice_jetstream_errors_total",
-        "Calls to the JetStream cluster that failed or timed out, by operation (publish, read, info, purge; conflict: another node appended first, the append was made again)"
+        "Calls to the JetStream cluster that failed or timed out, by operation (publish, read, info, purge, seal; conflict: another node appended first, the append was made again)"
     );
     describe_gauge!(
         "sluice_lease_owned",

@@ -57,10 +57,11 @@ fn read_located(api: std::net::SocketAddr, shards: u32) -> Vec<(String, String, 
                     String::from_utf8(d).unwrap(),
                 ));
             }
-            if recs.is_empty() {
-                break;
+            // The end of what is there, or of a closed shard (no next iterator).
+            match v["NextShardIterator"].as_str() {
+                Some(next) if !recs.is_empty() => it = next.to_string(),
+                _ => break,
             }
-            it = v["NextShardIterator"].as_str().unwrap().to_string();
         }
     }
     out
@@ -1001,4 +1002,199 @@ fn an_operator_mode_cluster_takes_the_node_holding_its_credentials() {
             ),
         ],
     );
+}
+
+/// The shards ListShards shows through `api`: id, parents, hash-key range and (closed
+/// ones) ending sequence number — what every node must agree on.
+fn shard_list(api: std::net::SocketAddr) -> Vec<String> {
+    let out = kinesis_ok(api, "ListShards", r#"{"StreamName":"events"}"#);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["Shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} {}-{} {}",
+                s["ShardId"],
+                s["ParentShardId"],
+                s["AdjacentParentShardId"],
+                s["HashKeyRange"]["StartingHashKey"],
+                s["HashKeyRange"]["EndingHashKey"],
+                s["SequenceNumberRange"]["EndingSequenceNumber"]
+            )
+        })
+        .collect()
+}
+
+/// Resharding on a cluster (issue #12): node A's `shards` goes from 2 to 3 (a reload)
+/// while a producer writes through node B; B takes the new topology at once (its appends
+/// to sealed parents are routed again, to the children), both nodes list the same shards
+/// with the same ends, and every acknowledged record reads back the same from either
+/// node. B's file then says 3 too (nothing to do), later 2: B reshards through the
+/// topology A wrote and A follows. A third node started afterwards with an empty data
+/// directory and a file that says 4 serves the topology the others made.
+#[test]
+fn a_resharding_on_one_node_is_every_nodes() {
+    let cluster = NatsCluster::start(3);
+    let stream = |n: u32| format!("[streams.events]\nshards = {n}\nstorage = \"jetstream\"\n");
+    let nodes: Vec<Setup> = (0..3)
+        .map(|i| {
+            Setup::new(
+                &daemon_config(&cluster),
+                &[("events", &stream(if i == 2 { 4 } else { 2 }))],
+            )
+        })
+        .collect();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut da = a.start();
+    da.wait_ready();
+    let mut db = b.start();
+    db.wait_ready();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (api, stop) = (b.api, stop.clone());
+        std::thread::spawn(move || produce(api, 1, stop))
+    };
+    let reshard = |s: &Setup, d: &Daemon, n: u32| {
+        s.write_pipeline("events", &stream(n));
+        let (code, body) = d.post("/admin/reload").unwrap();
+        assert_eq!(code, 200, "{body}");
+    };
+    let all = |api| read_shards(api, shard_list(api).len() as u32);
+    wait_until(Duration::from_secs(30), "records through B", || {
+        all(a.api).len() >= 100
+    });
+    reshard(a, &da, 3);
+    let three = shard_list(a.api);
+    assert_eq!(
+        three.iter().filter(|s| s.ends_with("null")).count(),
+        3,
+        "{three:?}"
+    );
+    assert!(
+        three
+            .iter()
+            .any(|s| s.starts_with("\"shardId-000000000000\"") && !s.ends_with("null")),
+        "shard 0 closed with an end: {three:?}"
+    );
+    wait_until(Duration::from_secs(10), "B lists A's shards", || {
+        shard_list(b.api) == three
+    });
+    let more = all(a.api).len() + 100;
+    wait_until(
+        Duration::from_secs(30),
+        "records into the new shards",
+        || all(a.api).len() >= more,
+    );
+    reshard(b, &db, 3);
+    assert_eq!(shard_list(b.api), three, "the same count: nothing to do");
+    wait_until(Duration::from_secs(10), "the resharding settled", || {
+        s_reload_ok(b, &db, &stream(2))
+    });
+    let two = shard_list(b.api);
+    assert_eq!(
+        two.iter().filter(|s| s.ends_with("null")).count(),
+        2,
+        "{two:?}"
+    );
+    wait_until(Duration::from_secs(10), "A lists B's shards", || {
+        shard_list(a.api) == two
+    });
+    let more = all(a.api).len() + 100;
+    wait_until(
+        Duration::from_secs(30),
+        "records after B's resharding",
+        || all(a.api).len() >= more,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let produced = producer.join().unwrap();
+    let acked: std::collections::BTreeSet<String> = produced.acked.iter().cloned().collect();
+    let shards = two.len() as u32;
+    let from_a = read_acked(a.api, shards, &acked);
+    let from_b = read_acked(b.api, shards, &acked);
+    assert_eq!(from_a, from_b, "both nodes read the same records");
+    // A node joining later serves the topology the others made, not its file's 4.
+    let mut dc = nodes[2].start();
+    dc.wait_ready();
+    assert_eq!(shard_list(nodes[2].api), two);
+    assert_eq!(read_acked(nodes[2].api, shards, &acked), from_a);
+    eprintln!(
+        "{} records acknowledged through B ({} calls retried); {} in the stream",
+        acked.len(),
+        produced.retried_calls,
+        from_a.len()
+    );
+    for d in [&mut da, &mut db, &mut dc] {
+        d.stop_cleanly();
+    }
+}
+
+/// Writes the stream file of `s` and reloads `d`: whether the reload was applied.
+fn s_reload_ok(s: &Setup, d: &Daemon, body: &str) -> bool {
+    s.write_pipeline("events", body);
+    d.post("/admin/reload").is_some_and(|(code, _)| code == 200)
+}
+
+/// A node killed in the middle of a resharding — its parents sealed, the new topology not
+/// written — leaves a plan pending in the cluster: the other node completes it once it is
+/// stale (10 s), and the producer writing through that node saw only retryable errors and
+/// lost nothing.
+#[test]
+fn a_resharding_left_unfinished_by_a_dead_node_is_completed_by_another() {
+    let cluster = NatsCluster::start(1);
+    let config = daemon_config(&cluster).replace("replicas = 3", "replicas = 1");
+    let stream = |n: u32| format!("[streams.events]\nshards = {n}\nstorage = \"jetstream\"\n");
+    let a = Setup::new(&config, &[("events", &stream(2))]);
+    let b = Setup::new(&config, &[("events", &stream(2))]);
+    let mut da = a.start_env(&[("SLUICE_FAILPOINTS", "reshard-sealed")]);
+    da.wait_ready();
+    let mut db = b.start();
+    db.wait_ready();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (api, stop) = (b.api, stop.clone());
+        std::thread::spawn(move || produce(api, 1, stop))
+    };
+    wait_until(Duration::from_secs(30), "records through B", || {
+        read_shards(b.api, 2).len() >= 100
+    });
+    a.write_pipeline("events", &stream(4));
+    let _ = da.post("/admin/reload");
+    let st = da
+        .wait_exit(Duration::from_secs(30))
+        .expect("the failpoint fired (built with `--features sluiced/failpoints`)");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{}", da.stderr());
+    let killed = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "B completed the resharding",
+        || {
+            shard_list(b.api)
+                .iter()
+                .filter(|s| s.ends_with("null"))
+                .count()
+                == 4
+        },
+    );
+    eprintln!("completed {:?} after the kill", killed.elapsed());
+    let n = read_shards(b.api, shard_list(b.api).len() as u32).len() + 100;
+    wait_until(
+        Duration::from_secs(30),
+        "records into the new shards",
+        || read_shards(b.api, shard_list(b.api).len() as u32).len() >= n,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let produced = producer.join().unwrap();
+    let acked: std::collections::BTreeSet<String> = produced.acked.iter().cloned().collect();
+    let shards = shard_list(b.api).len() as u32;
+    read_acked(b.api, shards, &acked);
+    assert!(
+        db.stderr()
+            .contains("completing a resharding another node left unfinished"),
+        "{}",
+        db.stderr()
+    );
+    db.stop_cleanly();
 }

@@ -584,9 +584,19 @@ async fn append(
     let mut failed: Option<String> = None;
     let mut pending: Vec<(usize, PutEntry)> = entries.into_iter().enumerate().collect();
     let mut admitted = vec![false; n];
+    let mut sealed = false;
     for _round in 0..8 {
         if pending.is_empty() {
             return Ok(out);
+        }
+        // A shard another node closed: its resharding is read before routing again.
+        // (Still being resharded after a few seconds: those records fail, retryably.)
+        if std::mem::take(&mut sealed) {
+            let s = st.clone();
+            let synced = tokio::task::spawn_blocking(move || s.sync_topology(true)).await;
+            if !matches!(synced, Ok(Ok(()))) {
+                break;
+            }
         }
         let set = st.shards();
         let mut per_shard: std::collections::BTreeMap<u32, Vec<(usize, PutEntry)>> =
@@ -644,7 +654,10 @@ async fn append(
                         out[*i] = Ok((s, first + k as u64));
                     }
                 }
-                Err(StreamError::ShardClosed(_)) => pending.extend(group),
+                Err(StreamError::ShardClosed(_)) => {
+                    sealed = true;
+                    pending.extend(group);
+                }
                 // Deleted while this call was on its way: as AWS answers for a missing stream.
                 Err(StreamError::Storage(crate::stream::StorageError::Retired)) => {
                     return Err(ApiError::stream_not_found(&st.name, account))
@@ -659,19 +672,21 @@ async fn append(
             }
         }
     }
+    if !pending.is_empty() {
+        for (i, _) in pending {
+            out[i] = Err(Refused::Failed);
+        }
+        failed.get_or_insert(format!(
+            "stream {} kept being resharded while records were appended; try again",
+            st.name
+        ));
+    }
     if let Some(e) = failed {
         if !out.iter().any(Result::is_ok) {
             return Err(ApiError::internal(format!("append failed: {e}")));
         }
     }
-    if pending.is_empty() {
-        Ok(out)
-    } else {
-        Err(ApiError::internal(format!(
-            "stream {} kept being resharded while records were appended; try again",
-            st.name
-        )))
-    }
+    Ok(out)
 }
 
 /// Why one record of a put was not stored.

@@ -294,6 +294,17 @@ impl Client {
     }
 }
 
+/// Why checkpoints were not written.
+#[derive(Debug, thiserror::Error)]
+enum SaveError {
+    /// Into the leases, in the cluster.
+    #[error("{0}")]
+    Lease(#[from] crate::stream::StorageError),
+    /// Into the checkpoint file.
+    #[error("checkpoint file: {0}")]
+    File(#[from] std::io::Error),
+}
+
 /// What the source knows of one shard.
 struct ShardState {
     parents: Vec<String>,
@@ -589,22 +600,17 @@ impl KinesisSource {
     }
 
     /// Writes the checkpoints now.
-    fn save(&mut self) -> Result<(), String> {
-        let saved = match &mut self.leases {
-            Some(l) => l
-                .lock()
-                .checkpoint(&self.committed)
-                .map_err(|e| e.to_string()),
+    fn save(&mut self) -> Result<(), SaveError> {
+        match &mut self.leases {
+            Some(l) => l.lock().checkpoint(&self.committed)?,
             None => {
-                match checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream) {
-                    Some(path) => {
-                        store_checkpoint(&path, &self.committed).map_err(|e| e.to_string())
-                    }
-                    None => Ok(()),
+                if let Some(path) =
+                    checkpoint_path(self.services.as_deref(), &self.pipeline, &self.cfg.stream)
+                {
+                    store_checkpoint(&path, &self.committed)?;
                 }
             }
-        };
-        saved?;
+        }
         self.dirty = false;
         self.saved_at = Instant::now();
         Ok(())

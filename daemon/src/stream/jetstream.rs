@@ -155,6 +155,14 @@ fn failed(op: &'static str) {
     metrics::counter!("sluice_jetstream_errors_total", "op" => op).increment(1);
 }
 
+/// The subject a sealed shard's JetStream stream listens on instead of its own: appends
+/// to the shard's subject find no stream (refused at once), while reads, retention and
+/// deletion work on the stream as before — unlike JetStream's own `sealed`, which would
+/// also stop retention from removing the shard's old records.
+fn sealed_subject(subject: &str) -> String {
+    format!("{subject}.sealed")
+}
+
 /// A JetStream stream name or subject token for `name`: letters, digits and `-` kept,
 /// every other byte `_XX` (hex) — reversible, and never `.`, `*`, `>` or a space.
 pub(super) fn token(name: &str) -> String {
@@ -322,13 +330,15 @@ impl Cluster {
 
     /// Opens the storage of `shard` of `stream`, creating its JetStream stream (with
     /// `replicas` copies) when it does not exist yet, or bringing its settings up to date.
-    /// `max_bytes` caps the shard (the servers drop the oldest records past it).
+    /// `max_bytes` caps the shard (the servers drop the oldest records past it). A
+    /// `closed` shard (a resharding's parent) is opened sealed ([`ShardStorage::seal`]).
     pub fn open_shard(
         self: &Arc<Self>,
         stream: &str,
         shard: &str,
         max_record: usize,
         max_bytes: Option<u64>,
+        closed: bool,
     ) -> Result<JetStreamShard, StorageError> {
         if max_record + FRAME > self.max_payload {
             return Err(StorageError::Cluster(format!(
@@ -346,7 +356,11 @@ impl Cluster {
         );
         let config = jetstream::stream::Config {
             name: name.clone(),
-            subjects: vec![subject.clone()],
+            subjects: vec![if closed {
+                sealed_subject(&subject)
+            } else {
+                subject.clone()
+            }],
             storage: jetstream::stream::StorageType::File,
             num_replicas: self.opts.replicas,
             max_bytes: max_bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
@@ -493,6 +507,18 @@ struct State {
 const TIP_REFRESH: Duration = Duration::from_millis(200);
 
 type Acks = Vec<jetstream::context::PublishAckFuture>;
+
+/// How a batch's acknowledgements came back.
+enum Outcome {
+    /// Every message stored, numbered as sent.
+    Stored,
+    /// Every message refused for its expected sequence: nothing stored.
+    Conflict,
+    /// No stream listens on the shard's subject any more: nothing stored.
+    Sealed,
+    /// Anything else (a prefix may be stored).
+    Failed(String),
+}
 
 /// One shard's records in its JetStream stream.
 pub struct JetStreamShard {
@@ -708,6 +734,7 @@ impl ShardStorage for JetStreamShard {
         let done = self.cluster.run(async move {
             let mut stored = 0usize;
             let mut conflicts = 0usize;
+            let mut sealed = 0usize;
             let mut first_err = None;
             let n = acks.len();
             for (i, ack) in acks.into_iter().enumerate() {
@@ -730,22 +757,27 @@ impl ShardStorage for JetStreamShard {
                     {
                         conflicts += 1;
                     }
+                    // No stream listens on the shard's subject: sealed by a resharding.
+                    Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                        sealed += 1;
+                    }
                     Err(e) => {
                         first_err.get_or_insert(e.to_string());
                     }
                 }
             }
             match first_err {
-                None if stored == n => Ok(()),
-                None if conflicts == n => Err(None),
-                None => Err(Some(format!(
-                    "{stored} of {n} records stored, {conflicts} refused: another writer appended in between"
-                ))),
-                Some(e) => Err(Some(e)),
+                None if stored == n => Outcome::Stored,
+                None if sealed == n => Outcome::Sealed,
+                None if conflicts == n => Outcome::Conflict,
+                None => Outcome::Failed(format!(
+                    "{stored} of {n} records stored, {conflicts} refused by another writer's appends, {sealed} by a resharding"
+                )),
+                Some(e) => Outcome::Failed(e),
             }
         });
         match done {
-            Ok(Ok(())) => {
+            Ok(Outcome::Stored) => {
                 self.publish_seconds.record(sent.elapsed().as_secs_f64());
                 // Stored through this batch's last message — and so everything before it:
                 // its first message expected the sequence before it.
@@ -753,12 +785,16 @@ impl ShardStorage for JetStreamShard {
                 s.stored = s.stored.max((first + count).saturating_sub(1));
                 Ok(())
             }
-            Ok(Err(None)) => {
+            Ok(Outcome::Conflict) => {
                 self.lock().stale = true;
                 metrics::counter!("sluice_jetstream_errors_total", "op" => "conflict").increment(1);
                 Err(StorageError::Conflict)
             }
-            Ok(Err(Some(e))) => {
+            Ok(Outcome::Sealed) => {
+                self.lock().stale = true;
+                Err(StorageError::Closed)
+            }
+            Ok(Outcome::Failed(e)) => {
                 self.lock().stale = true;
                 failed("publish");
                 Err(StorageError::Cluster(format!(
@@ -952,6 +988,24 @@ impl ShardStorage for JetStreamShard {
         self.retired.store(false, Ordering::Release);
     }
 
+    fn seal(&self) -> Result<u64, StorageError> {
+        let mut config = self.stream.cached_info().config.clone();
+        let sealed = sealed_subject(&self.subject);
+        if config.subjects != [sealed.clone()] {
+            config.subjects = vec![sealed];
+            let js = self.cluster.js.clone();
+            self.cluster
+                .run(async move { js.update_stream(config).await })?
+                .map_err(|e| {
+                    failed("seal");
+                    err("cannot seal a shard's JetStream stream", e)
+                })?;
+        }
+        // Every append stored is in the state now; none can follow.
+        self.refresh()?;
+        Ok(self.lock().last)
+    }
+
     fn close(&self) -> Result<(), StorageError> {
         let tokens: Vec<u64> = self
             .pending
@@ -1003,13 +1057,13 @@ mod tests {
             ..JetStreamOptions::default()
         })
         .unwrap();
-        let shard =
-            cluster.wait_for(|| c.open_shard("events.x", "shardId-000000000000", 1 << 20, None));
+        let shard = cluster
+            .wait_for(|| c.open_shard("events.x", "shardId-000000000000", 1 << 20, None, false));
         super::super::storage::conformance(&shard);
         // Reopened, it knows what the cluster holds.
         shard.unretire();
         let again = c
-            .open_shard("events.x", "shardId-000000000000", 1 << 20, None)
+            .open_shard("events.x", "shardId-000000000000", 1 << 20, None, false)
             .unwrap();
         assert_eq!((again.next_seq(), again.records()), (6, 6));
         assert_eq!(again.arrival_range(), Some((1_000, 6_000)));
@@ -1022,7 +1076,7 @@ mod tests {
         c.delete_shard("events.x", "shardId-000000000000").unwrap();
         // `max_bytes`: the servers keep the newest records under the cap.
         let capped = c
-            .open_shard("capped", "shardId-000000000001", 1 << 20, Some(4096))
+            .open_shard("capped", "shardId-000000000001", 1 << 20, Some(4096), false)
             .unwrap();
         let data = [7u8; 1000];
         for i in 0..10 {
@@ -1059,8 +1113,8 @@ mod tests {
         };
         let (a, b) = (node(), node());
         let id = "shardId-000000000000";
-        let sa = cluster.wait_for(|| a.open_shard("two", id, 1 << 20, None));
-        let sb = b.open_shard("two", id, 1 << 20, None).unwrap();
+        let sa = cluster.wait_for(|| a.open_shard("two", id, 1 << 20, None, false));
+        let sb = b.open_shard("two", id, 1 << 20, None, false).unwrap();
         let e = |data: &'static [u8]| Entry {
             key: b"k",
             data,
@@ -1099,6 +1153,58 @@ mod tests {
         }
     }
 
+    /// A shard sealed by one node refuses every node's appends with `Closed` (nothing
+    /// stored), ends exactly after the last record either stored, and is still read,
+    /// trimmed by retention, and opened sealed again.
+    #[test]
+    fn a_sealed_shard_refuses_every_nodes_appends_and_keeps_its_records() {
+        let cluster = crate::testing::NatsCluster::start(1);
+        let node = || {
+            Cluster::connect(JetStreamOptions {
+                servers: cluster.urls(),
+                replicas: 1,
+                prefix: "S".into(),
+                timeout: Duration::from_secs(10),
+                ..JetStreamOptions::default()
+            })
+            .unwrap()
+        };
+        let (a, b) = (node(), node());
+        let id = "shardId-000000000000";
+        let sa = cluster.wait_for(|| a.open_shard("p", id, 1 << 20, None, false));
+        let sb = b.open_shard("p", id, 1 << 20, None, false).unwrap();
+        let e = |data: &'static [u8], arrival_ms: i64| Entry {
+            key: b"k",
+            data,
+            arrival_ms,
+        };
+        sa.append(&[e(b"a1", 1_000), e(b"a2", 2_000)]).unwrap();
+        sb.sync().unwrap();
+        sb.append(&[e(b"b1", 3_000)]).unwrap();
+        assert_eq!(
+            sa.seal().unwrap(),
+            3,
+            "the end counts the other node's append"
+        );
+        assert_eq!(sa.seal().unwrap(), 3, "sealing again changes nothing");
+        for s in [&sa, &sb] {
+            assert!(matches!(
+                s.append(&[e(b"late", 4_000)]),
+                Err(StorageError::Closed)
+            ));
+        }
+        sb.sync().unwrap();
+        assert_eq!(sb.read(0, 10, 1 << 20).unwrap().len(), 3);
+        assert_eq!(sb.enforce_retention(1_500, None).unwrap(), 1);
+        let again = b.open_shard("p", id, 1 << 20, None, true).unwrap();
+        assert_eq!(again.next_seq(), 3);
+        assert_eq!(again.first_seq(), 1);
+        assert!(matches!(
+            again.append(&[e(b"later", 5_000)]),
+            Err(StorageError::Closed)
+        ));
+    }
+
     /// A record larger than the servers' `max_payload` is refused when the shard opens,
     /// naming the setting, not on the first large PutRecord.
     #[test]
@@ -1111,7 +1217,7 @@ mod tests {
         })
         .unwrap();
         let e = c
-            .open_shard("s", "shardId-000000000000", 64 << 20, None)
+            .open_shard("s", "shardId-000000000000", 64 << 20, None, false)
             .err()
             .unwrap();
         assert!(e.to_string().contains("max_payload"), "{e}");

@@ -137,16 +137,17 @@ impl<C: LeaseCheckpoint> SharedLeases<C> {
     }
 }
 
-/// A JetStream stream used as a key-value table (see the module's doc).
+/// A JetStream stream used as a key-value table (see the module's doc): one subject per
+/// key, the newest message its value, its sequence the revision every write names.
 #[derive(Clone)]
-struct Table {
+pub(super) struct Table {
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     subjects: String,
 }
 
 /// Why a write was refused.
-enum Refused {
+pub(super) enum Refused {
     /// The key's revision is not the one named: another node wrote it first.
     Conflict,
     Other(String),
@@ -164,13 +165,22 @@ impl std::fmt::Display for Refused {
 impl Table {
     /// Opens the lease table of `cluster` (creating it if needed).
     fn open(cluster: &Arc<Cluster>) -> Result<Table, StorageError> {
+        Table::open_named(cluster, "leases", "sluice shard leases")
+    }
+
+    /// Opens (creating if needed) the table `<prefix>-<suffix>` of `cluster`.
+    pub(super) fn open_named(
+        cluster: &Arc<Cluster>,
+        suffix: &str,
+        description: &str,
+    ) -> Result<Table, StorageError> {
         let js = cluster.context();
-        let name = format!("{}-leases", cluster.prefix());
+        let name = format!("{}-{suffix}", cluster.prefix());
         let subjects = name.clone();
         let config = jetstream::stream::Config {
             name: name.clone(),
             subjects: vec![format!("{subjects}.>")],
-            description: Some("sluice shard leases".into()),
+            description: Some(description.into()),
             max_messages_per_subject: 1,
             max_messages: -1,
             max_bytes: -1,
@@ -183,7 +193,7 @@ impl Table {
         };
         let table = cluster
             .ensure_stream(config)
-            .map_err(|e| err("cannot open the lease table", e))?;
+            .map_err(|e| StorageError::Cluster(format!("cannot open the table {name}: {e}")))?;
         Ok(Table {
             js,
             stream: table,
@@ -192,7 +202,7 @@ impl Table {
     }
 
     /// The key's newest value and its revision.
-    async fn entry(&self, key: &str) -> Result<Option<(u64, bytes::Bytes)>, Refused> {
+    pub(super) async fn entry(&self, key: &str) -> Result<Option<(u64, bytes::Bytes)>, Refused> {
         let subject = format!("{}.{key}", self.subjects);
         match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => Ok(Some((m.sequence, m.payload))),
@@ -204,7 +214,12 @@ impl Table {
     }
 
     /// Writes `value` if the key's revision is `revision` (0: the key has none).
-    async fn write(&self, key: &str, value: bytes::Bytes, revision: u64) -> Result<u64, Refused> {
+    pub(super) async fn write(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        revision: u64,
+    ) -> Result<u64, Refused> {
         let subject = format!("{}.{key}", self.subjects);
         let m = jetstream::message::PublishMessage::build()
             .payload(value)

@@ -14,6 +14,7 @@
 //! only then are the gates released. An append that waited on a gate finds its shard
 //! closed and is routed again, to a child.
 
+mod catalog;
 pub mod jetstream;
 pub mod lease;
 mod routing;
@@ -257,6 +258,12 @@ pub struct Stream {
     backend: Backend,
     /// One `syncfs` for many shard logs' appends (shard logs under `fsync = "batch"`).
     fs_sync: Option<Arc<GroupSync>>,
+    /// The topology every node serving the stream shares (JetStream streams).
+    catalog: Option<catalog::Catalog>,
+    /// The `shards` of this node's config as last applied (0: none yet): on a cluster only
+    /// a change of it reshards — another node's file may say otherwise, and a node that
+    /// starts or reloads must not undo the others' resharding.
+    configured_shards: std::sync::atomic::AtomicU32,
 }
 
 /// A token bucket holding up to one second of the allowed rate.
@@ -350,6 +357,7 @@ fn open_shard(o: &ShardOpts<'_>, def: &ShardDef) -> Result<Shard, StreamError> {
             &id,
             usize::try_from(o.max_record_size).unwrap_or(usize::MAX),
             o.max_bytes,
+            def.closed.is_some(),
         )?),
     };
     let name = o.name;
@@ -415,6 +423,27 @@ fn open_log(
     Ok(log)
 }
 
+/// The topology a node opening a JetStream stream serves: the one the nodes share, or —
+/// the first node to open the stream — `local`, published for the others. (A plan left
+/// pending is taken up by the first [`Stream::sync_topology`].)
+fn shared_topology(cat: &catalog::Catalog, local: Topology) -> Result<Topology, StreamError> {
+    for _ in 0..5 {
+        match cat.read()? {
+            Some((_, rec)) => return Ok(rec.topology),
+            None => {
+                let mine = catalog::Record {
+                    topology: local.clone(),
+                    pending: None,
+                };
+                if cat.write(&mine, 0)?.is_some() {
+                    return Ok(local);
+                }
+            }
+        }
+    }
+    Err(StreamError::Updating(String::new()))
+}
+
 /// Builds the shard set of `topology`, reusing the shards of `old` that are still there.
 fn shard_set(
     topology: Topology,
@@ -443,6 +472,13 @@ fn shard_set(
 /// How long a resharded stream reports UPDATING (and refuses the next resharding).
 pub const UPDATING_MS: i64 = 500;
 
+/// How long an append that met a shard another node sealed waits for that node's
+/// resharding to be written (it takes a few round trips to the cluster).
+const PENDING_WAIT: Duration = Duration::from_secs(3);
+
+/// The gates of a shard set's open shards, held for writing.
+type Gates<'a> = Vec<(u32, std::sync::RwLockWriteGuard<'a, Option<Closed>>)>;
+
 impl Stream {
     fn open(
         dir: PathBuf,
@@ -453,12 +489,22 @@ impl Stream {
         max_bytes: Option<u64>,
         backend: Backend,
     ) -> Result<Stream, StreamError> {
-        let topology = match &meta.topology {
+        let mut topology = match &meta.topology {
             Some(t) => {
                 t.check()?;
                 t.clone()
             }
             None => Topology::uniform(meta.shards.max(1), meta.created_ms),
+        };
+        // On a cluster the nodes' shared topology wins over this node's file (another node
+        // may have resharded meanwhile); the first node to open the stream publishes its own.
+        let catalog = match &backend {
+            Backend::JetStream(c) => {
+                let cat = catalog::Catalog::open(Arc::clone(c), name)?;
+                topology = shared_topology(&cat, topology)?;
+                Some(cat)
+            }
+            Backend::Log => None,
         };
         let fs_sync = open_fs_sync(&dir, name, fsync, &backend);
         let opts = ShardOpts {
@@ -492,6 +538,8 @@ impl Stream {
             deleted: std::sync::atomic::AtomicBool::new(false),
             backend,
             fs_sync,
+            catalog,
+            configured_shards: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -579,7 +627,8 @@ impl Stream {
         Ok(g)
     }
 
-    /// Applies a resharding (see the module doc for the order of steps).
+    /// Applies a resharding (see the module doc for the order of steps; on a cluster,
+    /// `catalog.rs`'s).
     fn reshard(
         &self,
         settle: bool,
@@ -591,14 +640,69 @@ impl Stream {
         if settle && now < self.updating_until_ms.load(Ordering::Relaxed) {
             return Err(StreamError::Updating(self.name.clone()));
         }
-        let old = self.shards();
-        // A dry run names the new shards, whose logs are made before any append waits.
-        let mut plan = old.topology.clone();
-        op(&mut plan, now, &mut |_| 0)?;
-        let mut made: BTreeMap<u32, Arc<Shard>> = BTreeMap::new();
-        for d in plan.shards.iter().filter(|d| old.get(d.index).is_none()) {
-            let mut fresh = d.clone();
-            fresh.closed = None;
+        match &self.catalog {
+            Some(cat) => {
+                // Planned on the topology every node serves: another node's resharding first.
+                let rev = self.sync_locked(cat, true)?;
+                let old = self.shards();
+                let mut plan = old.topology.clone();
+                op(&mut plan, now, &mut |_| 0)?;
+                if plan == old.topology {
+                    // Another node made this resharding already.
+                    return Ok(());
+                }
+                let claim = catalog::Record {
+                    topology: old.topology.clone(),
+                    pending: Some(catalog::Pending {
+                        plan: plan.clone(),
+                        node: cat.node().to_string(),
+                        since_ms: now,
+                    }),
+                };
+                let Some(rev) = cat.write(&claim, rev)? else {
+                    return Err(StreamError::Updating(self.name.clone()));
+                };
+                self.complete(cat, rev, &plan)?;
+            }
+            None => {
+                let old = self.shards();
+                // A dry run names the new shards, whose logs are made before any append
+                // waits.
+                let mut plan = old.topology.clone();
+                op(&mut plan, now, &mut |_| 0)?;
+                let made = self.open_missing(&old, &plan, true)?;
+                let gates = self.lock_gates(&old)?;
+                let mut next = old.topology.clone();
+                op(&mut next, now, &mut |i| {
+                    old.get(i).map_or(0, |s| s.log.next_seq())
+                })?;
+                self.install(&old, next, &made, gates)?;
+            }
+        }
+        if settle {
+            self.updating_until_ms
+                .store(now + UPDATING_MS, Ordering::Relaxed);
+        }
+        metrics::counter!("sluice_stream_reshards_total", "stream" => self.name.clone())
+            .increment(1);
+        tracing::info!(stream = %self.name, open_shards = self.shards().open.len(), "resharded");
+        Ok(())
+    }
+
+    /// Opens the shards of `next` that `old` lacks (`fresh`: open whatever `next` says, as
+    /// the shard log of a local resharding is made before its gate closes it).
+    fn open_missing(
+        &self,
+        old: &ShardSet,
+        next: &Topology,
+        fresh: bool,
+    ) -> Result<BTreeMap<u32, Arc<Shard>>, StreamError> {
+        let mut made = BTreeMap::new();
+        for d in next.shards.iter().filter(|d| old.get(d.index).is_none()) {
+            let mut def = d.clone();
+            if fresh {
+                def.closed = None;
+            }
             made.insert(
                 d.index,
                 Arc::new(open_shard(
@@ -612,11 +716,16 @@ impl Stream {
                         max_bytes: self.max_bytes,
                         fs_sync: &self.fs_sync,
                     },
-                    &fresh,
+                    &def,
                 )?),
             );
         }
-        // Gates of every open shard, in index order (appends hold one at a time).
+        Ok(made)
+    }
+
+    /// The gates of every open shard of `old`, in index order (appends hold one at a time):
+    /// held, no append is between numbering and the gate's check.
+    fn lock_gates<'a>(&self, old: &'a ShardSet) -> Result<Gates<'a>, StreamError> {
         let mut gates = Vec::new();
         for s in &old.open {
             gates.push((
@@ -626,10 +735,19 @@ impl Stream {
                     .map_err(|_| StreamError::Updating(self.name.clone()))?,
             ));
         }
-        let mut next = old.topology.clone();
-        op(&mut next, now, &mut |i| {
-            old.get(i).map_or(0, |s| s.log.next_seq())
-        })?;
+        Ok(gates)
+    }
+
+    /// Makes `next` the stream's topology: `stream.json`, the gates of the shards it
+    /// closes, and the shard set (the shards of `old` and `made`; those of `old` that
+    /// `next` no longer has are retired — closed shards another node expired).
+    fn install(
+        &self,
+        old: &ShardSet,
+        next: Topology,
+        made: &BTreeMap<u32, Arc<Shard>>,
+        mut gates: Gates<'_>,
+    ) -> Result<(), StreamError> {
         let settings = self.settings();
         self.save_meta_with(&settings, self.retention_hours(), &next)?;
         for (index, g) in gates.iter_mut() {
@@ -638,31 +756,118 @@ impl Stream {
             }
         }
         // Shards made and closed within this step (UpdateShardCount's intermediates).
-        for (index, s) in &made {
+        for (index, s) in made {
             if let (Some(d), Ok(mut g)) = (next.get(*index), s.gate.write()) {
                 *g = d.closed;
             }
         }
+        let gone: Vec<Arc<Shard>> = old
+            .all
+            .iter()
+            .filter(|s| next.get(s.index).is_none())
+            .cloned()
+            .collect();
         let set = shard_set(next, |d| {
             old.get(d.index)
                 .or_else(|| made.get(&d.index))
                 .cloned()
                 .ok_or(StreamError::Topology(TopologyError::NotFound(d.index)))
         })?;
-        let opened = set.open.len();
         match self.shards.write() {
             Ok(mut s) => *s = Arc::new(set),
             Err(p) => *p.into_inner() = Arc::new(set),
         }
         drop(gates);
-        if settle {
-            self.updating_until_ms
-                .store(now + UPDATING_MS, Ordering::Relaxed);
+        for sh in gone {
+            self.expired_issued
+                .fetch_max(sh.log.next_seq(), std::sync::atomic::Ordering::AcqRel);
+            sh.log.retire();
         }
-        metrics::counter!("sluice_stream_reshards_total", "stream" => self.name.clone())
-            .increment(1);
-        tracing::info!(stream = %self.name, open_shards = opened, "resharded");
         Ok(())
+    }
+
+    /// Finishes the resharding `plan` claimed at revision `rev` of the stream's key (this
+    /// node's, or one another node left pending): children opened, parents sealed — their
+    /// ends exact for every node — and the plan with those ends written as the topology.
+    fn complete(
+        &self,
+        cat: &catalog::Catalog,
+        rev: u64,
+        plan: &Topology,
+    ) -> Result<(), StreamError> {
+        let old = self.shards();
+        let made = self.open_missing(&old, plan, false)?;
+        let gates = self.lock_gates(&old)?;
+        let mut next = plan.clone();
+        for d in &mut next.shards {
+            let was_open = old.topology.get(d.index).is_some_and(|o| o.is_open());
+            if let (Some(c), true, Some(sh)) = (d.closed.as_mut(), was_open, old.get(d.index)) {
+                c.at_seq = sh.log.seal()?;
+            }
+        }
+        // The crash test's place: parents sealed, the new topology not written yet.
+        sluice_plugin_api::failpoint("reshard-sealed");
+        let done = catalog::Record {
+            topology: next.clone(),
+            pending: None,
+        };
+        if cat.write(&done, rev)?.is_none() {
+            // Another node completed it meanwhile (the same ends: the parents are sealed);
+            // the next look at the key takes theirs.
+            return Err(StreamError::Updating(self.name.clone()));
+        }
+        self.install(&old, next, &made, gates)
+    }
+
+    /// Brings this node's topology to the one the cluster holds for the stream (JetStream
+    /// streams; nothing for others): another node's resharding or expiry is applied here,
+    /// a plan left pending too long is completed. With `wait`, a plan being carried out is
+    /// waited for (at most [`PENDING_WAIT`]); without, it is left for the next look.
+    pub fn sync_topology(&self, wait: bool) -> Result<(), StreamError> {
+        let Some(cat) = &self.catalog else {
+            return Ok(());
+        };
+        let _one = self.lock_meta()?;
+        self.sync_locked(cat, wait).map(|_| ())
+    }
+
+    /// [`Stream::sync_topology`] under the meta lock; returns the key's revision.
+    fn sync_locked(&self, cat: &catalog::Catalog, wait: bool) -> Result<u64, StreamError> {
+        let deadline = std::time::Instant::now() + PENDING_WAIT;
+        loop {
+            let Some((rev, rec)) = cat.read()? else {
+                // No node published one (the table was emptied): this node's, then.
+                let mine = catalog::Record {
+                    topology: self.shards().topology.clone(),
+                    pending: None,
+                };
+                match cat.write(&mine, 0)? {
+                    Some(rev) => return Ok(rev),
+                    None => continue,
+                }
+            };
+            if rec.topology != self.shards().topology {
+                let old = self.shards();
+                let made = self.open_missing(&old, &rec.topology, false)?;
+                let gates = self.lock_gates(&old)?;
+                self.install(&old, rec.topology.clone(), &made, gates)?;
+                tracing::info!(stream = %self.name, open_shards = self.shards().open.len(), "took the cluster's shard topology");
+            }
+            match rec.pending {
+                None => return Ok(rev),
+                Some(p) if now_ms() - p.since_ms > catalog::STALE_MS => {
+                    tracing::warn!(stream = %self.name, node = %p.node, "completing a resharding another node left unfinished");
+                    match self.complete(cat, rev, &p.plan) {
+                        Ok(()) | Err(StreamError::Updating(_)) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(_) if wait && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(_) => return Err(StreamError::Updating(self.name.clone())),
+            }
+        }
     }
 
     /// Appends records routed by the MD5 of their partition key, as PutRecords does
@@ -680,12 +885,17 @@ impl Stream {
                 }
             })
             .collect();
+        let mut sealed = false;
         for _round in 0..8 {
             if pending.is_empty() {
                 return Ok(());
             }
             if self.is_deleted() {
                 return Err(StreamError::NotFound(self.name.clone()));
+            }
+            // A shard closed by another node: its resharding is read before routing again.
+            if std::mem::take(&mut sealed) {
+                self.sync_topology(true)?;
             }
             let set = self.shards();
             let mut groups: BTreeMap<u32, Vec<(u128, Entry<'_>)>> = BTreeMap::new();
@@ -710,7 +920,10 @@ impl Stream {
             for ((_, _, g), r) in present.into_iter().zip(results) {
                 match r {
                     Ok(_) => {}
-                    Err(StreamError::ShardClosed(_)) => pending.extend(g),
+                    Err(StreamError::ShardClosed(_)) => {
+                        sealed = true;
+                        pending.extend(g);
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -919,6 +1132,12 @@ impl Stream {
 
     fn expire(&self, indices: &[u32]) -> Result<(), StreamError> {
         let _one = self.lock_meta()?;
+        // On a cluster, forgotten by every node: written to the shared topology first (a
+        // node that finds it changed, or a resharding pending, leaves it for later).
+        let rev = match &self.catalog {
+            Some(cat) => Some(self.sync_locked(cat, false)?),
+            None => None,
+        };
         let old = self.shards();
         let mut next = old.topology.clone();
         for &i in indices {
@@ -926,6 +1145,25 @@ impl Stream {
             if let Some(sh) = old.get(i) {
                 self.expired_issued
                     .fetch_max(sh.log.next_seq(), std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        if next == old.topology {
+            return Ok(());
+        }
+        if let (Some(cat), Some(rev)) = (&self.catalog, rev) {
+            let rec = catalog::Record {
+                topology: next.clone(),
+                pending: None,
+            };
+            if cat.write(&rec, rev)?.is_none() {
+                return Ok(());
+            }
+            for &i in indices {
+                if let (Some(sh), Some(c)) = (old.get(i), self.cluster()) {
+                    if let Err(e) = c.delete_shard(&self.name, &sh.id) {
+                        tracing::warn!(stream = %self.name, shard = %sh.id, error = %e, "deleting an expired shard's JetStream stream failed");
+                    }
+                }
             }
         }
         self.save_meta_with(&self.settings(), self.retention_hours(), &next)?;
@@ -1091,7 +1329,11 @@ impl Shard {
 
     /// The second half of [`Shard::append`]: `a` (of `entries`) made durable, and counted.
     pub fn commit(&self, entries: &[Entry<'_>], a: &Appended) -> Result<(), StreamError> {
-        self.log.commit(a.commit)?;
+        match self.log.commit(a.commit) {
+            // Sealed by another node's resharding: routed again once its topology is here.
+            Err(StorageError::Closed) => return Err(StreamError::ShardClosed(self.index)),
+            r => r?,
+        }
         self.incoming_records.increment(entries.len() as u64);
         self.incoming_bytes
             .increment(entries.iter().map(|e| e.data.len() as u64).sum());
@@ -1442,8 +1684,16 @@ impl Streams {
                         .ok_or_else(|| StreamError::NotFound(spec.name.clone()))?
                 }
             };
-            // A changed `shards` reshards (UpdateShardCount, uniform scaling).
-            st.scale_to(spec.shards, false)?;
+            // A changed `shards` reshards (UpdateShardCount, uniform scaling). On a cluster
+            // only a change of this node's file does: the others' resharding stands.
+            let before = st
+                .configured_shards
+                .swap(spec.shards, std::sync::atomic::Ordering::AcqRel);
+            if st.catalog.is_none() || (before != 0 && before != spec.shards) {
+                st.scale_to(spec.shards, false)?;
+            } else if st.shards().open.len() != spec.shards as usize {
+                tracing::warn!(stream = %spec.name, configured = spec.shards, open = st.shards().open.len(), "the cluster's nodes serve another shard count than this node's file says; it reshards only when `shards` is changed in the file");
+            }
         }
         let gone: Vec<String> = self
             .streams
@@ -1630,6 +1880,19 @@ impl Streams {
         for s in self.list() {
             s.enforce_retention();
             s.record_gauges();
+        }
+    }
+
+    /// Takes the shared topology of every stream kept on JetStream (another node's
+    /// resharding): called every second by the daemon.
+    pub fn sync_topologies(&self) {
+        for s in self.list() {
+            match s.sync_topology(false) {
+                Ok(()) | Err(StreamError::Updating(_)) => {}
+                Err(e) => {
+                    tracing::warn!(stream = %s.name, error = %e, "cannot read the stream's shard topology from the cluster")
+                }
+            }
         }
     }
 }

@@ -23,6 +23,10 @@ pub enum StorageError {
     /// append was stored, and the same records may be appended again at once.
     #[error("another writer appended to the shard first; nothing was stored")]
     Conflict,
+    /// The shard takes no more records: another node closed it in a resharding (nothing
+    /// of this append was stored). Its stream's topology says where the records go now.
+    #[error("the shard was closed by a resharding on another node; nothing was stored")]
+    Closed,
 }
 
 impl From<sluice_shardlog::Error> for StorageError {
@@ -94,6 +98,13 @@ pub trait ShardStorage: Send + Sync {
     fn unretire(&self);
     /// A clean stop: durable, and numbering resumes exactly after a restart.
     fn close(&self) -> Result<(), StorageError>;
+    /// Closes the shard to appends for good (a resharding made it a parent) and returns
+    /// the sequence the next append would have got: the exact end of its records. A
+    /// storage only this node writes is closed by its caller's gate already; a shared one
+    /// must refuse every node's appends from here on.
+    fn seal(&self) -> Result<u64, StorageError> {
+        Ok(self.next_seq())
+    }
 }
 
 /// Records an [`ShardStorage::append_unsynced`] wrote.

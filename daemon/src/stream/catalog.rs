@@ -1,0 +1,114 @@
+//! The shard topology of a stream kept on JetStream, shared by every node serving it
+//! (issue #12): one key per stream (`topology.<stream>`) in the cluster's table
+//! `<prefix>-streams`, written by compare-and-set on its revision, so one node's resharding
+//! becomes every node's.
+//!
+//! A resharding is two writes. The first claims the key: the topology as it stands plus a
+//! *pending* plan (the topology after the resharding, its parents' closing sequences not
+//! known yet), the node making it and since when. The node then creates the children,
+//! seals the parents ([`super::storage::ShardStorage::seal`]: every node's appends to them
+//! are refused from then on, so their ends are exact) and writes the plan with the ends
+//! filled in, pending cleared. A node whose append met a sealed parent reads the key,
+//! waits while a plan is pending, and routes again over the new topology; every node also
+//! looks at the key every second. A plan pending for longer than [`STALE_MS`] (its node
+//! died in between) is completed by whichever node meets it — every step is idempotent.
+
+use super::jetstream::{token, Cluster};
+use super::lease::{Refused, Table};
+use super::storage::StorageError;
+use super::topology::Topology;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A pending plan older than this is completed by any node (its node is presumed dead).
+pub const STALE_MS: i64 = 10_000;
+
+/// One stream's value in the table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The topology every node serves.
+    pub topology: Topology,
+    /// A resharding under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// A resharding claimed and not finished yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The topology after it (closed parents' `at_seq` filled in when they are sealed).
+    pub plan: Topology,
+    /// The node making it.
+    pub node: String,
+    /// When it was claimed, ms since the epoch.
+    pub since_ms: i64,
+}
+
+/// The topology key of one stream.
+pub struct Catalog {
+    cluster: Arc<Cluster>,
+    table: Table,
+    key: String,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("key", &self.key).finish()
+    }
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Cluster(format!("stream topology in the cluster: {what}: {e}"))
+}
+
+impl Catalog {
+    /// The key of `stream` in `cluster`'s table (created if needed).
+    pub fn open(cluster: Arc<Cluster>, stream: &str) -> Result<Catalog, StorageError> {
+        let table = Table::open_named(&cluster, "streams", "sluice stream topologies")?;
+        Ok(Catalog {
+            cluster,
+            table,
+            key: format!("topology.{}", token(stream)),
+        })
+    }
+
+    /// This node's name (in the plans it claims).
+    pub fn node(&self) -> &str {
+        self.cluster.node()
+    }
+
+    /// The value and its revision; `None` before any node wrote one.
+    pub fn read(&self) -> Result<Option<(u64, Record)>, StorageError> {
+        let (table, key) = (self.table.clone(), self.key.clone());
+        let got = self
+            .cluster
+            .run(async move { table.entry(&key).await })?
+            .map_err(|e| err("cannot read", e))?;
+        match got {
+            None => Ok(None),
+            Some((rev, body)) => {
+                let rec: Record = serde_json::from_slice(&body)
+                    .map_err(|e| err(&format!("the value of {} is damaged", self.key), e))?;
+                rec.topology
+                    .check()
+                    .map_err(|e| err("the stored topology", e))?;
+                Ok(Some((rev, rec)))
+            }
+        }
+    }
+
+    /// Writes `rec` if the key is still at `revision` (0: no value yet). `None`: another
+    /// node wrote it first.
+    pub fn write(&self, rec: &Record, revision: u64) -> Result<Option<u64>, StorageError> {
+        let body = bytes::Bytes::from(serde_json::to_vec(rec).map_err(|e| err("encoding", e))?);
+        let (table, key) = (self.table.clone(), self.key.clone());
+        match self
+            .cluster
+            .run(async move { table.write(&key, body, revision).await })?
+        {
+            Ok(rev) => Ok(Some(rev)),
+            Err(Refused::Conflict) => Ok(None),
+            Err(e) => Err(err("cannot write", e)),
+        }
+    }
+}
