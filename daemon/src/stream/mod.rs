@@ -1179,7 +1179,12 @@ impl Stream {
             if let Some(sh) = old.get(i) {
                 sh.log.retire();
                 let dir = self.dir.join(&sh.id);
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                // (A shard kept on JetStream has no folder.)
+                if let Err(e) = std::fs::remove_dir_all(&dir).or_else(|e| {
+                    (e.kind() == std::io::ErrorKind::NotFound)
+                        .then_some(())
+                        .ok_or(e)
+                }) {
                     tracing::warn!(stream = %self.name, shard = %sh.id, error = %e, "removing an expired shard's folder failed");
                 }
                 tracing::info!(stream = %self.name, shard = %sh.id, "closed shard expired with its records");
