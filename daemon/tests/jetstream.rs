@@ -285,9 +285,15 @@ fn two_nodes_share_a_pipelines_shards_by_lease_and_take_over() {
     wait_until(Duration::from_secs(60), "400 records delivered", || {
         delivered().len() >= 400
     });
-    let both = da.metric("sluice_sink_objects_total", &["pipeline=\"to-lake\""]) > 0.0
-        && db.metric("sluice_sink_objects_total", &["pipeline=\"to-lake\""]) > 0.0;
-    assert!(both, "each node delivered its shards' records");
+    // (The counter moves once the sink has stored the object, just after it is visible.)
+    wait_until(
+        Duration::from_secs(10),
+        "each node delivered its shards' records",
+        || {
+            da.metric("sluice_sink_objects_total", &["pipeline=\"to-lake\""]) > 0.0
+                && db.metric("sluice_sink_objects_total", &["pipeline=\"to-lake\""]) > 0.0
+        },
+    );
     // Killed with records delivered but not yet checkpointed, and more on the way.
     put_numbered(a.api, 400, 100);
     da.signal(9);

@@ -636,10 +636,7 @@ async fn append(
                 .zip(&entries)
                 .map(|((_, sh, _), e)| (&**sh, e.as_slice()))
                 .collect();
-            let results: Vec<Result<u64, StreamError>> = crate::stream::append_groups(&calls)
-                .into_iter()
-                .map(|r| r.map(|(first, _)| first))
-                .collect();
+            let results = crate::stream::append_groups(&calls);
             drop(calls);
             drop(entries);
             (groups, results)
@@ -648,24 +645,25 @@ async fn append(
         .map_err(|e| ApiError::internal(format!("append task failed: {e}")))?;
         let (groups, results) = done;
         for ((s, _, group), r) in groups.into_iter().zip(results) {
-            match r {
-                Ok(first) => {
-                    for (k, (i, _)) in group.iter().enumerate() {
-                        out[*i] = Ok((s, first + k as u64));
-                    }
-                }
-                Err(StreamError::ShardClosed(_)) => {
+            // What was stored is acknowledged, even when the rest of its group was not.
+            for ((i, _), seq) in group.iter().zip(&r.seqs) {
+                out[*i] = Ok((s, *seq));
+            }
+            let rest = group.into_iter().skip(r.seqs.len());
+            match r.error {
+                None => {}
+                Some(StreamError::ShardClosed(_)) => {
                     sealed = true;
-                    pending.extend(group);
+                    pending.extend(rest);
                 }
                 // Deleted while this call was on its way: as AWS answers for a missing stream.
-                Err(StreamError::Storage(crate::stream::StorageError::Retired)) => {
+                Some(StreamError::Storage(crate::stream::StorageError::Retired)) => {
                     return Err(ApiError::stream_not_found(&st.name, account))
                 }
-                Err(e) => {
+                Some(e) => {
                     tracing::error!(stream = %st.name, shard = s, error = %e, "append failed");
-                    for (i, _) in &group {
-                        out[*i] = Err(Refused::Failed);
+                    for (i, _) in rest {
+                        out[i] = Err(Refused::Failed);
                     }
                     failed.get_or_insert(e.to_string());
                 }

@@ -516,6 +516,9 @@ enum Outcome {
     Conflict,
     /// No stream listens on the shard's subject any more: nothing stored.
     Sealed,
+    /// The first so many stored, the rest refused (by another writer's appends, or —
+    /// `true` — by a seal).
+    Partial(usize, bool),
     /// Anything else (a prefix may be stored).
     Failed(String),
 }
@@ -730,16 +733,16 @@ impl ShardStorage for JetStreamShard {
         let count = acks.len() as u64;
         // Every acknowledgement is awaited, even after a failure: whether *all* were
         // refused for their expected sequence (nothing stored: a conflict, appended again
-        // by the caller) or only some (an error) depends on all of them.
+        // by the caller), or a prefix was stored and the rest refused (chained, a refusal
+        // refuses every later message), depends on all of them.
         let done = self.cluster.run(async move {
             let mut stored = 0usize;
-            let mut conflicts = 0usize;
             let mut sealed = 0usize;
             let mut first_err = None;
             let n = acks.len();
             for (i, ack) in acks.into_iter().enumerate() {
                 match ack.await {
-                    Ok(a) if a.sequence == first + i as u64 => stored += 1,
+                    Ok(a) if a.sequence == first + i as u64 && stored == i => stored += 1,
                     Ok(a) => {
                         stored += 1;
                         first_err.get_or_insert(format!(
@@ -755,7 +758,7 @@ impl ShardStorage for JetStreamShard {
                                 | jetstream::context::PublishErrorKind::WrongLastMessageId
                         ) =>
                     {
-                        conflicts += 1;
+                        // Refused for its place: the rest of the batch is not stored.
                     }
                     // No stream listens on the shard's subject: sealed by a resharding.
                     Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
@@ -768,11 +771,9 @@ impl ShardStorage for JetStreamShard {
             }
             match first_err {
                 None if stored == n => Outcome::Stored,
-                None if sealed == n => Outcome::Sealed,
-                None if conflicts == n => Outcome::Conflict,
-                None => Outcome::Failed(format!(
-                    "{stored} of {n} records stored, {conflicts} refused by another writer's appends, {sealed} by a resharding"
-                )),
+                None if stored == 0 && sealed > 0 => Outcome::Sealed,
+                None if stored == 0 => Outcome::Conflict,
+                None => Outcome::Partial(stored, sealed > 0),
                 Some(e) => Outcome::Failed(e),
             }
         });
@@ -793,6 +794,17 @@ impl ShardStorage for JetStreamShard {
             Ok(Outcome::Sealed) => {
                 self.lock().stale = true;
                 Err(StorageError::Closed)
+            }
+            Ok(Outcome::Partial(k, sealed)) => {
+                let mut s = self.lock();
+                s.stored = s.stored.max(first + k as u64 - 1);
+                s.stale = true;
+                drop(s);
+                if !sealed {
+                    metrics::counter!("sluice_jetstream_errors_total", "op" => "conflict")
+                        .increment(1);
+                }
+                Err(StorageError::Partial { stored: k, sealed })
             }
             Ok(Outcome::Failed(e)) => {
                 self.lock().stale = true;

@@ -918,13 +918,14 @@ impl Stream {
                 .collect();
             let results = append_groups(&calls);
             for ((_, _, g), r) in present.into_iter().zip(results) {
-                match r {
-                    Ok(_) => {}
-                    Err(StreamError::ShardClosed(_)) => {
+                let stored = r.seqs.len();
+                match r.error {
+                    None => {}
+                    Some(StreamError::ShardClosed(_)) => {
                         sealed = true;
-                        pending.extend(g);
+                        pending.extend(g.into_iter().skip(stored));
                     }
-                    Err(e) => return Err(e),
+                    Some(e) => return Err(e),
                 }
             }
         }
@@ -1337,6 +1338,16 @@ impl Shard {
         match self.log.commit(a.commit) {
             // Sealed by another node's resharding: routed again once its topology is here.
             Err(StorageError::Closed) => return Err(StreamError::ShardClosed(self.index)),
+            Err(StorageError::Partial { stored, sealed }) => {
+                let done = &entries[..stored.min(entries.len())];
+                self.incoming_records.increment(done.len() as u64);
+                self.incoming_bytes
+                    .increment(done.iter().map(|e| e.data.len() as u64).sum());
+                return Err(StreamError::Storage(StorageError::Partial {
+                    stored,
+                    sealed,
+                }));
+            }
             r => r?,
         }
         self.incoming_records.increment(entries.len() as u64);
@@ -1360,14 +1371,23 @@ impl Shard {
 /// made again at most this many times in all.
 const CONFLICT_ATTEMPTS: u32 = 5;
 
+/// What [`append_groups`] did with one group: the sequence numbers of the records stored
+/// — the group's first `seqs.len()` records, in order — and why the others were not.
+#[derive(Debug)]
+pub struct GroupOutcome {
+    /// Sequence number of each record stored, from the group's first on.
+    pub seqs: Vec<u64>,
+    /// Why the rest was not stored (`ShardClosed`: route them again).
+    pub error: Option<StreamError>,
+}
+
 /// Appends each group to its shard on this thread: every group written first, then
 /// writeback started on every shard, then each committed — a call touching N shards waits
 /// for one round of overlapping syncs (and later commits often find theirs done by an
-/// earlier one), not N syncs one after another or N threads. Per group, in order: the
-/// first sequence number and the arrival times, or why not.
-pub fn append_groups(
-    groups: &[(&Shard, &[Entry<'_>])],
-) -> Vec<Result<(u64, Vec<i64>), StreamError>> {
+/// earlier one), not N syncs one after another or N threads. Per group, in order: what
+/// was stored, and why the rest was not — a batch another node's append or a seal cut
+/// short keeps the part that was stored, so its producer retries only the rest.
+pub fn append_groups(groups: &[(&Shard, &[Entry<'_>])]) -> Vec<GroupOutcome> {
     let written: Vec<Result<Appended, StreamError>> = groups
         .iter()
         .map(|(sh, entries)| sh.append_unsynced(entries))
@@ -1381,16 +1401,58 @@ pub fn append_groups(
     groups
         .iter()
         .zip(written)
-        .map(|((sh, entries), w)| {
-            let a = w?;
-            match sh.commit(entries, &a) {
-                Ok(()) => Ok((a.first, a.arrivals)),
-                // Another node appended first; nothing was stored: again, on its own.
-                Err(StreamError::Storage(StorageError::Conflict)) => sh.append(entries),
-                Err(e) => Err(e),
-            }
-        })
+        .map(|((sh, entries), w)| finish(sh, entries, w))
         .collect()
+}
+
+/// Commits the append `first` of `entries` to `sh`; what another writer's appends refused
+/// (nothing, or all after a stored prefix) is appended again, at most
+/// [`CONFLICT_ATTEMPTS`] times in all; what a seal refused is left to be routed again.
+fn finish(sh: &Shard, entries: &[Entry<'_>], first: Result<Appended, StreamError>) -> GroupOutcome {
+    let mut seqs = Vec::with_capacity(entries.len());
+    let mut rest = entries;
+    let mut next = first;
+    for attempt in 1.. {
+        let a = match next {
+            Ok(a) => a,
+            Err(e) => {
+                return GroupOutcome {
+                    seqs,
+                    error: Some(e),
+                }
+            }
+        };
+        let (stored, sealed) = match sh.commit(rest, &a) {
+            Ok(()) => (rest.len(), false),
+            Err(StreamError::Storage(StorageError::Conflict)) => (0, false),
+            Err(StreamError::Storage(StorageError::Partial { stored, sealed })) => {
+                (stored.min(rest.len()), sealed)
+            }
+            Err(e) => {
+                return GroupOutcome {
+                    seqs,
+                    error: Some(e),
+                }
+            }
+        };
+        seqs.extend((a.first..).take(stored));
+        rest = &rest[stored..];
+        let error = if rest.is_empty() {
+            None
+        } else if sealed {
+            Some(StreamError::ShardClosed(sh.index))
+        } else if attempt >= CONFLICT_ATTEMPTS {
+            Some(StreamError::Storage(StorageError::Conflict))
+        } else {
+            next = sh.append_unsynced(rest);
+            continue;
+        };
+        return GroupOutcome { seqs, error };
+    }
+    GroupOutcome {
+        seqs,
+        error: Some(StreamError::Storage(StorageError::Conflict)),
+    }
 }
 
 /// A call needing this many shard syncs makes them one `syncfs` of the stream's
@@ -1917,6 +1979,119 @@ fn stored_meta(dir: &Path) -> Option<StreamMeta> {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    /// A shard log whose next append is cut short after `cut` records, as another node's
+    /// append (or, `sealed`, a seal) cuts a JetStream batch: only those are written, and
+    /// the commit reports them as a stored prefix. (The race itself cannot be forced on a
+    /// real cluster; what the stream does with its answer can.)
+    struct CutShort {
+        log: ShardLog,
+        cut: std::sync::Mutex<Option<(usize, bool)>>,
+        armed: std::sync::Mutex<Option<(usize, bool)>>,
+    }
+
+    impl ShardStorage for CutShort {
+        fn append_unsynced(&self, entries: &[Entry<'_>]) -> Result<Appended, StorageError> {
+            let cut = self.cut.lock().unwrap().take();
+            *self.armed.lock().unwrap() = cut;
+            let n = cut.map_or(entries.len(), |c| c.0.min(entries.len()));
+            ShardStorage::append_unsynced(&self.log, &entries[..n])
+        }
+        fn commit(&self, commit: u64) -> Result<(), StorageError> {
+            ShardStorage::commit(&self.log, commit)?;
+            match self.armed.lock().unwrap().take() {
+                Some((stored, sealed)) => Err(StorageError::Partial { stored, sealed }),
+                None => Ok(()),
+            }
+        }
+        fn read(&self, from: u64, n: usize, b: usize) -> Result<Vec<StoredRecord>, StorageError> {
+            ShardStorage::read(&self.log, from, n, b)
+        }
+        fn seek_timestamp(&self, ts: i64) -> Result<u64, StorageError> {
+            ShardStorage::seek_timestamp(&self.log, ts)
+        }
+        fn first_seq(&self) -> u64 {
+            ShardStorage::first_seq(&self.log)
+        }
+        fn next_seq(&self) -> u64 {
+            ShardStorage::next_seq(&self.log)
+        }
+        fn last_seq(&self) -> Option<u64> {
+            ShardStorage::last_seq(&self.log)
+        }
+        fn records(&self) -> u64 {
+            ShardStorage::records(&self.log)
+        }
+        fn total_bytes(&self) -> u64 {
+            ShardStorage::total_bytes(&self.log)
+        }
+        fn arrival_range(&self) -> Option<(i64, i64)> {
+            ShardStorage::arrival_range(&self.log)
+        }
+        fn sync(&self) -> Result<(), StorageError> {
+            ShardStorage::sync(&self.log)
+        }
+        fn enforce_retention(&self, cutoff: i64, max: Option<u64>) -> Result<usize, StorageError> {
+            ShardStorage::enforce_retention(&self.log, cutoff, max)
+        }
+        fn retire(&self) {}
+        fn unretire(&self) {}
+        fn close(&self) -> Result<(), StorageError> {
+            ShardStorage::close(&self.log)
+        }
+    }
+
+    fn cut_short_shard(dir: &Path, cut: (usize, bool)) -> Shard {
+        let (log, _) = ShardLog::open(dir, Options::default()).unwrap();
+        let def = &Topology::uniform(1, 0).shards[0];
+        Shard {
+            id: shard_id(0),
+            index: 0,
+            start: def.start,
+            end: def.end,
+            parent: None,
+            adjacent_parent: None,
+            created_ms: 0,
+            log: Box::new(CutShort {
+                log,
+                cut: std::sync::Mutex::new(Some(cut)),
+                armed: std::sync::Mutex::new(None),
+            }),
+            fs_sync: None,
+            gate: RwLock::new(None),
+            incoming_records: metrics::counter!("test_records"),
+            incoming_bytes: metrics::counter!("test_bytes"),
+            consumers: Default::default(),
+            leased: Default::default(),
+        }
+    }
+
+    /// A batch cut short after a stored prefix: the prefix keeps its sequence numbers,
+    /// the rest is appended again after it (another writer's appends) or handed back to
+    /// be routed again (a seal) — never stored twice, never reported failed whole.
+    #[test]
+    fn a_batch_cut_short_keeps_its_stored_prefix() {
+        let entries: Vec<Entry<'_>> = (0..4u8)
+            .map(|_| Entry {
+                key: b"k",
+                data: b"d",
+                arrival_ms: 1,
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let sh = cut_short_shard(dir.path(), (2, false));
+        let out = append_groups(&[(&sh, &entries)]);
+        assert_eq!(out[0].seqs, [0, 1, 2, 3]);
+        assert!(out[0].error.is_none(), "{:?}", out[0].error);
+        assert_eq!(sh.log.records(), 4, "each record once");
+
+        let dir = tempfile::tempdir().unwrap();
+        let sh = cut_short_shard(dir.path(), (1, true));
+        let out = append_groups(&[(&sh, &entries)]);
+        assert_eq!(out[0].seqs, [0]);
+        assert!(matches!(out[0].error, Some(StreamError::ShardClosed(0))));
+        assert_eq!(sh.log.records(), 1);
+    }
 
     fn open(dir: &Path, fsync: Fsync) -> Stream {
         let meta = StreamMeta {

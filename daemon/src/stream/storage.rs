@@ -27,6 +27,16 @@ pub enum StorageError {
     /// of this append was stored). Its stream's topology says where the records go now.
     #[error("the shard was closed by a resharding on another node; nothing was stored")]
     Closed,
+    /// The first `stored` records of the append were stored (numbered from its first
+    /// sequence), the rest refused: another writer appended in between (append them
+    /// again), or — `sealed` — the shard was closed meanwhile (route them again).
+    #[error("{stored} records of the append were stored, the rest refused ({})", if *.sealed { "the shard was closed by a resharding" } else { "another writer appended in between" })]
+    Partial {
+        /// How many records, from the first, were stored.
+        stored: usize,
+        /// The rest was refused because the shard was sealed.
+        sealed: bool,
+    },
 }
 
 impl From<sluice_shardlog::Error> for StorageError {
