@@ -1036,14 +1036,24 @@ fn shard_list(api: std::net::SocketAddr) -> Vec<String> {
 /// Resharding on a cluster (issue #12): node A's `shards` goes from 2 to 3 (a reload)
 /// while a producer writes through node B; B takes the new topology at once (its appends
 /// to sealed parents are routed again, to the children), both nodes list the same shards
-/// with the same ends, and every acknowledged record reads back the same from either
-/// node. B's file then says 3 too (nothing to do), later 2: B reshards through the
+/// with the same ends, every acknowledged record reads back the same from either node,
+/// and the pipeline the nodes share by lease delivers each record to the lake once. B's
+/// file then says 3 too (nothing to do), later 2: B reshards through the
 /// topology A wrote and A follows. A third node started afterwards with an empty data
 /// directory and a file that says 4 serves the topology the others made.
 #[test]
 fn a_resharding_on_one_node_is_every_nodes() {
     let cluster = NatsCluster::start(3);
-    let stream = |n: u32| format!("[streams.events]\nshards = {n}\nstorage = \"jetstream\"\n");
+    // A pipeline on every node shares the shards by lease and delivers to one lake.
+    let lake = tempfile::tempdir().unwrap();
+    let stream = |n: u32| {
+        STREAM
+            .replace("shards = 2", &format!("shards = {n}"))
+            .replace(
+                "url = \"lake\"",
+                &format!("url = \"{}\"", lake.path().display()),
+            )
+    };
     let nodes: Vec<Setup> = (0..3)
         .map(|i| {
             Setup::new(
@@ -1120,6 +1130,17 @@ fn a_resharding_on_one_node_is_every_nodes() {
     let from_a = read_acked(a.api, shards, &acked);
     let from_b = read_acked(b.api, shards, &acked);
     assert_eq!(from_a, from_b, "both nodes read the same records");
+    // Parents read to their ends before their children, by whichever node held them:
+    // every record of the stream in the lake, once.
+    wait_until(Duration::from_secs(60), "the lake holds the stream", || {
+        object_lines(lake.path()).len() >= from_a.len()
+    });
+    let mut in_lake = object_lines(lake.path());
+    in_lake.sort();
+    assert_eq!(
+        in_lake, from_a,
+        "the lake holds every record of the stream once"
+    );
     // A node joining later serves the topology the others made, not its file's 4.
     let mut dc = nodes[2].start();
     dc.wait_ready();
