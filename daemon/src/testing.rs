@@ -37,6 +37,22 @@ impl NatsCluster {
     /// [`NatsCluster::start`] with `extra` added to every server's configuration (TLS,
     /// `authorization`).
     pub fn start_with(n: usize, extra: &str) -> NatsCluster {
+        // A port found free can be taken by another test before the server binds it: a
+        // server that exits at once is started again, on other ports.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(n, extra) {
+                Ok(c) => {
+                    c.wait_jetstream();
+                    return c;
+                }
+                Err(e) => last = e,
+            }
+        }
+        panic!("nats-server did not start three times: {last}");
+    }
+
+    fn try_start(n: usize, extra: &str) -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -67,15 +83,19 @@ impl NatsCluster {
             std::fs::write(&path, conf).expect("write nats-server config");
             children.push(spawn(dir.path(), i));
         }
-        let c = NatsCluster {
+        let mut c = NatsCluster {
             children,
             ports,
             monitor,
             dir,
         };
-        for (i, p) in c.ports.iter().enumerate() {
+        for i in 0..n {
+            let p = c.ports[i];
             let deadline = Instant::now() + Duration::from_secs(30);
-            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+                if matches!(c.children[i].try_wait(), Ok(Some(_))) {
+                    return Err(format!("nats-server n{i} exited: {}", c.log(i)));
+                }
                 assert!(
                     Instant::now() < deadline,
                     "nats-server n{i} did not listen on {p}: {}",
@@ -84,8 +104,7 @@ impl NatsCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        c.wait_jetstream();
-        c
+        Ok(c)
     }
 
     /// Waits until every server reports JetStream ready (`/healthz`: JetStream on and,

@@ -1107,23 +1107,25 @@ mod tests {
         assert_eq!(capped.read(0, 100, 1 << 20).unwrap().last().unwrap().seq, 9);
     }
 
+    /// A node of `cluster`: its own connection, shards kept with `replicas` copies.
+    fn node(cluster: &crate::testing::NatsCluster, replicas: usize, prefix: &str) -> Arc<Cluster> {
+        Cluster::connect(JetStreamOptions {
+            servers: cluster.urls(),
+            replicas,
+            prefix: prefix.into(),
+            timeout: Duration::from_secs(10),
+            ..JetStreamOptions::default()
+        })
+        .unwrap()
+    }
+
     /// Two nodes appending to one shard: the one that meets the other's appends is
     /// refused with nothing stored (`Conflict`), numbers again and succeeds; both read
     /// every record, each once, in one order.
     #[test]
     fn two_nodes_append_to_one_shard_without_gaps_or_doubles() {
         let cluster = crate::testing::NatsCluster::start(3);
-        let node = || {
-            Cluster::connect(JetStreamOptions {
-                servers: cluster.urls(),
-                replicas: 3,
-                prefix: "T".into(),
-                timeout: Duration::from_secs(10),
-                ..JetStreamOptions::default()
-            })
-            .unwrap()
-        };
-        let (a, b) = (node(), node());
+        let (a, b) = (node(&cluster, 3, "T"), node(&cluster, 3, "T"));
         let id = "shardId-000000000000";
         let sa = cluster.wait_for(|| a.open_shard("two", id, 1 << 20, None, false));
         let sb = b.open_shard("two", id, 1 << 20, None, false).unwrap();
@@ -1171,17 +1173,7 @@ mod tests {
     #[test]
     fn a_sealed_shard_refuses_every_nodes_appends_and_keeps_its_records() {
         let cluster = crate::testing::NatsCluster::start(1);
-        let node = || {
-            Cluster::connect(JetStreamOptions {
-                servers: cluster.urls(),
-                replicas: 1,
-                prefix: "S".into(),
-                timeout: Duration::from_secs(10),
-                ..JetStreamOptions::default()
-            })
-            .unwrap()
-        };
-        let (a, b) = (node(), node());
+        let (a, b) = (node(&cluster, 1, "S"), node(&cluster, 1, "S"));
         let id = "shardId-000000000000";
         let sa = cluster.wait_for(|| a.open_shard("p", id, 1 << 20, None, false));
         let sb = b.open_shard("p", id, 1 << 20, None, false).unwrap();
