@@ -16,6 +16,9 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
+/// A server of a cluster being started exited at once (its log).
+struct Exited(String);
+
 /// `n` nats-server processes with JetStream, clustered on loopback ports (one server: no
 /// cluster), each with its own store in a temp folder; killed when dropped. `max_payload`
 /// is 8 MB (the default 1 MB is below a 1 MiB Kinesis record with its key).
@@ -46,13 +49,13 @@ impl NatsCluster {
                     c.wait_jetstream();
                     return c;
                 }
-                Err(e) => last = e,
+                Err(Exited(log)) => last = log,
             }
         }
         panic!("nats-server did not start three times: {last}");
     }
 
-    fn try_start(n: usize, extra: &str) -> Result<NatsCluster, String> {
+    fn try_start(n: usize, extra: &str) -> Result<NatsCluster, Exited> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -94,7 +97,7 @@ impl NatsCluster {
             let deadline = Instant::now() + Duration::from_secs(30);
             while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
                 if matches!(c.children[i].try_wait(), Ok(Some(_))) {
-                    return Err(format!("nats-server n{i} exited: {}", c.log(i)));
+                    return Err(Exited(format!("nats-server n{i} exited: {}", c.log(i))));
                 }
                 assert!(
                     Instant::now() < deadline,

@@ -112,3 +112,61 @@ impl Catalog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::jetstream::JetStreamOptions;
+    use std::time::Duration;
+
+    fn node(cluster: &crate::testing::NatsCluster) -> Arc<Cluster> {
+        Cluster::connect(JetStreamOptions {
+            servers: cluster.urls(),
+            replicas: 1,
+            prefix: "C".into(),
+            timeout: Duration::from_secs(10),
+            ..JetStreamOptions::default()
+        })
+        .unwrap()
+    }
+
+    /// Two nodes' writes of one stream's key: the first of two writers naming the same
+    /// revision wins, the other learns it lost; a damaged value is an error naming the key,
+    /// never a topology.
+    #[test]
+    fn writes_are_compare_and_set_and_damage_is_refused() {
+        let cluster = crate::testing::NatsCluster::start(1);
+        let (a, b) = (node(&cluster), node(&cluster));
+        let ca = cluster.wait_for(|| Catalog::open(a.clone(), "s.1"));
+        let cb = Catalog::open(b.clone(), "s.1").unwrap();
+        assert!(ca.read().unwrap().is_none());
+        let rec = |n| Record {
+            topology: Topology::uniform(n, 0),
+            pending: None,
+        };
+        let rev = ca.write(&rec(2), 0).unwrap().expect("the first write");
+        assert_eq!(
+            cb.write(&rec(3), 0).unwrap(),
+            None,
+            "a second writer of revision 0 loses"
+        );
+        assert_eq!(cb.read().unwrap(), Some((rev, rec(2))));
+        let rev2 = cb
+            .write(&rec(3), rev)
+            .unwrap()
+            .expect("at the revision read");
+        assert_eq!(
+            ca.write(&rec(4), rev).unwrap(),
+            None,
+            "a stale revision loses"
+        );
+        assert_eq!(ca.read().unwrap(), Some((rev2, rec(3))));
+        let (table, key) = (ca.table.clone(), ca.key.clone());
+        a.run(async move { table.write(&key, "not json".into(), rev2).await })
+            .unwrap()
+            .map_err(|e| e.to_string())
+            .unwrap();
+        let e = cb.read().unwrap_err().to_string();
+        assert!(e.contains("topology.s_2E1") && e.contains("damaged"), "{e}");
+    }
+}
