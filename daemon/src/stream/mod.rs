@@ -1953,6 +1953,11 @@ impl Streams {
     /// Takes the shared topology of every stream kept on JetStream (another node's
     /// resharding): called every second by the daemon.
     pub fn sync_topologies(&self) {
+        // While the cluster is unreachable there is nothing to learn (readiness and
+        // `sluice_jetstream_connected` say so already): no warning every second.
+        if self.cluster().is_some_and(|c| !c.connected()) {
+            return;
+        }
         for s in self.list() {
             match s.sync_topology(false) {
                 Ok(()) | Err(StreamError::Updating(_)) => {}
