@@ -413,10 +413,16 @@ impl Cluster {
                 }
                 let done = match js.get_stream(&name).await {
                     Ok(mut st) => {
+                        // A shard's stream sealed by a resharding stays sealed: a node that
+                        // opens it as open (its topology not updated yet) must not unseal it.
                         let same = st.info().await.is_ok_and(|i| {
+                            let sealed = matches!(
+                                (&i.config.subjects[..], &config.subjects[..]),
+                                ([have], [want]) if *have == sealed_subject(want)
+                            );
                             i.config.max_bytes == config.max_bytes
                                 && i.config.num_replicas == config.num_replicas
-                                && i.config.subjects == config.subjects
+                                && (i.config.subjects == config.subjects || sealed)
                         });
                         if same {
                             return Ok(st);
@@ -1169,7 +1175,7 @@ mod tests {
 
     /// A shard sealed by one node refuses every node's appends with `Closed` (nothing
     /// stored), ends exactly after the last record either stored, and is still read,
-    /// trimmed by retention, and opened sealed again.
+    /// trimmed by retention, and opened sealed again — even by a node that thinks it open.
     #[test]
     fn a_sealed_shard_refuses_every_nodes_appends_and_keeps_its_records() {
         let cluster = crate::testing::NatsCluster::start(1);
@@ -1205,6 +1211,13 @@ mod tests {
         assert_eq!(again.first_seq(), 1);
         assert!(matches!(
             again.append(&[e(b"later", 5_000)]),
+            Err(StorageError::Closed)
+        ));
+        // A node whose topology still calls it open (it started during the resharding)
+        // opens it sealed all the same: a parent's end never moves.
+        let stale = a.open_shard("p", id, 1 << 20, None, false).unwrap();
+        assert!(matches!(
+            stale.append(&[e(b"stale", 5_000)]),
             Err(StorageError::Closed)
         ));
     }

@@ -1757,7 +1757,12 @@ impl Streams {
                 .configured_shards
                 .swap(spec.shards, std::sync::atomic::Ordering::AcqRel);
             if st.catalog.is_none() || (before != 0 && before != spec.shards) {
-                st.scale_to(spec.shards, false)?;
+                if let Err(e) = st.scale_to(spec.shards, false) {
+                    // Not done: the next reload tries again.
+                    st.configured_shards
+                        .store(before, std::sync::atomic::Ordering::Release);
+                    return Err(e);
+                }
             } else if st.shards().open.len() != spec.shards as usize {
                 tracing::warn!(stream = %spec.name, configured = spec.shards, open = st.shards().open.len(), "the cluster's nodes serve another shard count than this node's file says; it reshards only when `shards` is changed in the file");
             }
