@@ -667,10 +667,18 @@ impl Sink for StreamSink {
             })
             .collect();
         if let Err(e) = st.append_routed(&entries) {
-            done.fail(&Error::retryable(format_args!(
-                "appending to {}: {e}",
-                st.name
-            )));
+            let err = Error::retryable(format_args!("appending to {}: {}", st.name, e.error));
+            // What was stored stays stored: only the others are submitted again.
+            if e.failed.len() < entries.len() {
+                let failed: Vec<u32> = e
+                    .failed
+                    .iter()
+                    .filter_map(|&i| u32::try_from(i).ok())
+                    .collect();
+                done.partial(&failed, &err);
+            } else {
+                done.fail(&err);
+            }
             return Ok(Submitted::Accepted);
         }
         done.success();

@@ -873,40 +873,49 @@ impl Stream {
     /// Appends records routed by the MD5 of their partition key, as PutRecords does
     /// (records without a key are routed by their bytes and stored with key `-`), each
     /// shard's group in one durable append. A shard closed by a resharding meanwhile
-    /// refuses: its records go to the children on the next round.
-    pub fn append_routed(&self, records: &[Entry<'_>]) -> Result<(), StreamError> {
-        let mut pending: Vec<(u128, Entry<'_>)> = records
+    /// refuses: its records go to the children on the next round. A shard that fails
+    /// fails only its own records (those not stored): the error names them, so a retry
+    /// writes nothing twice.
+    pub fn append_routed(&self, records: &[Entry<'_>]) -> Result<(), NotStored> {
+        let mut pending: Vec<(usize, u128, Entry<'_>)> = records
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, e)| {
                 if e.key.is_empty() {
-                    (hash_key(e.data), Entry { key: b"-", ..*e })
+                    (i, hash_key(e.data), Entry { key: b"-", ..*e })
                 } else {
-                    (hash_key(e.key), *e)
+                    (i, hash_key(e.key), *e)
                 }
             })
             .collect();
+        let mut failed: Vec<usize> = Vec::new();
+        let mut first_error: Option<StreamError> = None;
         let mut sealed = false;
         for _round in 0..8 {
             if pending.is_empty() {
-                return Ok(());
+                break;
             }
             if self.is_deleted() {
-                return Err(StreamError::NotFound(self.name.clone()));
+                first_error.get_or_insert(StreamError::NotFound(self.name.clone()));
+                break;
             }
             // A shard closed by another node: its resharding is read before routing again.
             if std::mem::take(&mut sealed) {
-                self.sync_topology(true)?;
+                if let Err(e) = self.sync_topology(true) {
+                    first_error.get_or_insert(e);
+                    break;
+                }
             }
             let set = self.shards();
-            let mut groups: BTreeMap<u32, Vec<(u128, Entry<'_>)>> = BTreeMap::new();
-            for (h, e) in pending.drain(..) {
-                groups.entry(set.route(h).index).or_default().push((h, e));
+            let mut groups: BTreeMap<u32, Vec<(usize, u128, Entry<'_>)>> = BTreeMap::new();
+            for p in pending.drain(..) {
+                groups.entry(set.route(p.1).index).or_default().push(p);
             }
             let mut present = Vec::new();
             for (i, g) in groups {
                 match set.get(i) {
                     Some(sh) => {
-                        let entries: Vec<Entry<'_>> = g.iter().map(|(_, e)| *e).collect();
+                        let entries: Vec<Entry<'_>> = g.iter().map(|p| p.2).collect();
                         present.push((sh.clone(), entries, g));
                     }
                     None => pending.extend(g),
@@ -918,21 +927,34 @@ impl Stream {
                 .collect();
             let results = append_groups(&calls);
             for ((_, _, g), r) in present.into_iter().zip(results) {
-                let stored = r.seqs.len();
+                let rest = g.into_iter().skip(r.seqs.len());
                 match r.error {
                     None => {}
                     Some(StreamError::ShardClosed(_)) => {
                         sealed = true;
-                        pending.extend(g.into_iter().skip(stored));
+                        pending.extend(rest);
                     }
-                    Some(e) => return Err(e),
+                    // The other groups' records are stored all the same: only these failed.
+                    Some(e) => {
+                        failed.extend(rest.map(|p| p.0));
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(StreamError::Updating(self.name.clone()))
+        if !pending.is_empty() {
+            failed.extend(pending.iter().map(|p| p.0));
+            first_error.get_or_insert(StreamError::Updating(self.name.clone()));
+        }
+        match first_error {
+            None => Ok(()),
+            Some(error) => {
+                failed.sort_unstable();
+                Err(NotStored {
+                    failed,
+                    error: Box::new(error),
+                })
+            }
         }
     }
 
@@ -1370,6 +1392,17 @@ impl Shard {
 /// Appends a shard refused because another writer appended first (nothing stored) are
 /// made again at most this many times in all.
 const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Records of a [`Stream::append_routed`] that were not stored — their indexes in the
+/// call, in order — and the first reason; every other record was stored.
+#[derive(Debug, thiserror::Error)]
+#[error("{} of the records not stored: {error}", .failed.len())]
+pub struct NotStored {
+    /// Indexes of the records not stored.
+    pub failed: Vec<usize>,
+    /// Why (the first error met).
+    pub error: Box<StreamError>,
+}
 
 /// What [`append_groups`] did with one group: the sequence numbers of the records stored
 /// — the group's first `seqs.len()` records, in order — and why the others were not.
@@ -1998,10 +2031,15 @@ mod tests {
         log: ShardLog,
         cut: std::sync::Mutex<Option<(usize, bool)>>,
         armed: std::sync::Mutex<Option<(usize, bool)>>,
+        /// Every append after the cut fails (the cluster went away).
+        then_down: bool,
     }
 
     impl ShardStorage for CutShort {
         fn append_unsynced(&self, entries: &[Entry<'_>]) -> Result<Appended, StorageError> {
+            if self.then_down && self.cut.lock().unwrap().is_none() {
+                return Err(StorageError::Cluster("down".into()));
+            }
             let cut = self.cut.lock().unwrap().take();
             *self.armed.lock().unwrap() = cut;
             let n = cut.map_or(entries.len(), |c| c.0.min(entries.len()));
@@ -2052,11 +2090,19 @@ mod tests {
     }
 
     fn cut_short_shard(dir: &Path, cut: (usize, bool)) -> Shard {
+        cut_short_shard_of(dir, cut, false, &Topology::uniform(1, 0).shards[0])
+    }
+
+    fn cut_short_shard_of(
+        dir: &Path,
+        cut: (usize, bool),
+        then_down: bool,
+        def: &ShardDef,
+    ) -> Shard {
         let (log, _) = ShardLog::open(dir, Options::default()).unwrap();
-        let def = &Topology::uniform(1, 0).shards[0];
         Shard {
-            id: shard_id(0),
-            index: 0,
+            id: shard_id(def.index),
+            index: def.index,
             start: def.start,
             end: def.end,
             parent: None,
@@ -2066,6 +2112,7 @@ mod tests {
                 log,
                 cut: std::sync::Mutex::new(Some(cut)),
                 armed: std::sync::Mutex::new(None),
+                then_down,
             }),
             fs_sync: None,
             gate: RwLock::new(None),
@@ -2101,6 +2148,50 @@ mod tests {
         assert_eq!(out[0].seqs, [0]);
         assert!(matches!(out[0].error, Some(StreamError::ShardClosed(0))));
         assert_eq!(sh.log.records(), 1);
+    }
+
+    /// A stream append whose one shard stores a prefix and then fails names exactly the
+    /// records not stored; the other shard's records are stored.
+    #[test]
+    fn a_failing_shard_fails_only_its_records_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = open(dir.path(), Fsync::Batch);
+        let set = st.shards();
+        let def = set.topology.get(0).unwrap().clone();
+        let broken = Arc::new(cut_short_shard_of(
+            &dir.path().join("broken"),
+            (1, false),
+            true,
+            &def,
+        ));
+        let all = vec![broken.clone(), set.all[1].clone()];
+        let replaced = ShardSet {
+            open: all.clone(),
+            all,
+            topology: set.topology.clone(),
+        };
+        *st.shards.write().unwrap() = Arc::new(replaced);
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        let entries: Vec<Entry<'_>> = keys
+            .iter()
+            .map(|k| Entry {
+                key: k.as_bytes(),
+                data: b"d",
+                arrival_ms: 1,
+            })
+            .collect();
+        let to_broken: Vec<usize> = (0..entries.len())
+            .filter(|&i| st.shards().route(hash_key(entries[i].key)).index == 0)
+            .collect();
+        assert!(to_broken.len() >= 2 && to_broken.len() < entries.len());
+        let e = st.append_routed(&entries).unwrap_err();
+        assert_eq!(e.failed, to_broken[1..], "all but the stored first one");
+        assert!(e.to_string().contains("down"), "{e}");
+        assert_eq!(broken.log.records(), 1);
+        assert_eq!(
+            set.all[1].log.records() as usize,
+            entries.len() - to_broken.len()
+        );
     }
 
     fn open(dir: &Path, fsync: Fsync) -> Stream {
