@@ -1204,3 +1204,33 @@ fn a_resharding_left_unfinished_by_a_dead_node_is_completed_by_another() {
     );
     db.stop_cleanly();
 }
+
+/// A node's `shards` changed while it was down reshards at its start (the count last
+/// applied is kept in its `stream.json`); started again unchanged, it leaves the cluster's
+/// topology as it is.
+#[test]
+fn a_shard_count_changed_while_down_reshards_at_start() {
+    let cluster = NatsCluster::start(1);
+    let config = daemon_config(&cluster).replace("replicas = 3", "replicas = 1");
+    let stream = |n: u32| format!("[streams.events]\nshards = {n}\nstorage = \"jetstream\"\n");
+    let s = Setup::new(&config, &[("events", &stream(2))]);
+    let open = |api| {
+        shard_list(api)
+            .iter()
+            .filter(|l| l.ends_with("null"))
+            .count()
+    };
+    let mut d = s.start();
+    d.wait_ready();
+    assert_eq!(open(s.api), 2);
+    d.stop_cleanly();
+    s.write_pipeline("events", &stream(3));
+    let mut d = s.start();
+    d.wait_ready();
+    assert_eq!(open(s.api), 3, "{:?}", shard_list(s.api));
+    d.stop_cleanly();
+    let mut d = s.start();
+    d.wait_ready();
+    assert_eq!(open(s.api), 3);
+    d.stop_cleanly();
+}

@@ -414,20 +414,29 @@ impl Cluster {
                 let done = match js.get_stream(&name).await {
                     Ok(mut st) => {
                         // A shard's stream sealed by a resharding stays sealed: a node that
-                        // opens it as open (its topology not updated yet) must not unseal it.
-                        let same = st.info().await.is_ok_and(|i| {
-                            let sealed = matches!(
-                                (&i.config.subjects[..], &config.subjects[..]),
-                                ([have], [want]) if *have == sealed_subject(want)
-                            );
-                            i.config.max_bytes == config.max_bytes
-                                && i.config.num_replicas == config.num_replicas
-                                && (i.config.subjects == config.subjects || sealed)
-                        });
+                        // opens it as open (its topology not updated yet) must not unseal
+                        // it, whatever else it changes.
+                        let mut config = config.clone();
+                        let (same, sealed) = match st.info().await {
+                            Ok(i) => {
+                                let sealed = matches!(
+                                    (&i.config.subjects[..], &config.subjects[..]),
+                                    ([have], [want]) if *have == sealed_subject(want)
+                                );
+                                let same = i.config.max_bytes == config.max_bytes
+                                    && i.config.num_replicas == config.num_replicas
+                                    && (i.config.subjects == config.subjects || sealed);
+                                (same, sealed.then(|| i.config.subjects.clone()))
+                            }
+                            Err(_) => (false, None),
+                        };
                         if same {
                             return Ok(st);
                         }
-                        js.update_stream(config.clone())
+                        if let Some(subjects) = sealed {
+                            config.subjects = subjects;
+                        }
+                        js.update_stream(config)
                             .await
                             .map(|_| ())
                             .map_err(|e| e.to_string())
@@ -507,6 +516,9 @@ struct State {
     /// When the state was last read from the server.
     refreshed: Option<std::time::Instant>,
 }
+
+/// How long a sealed shard's last sequence must stay the same to be its end.
+const SEAL_SETTLE: Duration = Duration::from_millis(200);
 
 /// How often a read at the end of what this node knows asks the server whether other
 /// nodes appended more.
@@ -620,6 +632,19 @@ impl JetStreamShard {
         s.stale = false;
         s.refreshed = Some(std::time::Instant::now());
         Ok(())
+    }
+
+    /// Whether the shard's stream listens on its sealed subject (asked of the server).
+    fn is_sealed(&self) -> Result<bool, StorageError> {
+        let s = self.stream.clone();
+        let info = self
+            .cluster
+            .run(async move { s.get_info().await })?
+            .map_err(|e| {
+                failed("info");
+                err("cannot read a shard's JetStream state", e)
+            })?;
+        Ok(info.config.subjects == [sealed_subject(&self.subject)])
     }
 
     /// The record at JetStream sequence `seq`, if the stream holds it.
@@ -799,7 +824,16 @@ impl ShardStorage for JetStreamShard {
             }
             Ok(Outcome::Sealed) => {
                 self.lock().stale = true;
-                Err(StorageError::Closed)
+                // "No stream for the subject" is also what a stream electing a leader can
+                // answer: closed only if the stream really moved to its sealed subject.
+                if self.is_sealed()? {
+                    Err(StorageError::Closed)
+                } else {
+                    failed("publish");
+                    Err(StorageError::Cluster(
+                        "no JetStream stream answered for the shard (a leader election?)".into(),
+                    ))
+                }
             }
             Ok(Outcome::Partial(k, sealed)) => {
                 let mut s = self.lock();
@@ -1019,9 +1053,21 @@ impl ShardStorage for JetStreamShard {
                     err("cannot seal a shard's JetStream stream", e)
                 })?;
         }
-        // Every append stored is in the state now; none can follow.
+        // Appends the stream took before it moved may still be being stored (replicated
+        // and applied after the update's answer): the end is read until it stays the same
+        // over SEAL_SETTLE (at most a few seconds); none can come after that.
         self.refresh()?;
-        Ok(self.lock().last)
+        let mut last = self.lock().last;
+        for _ in 0..20 {
+            std::thread::sleep(SEAL_SETTLE);
+            self.refresh()?;
+            let now = self.lock().last;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        Ok(last)
     }
 
     fn close(&self) -> Result<(), StorageError> {

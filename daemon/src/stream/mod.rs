@@ -138,6 +138,14 @@ struct StreamMeta {
     /// readers' checkpoints may still name them): part of the floor a deletion leaves.
     #[serde(default, skip_serializing_if = "is_zero")]
     expired_issued: u64,
+    /// The `shards` of this node's file as last applied (streams on a cluster reshard only
+    /// when it changes; 0: not recorded yet).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    configured_shards: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -539,7 +547,7 @@ impl Stream {
             backend,
             fs_sync,
             catalog,
-            configured_shards: std::sync::atomic::AtomicU32::new(0),
+            configured_shards: std::sync::atomic::AtomicU32::new(meta.configured_shards),
         })
     }
 
@@ -819,6 +827,18 @@ impl Stream {
         self.install(&old, next, &made, gates)
     }
 
+    /// Records `n` as the `shards` of this node's file last applied (in `stream.json`).
+    fn record_configured_shards(&self, n: u32) -> Result<(), StreamError> {
+        let _one = self.lock_meta()?;
+        self.configured_shards
+            .store(n, std::sync::atomic::Ordering::Release);
+        self.save_meta_with(
+            &self.settings(),
+            self.retention_hours(),
+            &self.shards().topology,
+        )
+    }
+
     /// Brings this node's topology to the one the cluster holds for the stream (JetStream
     /// streams; nothing for others): another node's resharding or expiry is applied here,
     /// a plan left pending too long is completed. With `wait`, a plan being carried out is
@@ -827,8 +847,21 @@ impl Stream {
         let Some(cat) = &self.catalog else {
             return Ok(());
         };
-        let _one = self.lock_meta()?;
-        self.sync_locked(cat, wait).map(|_| ())
+        // Waited for without the meta lock: appends that met a sealed parent at once
+        // each look every 50 ms, instead of queueing for the lock 3 s apiece.
+        let deadline = std::time::Instant::now() + PENDING_WAIT;
+        loop {
+            let looked = {
+                let _one = self.lock_meta()?;
+                self.sync_locked(cat, false)
+            };
+            match looked {
+                Err(StreamError::Updating(_)) if wait && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => return r.map(|_| ()),
+            }
+        }
     }
 
     /// [`Stream::sync_topology`] under the meta lock; returns the key's revision.
@@ -857,10 +890,10 @@ impl Stream {
                 None => return Ok(rev),
                 Some(p) if now_ms() - p.since_ms > catalog::STALE_MS => {
                     tracing::warn!(stream = %self.name, node = %p.node, "completing a resharding another node left unfinished");
-                    match self.complete(cat, rev, &p.plan) {
-                        Ok(()) | Err(StreamError::Updating(_)) => continue,
-                        Err(e) => return Err(e),
-                    }
+                    // Done: read the key again. Refused (another node finished it first):
+                    // the next look takes theirs.
+                    self.complete(cat, rev, &p.plan)?;
+                    continue;
                 }
                 Some(_) if wait && std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
@@ -1056,6 +1089,9 @@ impl Stream {
             seq_floor: self.seq_floor,
             expired_issued: self
                 .expired_issued
+                .load(std::sync::atomic::Ordering::Acquire),
+            configured_shards: self
+                .configured_shards
                 .load(std::sync::atomic::Ordering::Acquire),
         };
         write_meta_file(&self.dir, &meta)
@@ -1764,6 +1800,7 @@ impl Streams {
                             None => self.floor.get()?,
                         },
                         expired_issued: stored.as_ref().map_or(0, |m| m.expired_issued),
+                        configured_shards: stored.as_ref().map_or(0, |m| m.configured_shards),
                         // Tags, consumers, ... set through the API survive restarts.
                         settings: stored.map(|m| m.settings).unwrap_or_default(),
                     };
@@ -1786,18 +1823,18 @@ impl Streams {
             };
             // A changed `shards` reshards (UpdateShardCount, uniform scaling). On a cluster
             // only a change of this node's file does: the others' resharding stands.
+            // The count last applied is kept in `stream.json`: a change made while the
+            // node was down reshards at its start too.
             let before = st
                 .configured_shards
-                .swap(spec.shards, std::sync::atomic::Ordering::AcqRel);
+                .load(std::sync::atomic::Ordering::Acquire);
             if st.catalog.is_none() || (before != 0 && before != spec.shards) {
-                if let Err(e) = st.scale_to(spec.shards, false) {
-                    // Not done: the next reload tries again.
-                    st.configured_shards
-                        .store(before, std::sync::atomic::Ordering::Release);
-                    return Err(e);
-                }
+                st.scale_to(spec.shards, false)?;
             } else if st.shards().open.len() != spec.shards as usize {
                 tracing::warn!(stream = %spec.name, configured = spec.shards, open = st.shards().open.len(), "the cluster's nodes serve another shard count than this node's file says; it reshards only when `shards` is changed in the file");
+            }
+            if before != spec.shards {
+                st.record_configured_shards(spec.shards)?;
             }
         }
         let gone: Vec<String> = self
@@ -1866,6 +1903,7 @@ impl Streams {
             settings: StreamSettings::default(),
             seq_floor: self.floor.get()?,
             expired_issued: 0,
+            configured_shards: 0,
         };
         self.write_meta(name, &meta)?;
         let st = Arc::new(Stream::open(
@@ -2204,6 +2242,7 @@ mod tests {
             settings: StreamSettings::default(),
             seq_floor: 0,
             expired_issued: 0,
+            configured_shards: 0,
         };
         Stream::open(
             dir.join("s"),
