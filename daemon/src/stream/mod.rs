@@ -434,7 +434,11 @@ fn open_log(
 /// The topology a node opening a JetStream stream serves: the one the nodes share, or —
 /// the first node to open the stream — `local`, published for the others. (A plan left
 /// pending is taken up by the first [`Stream::sync_topology`].)
-fn shared_topology(cat: &catalog::Catalog, local: Topology) -> Result<Topology, StreamError> {
+fn shared_topology(
+    cat: &catalog::Catalog,
+    name: &str,
+    local: Topology,
+) -> Result<Topology, StreamError> {
     for _ in 0..5 {
         match cat.read()? {
             Some((_, rec)) => return Ok(rec.topology),
@@ -449,7 +453,7 @@ fn shared_topology(cat: &catalog::Catalog, local: Topology) -> Result<Topology, 
             }
         }
     }
-    Err(StreamError::Updating(String::new()))
+    Err(StreamError::Updating(name.to_string()))
 }
 
 /// Builds the shard set of `topology`, reusing the shards of `old` that are still there.
@@ -509,7 +513,7 @@ impl Stream {
         let catalog = match &backend {
             Backend::JetStream(c) => {
                 let cat = catalog::Catalog::open(Arc::clone(c), name)?;
-                topology = shared_topology(&cat, topology)?;
+                topology = shared_topology(&cat, name, topology)?;
                 Some(cat)
             }
             Backend::Log => None,
