@@ -228,9 +228,8 @@ fn a_jetstream_stream_keeps_its_records_in_the_cluster() {
 #[test]
 fn two_nodes_serve_one_stream_at_once() {
     let cluster = NatsCluster::start(3);
-    let stream_only = "[streams.events]\nshards = 2\nstorage = \"jetstream\"\n";
-    let a = Setup::new(&daemon_config(&cluster), &[("events", stream_only)]);
-    let b = Setup::new(&daemon_config(&cluster), &[("events", stream_only)]);
+    let a = Setup::new(&daemon_config(&cluster), &[("events", &stream_only(2))]);
+    let b = Setup::new(&daemon_config(&cluster), &[("events", &stream_only(2))]);
     let mut da = a.start();
     da.wait_ready();
     let mut db = b.start();
@@ -1010,6 +1009,24 @@ fn an_operator_mode_cluster_takes_the_node_holding_its_credentials() {
     );
 }
 
+/// A stream of `n` shards on the cluster, without pipelines.
+fn stream_only(n: u32) -> String {
+    format!("[streams.events]\nshards = {n}\nstorage = \"jetstream\"\n")
+}
+
+/// How many shards are open (no ending sequence number) in [`shard_list`].
+fn open_shards(api: std::net::SocketAddr) -> usize {
+    shard_list(api)
+        .iter()
+        .filter(|s| s.ends_with("null"))
+        .count()
+}
+
+/// Every record of every shard ListShards shows, sorted.
+fn all_records(api: std::net::SocketAddr) -> Vec<String> {
+    read_shards(api, shard_list(api).len() as u32)
+}
+
 /// The shards ListShards shows through `api`: id, parents, hash-key range and (closed
 /// ones) ending sequence number — what every node must agree on.
 fn shard_list(api: std::net::SocketAddr) -> Vec<String> {
@@ -1077,23 +1094,21 @@ fn a_resharding_on_one_node_is_every_nodes() {
         let (code, body) = d.post("/admin/reload").unwrap();
         assert_eq!(code, 200, "{body}");
     };
-    let all = |api| read_shards(api, shard_list(api).len() as u32);
     wait_until(Duration::from_secs(30), "records through B", || {
-        all(a.api).len() >= 100
+        all_records(a.api).len() >= 100
     });
     reshard(a, &da, 3);
     // `open` shards open in the list of the node that resharded, the same list on the
     // other node soon, and more records on top.
     let settled = |on: &Setup, other: &Setup, open: usize| {
         let list = shard_list(on.api);
-        let n = list.iter().filter(|s| s.ends_with("null")).count();
-        assert_eq!(n, open, "{list:?}");
+        assert_eq!(open_shards(on.api), open, "{list:?}");
         wait_until(Duration::from_secs(10), "the other node lists them", || {
             shard_list(other.api) == list
         });
-        let more = all(on.api).len() + 100;
+        let more = all_records(on.api).len() + 100;
         wait_until(Duration::from_secs(30), "records after it", || {
-            all(on.api).len() >= more
+            all_records(on.api).len() >= more
         });
         list
     };
@@ -1150,9 +1165,8 @@ fn a_resharding_on_one_node_is_every_nodes() {
 fn a_resharding_left_unfinished_by_a_dead_node_is_completed_by_another() {
     let cluster = NatsCluster::start(1);
     let config = daemon_config(&cluster).replace("replicas = 3", "replicas = 1");
-    let stream = |n: u32| format!("[streams.events]\nshards = {n}\nstorage = \"jetstream\"\n");
-    let a = Setup::new(&config, &[("events", &stream(2))]);
-    let b = Setup::new(&config, &[("events", &stream(2))]);
+    let a = Setup::new(&config, &[("events", &stream_only(2))]);
+    let b = Setup::new(&config, &[("events", &stream_only(2))]);
     let mut da = a.start_env(&[("SLUICE_FAILPOINTS", "reshard-sealed")]);
     da.wait_ready();
     let mut db = b.start();
@@ -1165,7 +1179,7 @@ fn a_resharding_left_unfinished_by_a_dead_node_is_completed_by_another() {
     wait_until(Duration::from_secs(30), "records through B", || {
         read_shards(b.api, 2).len() >= 100
     });
-    a.write_pipeline("events", &stream(4));
+    a.write_pipeline("events", &stream_only(4));
     let _ = da.post("/admin/reload");
     let st = da
         .wait_exit(Duration::from_secs(30))
@@ -1176,20 +1190,14 @@ fn a_resharding_left_unfinished_by_a_dead_node_is_completed_by_another() {
     wait_until(
         Duration::from_secs(30),
         "B completed the resharding",
-        || {
-            shard_list(b.api)
-                .iter()
-                .filter(|s| s.ends_with("null"))
-                .count()
-                == 4
-        },
+        || open_shards(b.api) == 4,
     );
     eprintln!("completed {:?} after the kill", killed.elapsed());
-    let n = read_shards(b.api, shard_list(b.api).len() as u32).len() + 100;
+    let n = all_records(b.api).len() + 100;
     wait_until(
         Duration::from_secs(30),
         "records into the new shards",
-        || read_shards(b.api, shard_list(b.api).len() as u32).len() >= n,
+        || all_records(b.api).len() >= n,
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let produced = producer.join().unwrap();
@@ -1212,25 +1220,18 @@ fn a_resharding_left_unfinished_by_a_dead_node_is_completed_by_another() {
 fn a_shard_count_changed_while_down_reshards_at_start() {
     let cluster = NatsCluster::start(1);
     let config = daemon_config(&cluster).replace("replicas = 3", "replicas = 1");
-    let stream = |n: u32| format!("[streams.events]\nshards = {n}\nstorage = \"jetstream\"\n");
-    let s = Setup::new(&config, &[("events", &stream(2))]);
-    let open = |api| {
-        shard_list(api)
-            .iter()
-            .filter(|l| l.ends_with("null"))
-            .count()
-    };
+    let s = Setup::new(&config, &[("events", &stream_only(2))]);
     let mut d = s.start();
     d.wait_ready();
-    assert_eq!(open(s.api), 2);
+    assert_eq!(open_shards(s.api), 2);
     d.stop_cleanly();
-    s.write_pipeline("events", &stream(3));
+    s.write_pipeline("events", &stream_only(3));
     let mut d = s.start();
     d.wait_ready();
-    assert_eq!(open(s.api), 3, "{:?}", shard_list(s.api));
+    assert_eq!(open_shards(s.api), 3, "{:?}", shard_list(s.api));
     d.stop_cleanly();
     let mut d = s.start();
     d.wait_ready();
-    assert_eq!(open(s.api), 3);
+    assert_eq!(open_shards(s.api), 3);
     d.stop_cleanly();
 }

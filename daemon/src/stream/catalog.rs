@@ -97,6 +97,24 @@ impl Catalog {
         }
     }
 
+    /// The value and its revision, after publishing `topology` (no plan pending) if no
+    /// node wrote one yet — the first node to serve a stream sets it.
+    pub fn read_or_publish(&self, topology: &Topology) -> Result<(u64, Record), StorageError> {
+        for _ in 0..5 {
+            if let Some(got) = self.read()? {
+                return Ok(got);
+            }
+            let mine = Record {
+                topology: topology.clone(),
+                pending: None,
+            };
+            if let Some(rev) = self.write(&mine, 0)? {
+                return Ok((rev, mine));
+            }
+        }
+        Err(err("cannot read or publish", "the key kept changing"))
+    }
+
     /// Writes `rec` if the key is still at `revision` (0: no value yet). `None`: another
     /// node wrote it first.
     pub fn write(&self, rec: &Record, revision: u64) -> Result<Option<u64>, StorageError> {
@@ -116,19 +134,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::jetstream::JetStreamOptions;
-    use std::time::Duration;
-
-    fn node(cluster: &crate::testing::NatsCluster) -> Arc<Cluster> {
-        Cluster::connect(JetStreamOptions {
-            servers: cluster.urls(),
-            replicas: 1,
-            prefix: "C".into(),
-            timeout: Duration::from_secs(10),
-            ..JetStreamOptions::default()
-        })
-        .unwrap()
-    }
+    use crate::stream::jetstream::tests::node;
 
     /// Two nodes' writes of one stream's key: the first of two writers naming the same
     /// revision wins, the other learns it lost; a damaged value is an error naming the key,
@@ -136,7 +142,7 @@ mod tests {
     #[test]
     fn writes_are_compare_and_set_and_damage_is_refused() {
         let cluster = crate::testing::NatsCluster::start(1);
-        let (a, b) = (node(&cluster), node(&cluster));
+        let (a, b) = (node(&cluster, 1, "C"), node(&cluster, 1, "C"));
         let ca = cluster.wait_for(|| Catalog::open(a.clone(), "s.1"));
         let cb = Catalog::open(b.clone(), "s.1").unwrap();
         assert!(ca.read().unwrap().is_none());

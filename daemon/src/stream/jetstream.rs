@@ -1086,7 +1086,7 @@ impl ShardStorage for JetStreamShard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -1160,7 +1160,11 @@ mod tests {
     }
 
     /// A node of `cluster`: its own connection, shards kept with `replicas` copies.
-    fn node(cluster: &crate::testing::NatsCluster, replicas: usize, prefix: &str) -> Arc<Cluster> {
+    pub(in crate::stream) fn node(
+        cluster: &crate::testing::NatsCluster,
+        replicas: usize,
+        prefix: &str,
+    ) -> Arc<Cluster> {
         Cluster::connect(JetStreamOptions {
             servers: cluster.urls(),
             replicas,

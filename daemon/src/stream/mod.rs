@@ -431,31 +431,6 @@ fn open_log(
     Ok(log)
 }
 
-/// The topology a node opening a JetStream stream serves: the one the nodes share, or —
-/// the first node to open the stream — `local`, published for the others. (A plan left
-/// pending is taken up by the first [`Stream::sync_topology`].)
-fn shared_topology(
-    cat: &catalog::Catalog,
-    name: &str,
-    local: Topology,
-) -> Result<Topology, StreamError> {
-    for _ in 0..5 {
-        match cat.read()? {
-            Some((_, rec)) => return Ok(rec.topology),
-            None => {
-                let mine = catalog::Record {
-                    topology: local.clone(),
-                    pending: None,
-                };
-                if cat.write(&mine, 0)?.is_some() {
-                    return Ok(local);
-                }
-            }
-        }
-    }
-    Err(StreamError::Updating(name.to_string()))
-}
-
 /// Builds the shard set of `topology`, reusing the shards of `old` that are still there.
 fn shard_set(
     topology: Topology,
@@ -513,7 +488,8 @@ impl Stream {
         let catalog = match &backend {
             Backend::JetStream(c) => {
                 let cat = catalog::Catalog::open(Arc::clone(c), name)?;
-                topology = shared_topology(&cat, name, topology)?;
+                // (A plan left pending is taken up by the first `sync_topology`.)
+                topology = cat.read_or_publish(&topology)?.1.topology;
                 Some(cat)
             }
             Backend::Log => None,
@@ -872,17 +848,8 @@ impl Stream {
     fn sync_locked(&self, cat: &catalog::Catalog, wait: bool) -> Result<u64, StreamError> {
         let deadline = std::time::Instant::now() + PENDING_WAIT;
         loop {
-            let Some((rev, rec)) = cat.read()? else {
-                // No node published one (the table was emptied): this node's, then.
-                let mine = catalog::Record {
-                    topology: self.shards().topology.clone(),
-                    pending: None,
-                };
-                match cat.write(&mine, 0)? {
-                    Some(rev) => return Ok(rev),
-                    None => continue,
-                }
-            };
+            // (No value: the table was emptied; this node's topology, then.)
+            let (rev, rec) = cat.read_or_publish(&self.shards().topology)?;
             if rec.topology != self.shards().topology {
                 let old = self.shards();
                 let made = self.open_missing(&old, &rec.topology, false)?;
@@ -2234,6 +2201,81 @@ mod tests {
             set.all[1].log.records() as usize,
             entries.len() - to_broken.len()
         );
+    }
+
+    /// Stream `s` (2 shards) of one node on a JetStream cluster (`cl`), in `dir`.
+    fn open_on(dir: &Path, cl: &Arc<jetstream::Cluster>) -> Result<Stream, StreamError> {
+        let meta = StreamMeta {
+            shards: 2,
+            topology: None,
+            created_ms: 0,
+            origin: StreamOrigin::Config,
+            retention_hours: 24,
+            settings: StreamSettings::default(),
+            seq_floor: 0,
+            expired_issued: 0,
+            configured_shards: 0,
+        };
+        Stream::open(
+            dir.join("s"),
+            "s",
+            &meta,
+            Fsync::Batch,
+            1 << 20,
+            None,
+            Backend::JetStream(cl.clone()),
+        )
+    }
+
+    /// A resharding on one node of a cluster is the other's at its next look; closed
+    /// shards past retention expire for both — out of the shared topology, their
+    /// JetStream streams deleted.
+    #[test]
+    fn closed_shards_expire_for_every_node_of_a_cluster() {
+        let nats = crate::testing::NatsCluster::start(1);
+        let (ca, cb) = (
+            jetstream::tests::node(&nats, 1, "E"),
+            jetstream::tests::node(&nats, 1, "E"),
+        );
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = nats.wait_for(|| open_on(da.path(), &ca));
+        let b = open_on(db.path(), &cb).unwrap();
+        a.scale_to(3, false).unwrap();
+        b.sync_topology(false).unwrap();
+        assert_eq!(b.shards().topology, a.shards().topology);
+        let closed: Vec<u32> = a
+            .shards()
+            .topology
+            .shards
+            .iter()
+            .filter(|d| !d.is_open())
+            .map(|d| d.index)
+            .collect();
+        assert!(!closed.is_empty());
+        std::thread::sleep(Duration::from_millis(5));
+        *a.retention.write().unwrap() = Duration::ZERO;
+        a.enforce_retention();
+        b.sync_topology(false).unwrap();
+        for st in [&a, &b] {
+            let t = st.shards().topology.clone();
+            assert!(closed.iter().all(|i| t.get(*i).is_none()), "{t:?}");
+            assert_eq!(t.open().len(), 3);
+        }
+        let js = ca.context();
+        for i in closed {
+            let name = format!(
+                "E{}_{}",
+                jetstream::token("s"),
+                jetstream::token(&shard_id(i))
+            );
+            let gone = ca
+                .run({
+                    let (js, name) = (js.clone(), name.clone());
+                    async move { js.get_stream(&name).await.is_err() }
+                })
+                .unwrap();
+            assert!(gone, "{name} deleted");
+        }
     }
 
     fn open(dir: &Path, fsync: Fsync) -> Stream {
