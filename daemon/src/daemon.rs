@@ -56,6 +56,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 .context("cannot connect to the JetStream cluster of [jetstream]")?;
         tracing::info!(servers = ?js.servers, replicas = js.replicas, "connected to the JetStream cluster");
         streams.set_cluster(cluster);
+        if js.api_streams == crate::config::ApiStreams::JetStream {
+            streams.share_api_streams();
+        }
     }
     // Opening JetStream shards waits on the cluster: off the async workers. A cluster that
     // is slow to answer (busy, or electing leaders) is tried again for a minute before
@@ -77,6 +80,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e).context("cannot open the configured streams"),
         }
+    }
+    // The streams made through the API on the cluster (by any node) are served from the
+    // first request on.
+    {
+        let streams = Arc::clone(&streams);
+        tokio::task::spawn_blocking(move || streams.sync_topologies())
+            .await
+            .context("opening the streams made on the JetStream cluster")?;
     }
     let memory = Arc::new(crate::delivery::MemoryBudget::new(
         set.daemon.limits.buffer_memory.0,

@@ -383,6 +383,10 @@ fn jetstream_settings_are_checked_with_file_line_and_column() {
             "[jetstream]\nservers = [\"nats://h:4222\"]\nsecure = true\n",
             "unknown field",
         ),
+        (
+            "[jetstream]\nservers = [\"nats://h:4222\"]\napi_streams = \"cluster\"\n",
+            "expected `log` or `jetstream`",
+        ),
     ] {
         let s = Setup::new(table, &[]);
         let (code, _, err) = s.cli(&["check"]);
@@ -1234,4 +1238,209 @@ fn a_shard_count_changed_while_down_reshards_at_start() {
     d.wait_ready();
     assert_eq!(open_shards(s.api), 3);
     d.stop_cleanly();
+}
+
+/// The streams a node lists (ListStreams).
+fn listed(api: std::net::SocketAddr) -> Vec<String> {
+    let out = kinesis_ok(api, "ListStreams", "{}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["StreamNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A sequence number as a sortable key (decimal strings: longer is larger).
+fn seq_key(s: &str) -> (usize, String) {
+    (s.len(), s.to_string())
+}
+
+/// Streams made through the API on the cluster (`api_streams = "jetstream"`, issue #12):
+/// CreateStream on node A is served by node B within seconds (PutRecords through either,
+/// the same records read through either); tags, retention and a resharding made through
+/// one node are the other's; a restarted node serves the stream again with nothing of it on
+/// its disk; DeleteStream through B removes it from A; a stream made again under the name
+/// numbers above every record of the deleted one and holds none of them; a second
+/// CreateStream of a name any node made is refused. Driven with the AWS CLI.
+#[test]
+fn a_stream_made_through_the_api_is_every_nodes() {
+    let cluster = NatsCluster::start(3);
+    let config = format!("{}api_streams = \"jetstream\"\n", daemon_config(&cluster));
+    let a = Setup::new(&config, &[]);
+    let b = Setup::new(&config, &[]);
+    let (mut da, mut db) = (a.start(), b.start());
+    da.wait_ready();
+    db.wait_ready();
+    let (ea, eb) = (format!("http://{}", a.api), format!("http://{}", b.api));
+    aws_cli(
+        &ea,
+        &[
+            "kinesis",
+            "create-stream",
+            "--stream-name",
+            "events",
+            "--shard-count",
+            "2",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "B serves the stream A made",
+        || listed(b.api) == ["events"],
+    );
+    put_numbered(b.api, 0, 50);
+    put_numbered(a.api, 50, 50);
+    let from_a = read_until(a.api, 100);
+    assert_eq!(from_a.len(), 100);
+    assert_eq!(read_until(b.api, 100), from_a);
+
+    // Settings made through one node are the other's.
+    aws_cli(
+        &ea,
+        &[
+            "kinesis",
+            "add-tags-to-stream",
+            "--stream-name",
+            "events",
+            "--tags",
+            "team=data",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "B has A's tag", || {
+        aws_cli(
+            &eb,
+            &["kinesis", "list-tags-for-stream", "--stream-name", "events"],
+        )
+        .contains("data")
+    });
+    aws_cli(
+        &eb,
+        &[
+            "kinesis",
+            "increase-stream-retention-period",
+            "--stream-name",
+            "events",
+            "--retention-period-hours",
+            "48",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "A has B's retention", || {
+        aws_cli(
+            &ea,
+            &[
+                "kinesis",
+                "describe-stream-summary",
+                "--stream-name",
+                "events",
+            ],
+        )
+        .contains("\"RetentionPeriodHours\": 48")
+    });
+    aws_cli(
+        &eb,
+        &[
+            "kinesis",
+            "update-shard-count",
+            "--stream-name",
+            "events",
+            "--target-shard-count",
+            "3",
+            "--scaling-type",
+            "UNIFORM_SCALING",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "A takes B's resharding", || {
+        open_shards(a.api) == 3
+    });
+    assert_eq!(shard_list(a.api), shard_list(b.api));
+    put_numbered(a.api, 100, 30);
+    let all = all_records(a.api);
+    assert_eq!(all.len(), 130, "{all:?}");
+
+    // A restarted node serves it again from the cluster; nothing of it is on its disk.
+    da.stop_cleanly();
+    let mut da = a.start();
+    da.wait_ready();
+    assert_eq!(listed(a.api), ["events"]);
+    assert_eq!(all_records(a.api), all);
+    assert!(!a.path("var/streams/events").exists());
+    let shards = shard_list(a.api).len() as u32;
+    // Per shard id: readers remember positions as (shard id, sequence number).
+    let mut old_max = std::collections::BTreeMap::new();
+    for (shard, seq, _) in read_located(a.api, shards) {
+        let m = old_max.entry(shard).or_insert_with(|| seq_key(&seq));
+        *m = (*m).clone().max(seq_key(&seq));
+    }
+
+    // Deleted through B: gone from A too.
+    aws_cli(
+        &eb,
+        &["kinesis", "delete-stream", "--stream-name", "events"],
+    );
+    assert!(listed(b.api).is_empty());
+    wait_until(
+        Duration::from_secs(10),
+        "A forgets the deleted stream",
+        || listed(a.api).is_empty(),
+    );
+    let (code, out) = kinesis(
+        a.api,
+        "PutRecord",
+        r#"{"StreamName":"events","PartitionKey":"k","Data":"eA=="}"#,
+    );
+    assert!(
+        code == 400 && out.contains("ResourceNotFoundException"),
+        "{code} {out}"
+    );
+
+    // Made again: numbered above the deleted one, none of its records.
+    aws_cli(
+        &ea,
+        &[
+            "kinesis",
+            "create-stream",
+            "--stream-name",
+            "events",
+            "--shard-count",
+            "2",
+        ],
+    );
+    let (code, out) = kinesis(
+        b.api,
+        "CreateStream",
+        r#"{"StreamName":"events","ShardCount":1}"#,
+    );
+    assert!(
+        code == 400 && out.contains("ResourceInUseException"),
+        "{code} {out}"
+    );
+    wait_until(Duration::from_secs(10), "B serves the new stream", || {
+        listed(b.api) == ["events"]
+    });
+    put_numbered(b.api, 1000, 20);
+    let mut again = Vec::new();
+    wait_until(
+        Duration::from_secs(10),
+        "A reads the 20 new records",
+        || {
+            again = read_located(a.api, 2);
+            again.len() >= 20
+        },
+    );
+    assert_eq!(again.len(), 20, "{again:?}");
+    for (shard, seq, data) in &again {
+        let above = &old_max[shard];
+        assert!(
+            seq_key(seq) > *above,
+            "{shard} {seq} not above {above:?} ({data})"
+        );
+        assert!(
+            data.contains("\"n\":10"),
+            "only the new stream's records: {data}"
+        );
+    }
+    da.stop_cleanly();
+    db.stop_cleanly();
 }

@@ -106,6 +106,10 @@ pub struct JetStreamConfig {
     /// How long a shard lease lasts unrenewed (renewed every third of it).
     #[serde(default = "default_lease_duration")]
     pub lease_duration: HumanDuration,
+    /// Where CreateStream puts new streams: this node's disk (`"log"`, the default) or
+    /// the cluster (`"jetstream"`: every node with the setting serves them).
+    #[serde(default)]
+    pub api_streams: ApiStreams,
     /// User name for servers with `authorization` (with `password`).
     #[serde(default)]
     pub user: Option<String>,
@@ -135,6 +139,17 @@ pub struct JetStreamConfig {
     /// The client certificate's private key (PEM).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+}
+
+/// `[jetstream] api_streams`: where streams made through the API keep their records.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiStreams {
+    /// Shard logs on this node's disk, served by this node only.
+    #[default]
+    Log,
+    /// The JetStream cluster: made, changed and deleted for every node.
+    JetStream,
 }
 
 fn default_lease_duration() -> HumanDuration {

@@ -31,6 +31,36 @@ pub struct Record {
     /// A resharding under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// A stream made through the API (CreateStream on a node with `api_streams =
+    /// "jetstream"`): what every node needs to serve it. Absent for streams of the nodes'
+    /// config files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiStream>,
+}
+
+/// A stream made through the API, as every node serves it. Its key stays after
+/// DeleteStream as a tombstone (`deleted`), whose `base` the next stream made under the
+/// name numbers from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiStream {
+    /// The stream's name (keys escape it).
+    pub name: String,
+    /// How many times a stream was made under this name: names its JetStream streams,
+    /// so a node still serving a deleted one cannot write into its successor.
+    pub generation: u64,
+    /// Every shard numbers its records from here: above every number the streams made
+    /// under this name before issued (for a tombstone: where the next one starts).
+    pub base: u64,
+    /// When CreateStream made it (ms since the epoch).
+    pub created_ms: i64,
+    /// Retention (IncreaseStreamRetentionPeriod and DecreaseStreamRetentionPeriod).
+    pub retention_hours: u64,
+    /// Tags, consumers, mode, encryption, ...
+    #[serde(default)]
+    pub settings: super::settings::StreamSettings,
+    /// DeleteStream removed it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// A resharding claimed and not finished yet.
@@ -72,6 +102,37 @@ impl Catalog {
         })
     }
 
+    /// The records of every stream made through the API on `cluster` (tombstones too), by
+    /// name: what each node serves, looked at every second.
+    pub fn api_streams(cluster: &Arc<Cluster>) -> Result<Vec<(u64, Record)>, StorageError> {
+        let table = Table::open_named(cluster, "streams", "sluice stream topologies")?;
+        let t = table.clone();
+        let keys = cluster
+            .run(async move { t.keys("topology.").await })?
+            .map_err(|e| err("cannot list the streams", e))?;
+        let mut out = Vec::new();
+        for key in keys {
+            let t = table.clone();
+            let k = key.clone();
+            let Some((rev, body)) = cluster
+                .run(async move { t.entry(&k).await })?
+                .map_err(|e| err("cannot read", e))?
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<Record>(&body) {
+                Ok(rec) if rec.api.is_some() && rec.topology.check().is_ok() => {
+                    out.push((rev, rec))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "a stream's value in the cluster is damaged; not served")
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// This node's name (in the plans it claims).
     pub fn node(&self) -> &str {
         self.cluster.node()
@@ -107,6 +168,7 @@ impl Catalog {
             let mine = Record {
                 topology: topology.clone(),
                 pending: None,
+                api: None,
             };
             if let Some(rev) = self.write(&mine, 0)? {
                 return Ok((rev, mine));
@@ -149,6 +211,7 @@ mod tests {
         let rec = |n| Record {
             topology: Topology::uniform(n, 0),
             pending: None,
+            api: None,
         };
         let rev = ca.write(&rec(2), 0).unwrap().expect("the first write");
         assert_eq!(

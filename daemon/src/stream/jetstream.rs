@@ -323,23 +323,9 @@ impl Cluster {
         }
     }
 
-    /// The JetStream stream holding `shard` of `stream`.
-    fn stream_name(&self, stream: &str, shard: &str) -> String {
-        format!("{}{}_{}", self.opts.prefix, token(stream), token(shard))
-    }
-
-    /// Opens the storage of `shard` of `stream`, creating its JetStream stream (with
-    /// `replicas` copies) when it does not exist yet, or bringing its settings up to date.
-    /// `max_bytes` caps the shard (the servers drop the oldest records past it). A
-    /// `closed` shard (a resharding's parent) is opened sealed ([`ShardStorage::seal`]).
-    pub fn open_shard(
-        self: &Arc<Self>,
-        stream: &str,
-        shard: &str,
-        max_record: usize,
-        max_bytes: Option<u64>,
-        closed: bool,
-    ) -> Result<JetStreamShard, StorageError> {
+    /// Refuses a stream whose largest record (`max_record` bytes of data) the servers'
+    /// `max_payload` could not carry.
+    pub fn check_record_size(&self, max_record: usize) -> Result<(), StorageError> {
         if max_record + FRAME > self.max_payload {
             return Err(StorageError::Cluster(format!(
                 "the JetStream servers' max_payload ({} bytes) is below the stream's largest record ({} bytes with its key and framing); raise max_payload in the servers' configuration",
@@ -347,13 +333,46 @@ impl Cluster {
                 max_record + FRAME
             )));
         }
-        let name = self.stream_name(stream, shard);
-        let subject = format!(
-            "{}.{}.{}",
-            token(&self.opts.prefix),
-            token(stream),
-            token(shard)
-        );
+        Ok(())
+    }
+
+    /// The JetStream stream holding `shard` of `stream` (of its `generation`-th making
+    /// through the API; 0: a stream of the nodes' config files).
+    fn stream_name(&self, stream: &str, generation: u64, shard: &str) -> String {
+        match generation {
+            0 => format!("{}{}_{}", self.opts.prefix, token(stream), token(shard)),
+            g => format!("{}{}_{g}_{}", self.opts.prefix, token(stream), token(shard)),
+        }
+    }
+
+    /// The subject of `shard` of `stream` (as [`Cluster::stream_name`]).
+    fn subject(&self, stream: &str, generation: u64, shard: &str) -> String {
+        let p = token(&self.opts.prefix);
+        match generation {
+            0 => format!("{p}.{}.{}", token(stream), token(shard)),
+            g => format!("{p}.{}.{g}.{}", token(stream), token(shard)),
+        }
+    }
+
+    /// Opens the storage of `shard` of `stream`, creating its JetStream stream (with
+    /// `replicas` copies) when it does not exist yet, or bringing its settings up to date.
+    /// `max_bytes` caps the shard (the servers drop the oldest records past it). A
+    /// `closed` shard (a resharding's parent) is opened sealed ([`ShardStorage::seal`]).
+    /// A `generation` above 0 is a stream made through the API: a stream made again under
+    /// a deleted one's name gets JetStream streams and subjects of its own, so that a node
+    /// still serving the deleted one cannot write into the new one.
+    pub fn open_shard(
+        self: &Arc<Self>,
+        stream: &str,
+        generation: u64,
+        shard: &str,
+        max_record: usize,
+        max_bytes: Option<u64>,
+        closed: bool,
+    ) -> Result<JetStreamShard, StorageError> {
+        self.check_record_size(max_record)?;
+        let name = self.stream_name(stream, generation, shard);
+        let subject = self.subject(stream, generation, shard);
         let config = jetstream::stream::Config {
             name: name.clone(),
             subjects: vec![if closed {
@@ -457,9 +476,15 @@ impl Cluster {
         .map_err(StorageError::Cluster)
     }
 
-    /// Deletes the JetStream stream of `shard` of `stream` (the stream was deleted).
-    pub fn delete_shard(&self, stream: &str, shard: &str) -> Result<(), StorageError> {
-        let name = self.stream_name(stream, shard);
+    /// Deletes the JetStream stream of `shard` of `stream` (the stream was deleted, or
+    /// the shard expired).
+    pub fn delete_shard(
+        &self,
+        stream: &str,
+        generation: u64,
+        shard: &str,
+    ) -> Result<(), StorageError> {
+        let name = self.stream_name(stream, generation, shard);
         let js = self.js.clone();
         match self.run(async move { js.delete_stream(&name).await })? {
             Ok(_) => Ok(()),
@@ -1122,12 +1147,12 @@ pub(super) mod tests {
         })
         .unwrap();
         let shard = cluster
-            .wait_for(|| c.open_shard("events.x", "shardId-000000000000", 1 << 20, None, false));
-        super::super::storage::conformance(&shard);
+            .wait_for(|| c.open_shard("events.x", 0, "shardId-000000000000", 1 << 20, None, false));
+        super::super::storage::conformance(&shard, 0);
         // Reopened, it knows what the cluster holds.
         shard.unretire();
         let again = c
-            .open_shard("events.x", "shardId-000000000000", 1 << 20, None, false)
+            .open_shard("events.x", 0, "shardId-000000000000", 1 << 20, None, false)
             .unwrap();
         assert_eq!((again.next_seq(), again.records()), (6, 6));
         assert_eq!(again.arrival_range(), Some((1_000, 6_000)));
@@ -1136,11 +1161,20 @@ pub(super) mod tests {
         assert_eq!(again.first_seq(), 2);
         assert_eq!(again.read(0, 10, 1 << 20).unwrap()[0].seq, 2);
         assert_eq!(again.seek_timestamp(0).unwrap(), 2);
-        c.delete_shard("events.x", "shardId-000000000000").unwrap();
-        c.delete_shard("events.x", "shardId-000000000000").unwrap();
+        c.delete_shard("events.x", 0, "shardId-000000000000")
+            .unwrap();
+        c.delete_shard("events.x", 0, "shardId-000000000000")
+            .unwrap();
         // `max_bytes`: the servers keep the newest records under the cap.
         let capped = c
-            .open_shard("capped", "shardId-000000000001", 1 << 20, Some(4096), false)
+            .open_shard(
+                "capped",
+                0,
+                "shardId-000000000001",
+                1 << 20,
+                Some(4096),
+                false,
+            )
             .unwrap();
         let data = [7u8; 1000];
         for i in 0..10 {
@@ -1183,8 +1217,8 @@ pub(super) mod tests {
         let cluster = crate::testing::NatsCluster::start(3);
         let (a, b) = (node(&cluster, 3, "T"), node(&cluster, 3, "T"));
         let id = "shardId-000000000000";
-        let sa = cluster.wait_for(|| a.open_shard("two", id, 1 << 20, None, false));
-        let sb = b.open_shard("two", id, 1 << 20, None, false).unwrap();
+        let sa = cluster.wait_for(|| a.open_shard("two", 0, id, 1 << 20, None, false));
+        let sb = b.open_shard("two", 0, id, 1 << 20, None, false).unwrap();
         let e = |data: &'static [u8]| Entry {
             key: b"k",
             data,
@@ -1231,8 +1265,8 @@ pub(super) mod tests {
         let cluster = crate::testing::NatsCluster::start(1);
         let (a, b) = (node(&cluster, 1, "S"), node(&cluster, 1, "S"));
         let id = "shardId-000000000000";
-        let sa = cluster.wait_for(|| a.open_shard("p", id, 1 << 20, None, false));
-        let sb = b.open_shard("p", id, 1 << 20, None, false).unwrap();
+        let sa = cluster.wait_for(|| a.open_shard("p", 0, id, 1 << 20, None, false));
+        let sb = b.open_shard("p", 0, id, 1 << 20, None, false).unwrap();
         let e = |data: &'static [u8], arrival_ms: i64| Entry {
             key: b"k",
             data,
@@ -1256,7 +1290,7 @@ pub(super) mod tests {
         sb.sync().unwrap();
         assert_eq!(sb.read(0, 10, 1 << 20).unwrap().len(), 3);
         assert_eq!(sb.enforce_retention(1_500, None).unwrap(), 1);
-        let again = b.open_shard("p", id, 1 << 20, None, true).unwrap();
+        let again = b.open_shard("p", 0, id, 1 << 20, None, true).unwrap();
         assert_eq!(again.next_seq(), 3);
         assert_eq!(again.first_seq(), 1);
         assert!(matches!(
@@ -1265,7 +1299,7 @@ pub(super) mod tests {
         ));
         // A node whose topology still calls it open (it started during the resharding)
         // opens it sealed all the same: a parent's end never moves.
-        let stale = a.open_shard("p", id, 1 << 20, None, false).unwrap();
+        let stale = a.open_shard("p", 0, id, 1 << 20, None, false).unwrap();
         assert!(matches!(
             stale.append(&[e(b"stale", 5_000)]),
             Err(StorageError::Closed)
@@ -1284,7 +1318,7 @@ pub(super) mod tests {
         })
         .unwrap();
         let e = c
-            .open_shard("s", "shardId-000000000000", 64 << 20, None, false)
+            .open_shard("s", 0, "shardId-000000000000", 64 << 20, None, false)
             .err()
             .unwrap();
         assert!(e.to_string().contains("max_payload"), "{e}");

@@ -213,6 +213,29 @@ impl Table {
         }
     }
 
+    /// Every key starting with `prefix` that holds a value.
+    pub(super) async fn keys(&self, prefix: &str) -> Result<Vec<String>, Refused> {
+        use futures_util::TryStreamExt as _;
+        let head = format!("{}.", self.subjects);
+        let mut subjects = self
+            .stream
+            .info_with_subjects(format!("{head}{prefix}>"))
+            .await
+            .map_err(|e| Refused::Other(e.to_string()))?;
+        let mut keys = Vec::new();
+        while let Some((subject, _)) = subjects
+            .try_next()
+            .await
+            .map_err(|e| Refused::Other(e.to_string()))?
+        {
+            if let Some(k) = subject.strip_prefix(&head) {
+                keys.push(k.to_string());
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     /// Writes `value` if the key's revision is `revision` (0: the key has none).
     pub(super) async fn write(
         &self,

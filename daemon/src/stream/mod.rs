@@ -142,6 +142,11 @@ struct StreamMeta {
     /// when it changes; 0: not recorded yet).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     configured_shards: u32,
+    /// A stream made through the API on JetStream: the how-manieth under its name (see
+    /// [`catalog::ApiStream`]); 0 for every other stream. Never in a file: such a stream
+    /// lives in the cluster's table only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    generation: u64,
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -252,6 +257,9 @@ pub struct Stream {
     pub fsync: Fsync,
     /// No shard log of this stream issues a number below it (see [`StreamMeta`]).
     seq_floor: u64,
+    /// See [`StreamMeta`]'s field of that name (above 0: made through the API on
+    /// JetStream, its settings and its existence kept in the cluster).
+    generation: u64,
     /// See [`StreamMeta`]'s field of that name.
     expired_issued: std::sync::atomic::AtomicU64,
     /// Set by DeleteStream (while it holds `reshard`); read without a lock by readers.
@@ -348,6 +356,7 @@ struct ShardOpts<'a> {
     name: &'a str,
     fsync: Fsync,
     floor: u64,
+    generation: u64,
     backend: &'a Backend,
     max_record_size: u64,
     max_bytes: Option<u64>,
@@ -360,13 +369,22 @@ fn open_shard(o: &ShardOpts<'_>, def: &ShardDef) -> Result<Shard, StreamError> {
     let id = shard_id(def.index);
     let log: Box<dyn ShardStorage> = match o.backend {
         Backend::Log => Box::new(open_log(o.dir, o.name, &id, o.fsync, o.floor)?),
-        Backend::JetStream(c) => Box::new(c.open_shard(
-            o.name,
-            &id,
-            usize::try_from(o.max_record_size).unwrap_or(usize::MAX),
-            o.max_bytes,
-            def.closed.is_some(),
-        )?),
+        Backend::JetStream(c) => {
+            let js = c.open_shard(
+                o.name,
+                o.generation,
+                &id,
+                usize::try_from(o.max_record_size).unwrap_or(usize::MAX),
+                o.max_bytes,
+                def.closed.is_some(),
+            )?;
+            // A stream made through the API numbers from its base (above every number a
+            // deleted one of its name issued); config streams always numbered from 0.
+            match o.generation {
+                0 => Box::new(js),
+                _ => Box::new(storage::Based::new(Box::new(js), o.floor)),
+            }
+        }
     };
     let name = o.name;
     let labels = [("stream", name.to_string()), ("shard", id.clone())];
@@ -489,7 +507,17 @@ impl Stream {
             Backend::JetStream(c) => {
                 let cat = catalog::Catalog::open(Arc::clone(c), name)?;
                 // (A plan left pending is taken up by the first `sync_topology`.)
-                topology = cat.read_or_publish(&topology)?.1.topology;
+                let rec = cat.read_or_publish(&topology)?.1;
+                if meta.generation > 0
+                    && !rec
+                        .api
+                        .as_ref()
+                        .is_some_and(|a| a.generation == meta.generation && !a.deleted)
+                {
+                    // Deleted (or made again) in the cluster meanwhile.
+                    return Err(StreamError::NotFound(name.to_string()));
+                }
+                topology = rec.topology;
                 Some(cat)
             }
             Backend::Log => None,
@@ -500,6 +528,7 @@ impl Stream {
             name,
             fsync,
             floor: meta.seq_floor,
+            generation: meta.generation,
             backend: &backend,
             max_record_size,
             max_bytes,
@@ -522,6 +551,7 @@ impl Stream {
             dir,
             settings: RwLock::new(meta.settings.clone()),
             seq_floor: meta.seq_floor,
+            generation: meta.generation,
             expired_issued: std::sync::atomic::AtomicU64::new(meta.expired_issued),
             deleted: std::sync::atomic::AtomicBool::new(false),
             backend,
@@ -631,7 +661,7 @@ impl Stream {
         match &self.catalog {
             Some(cat) => {
                 // Planned on the topology every node serves: another node's resharding first.
-                let rev = self.sync_locked(cat, true)?;
+                let (rev, api) = self.sync_locked(cat, true)?;
                 let old = self.shards();
                 let mut plan = old.topology.clone();
                 op(&mut plan, now, &mut |_| 0)?;
@@ -646,11 +676,12 @@ impl Stream {
                         node: cat.node().to_string(),
                         since_ms: now,
                     }),
+                    api: api.clone(),
                 };
                 let Some(rev) = cat.write(&claim, rev)? else {
                     return Err(StreamError::Updating(self.name.clone()));
                 };
-                self.complete(cat, rev, &plan)?;
+                self.complete(cat, rev, &plan, api)?;
             }
             None => {
                 let old = self.shards();
@@ -699,6 +730,7 @@ impl Stream {
                         name: &self.name,
                         fsync: self.fsync,
                         floor: self.seq_floor,
+                        generation: self.generation,
                         backend: &self.backend,
                         max_record_size: self.max_record_size,
                         max_bytes: self.max_bytes,
@@ -782,6 +814,7 @@ impl Stream {
         cat: &catalog::Catalog,
         rev: u64,
         plan: &Topology,
+        api: Option<catalog::ApiStream>,
     ) -> Result<(), StreamError> {
         let old = self.shards();
         let made = self.open_missing(&old, plan, false)?;
@@ -798,6 +831,7 @@ impl Stream {
         let done = catalog::Record {
             topology: next.clone(),
             pending: None,
+            api,
         };
         if cat.write(&done, rev)?.is_none() {
             // Another node completed it meanwhile (the same ends: the parents are sealed);
@@ -844,12 +878,27 @@ impl Stream {
         }
     }
 
-    /// [`Stream::sync_topology`] under the meta lock; returns the key's revision.
-    fn sync_locked(&self, cat: &catalog::Catalog, wait: bool) -> Result<u64, StreamError> {
+    /// [`Stream::sync_topology`] under the meta lock; returns the key's revision and what
+    /// it says of a stream made through the API (written back with every change). Such a
+    /// stream deleted (or made again) in the cluster is [`StreamError::NotFound`] here;
+    /// its settings changed on another node are taken.
+    fn sync_locked(
+        &self,
+        cat: &catalog::Catalog,
+        wait: bool,
+    ) -> Result<(u64, Option<catalog::ApiStream>), StreamError> {
         let deadline = std::time::Instant::now() + PENDING_WAIT;
         loop {
             // (No value: the table was emptied; this node's topology, then.)
             let (rev, rec) = cat.read_or_publish(&self.shards().topology)?;
+            if self.generation > 0 {
+                match &rec.api {
+                    Some(a) if a.generation == self.generation && !a.deleted => {
+                        self.take_shared_settings(a)
+                    }
+                    _ => return Err(StreamError::NotFound(self.name.clone())),
+                }
+            }
             if rec.topology != self.shards().topology {
                 let old = self.shards();
                 let made = self.open_missing(&old, &rec.topology, false)?;
@@ -858,12 +907,12 @@ impl Stream {
                 tracing::info!(stream = %self.name, open_shards = self.shards().open.len(), "took the cluster's shard topology");
             }
             match rec.pending {
-                None => return Ok(rev),
+                None => return Ok((rev, rec.api)),
                 Some(p) if now_ms() - p.since_ms > catalog::STALE_MS => {
                     tracing::warn!(stream = %self.name, node = %p.node, "completing a resharding another node left unfinished");
                     // Done: read the key again. Refused (another node finished it first):
                     // the next look takes theirs.
-                    self.complete(cat, rev, &p.plan)?;
+                    self.complete(cat, rev, &p.plan, rec.api)?;
                     continue;
                 }
                 Some(_) if wait && std::time::Instant::now() < deadline => {
@@ -1001,13 +1050,30 @@ impl Stream {
     }
 
     /// Changes the settings through `f`, then persists them; `f`'s error (a refusal)
-    /// changes nothing. One change at a time per stream.
+    /// changes nothing. One change at a time per stream. A stream made through the API on
+    /// JetStream keeps them in the cluster: `f` applies to the cluster's copy (another
+    /// node may have changed it a moment ago), written by compare-and-set — `f` runs again
+    /// on the newer copy when another node wrote in between.
     pub fn update_settings<E>(
         &self,
-        f: impl FnOnce(&mut StreamSettings) -> Result<(), E>,
+        mut f: impl FnMut(&mut StreamSettings) -> Result<(), E>,
     ) -> Result<Result<(), E>, StreamError> {
         // Lock order everywhere: the resharding lock, then the settings.
         let _one = self.lock_meta()?;
+        if self.generation > 0 {
+            let mut refused = None;
+            self.write_shared(|a| {
+                let mut next = a.settings.clone();
+                match f(&mut next) {
+                    Ok(()) => {
+                        a.settings = next;
+                        refused = None;
+                    }
+                    Err(e) => refused = Some(e),
+                }
+            })?;
+            return Ok(refused.map_or(Ok(()), Err));
+        }
         let mut guard = self
             .settings
             .write()
@@ -1027,6 +1093,9 @@ impl Stream {
     /// and persists it; the next upkeep trims by it.
     pub fn set_retention_hours(&self, hours: u64) -> Result<(), StreamError> {
         let _one = self.lock_meta()?;
+        if self.generation > 0 {
+            return self.write_shared(|a| a.retention_hours = hours);
+        }
         let settings = self.settings();
         self.save_meta(&settings, hours)?;
         if let Ok(mut r) = self.retention.write() {
@@ -1044,12 +1113,66 @@ impl Stream {
         self.save_meta_with(settings, retention_hours, &self.shards().topology)
     }
 
+    /// Changes what the cluster keeps of a stream made through the API (its settings and
+    /// retention) through `change`, by compare-and-set (read again and `change` again
+    /// when another node wrote in between), and takes the result. Callers hold the meta
+    /// lock.
+    fn write_shared(
+        &self,
+        mut change: impl FnMut(&mut catalog::ApiStream),
+    ) -> Result<(), StreamError> {
+        let Some(cat) = &self.catalog else {
+            return Err(StreamError::NotFound(self.name.clone()));
+        };
+        for _ in 0..8 {
+            let Some((rev, mut rec)) = cat.read()? else {
+                return Err(StreamError::NotFound(self.name.clone()));
+            };
+            let Some(a) = rec
+                .api
+                .as_mut()
+                .filter(|a| a.generation == self.generation && !a.deleted)
+            else {
+                return Err(StreamError::NotFound(self.name.clone()));
+            };
+            let before = a.clone();
+            change(a);
+            if *a == before || cat.write(&rec, rev)?.is_some() {
+                if let Some(a) = &rec.api {
+                    self.take_shared_settings(a);
+                }
+                return Ok(());
+            }
+        }
+        Err(StreamError::Updating(self.name.clone()))
+    }
+
+    /// Takes the settings and retention the cluster holds for a stream made through the
+    /// API (another node changed them). Callers hold the meta lock.
+    fn take_shared_settings(&self, a: &catalog::ApiStream) {
+        if let Ok(mut g) = self.settings.write() {
+            if *g != a.settings {
+                *g = a.settings.clone();
+            }
+        }
+        if self.retention_hours() != a.retention_hours {
+            if let Ok(mut r) = self.retention.write() {
+                *r = Duration::from_secs(a.retention_hours * 3600);
+            }
+        }
+    }
+
     fn save_meta_with(
         &self,
         settings: &StreamSettings,
         retention_hours: u64,
         topology: &Topology,
     ) -> Result<(), StreamError> {
+        if self.generation > 0 {
+            // Made through the API on JetStream: nothing of it on this node's disk (its
+            // topology, settings and existence are the cluster's; a start finds it there).
+            return Ok(());
+        }
         let meta = StreamMeta {
             shards: topology.open().len() as u32,
             topology: Some(topology.clone()),
@@ -1064,6 +1187,7 @@ impl Stream {
             configured_shards: self
                 .configured_shards
                 .load(std::sync::atomic::Ordering::Acquire),
+            generation: self.generation,
         };
         write_meta_file(&self.dir, &meta)
     }
@@ -1164,9 +1288,12 @@ impl Stream {
         let _one = self.lock_meta()?;
         // On a cluster, forgotten by every node: written to the shared topology first (a
         // node that finds it changed, or a resharding pending, leaves it for later).
-        let rev = match &self.catalog {
-            Some(cat) => Some(self.sync_locked(cat, false)?),
-            None => None,
+        let (rev, api) = match &self.catalog {
+            Some(cat) => {
+                let (rev, api) = self.sync_locked(cat, false)?;
+                (Some(rev), api)
+            }
+            None => (None, None),
         };
         let old = self.shards();
         let mut next = old.topology.clone();
@@ -1184,13 +1311,14 @@ impl Stream {
             let rec = catalog::Record {
                 topology: next.clone(),
                 pending: None,
+                api,
             };
             if cat.write(&rec, rev)?.is_none() {
                 return Ok(());
             }
             for &i in indices {
                 if let (Some(sh), Some(c)) = (old.get(i), self.cluster()) {
-                    if let Err(e) = c.delete_shard(&self.name, &sh.id) {
+                    if let Err(e) = c.delete_shard(&self.name, self.generation, &sh.id) {
                         tracing::warn!(stream = %self.name, shard = %sh.id, error = %e, "deleting an expired shard's JetStream stream failed");
                     }
                 }
@@ -1537,6 +1665,12 @@ pub struct Streams {
     floor: SeqFloor,
     /// The JetStream cluster of `[jetstream]`, once connected.
     cluster: RwLock<Option<Arc<jetstream::Cluster>>>,
+    /// CreateStream makes streams on the cluster (`api_streams = "jetstream"`), and this
+    /// node serves every stream made so by any node.
+    api_on_cluster: std::sync::atomic::AtomicBool,
+    /// Names of streams made through the API in the cluster that this node cannot serve
+    /// (a stream of its own has the name): warned about once.
+    shadowed: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// `data_dir/seq-floor.json`: one number above every sequence number a deleted stream
@@ -1612,6 +1746,8 @@ impl Streams {
                 lock: std::sync::Mutex::new(()),
             },
             cluster: RwLock::new(None),
+            api_on_cluster: Default::default(),
+            shadowed: Default::default(),
         };
         // What a deletion moved out and a crash kept it from removing.
         if let Err(e) = std::fs::remove_dir_all(s.trash_dir()) {
@@ -1659,6 +1795,245 @@ impl Streams {
     /// The JetStream cluster, if `[jetstream]` is configured.
     pub fn cluster(&self) -> Option<Arc<jetstream::Cluster>> {
         self.cluster.read().ok()?.clone()
+    }
+
+    /// Makes CreateStream put new streams on the cluster (set after
+    /// [`Streams::set_cluster`], with `[jetstream] api_streams = "jetstream"`); the streams
+    /// any node made so are served here from the next [`Streams::sync_topologies`] on.
+    pub fn share_api_streams(&self) {
+        self.api_on_cluster
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The cluster CreateStream puts streams on, if it does.
+    fn api_cluster(&self) -> Option<Arc<jetstream::Cluster>> {
+        if self
+            .api_on_cluster
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.cluster()
+        } else {
+            None
+        }
+    }
+
+    /// Opens the stream `rec` describes (made through the API on the cluster) and serves
+    /// it, unless a stream of that name is served already (then that one).
+    fn open_shared(
+        &self,
+        c: &Arc<jetstream::Cluster>,
+        rec: &catalog::Record,
+    ) -> Result<Arc<Stream>, StreamError> {
+        let a = rec
+            .api
+            .as_ref()
+            .ok_or_else(|| StreamError::NotFound(String::new()))?;
+        // The name comes from the cluster: checked as any name (it becomes a path).
+        crate::names::check(&a.name)?;
+        let meta = StreamMeta {
+            shards: rec.topology.open().len() as u32,
+            topology: Some(rec.topology.clone()),
+            created_ms: a.created_ms,
+            origin: StreamOrigin::Api,
+            retention_hours: a.retention_hours.max(1),
+            settings: a.settings.clone(),
+            seq_floor: a.base,
+            expired_issued: 0,
+            configured_shards: 0,
+            generation: a.generation.max(1),
+        };
+        let st = Stream::open(
+            self.dir(&a.name)?,
+            &a.name,
+            &meta,
+            Fsync::Batch,
+            1 << 20,
+            None,
+            Backend::JetStream(Arc::clone(c)),
+        )?;
+        let mut m = self
+            .streams
+            .write()
+            .map_err(|_| StreamError::NotFound(a.name.clone()))?;
+        Ok(m.entry(a.name.clone())
+            .or_insert_with(|| Arc::new(st))
+            .clone())
+    }
+
+    /// CreateStream on the cluster: the stream's key written by compare-and-set (a name
+    /// another node made at the same moment, or any stream of the cluster has, is taken),
+    /// numbered above what a deleted stream of the name issued (its tombstone's base).
+    fn create_shared(
+        &self,
+        c: &Arc<jetstream::Cluster>,
+        name: &str,
+        shards: u32,
+    ) -> Result<Arc<Stream>, StreamError> {
+        // Refused before anything is written: a stream no node could open.
+        c.check_record_size(1 << 20)?;
+        let cat = catalog::Catalog::open(Arc::clone(c), name)?;
+        let (rev, before) = match cat.read()? {
+            Some((rev, rec)) => (rev, Some(rec)),
+            None => (0, None),
+        };
+        let (generation, base) = match before.as_ref().map(|r| &r.api) {
+            None => (1, 0),
+            Some(Some(a)) if a.deleted => (a.generation + 1, a.base),
+            Some(_) => return Err(StreamError::Exists(name.to_string())),
+        };
+        let now = now_ms();
+        let rec = catalog::Record {
+            topology: Topology::uniform(shards.max(1), now),
+            pending: None,
+            api: Some(catalog::ApiStream {
+                name: name.to_string(),
+                generation,
+                // Above this node's floor too: its readers may remember positions of a
+                // local stream of this name deleted before.
+                base: base.max(self.floor.get()?),
+                created_ms: now,
+                retention_hours: 24,
+                settings: StreamSettings::default(),
+                deleted: false,
+            }),
+        };
+        if cat.write(&rec, rev)?.is_none() {
+            return Err(StreamError::Exists(name.to_string()));
+        }
+        tracing::info!(stream = %name, generation, "stream made on the JetStream cluster");
+        self.open_shared(c, &rec)
+    }
+
+    /// DeleteStream of a stream made through the API on the cluster: every open shard
+    /// sealed (no node's append lands after the ends read), then a tombstone whose base is
+    /// above every number issued, then its JetStream streams deleted. Every node forgets
+    /// the stream at its next look. A deletion that fails part-way leaves the stream
+    /// refusing appends (nothing stored is lost) until DeleteStream is called again.
+    fn delete_shared(
+        &self,
+        st: &Arc<Stream>,
+        c: &Arc<jetstream::Cluster>,
+        with_consumers: bool,
+    ) -> Result<(), StreamError> {
+        let Some(cat) = &st.catalog else {
+            return Err(StreamError::NotFound(st.name.clone()));
+        };
+        let meta_lock = st.lock_meta()?;
+        let (_, api) = st.sync_locked(cat, false)?;
+        let consumers = api.map_or(0, |a| a.settings.consumers.len());
+        if consumers > 0 && !with_consumers {
+            return Err(StreamError::HasConsumers(st.name.clone(), consumers));
+        }
+        let set = st.shards();
+        let mut floor = st
+            .seq_floor
+            .max(st.expired_issued.load(std::sync::atomic::Ordering::Acquire));
+        for sh in &set.all {
+            let end = match set.open.iter().any(|o| o.index == sh.index) {
+                true => sh.log.seal()?,
+                false => sh.log.next_seq(),
+            };
+            floor = floor.max(end);
+        }
+        let mut written = false;
+        for _ in 0..8 {
+            let Some((rev, mut rec)) = cat.read()? else {
+                break;
+            };
+            let Some(a) = rec
+                .api
+                .as_mut()
+                .filter(|a| a.generation == st.generation && !a.deleted)
+            else {
+                // Another node deleted it first.
+                break;
+            };
+            a.deleted = true;
+            a.base = floor;
+            rec.pending = None;
+            if cat.write(&rec, rev)?.is_some() {
+                written = true;
+                break;
+            }
+        }
+        if !written
+            && cat.read()?.is_some_and(|(_, r)| {
+                r.api
+                    .is_some_and(|a| a.generation == st.generation && !a.deleted)
+            })
+        {
+            return Err(StreamError::Updating(st.name.clone()));
+        }
+        st.deleted.store(true, std::sync::atomic::Ordering::Release);
+        for sh in &set.all {
+            sh.log.retire();
+        }
+        drop(meta_lock);
+        self.forget(st);
+        for sh in &set.all {
+            if let Err(e) = c.delete_shard(&st.name, st.generation, &sh.id) {
+                tracing::warn!(stream = %st.name, shard = %sh.id, error = %e, "deleting a deleted stream's JetStream stream failed; remove it with the nats CLI");
+            }
+        }
+        tracing::info!(stream = %st.name, next_base = floor, "stream deleted from the JetStream cluster");
+        Ok(())
+    }
+
+    /// Stops serving `st` (deleted, here or by another node): readers holding it see it
+    /// deleted, writers are refused.
+    fn forget(&self, st: &Arc<Stream>) {
+        st.deleted.store(true, std::sync::atomic::Ordering::Release);
+        for sh in &st.shards().all {
+            sh.log.retire();
+        }
+        if let Ok(mut m) = self.streams.write() {
+            if m.get(&st.name).is_some_and(|s| Arc::ptr_eq(s, st)) {
+                m.remove(&st.name);
+            }
+        }
+    }
+
+    /// Serves every stream made through the API on the cluster that this node does not
+    /// serve yet (another node's CreateStream), and forgets those deleted there.
+    fn sync_api_streams(&self, c: &Arc<jetstream::Cluster>) {
+        let records = match catalog::Catalog::api_streams(c) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the streams made on the JetStream cluster");
+                return;
+            }
+        };
+        for (_, rec) in records {
+            let Some(a) = &rec.api else { continue };
+            let held = self.get(&a.name);
+            match &held {
+                Some(st) if st.generation == a.generation => continue,
+                // Made again under its name: the old one is gone.
+                Some(st) if st.generation > 0 => self.forget(st),
+                Some(_) if a.deleted => continue,
+                Some(_) => {
+                    let mut warned = self.shadowed.lock().unwrap_or_else(|p| p.into_inner());
+                    if warned.insert(a.name.clone()) {
+                        tracing::warn!(stream = %a.name, "a stream of this name was made through the API on the JetStream cluster, and this node has a stream of its own under the name: not served here");
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            if a.deleted {
+                continue;
+            }
+            match self.open_shared(c, &rec) {
+                Ok(_) => {
+                    tracing::info!(stream = %a.name, generation = a.generation, "serving a stream made on the JetStream cluster")
+                }
+                // Deleted meanwhile.
+                Err(StreamError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(stream = %a.name, error = %e, "cannot serve a stream made on the JetStream cluster")
+                }
+            }
+        }
     }
 
     /// The backend a spec's `storage` names.
@@ -1772,6 +2147,7 @@ impl Streams {
                         },
                         expired_issued: stored.as_ref().map_or(0, |m| m.expired_issued),
                         configured_shards: stored.as_ref().map_or(0, |m| m.configured_shards),
+                        generation: 0,
                         // Tags, consumers, ... set through the API survive restarts.
                         settings: stored.map(|m| m.settings).unwrap_or_default(),
                     };
@@ -1847,6 +2223,12 @@ impl Streams {
     /// CreateStream.
     pub fn create(&self, name: &str, shards: u32) -> Result<Arc<Stream>, StreamError> {
         crate::names::check(name)?;
+        if let Some(c) = self.api_cluster() {
+            if self.get(name).is_some() {
+                return Err(StreamError::Exists(name.to_string()));
+            }
+            return self.create_shared(&c, name, shards);
+        }
         let mut m = self
             .streams
             .write()
@@ -1875,6 +2257,7 @@ impl Streams {
             seq_floor: self.floor.get()?,
             expired_issued: 0,
             configured_shards: 0,
+            generation: 0,
         };
         self.write_meta(name, &meta)?;
         let st = Arc::new(Stream::open(
@@ -1903,6 +2286,13 @@ impl Streams {
             .ok_or_else(|| StreamError::NotFound(name.to_string()))?;
         if st.origin == StreamOrigin::Config {
             return Err(StreamError::FromConfig(name.to_string()));
+        }
+        if st.generation > 0 {
+            drop(m);
+            let c = st
+                .cluster()
+                .ok_or_else(|| StreamError::NotFound(name.to_string()))?;
+            return self.delete_shared(&st, &c, with_consumers);
         }
         let consumers = st.settings().consumers.len();
         if consumers > 0 && !with_consumers {
@@ -2005,9 +2395,17 @@ impl Streams {
         if self.cluster().is_some_and(|c| !c.connected()) {
             return;
         }
+        if let Some(c) = self.api_cluster() {
+            self.sync_api_streams(&c);
+        }
         for s in self.list() {
             match s.sync_topology(false) {
                 Ok(()) | Err(StreamError::Updating(_)) => {}
+                // Made through the API and deleted by another node.
+                Err(StreamError::NotFound(_)) if s.generation > 0 => {
+                    tracing::info!(stream = %s.name, "stream deleted on another node");
+                    self.forget(&s);
+                }
                 Err(e) => {
                     tracing::warn!(stream = %s.name, error = %e, "cannot read the stream's shard topology from the cluster")
                 }
@@ -2215,6 +2613,7 @@ mod tests {
             seq_floor: 0,
             expired_issued: 0,
             configured_shards: 0,
+            generation: 0,
         };
         Stream::open(
             dir.join("s"),
@@ -2289,6 +2688,7 @@ mod tests {
             seq_floor: 0,
             expired_issued: 0,
             configured_shards: 0,
+            generation: 0,
         };
         Stream::open(
             dir.join("s"),

@@ -206,10 +206,98 @@ impl ShardStorage for sluice_shardlog::ShardLog {
     }
 }
 
+/// A storage whose numbers start at `base` instead of 0: the shards of a stream made
+/// through the API on JetStream under a deleted stream's name (JetStream numbers every new
+/// stream from 1), so that they number above everything the deleted one issued, as the
+/// shard log's floor does on one node.
+pub struct Based {
+    inner: Box<dyn ShardStorage>,
+    base: u64,
+}
+
+impl Based {
+    /// `inner`, numbered from `base`.
+    pub fn new(inner: Box<dyn ShardStorage>, base: u64) -> Based {
+        Based { inner, base }
+    }
+}
+
+impl ShardStorage for Based {
+    fn append_unsynced(&self, entries: &[Entry<'_>]) -> Result<Appended, StorageError> {
+        let mut a = self.inner.append_unsynced(entries)?;
+        a.first += self.base;
+        Ok(a)
+    }
+    fn start_sync(&self) {
+        self.inner.start_sync()
+    }
+    fn commit(&self, commit: u64) -> Result<(), StorageError> {
+        self.inner.commit(commit)
+    }
+    fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StorageError> {
+        let mut out = self
+            .inner
+            .read(from.saturating_sub(self.base), max_records, max_bytes)?;
+        for r in &mut out {
+            r.seq += self.base;
+        }
+        Ok(out)
+    }
+    fn seek_timestamp(&self, ts_ms: i64) -> Result<u64, StorageError> {
+        Ok(self.inner.seek_timestamp(ts_ms)? + self.base)
+    }
+    fn first_seq(&self) -> u64 {
+        self.inner.first_seq() + self.base
+    }
+    fn next_seq(&self) -> u64 {
+        self.inner.next_seq() + self.base
+    }
+    fn last_seq(&self) -> Option<u64> {
+        self.inner.last_seq().map(|s| s + self.base)
+    }
+    fn records(&self) -> u64 {
+        self.inner.records()
+    }
+    fn total_bytes(&self) -> u64 {
+        self.inner.total_bytes()
+    }
+    fn arrival_range(&self) -> Option<(i64, i64)> {
+        self.inner.arrival_range()
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        self.inner.sync()
+    }
+    fn enforce_retention(
+        &self,
+        cutoff_ms: i64,
+        max_bytes: Option<u64>,
+    ) -> Result<usize, StorageError> {
+        self.inner.enforce_retention(cutoff_ms, max_bytes)
+    }
+    fn retire(&self) {
+        self.inner.retire()
+    }
+    fn unretire(&self) {
+        self.inner.unretire()
+    }
+    fn close(&self) -> Result<(), StorageError> {
+        self.inner.close()
+    }
+    fn seal(&self) -> Result<u64, StorageError> {
+        Ok(self.inner.seal()? + self.base)
+    }
+}
+
 /// The behaviour every storage must have, as one function a second storage's tests can run
 /// too (issue #12: the same suite against JetStream).
 #[cfg(test)]
-pub(crate) fn conformance(s: &dyn ShardStorage) {
+pub(crate) fn conformance(s: &dyn ShardStorage, base: u64) {
+    let b = base;
     let e = |key: &'static [u8], data: &'static [u8], at: i64| Entry {
         key,
         data,
@@ -217,47 +305,50 @@ pub(crate) fn conformance(s: &dyn ShardStorage) {
     };
     assert_eq!(
         (s.first_seq(), s.next_seq(), s.last_seq(), s.records()),
-        (0, 0, None, 0)
+        (b, b, None, 0)
     );
     let (first, arrivals) = s
         .append(&[e(b"a", b"one", 1_000), e(b"b", b"two", 2_000)])
         .unwrap();
-    assert_eq!((first, arrivals.len()), (0, 2));
+    assert_eq!((first, arrivals.len()), (b, 2));
     let (first, _) = s.append(&[e(b"c", b"three", 3_000)]).unwrap();
-    assert_eq!(first, 2, "numbers continue, never reused");
-    assert_eq!((s.next_seq(), s.last_seq(), s.records()), (3, Some(2), 3));
-    let all = s.read(0, 10, 1 << 20).unwrap();
+    assert_eq!(first, b + 2, "numbers continue, never reused");
+    assert_eq!(
+        (s.next_seq(), s.last_seq(), s.records()),
+        (b + 3, Some(b + 2), 3)
+    );
+    let all = s.read(b, 10, 1 << 20).unwrap();
     let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, [0, 1, 2]);
+    assert_eq!(seqs, [b, b + 1, b + 2]);
     assert_eq!(&all[1].data[..], b"two");
     assert_eq!(&all[1].key[..], b"b");
     // Limits: records, and bytes (the first record always comes).
-    assert_eq!(s.read(1, 1, 1 << 20).unwrap().len(), 1);
-    assert_eq!(s.read(0, 10, 1).unwrap().len(), 1);
+    assert_eq!(s.read(b + 1, 1, 1 << 20).unwrap().len(), 1);
+    assert_eq!(s.read(b, 10, 1).unwrap().len(), 1);
     assert!(
-        s.read(3, 10, 1 << 20).unwrap().is_empty(),
+        s.read(b + 3, 10, 1 << 20).unwrap().is_empty(),
         "nothing past the end"
     );
-    assert_eq!(s.seek_timestamp(1_500).unwrap(), 1);
-    assert_eq!(s.seek_timestamp(9_000).unwrap(), 3);
+    assert_eq!(s.seek_timestamp(1_500).unwrap(), b + 1);
+    assert_eq!(s.seek_timestamp(9_000).unwrap(), b + 3);
     assert_eq!(s.arrival_range().map(|r| r.1), Some(3_000));
     // In two halves: numbered when written, readable after the commit, numbering on.
     let a = s
         .append_unsynced(&[e(b"d", b"four", 4_000), e(b"e", b"five", 5_000)])
         .unwrap();
-    assert_eq!((a.first, a.arrivals.len()), (3, 2));
-    let b = s.append_unsynced(&[e(b"f", b"six", 6_000)]).unwrap();
-    assert_eq!(b.first, 5);
+    assert_eq!((a.first, a.arrivals.len()), (b + 3, 2));
+    let b2 = s.append_unsynced(&[e(b"f", b"six", 6_000)]).unwrap();
+    assert_eq!(b2.first, b + 5);
     s.start_sync();
     s.commit(a.commit).unwrap();
-    s.commit(b.commit).unwrap();
+    s.commit(b2.commit).unwrap();
     let seqs: Vec<u64> = s
-        .read(3, 10, 1 << 20)
+        .read(b + 3, 10, 1 << 20)
         .unwrap()
         .iter()
         .map(|r| r.seq)
         .collect();
-    assert_eq!(seqs, [3, 4, 5]);
+    assert_eq!(seqs, [b + 3, b + 4, b + 5]);
     s.sync().unwrap();
     s.retire();
     assert!(matches!(
@@ -276,6 +367,25 @@ mod tests {
             sluice_shardlog::Options::default(),
         )
         .unwrap();
-        super::conformance(&log);
+        super::conformance(&log, 0);
+    }
+
+    /// A storage numbered from a base behaves as every storage does, its numbers moved.
+    #[test]
+    fn a_based_storage_conforms_from_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = sluice_shardlog::ShardLog::open(
+            &dir.path().join("shard"),
+            sluice_shardlog::Options::default(),
+        )
+        .unwrap();
+        let based = super::Based::new(Box::new(log), 1_000_000);
+        super::conformance(&based, 1_000_000);
+        assert_eq!(super::ShardStorage::seal(&based).unwrap(), 1_000_006);
+        // A position below the base (a reader of the deleted stream) reads from the start.
+        assert_eq!(
+            super::ShardStorage::read(&based, 7, 1, 1 << 20).unwrap()[0].seq,
+            1_000_000
+        );
     }
 }
