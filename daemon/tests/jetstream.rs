@@ -1252,6 +1252,13 @@ fn listed(api: std::net::SocketAddr) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the Kinesis API at `api` answers (at most 30 s).
+fn wait_api(api: std::net::SocketAddr) {
+    wait_until(Duration::from_secs(30), "the API answers", || {
+        aws_call(api, "Kinesis_20131202.ListStreams", "{}").is_some_and(|r| r.0 == 200)
+    });
+}
+
 /// A sequence number as a sortable key (decimal strings: longer is larger).
 fn seq_key(s: &str) -> (usize, String) {
     (s.len(), s.to_string())
@@ -1263,16 +1270,38 @@ fn seq_key(s: &str) -> (usize, String) {
 /// one node are the other's; a restarted node serves the stream again with nothing of it on
 /// its disk; DeleteStream through B removes it from A; a stream made again under the name
 /// numbers above every record of the deleted one and holds none of them; a second
-/// CreateStream of a name any node made is refused. Driven with the AWS CLI.
+/// CreateStream of a name any node made is refused. A pipeline on both nodes, configured
+/// before the stream exists, shares its shards by lease and delivers every record of both
+/// streams to one lake exactly once. Driven with the AWS CLI.
 #[test]
 fn a_stream_made_through_the_api_is_every_nodes() {
     let cluster = NatsCluster::start(3);
     let config = format!("{}api_streams = \"jetstream\"\n", daemon_config(&cluster));
-    let a = Setup::new(&config, &[]);
-    let b = Setup::new(&config, &[]);
-    let (mut da, mut db) = (a.start(), b.start());
-    da.wait_ready();
-    db.wait_ready();
+    let lake = tempfile::tempdir().unwrap();
+    let pipeline = STREAM
+        .split_once("[pipelines.")
+        .map(|(_, p)| format!("[pipelines.{p}"))
+        .unwrap()
+        .replace(
+            "url = \"lake\"",
+            &format!("url = \"{}\"", lake.path().display()),
+        );
+    let a = Setup::new(&config, &[("to-lake", &pipeline)]);
+    let b = Setup::new(&config, &[("to-lake", &pipeline)]);
+    let delivered = || {
+        let mut l = object_lines(lake.path());
+        l.sort();
+        l
+    };
+    let numbered = |r: std::ops::Range<usize>| {
+        let mut e: Vec<String> = r.map(|i| format!("{{\"n\":{i}}}")).collect();
+        e.sort();
+        e
+    };
+    let (da, db) = (a.start(), b.start());
+    // (Not ready: their pipeline waits for its stream.)
+    wait_api(a.api);
+    wait_api(b.api);
     let (ea, eb) = (format!("http://{}", a.api), format!("http://{}", b.api));
     aws_cli(
         &ea,
@@ -1358,8 +1387,13 @@ fn a_stream_made_through_the_api_is_every_nodes() {
     put_numbered(a.api, 100, 30);
     let all = all_records(a.api);
     assert_eq!(all.len(), 130, "{all:?}");
+    wait_until(Duration::from_secs(60), "130 records delivered", || {
+        delivered().len() >= 130
+    });
+    assert_eq!(delivered(), numbered(0..130), "each record once");
 
     // A restarted node serves it again from the cluster; nothing of it is on its disk.
+    let mut da = da;
     da.stop_cleanly();
     let mut da = a.start();
     da.wait_ready();
@@ -1441,6 +1475,18 @@ fn a_stream_made_through_the_api_is_every_nodes() {
             "only the new stream's records: {data}"
         );
     }
+    // The pipelines' leases and intents outlive the deleted stream; the new one's records
+    // number above their checkpoints, so every one is delivered.
+    wait_until(
+        Duration::from_secs(60),
+        "the new stream's records delivered",
+        || delivered().len() >= 150,
+    );
+    let mut want = numbered(0..130);
+    want.extend(numbered(1000..1020));
+    want.sort();
+    assert_eq!(delivered(), want, "each record of both streams once");
     da.stop_cleanly();
+    let mut db = db;
     db.stop_cleanly();
 }
