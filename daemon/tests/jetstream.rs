@@ -1312,12 +1312,32 @@ fn a_stream_made_through_the_api_is_every_nodes() {
             "events",
             "--shard-count",
             "2",
+            "--tags",
+            "owner=ops",
         ],
     );
     wait_until(
         Duration::from_secs(10),
         "B serves the stream A made",
         || listed(b.api) == ["events"],
+    );
+    // With the tags it was made with, from the start.
+    assert!(aws_cli(
+        &eb,
+        &["kinesis", "list-tags-for-stream", "--stream-name", "events"],
+    )
+    .contains("ops"));
+    // A node whose file declares a stream of the name on the cluster refuses to start.
+    let c = Setup::new(&config, &[("events", &stream_only(2))]);
+    let mut dc = c.start();
+    assert!(dc
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|s| !s.success()));
+    assert!(
+        dc.stderr()
+            .contains("was made through the API on the JetStream cluster"),
+        "{}",
+        dc.stderr()
     );
     put_numbered(b.api, 0, 50);
     put_numbered(a.api, 50, 50);

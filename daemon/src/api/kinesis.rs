@@ -265,20 +265,18 @@ fn create_stream(call: &Call<'_>, req: &Value) -> Result<Value, ApiError> {
             )));
         }
     }
-    match call.state.streams.create(name, shards as u32) {
-        Ok(st) => {
-            st.update_settings(|s| {
-                s.on_demand = on_demand;
-                s.max_record_kib = r.max_record_size_kib.map(|k| k as u32);
-                s.warm_throughput_mibps = r.warm_throughput_mibps.map(|m| m as u32);
-                for (k, val) in &tags {
-                    s.tags.insert((*k).to_string(), (*val).to_string());
-                }
-                Ok::<(), ApiError>(())
-            })
-            .map_err(|e| ApiError::internal(e.to_string()))??;
-            Ok(json!({}))
-        }
+    // Made with its settings: on a cluster, every node serves it with them from the start.
+    let mut settings = crate::stream::StreamSettings {
+        on_demand,
+        max_record_kib: r.max_record_size_kib.map(|k| k as u32),
+        warm_throughput_mibps: r.warm_throughput_mibps.map(|m| m as u32),
+        ..Default::default()
+    };
+    for (k, val) in &tags {
+        settings.tags.insert((*k).to_string(), (*val).to_string());
+    }
+    match call.state.streams.create(name, shards as u32, settings) {
+        Ok(_) => Ok(json!({})),
         Err(StreamError::Exists(_)) => Err(ApiError::new(
             "ResourceInUseException",
             format!(

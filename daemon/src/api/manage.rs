@@ -582,28 +582,32 @@ fn retention(call: &Call<'_>, req: &Value, increase: bool) -> Result<Value, ApiE
             "Maximum allowed retention period is 8760 hours. Requested retention period ({hours} hours) is too long."
         )));
     }
-    let current = st.retention_hours() as i64;
-    if increase && hours < current {
-        return Err(ApiError::invalid_argument(format!(
-            "Requested retention period ({hours} hours) for stream {} can not be shorter than existing retention period ({current} hours). Use DecreaseRetentionPeriod API.",
-            st.name
-        )));
-    }
-    if !increase && hours > current {
-        return Err(ApiError::invalid_argument(format!(
-            "Requested retention period ({hours} hours) for stream {} can not be longer than existing retention period ({current} hours). Use IncreaseRetentionPeriod API.",
-            st.name
-        )));
-    }
-    if st.origin == StreamOrigin::Config && hours != current {
-        return Err(super::kinesis::defined_in_config(
-            call,
-            &st,
-            "change `retention` in its file",
-        ));
-    }
-    st.set_retention_hours(hours as u64)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // Checked against the current period where it is changed (on a cluster, the
+    // cluster's: another node may have changed it a moment ago).
+    st.update_retention(|current| {
+        let current = current as i64;
+        if increase && hours < current {
+            return Err(ApiError::invalid_argument(format!(
+                "Requested retention period ({hours} hours) for stream {} can not be shorter than existing retention period ({current} hours). Use DecreaseRetentionPeriod API.",
+                st.name
+            )));
+        }
+        if !increase && hours > current {
+            return Err(ApiError::invalid_argument(format!(
+                "Requested retention period ({hours} hours) for stream {} can not be longer than existing retention period ({current} hours). Use IncreaseRetentionPeriod API.",
+                st.name
+            )));
+        }
+        if st.origin == StreamOrigin::Config && hours != current {
+            return Err(super::kinesis::defined_in_config(
+                call,
+                &st,
+                "change `retention` in its file",
+            ));
+        }
+        Ok(hours as u64)
+    })
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(empty())
 }
 

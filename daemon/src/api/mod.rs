@@ -640,10 +640,14 @@ pub mod fuzzing {
             remove_stale();
             let dir = std::env::temp_dir().join(format!("sluice-api-fuzz-{}", std::process::id()));
             let streams = Streams::open(&dir).ok()?;
-            streams.create("events", 2).ok()?;
+            streams.create("events", 2, Default::default()).ok()?;
             // The internal stream of a `direct-put` pipeline named `lake`.
             streams
-                .create(&crate::spec::direct_put_stream("lake"), 1)
+                .create(
+                    &crate::spec::direct_put_stream("lake"),
+                    1,
+                    Default::default(),
+                )
                 .ok()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)

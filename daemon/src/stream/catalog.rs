@@ -51,6 +51,10 @@ pub struct ApiStream {
     /// Every shard numbers its records from here: above every number the streams made
     /// under this name before issued (for a tombstone: where the next one starts).
     pub base: u64,
+    /// Above every number its shards that expired issued (their ends leave the
+    /// topology with them): part of the tombstone's base.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub issued: u64,
     /// When CreateStream made it (ms since the epoch).
     pub created_ms: i64,
     /// Retention (IncreaseStreamRetentionPeriod and DecreaseStreamRetentionPeriod).
@@ -72,6 +76,10 @@ pub struct Pending {
     pub node: String,
     /// When it was claimed, ms since the epoch.
     pub since_ms: i64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The topology key of one stream.
@@ -114,14 +122,25 @@ impl Catalog {
         for key in keys {
             let t = table.clone();
             let k = key.clone();
-            let Some((rev, body)) = cluster
-                .run(async move { t.entry(&k).await })?
-                .map_err(|e| err("cannot read", e))?
-            else {
-                continue;
+            // One key that cannot be read is skipped (the next look tries it again).
+            let (rev, body) = match cluster.run(async move { t.entry(&k).await })? {
+                Ok(Some(got)) => got,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "cannot read a stream's value in the cluster");
+                    continue;
+                }
             };
             match serde_json::from_slice::<Record>(&body) {
-                Ok(rec) if rec.api.is_some() && rec.topology.check().is_ok() => {
+                // The name comes with the value: it must be the key's (a value naming
+                // another stream is damage, not that stream).
+                Ok(rec)
+                    if rec
+                        .api
+                        .as_ref()
+                        .is_some_and(|a| key == format!("topology.{}", token(&a.name)))
+                        && rec.topology.check().is_ok() =>
+                {
                     out.push((rev, rec))
                 }
                 Ok(_) => {}

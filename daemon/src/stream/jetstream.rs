@@ -361,10 +361,15 @@ impl Cluster {
     /// A `generation` above 0 is a stream made through the API: a stream made again under
     /// a deleted one's name gets JetStream streams and subjects of its own, so that a node
     /// still serving the deleted one cannot write into the new one.
+    /// Without `create`, a JetStream stream that does not exist is an error (a stream made
+    /// through the API: only the node making it, or resharding it, makes its storage —
+    /// another would bring a deleted one's back).
+    #[allow(clippy::too_many_arguments)]
     pub fn open_shard(
         self: &Arc<Self>,
         stream: &str,
         generation: u64,
+        create: bool,
         shard: &str,
         max_record: usize,
         max_bytes: Option<u64>,
@@ -395,7 +400,7 @@ impl Cluster {
             ..Default::default()
         };
         let handle = self
-            .ensure_stream(config)
+            .ensure_stream(config, create)
             .map_err(|e| err(&format!("cannot open JetStream stream {name}"), e))?;
         let shard = JetStreamShard {
             cluster: Arc::clone(self),
@@ -421,6 +426,7 @@ impl Cluster {
     pub(super) fn ensure_stream(
         &self,
         config: jetstream::stream::Config,
+        create: bool,
     ) -> Result<jetstream::stream::Stream, StorageError> {
         let js = self.js.clone();
         self.run(async move {
@@ -459,6 +465,13 @@ impl Cluster {
                             .await
                             .map(|_| ())
                             .map_err(|e| e.to_string())
+                    }
+                    Err(e)
+                        if !create
+                            && matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                    {
+                        return Err(format!("{name} does not exist (its stream was deleted)"));
                     }
                     Err(_) => js
                         .create_stream(config.clone())
@@ -1146,13 +1159,30 @@ pub(super) mod tests {
             ..JetStreamOptions::default()
         })
         .unwrap();
-        let shard = cluster
-            .wait_for(|| c.open_shard("events.x", 0, "shardId-000000000000", 1 << 20, None, false));
+        let shard = cluster.wait_for(|| {
+            c.open_shard(
+                "events.x",
+                0,
+                true,
+                "shardId-000000000000",
+                1 << 20,
+                None,
+                false,
+            )
+        });
         super::super::storage::conformance(&shard, 0);
         // Reopened, it knows what the cluster holds.
         shard.unretire();
         let again = c
-            .open_shard("events.x", 0, "shardId-000000000000", 1 << 20, None, false)
+            .open_shard(
+                "events.x",
+                0,
+                true,
+                "shardId-000000000000",
+                1 << 20,
+                None,
+                false,
+            )
             .unwrap();
         assert_eq!((again.next_seq(), again.records()), (6, 6));
         assert_eq!(again.arrival_range(), Some((1_000, 6_000)));
@@ -1170,6 +1200,7 @@ pub(super) mod tests {
             .open_shard(
                 "capped",
                 0,
+                true,
                 "shardId-000000000001",
                 1 << 20,
                 Some(4096),
@@ -1217,8 +1248,10 @@ pub(super) mod tests {
         let cluster = crate::testing::NatsCluster::start(3);
         let (a, b) = (node(&cluster, 3, "T"), node(&cluster, 3, "T"));
         let id = "shardId-000000000000";
-        let sa = cluster.wait_for(|| a.open_shard("two", 0, id, 1 << 20, None, false));
-        let sb = b.open_shard("two", 0, id, 1 << 20, None, false).unwrap();
+        let sa = cluster.wait_for(|| a.open_shard("two", 0, true, id, 1 << 20, None, false));
+        let sb = b
+            .open_shard("two", 0, true, id, 1 << 20, None, false)
+            .unwrap();
         let e = |data: &'static [u8]| Entry {
             key: b"k",
             data,
@@ -1265,8 +1298,10 @@ pub(super) mod tests {
         let cluster = crate::testing::NatsCluster::start(1);
         let (a, b) = (node(&cluster, 1, "S"), node(&cluster, 1, "S"));
         let id = "shardId-000000000000";
-        let sa = cluster.wait_for(|| a.open_shard("p", 0, id, 1 << 20, None, false));
-        let sb = b.open_shard("p", 0, id, 1 << 20, None, false).unwrap();
+        let sa = cluster.wait_for(|| a.open_shard("p", 0, true, id, 1 << 20, None, false));
+        let sb = b
+            .open_shard("p", 0, true, id, 1 << 20, None, false)
+            .unwrap();
         let e = |data: &'static [u8], arrival_ms: i64| Entry {
             key: b"k",
             data,
@@ -1290,7 +1325,7 @@ pub(super) mod tests {
         sb.sync().unwrap();
         assert_eq!(sb.read(0, 10, 1 << 20).unwrap().len(), 3);
         assert_eq!(sb.enforce_retention(1_500, None).unwrap(), 1);
-        let again = b.open_shard("p", 0, id, 1 << 20, None, true).unwrap();
+        let again = b.open_shard("p", 0, true, id, 1 << 20, None, true).unwrap();
         assert_eq!(again.next_seq(), 3);
         assert_eq!(again.first_seq(), 1);
         assert!(matches!(
@@ -1299,7 +1334,9 @@ pub(super) mod tests {
         ));
         // A node whose topology still calls it open (it started during the resharding)
         // opens it sealed all the same: a parent's end never moves.
-        let stale = a.open_shard("p", 0, id, 1 << 20, None, false).unwrap();
+        let stale = a
+            .open_shard("p", 0, true, id, 1 << 20, None, false)
+            .unwrap();
         assert!(matches!(
             stale.append(&[e(b"stale", 5_000)]),
             Err(StorageError::Closed)
@@ -1318,7 +1355,7 @@ pub(super) mod tests {
         })
         .unwrap();
         let e = c
-            .open_shard("s", 0, "shardId-000000000000", 64 << 20, None, false)
+            .open_shard("s", 0, true, "shardId-000000000000", 64 << 20, None, false)
             .err()
             .unwrap();
         assert!(e.to_string().contains("max_payload"), "{e}");

@@ -192,7 +192,7 @@ impl Table {
             ..Default::default()
         };
         let table = cluster
-            .ensure_stream(config)
+            .ensure_stream(config, true)
             .map_err(|e| StorageError::Cluster(format!("cannot open the table {name}: {e}")))?;
         Ok(Table {
             js,

@@ -52,6 +52,10 @@ pub enum StreamError {
     LeftOnDisk(String),
     #[error("stream {0} is defined in the configuration and cannot be deleted through the API")]
     FromConfig(String),
+    /// A config stream kept on JetStream whose name a stream made through the API on the
+    /// cluster has.
+    #[error("stream {0}: a stream of this name was made through the API on the JetStream cluster; give the configured stream another name, or delete that one (DeleteStream)")]
+    TakenOnCluster(String),
     /// DeleteStream of a stream with registered consumers, without taking them too.
     #[error("stream {0} has {1} registered consumer(s)")]
     HasConsumers(String, usize),
@@ -357,6 +361,10 @@ struct ShardOpts<'a> {
     fsync: Fsync,
     floor: u64,
     generation: u64,
+    /// Make the storage when it does not exist (JetStream: always for config streams;
+    /// for a stream made through the API only by the node making it or its children —
+    /// others find it, or find it deleted).
+    create: bool,
     backend: &'a Backend,
     max_record_size: u64,
     max_bytes: Option<u64>,
@@ -373,6 +381,7 @@ fn open_shard(o: &ShardOpts<'_>, def: &ShardDef) -> Result<Shard, StreamError> {
             let js = c.open_shard(
                 o.name,
                 o.generation,
+                o.create,
                 &id,
                 usize::try_from(o.max_record_size).unwrap_or(usize::MAX),
                 o.max_bytes,
@@ -474,6 +483,37 @@ fn shard_set(
     })
 }
 
+/// The key of a stream on the cluster as the node serving it must find it: for a stream of
+/// the config files (generation 0), the cluster's topology — `topology` published if no
+/// node wrote one yet — unless a stream made through the API has the name; for a stream
+/// made through the API, its own generation, not deleted (else [`StreamError::NotFound`]:
+/// deleted, or made again, by another node).
+fn shared_record(
+    cat: &catalog::Catalog,
+    generation: u64,
+    name: &str,
+    topology: &Topology,
+) -> Result<(u64, catalog::Record), StreamError> {
+    if generation == 0 {
+        let (rev, rec) = cat.read_or_publish(topology)?;
+        if rec.api.is_some() {
+            return Err(StreamError::TakenOnCluster(name.to_string()));
+        }
+        return Ok((rev, rec));
+    }
+    match cat.read()? {
+        Some((rev, rec))
+            if rec
+                .api
+                .as_ref()
+                .is_some_and(|a| a.generation == generation && !a.deleted) =>
+        {
+            Ok((rev, rec))
+        }
+        _ => Err(StreamError::NotFound(name.to_string())),
+    }
+}
+
 /// How long a resharded stream reports UPDATING (and refuses the next resharding).
 pub const UPDATING_MS: i64 = 500;
 
@@ -507,16 +547,7 @@ impl Stream {
             Backend::JetStream(c) => {
                 let cat = catalog::Catalog::open(Arc::clone(c), name)?;
                 // (A plan left pending is taken up by the first `sync_topology`.)
-                let rec = cat.read_or_publish(&topology)?.1;
-                if meta.generation > 0
-                    && !rec
-                        .api
-                        .as_ref()
-                        .is_some_and(|a| a.generation == meta.generation && !a.deleted)
-                {
-                    // Deleted (or made again) in the cluster meanwhile.
-                    return Err(StreamError::NotFound(name.to_string()));
-                }
+                let (_, rec) = shared_record(&cat, meta.generation, name, &topology)?;
                 topology = rec.topology;
                 Some(cat)
             }
@@ -529,6 +560,7 @@ impl Stream {
             fsync,
             floor: meta.seq_floor,
             generation: meta.generation,
+            create: meta.generation == 0,
             backend: &backend,
             max_record_size,
             max_bytes,
@@ -689,7 +721,7 @@ impl Stream {
                 // waits.
                 let mut plan = old.topology.clone();
                 op(&mut plan, now, &mut |_| 0)?;
-                let made = self.open_missing(&old, &plan, true)?;
+                let made = self.open_missing(&old, &plan, true, true)?;
                 let gates = self.lock_gates(&old)?;
                 let mut next = old.topology.clone();
                 op(&mut next, now, &mut |i| {
@@ -715,6 +747,7 @@ impl Stream {
         old: &ShardSet,
         next: &Topology,
         fresh: bool,
+        create: bool,
     ) -> Result<BTreeMap<u32, Arc<Shard>>, StreamError> {
         let mut made = BTreeMap::new();
         for d in next.shards.iter().filter(|d| old.get(d.index).is_none()) {
@@ -731,6 +764,7 @@ impl Stream {
                         fsync: self.fsync,
                         floor: self.seq_floor,
                         generation: self.generation,
+                        create,
                         backend: &self.backend,
                         max_record_size: self.max_record_size,
                         max_bytes: self.max_bytes,
@@ -817,7 +851,7 @@ impl Stream {
         api: Option<catalog::ApiStream>,
     ) -> Result<(), StreamError> {
         let old = self.shards();
-        let made = self.open_missing(&old, plan, false)?;
+        let made = self.open_missing(&old, plan, false, true)?;
         let gates = self.lock_gates(&old)?;
         let mut next = plan.clone();
         for d in &mut next.shards {
@@ -828,17 +862,29 @@ impl Stream {
         }
         // The crash test's place: parents sealed, the new topology not written yet.
         sluice_plugin_api::failpoint("reshard-sealed");
-        let done = catalog::Record {
+        let mut done = catalog::Record {
             topology: next.clone(),
             pending: None,
             api,
         };
-        if cat.write(&done, rev)?.is_none() {
-            // Another node completed it meanwhile (the same ends: the parents are sealed);
-            // the next look at the key takes theirs.
-            return Err(StreamError::Updating(self.name.clone()));
+        let mut rev = rev;
+        for _ in 0..8 {
+            if cat.write(&done, rev)?.is_some() {
+                return self.install(&old, next, &made, gates);
+            }
+            // Refused: another node completed it meanwhile (the same ends: the parents
+            // are sealed; the next look at the key takes theirs) — or changed the
+            // stream's settings (made through the API) while the plan is still pending:
+            // written again over those, keeping them.
+            match cat.read()? {
+                Some((r, rec)) if rec.pending.as_ref().is_some_and(|p| p.plan == *plan) => {
+                    rev = r;
+                    done.api = rec.api;
+                }
+                _ => break,
+            }
         }
-        self.install(&old, next, &made, gates)
+        Err(StreamError::Updating(self.name.clone()))
     }
 
     /// Records `n` as the `shards` of this node's file last applied (in `stream.json`).
@@ -890,18 +936,16 @@ impl Stream {
         let deadline = std::time::Instant::now() + PENDING_WAIT;
         loop {
             // (No value: the table was emptied; this node's topology, then.)
-            let (rev, rec) = cat.read_or_publish(&self.shards().topology)?;
-            if self.generation > 0 {
-                match &rec.api {
-                    Some(a) if a.generation == self.generation && !a.deleted => {
-                        self.take_shared_settings(a)
-                    }
-                    _ => return Err(StreamError::NotFound(self.name.clone())),
-                }
+            let (rev, rec) =
+                shared_record(cat, self.generation, &self.name, &self.shards().topology)?;
+            if let Some(a) = &rec.api {
+                self.take_shared_settings(a);
             }
             if rec.topology != self.shards().topology {
                 let old = self.shards();
-                let made = self.open_missing(&old, &rec.topology, false)?;
+                // The node that resharded made the children's storage; one missing now
+                // was deleted with its stream (made through the API) and stays so.
+                let made = self.open_missing(&old, &rec.topology, false, self.generation == 0)?;
                 let gates = self.lock_gates(&old)?;
                 self.install(&old, rec.topology.clone(), &made, gates)?;
                 tracing::info!(stream = %self.name, open_shards = self.shards().open.len(), "took the cluster's shard topology");
@@ -1089,19 +1133,37 @@ impl Stream {
         Ok(Ok(()))
     }
 
-    /// Sets the retention period (an API stream's; a config stream's comes from its file)
-    /// and persists it; the next upkeep trims by it.
-    pub fn set_retention_hours(&self, hours: u64) -> Result<(), StreamError> {
+    /// Changes the retention period to what `f` makes of the current one (an API
+    /// stream's; a config stream's comes from its file) and persists it; the next upkeep
+    /// trims by it. `f`'s error (a refusal) changes nothing. On a stream made through the
+    /// API on the cluster, `f` sees the cluster's current period (another node may have
+    /// changed it a moment ago).
+    pub fn update_retention<E>(
+        &self,
+        mut f: impl FnMut(u64) -> Result<u64, E>,
+    ) -> Result<Result<(), E>, StreamError> {
         let _one = self.lock_meta()?;
         if self.generation > 0 {
-            return self.write_shared(|a| a.retention_hours = hours);
+            let mut refused = None;
+            self.write_shared(|a| match f(a.retention_hours) {
+                Ok(h) => {
+                    a.retention_hours = h;
+                    refused = None;
+                }
+                Err(e) => refused = Some(e),
+            })?;
+            return Ok(refused.map_or(Ok(()), Err));
         }
+        let hours = match f(self.retention_hours()) {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
         let settings = self.settings();
         self.save_meta(&settings, hours)?;
         if let Ok(mut r) = self.retention.write() {
             *r = Duration::from_secs(hours * 3600);
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     fn save_meta(
@@ -1308,6 +1370,16 @@ impl Stream {
             return Ok(());
         }
         if let (Some(cat), Some(rev)) = (&self.catalog, rev) {
+            // A stream made through the API remembers what its expired shards issued:
+            // the base of the next stream of its name must be above it.
+            let mut api = api;
+            if let Some(a) = api.as_mut() {
+                for &i in indices {
+                    if let Some(c) = old.topology.get(i).and_then(|d| d.closed) {
+                        a.issued = a.issued.max(c.at_seq);
+                    }
+                }
+            }
             let rec = catalog::Record {
                 topology: next.clone(),
                 pending: None,
@@ -1337,8 +1409,15 @@ impl Stream {
             if let Some(sh) = old.get(i) {
                 sh.log.retire();
                 let dir = self.dir.join(&sh.id);
-                // (A shard kept on JetStream has no folder.)
-                if let Err(e) = std::fs::remove_dir_all(&dir).or_else(|e| {
+                // A shard kept on JetStream has no folder (and a stream made through the
+                // API on the cluster owns none: a folder of its name is another stream's).
+                let on_disk = matches!(self.backend, Backend::Log);
+                if let Err(e) = if on_disk {
+                    std::fs::remove_dir_all(&dir)
+                } else {
+                    Ok(())
+                }
+                .or_else(|e| {
                     (e.kind() == std::io::ErrorKind::NotFound)
                         .then_some(())
                         .ok_or(e)
@@ -1868,6 +1947,7 @@ impl Streams {
         c: &Arc<jetstream::Cluster>,
         name: &str,
         shards: u32,
+        settings: StreamSettings,
     ) -> Result<Arc<Stream>, StreamError> {
         // Refused before anything is written: a stream no node could open.
         c.check_record_size(1 << 20)?;
@@ -1882,8 +1962,22 @@ impl Streams {
             Some(_) => return Err(StreamError::Exists(name.to_string())),
         };
         let now = now_ms();
+        let topology = Topology::uniform(shards.max(1), now);
+        // The shards' storage first (only this node makes it: the others find it, or find
+        // it deleted, and never bring a deleted stream's storage back).
+        for d in &topology.shards {
+            c.open_shard(
+                name,
+                generation,
+                true,
+                &shard_id(d.index),
+                1 << 20,
+                None,
+                false,
+            )?;
+        }
         let rec = catalog::Record {
-            topology: Topology::uniform(shards.max(1), now),
+            topology,
             pending: None,
             api: Some(catalog::ApiStream {
                 name: name.to_string(),
@@ -1891,13 +1985,15 @@ impl Streams {
                 // Above this node's floor too: its readers may remember positions of a
                 // local stream of this name deleted before.
                 base: base.max(self.floor.get()?),
+                issued: 0,
                 created_ms: now,
                 retention_hours: 24,
-                settings: StreamSettings::default(),
+                settings,
                 deleted: false,
             }),
         };
         if cat.write(&rec, rev)?.is_none() {
+            // Another node made it at the same moment (its storage is the same).
             return Err(StreamError::Exists(name.to_string()));
         }
         tracing::info!(stream = %name, generation, "stream made on the JetStream cluster");
@@ -1907,8 +2003,10 @@ impl Streams {
     /// DeleteStream of a stream made through the API on the cluster: every open shard
     /// sealed (no node's append lands after the ends read), then a tombstone whose base is
     /// above every number issued, then its JetStream streams deleted. Every node forgets
-    /// the stream at its next look. A deletion that fails part-way leaves the stream
-    /// refusing appends (nothing stored is lost) until DeleteStream is called again.
+    /// the stream at its next look. A resharding another node makes meanwhile is taken and
+    /// its children sealed too before the tombstone is written. A deletion that fails
+    /// part-way leaves the stream refusing appends (nothing stored is lost) until
+    /// DeleteStream is called again.
     fn delete_shared(
         &self,
         st: &Arc<Stream>,
@@ -1919,57 +2017,64 @@ impl Streams {
             return Err(StreamError::NotFound(st.name.clone()));
         };
         let meta_lock = st.lock_meta()?;
-        let (_, api) = st.sync_locked(cat, false)?;
-        let consumers = api.map_or(0, |a| a.settings.consumers.len());
-        if consumers > 0 && !with_consumers {
-            return Err(StreamError::HasConsumers(st.name.clone(), consumers));
-        }
-        let set = st.shards();
-        let mut floor = st
-            .seq_floor
-            .max(st.expired_issued.load(std::sync::atomic::Ordering::Acquire));
-        for sh in &set.all {
-            let end = match set.open.iter().any(|o| o.index == sh.index) {
-                true => sh.log.seal()?,
-                false => sh.log.next_seq(),
-            };
-            floor = floor.max(end);
-        }
-        let mut written = false;
+        let mut deleted = None;
         for _ in 0..8 {
-            let Some((rev, mut rec)) = cat.read()? else {
-                break;
+            // The cluster's topology (another node's resharding) and settings first.
+            let (_, api) = st.sync_locked(cat, false)?;
+            let Some(api) = api else {
+                return Err(StreamError::NotFound(st.name.clone()));
             };
+            let consumers = api.settings.consumers.len();
+            if consumers > 0 && !with_consumers {
+                return Err(StreamError::HasConsumers(st.name.clone(), consumers));
+            }
+            let set = st.shards();
+            let mut floor = api
+                .base
+                .max(api.issued)
+                .max(st.expired_issued.load(std::sync::atomic::Ordering::Acquire));
+            for sh in &set.all {
+                let end = match set.topology.get(sh.index).and_then(|d| d.closed) {
+                    // Exact, in the topology every node shares.
+                    Some(c) => c.at_seq,
+                    None => sh.log.seal()?,
+                };
+                floor = floor.max(end);
+            }
+            let Some((rev, mut rec)) = cat.read()? else {
+                return Err(StreamError::NotFound(st.name.clone()));
+            };
+            // Resharded (or being resharded) since: take it, seal its children too.
+            if rec.topology != set.topology || rec.pending.is_some() {
+                continue;
+            }
             let Some(a) = rec
                 .api
                 .as_mut()
                 .filter(|a| a.generation == st.generation && !a.deleted)
             else {
-                // Another node deleted it first.
-                break;
+                return Err(StreamError::NotFound(st.name.clone()));
             };
             a.deleted = true;
             a.base = floor;
-            rec.pending = None;
             if cat.write(&rec, rev)?.is_some() {
-                written = true;
+                deleted = Some((set, floor));
                 break;
             }
         }
-        if !written
-            && cat.read()?.is_some_and(|(_, r)| {
-                r.api
-                    .is_some_and(|a| a.generation == st.generation && !a.deleted)
-            })
-        {
+        let Some((set, floor)) = deleted else {
             return Err(StreamError::Updating(st.name.clone()));
-        }
+        };
         st.deleted.store(true, std::sync::atomic::Ordering::Release);
         for sh in &set.all {
             sh.log.retire();
         }
         drop(meta_lock);
         self.forget(st);
+        // A stream of this name made later on this node's disk numbers above it too.
+        if let Err(e) = self.floor.raise(floor) {
+            tracing::warn!(stream = %st.name, error = %e, "cannot raise the sequence floor of deleted streams");
+        }
         for sh in &set.all {
             if let Err(e) = c.delete_shard(&st.name, st.generation, &sh.id) {
                 tracing::warn!(stream = %st.name, shard = %sh.id, error = %e, "deleting a deleted stream's JetStream stream failed; remove it with the nats CLI");
@@ -2007,7 +2112,8 @@ impl Streams {
             let Some(a) = &rec.api else { continue };
             let held = self.get(&a.name);
             match &held {
-                Some(st) if st.generation == a.generation => continue,
+                // Served already — or newer than what this listing saw (made here since).
+                Some(st) if st.generation >= a.generation => continue,
                 // Made again under its name: the old one is gone.
                 Some(st) if st.generation > 0 => self.forget(st),
                 Some(_) if a.deleted => continue,
@@ -2221,13 +2327,18 @@ impl Streams {
     }
 
     /// CreateStream.
-    pub fn create(&self, name: &str, shards: u32) -> Result<Arc<Stream>, StreamError> {
+    pub fn create(
+        &self,
+        name: &str,
+        shards: u32,
+        settings: StreamSettings,
+    ) -> Result<Arc<Stream>, StreamError> {
         crate::names::check(name)?;
         if let Some(c) = self.api_cluster() {
             if self.get(name).is_some() {
                 return Err(StreamError::Exists(name.to_string()));
             }
-            return self.create_shared(&c, name, shards);
+            return self.create_shared(&c, name, shards, settings);
         }
         let mut m = self
             .streams
@@ -2253,7 +2364,7 @@ impl Streams {
             created_ms: now_ms(),
             origin: StreamOrigin::Api,
             retention_hours: 24,
-            settings: StreamSettings::default(),
+            settings,
             seq_floor: self.floor.get()?,
             expired_issued: 0,
             configured_shards: 0,
@@ -2752,7 +2863,7 @@ mod tests {
                 sh.all[0].append(&[e]).unwrap();
             }
         };
-        let old = streams.create("s", 1).unwrap();
+        let old = streams.create("s", 1, StreamSettings::default()).unwrap();
         put(&old, 5);
         // A split shard that expires still counts: checkpoints may name it.
         let mid = old.shards().get(0).unwrap().end / 2;
@@ -2768,7 +2879,7 @@ mod tests {
         assert!(old.shards().get(a).unwrap().log.next_seq() < 5);
         streams.delete("s", false).unwrap();
         assert!(old.is_deleted());
-        let new = streams.create("s", 1).unwrap();
+        let new = streams.create("s", 1, StreamSettings::default()).unwrap();
         assert!(!new.is_deleted());
         let sh = new.shards();
         assert!(
@@ -2789,14 +2900,14 @@ mod tests {
         assert!(st.shards().all.iter().all(|s| s.log.first_seq() >= 5));
         // A damaged floor file refuses the next creation rather than starting below it.
         std::fs::write(tmp.path().join("seq-floor.json"), b"{not json").unwrap();
-        assert!(streams.create("t", 1).is_err());
+        assert!(streams.create("t", 1, StreamSettings::default()).is_err());
     }
 
     #[test]
     fn a_deletion_that_cannot_raise_the_floor_leaves_the_stream_as_it_was() {
         let tmp = tempfile::tempdir().unwrap();
         let streams = Streams::open(tmp.path()).unwrap();
-        let st = streams.create("s", 1).unwrap();
+        let st = streams.create("s", 1, StreamSettings::default()).unwrap();
         let put = |st: &Stream| {
             st.shards().all[0].append(&[Entry {
                 key: b"k",
@@ -2840,14 +2951,16 @@ mod tests {
         let gone = streams.apply_config(&BTreeMap::new()).unwrap();
         assert_eq!(gone, ["c"]);
         assert!(matches!(
-            streams.create("c", 1),
+            streams.create("c", 1, StreamSettings::default()),
             Err(StreamError::LeftOnDisk(_))
         ));
         // A folder without `stream.json` (an interrupted deletion) is not adopted.
         let stale = tmp.path().join("streams").join("stale").join(shard_id(0));
         std::fs::create_dir_all(&stale).unwrap();
         std::fs::write(stale.join("00000000000000000000.seg"), b"old records").unwrap();
-        let st = streams.create("stale", 1).unwrap();
+        let st = streams
+            .create("stale", 1, StreamSettings::default())
+            .unwrap();
         assert!(st.shards().all[0]
             .read(0, 10, usize::MAX)
             .unwrap()
