@@ -45,6 +45,44 @@ pub fn make_dirs(dir: &Path, sync: impl Fn(&Path) -> std::io::Result<()>) -> std
     Ok(())
 }
 
+/// `mkdir -p dir` below `base`, a folder the caller knows to exist (an ancestor of `dir`):
+/// the folders between them are made top-down, one `mkdir` each and no `stat` (one that
+/// exists already — another writer made it — counts as there). Each parent that gained a
+/// folder is passed to `sync`, as in [`make_dirs`]. Returns the folders made. `NotFound`
+/// when `base` is gone (the caller's knowledge was stale: use [`make_dirs`] then).
+pub fn make_dirs_from(
+    base: &Path,
+    dir: &Path,
+    sync: impl Fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let invalid = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a folder below {}", dir.display(), base.display()),
+        )
+    };
+    let rel = dir.strip_prefix(base).map_err(|_| invalid())?;
+    let mut at = base.to_path_buf();
+    let mut made = Vec::new();
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(c) => at.push(c),
+            _ => return Err(invalid()),
+        }
+        match std::fs::create_dir(&at) {
+            Ok(()) => made.push(at.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for d in &made {
+        if let Some(parent) = d.parent() {
+            sync(parent)?;
+        }
+    }
+    Ok(made)
+}
+
 /// `fsync` of a folder: makes its entries durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -88,6 +126,23 @@ mod tests {
         );
         std::fs::write(root.join("a/f"), b"").unwrap();
         assert!(make_dirs(&root.join("a/f/g"), sync).is_err());
+        // From a known folder: top-down, the same folders made and synced.
+        synced.lock().unwrap().clear();
+        let made = make_dirs_from(&root.join("a"), &root.join("a/b/x/y"), sync).unwrap();
+        assert_eq!(made, [root.join("a/b/x"), root.join("a/b/x/y")]);
+        assert!(root.join("a/b/x/y").is_dir());
+        let mut got = synced.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, [PathBuf::from("a/b"), "a/b/x".into()]);
+        assert!(make_dirs_from(&root.join("a"), &root.join("a/b/x/y"), sync)
+            .unwrap()
+            .is_empty());
+        // A stale base, a file in the way, a path not below the base: errors.
+        let gone = make_dirs_from(&root.join("z"), &root.join("z/q"), sync).unwrap_err();
+        assert_eq!(gone.kind(), std::io::ErrorKind::NotFound);
+        assert!(make_dirs_from(&root.join("a"), &root.join("a/f/g"), sync).is_err());
+        assert!(make_dirs_from(&root.join("a/b"), &root.join("a/c"), sync).is_err());
+        assert!(make_dirs_from(&root.join("a"), &root.join("a/../b"), sync).is_err());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
