@@ -60,6 +60,11 @@ impl NatsCluster {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let monitor: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        // A name of its own: a route port of this cluster taken by another test's cluster
+        // (a port found free, bound by the other one first) is refused there instead of
+        // joining two clusters whose servers share names — whose JetStream then elected
+        // no leader (seen once: "never became ready").
+        let tag = format!("{:08x}", fastrand::u32(..));
         let mut children = Vec::new();
         for i in 0..n {
             let store = dir.path().join(format!("n{i}"));
@@ -69,7 +74,7 @@ impl NatsCluster {
                     .map(|p| format!("nats-route://127.0.0.1:{p}"))
                     .collect();
                 format!(
-                    "cluster {{\n  name: sluice-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    "cluster {{\n  name: sluice-test-{tag}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
                     routes[i],
                     urls.join(", ")
                 )
@@ -77,7 +82,7 @@ impl NatsCluster {
                 String::new()
             };
             let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}{extra}\n",
+                "server_name: n{i}-{tag}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}{extra}\n",
                 ports[i],
                 monitor[i],
                 store.display()
@@ -185,7 +190,11 @@ impl NatsCluster {
                 for st in acc["stream_detail"].as_array().into_iter().flatten() {
                     if st["name"] == name {
                         if let Some(l) = st["cluster"]["leader"].as_str() {
-                            return l.strip_prefix('n').and_then(|n| n.parse().ok());
+                            // Server names are `n<i>-<tag>`.
+                            return l
+                                .strip_prefix('n')
+                                .and_then(|n| n.split('-').next())
+                                .and_then(|n| n.parse().ok());
                         }
                     }
                 }

@@ -111,8 +111,13 @@ impl SharedIntents {
     /// The log of a pipeline whose config hashes to `config`, in `table`.
     pub fn new(table: Arc<IntentTable>, config: &str) -> SharedIntents {
         // The lease carries the checkpoint past acked records within a third of its
-        // duration; twice the duration leaves room for a slow renewal.
-        let retire_after = RETIRE_AFTER.min(table.lease_duration() * 2);
+        // duration — when the cluster takes the write. While it does not (a server killed,
+        // its groups electing leaders, a busy machine), a delay of twice a short lease
+        // (8 s at 4 s) retired entries whose records a takeover then replayed from the
+        // older checkpoint without them, under other object boundaries: duplicates (seen
+        // once in the fault test). At least 30 s, and three leases. (Exact would be to
+        // retire only entries the lease's written checkpoint has passed.)
+        let retire_after = RETIRE_AFTER.max(table.lease_duration() * 3);
         SharedIntents {
             table,
             config: config.to_string(),
