@@ -38,6 +38,16 @@ pub struct Record {
     pub api: Option<ApiStream>,
 }
 
+impl Record {
+    /// What it says of the stream made through the API of `generation`, if that one is
+    /// there and not deleted (not: deleted, made again, or never one of the API's).
+    pub fn live_api(&mut self, generation: u64) -> Option<&mut ApiStream> {
+        self.api
+            .as_mut()
+            .filter(|a| a.generation == generation && !a.deleted)
+    }
+}
+
 /// A stream made through the API, as every node serves it. Its key stays after
 /// DeleteStream as a tombstone (`deleted`), whose `base` the next stream made under the
 /// name numbers from.

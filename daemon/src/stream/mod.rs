@@ -502,15 +502,11 @@ fn shared_record(
         return Ok((rev, rec));
     }
     match cat.read()? {
-        Some((rev, rec))
-            if rec
-                .api
-                .as_ref()
-                .is_some_and(|a| a.generation == generation && !a.deleted) =>
-        {
-            Ok((rev, rec))
-        }
-        _ => Err(StreamError::NotFound(name.to_string())),
+        Some((rev, mut rec)) => match rec.live_api(generation) {
+            Some(_) => Ok((rev, rec)),
+            None => Err(StreamError::NotFound(name.to_string())),
+        },
+        None => Err(StreamError::NotFound(name.to_string())),
     }
 }
 
@@ -1190,11 +1186,7 @@ impl Stream {
             let Some((rev, mut rec)) = cat.read()? else {
                 return Err(StreamError::NotFound(self.name.clone()));
             };
-            let Some(a) = rec
-                .api
-                .as_mut()
-                .filter(|a| a.generation == self.generation && !a.deleted)
-            else {
+            let Some(a) = rec.live_api(self.generation) else {
                 return Err(StreamError::NotFound(self.name.clone()));
             };
             let before = a.clone();
@@ -2048,11 +2040,7 @@ impl Streams {
             if rec.topology != set.topology || rec.pending.is_some() {
                 continue;
             }
-            let Some(a) = rec
-                .api
-                .as_mut()
-                .filter(|a| a.generation == st.generation && !a.deleted)
-            else {
+            let Some(a) = rec.live_api(st.generation) else {
                 return Err(StreamError::NotFound(st.name.clone()));
             };
             a.deleted = true;
