@@ -260,6 +260,31 @@ fn object_store_concurrency_is_bounded() {
     }
 }
 
+/// Into an object sink the `stream` source's checkpoint interval is bounded the same way
+/// (a checkpoint written later than the intent log keeps an object's entry would deliver
+/// its records twice after a crash); into a record sink it is not.
+#[test]
+fn stream_source_checkpoint_interval_is_bounded_into_object_sinks() {
+    let body = |option: &str, sink: &str| {
+        format!(
+            "[pipelines.p]\nsource = {{ plugin = \"stream\", stream = \"s\", {option} }}\n\n[pipelines.p.sink]\n{sink}\n"
+        )
+    };
+    let objects = "plugin = \"object-store\"\nurl = \"lake\"";
+    assert_error(
+        &body("checkpoint_interval = \"11s\"", objects),
+        "checkpoint_interval",
+        &["checkpoint_interval must be at most 10s when the sink writes objects"],
+    );
+    for (option, sink) in [
+        ("checkpoint_interval = \"10s\"", objects),
+        ("checkpoint_interval = \"1h\"", "plugin = \"stdout\""),
+    ] {
+        let (code, err, _) = check_one(&body(option, sink));
+        assert_eq!(code, 0, "{option} {sink}: {err}");
+    }
+}
+
 /// The `kinesis` source's options: a checkpoint interval past what its exactly-once
 /// replay allows is refused at its key.
 #[test]

@@ -913,6 +913,7 @@ fn build_pipeline(
         v
     };
     let source_plugin = p.source.plugin.clone();
+    let checkpoint_interval = p.source.options.get("checkpoint_interval").cloned();
     let source = build_component(
         src,
         name,
@@ -957,6 +958,21 @@ fn build_pipeline(
             false
         }
     };
+    // Into an object sink, a replay after a crash rebuilds objects from the intent log,
+    // which keeps an object's entry 30 s after its acks: a bundled source writing its
+    // checkpoint later than that would replay records without their objects' boundaries
+    // and deliver them twice. (The `kinesis` source bounds its interval itself.)
+    if object_sink && matches!(source_plugin.as_str(), "stream" | "http") {
+        let too_long = checkpoint_interval
+            .and_then(|v| v.try_into::<crate::spec::HumanDuration>().ok())
+            .is_some_and(|d| d.0 > crate::delivery::MAX_CHECKPOINT_INTERVAL);
+        if too_long {
+            errors.push(src.error_at_path(
+                &at(&[key("source"), key("checkpoint_interval")]),
+                "checkpoint_interval must be at most 10s when the sink writes objects (the intent log keeps a delivered object's entry 30 s; a replay needs it until the checkpoint has moved past)".to_string(),
+            ));
+        }
+    }
     let delivery = if object_sink {
         build_delivery(src, &at, &mut sink_toml, p.partitioning, p.buffer)
             .map_err(|e| errors.push(e))

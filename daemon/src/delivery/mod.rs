@@ -27,7 +27,7 @@ pub use budget::MemoryBudget;
 pub use buffer::BufferKey;
 pub use encode::encode;
 pub use errors::ErrorType;
-pub use intent::{Intent, IntentError, IntentLog};
+pub use intent::{Intent, IntentError, IntentLog, MAX_CHECKPOINT_INTERVAL};
 pub use shared::{SharedError, SharedIntents};
 pub use spool::{SpoolFile, SPILL_AT};
 
@@ -222,7 +222,8 @@ impl Delivery {
                     &src.stream,
                 )
                 .map_err(SharedError::from)?;
-                let s = SharedIntents::new(std::sync::Arc::new(table), config_hash);
+                let s =
+                    SharedIntents::new(std::sync::Arc::new(table), config_hash, src.next_offset);
                 (Some(IntentStore::Shared(s)), Vec::new(), HashMap::new())
             }
             Some(j) => {
@@ -1834,6 +1835,7 @@ mod tests {
         crate::stream::lease::SharedSource {
             cluster,
             stream: "s".into(),
+            next_offset: |c| c.as_u64(),
         }
     }
 

@@ -13,17 +13,18 @@
 //! the object goes to the sink. A write refused because another node wrote the value
 //! meanwhile means the shard was taken over: the objects it describes must not be
 //! uploaded (or acknowledged) by this node, so the pipeline fails with
-//! [`SharedError::Fenced`] and restarts from what the table holds. Entries are dropped
-//! once their acks are older than the retirement delay (the lease carries the checkpoint
-//! past them by then).
+//! [`SharedError::Fenced`] and restarts from what the table holds. An entry is dropped
+//! once the checkpoint in the shard's lease (as the cluster holds it) is past its records:
+//! not after a delay, which a checkpoint write held up longer (a server down) would
+//! outrun — a takeover would then replay records without their object boundaries and
+//! deliver them twice.
 
-use super::intent::{Intent, Recovered, RETIRE_AFTER};
+use super::intent::{Intent, Recovered};
 use crate::stream::lease::IntentTable;
 use crate::stream::StorageError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Largest value written for one shard: under the 1 MiB `max_payload` NATS servers have
 /// by default.
@@ -72,8 +73,6 @@ struct StoredEntry {
 struct Entry {
     intent: Intent,
     stored: bool,
-    release_token: Option<u64>,
-    released_at: Option<Instant>,
 }
 
 /// What this node knows of one shard's value.
@@ -98,8 +97,17 @@ pub struct SharedIntents {
     shards: HashMap<u64, ShardLog>,
     /// Intent id → its shard tag.
     tag_of: HashMap<u64, u64>,
-    released_upto: Option<u64>,
-    retire_after: Duration,
+    /// What a lease's checkpoint leaves to read (the source's meaning of it).
+    next_offset: fn(&serde_json::Value) -> Option<u64>,
+}
+
+/// Whether `checkpoint` (the first position offset a reader of the entry's shard takes)
+/// is past every record of `intent` (its ranges are of one shard; sequences are position
+/// keys).
+fn passed(intent: &Intent, checkpoint: u64) -> bool {
+    intent.ranges.iter().all(|&(_, _, last)| {
+        crate::record::key_position(last).is_some_and(|p| p.offset < checkpoint)
+    })
 }
 
 /// The shard id a tag stands for (`position_key`: the shard index plus one).
@@ -108,24 +116,20 @@ fn shard_id(tag: u64) -> String {
 }
 
 impl SharedIntents {
-    /// The log of a pipeline whose config hashes to `config`, in `table`.
-    pub fn new(table: Arc<IntentTable>, config: &str) -> SharedIntents {
-        // The lease carries the checkpoint past acked records within a third of its
-        // duration — when the cluster takes the write. While it does not (a server killed,
-        // its groups electing leaders, a busy machine), a delay of twice a short lease
-        // (8 s at 4 s) retired entries whose records a takeover then replayed from the
-        // older checkpoint without them, under other object boundaries: duplicates (seen
-        // once in the fault test). At least 30 s, and three leases. (Exact would be to
-        // retire only entries the lease's written checkpoint has passed.)
-        let retire_after = RETIRE_AFTER.max(table.lease_duration() * 3);
+    /// The log of a pipeline whose config hashes to `config`, in `table`; `next_offset`
+    /// reads the source's checkpoints ([`crate::stream::lease::SharedSource`]).
+    pub fn new(
+        table: Arc<IntentTable>,
+        config: &str,
+        next_offset: fn(&serde_json::Value) -> Option<u64>,
+    ) -> SharedIntents {
         SharedIntents {
             table,
             config: config.to_string(),
             next_id: 1,
             shards: HashMap::new(),
             tag_of: HashMap::new(),
-            released_upto: None,
-            retire_after,
+            next_offset,
         }
     }
 
@@ -178,15 +182,7 @@ impl SharedIntents {
                 intent: intent.clone(),
                 stored,
             });
-            log.entries.insert(
-                intent.id,
-                Entry {
-                    intent,
-                    stored,
-                    release_token: None,
-                    released_at: None,
-                },
-            );
+            log.entries.insert(intent.id, Entry { intent, stored });
         }
         self.shards.insert(tag, log);
         Ok(out)
@@ -208,7 +204,7 @@ impl SharedIntents {
     /// by [`SharedIntents::sync`], which must come before the object goes to the sink. A
     /// shard this node no longer reads (another node wrote its value) is
     /// [`SharedError::Fenced`]: the object must not go out.
-    pub fn intend(&mut self, intent: &Intent, release_token: u64) -> Result<(), SharedError> {
+    pub fn intend(&mut self, intent: &Intent) -> Result<(), SharedError> {
         let tag = intent.ranges.first().map_or(0, |r| r.0);
         let Some(log) = self.shards.get_mut(&tag) else {
             return Err(SharedError::Fenced {
@@ -221,8 +217,6 @@ impl SharedIntents {
             Entry {
                 intent: intent.clone(),
                 stored: false,
-                release_token: Some(release_token),
-                released_at: None,
             },
         );
         log.must_write = true;
@@ -235,21 +229,11 @@ impl SharedIntents {
     }
 
     /// Marks an object stored (written by [`SharedIntents::sync`] before its acks go out).
-    pub fn stored(&mut self, id: u64, release_token: u64) {
+    pub fn stored(&mut self, id: u64) {
         if let Some((log, id)) = self.entry(id) {
             if let Some(e) = log.entries.get_mut(&id) {
                 e.stored = true;
-                e.release_token = Some(release_token);
                 log.must_write = true;
-            }
-        }
-    }
-
-    /// A recovered, stored entry whose records the source has read past in batch `token`.
-    pub fn passed(&mut self, id: u64, token: u64) {
-        if let Some((log, id)) = self.entry(id) {
-            if let Some(e) = log.entries.get_mut(&id) {
-                e.release_token = Some(token);
             }
         }
     }
@@ -261,11 +245,6 @@ impl SharedIntents {
             log.dirty = true;
         }
         self.tag_of.remove(&id);
-    }
-
-    /// Every ack token up to `token` has been released.
-    pub fn released(&mut self, token: u64) {
-        self.released_upto = Some(token);
     }
 
     /// Writes every changed shard's value. A refused write of changes that must be there
@@ -344,19 +323,32 @@ impl SharedIntents {
         Ok(())
     }
 
-    /// Drops entries whose acks are older than the retirement delay and writes the shards
-    /// that changed. Cheap enough to call every few seconds.
+    /// Drops the entries whose records the shard's lease checkpoint has passed — as the
+    /// cluster holds it, whichever node wrote it: no node reads those records again, so no
+    /// replay needs their object boundaries — and writes the shards that changed. While
+    /// checkpoint writes do not reach the cluster (a server down, a lease write refused),
+    /// entries stay, however long that lasts. One lease read per shard with entries;
+    /// cheap enough to call every few seconds.
     pub fn maintain(&mut self) -> Result<(), SharedError> {
-        let now = Instant::now();
-        let upto = self.released_upto;
-        let after = self.retire_after;
         for log in self.shards.values_mut() {
+            if log.entries.is_empty() {
+                continue;
+            }
+            let checkpoint = match self.table.checkpoint(&log.id) {
+                Ok(Some(c)) => match (self.next_offset)(&c) {
+                    Some(n) => n,
+                    None => continue,
+                },
+                Ok(None) => continue,
+                Err(e) => {
+                    // Retiring can wait for the next call.
+                    tracing::debug!(shard = %log.id, error = %e, "cannot read the shard's lease; delivery records kept");
+                    continue;
+                }
+            };
             let before = log.entries.len();
             log.entries.retain(|id, e| {
-                let released =
-                    e.stored && matches!((e.release_token, upto), (Some(t), Some(u)) if t <= u);
-                let keep =
-                    !released || now.duration_since(*e.released_at.get_or_insert(now)) < after;
+                let keep = !passed(&e.intent, checkpoint);
                 if !keep {
                     self.tag_of.remove(id);
                 }
@@ -397,7 +389,7 @@ impl IntentStore {
     ) -> Result<(), super::DeliveryError> {
         match self {
             IntentStore::Local(l) => l.intend(intent, release_token)?,
-            IntentStore::Shared(s) => s.intend(intent, release_token)?,
+            IntentStore::Shared(s) => s.intend(intent)?,
         }
         Ok(())
     }
@@ -409,15 +401,15 @@ impl IntentStore {
     ) -> Result<(), super::DeliveryError> {
         match self {
             IntentStore::Local(l) => l.stored(id, release_token)?,
-            IntentStore::Shared(s) => s.stored(id, release_token),
+            IntentStore::Shared(s) => s.stored(id),
         }
         Ok(())
     }
 
     pub(super) fn passed(&mut self, id: u64, token: u64) {
-        match self {
-            IntentStore::Local(l) => l.passed(id, token),
-            IntentStore::Shared(s) => s.passed(id, token),
+        // Shared entries retire by the lease's checkpoint, not by acks.
+        if let IntentStore::Local(l) = self {
+            l.passed(id, token);
         }
     }
 
@@ -435,9 +427,8 @@ impl IntentStore {
     }
 
     pub(super) fn released(&mut self, token: u64) {
-        match self {
-            IntentStore::Local(l) => l.released(token),
-            IntentStore::Shared(s) => s.released(token),
+        if let IntentStore::Local(l) = self {
+            l.released(token);
         }
     }
 
@@ -463,5 +454,85 @@ impl IntentStore {
             IntentStore::Local(l) => l.version,
             IntentStore::Shared(s) => s.version(tag),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{position_key, Position};
+    use crate::stream::jetstream::{Cluster, JetStreamOptions};
+    use crate::stream::lease::Leases;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// An entry stays in the cluster until the checkpoint in its shard's lease is past its
+    /// last record — however long checkpoint writes are held up (here: not written at
+    /// all), a node taking the shard over finds it — and goes at the first `maintain`
+    /// after the checkpoint passes it.
+    #[test]
+    fn entries_retire_only_once_the_leases_checkpoint_passes_them() {
+        let nats = crate::testing::NatsCluster::start(1);
+        let cluster = Cluster::connect(JetStreamOptions {
+            servers: nats.urls(),
+            replicas: 1,
+            ..JetStreamOptions::default()
+        })
+        .unwrap();
+        let shard = crate::stream::shard_id(0);
+        let mut leases: Leases = Leases::open(cluster.clone(), "p", "s").unwrap();
+        let ch = leases
+            .tick(
+                std::slice::from_ref(&shard),
+                &BTreeMap::new(),
+                &BTreeSet::new(),
+            )
+            .unwrap();
+        assert_eq!(ch.acquired.len(), 1);
+        let table = Arc::new(IntentTable::open(cluster, "p", "s").unwrap());
+        let mut log = SharedIntents::new(table.clone(), "h", |c| c.as_u64());
+        let tag = 1;
+        assert!(log.claim(tag).unwrap().is_empty());
+        let key = |offset| {
+            position_key(Position {
+                partition: 0,
+                offset,
+            })
+        };
+        let intent = Intent {
+            id: log.next_id(),
+            partition: "x".into(),
+            key: "k".into(),
+            ranges: vec![(tag, key(10), key(19))],
+            records: 10,
+            reason: "size".into(),
+            schema: None,
+            carry: None,
+        };
+        log.intend(&intent).unwrap();
+        log.sync().unwrap();
+        log.stored(intent.id);
+        log.sync().unwrap();
+        let recovered = |table: &Arc<IntentTable>| {
+            SharedIntents::new(table.clone(), "h", |c| c.as_u64())
+                .claim(tag)
+                .unwrap()
+                .len()
+        };
+        // Acknowledged long ago, but no checkpoint written: kept.
+        for _ in 0..3 {
+            log.maintain().unwrap();
+        }
+        assert_eq!(log.live(), 1);
+        assert_eq!(recovered(&table), 1, "a takeover finds the object");
+        // A checkpoint at the object's last record has not passed it.
+        leases
+            .checkpoint(&BTreeMap::from([(shard.clone(), 19)]))
+            .unwrap();
+        log.maintain().unwrap();
+        assert_eq!(log.live(), 1);
+        leases.checkpoint(&BTreeMap::from([(shard, 20)])).unwrap();
+        log.maintain().unwrap();
+        assert_eq!(log.live(), 0);
+        assert_eq!(recovered(&table), 0, "retired in the cluster too");
     }
 }

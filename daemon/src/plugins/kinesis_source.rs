@@ -52,10 +52,10 @@ const LIST_EVERY: Duration = Duration::from_secs(30);
 const MAX_ANSWER: u64 = 32 << 20;
 /// Back-off after a throttling answer.
 const THROTTLED: Duration = Duration::from_secs(1);
-/// The longest `checkpoint_interval`: the intent log keeps a delivered object's entry for
-/// 30 s after its acks (`delivery::intent::RETIRE_AFTER`), and a replay must find it while
-/// the checkpoint is still behind the object's records.
-const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+// The longest `checkpoint_interval`: the intent log keeps a delivered object's entry for
+// 30 s after its acks, and a replay must find it while the checkpoint is still behind the
+// object's records.
+use crate::delivery::MAX_CHECKPOINT_INTERVAL;
 
 /// Where a shard's delivery stands: the checkpoint string kept in the file or the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,7 +360,16 @@ pub fn shared_source(
     Some(crate::stream::lease::SharedSource {
         cluster: services.streams.cluster()?,
         stream: lease_stream(&cfg.stream),
+        next_offset,
     })
+}
+
+/// The first ordinal (position offset) a checkpoint in a lease leaves to read.
+fn next_offset(checkpoint: &Value) -> Option<u64> {
+    match Mark::parse(checkpoint.as_str()?)? {
+        Mark::After { ordinal, .. } | Mark::At { ordinal, .. } => ordinal.checked_add(1),
+        Mark::End => Some(u64::MAX),
+    }
 }
 
 fn checkpoint_path(
@@ -955,6 +964,21 @@ mod tests {
         ] {
             assert_eq!(Mark::parse(bad), None, "{bad:?}");
         }
+    }
+
+    /// What a lease's checkpoint leaves to read, for the shared intent log's retirement:
+    /// the record after the last delivered one, the anchor's first, nothing after the end;
+    /// a checkpoint it cannot read retires nothing.
+    #[test]
+    fn a_checkpoint_leaves_the_ordinals_after_it_to_read() {
+        let next = |s: &str| next_offset(&Value::String(s.into()));
+        assert_eq!(next("4959/7"), Some(8));
+        assert_eq!(next("4959"), Some(1));
+        assert_eq!(next("at:4959/1700000000000"), Some(1_700_000_000_001));
+        assert_eq!(next(SHARD_END), Some(u64::MAX));
+        assert_eq!(next(&format!("1/{}", u64::MAX)), None);
+        assert_eq!(next("x/3"), None);
+        assert_eq!(next_offset(&serde_json::json!(12)), None);
     }
 
     #[test]

@@ -57,7 +57,14 @@ pub fn shared_stream(
     Some(crate::stream::lease::SharedSource {
         cluster,
         stream: cfg.stream,
+        next_offset,
     })
+}
+
+/// The checkpoint of a `stream` source is the next sequence number to read, which is
+/// the records' position offset.
+pub(crate) fn next_offset(checkpoint: &serde_json::Value) -> Option<u64> {
+    checkpoint.as_u64()
 }
 
 /// Where a new consumer starts.

@@ -137,6 +137,16 @@ impl<C: LeaseCheckpoint> SharedLeases<C> {
     }
 }
 
+/// The key of the lease of `pipeline`'s reading of `shard` of `stream`.
+fn lease_key(pipeline: &str, stream: &str, shard: &str) -> String {
+    format!(
+        "lease.{}.{}.{}",
+        super::jetstream::token(pipeline),
+        super::jetstream::token(stream),
+        super::jetstream::token(shard)
+    )
+}
+
 /// A JetStream stream used as a key-value table (see the module's doc): one subject per
 /// key, the newest message its value, its sequence the revision every write names.
 #[derive(Clone)]
@@ -307,12 +317,7 @@ impl<C: LeaseCheckpoint> Leases<C> {
     }
 
     fn key(&self, shard: &str) -> String {
-        format!(
-            "lease.{}.{}.{}",
-            super::jetstream::token(&self.pipeline),
-            super::jetstream::token(&self.stream),
-            super::jetstream::token(shard)
-        )
+        lease_key(&self.pipeline, &self.stream, shard)
     }
 
     /// Whether this node holds the lease of `shard`.
@@ -656,6 +661,10 @@ pub struct SharedSource {
     pub cluster: Arc<Cluster>,
     /// The stream's name.
     pub stream: String,
+    /// The first position offset a lease's checkpoint (as the source writes it) leaves
+    /// to read: the shared intent log retires objects whose records are all below it.
+    /// `None` for a checkpoint it does not understand (nothing is retired by it).
+    pub next_offset: fn(&serde_json::Value) -> Option<u64>,
 }
 
 impl std::fmt::Debug for SharedSource {
@@ -736,6 +745,22 @@ impl IntentTable {
             Err(Refused::Conflict) => Ok(None),
             Err(e) => Err(err("cannot write a shard's delivery records", e)),
         }
+    }
+
+    /// The checkpoint the shard's lease holds now, as the source wrote it — whichever
+    /// node did (none: no lease yet, none written, or a value this build cannot read).
+    pub fn checkpoint(&self, shard: &str) -> Result<Option<serde_json::Value>, StorageError> {
+        let (kv, key) = (
+            self.kv.clone(),
+            lease_key(&self.pipeline, &self.stream, shard),
+        );
+        let found = self
+            .cluster
+            .run(async move { kv.entry(&key).await })?
+            .map_err(|e| err("cannot read a shard's lease", e))?;
+        Ok(found
+            .and_then(|(_, v)| serde_json::from_slice::<Lease<serde_json::Value>>(&v).ok())
+            .and_then(|l| l.checkpoint))
     }
 
     /// This node's name in the cluster.
