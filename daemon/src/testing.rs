@@ -176,31 +176,50 @@ impl NatsCluster {
         self.wait_jetstream();
     }
 
+    /// Every JetStream stream's details as the server with monitoring port `port`
+    /// reports them.
+    fn stream_details(port: u16) -> Option<Vec<serde_json::Value>> {
+        let body = http_get(port, "/jsz?accounts=true&streams=true")?;
+        let v = serde_json::from_str::<serde_json::Value>(&body).ok()?;
+        let mut out = Vec::new();
+        for acc in v["account_details"].as_array().into_iter().flatten() {
+            out.extend(
+                acc["stream_detail"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+        Some(out)
+    }
+
     /// The server leading JetStream stream `name` (its Raft group), as the servers'
     /// monitoring reports it.
     pub fn leader_of(&self, name: &str) -> Option<usize> {
-        for p in &self.monitor {
-            let Some(body) = http_get(*p, "/jsz?accounts=true&streams=true") else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
-                continue;
-            };
-            for acc in v["account_details"].as_array().into_iter().flatten() {
-                for st in acc["stream_detail"].as_array().into_iter().flatten() {
-                    if st["name"] == name {
-                        if let Some(l) = st["cluster"]["leader"].as_str() {
-                            // Server names are `n<i>-<tag>`.
-                            return l
-                                .strip_prefix('n')
-                                .and_then(|n| n.split('-').next())
-                                .and_then(|n| n.parse().ok());
-                        }
-                    }
-                }
-            }
-        }
-        None
+        self.monitor.iter().find_map(|p| {
+            let details = Self::stream_details(*p)?;
+            let st = details.iter().find(|s| s["name"] == name)?;
+            // Server names are `n<i>-<tag>`.
+            st["cluster"]["leader"]
+                .as_str()?
+                .strip_prefix('n')
+                .and_then(|n| n.split('-').next())
+                .and_then(|n| n.parse().ok())
+        })
+    }
+
+    /// The names of the cluster's JetStream streams (`None`: no server's monitoring
+    /// answered).
+    pub fn stream_names(&self) -> Option<Vec<String>> {
+        Some(
+            self.monitor
+                .iter()
+                .find_map(|p| Self::stream_details(*p))?
+                .iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_string))
+                .collect(),
+        )
     }
 
     /// Kills server `i` (SIGKILL) and waits for it to exit.

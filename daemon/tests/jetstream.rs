@@ -1510,3 +1510,74 @@ fn a_stream_made_through_the_api_is_every_nodes() {
     let mut db = db;
     db.stop_cleanly();
 }
+
+/// A node killed between a DeleteStream's tombstone and its JetStream deletes (a
+/// failpoint) leaves the deleted stream's JetStream streams on the cluster: another node
+/// removes them within seconds — nothing is left for an operator to find with the nats
+/// CLI — and answers for the stream as deleted.
+#[test]
+fn what_a_deletion_cut_short_left_on_the_cluster_is_removed_by_another_node() {
+    let cluster = NatsCluster::start(1);
+    let config = format!(
+        "{}api_streams = \"jetstream\"\n",
+        daemon_config(&cluster).replace("replicas = 3", "replicas = 1")
+    );
+    let a = Setup::new(&config, &[]);
+    let b = Setup::new(&config, &[]);
+    let mut da = a.start_env(&[("SLUICE_FAILPOINTS", "api-stream-tombstoned")]);
+    da.wait_ready();
+    let mut db = b.start();
+    db.wait_ready();
+    kinesis_ok(
+        a.api,
+        "CreateStream",
+        r#"{"StreamName":"gone","ShardCount":2}"#,
+    );
+    let left = || {
+        cluster
+            .stream_names()
+            .expect("the server's monitoring answers")
+            .into_iter()
+            .filter(|n| n.starts_with("Tgone_"))
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "B serves the stream A made",
+        || listed(b.api) == ["gone"],
+    );
+    assert_eq!(left(), 2, "one JetStream stream per shard");
+    // The call is cut by the kill.
+    let _ = aws_call(
+        a.api,
+        "Kinesis_20131202.DeleteStream",
+        r#"{"StreamName":"gone"}"#,
+    );
+    let st = da
+        .wait_exit(Duration::from_secs(30))
+        .expect("the failpoint fired (built with `--features sluiced/failpoints`)");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{}", da.stderr());
+    wait_until(Duration::from_secs(30), "B forgot the stream", || {
+        listed(b.api).is_empty()
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "B removed what the deletion left",
+        || left() == 0,
+    );
+    assert!(
+        db.stderr()
+            .contains("deleted a JetStream stream left by a deleted stream"),
+        "{}",
+        db.stderr()
+    );
+    let (code, body) = kinesis(
+        b.api,
+        "PutRecord",
+        r#"{"StreamName":"gone","Data":"eA==","PartitionKey":"k"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("ResourceNotFoundException"), "{body}");
+    db.stop_cleanly();
+}

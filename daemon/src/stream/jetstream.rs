@@ -513,6 +513,51 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Deletes whatever JetStream streams are left of `deleted` (stream name, generation
+    /// of a stream made through the API and deleted since): a node that died between the
+    /// deletion's tombstone and its JetStream deletes, or whose deletes failed, left them.
+    /// Returns how many it deleted; an error leaves the rest for the next call.
+    pub fn sweep_deleted(&self, deleted: &[(String, u64)]) -> Result<usize, StorageError> {
+        use futures_util::TryStreamExt as _;
+        let prefixes: Vec<String> = deleted
+            .iter()
+            .map(|(s, g)| format!("{}{}_{g}_", self.opts.prefix, token(s)))
+            .collect();
+        let js = self.js.clone();
+        let names: Vec<String> = self
+            .run(async move { js.stream_names().try_collect::<Vec<String>>().await })?
+            .map_err(|e| err("cannot list the cluster's JetStream streams", e))?;
+        let mut swept = 0;
+        for name in names {
+            // The rest is a shard's token (`shardId-<digits>`: no `_`); for valid stream
+            // names a generation's `_<digits>_` cannot be an escape of the name's bytes.
+            let of_deleted = prefixes.iter().any(|p| {
+                name.strip_prefix(p.as_str()).is_some_and(|shard| {
+                    shard
+                        .strip_prefix("shardId-")
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+            });
+            if !of_deleted {
+                continue;
+            }
+            let js = self.js.clone();
+            let n = name.clone();
+            match self.run(async move { js.delete_stream(&n).await })? {
+                Ok(_) => swept += 1,
+                Err(e) => match e.kind() {
+                    jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {}
+                    _ => return Err(err("cannot delete a deleted stream's JetStream stream", e)),
+                },
+            }
+            tracing::info!(jetstream_stream = %name, "deleted a JetStream stream left by a deleted stream");
+        }
+        Ok(swept)
+    }
+}
+
 fn run_on<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     timeout: Duration,

@@ -1742,6 +1742,9 @@ pub struct Streams {
     /// Names of streams made through the API in the cluster that this node cannot serve
     /// (a stream of its own has the name): warned about once.
     shadowed: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Deleted API streams (name, generation) whose JetStream streams this process made
+    /// sure are gone ([`jetstream::Cluster::sweep_deleted`]).
+    swept: std::sync::Mutex<std::collections::BTreeSet<(String, u64)>>,
 }
 
 /// `data_dir/seq-floor.json`: one number above every sequence number a deleted stream
@@ -1819,6 +1822,7 @@ impl Streams {
             cluster: RwLock::new(None),
             api_on_cluster: Default::default(),
             shadowed: Default::default(),
+            swept: Default::default(),
         };
         // What a deletion moved out and a crash kept it from removing.
         if let Err(e) = std::fs::remove_dir_all(s.trash_dir()) {
@@ -2053,6 +2057,7 @@ impl Streams {
         let Some((set, floor)) = deleted else {
             return Err(StreamError::Updating(st.name.clone()));
         };
+        sluice_plugin_api::failpoint("api-stream-tombstoned");
         st.deleted.store(true, std::sync::atomic::Ordering::Release);
         for sh in &set.all {
             sh.log.retire();
@@ -2096,6 +2101,7 @@ impl Streams {
                 return;
             }
         };
+        self.sweep(c, &records);
         for (_, rec) in records {
             let Some(a) = &rec.api else { continue };
             let held = self.get(&a.name);
@@ -2126,6 +2132,29 @@ impl Streams {
                 Err(e) => {
                     tracing::warn!(stream = %a.name, error = %e, "cannot serve a stream made on the JetStream cluster")
                 }
+            }
+        }
+    }
+
+    /// Deletes the JetStream streams a deleted API stream left (its deleting node died
+    /// after the tombstone, or its deletes failed) — once per tombstone and process, in
+    /// one listing of the cluster's streams for all of them.
+    fn sweep(&self, c: &Arc<jetstream::Cluster>, records: &[(u64, catalog::Record)]) {
+        let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        let due: Vec<(String, u64)> = records
+            .iter()
+            .filter_map(|(_, r)| r.api.as_ref())
+            .filter(|a| a.deleted)
+            .map(|a| (a.name.clone(), a.generation))
+            .filter(|k| !swept.contains(k))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        match c.sweep_deleted(&due) {
+            Ok(_) => swept.extend(due),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot remove what deleted streams left on the JetStream cluster (tried again in a second)")
             }
         }
     }
