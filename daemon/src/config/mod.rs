@@ -965,7 +965,7 @@ fn build_pipeline(
     if object_sink && matches!(source_plugin.as_str(), "stream" | "http") {
         let too_long = checkpoint_interval
             .and_then(|v| v.try_into::<crate::spec::HumanDuration>().ok())
-            .is_some_and(|d| d.0 > crate::delivery::MAX_CHECKPOINT_INTERVAL);
+            .is_some_and(|d| d.0 > crate::spec::MAX_CHECKPOINT_INTERVAL);
         if too_long {
             errors.push(src.error_at_path(
                 &at(&[key("source"), key("checkpoint_interval")]),

@@ -32,14 +32,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long after its acks an entry is kept: sources write their checkpoint at most
-/// [`MAX_CHECKPOINT_INTERVAL`] after an ack, so it has passed the entry's records by then
-/// — a replay after a crash never needs an entry this old.
+/// [`crate::spec::MAX_CHECKPOINT_INTERVAL`] after an ack, so it has passed the entry's
+/// records by then — a replay after a crash never needs an entry this old.
 pub const RETIRE_AFTER: Duration = Duration::from_secs(30);
-
-/// The longest `checkpoint_interval` a replayable source may have: well under
-/// [`RETIRE_AFTER`] (a checkpoint written later than an entry's retirement would replay its
-/// records under other object boundaries — twice in the lake).
-pub const MAX_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Errors of the intent log (reading and writing its file).
 #[derive(Debug, thiserror::Error)]

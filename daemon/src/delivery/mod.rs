@@ -27,7 +27,7 @@ pub use budget::MemoryBudget;
 pub use buffer::BufferKey;
 pub use encode::encode;
 pub use errors::ErrorType;
-pub use intent::{Intent, IntentError, IntentLog, MAX_CHECKPOINT_INTERVAL};
+pub use intent::{Intent, IntentError, IntentLog};
 pub use shared::{SharedError, SharedIntents};
 pub use spool::{SpoolFile, SPILL_AT};
 

@@ -312,14 +312,7 @@ impl SharedIntents {
                 None => gone.push(*tag),
             }
         }
-        for tag in gone {
-            if let Some(log) = self.shards.remove(&tag) {
-                tracing::info!(shard = %log.id, "another node reads this shard now; its delivery records are theirs");
-                for id in log.entries.keys() {
-                    self.tag_of.remove(id);
-                }
-            }
-        }
+        self.forget_shards(gone);
         Ok(())
     }
 
@@ -327,24 +320,35 @@ impl SharedIntents {
     /// cluster holds it, whichever node wrote it: no node reads those records again, so no
     /// replay needs their object boundaries — and writes the shards that changed. While
     /// checkpoint writes do not reach the cluster (a server down, a lease write refused),
-    /// entries stay, however long that lasts. One lease read per shard with entries;
-    /// cheap enough to call every few seconds.
+    /// entries stay, however long that lasts. A shard whose lease is not this node's any
+    /// more is forgotten here, unwritten: its next reader retires its entries (a write
+    /// here would fence that reader off). One lease read per shard with entries; cheap
+    /// enough to call every few seconds.
     pub fn maintain(&mut self) -> Result<(), SharedError> {
-        for log in self.shards.values_mut() {
+        let node = self.table.node().to_string();
+        let mut gone = Vec::new();
+        for (tag, log) in self.shards.iter_mut() {
             if log.entries.is_empty() {
                 continue;
             }
-            let checkpoint = match self.table.checkpoint(&log.id) {
-                Ok(Some(c)) => match (self.next_offset)(&c) {
-                    Some(n) => n,
-                    None => continue,
-                },
+            let lease = match self.table.lease(&log.id) {
+                Ok(Some(l)) => l,
                 Ok(None) => continue,
                 Err(e) => {
-                    // Retiring can wait for the next call.
-                    tracing::debug!(shard = %log.id, error = %e, "cannot read the shard's lease; delivery records kept");
-                    continue;
+                    // Retiring can wait for the next call; the other shards' leases are
+                    // on the same unreachable table.
+                    tracing::warn!(shard = %log.id, error = %e, "cannot read the shard's lease; its delivery records are kept for now");
+                    break;
                 }
+            };
+            if lease.owner != node {
+                if !log.must_write {
+                    gone.push(*tag);
+                }
+                continue;
+            }
+            let Some(checkpoint) = lease.checkpoint.as_ref().and_then(self.next_offset) else {
+                continue;
             };
             let before = log.entries.len();
             log.entries.retain(|id, e| {
@@ -358,7 +362,20 @@ impl SharedIntents {
                 log.dirty = true;
             }
         }
+        self.forget_shards(gone);
         self.sync()
+    }
+
+    /// Forgets what this node knew of the shards of `tags` (another node reads them now).
+    fn forget_shards(&mut self, tags: Vec<u64>) {
+        for tag in tags {
+            if let Some(log) = self.shards.remove(&tag) {
+                tracing::info!(shard = %log.id, "another node reads this shard now; its delivery records are theirs");
+                for id in log.entries.keys() {
+                    self.tag_of.remove(id);
+                }
+            }
+        }
     }
 
     /// Live entries (for tests and status).
@@ -530,9 +547,26 @@ mod tests {
             .unwrap();
         log.maintain().unwrap();
         assert_eq!(log.live(), 1);
-        leases.checkpoint(&BTreeMap::from([(shard, 20)])).unwrap();
+        leases
+            .checkpoint(&BTreeMap::from([(shard.clone(), 20)]))
+            .unwrap();
         log.maintain().unwrap();
         assert_eq!(log.live(), 0);
         assert_eq!(recovered(&table), 0, "retired in the cluster too");
+
+        // A shard this node gave back is forgotten, not written: the next reader, which
+        // may have read the value already, must not be fenced off by a retirement.
+        let next = Intent {
+            id: log.next_id(),
+            ranges: vec![(tag, key(20), key(29))],
+            ..intent
+        };
+        log.intend(&next).unwrap();
+        log.stored(next.id);
+        log.sync().unwrap();
+        leases.release_all(&BTreeMap::from([(shard, 30)]));
+        log.maintain().unwrap();
+        assert_eq!(log.live(), 0, "forgotten here");
+        assert_eq!(recovered(&table), 1, "left for the next reader");
     }
 }

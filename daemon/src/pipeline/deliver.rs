@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 /// The intent log of a pipeline whose source replays the same records with the same
 /// positions after a crash (`stream`, `direct-put`, `kinesis`, replayable plugins); others
 /// get none.
-/// A `stream` source on a stream kept on JetStream, or a `kinesis` source in a daemon with
+/// A `stream` (or `http`) source on a stream kept on JetStream, or a `kinesis` source in a daemon with
 /// a cluster, shares its shards with other nodes: its intents go to the cluster
 /// (`crate::stream::lease::SharedSource`).
 pub(crate) fn journal(
@@ -31,7 +31,7 @@ pub(crate) fn journal(
     let dir = crate::names::child(&data_dir?.join("delivery"), &spec.name).ok()?;
     let shared = services.and_then(|s| match spec.source.plugin.as_str() {
         "kinesis" => crate::plugins::kinesis_source::shared_source(&spec.source.config_json, s),
-        p => crate::plugins::stream_io::shared_stream(p, &spec.source.config_json, s),
+        p => crate::plugins::stream_io::shared_stream(p, &spec.source.config_json, &spec.name, s),
     });
     Some(crate::delivery::Journal {
         dir,

@@ -55,7 +55,7 @@ const THROTTLED: Duration = Duration::from_secs(1);
 // The longest `checkpoint_interval`: the intent log keeps a delivered object's entry for
 // 30 s after its acks, and a replay must find it while the checkpoint is still behind the
 // object's records.
-use crate::delivery::MAX_CHECKPOINT_INTERVAL;
+use crate::spec::MAX_CHECKPOINT_INTERVAL;
 
 /// Where a shard's delivery stands: the checkpoint string kept in the file or the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +95,14 @@ impl Mark {
         })
     }
 
+    /// The first ordinal left to read after this mark (`None`: past what ordinals count).
+    fn next(&self) -> Option<u64> {
+        match self {
+            Mark::After { ordinal, .. } | Mark::At { ordinal, .. } => ordinal.checked_add(1),
+            Mark::End => Some(u64::MAX),
+        }
+    }
+
     fn encode(&self) -> String {
         match self {
             Mark::After { seq, ordinal } => format!("{seq}/{ordinal}"),
@@ -108,7 +116,9 @@ impl Mark {
 /// be below the host's 65,535 partitions.
 fn shard_partition(id: &str) -> Option<u32> {
     let n: u32 = id.strip_prefix("shardId-")?.parse().ok()?;
-    (n < crate::record::MAX_PARTITIONS).then_some(n)
+    // Only the canonical spelling (12 digits): the shard's delivery records in the
+    // cluster are keyed by it, and must meet its lease under the same id.
+    (n < crate::record::MAX_PARTITIONS && crate::stream::shard_id(n) == id).then_some(n)
 }
 
 /// `kinesis` source options.
@@ -366,10 +376,7 @@ pub fn shared_source(
 
 /// The first ordinal (position offset) a checkpoint in a lease leaves to read.
 fn next_offset(checkpoint: &Value) -> Option<u64> {
-    match Mark::parse(checkpoint.as_str()?)? {
-        Mark::After { ordinal, .. } | Mark::At { ordinal, .. } => ordinal.checked_add(1),
-        Mark::End => Some(u64::MAX),
-    }
+    Mark::parse(checkpoint.as_str()?)?.next()
 }
 
 fn checkpoint_path(
@@ -712,7 +719,7 @@ impl KinesisSource {
         };
         let Some(partition) = shard_partition(id) else {
             return Err(Error::fatal(format_args!(
-                "shard `{id}` is not named shardId-<index below 65535>: its records cannot be positioned for exactly-once delivery"
+                "shard `{id}` is not named shardId-<12 digits, an index below 65535>: its records cannot be positioned for exactly-once delivery"
             )));
         };
         let it = match &s.iterator {
@@ -919,9 +926,18 @@ impl Source for KinesisSource {
                 let ended = self.shards.get(&shard).is_some_and(|s| s.ended)
                     && self.in_flight.iter().all(|f| f.1 != shard);
                 let cp = if ended { Mark::End } else { mark };
-                let cp = cp.encode();
-                self.committed.insert(shard, cp);
-                self.dirty = true;
+                // Never back: a batch read before this node lost the shard and took it
+                // again acks below the checkpoint it took back, which another node may
+                // have carried further (and retired the objects' entries behind it).
+                let behind = self
+                    .committed
+                    .get(&shard)
+                    .and_then(|c| Mark::parse(c))
+                    .is_some_and(|c| c.next() > cp.next());
+                if !behind {
+                    self.committed.insert(shard, cp.encode());
+                    self.dirty = true;
+                }
             }
         }
         if delivered {
@@ -988,6 +1004,9 @@ mod tests {
         assert_eq!(shard_partition("shardId-000000065535"), None);
         assert_eq!(shard_partition("shard-7"), None);
         assert_eq!(shard_partition("shardId-"), None);
+        // Not the canonical 12 digits: its lease and delivery records would not meet.
+        assert_eq!(shard_partition("shardId-7"), None);
+        assert_eq!(shard_partition("shardId-0000000000007"), None);
     }
 
     proptest! {

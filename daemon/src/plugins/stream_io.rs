@@ -42,21 +42,31 @@ fn stream(services: Option<&HostServices>, name: &str) -> Result<Arc<Stream>, Er
         .ok_or_else(|| Error::retryable(format_args!("stream `{name}` does not exist")))
 }
 
-/// The stream a `stream` source with options `config_json` reads, when it is kept on
-/// JetStream (its shards are shared by the nodes running the pipeline, under leases).
+/// The stream a `stream` source — or an `http` source, which reads its stream with one —
+/// with options `config_json` in `pipeline` reads, when it is kept on JetStream (its
+/// shards are shared by the nodes running the pipeline, under leases).
 pub fn shared_stream(
     plugin: &str,
     config_json: &str,
+    pipeline: &str,
     services: &HostServices,
 ) -> Option<crate::stream::lease::SharedSource> {
-    if plugin != "stream" {
-        return None;
-    }
-    let cfg: SourceConfig = serde_json::from_str(config_json).ok()?;
-    let cluster = services.streams.get(&cfg.stream)?.cluster()?;
+    let stream = match plugin {
+        "stream" => {
+            serde_json::from_str::<SourceConfig>(config_json)
+                .ok()?
+                .stream
+        }
+        "http" => serde_json::from_str::<super::http_source::HttpSourceConfig>(config_json)
+            .ok()?
+            .stream
+            .unwrap_or_else(|| crate::spec::http_stream(pipeline)),
+        _ => return None,
+    };
+    let cluster = services.streams.get(&stream)?.cluster()?;
     Some(crate::stream::lease::SharedSource {
         cluster,
-        stream: cfg.stream,
+        stream,
         next_offset,
     })
 }
@@ -374,16 +384,24 @@ impl StreamSource {
                 continue;
             };
             // What other nodes appended and retention removed, known before the position.
-            if let Err(e) = sh.log.sync() {
-                tracing::warn!(pipeline = %self.pipeline, shard = %sh.id, error = %e, "cannot refresh a shard's state");
-            }
+            let fresh = match sh.log.sync() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.pipeline, shard = %sh.id, error = %e, "cannot refresh a shard's state");
+                    false
+                }
+            };
             let p = match checkpoint {
                 // Never before the trim horizon, nor past the end (a checkpoint from the
-                // cluster is data from the network: a wrong one must not skip records).
-                Some(n) => n.clamp(
+                // cluster is data from the network: a wrong one must not skip records) —
+                // the end as the cluster has it: one this node has not refreshed may be
+                // behind what the last reader delivered, and reading from there again
+                // would deliver records twice (their objects' entries may be retired).
+                Some(n) if fresh => n.clamp(
                     sh.log.first_seq(),
                     sh.log.next_seq().max(sh.log.first_seq()),
                 ),
+                Some(n) => n.max(sh.log.first_seq()),
                 None if self.cfg.start == Start::Latest => {
                     sh.closed().map_or_else(|| sh.log.next_seq(), |c| c.at_seq)
                 }

@@ -107,6 +107,12 @@ pub struct WriteLimit {
 /// Most shards per stream.
 pub const MAX_SHARDS: u32 = 1024;
 
+/// The longest `checkpoint_interval` a replayable source delivering into an object sink
+/// may have: well under the 30 s the intent log keeps a delivered object's entry
+/// (`delivery::intent::RETIRE_AFTER`) — a checkpoint written later than an entry's
+/// retirement would replay its records under other object boundaries, twice in the lake.
+pub const MAX_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// When a stream's appends are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fsync {

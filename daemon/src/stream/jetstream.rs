@@ -514,48 +514,68 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Deletes whatever JetStream streams are left of `deleted` (stream name, generation
-    /// of a stream made through the API and deleted since): a node that died between the
-    /// deletion's tombstone and its JetStream deletes, or whose deletes failed, left them.
-    /// Returns how many it deleted; an error leaves the rest for the next call.
-    pub fn sweep_deleted(&self, deleted: &[(String, u64)]) -> Result<usize, StorageError> {
+    /// Deletes whatever JetStream streams are left of streams made through the API and
+    /// deleted since: `dead` holds (stream name, highest dead generation) — every
+    /// generation up to it is gone (a tombstone's own; below a live one, the earlier
+    /// ones). A node that died between a deletion's tombstone and its JetStream deletes,
+    /// or whose deletes failed, left them. Returns the entries of `dead` now fully
+    /// removed (one whose deletes failed is left for a later call).
+    pub fn sweep_deleted(
+        &self,
+        dead: &[(String, u64)],
+    ) -> Result<Vec<(String, u64)>, StorageError> {
         use futures_util::TryStreamExt as _;
-        let prefixes: Vec<String> = deleted
-            .iter()
-            .map(|(s, g)| format!("{}{}_{g}_", self.opts.prefix, token(s)))
-            .collect();
         let js = self.js.clone();
         let names: Vec<String> = self
             .run(async move { js.stream_names().try_collect::<Vec<String>>().await })?
             .map_err(|e| err("cannot list the cluster's JetStream streams", e))?;
-        let mut swept = 0;
-        for name in names {
-            // The rest is a shard's token (`shardId-<digits>`: no `_`); for valid stream
-            // names a generation's `_<digits>_` cannot be an escape of the name's bytes.
-            let of_deleted = prefixes.iter().any(|p| {
-                name.strip_prefix(p.as_str()).is_some_and(|shard| {
-                    shard
-                        .strip_prefix("shardId-")
-                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                })
-            });
-            if !of_deleted {
-                continue;
+        let mut done = Vec::new();
+        for (stream, upto) in dead {
+            let mut failed = false;
+            for name in &names {
+                if !of_dead_generation(name, &self.opts.prefix, stream, *upto) {
+                    continue;
+                }
+                let (js, n) = (self.js.clone(), name.clone());
+                match self.run(async move { js.delete_stream(&n).await })? {
+                    Ok(_) => {
+                        tracing::info!(jetstream_stream = %name, "deleted a JetStream stream left by a deleted stream")
+                    }
+                    Err(e) => match e.kind() {
+                        jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {}
+                        _ => {
+                            tracing::warn!(jetstream_stream = %name, error = %e, "cannot delete a JetStream stream left by a deleted stream");
+                            failed = true;
+                        }
+                    },
+                }
             }
-            let js = self.js.clone();
-            let n = name.clone();
-            match self.run(async move { js.delete_stream(&n).await })? {
-                Ok(_) => swept += 1,
-                Err(e) => match e.kind() {
-                    jetstream::context::DeleteStreamErrorKind::JetStream(j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {}
-                    _ => return Err(err("cannot delete a deleted stream's JetStream stream", e)),
-                },
+            if !failed {
+                done.push((stream.clone(), *upto));
             }
-            tracing::info!(jetstream_stream = %name, "deleted a JetStream stream left by a deleted stream");
         }
-        Ok(swept)
+        Ok(done)
     }
+}
+
+/// Whether JetStream stream `name` holds a shard of API stream `stream` (under `prefix`)
+/// of a generation from 1 to `upto`: `<prefix><token>_<generation>_shardId-<digits>`.
+/// For valid stream names a generation's `_<digits>_` cannot be an escape of the name's
+/// own bytes (`_5F`, `_2E`), and a shard's token has no `_`.
+fn of_dead_generation(name: &str, prefix: &str, stream: &str, upto: u64) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some((generation, shard)) = name
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix(token(stream).as_str()))
+        .and_then(|r| r.strip_prefix('_'))
+        .and_then(|r| r.split_once('_'))
+    else {
+        return false;
+    };
+    digits(generation)
+        && generation.parse::<u64>().is_ok_and(|g| g >= 1 && g <= upto)
+        && shard.strip_prefix("shardId-").is_some_and(digits)
 }
 
 fn run_on<T: Send + 'static>(
@@ -1171,6 +1191,29 @@ impl ShardStorage for JetStreamShard {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    /// The sweep of deleted API streams matches their generations' shard streams only:
+    /// not a live generation, not a config stream (no generation), not another stream
+    /// whose name extends this one's.
+    #[test]
+    fn only_dead_generations_are_swept() {
+        let dead = |name: &str| of_dead_generation(name, "SLUICE", "a_b", 2);
+        assert!(dead("SLUICEa_5Fb_1_shardId-000000000000"));
+        assert!(dead("SLUICEa_5Fb_2_shardId-000000000003"));
+        for live in [
+            "SLUICEa_5Fb_3_shardId-000000000000",
+            "SLUICEa_5Fb_0_shardId-000000000000",
+            "SLUICEa_5Fb_shardId-000000000000",
+            "SLUICEa_5Fb_5F1_shardId-000000000000",
+            "SLUICEa_5Fbc_1_shardId-000000000000",
+            "SLUICEa_5Fb_1_shardId-",
+            "SLUICEa_5Fb_1_other",
+            "SLUICEa_5Fb_x_shardId-000000000000",
+            "OTHERa_5Fb_1_shardId-000000000000",
+        ] {
+            assert!(!dead(live), "{live}");
+        }
+    }
 
     #[test]
     fn names_are_tokens_jetstream_accepts_and_never_collide() {

@@ -747,9 +747,9 @@ impl IntentTable {
         }
     }
 
-    /// The checkpoint the shard's lease holds now, as the source wrote it — whichever
-    /// node did (none: no lease yet, none written, or a value this build cannot read).
-    pub fn checkpoint(&self, shard: &str) -> Result<Option<serde_json::Value>, StorageError> {
+    /// The shard's lease as the cluster holds it now — its owner, and its checkpoint as
+    /// the source wrote it (none: no lease yet, or a value this build cannot read).
+    pub fn lease(&self, shard: &str) -> Result<Option<Lease<serde_json::Value>>, StorageError> {
         let (kv, key) = (
             self.kv.clone(),
             lease_key(&self.pipeline, &self.stream, shard),
@@ -758,9 +758,7 @@ impl IntentTable {
             .cluster
             .run(async move { kv.entry(&key).await })?
             .map_err(|e| err("cannot read a shard's lease", e))?;
-        Ok(found
-            .and_then(|(_, v)| serde_json::from_slice::<Lease<serde_json::Value>>(&v).ok())
-            .and_then(|l| l.checkpoint))
+        Ok(found.and_then(|(_, v)| serde_json::from_slice(&v).ok()))
     }
 
     /// This node's name in the cluster.

@@ -1742,10 +1742,23 @@ pub struct Streams {
     /// Names of streams made through the API in the cluster that this node cannot serve
     /// (a stream of its own has the name): warned about once.
     shadowed: std::sync::Mutex<std::collections::BTreeSet<String>>,
-    /// Deleted API streams (name, generation) whose JetStream streams this process made
-    /// sure are gone ([`jetstream::Cluster::sweep_deleted`]).
-    swept: std::sync::Mutex<std::collections::BTreeSet<(String, u64)>>,
+    /// API streams (name, highest dead generation) whose dead generations' JetStream
+    /// streams this process made sure are gone ([`jetstream::Cluster::sweep_deleted`]),
+    /// and when a sweep last failed (the next waits [`SWEEP_RETRY`]).
+    swept: std::sync::Mutex<Swept>,
 }
+
+/// What [`Streams::sweep`] did: the (name, highest dead generation) pairs swept, and when
+/// a sweep last failed.
+#[derive(Default)]
+struct Swept {
+    done: std::collections::BTreeSet<(String, u64)>,
+    failed_at: Option<std::time::Instant>,
+}
+
+/// How long after a failed sweep of deleted API streams' leftovers the next one waits
+/// (each lists every JetStream stream of the account).
+const SWEEP_RETRY: Duration = Duration::from_secs(30);
 
 /// `data_dir/seq-floor.json`: one number above every sequence number a deleted stream
 /// issued. New streams number from there, whatever their name: positions remembered by
@@ -2136,25 +2149,40 @@ impl Streams {
         }
     }
 
-    /// Deletes the JetStream streams a deleted API stream left (its deleting node died
-    /// after the tombstone, or its deletes failed) — once per tombstone and process, in
-    /// one listing of the cluster's streams for all of them.
+    /// Deletes the JetStream streams deleted API streams left (a deleting node died after
+    /// the tombstone, or its deletes failed; a stream deleted and made again before any
+    /// node swept) — the generations of a tombstone, and those below a live stream's —
+    /// once per stream and process, in one listing of the cluster's streams for all.
     fn sweep(&self, c: &Arc<jetstream::Cluster>, records: &[(u64, catalog::Record)]) {
         let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        if swept.failed_at.is_some_and(|t| t.elapsed() < SWEEP_RETRY) {
+            return;
+        }
         let due: Vec<(String, u64)> = records
             .iter()
             .filter_map(|(_, r)| r.api.as_ref())
-            .filter(|a| a.deleted)
-            .map(|a| (a.name.clone(), a.generation))
-            .filter(|k| !swept.contains(k))
+            .map(|a| {
+                let upto = if a.deleted {
+                    a.generation
+                } else {
+                    a.generation.saturating_sub(1)
+                };
+                (a.name.clone(), upto)
+            })
+            .filter(|k| k.1 > 0 && !swept.done.contains(k))
             .collect();
         if due.is_empty() {
             return;
         }
         match c.sweep_deleted(&due) {
-            Ok(_) => swept.extend(due),
+            Ok(done) => {
+                let all = done.len() == due.len();
+                swept.done.extend(done);
+                swept.failed_at = (!all).then(std::time::Instant::now);
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot remove what deleted streams left on the JetStream cluster (tried again in a second)")
+                swept.failed_at = Some(std::time::Instant::now());
+                tracing::warn!(error = %e, "cannot list what deleted streams left on the JetStream cluster (tried again in 30 s)")
             }
         }
     }
