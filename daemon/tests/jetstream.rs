@@ -1405,8 +1405,12 @@ fn a_stream_made_through_the_api_is_every_nodes() {
     });
     assert_eq!(shard_list(a.api), shard_list(b.api));
     put_numbered(a.api, 100, 30);
+    // (A read at a shard's tip looks at the cluster at most every 200 ms: the newest
+    // appends may take that long to show, as on Kinesis.)
+    wait_until(Duration::from_secs(10), "130 records readable", || {
+        all_records(a.api).len() == 130
+    });
     let all = all_records(a.api);
-    assert_eq!(all.len(), 130, "{all:?}");
     wait_until(Duration::from_secs(60), "130 records delivered", || {
         delivered().len() >= 130
     });

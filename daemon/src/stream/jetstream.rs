@@ -618,10 +618,13 @@ struct State {
     next_commit: u64,
     /// When the state was last read from the server.
     refreshed: Option<std::time::Instant>,
+    /// A sealed shard's end (JetStream's sequence of its last record): what comes after
+    /// it is the seal's marker ([`ShardStorage::seal`]), not records.
+    end: Option<u64>,
 }
 
-/// How long a sealed shard's last sequence must stay the same to be its end.
-const SEAL_SETTLE: Duration = Duration::from_millis(200);
+/// The body of a seal's marker (on the sealed subject; never a record: readers skip it).
+const MARKER: &[u8] = b"sluice-seal";
 
 /// How often a read at the end of what this node knows asks the server whether other
 /// nodes appended more.
@@ -704,7 +707,24 @@ impl JetStreamShard {
                 failed("info");
                 err("cannot read a shard's JetStream state", e)
             })?;
-        let st = info.state;
+        let mut st = info.state;
+        // A sealed stream ends before its seal's marker (looked up once).
+        let mut end = self.lock().end;
+        if end.is_none() && info.config.subjects == [sealed_subject(&self.subject)] {
+            end = self.first_marker()?.map(|m| m.saturating_sub(1));
+        }
+        if let Some(e) = end {
+            if st.last_sequence > e {
+                let markers = st.last_sequence - e;
+                st.messages = if st.first_sequence > e {
+                    0
+                } else {
+                    st.messages.saturating_sub(markers)
+                };
+                st.first_sequence = st.first_sequence.min(e + 1);
+                st.last_sequence = e;
+            }
+        }
         // Arrival times are read again only where the ends moved.
         let (known_first, known_last, fa, la) = {
             let s = self.lock();
@@ -725,6 +745,7 @@ impl JetStreamShard {
             )
         };
         let mut s = self.lock();
+        s.end = end;
         s.first = st.first_sequence;
         s.last = st.last_sequence;
         s.stored = st.last_sequence;
@@ -735,6 +756,52 @@ impl JetStreamShard {
         s.stale = false;
         s.refreshed = Some(std::time::Instant::now());
         Ok(())
+    }
+
+    /// The sequence of the first message on the sealed subject (the seal's marker), if
+    /// there is one.
+    fn first_marker(&self) -> Result<Option<u64>, StorageError> {
+        let (s, sealed) = (self.stream.clone(), sealed_subject(&self.subject));
+        match self
+            .cluster
+            .run(async move { s.get_first_raw_message_by_subject(sealed, 1).await })?
+        {
+            Ok(m) => Ok(Some(m.sequence)),
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => {
+                failed("seal");
+                Err(err("cannot read a shard's seal", e))
+            }
+        }
+    }
+
+    /// Writes the seal's marker on the sealed subject — until the stream's leader takes
+    /// it (it may not have applied the update yet), within the cluster's timeout.
+    fn publish_marker(&self) -> Result<(), StorageError> {
+        let deadline = std::time::Instant::now() + self.cluster.opts.timeout;
+        loop {
+            let (js, sealed) = (self.cluster.js.clone(), sealed_subject(&self.subject));
+            let sent = self.cluster.run(async move {
+                match js.publish(sealed, bytes::Bytes::from_static(MARKER)).await {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })?;
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    failed("seal");
+                    return Err(StorageError::Cluster(format!(
+                        "cannot write a shard's seal: {e}"
+                    )));
+                }
+            }
+        }
     }
 
     /// Whether the shard's stream listens on its sealed subject (asked of the server).
@@ -1029,6 +1096,10 @@ impl ShardStorage for JetStreamShard {
                         return Err(err("cannot read from a shard's JetStream stream", e));
                     }
                 };
+                if m.subject.as_str() != self.subject {
+                    // The seal's marker (after every record).
+                    continue;
+                }
                 let Some(r) = unframe(m.sequence, &m.payload) else {
                     return Err(StorageError::Cluster(format!(
                         "message {} of JetStream stream {} is not a sluice record",
@@ -1156,21 +1227,28 @@ impl ShardStorage for JetStreamShard {
                     err("cannot seal a shard's JetStream stream", e)
                 })?;
         }
-        // Appends the stream took before it moved may still be being stored (replicated
-        // and applied after the update's answer): the end is read until it stays the same
-        // over SEAL_SETTLE (at most a few seconds); none can come after that.
-        self.refresh()?;
-        let mut last = self.lock().last;
-        for _ in 0..20 {
-            std::thread::sleep(SEAL_SETTLE);
-            self.refresh()?;
-            let now = self.lock().last;
-            if now == last {
-                break;
+        // The end, exactly: the stream's leader takes messages in one ordered queue and
+        // takes the sealed subject only once the update is applied, so every append it
+        // took on the shard's subject comes before the first message on the sealed one —
+        // a marker, written by the first node to seal; every node finds the same one.
+        let end = match self.first_marker()? {
+            Some(m) => m,
+            None => {
+                self.publish_marker()?;
+                self.first_marker()?.ok_or_else(|| {
+                    StorageError::Cluster(format!(
+                        "the seal of JetStream stream {} is not readable after it was written",
+                        self.stream.cached_info().config.name
+                    ))
+                })?
             }
-            last = now;
-        }
-        Ok(last)
+        };
+        // JetStream numbers from 1: the marker's sequence less one is the number of
+        // messages before it, the shard's end.
+        let end = end.saturating_sub(1);
+        self.lock().end = Some(end);
+        self.refresh()?;
+        Ok(end)
     }
 
     fn close(&self) -> Result<(), StorageError> {
@@ -1404,6 +1482,7 @@ pub(super) mod tests {
             "the end counts the other node's append"
         );
         assert_eq!(sa.seal().unwrap(), 3, "sealing again changes nothing");
+        assert_eq!(sb.seal().unwrap(), 3, "another node finds the same end");
         for s in [&sa, &sb] {
             assert!(matches!(
                 s.append(&[e(b"late", 4_000)]),
@@ -1411,7 +1490,9 @@ pub(super) mod tests {
             ));
         }
         sb.sync().unwrap();
+        // The seal's marker is not a record.
         assert_eq!(sb.read(0, 10, 1 << 20).unwrap().len(), 3);
+        assert_eq!((sb.records(), sb.next_seq()), (3, 3));
         assert_eq!(sb.enforce_retention(1_500, None).unwrap(), 1);
         let again = b.open_shard("p", 0, true, id, 1 << 20, None, true).unwrap();
         assert_eq!(again.next_seq(), 3);
