@@ -183,6 +183,37 @@ pub struct Flushed {
     _spool: Option<SpoolFile>,
 }
 
+/// Whether a record may open a partition of its own (checked once per partition, when
+/// its first record comes): its prefix must render — no missing or empty key, not too long,
+/// the same for every record of the partition — and the cap must leave room. Data
+/// partitions only; the error output's buffers always open.
+fn new_partition(
+    spec: &DeliverySpec,
+    open: usize,
+    key: &BufferKey,
+    rec: &Record,
+) -> Result<(), (ErrorType, String)> {
+    let BufferKey::Data { query, lambda, .. } = key else {
+        return Ok(());
+    };
+    if let Err(e) = spec
+        .prefix_template
+        .render(query, lambda, rec.arrival_ms, None, "xxxxxxxxxxx")
+    {
+        return Err((ErrorType::PartitioningFailed, e.to_string()));
+    }
+    if open >= spec.max_active_partitions as usize {
+        return Err((
+            ErrorType::ActivePartitionExceeded,
+            format!(
+                "the pipeline already has {} active partitions",
+                spec.max_active_partitions
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Delivery {
     /// Delivery state for a pipeline (the spec was validated with the config). With a
     /// journal, the intent log is opened and what it holds from the previous run is
@@ -347,9 +378,18 @@ impl Delivery {
                 .replays
                 .entry(id)
                 .or_insert_with(|| Buffer::new(key, rec)),
+            // One lookup per record: a new partition is checked where the map finds no
+            // buffer for it.
             None => match self.buffers.entry(key) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
+                    if let Err((t, why)) =
+                        new_partition(&self.spec, self.data_partitions, e.key(), rec)
+                    {
+                        drop(e);
+                        self.fail(rec, t, &why, token, touched);
+                        return;
+                    }
                     if matches!(e.key(), BufferKey::Data { .. }) {
                         self.data_partitions += 1;
                     }
@@ -624,42 +664,9 @@ impl Delivery {
                     }
                 }
             }
-            // A new partition is checked once: its prefix must render (no missing or empty
-            // key, not too long — the same for every record of the partition) and the cap
-            // must leave room. Failures go to the error output.
             // Recovery may take the record (skip it or add it to a replay): then it needs no
             // partition of its own.
             let route = self.recovering.lookup(&key, rec.sequence);
-            if route.is_none() && !self.buffers.contains_key(&key) {
-                let BufferKey::Data { query, lambda, .. } = &key else {
-                    continue;
-                };
-                if let Err(e) = self.spec.prefix_template.render(
-                    query,
-                    lambda,
-                    rec.arrival_ms,
-                    None,
-                    "xxxxxxxxxxx",
-                ) {
-                    let e = e.to_string();
-                    self.fail(rec, ErrorType::PartitioningFailed, &e, token, &mut touched);
-                    continue;
-                }
-                if self.data_partitions >= self.spec.max_active_partitions as usize {
-                    let msg = format!(
-                        "the pipeline already has {} active partitions",
-                        self.spec.max_active_partitions
-                    );
-                    self.fail(
-                        rec,
-                        ErrorType::ActivePartitionExceeded,
-                        &msg,
-                        token,
-                        &mut touched,
-                    );
-                    continue;
-                }
-            }
             let payload = compact.as_deref().unwrap_or(&rec.data);
             self.append_routed(
                 key,
