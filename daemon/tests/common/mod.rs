@@ -137,6 +137,8 @@ pub struct Daemon {
     pub metrics: SocketAddr,
     pub stdout: Arc<Mutex<Vec<u8>>>,
     pub stderr: Arc<Mutex<String>>,
+    /// How many of the two output readers reached the end of their pipe.
+    drained: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Daemon {
@@ -176,6 +178,8 @@ impl Daemon {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut out = child.stdout.take().unwrap();
         let o = stdout.clone();
+        let drained = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let d = drained.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 65536];
             while let Ok(n) = out.read(&mut buf) {
@@ -184,9 +188,11 @@ impl Daemon {
                 }
                 o.lock().unwrap().extend_from_slice(&buf[..n]);
             }
+            d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         });
         let err = child.stderr.take().unwrap();
         let e = stderr.clone();
+        let d = drained.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines() {
                 let Ok(line) = line else { break };
@@ -197,12 +203,14 @@ impl Daemon {
                 g.push_str(&line);
                 g.push('\n');
             }
+            d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         });
         Daemon {
             child,
             metrics,
             stdout,
             stderr,
+            drained,
         }
     }
 
@@ -272,6 +280,15 @@ impl Daemon {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Some(st) = self.child.try_wait().unwrap() {
+                // What it wrote last (its exit error) is read by the output threads:
+                // wait until they reach the end of the pipes (a process it started may
+                // still hold them: not forever).
+                let drained = Instant::now();
+                while self.drained.load(std::sync::atomic::Ordering::SeqCst) < 2
+                    && drained.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(st);
             }
             std::thread::sleep(Duration::from_millis(10));
