@@ -358,6 +358,15 @@ impl Delivery {
                 None => self.buffers.contains_key(&key),
             };
             if !exists {
+                // A record refused a partition must not touch the schema cache.
+                if route.is_none() {
+                    if let Err((t, why)) =
+                        new_partition(&self.spec, self.data_partitions, &key, rec)
+                    {
+                        self.fail(rec, t, &why, token, touched);
+                        return;
+                    }
+                }
                 first_schema = Some(parquet::BufferSchema::starting(
                     self.start_schema(&key, &route),
                 ));
