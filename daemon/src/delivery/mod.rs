@@ -351,6 +351,7 @@ impl Delivery {
         // A Parquet record that opens a buffer is checked before the buffer exists (only
         // then: the lookup costs a second hash of the key per record).
         let mut first_schema = None;
+        let mut checked = false;
         if parsed.is_some() {
             let exists = match route {
                 Some(Recovery::Skip) => true,
@@ -366,6 +367,7 @@ impl Delivery {
                         self.fail(rec, t, &why, token, touched);
                         return;
                     }
+                    checked = true;
                 }
                 first_schema = Some(parquet::BufferSchema::starting(
                     self.start_schema(&key, &route),
@@ -392,9 +394,12 @@ impl Delivery {
             None => match self.buffers.entry(key) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    if let Err((t, why)) =
-                        new_partition(&self.spec, self.data_partitions, e.key(), rec)
-                    {
+                    // (A Parquet record was checked before its schema was looked up.)
+                    let refused = match checked {
+                        true => Ok(()),
+                        false => new_partition(&self.spec, self.data_partitions, e.key(), rec),
+                    };
+                    if let Err((t, why)) = refused {
                         drop(e);
                         self.fail(rec, t, &why, token, touched);
                         return;

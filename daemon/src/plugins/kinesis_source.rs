@@ -374,6 +374,13 @@ pub fn shared_source(
     })
 }
 
+/// Whether `mark` may replace the `committed` checkpoint: never one that leaves less read.
+fn advances(committed: Option<&str>, mark: &Mark) -> bool {
+    committed
+        .and_then(Mark::parse)
+        .is_none_or(|c| c.next() <= mark.next())
+}
+
 /// The first ordinal (position offset) a checkpoint in a lease leaves to read.
 fn next_offset(checkpoint: &Value) -> Option<u64> {
     Mark::parse(checkpoint.as_str()?)?.next()
@@ -929,12 +936,7 @@ impl Source for KinesisSource {
                 // Never back: a batch read before this node lost the shard and took it
                 // again acks below the checkpoint it took back, which another node may
                 // have carried further (and retired the objects' entries behind it).
-                let behind = self
-                    .committed
-                    .get(&shard)
-                    .and_then(|c| Mark::parse(c))
-                    .is_some_and(|c| c.next() > cp.next());
-                if !behind {
+                if advances(self.committed.get(&shard).map(String::as_str), &cp) {
                     self.committed.insert(shard, cp.encode());
                     self.dirty = true;
                 }
@@ -995,6 +997,24 @@ mod tests {
         assert_eq!(next(&format!("1/{}", u64::MAX)), None);
         assert_eq!(next("x/3"), None);
         assert_eq!(next_offset(&serde_json::json!(12)), None);
+    }
+
+    /// A late ack (a batch read before the lease was lost and taken back) never moves
+    /// the checkpoint back; the end and a later mark move it on.
+    #[test]
+    fn a_checkpoint_never_moves_back() {
+        let after = |ordinal| Mark::After {
+            seq: "49".into(),
+            ordinal,
+        };
+        assert!(advances(None, &after(3)));
+        assert!(advances(Some("49/3"), &after(3)));
+        assert!(advances(Some("49/3"), &after(4)));
+        assert!(!advances(Some("49/9"), &after(4)), "a late ack");
+        assert!(!advances(Some(SHARD_END), &after(4)));
+        assert!(advances(Some("49/9"), &Mark::End));
+        assert!(advances(Some("at:49/5"), &after(6)));
+        assert!(advances(Some("damaged"), &after(1)));
     }
 
     #[test]

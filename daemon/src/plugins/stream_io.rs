@@ -51,24 +51,32 @@ pub fn shared_stream(
     pipeline: &str,
     services: &HostServices,
 ) -> Option<crate::stream::lease::SharedSource> {
-    let stream = match plugin {
-        "stream" => {
-            serde_json::from_str::<SourceConfig>(config_json)
-                .ok()?
-                .stream
-        }
-        "http" => serde_json::from_str::<super::http_source::HttpSourceConfig>(config_json)
-            .ok()?
-            .stream
-            .unwrap_or_else(|| crate::spec::http_stream(pipeline)),
-        _ => return None,
-    };
+    let stream = source_stream(plugin, config_json, pipeline)?;
     let cluster = services.streams.get(&stream)?.cluster()?;
     Some(crate::stream::lease::SharedSource {
         cluster,
         stream,
         next_offset,
     })
+}
+
+/// The stream a source of `plugin` with options `config_json` in `pipeline` reads with a
+/// [`StreamSource`] (`None`: another plugin).
+fn source_stream(plugin: &str, config_json: &str, pipeline: &str) -> Option<String> {
+    match plugin {
+        "stream" => Some(
+            serde_json::from_str::<SourceConfig>(config_json)
+                .ok()?
+                .stream,
+        ),
+        "http" => Some(
+            serde_json::from_str::<super::http_source::HttpSourceConfig>(config_json)
+                .ok()?
+                .stream
+                .unwrap_or_else(|| crate::spec::http_stream(pipeline)),
+        ),
+        _ => None,
+    }
 }
 
 /// The checkpoint of a `stream` source is the next sequence number to read, which is
@@ -756,3 +764,28 @@ declare_library!(
         replayable_source("direct-put", DirectPutSource, "records put through the Firehose API (PutRecord, PutRecordBatch)"),
     ]
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `http` source reads its stream with a `stream` source: on a cluster its
+    /// delivery records are shared the same way — the stream it names, or its pipeline's
+    /// own.
+    #[test]
+    fn http_and_stream_sources_name_the_stream_they_read() {
+        let stream = r#"{"stream":"events"}"#;
+        assert_eq!(
+            source_stream("stream", stream, "p").as_deref(),
+            Some("events")
+        );
+        let named = r#"{"listen":"127.0.0.1:0","stream":"events"}"#;
+        assert_eq!(source_stream("http", named, "p").as_deref(), Some("events"));
+        let own = r#"{"listen":"127.0.0.1:0"}"#;
+        assert_eq!(
+            source_stream("http", own, "p"),
+            Some(crate::spec::http_stream("p"))
+        );
+        assert_eq!(source_stream("generator", "{}", "p"), None);
+    }
+}

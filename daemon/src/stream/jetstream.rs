@@ -497,15 +497,20 @@ impl Cluster {
         generation: u64,
         shard: &str,
     ) -> Result<(), StorageError> {
-        let name = self.stream_name(stream, generation, shard);
-        let js = self.js.clone();
-        match self.run(async move { js.delete_stream(&name).await })? {
-            Ok(_) => Ok(()),
+        self.delete_stream(&self.stream_name(stream, generation, shard))
+            .map(|_| ())
+    }
+
+    /// Deletes JetStream stream `name`; whether it was there (gone already is no error).
+    fn delete_stream(&self, name: &str) -> Result<bool, StorageError> {
+        let (js, n) = (self.js.clone(), name.to_string());
+        match self.run(async move { js.delete_stream(&n).await })? {
+            Ok(_) => Ok(true),
             Err(e) => match e.kind() {
                 jetstream::context::DeleteStreamErrorKind::JetStream(j)
                     if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
                 {
-                    Ok(())
+                    Ok(false)
                 }
                 _ => Err(err("cannot delete a shard's JetStream stream", e)),
             },
@@ -536,19 +541,15 @@ impl Cluster {
                 if !of_dead_generation(name, &self.opts.prefix, stream, *upto) {
                     continue;
                 }
-                let (js, n) = (self.js.clone(), name.clone());
-                match self.run(async move { js.delete_stream(&n).await })? {
-                    Ok(_) => {
+                match self.delete_stream(name) {
+                    Ok(true) => {
                         tracing::info!(jetstream_stream = %name, "deleted a JetStream stream left by a deleted stream")
                     }
-                    Err(e) => match e.kind() {
-                        jetstream::context::DeleteStreamErrorKind::JetStream(j)
-                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {}
-                        _ => {
-                            tracing::warn!(jetstream_stream = %name, error = %e, "cannot delete a JetStream stream left by a deleted stream");
-                            failed = true;
-                        }
-                    },
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(jetstream_stream = %name, error = %e, "cannot delete a JetStream stream left by a deleted stream");
+                        failed = true;
+                    }
                 }
             }
             if !failed {

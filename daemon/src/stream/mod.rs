@@ -2081,9 +2081,20 @@ impl Streams {
         if let Err(e) = self.floor.raise(floor) {
             tracing::warn!(stream = %st.name, error = %e, "cannot raise the sequence floor of deleted streams");
         }
+        let mut all_deleted = true;
         for sh in &set.all {
             if let Err(e) = c.delete_shard(&st.name, st.generation, &sh.id) {
-                tracing::warn!(stream = %st.name, shard = %sh.id, error = %e, "deleting a deleted stream's JetStream stream failed; remove it with the nats CLI");
+                all_deleted = false;
+                tracing::warn!(stream = %st.name, shard = %sh.id, error = %e, "deleting a deleted stream's JetStream stream failed; every node's sweep tries again");
+            }
+        }
+        if all_deleted {
+            // Nothing left for this node's sweep to list the cluster for — when the
+            // generations before were swept too.
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            let below = (st.name.clone(), st.generation.saturating_sub(1));
+            if st.generation == 1 || swept.done.contains(&below) {
+                swept.done.insert((st.name.clone(), st.generation));
             }
         }
         tracing::info!(stream = %st.name, next_base = floor, "stream deleted from the JetStream cluster");
